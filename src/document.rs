@@ -1,0 +1,45 @@
+//! The vocabulary shared by ingestion, stores and retrieval: chunks going in, hits coming out.
+
+use serde::{Deserialize, Serialize};
+
+/// A piece of a document small enough to embed, with where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Stable and unique within an index: `{doc_id}#{ordinal}`.
+    pub chunk_id: String,
+    /// Stable document id used for deduplication: a record's own id (BEIR `_id`,
+    /// a JSON `id`) or else the object key.
+    pub doc_id: String,
+    /// The object the chunk was extracted from; deleting an object deletes its chunks.
+    pub object_key: String,
+    pub title: String,
+    pub text: String,
+    /// Position of the chunk within its document, from 0.
+    pub ordinal: u32,
+}
+
+impl Chunk {
+    pub fn make_id(doc_id: &str, ordinal: u32) -> String {
+        format!("{doc_id}#{ordinal}")
+    }
+}
+
+/// A chunk with its vector in the embedding space of the index it is written to.
+/// Lexical stores ignore the vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddedChunk {
+    pub chunk: Chunk,
+    pub vector: Vec<f32>,
+}
+
+/// One result from one store, best first in the list it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub chunk_id: String,
+    pub doc_id: String,
+    pub object_key: String,
+    pub title: String,
+    pub text: String,
+    /// The store's own score: BM25, cosine... Only comparable within one list.
+    pub score: f32,
+}

@@ -1,0 +1,1 @@
+//! Ingestion: list a bucket, fetch, extract, chunk, embed, write, remember.

@@ -1,0 +1,68 @@
+//! Search backends: the [`SearchBackend`] trait and the stores behind it.
+//!
+//! Every backend stores chunk text beside its index so that hits come back whole,
+//! whichever store served them.
+
+pub mod dense;
+pub mod local_bm25;
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use crate::document::{EmbeddedChunk, Hit};
+use crate::error::Result;
+
+/// What a store searches with: the text for lexical stores, the query vector in
+/// the store's embedding space for dense ones.
+#[derive(Debug, Clone)]
+pub struct StoreQuery {
+    pub text: String,
+    /// Present for dense stores: L2-normalized, in the store's space.
+    pub vector: Option<std::sync::Arc<Vec<f32>>>,
+    pub top_k: usize,
+    /// Remote stores pass this on as their own timeout.
+    pub deadline: Instant,
+}
+
+/// Whether a store matches words or vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Lexical,
+    Dense,
+}
+
+/// What a store is, for planning and for the admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceInfo {
+    pub id: String,
+    /// Backend name as in the config: `tantivy`, `dense`, `qdrant`...
+    pub backend: String,
+    pub kind: StoreKind,
+    /// Embedding space id, for dense stores.
+    pub space: Option<String>,
+    pub dims: Option<usize>,
+    pub cloud: String,
+    pub region: String,
+}
+
+/// A place `Search` fans out to and `Index` writes into.
+#[async_trait]
+pub trait SearchBackend: Send + Sync {
+    fn describe(&self) -> &SourceInfo;
+
+    /// The best `query.top_k` hits, best first.
+    async fn search(&self, query: &StoreQuery) -> Result<Vec<Hit>>;
+
+    /// Insert or replace chunks by `chunk_id`; re-upserting the same chunk is a no-op.
+    async fn upsert(&self, chunks: &[EmbeddedChunk]) -> Result<()>;
+
+    /// Remove every chunk extracted from these objects.
+    async fn delete_objects(&self, object_keys: &[String]) -> Result<()>;
+
+    /// Make all writes so far durable and visible to searches.
+    async fn commit(&self) -> Result<()>;
+
+    /// Number of chunks stored.
+    async fn count(&self) -> Result<u64>;
+}
