@@ -1,1 +1,13 @@
 //! Ingestion: list a bucket, fetch, extract, chunk, embed, write, remember.
+//!
+//! [`pipeline::run_index`] drives the whole flow; [`extract`], [`chunk`] and [`manifest`] are
+//! its pure parts, usable on their own.
+
+pub mod chunk;
+pub mod extract;
+pub mod manifest;
+pub mod pipeline;
+
+pub use chunk::ChunkingConfig;
+pub use extract::{ExtractError, ExtractedDoc, extract};
+pub use pipeline::{IndexJob, IndexProgress, IndexReport, ObjectIssue, run_index};

@@ -1,0 +1,691 @@
+//! Extraction: turn the bytes of one object into documents with an id, a title and plain text.
+//!
+//! The format is chosen by the object key's extension. Content problems (binary data, invalid
+//! UTF-8, empty documents, malformed JSON) are errors for the object, never panics. Inside a
+//! JSON Lines file a bad line is reported as a [`RecordProblem`] and the good lines are kept.
+
+use std::collections::HashSet;
+
+use scraper::{Html, Node, Selector};
+use serde_json::{Map, Value};
+
+/// One document found in an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtractedDoc {
+    /// The record's own id (BEIR `_id`, JSON `id`), else the object key (`key:N` for the
+    /// N-th record of a multi-record file without ids).
+    pub doc_id: String,
+    pub title: String,
+    pub text: String,
+}
+
+/// A record inside a multi-record file that could not be used; the rest of the file was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordProblem {
+    /// `object_key:line` for JSON Lines, `object_key:index` (1-based) for JSON arrays.
+    pub location: String,
+    pub reason: String,
+}
+
+/// Everything extracted from one object: its documents and the records that were left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extraction {
+    pub documents: Vec<ExtractedDoc>,
+    pub problems: Vec<RecordProblem>,
+}
+
+/// Why an object yielded no documents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExtractError {
+    #[error("unsupported file type {extension:?}")]
+    Unsupported { extension: String },
+    #[error("binary content: nul byte at offset {offset}")]
+    Binary { offset: usize },
+    #[error("not valid utf-8: invalid byte at offset {offset}")]
+    InvalidUtf8 { offset: usize },
+    #[error("empty document")]
+    Empty,
+    #[error("malformed json: {reason}")]
+    MalformedJson { reason: String },
+    #[error("no usable records: {first_problem}")]
+    NoUsableRecords { first_problem: String },
+}
+
+impl ExtractError {
+    /// Whether the object is simply not something we index (as opposed to broken content).
+    pub fn is_skip(&self) -> bool {
+        match self {
+            ExtractError::Unsupported { .. } | ExtractError::Empty => true,
+            ExtractError::Binary { .. }
+            | ExtractError::InvalidUtf8 { .. }
+            | ExtractError::MalformedJson { .. }
+            | ExtractError::NoUsableRecords { .. } => false,
+        }
+    }
+}
+
+/// The formats we extract, chosen by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentFormat {
+    PlainText,
+    Markdown,
+    Html,
+    Json,
+    JsonLines,
+}
+
+impl DocumentFormat {
+    /// The format for an object key, by its (case-insensitive) extension.
+    pub fn from_object_key(object_key: &str) -> Option<DocumentFormat> {
+        let extension = extension_of(object_key).to_ascii_lowercase();
+        match extension.as_str() {
+            "txt" | "text" => Some(DocumentFormat::PlainText),
+            "md" | "markdown" => Some(DocumentFormat::Markdown),
+            "html" | "htm" => Some(DocumentFormat::Html),
+            "json" => Some(DocumentFormat::Json),
+            "jsonl" | "ndjson" => Some(DocumentFormat::JsonLines),
+            _ => None,
+        }
+    }
+}
+
+/// Whether [`extract`] knows the object's format; lets the pipeline skip without fetching.
+pub fn is_supported(object_key: &str) -> bool {
+    DocumentFormat::from_object_key(object_key).is_some()
+}
+
+/// The object's format, or the [`ExtractError::Unsupported`] that [`extract`] would return.
+pub fn format_of(object_key: &str) -> Result<DocumentFormat, ExtractError> {
+    DocumentFormat::from_object_key(object_key).ok_or_else(|| ExtractError::Unsupported {
+        extension: extension_of(object_key).to_owned(),
+    })
+}
+
+/// The documents in one object. Record-level problems in multi-record files are dropped
+/// here; use [`extract_with_problems`] to see them.
+pub fn extract(object_key: &str, bytes: &[u8]) -> Result<Vec<ExtractedDoc>, ExtractError> {
+    extract_with_problems(object_key, bytes).map(|extraction| extraction.documents)
+}
+
+/// The documents in one object, with the records that had to be left out.
+pub fn extract_with_problems(object_key: &str, bytes: &[u8]) -> Result<Extraction, ExtractError> {
+    let format = format_of(object_key)?;
+    let text = decode_text(bytes)?;
+    if text.trim().is_empty() {
+        return Err(ExtractError::Empty);
+    }
+    match format {
+        DocumentFormat::PlainText => single_document(object_key, file_stem(object_key), text),
+        DocumentFormat::Markdown => extract_markdown(object_key, text),
+        DocumentFormat::Html => extract_html(object_key, text),
+        DocumentFormat::Json => extract_json(object_key, text),
+        DocumentFormat::JsonLines => extract_json_lines(object_key, text),
+    }
+}
+
+/// UTF-8 text without a byte-order mark; NUL bytes mean binary even when valid UTF-8.
+fn decode_text(bytes: &[u8]) -> Result<&str, ExtractError> {
+    if let Some(offset) = bytes.iter().position(|&byte| byte == 0) {
+        return Err(ExtractError::Binary { offset });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|error| ExtractError::InvalidUtf8 {
+        offset: error.valid_up_to(),
+    })?;
+    Ok(text.strip_prefix('\u{feff}').unwrap_or(text))
+}
+
+fn single_document(
+    object_key: &str,
+    title: String,
+    text: &str,
+) -> Result<Extraction, ExtractError> {
+    if text.trim().is_empty() {
+        return Err(ExtractError::Empty);
+    }
+    Ok(Extraction {
+        documents: vec![ExtractedDoc {
+            doc_id: object_key.to_owned(),
+            title,
+            text: text.trim().to_owned(),
+        }],
+        problems: Vec::new(),
+    })
+}
+
+/// The last path segment's extension, or "" when there is none.
+fn extension_of(object_key: &str) -> &str {
+    let file_name = object_key.rsplit('/').next().unwrap_or(object_key);
+    match file_name.rsplit_once('.') {
+        // A leading dot (".bashrc") names a hidden file, not an extension.
+        Some((stem, extension)) if !stem.is_empty() => extension,
+        _ => "",
+    }
+}
+
+/// The file name without its extension: the title of last resort.
+fn file_stem(object_key: &str) -> String {
+    let file_name = object_key.rsplit('/').next().unwrap_or(object_key);
+    match file_name.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem.to_owned(),
+        _ => file_name.to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Markdown
+
+fn extract_markdown(object_key: &str, source: &str) -> Result<Extraction, ExtractError> {
+    let body = strip_front_matter(source);
+    let title = markdown_title(body).unwrap_or_else(|| file_stem(object_key));
+    single_document(object_key, title, body)
+}
+
+/// YAML (`---`) or TOML (`+++`) front matter is metadata, not text.
+fn strip_front_matter(source: &str) -> &str {
+    for fence in ["---", "+++"] {
+        let Some(rest) = source.strip_prefix(fence) else {
+            continue;
+        };
+        let Some(rest) = rest
+            .strip_prefix('\n')
+            .or_else(|| rest.strip_prefix("\r\n"))
+        else {
+            continue;
+        };
+        let mut offset = 0;
+        for line in rest.split_inclusive('\n') {
+            offset += line.len();
+            if line.trim_end() == fence {
+                return &rest[offset..];
+            }
+        }
+    }
+    source
+}
+
+/// The first ATX (`# Title`) or setext (`Title\n===`) heading outside code fences.
+fn markdown_title(body: &str) -> Option<String> {
+    let mut inside_code_fence = false;
+    let mut previous_line: Option<&str> = None;
+    for line in body.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
+            inside_code_fence = !inside_code_fence;
+            previous_line = None;
+            continue;
+        }
+        if inside_code_fence {
+            continue;
+        }
+        if let Some(title) = atx_heading_text(trimmed) {
+            return Some(title);
+        }
+        let is_setext_underline = !trimmed.is_empty()
+            && (trimmed.chars().all(|character| character == '=')
+                || (trimmed.len() >= 2 && trimmed.chars().all(|character| character == '-')));
+        if let Some(previous) = previous_line
+            && is_setext_underline
+            && !previous.trim().is_empty()
+        {
+            return Some(previous.trim().to_owned());
+        }
+        previous_line = Some(line);
+    }
+    None
+}
+
+fn atx_heading_text(trimmed_line: &str) -> Option<String> {
+    let level = trimmed_line
+        .chars()
+        .take_while(|&character| character == '#')
+        .count();
+    if level == 0 || level > 6 {
+        return None;
+    }
+    let rest = &trimmed_line[level..];
+    // "#hashtag" is not a heading: a space must follow the hashes.
+    if !rest.is_empty() && !rest.starts_with([' ', '\t']) {
+        return None;
+    }
+    let text = rest.trim().trim_end_matches('#').trim();
+    if text.is_empty() {
+        return None;
+    }
+    Some(text.to_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTML
+
+/// Elements whose text a reader never sees.
+const INVISIBLE_ELEMENTS: &[&str] = &[
+    "head", "script", "style", "noscript", "template", "svg", "iframe", "object",
+];
+
+/// Elements that start a new line of text, so words of neighbouring blocks do not merge.
+const BLOCK_ELEMENTS: &[&str] = &[
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "body",
+    "br",
+    "dd",
+    "details",
+    "div",
+    "dl",
+    "dt",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "header",
+    "hr",
+    "li",
+    "main",
+    "nav",
+    "ol",
+    "p",
+    "pre",
+    "section",
+    "summary",
+    "table",
+    "td",
+    "th",
+    "tr",
+    "ul",
+];
+
+fn extract_html(object_key: &str, source: &str) -> Result<Extraction, ExtractError> {
+    let document = Html::parse_document(source);
+    let title = html_title(&document).unwrap_or_else(|| file_stem(object_key));
+    let text = html_visible_text(&document);
+    single_document(object_key, title, &text)
+}
+
+fn html_title(document: &Html) -> Option<String> {
+    for selector_text in ["title", "h1"] {
+        let Ok(selector) = Selector::parse(selector_text) else {
+            continue;
+        };
+        let Some(element) = document.select(&selector).next() else {
+            continue;
+        };
+        let title = collapse_whitespace(&element.text().collect::<String>());
+        if !title.is_empty() {
+            return Some(title);
+        }
+    }
+    None
+}
+
+/// The text a reader sees: text nodes outside invisible elements, one line per block.
+fn html_visible_text(document: &Html) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let mut current_line = String::new();
+    let mut current_block = None;
+    for node in document.tree.root().descendants() {
+        let Node::Text(text) = node.value() else {
+            continue;
+        };
+        let mut is_visible = true;
+        let mut nearest_block = None;
+        for ancestor in node.ancestors() {
+            let Node::Element(element) = ancestor.value() else {
+                continue;
+            };
+            let name = element.name();
+            if INVISIBLE_ELEMENTS.contains(&name) {
+                is_visible = false;
+                break;
+            }
+            if nearest_block.is_none() && BLOCK_ELEMENTS.contains(&name) {
+                nearest_block = Some(ancestor.id());
+            }
+        }
+        if !is_visible {
+            continue;
+        }
+        // A text node in another block than the previous one starts a new line.
+        if nearest_block != current_block {
+            push_line(&mut lines, &mut current_line);
+            current_block = nearest_block;
+        }
+        current_line.push_str(text);
+    }
+    push_line(&mut lines, &mut current_line);
+    lines.join("\n")
+}
+
+fn push_line(lines: &mut Vec<String>, current_line: &mut String) {
+    let line = collapse_whitespace(current_line);
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    current_line.clear();
+}
+
+fn collapse_whitespace(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON and JSON Lines
+
+/// Fields that hold a record's text, in order of preference.
+const TEXT_FIELDS: &[&str] = &["text", "content", "body"];
+/// Fields that hold a record's id, in order of preference (`_id` is BEIR's).
+const ID_FIELDS: &[&str] = &["_id", "id"];
+
+fn extract_json(object_key: &str, source: &str) -> Result<Extraction, ExtractError> {
+    let value: Value =
+        serde_json::from_str(source).map_err(|error| ExtractError::MalformedJson {
+            reason: error.to_string(),
+        })?;
+    match value {
+        Value::Object(record) => {
+            let document = record_to_document(&record, object_key)
+                .map_err(|first_problem| ExtractError::NoUsableRecords { first_problem })?;
+            Ok(Extraction {
+                documents: vec![document],
+                problems: Vec::new(),
+            })
+        }
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(ExtractError::Empty);
+            }
+            let records = items.iter().enumerate().map(|(index, item)| {
+                let location = format!("{object_key}:{}", index + 1);
+                let document = match item {
+                    Value::Object(record) => record_to_document(record, &location),
+                    _ => Err("array item is not a json object".to_owned()),
+                };
+                (location, document)
+            });
+            collect_records(records)
+        }
+        _ => Err(ExtractError::MalformedJson {
+            reason: "expected an object or an array of objects".to_owned(),
+        }),
+    }
+}
+
+fn extract_json_lines(object_key: &str, source: &str) -> Result<Extraction, ExtractError> {
+    let records = source
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            let location = format!("{object_key}:{}", index + 1);
+            let document = parse_json_line(line, &location);
+            (location, document)
+        });
+    collect_records(records)
+}
+
+fn parse_json_line(line: &str, location: &str) -> Result<ExtractedDoc, String> {
+    let value: Value =
+        serde_json::from_str(line).map_err(|error| format!("malformed json: {error}"))?;
+    let Value::Object(record) = value else {
+        return Err("line is not a json object".to_owned());
+    };
+    record_to_document(&record, location)
+}
+
+/// Keeps the good records, reports the bad ones and repeated ids; no good record is an error.
+fn collect_records(
+    records: impl Iterator<Item = (String, Result<ExtractedDoc, String>)>,
+) -> Result<Extraction, ExtractError> {
+    let mut extraction = Extraction::default();
+    let mut seen_ids = HashSet::new();
+    for (location, record) in records {
+        match record {
+            Ok(document) if seen_ids.insert(document.doc_id.clone()) => {
+                extraction.documents.push(document)
+            }
+            // A repeated id would produce colliding chunk ids; the first record wins.
+            Ok(document) => extraction.problems.push(RecordProblem {
+                location,
+                reason: format!("duplicate record id {:?}, kept the first", document.doc_id),
+            }),
+            Err(reason) => extraction.problems.push(RecordProblem { location, reason }),
+        }
+    }
+    if extraction.documents.is_empty() {
+        let first_problem = match extraction.problems.first() {
+            Some(problem) => format!("{}: {}", problem.location, problem.reason),
+            None => "no records".to_owned(),
+        };
+        return Err(ExtractError::NoUsableRecords { first_problem });
+    }
+    Ok(extraction)
+}
+
+/// A document from a JSON record; `fallback_id` when the record has no id of its own.
+fn record_to_document(
+    record: &Map<String, Value>,
+    fallback_id: &str,
+) -> Result<ExtractedDoc, String> {
+    let doc_id = match first_field(record, ID_FIELDS) {
+        Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
+        Some(Value::Number(id)) => id.to_string(),
+        Some(Value::String(_)) | None => fallback_id.to_owned(),
+        Some(_) => return Err("record id is neither a string nor a number".to_owned()),
+    };
+    let title = match record.get("title") {
+        Some(Value::String(title)) => title.trim().to_owned(),
+        _ => String::new(),
+    };
+    let text = match first_field(record, TEXT_FIELDS) {
+        Some(Value::String(text)) => text.trim().to_owned(),
+        Some(_) => return Err("record text is not a string".to_owned()),
+        None => String::new(),
+    };
+    // A record with only a title (some BEIR corpora have them) is still searchable by it.
+    let text = if text.is_empty() { title.clone() } else { text };
+    if text.is_empty() {
+        return Err("record has no text, content, body or title".to_owned());
+    }
+    Ok(ExtractedDoc {
+        doc_id,
+        title,
+        text,
+    })
+}
+
+fn first_field<'a>(record: &'a Map<String, Value>, names: &[&str]) -> Option<&'a Value> {
+    names
+        .iter()
+        .find_map(|name| record.get(*name).filter(|value| !value.is_null()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn only_document(object_key: &str, source: &str) -> ExtractedDoc {
+        let mut documents = extract(object_key, source.as_bytes()).expect("extracts");
+        assert_eq!(documents.len(), 1, "{documents:?}");
+        documents.remove(0)
+    }
+
+    #[test]
+    fn plain_text_uses_object_key_as_id_and_file_stem_as_title() {
+        let document = only_document("notes/today.txt", "  hello world \n");
+        assert_eq!(document.doc_id, "notes/today.txt");
+        assert_eq!(document.title, "today");
+        assert_eq!(document.text, "hello world");
+    }
+
+    #[test]
+    fn markdown_title_comes_from_the_first_heading_outside_code() {
+        let source =
+            "---\ntitle: ignored\n---\n```sh\n# not a title\n```\nintro\n\n## Real Title ##\nbody";
+        let document = only_document("a.md", source);
+        assert_eq!(document.title, "Real Title");
+        assert!(!document.text.contains("ignored"));
+        assert!(document.text.contains("body"));
+    }
+
+    #[test]
+    fn markdown_setext_heading_and_fallback_title() {
+        assert_eq!(only_document("b.markdown", "Big\n===\ntext").title, "Big");
+        assert_eq!(only_document("dir/c.MD", "#hashtag only").title, "c");
+    }
+
+    #[test]
+    fn html_keeps_visible_text_and_title() {
+        let source = "<html><head><title> The  Page </title><style>p{}</style></head>\
+            <body><script>var hidden = 1;</script><p>first <b>bold</b></p><div>second</div>tail\
+            <noscript>nope</noscript></body></html>";
+        let document = only_document("site/index.html", source);
+        assert_eq!(document.title, "The Page");
+        assert_eq!(document.text, "first bold\nsecond\ntail");
+        assert!(!document.text.contains("hidden"));
+    }
+
+    #[test]
+    fn html_without_title_falls_back_to_h1() {
+        let document = only_document("x.htm", "<body><h1>Heading</h1><p>words</p></body>");
+        assert_eq!(document.title, "Heading");
+    }
+
+    #[test]
+    fn html_with_only_invisible_text_is_empty() {
+        let result = extract("x.html", b"<script>var a;</script><style>b{}</style>");
+        assert_eq!(result, Err(ExtractError::Empty));
+    }
+
+    #[test]
+    fn beir_corpus_gives_one_document_per_line() {
+        let source = concat!(
+            r#"{"_id": "4983", "title": "Microstructural development", "text": "Alterations of the architecture.", "metadata": {}}"#,
+            "\n",
+            r#"{"_id": "5836", "title": "", "text": "Induction of myelodysplasia.", "metadata": {}}"#,
+            "\n\n"
+        );
+        let documents = extract("scifact/corpus.jsonl", source.as_bytes()).unwrap();
+        assert_eq!(documents.len(), 2);
+        assert_eq!(documents[0].doc_id, "4983");
+        assert_eq!(documents[0].title, "Microstructural development");
+        assert_eq!(documents[0].text, "Alterations of the architecture.");
+        assert_eq!(documents[1].doc_id, "5836");
+        assert_eq!(documents[1].title, "");
+    }
+
+    #[test]
+    fn json_lines_keep_good_lines_and_report_bad_ones() {
+        let source = "{\"text\": \"one\"}\n{broken\n[1]\n{\"id\": 7, \"content\": \"three\"}\n{\"title\": \"\"}\n{\"id\": 7, \"text\": \"again\"}";
+        let extraction = extract_with_problems("data.ndjson", source.as_bytes()).unwrap();
+        let ids: Vec<_> = extraction
+            .documents
+            .iter()
+            .map(|d| d.doc_id.as_str())
+            .collect();
+        assert_eq!(ids, ["data.ndjson:1", "7"]);
+        let locations: Vec<_> = extraction
+            .problems
+            .iter()
+            .map(|p| p.location.as_str())
+            .collect();
+        assert_eq!(
+            locations,
+            [
+                "data.ndjson:2",
+                "data.ndjson:3",
+                "data.ndjson:5",
+                "data.ndjson:6"
+            ]
+        );
+        assert!(extraction.problems[0].reason.starts_with("malformed json"));
+    }
+
+    #[test]
+    fn json_lines_with_no_good_line_is_an_error() {
+        let result = extract("bad.jsonl", b"{nope\n{\"x\": 1}\n");
+        assert!(
+            matches!(result, Err(ExtractError::NoUsableRecords { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn json_object_and_array() {
+        let document = only_document("one.json", r#"{"title": "T", "body": "B"}"#);
+        assert_eq!(
+            (document.doc_id.as_str(), document.title.as_str()),
+            ("one.json", "T")
+        );
+        let documents = extract(
+            "many.json",
+            br#"[{"_id": "a", "text": "x"}, {"text": "y"}, 3]"#,
+        )
+        .unwrap();
+        let ids: Vec<_> = documents.iter().map(|d| d.doc_id.as_str()).collect();
+        assert_eq!(ids, ["a", "many.json:2"]);
+        assert!(matches!(
+            extract("bad.json", b"{\"text\": "),
+            Err(ExtractError::MalformedJson { .. })
+        ));
+        assert!(matches!(
+            extract("scalar.json", b"42"),
+            Err(ExtractError::MalformedJson { .. })
+        ));
+        assert_eq!(extract("none.json", b"[]"), Err(ExtractError::Empty));
+    }
+
+    #[test]
+    fn title_only_record_is_searchable_by_its_title() {
+        let document = only_document("t.json", r#"{"id": "x", "title": "Only a title"}"#);
+        assert_eq!(document.text, "Only a title");
+    }
+
+    #[test]
+    fn binary_invalid_utf8_empty_and_unknown_are_errors() {
+        assert_eq!(
+            extract("a.txt", b"ab\0cd"),
+            Err(ExtractError::Binary { offset: 2 })
+        );
+        assert_eq!(
+            extract("a.txt", b"ok \xff\xfe"),
+            Err(ExtractError::InvalidUtf8 { offset: 3 })
+        );
+        assert_eq!(extract("a.md", b" \n\t "), Err(ExtractError::Empty));
+        assert_eq!(extract("a.txt", b""), Err(ExtractError::Empty));
+        assert_eq!(
+            extract("photo.png", b"whatever"),
+            Err(ExtractError::Unsupported {
+                extension: "png".to_owned()
+            })
+        );
+        assert_eq!(
+            extract("dir/.hidden", b"x"),
+            Err(ExtractError::Unsupported {
+                extension: String::new()
+            })
+        );
+        assert!(ExtractError::Empty.is_skip());
+        assert!(!ExtractError::Binary { offset: 0 }.is_skip());
+    }
+
+    #[test]
+    fn byte_order_mark_is_stripped() {
+        assert_eq!(only_document("bom.txt", "\u{feff}hello").text, "hello");
+    }
+
+    #[test]
+    fn supported_extensions_are_case_insensitive() {
+        assert!(is_supported("A/B.JSONL"));
+        assert!(is_supported("x.Htm"));
+        assert!(!is_supported("archive.tar.gz"));
+        assert!(!is_supported("README"));
+    }
+}

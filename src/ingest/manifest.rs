@@ -1,0 +1,270 @@
+//! The manifest: what was indexed from each object, so a re-run only touches what changed.
+//!
+//! It is written only after the stores have committed the chunks it lists, so it never
+//! claims more than the stores hold; saving is atomic (temp file, fsync, rename), so a crash
+//! leaves either the old or the new manifest, never a torn one.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Bumped when the file layout changes incompatibly.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+
+/// What was indexed, per object key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// The bucket or folder the keys belong to; a manifest is never reused for another one,
+    /// because every key missing from that other listing would be deleted from the stores.
+    pub source: String,
+    pub objects: BTreeMap<String, ManifestEntry>,
+}
+
+/// One indexed object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestEntry {
+    /// Normalized with [`normalize_etag`]; absent when the store gives none.
+    pub etag: Option<String>,
+    pub size: u64,
+    /// Hex SHA-256 of the object's bytes: catches a new etag over the same content.
+    pub sha256: String,
+    /// Fingerprint of what the chunks depend on besides the content (stores, embedding
+    /// space, chunk sizes, extractor version): when it changes the object is re-indexed.
+    pub settings: String,
+    pub chunk_ids: Vec<String>,
+}
+
+impl Manifest {
+    pub fn new(source: impl Into<String>) -> Self {
+        Self {
+            format_version: MANIFEST_FORMAT_VERSION,
+            source: source.into(),
+            objects: BTreeMap::new(),
+        }
+    }
+
+    /// The manifest at `path`, or an empty one when there is no file yet.
+    pub fn load_or_new(path: &Path, source: &str) -> Result<Self> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::new(source));
+            }
+            Err(error) => {
+                return Err(
+                    Error::from(error).context(format!("reading manifest {}", path.display()))
+                );
+            }
+        };
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|error| {
+            Error::config(format!(
+                "manifest {} is not readable ({error}); delete it to re-index from scratch",
+                path.display()
+            ))
+        })?;
+        if manifest.format_version != MANIFEST_FORMAT_VERSION {
+            return Err(Error::config(format!(
+                "manifest {} has format version {}, this build reads {MANIFEST_FORMAT_VERSION}",
+                path.display(),
+                manifest.format_version
+            )));
+        }
+        if manifest.source != source {
+            return Err(Error::config(format!(
+                "manifest {} belongs to {}, not {source}; use another manifest path",
+                path.display(),
+                manifest.source
+            )));
+        }
+        Ok(manifest)
+    }
+
+    /// Whether the listing alone proves the object is as indexed: same etag and size.
+    pub fn is_unchanged_by_etag(
+        &self,
+        object_key: &str,
+        normalized_etag: Option<&str>,
+        size: u64,
+        settings: &str,
+    ) -> bool {
+        let Some(entry) = self.objects.get(object_key) else {
+            return false;
+        };
+        let Some(etag) = normalized_etag else {
+            return false;
+        };
+        entry.settings == settings && entry.size == size && entry.etag.as_deref() == Some(etag)
+    }
+
+    /// Whether the fetched content is what was indexed, whatever its etag says.
+    pub fn is_unchanged_by_content(&self, object_key: &str, sha256: &str, settings: &str) -> bool {
+        self.objects
+            .get(object_key)
+            .is_some_and(|entry| entry.settings == settings && entry.sha256 == sha256)
+    }
+
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self)
+            .map_err(|error| Error::internal(format!("serializing manifest: {error}")))
+    }
+
+    /// Write atomically: a crash leaves the previous manifest or this one.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomically(path, &self.to_json()?)
+    }
+}
+
+/// Etags compare equal whatever their quoting: `W/"abc"`, `"abc"` and `abc` are all `abc`.
+pub fn normalize_etag(raw_etag: &str) -> String {
+    let trimmed = raw_etag.trim();
+    let without_weak = trimmed
+        .strip_prefix("W/")
+        .or_else(|| trimmed.strip_prefix("w/"))
+        .unwrap_or(trimmed);
+    without_weak.trim_matches('"').to_owned()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The temporary file [`write_atomically`] writes beside `path`.
+pub fn temporary_path_for(path: &Path) -> PathBuf {
+    let mut file_name = path.file_name().unwrap_or_default().to_os_string();
+    file_name.push(".tmp");
+    path.with_file_name(file_name)
+}
+
+/// Temp file, fsync, rename over the target, fsync the directory so the rename is durable.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let describe = |what: &str| format!("{what} {}", path.display());
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&directory)
+        .map_err(|error| Error::from(error).context(describe("creating the folder of")))?;
+    let temporary_path = temporary_path_for(path);
+    let mut file = std::fs::File::create(&temporary_path)
+        .map_err(|error| Error::from(error).context(describe("creating a temporary file for")))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|error| Error::from(error).context(describe("writing")))?;
+    drop(file);
+    std::fs::rename(&temporary_path, path)
+        .map_err(|error| Error::from(error).context(describe("replacing")))?;
+    sync_directory(&directory);
+    Ok(())
+}
+
+#[cfg(unix)]
+fn sync_directory(directory: &Path) {
+    // Best effort: the rename is already visible; this only makes it survive a power cut.
+    if let Ok(handle) = std::fs::File::open(directory) {
+        let _ = handle.sync_all();
+    }
+}
+
+#[cfg(not(unix))]
+fn sync_directory(_directory: &Path) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(etag: Option<&str>, sha256: &str) -> ManifestEntry {
+        ManifestEntry {
+            etag: etag.map(str::to_owned),
+            size: 10,
+            sha256: sha256.to_owned(),
+            settings: "s1".to_owned(),
+            chunk_ids: vec!["a#0".to_owned()],
+        }
+    }
+
+    #[test]
+    fn etags_are_normalized() {
+        assert_eq!(normalize_etag("\"abc\""), "abc");
+        assert_eq!(normalize_etag("W/\"abc\""), "abc");
+        assert_eq!(normalize_etag(" abc "), "abc");
+        assert_eq!(normalize_etag("\"5-1a-3\""), "5-1a-3");
+    }
+
+    #[test]
+    fn unchanged_needs_same_settings_and_etag_or_hash() {
+        let mut manifest = Manifest::new("file:///data");
+        manifest
+            .objects
+            .insert("a.txt".to_owned(), entry(Some("e1"), "h1"));
+        assert!(manifest.is_unchanged_by_etag("a.txt", Some("e1"), 10, "s1"));
+        assert!(!manifest.is_unchanged_by_etag("a.txt", Some("e1"), 11, "s1"));
+        assert!(!manifest.is_unchanged_by_etag("a.txt", Some("e2"), 10, "s1"));
+        assert!(!manifest.is_unchanged_by_etag("a.txt", None, 10, "s1"));
+        assert!(!manifest.is_unchanged_by_etag("a.txt", Some("e1"), 10, "s2"));
+        assert!(!manifest.is_unchanged_by_etag("b.txt", Some("e1"), 10, "s1"));
+        assert!(manifest.is_unchanged_by_content("a.txt", "h1", "s1"));
+        assert!(!manifest.is_unchanged_by_content("a.txt", "h2", "s1"));
+        assert!(!manifest.is_unchanged_by_content("a.txt", "h1", "s2"));
+    }
+
+    #[test]
+    fn save_then_load_round_trips_and_leaves_no_temp_file() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("nested/manifest.json");
+        let mut manifest = Manifest::new("file:///data");
+        manifest
+            .objects
+            .insert("a.txt".to_owned(), entry(Some("e1"), &sha256_hex(b"x")));
+        manifest.save(&path).unwrap();
+        assert!(!temporary_path_for(&path).exists());
+        assert_eq!(
+            Manifest::load_or_new(&path, "file:///data").unwrap(),
+            manifest
+        );
+
+        manifest.objects.clear();
+        manifest.save(&path).unwrap();
+        assert!(
+            Manifest::load_or_new(&path, "file:///data")
+                .unwrap()
+                .objects
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn missing_file_is_an_empty_manifest() {
+        let folder = tempfile::tempdir().unwrap();
+        let manifest = Manifest::load_or_new(&folder.path().join("none.json"), "src").unwrap();
+        assert_eq!(manifest, Manifest::new("src"));
+    }
+
+    #[test]
+    fn corrupt_or_foreign_manifest_is_a_clear_error() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("manifest.json");
+        std::fs::write(&path, b"{ torn").unwrap();
+        let error = Manifest::load_or_new(&path, "src").unwrap_err();
+        assert!(error.message.contains("delete it"), "{error}");
+
+        Manifest::new("file:///one").save(&path).unwrap();
+        let error = Manifest::load_or_new(&path, "file:///two").unwrap_err();
+        assert!(error.message.contains("belongs to file:///one"), "{error}");
+    }
+
+    #[test]
+    fn sha256_is_hex() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,641 @@
+//! Pipeline tests on tempdir folders, with an in-memory store and a deterministic embedder.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::document::Hit;
+use crate::embed::EmbeddingSpace;
+use crate::stores::{SourceInfo, StoreQuery};
+
+const DIMS: usize = 8;
+
+/// Deterministic unit vectors derived from the text, counting its calls.
+struct FakeEmbedder {
+    space: EmbeddingSpace,
+    calls: AtomicUsize,
+}
+
+impl FakeEmbedder {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            space: EmbeddingSpace {
+                id: "fake".to_owned(),
+                model: "fake-model".to_owned(),
+                dims: DIMS,
+            },
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+fn fake_vector(text: &str) -> Vec<f32> {
+    let digest = Sha256::digest(text.as_bytes());
+    let raw: Vec<f32> = digest[..DIMS]
+        .iter()
+        .map(|&byte| f32::from(byte) + 1.0)
+        .collect();
+    let norm = raw.iter().map(|value| value * value).sum::<f32>().sqrt();
+    raw.into_iter().map(|value| value / norm).collect()
+}
+
+#[async_trait]
+impl Embedder for FakeEmbedder {
+    fn space(&self) -> &EmbeddingSpace {
+        &self.space
+    }
+
+    async fn embed(&self, texts: &[String], purpose: Purpose) -> Result<Vec<Vec<f32>>> {
+        assert_eq!(purpose, Purpose::Document);
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(texts.iter().map(|text| fake_vector(text)).collect())
+    }
+}
+
+#[derive(Default)]
+struct StoreState {
+    live: BTreeMap<String, EmbeddedChunk>,
+    committed: BTreeMap<String, EmbeddedChunk>,
+    upsert_calls: usize,
+    upserted_chunks: usize,
+    deleted_keys: Vec<String>,
+    commits: usize,
+    /// Fail the upsert call with this 1-based number, once.
+    fail_upsert_call: Option<usize>,
+}
+
+/// Records every write; `commit` snapshots what a restart would still see.
+struct MemoryStore {
+    info: SourceInfo,
+    state: Mutex<StoreState>,
+}
+
+impl MemoryStore {
+    fn new(id: &str, kind: StoreKind) -> Arc<Self> {
+        let is_dense = kind == StoreKind::Dense;
+        Arc::new(Self {
+            info: SourceInfo {
+                id: id.to_owned(),
+                backend: "memory".to_owned(),
+                kind,
+                space: is_dense.then(|| "fake".to_owned()),
+                dims: is_dense.then_some(DIMS),
+                cloud: "local".to_owned(),
+                region: "here".to_owned(),
+            },
+            state: Mutex::new(StoreState::default()),
+        })
+    }
+
+    fn dense() -> Arc<Self> {
+        Self::new("memory-dense", StoreKind::Dense)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, StoreState> {
+        self.state.lock().unwrap()
+    }
+
+    fn committed_object_keys(&self) -> BTreeSet<String> {
+        let state = self.state();
+        let chunks = state.committed.values();
+        chunks
+            .map(|embedded| embedded.chunk.object_key.clone())
+            .collect()
+    }
+
+    fn committed_chunks_of(&self, object_key: &str) -> Vec<Chunk> {
+        let state = self.state();
+        let chunks = state.committed.values();
+        chunks
+            .filter(|embedded| embedded.chunk.object_key == object_key)
+            .map(|embedded| embedded.chunk.clone())
+            .collect()
+    }
+
+    fn upserted_chunks(&self) -> usize {
+        self.state().upserted_chunks
+    }
+
+    fn commits(&self) -> usize {
+        self.state().commits
+    }
+}
+
+#[async_trait]
+impl SearchBackend for MemoryStore {
+    fn describe(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    async fn search(&self, _query: &StoreQuery) -> Result<Vec<Hit>> {
+        Ok(Vec::new())
+    }
+
+    async fn upsert(&self, chunks: &[EmbeddedChunk]) -> Result<()> {
+        let mut state = self.state();
+        state.upsert_calls += 1;
+        if state.fail_upsert_call == Some(state.upsert_calls) {
+            state.fail_upsert_call = None;
+            return Err(Error::unavailable("fake store is down"));
+        }
+        for embedded in chunks {
+            if self.info.kind == StoreKind::Dense {
+                assert_eq!(embedded.vector.len(), DIMS, "dense stores get vectors");
+            }
+            state
+                .live
+                .insert(embedded.chunk.chunk_id.clone(), embedded.clone());
+        }
+        state.upserted_chunks += chunks.len();
+        Ok(())
+    }
+
+    async fn delete_objects(&self, object_keys: &[String]) -> Result<()> {
+        let mut state = self.state();
+        state
+            .live
+            .retain(|_, embedded| !object_keys.contains(&embedded.chunk.object_key));
+        state.deleted_keys.extend(object_keys.iter().cloned());
+        Ok(())
+    }
+
+    async fn commit(&self) -> Result<()> {
+        let mut state = self.state();
+        state.committed = state.live.clone();
+        state.commits += 1;
+        Ok(())
+    }
+
+    async fn count(&self) -> Result<u64> {
+        Ok(self.state().live.len() as u64)
+    }
+}
+
+/// A bucket folder, a manifest outside it, one dense store and the fake embedder.
+struct Fixture {
+    bucket: tempfile::TempDir,
+    state_folder: tempfile::TempDir,
+    store: Arc<MemoryStore>,
+    embedder: Arc<FakeEmbedder>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            bucket: tempfile::tempdir().unwrap(),
+            state_folder: tempfile::tempdir().unwrap(),
+            store: MemoryStore::dense(),
+            embedder: FakeEmbedder::new(),
+        }
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.state_folder.path().join("manifest.json")
+    }
+
+    fn manifest(&self) -> Manifest {
+        let source = format!(
+            "file://{}",
+            self.bucket.path().canonicalize().unwrap().display()
+        );
+        Manifest::load_or_new(&self.manifest_path(), &source).unwrap()
+    }
+
+    fn write(&self, relative_path: &str, contents: impl AsRef<[u8]>) {
+        let path = self.bucket.path().join(relative_path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+
+    fn remove(&self, relative_path: &str) {
+        std::fs::remove_file(self.bucket.path().join(relative_path)).unwrap();
+    }
+
+    fn job(&self) -> IndexJob {
+        let mut job = IndexJob::new(
+            self.bucket.path().to_str().unwrap(),
+            vec![self.store.clone() as Arc<dyn SearchBackend>],
+            Some(self.embedder.clone() as Arc<dyn Embedder>),
+            self.manifest_path(),
+        );
+        job.chunking = ChunkingConfig {
+            max_words: 8,
+            overlap_words: 2,
+        };
+        job.embed_batch_size = 4;
+        job.fetch_concurrency = 3;
+        job
+    }
+
+    async fn run(&self) -> IndexReport {
+        run_index(self.job(), |_| {})
+            .await
+            .expect("index run succeeds")
+    }
+}
+
+fn words(count: usize, prefix: &str) -> String {
+    (0..count)
+        .map(|number| format!("{prefix}{number}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test]
+async fn beir_corpus_gives_one_document_per_line_with_its_id() {
+    let fixture = Fixture::new();
+    fixture.write(
+        "scifact/corpus.jsonl",
+        concat!(
+            r#"{"_id": "4983", "title": "Microstructural development", "text": "Alterations of the architecture of cerebral white matter.", "metadata": {}}"#,
+            "\n",
+            r#"{"_id": "5836", "title": "Myelodysplasia", "text": "Induction of myelodysplasia by myeloid-derived suppressor cells.", "metadata": {}}"#,
+            "\n",
+        ),
+    );
+    let report = fixture.run().await;
+
+    assert_eq!(report.progress.indexed, 1);
+    assert_eq!(report.progress.listed, 1);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let chunks = fixture.store.committed_chunks_of("scifact/corpus.jsonl");
+    let doc_ids: BTreeSet<_> = chunks.iter().map(|chunk| chunk.doc_id.as_str()).collect();
+    assert_eq!(doc_ids, BTreeSet::from(["4983", "5836"]));
+    let first = chunks
+        .iter()
+        .find(|chunk| chunk.chunk_id == "4983#0")
+        .unwrap();
+    assert_eq!(first.title, "Microstructural development");
+    assert!(first.text.starts_with("Alterations of the"));
+    assert_eq!(report.progress.chunks_written, chunks.len() as u64);
+
+    let state = fixture.store.state();
+    for embedded in state.committed.values() {
+        let norm: f32 = embedded
+            .vector
+            .iter()
+            .map(|value| value * value)
+            .sum::<f32>()
+            .sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+}
+
+#[tokio::test]
+async fn rerun_skips_unchanged_reindexes_modified_and_deletes_removed() {
+    let fixture = Fixture::new();
+    fixture.write("a.txt", words(5, "alpha"));
+    fixture.write("docs/b.md", format!("# Bee\n\n{}", words(20, "old")));
+    fixture.write("site/c.html", "<title>See</title><p>gamma delta</p>");
+    let first = fixture.run().await;
+    assert_eq!(first.progress.indexed, 3);
+    assert_eq!(first.progress.listed, 3);
+    let old_b_chunks = fixture.store.committed_chunks_of("docs/b.md");
+    assert!(old_b_chunks.len() >= 3, "{old_b_chunks:?}");
+    assert_eq!(fixture.manifest().objects.len(), 3);
+
+    // Unchanged folder: nothing is read, embedded, written or committed.
+    let upserts_before = fixture.store.upserted_chunks();
+    let commits_before = fixture.store.commits();
+    let embed_calls_before = fixture.embedder.calls();
+    let second = fixture.run().await;
+    assert_eq!(second.progress.unchanged, 3);
+    assert_eq!(second.progress.fetched, 0);
+    assert_eq!(second.progress.indexed, 0);
+    assert_eq!(fixture.store.upserted_chunks(), upserts_before);
+    assert_eq!(fixture.store.commits(), commits_before);
+    assert_eq!(fixture.embedder.calls(), embed_calls_before);
+
+    // Modified (now shorter) and removed.
+    fixture.write("docs/b.md", "# Bee\n\nnew words only");
+    fixture.remove("site/c.html");
+    let third = fixture.run().await;
+    assert_eq!(third.progress.indexed, 1);
+    assert_eq!(third.progress.unchanged, 1);
+    assert_eq!(third.progress.deleted, 1);
+    let new_b_chunks = fixture.store.committed_chunks_of("docs/b.md");
+    assert_eq!(new_b_chunks.len(), 1);
+    assert!(new_b_chunks[0].text.contains("new words only"));
+    assert_eq!(
+        fixture.store.committed_object_keys(),
+        BTreeSet::from(["a.txt".to_owned(), "docs/b.md".to_owned()])
+    );
+    let manifest = fixture.manifest();
+    assert_eq!(
+        manifest.objects.keys().cloned().collect::<Vec<_>>(),
+        ["a.txt", "docs/b.md"]
+    );
+    assert_eq!(manifest.objects["docs/b.md"].chunk_ids, ["docs/b.md#0"]);
+}
+
+#[tokio::test]
+async fn same_content_under_a_new_etag_writes_nothing() {
+    let fixture = Fixture::new();
+    fixture.write("a.txt", "same words");
+    fixture.run().await;
+    let upserts_before = fixture.store.upserted_chunks();
+    let old_etag = fixture.manifest().objects["a.txt"].etag.clone();
+
+    // Rewriting the file changes its mtime, so the etag, but not its hash.
+    std::thread::sleep(Duration::from_millis(5));
+    fixture.write("a.txt", "same words");
+    let report = fixture.run().await;
+    assert_eq!(report.progress.unchanged, 1);
+    assert_eq!(fixture.store.upserted_chunks(), upserts_before);
+    let new_etag = fixture.manifest().objects["a.txt"].etag.clone();
+    if report.progress.fetched == 1 {
+        assert_ne!(
+            new_etag, old_etag,
+            "a re-read object's new etag is remembered"
+        );
+    }
+}
+
+#[tokio::test]
+async fn problem_files_are_counted_and_reported_while_the_rest_is_indexed() {
+    let fixture = Fixture::new();
+    fixture.write("good.txt", "plain good text");
+    fixture.write("binary.txt", b"abc\0def");
+    fixture.write("latin1.txt", b"caf\xe9 au lait");
+    fixture.write("empty.md", "");
+    fixture.write("big.txt", "x ".repeat(600));
+    fixture.write("picture.png", b"\x89PNG");
+    fixture.write(
+        "mixed.jsonl",
+        "{\"_id\": \"1\", \"text\": \"first\"}\n{not json\n{\"_id\": \"3\", \"text\": \"third\"}\n",
+    );
+    let mut job = fixture.job();
+    job.max_object_bytes = 1000;
+    let mut progress_calls = 0;
+    let report = run_index(job, |_| progress_calls += 1).await.unwrap();
+
+    let progress = &report.progress;
+    assert_eq!(progress.listed, 7);
+    assert_eq!(progress.indexed, 2);
+    assert_eq!(progress.failed, 2);
+    assert_eq!(progress.skipped, 3);
+    assert_eq!(progress.record_problems, 1);
+    assert_eq!(progress.processed(), 7);
+    // The too-large file and the image are never read.
+    assert_eq!(progress.fetched, 5);
+    assert!(progress_calls >= 7);
+
+    let failed: BTreeMap<_, _> = report
+        .failures
+        .iter()
+        .map(|issue| (issue.object_key.as_str(), issue.reason.as_str()))
+        .collect();
+    assert!(failed["binary.txt"].contains("binary"), "{failed:?}");
+    assert!(failed["latin1.txt"].contains("utf-8"), "{failed:?}");
+    let skipped: BTreeMap<_, _> = report
+        .skips
+        .iter()
+        .map(|issue| (issue.object_key.as_str(), issue.reason.as_str()))
+        .collect();
+    assert!(skipped["empty.md"].contains("empty"), "{skipped:?}");
+    assert!(skipped["big.txt"].contains("too large"), "{skipped:?}");
+    assert!(
+        skipped["picture.png"].contains("unsupported"),
+        "{skipped:?}"
+    );
+    assert_eq!(report.record_problems[0].object_key, "mixed.jsonl:2");
+
+    assert_eq!(
+        fixture.store.committed_object_keys(),
+        BTreeSet::from(["good.txt".to_owned(), "mixed.jsonl".to_owned()])
+    );
+    assert_eq!(fixture.store.committed_chunks_of("mixed.jsonl").len(), 2);
+    assert_eq!(fixture.manifest().objects.len(), 2);
+}
+
+#[tokio::test]
+async fn indexed_object_that_becomes_unusable_loses_its_old_chunks() {
+    let fixture = Fixture::new();
+    fixture.write("a.txt", "fine text");
+    fixture.write("b.txt", "also fine");
+    fixture.run().await;
+
+    fixture.write("a.txt", b"now \0 binary");
+    let report = fixture.run().await;
+    assert_eq!(report.progress.failed, 1);
+    assert_eq!(
+        fixture.store.committed_object_keys(),
+        BTreeSet::from(["b.txt".to_owned()])
+    );
+    assert!(!fixture.manifest().objects.contains_key("a.txt"));
+}
+
+#[tokio::test]
+async fn failing_store_leaves_the_manifest_without_unwritten_objects_and_a_rerun_converges() {
+    let fixture = Fixture::new();
+    for number in 0..5 {
+        fixture.write(
+            &format!("doc{number}.txt"),
+            format!("document number {number}"),
+        );
+    }
+    // One chunk per object, one object per batch, one commit per batch.
+    let mut job = fixture.job();
+    job.embed_batch_size = 1;
+    job.commit_every_chunks = 1;
+    job.fetch_concurrency = 1;
+    fixture.store.state().fail_upsert_call = Some(3);
+    let error = run_index(job, |_| {}).await.unwrap_err();
+    assert!(error.message.contains("fake store is down"), "{error}");
+    assert!(error.message.contains("memory-dense"), "{error}");
+
+    let manifest = fixture.manifest();
+    assert_eq!(manifest.objects.len(), 2, "{manifest:?}");
+    let committed = fixture.store.committed_object_keys();
+    for object_key in manifest.objects.keys() {
+        assert!(
+            committed.contains(object_key),
+            "manifest lists only committed objects"
+        );
+    }
+
+    let report = fixture.run().await;
+    assert_eq!(report.progress.unchanged, 2);
+    assert_eq!(report.progress.indexed, 3);
+    assert_eq!(fixture.store.committed_object_keys().len(), 5);
+    assert_eq!(
+        fixture.store.state().committed.len(),
+        5,
+        "no duplicated chunks"
+    );
+    assert_eq!(fixture.manifest().objects.len(), 5);
+}
+
+#[tokio::test]
+async fn lost_manifest_reindexes_without_leftovers() {
+    // As if killed after the stores committed but before the manifest was saved.
+    let fixture = Fixture::new();
+    fixture.write("a.txt", words(30, "long"));
+    fixture.run().await;
+    assert!(fixture.store.committed_chunks_of("a.txt").len() > 1);
+    std::fs::remove_file(fixture.manifest_path()).unwrap();
+
+    fixture.write("a.txt", "short now");
+    let report = fixture.run().await;
+    assert_eq!(report.progress.indexed, 1);
+    let chunks = fixture.store.committed_chunks_of("a.txt");
+    assert_eq!(
+        chunks.len(),
+        1,
+        "old chunks were removed before the rewrite"
+    );
+    assert!(
+        fixture
+            .store
+            .state()
+            .deleted_keys
+            .contains(&"a.txt".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn single_file_file_url_and_relative_path_all_work() {
+    let fixture = Fixture::new();
+    fixture.write("one.md", "# One\n\nbody");
+    fixture.write("two.txt", "second");
+
+    let file_path = fixture.bucket.path().join("one.md");
+    let mut job = fixture.job();
+    job.url = file_path.to_str().unwrap().to_owned();
+    job.manifest_path = fixture.state_folder.path().join("single.json");
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!((report.progress.listed, report.progress.indexed), (1, 1));
+    assert_eq!(fixture.store.committed_chunks_of("one.md")[0].title, "One");
+
+    let url = url::Url::from_directory_path(fixture.bucket.path()).unwrap();
+    let mut job = fixture.job();
+    job.url = url.to_string();
+    job.manifest_path = fixture.state_folder.path().join("url.json");
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(report.progress.indexed, 2);
+
+    let mut job = fixture.job();
+    job.url = relative_path_to(fixture.bucket.path());
+    assert!(!Path::new(&job.url).is_absolute());
+    job.manifest_path = fixture.state_folder.path().join("relative.json");
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(report.progress.indexed, 2);
+}
+
+/// `target` spelled relative to the current directory, without changing it.
+fn relative_path_to(target: &Path) -> String {
+    let current = std::env::current_dir().unwrap().canonicalize().unwrap();
+    let target = target.canonicalize().unwrap();
+    let depth = current.components().count() - 1;
+    let mut relative = PathBuf::new();
+    for _ in 0..depth {
+        relative.push("..");
+    }
+    relative.push(target.strip_prefix("/").unwrap());
+    relative.to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn manifest_inside_the_indexed_folder_is_not_indexed() {
+    let fixture = Fixture::new();
+    fixture.write("a.txt", "text");
+    let mut job = fixture.job();
+    job.manifest_path = fixture.bucket.path().join("state/manifest.json");
+    run_index(job, |_| {}).await.unwrap();
+    let mut job = fixture.job();
+    job.manifest_path = fixture.bucket.path().join("state/manifest.json");
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(report.progress.listed, 1);
+    assert_eq!(report.progress.unchanged, 1);
+}
+
+#[tokio::test]
+async fn lexical_only_stores_need_no_embedder() {
+    let fixture = Fixture::new();
+    fixture.write("a.txt", "some words");
+    let store = MemoryStore::new("memory-bm25", StoreKind::Lexical);
+    let mut job = fixture.job();
+    job.stores = vec![store.clone() as Arc<dyn SearchBackend>];
+    job.embedder = None;
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(report.progress.indexed, 1);
+    assert_eq!(store.committed_object_keys().len(), 1);
+    assert_eq!(
+        store
+            .state()
+            .committed
+            .values()
+            .next()
+            .unwrap()
+            .vector
+            .len(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn adding_a_store_reindexes_into_both() {
+    let fixture = Fixture::new();
+    fixture.write("a.txt", "some words");
+    fixture.run().await;
+    let second_store = MemoryStore::new("memory-second", StoreKind::Dense);
+    let mut job = fixture.job();
+    job.stores.push(second_store.clone());
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(report.progress.indexed, 1);
+    assert_eq!(second_store.committed_object_keys().len(), 1);
+}
+
+#[tokio::test]
+async fn invalid_jobs_are_refused_before_any_work() {
+    let fixture = Fixture::new();
+    let mut job = fixture.job();
+    job.embedder = None;
+    let error = run_index(job, |_| {}).await.unwrap_err();
+    assert!(error.message.contains("no embedder"), "{error}");
+
+    let mut job = fixture.job();
+    job.chunking.overlap_words = job.chunking.max_words;
+    assert!(run_index(job, |_| {}).await.is_err());
+
+    let mut job = fixture.job();
+    job.embed_batch_size = 0;
+    assert!(run_index(job, |_| {}).await.is_err());
+
+    let mut job = fixture.job();
+    job.url = fixture
+        .bucket
+        .path()
+        .join("missing")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let error = run_index(job, |_| {}).await.unwrap_err();
+    assert_eq!(error.kind, crate::error::ErrorKind::NotFound);
+
+    let mut job = fixture.job();
+    job.url = "s3://bucket/prefix".to_owned();
+    assert!(run_index(job, |_| {}).await.is_err());
+    assert!(!fixture.manifest_path().exists());
+}
+
+#[tokio::test]
+async fn manifest_of_another_folder_is_refused() {
+    let fixture = Fixture::new();
+    fixture.write("a.txt", "text");
+    fixture.run().await;
+    let other = tempfile::tempdir().unwrap();
+    let mut job = fixture.job();
+    job.url = other.path().to_str().unwrap().to_owned();
+    let error = run_index(job, |_| {}).await.unwrap_err();
+    assert!(error.message.contains("belongs to"), "{error}");
+    assert_eq!(fixture.store.committed_object_keys().len(), 1);
+}
