@@ -66,3 +66,23 @@ pub trait SearchBackend: Send + Sync {
     /// Number of chunks stored.
     async fn count(&self) -> Result<u64>;
 }
+
+/// A configured source: a backend plus how `Search` treats it.
+#[derive(Clone)]
+pub struct Source {
+    pub backend: std::sync::Arc<dyn SearchBackend>,
+    /// Weight in fusion.
+    pub weight: f64,
+    /// Budget for one search, always capped by the call's deadline.
+    pub timeout: std::time::Duration,
+}
+
+impl Source {
+    pub fn id(&self) -> &str {
+        &self.backend.describe().id
+    }
+
+    pub fn info(&self) -> &SourceInfo {
+        self.backend.describe()
+    }
+}

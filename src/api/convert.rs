@@ -1,0 +1,157 @@
+//! Domain <-> proto conversions and the one mapping from errors to gRPC statuses.
+
+use std::time::{Duration, Instant};
+
+use tonic::Status;
+
+use super::proto;
+use crate::config::FusionMethod;
+use crate::error::{Error, ErrorKind};
+use crate::retrieve::{FusedHit, SearchResult, SourceOutcome, SourceStatus};
+
+/// Every error kind maps to one status; retry hints travel as `retry-after` metadata.
+pub fn status(error: Error) -> Status {
+    let code = match error.kind {
+        ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::Throttled => tonic::Code::ResourceExhausted,
+        ErrorKind::Unavailable => tonic::Code::Unavailable,
+        ErrorKind::Timeout => tonic::Code::DeadlineExceeded,
+        ErrorKind::Auth => tonic::Code::Unauthenticated,
+        ErrorKind::Config => tonic::Code::FailedPrecondition,
+        ErrorKind::Internal => tonic::Code::Internal,
+    };
+    let mut status = Status::new(code, error.message);
+    if let Some(retry_after) = error.retry_after
+        && let Ok(value) = retry_after.as_secs().max(1).to_string().parse()
+    {
+        status.metadata_mut().insert("retry-after", value);
+    }
+    status
+}
+
+/// The call's deadline from its `grpc-timeout` header, if the client set one.
+pub fn deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
+    let header = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(header).map(|timeout| Instant::now() + timeout)
+}
+
+/// `grpc-timeout` is up to 8 digits and a unit: H, M, S, m (ms), u (us), n (ns).
+fn parse_grpc_timeout(header: &str) -> Option<Duration> {
+    if header.len() < 2 {
+        return None;
+    }
+    let (digits, unit) = header.split_at(header.len() - 1);
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value.saturating_mul(3600)),
+        "M" => Duration::from_secs(value.saturating_mul(60)),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+pub fn fusion_method(method: i32) -> Result<Option<FusionMethod>, Status> {
+    match proto::FusionMethod::try_from(method) {
+        Ok(proto::FusionMethod::Unspecified) => Ok(None),
+        Ok(proto::FusionMethod::Rrf) => Ok(Some(FusionMethod::Rrf)),
+        Ok(proto::FusionMethod::Dbsf) => Ok(Some(FusionMethod::Dbsf)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown fusion method {method}"
+        ))),
+    }
+}
+
+fn fusion_to_proto(method: FusionMethod) -> proto::FusionMethod {
+    match method {
+        FusionMethod::Rrf => proto::FusionMethod::Rrf,
+        FusionMethod::Dbsf => proto::FusionMethod::Dbsf,
+    }
+}
+
+pub fn search_response(result: SearchResult, include_text: bool) -> proto::SearchResponse {
+    proto::SearchResponse {
+        hits: result
+            .hits
+            .into_iter()
+            .enumerate()
+            .map(|(index, hit)| search_hit(index, hit, include_text))
+            .collect(),
+        sources: result.outcomes.into_iter().map(source_outcome).collect(),
+        degraded: result.degraded,
+        took_micros: result.took.as_micros() as u64,
+        fusion: fusion_to_proto(result.fusion) as i32,
+    }
+}
+
+fn search_hit(index: usize, fused: FusedHit, include_text: bool) -> proto::SearchHit {
+    proto::SearchHit {
+        rank: index as u32 + 1,
+        doc_id: fused.hit.doc_id,
+        chunk_id: fused.hit.chunk_id,
+        score: fused.score,
+        title: fused.hit.title,
+        text: if include_text {
+            fused.hit.text
+        } else {
+            String::new()
+        },
+        object_key: fused.hit.object_key,
+        explain: fused
+            .contributions
+            .into_iter()
+            .map(|contribution| proto::SourceContribution {
+                source: contribution.source,
+                rank: contribution.rank,
+                score: f64::from(contribution.score),
+                contribution: contribution.contribution,
+                chunk_id: contribution.chunk_id,
+            })
+            .collect(),
+    }
+}
+
+pub fn source_outcome(outcome: SourceOutcome) -> proto::SourceOutcome {
+    let status = match outcome.status {
+        SourceStatus::Ok => proto::SourceStatus::Ok,
+        SourceStatus::Error => proto::SourceStatus::Error,
+        SourceStatus::Timeout => proto::SourceStatus::Timeout,
+        SourceStatus::Skipped => proto::SourceStatus::Skipped,
+    };
+    proto::SourceOutcome {
+        source: outcome.source,
+        status: status as i32,
+        message: outcome.message,
+        hits: outcome.hits as u32,
+        took_micros: outcome.took.as_micros() as u64,
+    }
+}
+
+/// Treats 0 as "not set", as the proto documents for counts.
+pub fn optional(value: u32) -> Option<u32> {
+    (value != 0).then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("12"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+    }
+
+    #[test]
+    fn throttling_carries_retry_after() {
+        let status = status(Error::throttled("slow down", Some(Duration::from_secs(7))));
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "7");
+    }
+}

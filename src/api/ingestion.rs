@@ -1,0 +1,90 @@
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::proto::{self, ingestion_service_server::IngestionService};
+use crate::ingest::{IndexProgress, IndexReport};
+use crate::service::Service;
+
+pub struct IngestionApi {
+    pub service: Arc<Service>,
+}
+
+type ProgressStream = ReceiverStream<Result<proto::IndexProgress, Status>>;
+
+#[tonic::async_trait]
+impl IngestionService for IngestionApi {
+    type IndexStream = ProgressStream;
+
+    async fn index(
+        &self,
+        request: Request<proto::IndexRequest>,
+    ) -> Result<Response<Self::IndexStream>, Status> {
+        let request = request.into_inner();
+        // Refuse an unknown index before the stream starts, as a plain status.
+        self.service
+            .index_config(&request.index)
+            .map_err(convert::status)?;
+        let (sender, receiver) = mpsc::channel(32);
+        let service = self.service.clone();
+        tokio::spawn(async move {
+            let progress_sender = sender.clone();
+            let report = service
+                .index(&request.url, &request.index, move |progress| {
+                    // Intermediate progress may be dropped when the client reads slowly;
+                    // the final event is always delivered.
+                    let _ = progress_sender.try_send(Ok(progress_message(progress)));
+                })
+                .await;
+            let last = match report {
+                Ok(report) => Ok(final_message(report)),
+                Err(error) => Err(convert::status(error)),
+            };
+            let _ = sender.send(last).await;
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+fn progress_message(progress: &IndexProgress) -> proto::IndexProgress {
+    proto::IndexProgress {
+        listed: progress.listed,
+        fetched: progress.fetched,
+        indexed: progress.indexed,
+        unchanged: progress.unchanged,
+        deleted: progress.deleted,
+        skipped: progress.skipped,
+        failed: progress.failed,
+        chunks: progress.chunks_written,
+        bytes: progress.bytes_read,
+        elapsed_millis: progress.elapsed.as_millis() as u64,
+        done: false,
+        failures: Vec::new(),
+    }
+}
+
+fn final_message(report: IndexReport) -> proto::IndexProgress {
+    let mut message = progress_message(&report.progress);
+    message.done = true;
+    let listing = report
+        .listing_errors
+        .into_iter()
+        .map(|reason| proto::ObjectFailure {
+            key: String::new(),
+            reason: format!("listing: {reason}"),
+        });
+    let issues = report
+        .failures
+        .into_iter()
+        .chain(report.skips)
+        .chain(report.record_problems)
+        .map(|issue| proto::ObjectFailure {
+            key: issue.object_key,
+            reason: issue.reason,
+        });
+    message.failures = listing.chain(issues).collect();
+    message
+}

@@ -1,0 +1,589 @@
+//! Configuration in stages: serde types with defaults and `deny_unknown_fields`,
+//! then a pure [`Config::validate`] whose messages name the bad key; wiring the
+//! stores and models from a valid config (I/O) happens in `service::build`.
+
+mod secret;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use secret::{Secret, SecretLocation};
+
+use crate::error::{Error, Result};
+
+/// The embedded default: local folder, tantivy BM25 + dense MiniLM, fused by RRF.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub search: SearchConfig,
+    #[serde(default)]
+    pub answer: AnswerConfig,
+    #[serde(default, rename = "space")]
+    pub spaces: Vec<SpaceConfig>,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    #[serde(default, rename = "index")]
+    pub indexes: Vec<IndexConfig>,
+    #[serde(default, rename = "provider")]
+    pub providers: Vec<ProviderConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC listen address.
+    pub listen: String,
+    /// Where local stores and manifests live; relative paths are taken from the
+    /// directory the config file is in (the current directory for the default).
+    pub data_dir: PathBuf,
+    /// Largest gRPC message accepted or sent.
+    pub max_message_bytes: usize,
+    pub max_top_k: u32,
+    pub default_top_k: u32,
+    pub max_query_chars: usize,
+    /// Requests served at once per connection; more wait.
+    pub max_concurrent_requests: usize,
+    /// Deadline for a call that sets none.
+    pub default_timeout_ms: u64,
+    /// How long in-flight calls may finish after shutdown is asked.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            data_dir: "indexes/local".into(),
+            max_message_bytes: 4 * 1024 * 1024,
+            max_top_k: 1000,
+            default_top_k: 10,
+            max_query_chars: 4096,
+            max_concurrent_requests: 256,
+            default_timeout_ms: 10_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionMethod {
+    Rrf,
+    Dbsf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    pub fusion: FusionMethod,
+    /// RRF's k: each list adds weight / (k + rank), ranks from 1.
+    pub rrf_k: f64,
+    /// Hits asked of each source, at least top_k: fusion needs depth to work with.
+    pub candidates_per_source: usize,
+    /// A source's budget when it sets no `timeout_ms`; always capped by the call's deadline.
+    pub source_timeout_ms: u64,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            fusion: FusionMethod::Rrf,
+            rrf_k: 60.0,
+            candidates_per_source: 100,
+            source_timeout_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnswerConfig {
+    /// Provider id to answer with; none means extractive answers.
+    pub provider: Option<String>,
+    /// Passages retrieved for an answer.
+    pub top_k: u32,
+    /// Prompt budget for the passages, in tokens (estimated at 4 characters a token).
+    pub context_budget_tokens: usize,
+    pub max_output_tokens: u32,
+}
+
+impl Default for AnswerConfig {
+    fn default() -> Self {
+        Self {
+            provider: None,
+            top_k: 5,
+            context_budget_tokens: 3_000,
+            max_output_tokens: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpaceProvider {
+    /// In-process BERT-family model from a directory (safetensors + tokenizer.json).
+    Local,
+}
+
+/// An embedding space: a model at a dimension. Vectors of different spaces never meet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpaceConfig {
+    pub id: String,
+    pub provider: SpaceProvider,
+    /// For `local`: the model directory.
+    pub model: String,
+    pub dims: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// Local tantivy BM25 index (English stemming, title + text).
+    Tantivy,
+    /// Local exact dense index.
+    Dense,
+}
+
+/// Something `Search` fans out to and `Index` writes into.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub id: String,
+    pub kind: SourceKind,
+    /// Embedding space, required for dense sources.
+    pub space: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    pub timeout_ms: Option<u64>,
+    #[serde(default = "default_location")]
+    pub cloud: String,
+    #[serde(default = "default_location")]
+    pub region: String,
+    /// Local stores: the folder, default `<data_dir>/<id>`.
+    pub path: Option<PathBuf>,
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+fn default_location() -> String {
+    "local".into()
+}
+
+/// A logical index: how documents are chunked and which sources they are written to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    pub id: String,
+    pub sources: Vec<String>,
+    #[serde(default = "default_chunk_max_words")]
+    pub chunk_max_words: usize,
+    #[serde(default = "default_chunk_overlap_words")]
+    pub chunk_overlap_words: usize,
+    #[serde(default = "default_embed_batch_size")]
+    pub embed_batch_size: usize,
+    #[serde(default = "default_max_object_bytes")]
+    pub max_object_bytes: u64,
+}
+
+fn default_chunk_max_words() -> usize {
+    200
+}
+
+fn default_chunk_overlap_words() -> usize {
+    40
+}
+
+fn default_embed_batch_size() -> usize {
+    32
+}
+
+fn default_max_object_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Any server speaking OpenAI's `/v1/chat/completions`: llama.cpp, vLLM, Ollama.
+    OpenaiCompat,
+}
+
+/// An LLM endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub id: String,
+    pub kind: ProviderKind,
+    /// Base URL without `/v1`, e.g. `http://127.0.0.1:8080`.
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Option<SecretLocation>,
+    #[serde(default = "default_provider_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_location")]
+    pub cloud: String,
+    #[serde(default = "default_location")]
+    pub region: String,
+    /// List price per million input tokens, for the cost in each answer.
+    #[serde(default)]
+    pub input_per_1m_usd: f64,
+    #[serde(default)]
+    pub output_per_1m_usd: f64,
+}
+
+fn default_provider_timeout_ms() -> u64 {
+    60_000
+}
+
+impl Config {
+    /// The embedded default, relative paths taken from the current directory.
+    pub fn embedded_default() -> Self {
+        toml::from_str(DEFAULT_CONFIG_TOML).expect("the embedded default config parses")
+    }
+
+    /// Parses TOML text; `base_dir` anchors relative paths. Does not validate.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self> {
+        let mut config: Self =
+            toml::from_str(text).map_err(|error| Error::config(error.to_string()))?;
+        config.anchor_paths(base_dir);
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            Error::config(format!("cannot read config {}: {error}", path.display()))
+        })?;
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        let config = Self::parse(&text, base_dir)
+            .map_err(|error| error.context(format!("config {}", path.display())))?;
+        config
+            .validate()
+            .map_err(|error| error.context(format!("config {}", path.display())))?;
+        Ok(config)
+    }
+
+    fn anchor_paths(&mut self, base_dir: &Path) {
+        let anchor = |path: &Path| -> PathBuf {
+            if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                base_dir.join(path)
+            }
+        };
+        self.server.data_dir = anchor(&self.server.data_dir);
+        for space in &mut self.spaces {
+            if space.provider == SpaceProvider::Local {
+                space.model = anchor(Path::new(&space.model)).display().to_string();
+            }
+        }
+        for source in &mut self.sources {
+            source.path = source.path.as_deref().map(anchor);
+        }
+    }
+
+    /// Where a local source keeps its files.
+    pub fn source_dir(&self, source: &SourceConfig) -> PathBuf {
+        source
+            .path
+            .clone()
+            .unwrap_or_else(|| self.server.data_dir.join(&source.id))
+    }
+
+    /// Where an index keeps its manifest.
+    pub fn manifest_path(&self, index: &IndexConfig) -> PathBuf {
+        self.server
+            .data_dir
+            .join("manifests")
+            .join(format!("{}.json", index.id))
+    }
+
+    pub fn default_index(&self) -> Option<&IndexConfig> {
+        self.indexes.first()
+    }
+
+    /// Pure checks: every reference resolves, every limit is sane. The message
+    /// names the offending key.
+    pub fn validate(&self) -> Result<()> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(Error::config(problems.join("; ")))
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let server = &self.server;
+        if server.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "server.listen: {:?} is not an ip:port address",
+                server.listen
+            ));
+        }
+        if server.max_top_k == 0 {
+            problems.push("server.max_top_k must be at least 1".into());
+        }
+        if server.default_top_k == 0 || server.default_top_k > server.max_top_k {
+            problems.push(format!(
+                "server.default_top_k must be between 1 and server.max_top_k ({})",
+                server.max_top_k
+            ));
+        }
+        if server.max_query_chars == 0 {
+            problems.push("server.max_query_chars must be at least 1".into());
+        }
+        if server.max_message_bytes < 1024 {
+            problems.push("server.max_message_bytes must be at least 1024".into());
+        }
+        if server.max_concurrent_requests == 0 {
+            problems.push("server.max_concurrent_requests must be at least 1".into());
+        }
+        if !(self.search.rrf_k.is_finite() && self.search.rrf_k > 0.0) {
+            problems.push("search.rrf_k must be a positive number".into());
+        }
+        if self.search.candidates_per_source == 0 {
+            problems.push("search.candidates_per_source must be at least 1".into());
+        }
+
+        let space_ids = unique_ids(
+            "space",
+            self.spaces.iter().map(|space| space.id.as_str()),
+            &mut problems,
+        );
+        for space in &self.spaces {
+            if space.dims == 0 {
+                problems.push(format!("space {:?}: dims must be at least 1", space.id));
+            }
+        }
+
+        let source_ids = unique_ids(
+            "source",
+            self.sources.iter().map(|source| source.id.as_str()),
+            &mut problems,
+        );
+        for source in &self.sources {
+            let name = format!("source {:?}", source.id);
+            if !(source.weight.is_finite() && source.weight >= 0.0) {
+                problems.push(format!("{name}: weight must be a number >= 0"));
+            }
+            if source.timeout_ms == Some(0) {
+                problems.push(format!("{name}: timeout_ms must be at least 1"));
+            }
+            match (source.kind, &source.space) {
+                (SourceKind::Dense, None) => {
+                    problems.push(format!("{name}: a dense source needs `space`"));
+                }
+                (SourceKind::Tantivy, Some(_)) => {
+                    problems.push(format!("{name}: a tantivy source takes no `space`"));
+                }
+                (_, Some(space)) if !space_ids.contains(space.as_str()) => {
+                    problems.push(format!(
+                        "{name}: space {space:?} is not a defined [[space]]"
+                    ));
+                }
+                _ => {}
+            }
+        }
+
+        unique_ids(
+            "index",
+            self.indexes.iter().map(|index| index.id.as_str()),
+            &mut problems,
+        );
+        for index in &self.indexes {
+            let name = format!("index {:?}", index.id);
+            if index.sources.is_empty() {
+                problems.push(format!("{name}: sources must name at least one source"));
+            }
+            for source in &index.sources {
+                if !source_ids.contains(source.as_str()) {
+                    problems.push(format!(
+                        "{name}: source {source:?} is not a defined [[source]]"
+                    ));
+                }
+            }
+            let spaces: HashSet<&str> = self
+                .sources
+                .iter()
+                .filter(|source| index.sources.contains(&source.id))
+                .filter_map(|source| source.space.as_deref())
+                .collect();
+            if spaces.len() > 1 {
+                let mut spaces: Vec<_> = spaces.into_iter().collect();
+                spaces.sort();
+                problems.push(format!(
+                    "{name}: its dense sources use different spaces ({}); an index embeds in one space",
+                    spaces.join(", ")
+                ));
+            }
+            if index.chunk_max_words == 0 || index.chunk_overlap_words >= index.chunk_max_words {
+                problems.push(format!(
+                    "{name}: chunk_overlap_words must be smaller than chunk_max_words, which must be at least 1"
+                ));
+            }
+            if index.embed_batch_size == 0 {
+                problems.push(format!("{name}: embed_batch_size must be at least 1"));
+            }
+        }
+
+        let provider_ids = unique_ids(
+            "provider",
+            self.providers.iter().map(|provider| provider.id.as_str()),
+            &mut problems,
+        );
+        for provider in &self.providers {
+            let name = format!("provider {:?}", provider.id);
+            match url::Url::parse(&provider.base_url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                _ => problems.push(format!(
+                    "{name}: base_url {:?} is not an http(s) URL",
+                    provider.base_url
+                )),
+            }
+            if provider.model.trim().is_empty() {
+                problems.push(format!("{name}: model must not be empty"));
+            }
+            if !(provider.input_per_1m_usd >= 0.0 && provider.output_per_1m_usd >= 0.0) {
+                problems.push(format!("{name}: prices must be numbers >= 0"));
+            }
+            if provider.timeout_ms == 0 {
+                problems.push(format!("{name}: timeout_ms must be at least 1"));
+            }
+        }
+        if let Some(provider) = &self.answer.provider
+            && !provider_ids.contains(provider.as_str())
+        {
+            problems.push(format!(
+                "answer.provider: {provider:?} is not a defined [[provider]]"
+            ));
+        }
+        if self.answer.top_k == 0 || self.answer.top_k > server.max_top_k {
+            problems.push("answer.top_k must be between 1 and server.max_top_k".into());
+        }
+        if self.answer.context_budget_tokens < 16 {
+            problems.push("answer.context_budget_tokens must be at least 16".into());
+        }
+        problems
+    }
+}
+
+/// Collects ids, reporting empty ones and duplicates.
+fn unique_ids<'a>(
+    what: &str,
+    ids: impl Iterator<Item = &'a str>,
+    problems: &mut Vec<String>,
+) -> HashSet<&'a str> {
+    let mut seen = HashSet::new();
+    for id in ids {
+        if id.trim().is_empty() {
+            problems.push(format!("{what}: id must not be empty"));
+        } else if !seen.insert(id) {
+            problems.push(format!("{what} {id:?} is defined twice"));
+        }
+    }
+    seen
+}
+
+/// The process environment as a map, read once at startup.
+pub fn process_env() -> HashMap<String, String> {
+    std::env::vars().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/base"))
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let config = Config::embedded_default();
+        config.validate().unwrap();
+        assert_eq!(config.sources.len(), 2);
+        assert_eq!(config.default_index().unwrap().sources.len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let error = parse("[server]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(error.message.contains("listen_addr"), "{}", error.message);
+    }
+
+    #[test]
+    fn unknown_space_is_named() {
+        let config = parse(
+            r#"
+            [[source]]
+            id = "aws-dense"
+            kind = "dense"
+            space = "titan"
+            "#,
+        )
+        .unwrap();
+        let error = config.validate().unwrap_err();
+        assert!(
+            error.message.contains("aws-dense") && error.message.contains("titan"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn unknown_source_in_index_and_unknown_answer_provider_are_named() {
+        let config = parse(
+            r#"
+            [answer]
+            provider = "azure"
+            [[index]]
+            id = "docs"
+            sources = ["nowhere"]
+            "#,
+        )
+        .unwrap();
+        let message = config.validate().unwrap_err().message;
+        assert!(message.contains("\"nowhere\""), "{message}");
+        assert!(message.contains("answer.provider"), "{message}");
+    }
+
+    #[test]
+    fn literal_api_key_is_refused_at_parse() {
+        let error = parse(
+            r#"
+            [[provider]]
+            id = "llama"
+            kind = "openai_compat"
+            base_url = "http://127.0.0.1:8080"
+            model = "qwen"
+            api_key = "sk-123"
+            "#,
+        )
+        .unwrap_err();
+        assert!(error.message.contains("env:NAME"), "{}", error.message);
+    }
+
+    #[test]
+    fn bad_limits_are_named() {
+        let config = parse("[server]\nmax_top_k = 5\ndefault_top_k = 10\n").unwrap();
+        let message = config.validate().unwrap_err().message;
+        assert!(message.contains("server.default_top_k"), "{message}");
+    }
+
+    #[test]
+    fn relative_paths_are_anchored_at_the_config_dir() {
+        let config = parse("[server]\ndata_dir = \"data\"\n").unwrap();
+        assert_eq!(config.server.data_dir, Path::new("/base/data"));
+    }
+}

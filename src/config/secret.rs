@@ -1,0 +1,100 @@
+//! Secrets are written in config as locations (`env:NAME`, `file:PATH`), never as
+//! values, and resolve into a type that never prints its contents.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Where a secret lives. Parsed from `env:NAME` or `file:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum SecretLocation {
+    Env(String),
+    File(std::path::PathBuf),
+}
+
+impl TryFrom<String> for SecretLocation {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        if let Some(name) = text.strip_prefix("env:").filter(|name| !name.is_empty()) {
+            return Ok(Self::Env(name.to_string()));
+        }
+        if let Some(path) = text.strip_prefix("file:").filter(|path| !path.is_empty()) {
+            return Ok(Self::File(path.into()));
+        }
+        Err("a secret must be a location, `env:NAME` or `file:PATH`, not a literal value".into())
+    }
+}
+
+impl SecretLocation {
+    /// Reads the secret; `env` is passed in so tests and startup control it.
+    pub fn resolve(&self, env: &HashMap<String, String>) -> Result<Secret> {
+        match self {
+            Self::Env(name) => env
+                .get(name)
+                .map(|value| Secret(value.clone()))
+                .ok_or_else(|| Error::config(format!("environment variable {name} is not set"))),
+            Self::File(path) => std::fs::read_to_string(path)
+                .map(|value| Secret(value.trim_end().to_string()))
+                .map_err(|error| {
+                    Error::config(format!(
+                        "cannot read secret file {}: {error}",
+                        path.display()
+                    ))
+                }),
+        }
+    }
+}
+
+/// A resolved secret. Debug and Display print `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("[redacted]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_values_are_refused() {
+        assert!(SecretLocation::try_from("sk-live-123".to_string()).is_err());
+        assert!(SecretLocation::try_from("env:".to_string()).is_err());
+    }
+
+    #[test]
+    fn env_secret_resolves_and_never_prints() {
+        let location = SecretLocation::try_from("env:API_KEY".to_string()).unwrap();
+        let env = HashMap::from([("API_KEY".to_string(), "sk-very-secret".to_string())]);
+        let secret = location.resolve(&env).unwrap();
+        assert_eq!(secret.expose(), "sk-very-secret");
+        assert_eq!(format!("{secret:?} {secret}"), "[redacted] [redacted]");
+    }
+
+    #[test]
+    fn missing_env_secret_names_the_variable() {
+        let location = SecretLocation::Env("NOPE".into());
+        let error = location.resolve(&HashMap::new()).unwrap_err();
+        assert!(error.message.contains("NOPE"), "{}", error.message);
+    }
+}

@@ -1,0 +1,128 @@
+//! Language models: the [`ChatProvider`] seam, the providers behind it, the
+//! prompt and the extractive fallback.
+//!
+//! Routing and failover across clouds will wrap providers here; every provider
+//! already normalizes its stream, usage, finish reason and errors into one shape.
+
+pub mod extractive;
+pub mod openai_compat;
+pub mod prompt;
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crate::error::Result;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub max_output_tokens: u32,
+    pub temperature: f32,
+}
+
+/// Token counts as billed. `input_tokens` includes cached ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    /// We counted, the provider did not report.
+    pub estimated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ContentFilter,
+    Other(String),
+}
+
+impl FinishReason {
+    pub fn from_wire(reason: &str) -> Self {
+        match reason {
+            "stop" | "end_turn" | "COMPLETE" => Self::Stop,
+            "length" | "max_tokens" | "MAX_TOKENS" => Self::Length,
+            "content_filter" => Self::ContentFilter,
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::ContentFilter => "content_filter",
+            Self::Other(other) => other,
+        }
+    }
+}
+
+/// One event of a normalized chat stream: text deltas, then exactly one `Finish`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    Delta(String),
+    Finish {
+        reason: FinishReason,
+        /// None when the provider reported no usage.
+        usage: Option<Usage>,
+    },
+}
+
+/// Who serves a model, for routing, cost and the route in each answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderInfo {
+    pub id: String,
+    pub model: String,
+    pub cloud: String,
+    pub region: String,
+    pub input_per_1m_usd: f64,
+    pub output_per_1m_usd: f64,
+}
+
+impl ProviderInfo {
+    pub fn cost_usd(&self, usage: &Usage) -> f64 {
+        (usage.input_tokens as f64 * self.input_per_1m_usd
+            + usage.output_tokens as f64 * self.output_per_1m_usd)
+            / 1_000_000.0
+    }
+}
+
+/// A chat model endpoint.
+#[async_trait]
+pub trait ChatProvider: Send + Sync {
+    fn info(&self) -> &ProviderInfo;
+
+    /// Starts a streamed completion. Errors before the first event mean nothing
+    /// was produced (safe to fail over); errors inside the stream come after text.
+    async fn chat_stream(
+        &self,
+        request: &ChatRequest,
+        deadline: Instant,
+    ) -> Result<BoxStream<'static, Result<ChatEvent>>>;
+}

@@ -1,0 +1,181 @@
+//! The domain seam: what `api/`, the CLI and tests call. No transport types here.
+
+mod answer;
+mod build;
+mod index;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use answer::{AnswerEvent, AnswerRequest, AnswerSummary, Attempt, Citation, Route};
+
+use crate::config::{Config, FusionMethod, IndexConfig};
+use crate::embed::Embedder;
+use crate::error::{Error, Result};
+use crate::llm::ChatProvider;
+use crate::retrieve::{Retriever, SearchRequest, SearchResult};
+use crate::stores::{SourceInfo, StoreKind};
+
+/// A search as a caller states it, before limits are applied.
+#[derive(Debug, Clone, Default)]
+pub struct SearchParams {
+    pub query: String,
+    /// None: the server default.
+    pub top_k: Option<u32>,
+    pub sources: Vec<String>,
+    pub fusion: Option<FusionMethod>,
+    /// None: `server.default_timeout_ms` from now.
+    pub deadline: Option<Instant>,
+}
+
+/// A source as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct SourceDescription {
+    pub info: SourceInfo,
+    pub weight: f64,
+    /// None when the store could not be counted.
+    pub chunks: Option<u64>,
+}
+
+pub struct Service {
+    config: Config,
+    retriever: Retriever,
+    embedders: HashMap<String, Arc<dyn Embedder>>,
+    chat: Option<Arc<dyn ChatProvider>>,
+    /// One indexing run per index at a time: two runs would race on the manifest.
+    index_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl Service {
+    /// Validates the config, opens every store and loads every model. Any
+    /// problem is a startup error naming the config key.
+    pub async fn build(config: Config, env: &HashMap<String, String>) -> Result<Self> {
+        config.validate()?;
+        let embedders = build::embedders(&config).await?;
+        let sources = build::sources(&config).await?;
+        let chat = build::chat_provider(&config, env)?;
+        let index_locks = config
+            .indexes
+            .iter()
+            .map(|index| (index.id.clone(), Arc::default()))
+            .collect();
+        Ok(Self {
+            retriever: Retriever::new(sources, embedders.clone(), config.search.clone()),
+            embedders,
+            chat,
+            index_locks,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Checks the caller's request against the server limits.
+    pub fn search_request(&self, params: SearchParams) -> Result<SearchRequest> {
+        let limits = &self.config.server;
+        let query = params.query.trim();
+        if query.is_empty() {
+            return Err(Error::invalid("query must not be empty"));
+        }
+        let query_chars = query.chars().count();
+        if query_chars > limits.max_query_chars {
+            return Err(Error::invalid(format!(
+                "query has {query_chars} characters, more than server.max_query_chars ({})",
+                limits.max_query_chars
+            )));
+        }
+        let top_k = params.top_k.unwrap_or(limits.default_top_k);
+        if top_k == 0 || top_k > limits.max_top_k {
+            return Err(Error::invalid(format!(
+                "top_k must be between 1 and {} (server.max_top_k), got {top_k}",
+                limits.max_top_k
+            )));
+        }
+        let deadline = params
+            .deadline
+            .unwrap_or_else(|| Instant::now() + Duration::from_millis(limits.default_timeout_ms));
+        Ok(SearchRequest {
+            query: query.to_string(),
+            top_k: top_k as usize,
+            sources: params.sources,
+            fusion: params.fusion,
+            deadline,
+        })
+    }
+
+    pub async fn search(&self, params: SearchParams) -> Result<SearchResult> {
+        let request = self.search_request(params)?;
+        let result = self.retriever.search(&request).await?;
+        tracing::debug!(
+            query_chars = request.query.len(),
+            hits = result.hits.len(),
+            degraded = result.degraded,
+            took_us = result.took.as_micros() as u64,
+            "search"
+        );
+        Ok(result)
+    }
+
+    pub async fn list_sources(&self) -> Vec<SourceDescription> {
+        let counts = futures::future::join_all(
+            self.retriever
+                .sources()
+                .iter()
+                .map(|source| source.backend.count()),
+        )
+        .await;
+        self.retriever
+            .sources()
+            .iter()
+            .zip(counts)
+            .map(|(source, count)| SourceDescription {
+                info: source.info().clone(),
+                weight: source.weight,
+                chunks: count.ok(),
+            })
+            .collect()
+    }
+
+    pub fn list_indexes(&self) -> &[IndexConfig] {
+        &self.config.indexes
+    }
+
+    /// The index a request names, or the default one.
+    pub fn index_config(&self, index_id: &str) -> Result<&IndexConfig> {
+        if index_id.is_empty() {
+            return self
+                .config
+                .default_index()
+                .ok_or_else(|| Error::not_found("no [[index]] is configured"));
+        }
+        self.config
+            .indexes
+            .iter()
+            .find(|index| index.id == index_id)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self
+                    .config
+                    .indexes
+                    .iter()
+                    .map(|index| index.id.as_str())
+                    .collect();
+                Error::not_found(format!(
+                    "unknown index {index_id:?}; known indexes: {}",
+                    known.join(", ")
+                ))
+            })
+    }
+
+    /// The embedding space an index writes its dense sources in.
+    pub fn index_space(&self, index: &IndexConfig) -> Option<String> {
+        self.retriever
+            .sources()
+            .iter()
+            .filter(|source| index.sources.iter().any(|id| id == source.id()))
+            .filter(|source| source.info().kind == StoreKind::Dense)
+            .find_map(|source| source.info().space.clone())
+    }
+}
