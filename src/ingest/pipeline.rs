@@ -46,6 +46,9 @@ const PIPELINE_VERSION: u32 = 1;
 /// How many object keys go into one `delete_objects` call for removed objects.
 const DELETE_BATCH_KEYS: usize = 1000;
 
+/// How far the listing may run ahead of the fetches, in objects.
+const LISTING_LOOKAHEAD: usize = 10_000;
+
 /// One indexing run: where to read, where to write, how.
 pub struct IndexJob {
     /// A local folder or file (relative or absolute), a `file://` URL, or any URL
@@ -451,6 +454,13 @@ struct ProducerContext {
     max_object_bytes: u64,
 }
 
+/// What the lister hands to the fetchers.
+enum ListedEntry {
+    Object(ObjectMeta),
+    Failed(String),
+    Finished,
+}
+
 async fn produce_events(
     source: BucketSource,
     context: Arc<ProducerContext>,
@@ -458,24 +468,20 @@ async fn produce_events(
     listed: Arc<AtomicU64>,
     sender: mpsc::Sender<ProducerEvent>,
 ) {
-    let ignored_keys = source.ignored_keys.clone();
-    let events = source
-        .list()
-        .filter(move |entry| {
-            let is_ignored = entry
-                .as_ref()
-                .is_ok_and(|meta| ignored_keys.contains(meta.location.as_ref()));
-            futures::future::ready(!is_ignored)
-        })
+    // The listing runs ahead of the fetches (bounded) so that `listed` soon approaches the
+    // total a progress bar needs, without holding a huge bucket's listing in memory.
+    let (listing_sender, listing_receiver) = mpsc::channel(LISTING_LOOKAHEAD);
+    let lister = tokio::spawn(list_objects(source, listed, listing_sender));
+    let events = tokio_stream::wrappers::ReceiverStream::new(listing_receiver)
         .map(|entry| {
             let context = Arc::clone(&context);
-            if entry.is_ok() {
-                listed.fetch_add(1, Ordering::Relaxed);
-            }
             async move {
                 match entry {
-                    Ok(meta) => ProducerEvent::Object(process_object(context, meta).await),
-                    Err(error) => ProducerEvent::ListingFailed(error.to_string()),
+                    ListedEntry::Object(meta) => {
+                        ProducerEvent::Object(process_object(context, meta).await)
+                    }
+                    ListedEntry::Failed(reason) => ProducerEvent::ListingFailed(reason),
+                    ListedEntry::Finished => ProducerEvent::ListingFinished,
                 }
             }
         })
@@ -484,10 +490,34 @@ async fn produce_events(
     while let Some(event) = events.next().await {
         if sender.send(event).await.is_err() {
             // The writer stopped: nothing more is wanted.
+            break;
+        }
+    }
+    lister.abort();
+}
+
+/// Streams the listing into `sender`, ending with [`ListedEntry::Finished`] only when the
+/// listing itself reached its end.
+async fn list_objects(
+    source: BucketSource,
+    listed: Arc<AtomicU64>,
+    sender: mpsc::Sender<ListedEntry>,
+) {
+    let mut listing = source.list();
+    while let Some(entry) = listing.next().await {
+        let entry = match entry {
+            Ok(meta) if source.ignored_keys.contains(meta.location.as_ref()) => continue,
+            Ok(meta) => {
+                listed.fetch_add(1, Ordering::Relaxed);
+                ListedEntry::Object(meta)
+            }
+            Err(error) => ListedEntry::Failed(error.to_string()),
+        };
+        if sender.send(entry).await.is_err() {
             return;
         }
     }
-    let _ = sender.send(ProducerEvent::ListingFinished).await;
+    let _ = sender.send(ListedEntry::Finished).await;
 }
 
 async fn process_object(context: Arc<ProducerContext>, meta: ObjectMeta) -> ProcessedObject {
@@ -685,7 +715,7 @@ struct IndexRun<P> {
     manifest_path: PathBuf,
     embed_batch_size: usize,
     commit_every_chunks: usize,
-    /// The manifest as committed: only ever ahead of what the stores hold by nothing.
+    /// The manifest as committed: it never lists more than the stores durably hold.
     manifest: Manifest,
     /// Prepared objects waiting for a full embedding batch.
     batch: Vec<PreparedObject>,
@@ -837,14 +867,10 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
             .collect();
         self.stores_need_commit = true;
         let writing_keys = self.writing_keys.clone();
-        for store in &self.stores {
-            store.delete_objects(&writing_keys).await.map_err(|error| {
-                error.context(format!(
-                    "store {}: removing previous chunks",
-                    store.describe().id
-                ))
-            })?;
-        }
+        on_every_store(&self.stores, "removing previous chunks", |store| {
+            store.delete_objects(&writing_keys)
+        })
+        .await?;
         let mut entries = Vec::with_capacity(objects.len());
         let mut chunks = Vec::new();
         for object in objects {
@@ -880,12 +906,10 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
             .zip(vectors)
             .map(|(chunk, vector)| EmbeddedChunk { chunk, vector })
             .collect();
-        for store in &self.stores {
-            store.upsert(&embedded).await.map_err(|error| {
-                error.context(format!("store {}: writing chunks", store.describe().id))
-            })?;
-        }
-        Ok(())
+        on_every_store(&self.stores, "writing chunks", |store| {
+            store.upsert(&embedded)
+        })
+        .await
     }
 
     /// One vector per chunk; empty vectors when only lexical stores are written.
@@ -911,11 +935,7 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
     /// Commit every store, then let the manifest record what the commit made durable.
     async fn commit_and_save(&mut self) -> Result<()> {
         if self.stores_need_commit {
-            for store in &self.stores {
-                store.commit().await.map_err(|error| {
-                    error.context(format!("store {}: committing", store.describe().id))
-                })?;
-            }
+            on_every_store(&self.stores, "committing", |store| store.commit()).await?;
             self.stores_need_commit = false;
         }
         let manifest_changed = !self.unconfirmed.is_empty()
@@ -969,14 +989,10 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
         removals.extend(absent_keys.iter().cloned());
         for keys in removals.chunks(DELETE_BATCH_KEYS) {
             self.stores_need_commit = true;
-            for store in &self.stores {
-                store.delete_objects(keys).await.map_err(|error| {
-                    error.context(format!(
-                        "store {}: removing deleted objects",
-                        store.describe().id
-                    ))
-                })?;
-            }
+            on_every_store(&self.stores, "removing deleted objects", |store| {
+                store.delete_objects(keys)
+            })
+            .await?;
         }
         self.unconfirmed_removals.extend(removals);
         self.commit_and_save().await?;
@@ -1010,6 +1026,26 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
     fn into_report(self) -> IndexReport {
         self.report
     }
+}
+
+/// Run one operation on every store at once; an error names the store and what failed.
+async fn on_every_store<'a, Operation, Call>(
+    stores: &'a [Arc<dyn SearchBackend>],
+    what: &str,
+    operation: Operation,
+) -> Result<()>
+where
+    Operation: Fn(&'a dyn SearchBackend) -> Call,
+    Call: std::future::Future<Output = Result<()>> + 'a,
+{
+    let calls = stores.iter().map(|store| {
+        let call = operation(store.as_ref());
+        async move {
+            call.await
+                .map_err(|error| error.context(format!("store {}: {what}", store.describe().id)))
+        }
+    });
+    futures::future::try_join_all(calls).await.map(|_| ())
 }
 
 /// The text a chunk is embedded from: its title gives later chunks of a document the

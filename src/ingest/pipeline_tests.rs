@@ -639,3 +639,65 @@ async fn manifest_of_another_folder_is_refused() {
     assert!(error.message.contains("belongs to"), "{error}");
     assert_eq!(fixture.store.committed_object_keys().len(), 1);
 }
+
+#[tokio::test]
+async fn object_gone_between_listing_and_reading_is_a_read_failure() {
+    let context = Arc::new(ProducerContext {
+        store: Arc::new(object_store::memory::InMemory::new()),
+        previous: Manifest::new("memory"),
+        settings: "s".to_owned(),
+        chunking: ChunkingConfig::default(),
+        max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
+    });
+    let meta = ObjectMeta {
+        location: ObjectPath::from("gone.txt"),
+        last_modified: Default::default(),
+        size: 5,
+        e_tag: Some("\"e\"".to_owned()),
+        version: None,
+    };
+    let processed = process_object(context, meta).await;
+    assert_eq!(processed.object_key, "gone.txt");
+    assert_eq!(processed.bytes_read, None);
+    let ObjectResult::Failed {
+        reason,
+        content_problem,
+    } = processed.result
+    else {
+        panic!("expected a failure");
+    };
+    assert!(reason.contains("vanished"), "{reason}");
+    assert!(
+        !content_problem,
+        "an unreadable object keeps its old chunks"
+    );
+}
+
+#[test]
+fn the_run_future_can_be_spawned() {
+    fn assert_send<T: Send>(_: &T) {}
+    let fixture = Fixture::new();
+    let run = run_index(fixture.job(), |_| {});
+    assert_send(&run);
+}
+
+#[tokio::test]
+async fn progress_is_reported_per_object_and_ends_with_the_final_counts() {
+    let fixture = Fixture::new();
+    for number in 0..6 {
+        fixture.write(&format!("d{number}.txt"), words(20, "w"));
+    }
+    let mut snapshots = Vec::new();
+    let report = run_index(fixture.job(), |progress| snapshots.push(progress.clone()))
+        .await
+        .unwrap();
+    assert!(snapshots.len() >= 6);
+    assert_eq!(snapshots.last(), Some(&report.progress));
+    assert!(
+        snapshots
+            .windows(2)
+            .all(|pair| pair[0].chunks_written <= pair[1].chunks_written)
+    );
+    assert_eq!(report.progress.indexed, 6);
+    assert!(report.progress.bytes_read > 0);
+}
