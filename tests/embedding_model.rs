@@ -1,0 +1,334 @@
+//! The in-process all-MiniLM-L6-v2 against published and reference values.
+//!
+//! Needs the real model: `scripts/fetch-model.sh` puts it in `models/all-MiniLM-L6-v2`,
+//! or point `SKYFUSE_MODEL_DIR` at a copy. The reference fixture comes from
+//! sentence-transformers via `scripts/minilm_reference.py`.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use skyfuse::embed::local::{DEFAULT_MODEL_DIR, LocalEmbedder, MODEL_DIR_ENV};
+use skyfuse::embed::{Embedder, EmbeddingSpace, Purpose};
+use skyfuse::error::ErrorKind;
+
+const DIMS: usize = 384;
+
+fn model_dir() -> PathBuf {
+    match std::env::var_os(MODEL_DIR_ENV) {
+        Some(directory) if !directory.is_empty() => PathBuf::from(directory),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL_DIR),
+    }
+}
+
+fn minilm_space() -> EmbeddingSpace {
+    EmbeddingSpace {
+        id: "minilm".to_owned(),
+        model: "all-MiniLM-L6-v2".to_owned(),
+        dims: DIMS,
+    }
+}
+
+/// One embedder for the whole test binary: loading takes a moment.
+fn embedder() -> &'static LocalEmbedder {
+    static EMBEDDER: OnceLock<LocalEmbedder> = OnceLock::new();
+    EMBEDDER.get_or_init(|| {
+        let directory = model_dir();
+        assert!(
+            directory.join("model.safetensors").is_file(),
+            "the embedding model is missing at {}: run scripts/fetch-model.sh or set {MODEL_DIR_ENV}",
+            directory.display()
+        );
+        LocalEmbedder::load(minilm_space(), &directory).unwrap_or_else(|error| {
+            panic!(
+                "cannot load the embedding model from {}: {error}",
+                directory.display()
+            )
+        })
+    })
+}
+
+fn embed(texts: &[&str]) -> Vec<Vec<f32>> {
+    embedder()
+        .embed_blocking(texts)
+        .expect("embedding succeeds")
+}
+
+fn cosine(left: &[f32], right: &[f32]) -> f32 {
+    let dot: f32 = left.iter().zip(right).map(|(a, b)| a * b).sum();
+    dot / (norm(left) * norm(right))
+}
+
+fn norm(vector: &[f32]) -> f32 {
+    vector.iter().map(|value| value * value).sum::<f32>().sqrt()
+}
+
+fn assert_unit_vector(vector: &[f32], what: &str) {
+    assert_eq!(vector.len(), DIMS, "{what}: dims");
+    assert!(
+        vector.iter().all(|value| value.is_finite()),
+        "{what}: non-finite value"
+    );
+    let length = norm(vector);
+    assert!((length - 1.0).abs() < 1e-5, "{what}: norm {length}");
+}
+
+/// The value sentence-transformers' documentation publishes for this pair.
+#[test]
+fn published_cosine_for_the_bread_pair() {
+    let vectors = embed(&["A man is eating food.", "A man is eating a piece of bread."]);
+    let similarity = cosine(&vectors[0], &vectors[1]);
+    assert!(
+        (similarity - 0.7553).abs() <= 0.001,
+        "cosine {similarity}, published 0.7553"
+    );
+}
+
+#[test]
+fn vectors_have_384_dims_and_unit_norm() {
+    let texts = [
+        "A man is riding a horse.",
+        "Glucocorticoids reduce inflammation in asthma.",
+        "x",
+    ];
+    let vectors = embed(&texts);
+    assert_eq!(vectors.len(), texts.len());
+    for (vector, text) in vectors.iter().zip(texts) {
+        assert_unit_vector(vector, text);
+    }
+}
+
+#[test]
+fn empty_input_gives_empty_output() {
+    assert!(embed(&[]).is_empty());
+}
+
+#[test]
+fn batch_keeps_order_and_equals_one_at_a_time() {
+    let texts = [
+        "The girl is carrying a baby.",
+        "A man is eating food.",
+        "Vitamin D deficiency is associated with a higher risk of tuberculosis in adults living in northern latitudes.",
+        "",
+        "A cheetah is running behind its prey.",
+        "short",
+    ];
+    let batch = embed(&texts);
+    assert_eq!(batch.len(), texts.len());
+    for (index, text) in texts.iter().enumerate() {
+        let alone = embed(&[text]).remove(0);
+        let largest_difference = batch[index]
+            .iter()
+            .zip(&alone)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0_f32, f32::max);
+        assert!(
+            largest_difference <= 1e-4,
+            "text {index} ({text:?}) differs by {largest_difference} between batch and alone"
+        );
+    }
+    // Order: each text is closest to itself, not to its neighbour in the batch.
+    for (index, vector) in batch.iter().enumerate() {
+        let best = batch
+            .iter()
+            .enumerate()
+            .max_by(|(_, a), (_, b)| cosine(vector, a).total_cmp(&cosine(vector, b)))
+            .map(|(position, _)| position);
+        assert_eq!(best, Some(index), "text {index} is out of place");
+    }
+}
+
+/// More texts than one tokenizer call and one forward pass take, so the internal
+/// grouping and batching boundaries are crossed; results stay in order.
+#[test]
+fn many_texts_cross_internal_batches_in_order() {
+    let texts: Vec<String> = (0..300)
+        .map(|index| format!("document number {index} about topic {}", index % 17))
+        .collect();
+    let borrowed: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let batch = embed(&borrowed);
+    assert_eq!(batch.len(), texts.len());
+    for index in [0, 1, 255, 256, 257, 299] {
+        let alone = embed(&[borrowed[index]]).remove(0);
+        let similarity = cosine(&batch[index], &alone);
+        assert!(
+            similarity > 0.9999,
+            "text {index}: batch vs alone cosine {similarity}"
+        );
+    }
+}
+
+#[test]
+fn empty_huge_and_odd_inputs_do_not_fail() {
+    let ten_thousand_words = (0..10_000)
+        .map(|index| format!("word{}", index % 101))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let one_giant_word = "a".repeat(200_000);
+    let texts = [
+        "",
+        " ",
+        "\n\t\r",
+        ten_thousand_words.as_str(),
+        one_giant_word.as_str(),
+        "\u{0000}\u{0001}\u{feff}\u{200b}",
+        "\u{0301}\u{0301}\u{0301}",
+        "🚀🚀🚀 👩‍👩‍👧‍👦 🇫🇷",
+        "東京タワー 서울 Ελληνικά العربية हिन्दी",
+        "\u{fffd}\u{10ffff}",
+    ];
+    let vectors = embed(&texts);
+    assert_eq!(vectors.len(), texts.len());
+    for (index, vector) in vectors.iter().enumerate() {
+        assert_unit_vector(vector, &format!("odd input {index}"));
+    }
+}
+
+/// Truncation at 256 tokens: what follows the first 256 tokens does not matter.
+#[test]
+fn text_is_truncated_at_256_tokens() {
+    let prefix = (0..400)
+        .map(|index| format!("alpha{}", index % 7))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let with_other_ending = format!("{prefix} completely different ending about volcanoes");
+    let vectors = embed(&[prefix.as_str(), with_other_ending.as_str()]);
+    let largest_difference = vectors[0]
+        .iter()
+        .zip(&vectors[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0_f32, f32::max);
+    assert!(
+        largest_difference <= 1e-6,
+        "difference {largest_difference}"
+    );
+}
+
+#[test]
+fn matches_sentence_transformers_reference_fixture() {
+    let fixture_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm_reference.json");
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&fixture_path).expect("reference fixture is readable"),
+    )
+    .expect("reference fixture is json");
+    // Built here exactly as scripts/minilm_reference.py builds it.
+    let long_text = (0..2000)
+        .map(|index| format!("word{} sentence{}.", index % 97, index % 13))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let sentences = fixture["sentences"].as_array().expect("sentences");
+    let texts: Vec<&str> = sentences
+        .iter()
+        .map(|sentence| match sentence["text"].as_str().expect("text") {
+            "<long_text>" => long_text.as_str(),
+            text => text,
+        })
+        .collect();
+    let vectors = embed(&texts);
+
+    for (index, sentence) in sentences.iter().enumerate() {
+        let expected: Vec<f32> = sentence["first_dims"]
+            .as_array()
+            .expect("first_dims")
+            .iter()
+            .map(|value| value.as_f64().expect("number") as f32)
+            .collect();
+        for (dimension, (&actual, &wanted)) in vectors[index].iter().zip(&expected).enumerate() {
+            assert!(
+                (actual - wanted).abs() <= 1e-4,
+                "sentence {index} ({:?}) dim {dimension}: {actual} vs reference {wanted}",
+                texts[index]
+            );
+        }
+        assert_unit_vector(&vectors[index], &format!("reference sentence {index}"));
+    }
+    for pair in fixture["cosine_pairs"].as_array().expect("cosine_pairs") {
+        let left = pair["a"].as_u64().expect("a") as usize;
+        let right = pair["b"].as_u64().expect("b") as usize;
+        let wanted = pair["cosine"].as_f64().expect("cosine") as f32;
+        let actual = cosine(&vectors[left], &vectors[right]);
+        assert!(
+            (actual - wanted).abs() <= 1e-4,
+            "cosine({left}, {right}) = {actual}, reference {wanted}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn async_embed_matches_blocking_and_reports_the_space() {
+    let embedder = embedder().clone();
+    assert_eq!(embedder.space(), &minilm_space());
+    let texts = vec!["A man is eating food.".to_owned(), "".to_owned()];
+    let from_async = embedder
+        .embed(&texts, Purpose::Query)
+        .await
+        .expect("async embedding succeeds");
+    let from_documents = embedder
+        .embed(&texts, Purpose::Document)
+        .await
+        .expect("async embedding succeeds");
+    let from_blocking = embed(&["A man is eating food.", ""]);
+    assert_eq!(from_async, from_blocking);
+    assert_eq!(from_documents, from_blocking);
+    assert!(
+        embedder
+            .embed(&[], Purpose::Query)
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+}
+
+#[test]
+fn missing_model_dir_is_a_config_error_that_says_how_to_fix_it() {
+    let missing = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/does-not-exist");
+    let error = LocalEmbedder::load(minilm_space(), &missing).expect_err("load must fail");
+    assert_eq!(error.kind, ErrorKind::Config);
+    assert!(
+        error.message.contains("scripts/fetch-model.sh"),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn missing_or_malformed_files_are_config_errors() {
+    let real = model_dir();
+    let scratch = tempfile::tempdir().expect("temp dir");
+    // Only a config: the weights are missing.
+    std::fs::copy(real.join("config.json"), scratch.path().join("config.json")).expect("copy");
+    let error = LocalEmbedder::load(minilm_space(), scratch.path()).expect_err("no weights");
+    assert_eq!(error.kind, ErrorKind::Config);
+    assert!(
+        error.message.contains("model.safetensors"),
+        "{}",
+        error.message
+    );
+
+    // Every file present, but the weights are garbage.
+    std::fs::write(scratch.path().join("model.safetensors"), b"not safetensors").expect("write");
+    std::fs::copy(
+        real.join("tokenizer.json"),
+        scratch.path().join("tokenizer.json"),
+    )
+    .expect("copy");
+    let error = LocalEmbedder::load(minilm_space(), scratch.path()).expect_err("bad weights");
+    assert_eq!(error.kind, ErrorKind::Config);
+    assert!(error.message.contains("model weights"), "{}", error.message);
+
+    // A config that is not json.
+    std::fs::write(scratch.path().join("config.json"), b"{ nope").expect("write");
+    let error = LocalEmbedder::load(minilm_space(), scratch.path()).expect_err("bad config");
+    assert_eq!(error.kind, ErrorKind::Config);
+}
+
+#[test]
+fn space_with_the_wrong_dims_is_rejected() {
+    let space = EmbeddingSpace {
+        dims: 768,
+        ..minilm_space()
+    };
+    let error = LocalEmbedder::load(space, &model_dir()).expect_err("dims mismatch");
+    assert_eq!(error.kind, ErrorKind::Config);
+    assert!(error.message.contains("768"), "{}", error.message);
+}
