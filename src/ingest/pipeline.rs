@@ -28,6 +28,7 @@ use crate::document::{Chunk, EmbeddedChunk};
 use crate::embed::{Embedder, Purpose};
 use crate::error::{Error, Result};
 use crate::ingest::chunk::{ChunkingConfig, chunk_document};
+use crate::ingest::extract::ExtractedDoc;
 use crate::ingest::extract::{extract_with_problems, format_of};
 use crate::ingest::manifest::{
     Manifest, ManifestEntry, normalize_etag, sha256_hex, temporary_path_for, write_atomically,
@@ -250,7 +251,9 @@ pub async fn run_index(
     let source = BucketSource::open(&job.url, &job.manifest_path)?;
     let manifest = Manifest::load_or_new(&job.manifest_path, &source.identity)?;
     let listed = Arc::new(AtomicU64::new(0));
+    let key_prefix = source.key_prefix.clone();
     let context = Arc::new(ProducerContext {
+        key_prefix: key_prefix.clone(),
         store: Arc::clone(&source.store),
         previous: manifest.clone(),
         settings: job.settings_fingerprint(),
@@ -266,6 +269,7 @@ pub async fn run_index(
         sender,
     ));
     let mut run = IndexRun::new(&job, manifest, listed, started, progress);
+    run.key_prefix = key_prefix;
     let outcome = run.consume(receiver).await;
     // On the error path the producer may still be fetching; its results are no longer wanted.
     producer.abort();
@@ -291,6 +295,12 @@ struct BucketSource {
     identity: String,
     /// The manifest and its temporary file, when they live inside the indexed folder.
     ignored_keys: HashSet<String>,
+    /// Makes keys unique across buckets in the stores: the absolute folder path, or
+    /// `scheme://bucket/`. Stores see `key_prefix + key` as the object key (and as the
+    /// document id of files without record ids), so two folders that both hold a
+    /// `README.md` never overwrite or delete each other's chunks. The manifest keeps
+    /// the short keys, since it belongs to one bucket.
+    key_prefix: String,
 }
 
 impl BucketSource {
@@ -309,6 +319,11 @@ impl BucketSource {
             single_object: None,
             identity: url.trim_end_matches('/').to_owned(),
             ignored_keys: HashSet::new(),
+            key_prefix: format!(
+                "{}://{}/",
+                parsed.scheme(),
+                parsed.host_str().unwrap_or_default()
+            ),
         })
     }
 
@@ -338,6 +353,7 @@ impl BucketSource {
             single_object,
             identity: format!("file://{}", canonical.display()),
             ignored_keys: manifest_keys_inside(&root, manifest_path),
+            key_prefix: format!("{}/", root.display()).replace("//", "/"),
         })
     }
 
@@ -445,7 +461,23 @@ enum ObjectResult {
     },
 }
 
+/// A document named after its object (no record id of its own) takes the qualified
+/// key as its id, so same-named files in two buckets stay two documents.
+fn qualify_document_id(
+    document: &ExtractedDoc,
+    object_key: &str,
+    qualified_key: &str,
+) -> ExtractedDoc {
+    let mut document = document.clone();
+    if document.doc_id == object_key {
+        document.doc_id = qualified_key.to_owned();
+    }
+    document
+}
+
 struct ProducerContext {
+    /// See [`BucketSource::key_prefix`].
+    key_prefix: String,
     store: Arc<dyn ObjectStore>,
     /// The manifest as it was when the run started.
     previous: Manifest,
@@ -648,10 +680,12 @@ fn prepare_object(
             };
         }
     };
+    let qualified_key = format!("{}{object_key}", context.key_prefix);
     let chunks: Vec<Chunk> = extraction
         .documents
         .iter()
-        .flat_map(|document| chunk_document(object_key, document, &context.chunking))
+        .map(|document| qualify_document_id(document, object_key, &qualified_key))
+        .flat_map(|document| chunk_document(&qualified_key, &document, &context.chunking))
         .collect();
     if chunks.is_empty() {
         return ObjectResult::Skipped {
@@ -734,6 +768,8 @@ struct IndexRun<P> {
     /// Indexed before, unusable now (too large, broken): their old chunks must go.
     stale_keys: Vec<String>,
     listing_finished: bool,
+    /// See [`BucketSource::key_prefix`]; the manifest's keys are short, the stores' qualified.
+    key_prefix: String,
     listed: Arc<AtomicU64>,
     started: Instant,
     report: IndexReport,
@@ -741,6 +777,13 @@ struct IndexRun<P> {
 }
 
 impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
+    /// Manifest keys as the stores know them.
+    fn qualified(&self, keys: &[String]) -> Vec<String> {
+        keys.iter()
+            .map(|key| format!("{}{key}", self.key_prefix))
+            .collect()
+    }
+
     fn new(
         job: &IndexJob,
         manifest: Manifest,
@@ -766,6 +809,7 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
             seen_keys: HashSet::new(),
             stale_keys: Vec::new(),
             listing_finished: false,
+            key_prefix: String::new(),
             listed,
             started,
             report: IndexReport::default(),
@@ -866,7 +910,7 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
             .map(|object| object.object_key.clone())
             .collect();
         self.stores_need_commit = true;
-        let writing_keys = self.writing_keys.clone();
+        let writing_keys = self.qualified(&self.writing_keys);
         on_every_store(&self.stores, "removing previous chunks", |store| {
             store.delete_objects(&writing_keys)
         })
@@ -989,6 +1033,7 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
         removals.extend(absent_keys.iter().cloned());
         for keys in removals.chunks(DELETE_BATCH_KEYS) {
             self.stores_need_commit = true;
+            let keys = &self.qualified(keys);
             on_every_store(&self.stores, "removing deleted objects", |store| {
                 store.delete_objects(keys)
             })

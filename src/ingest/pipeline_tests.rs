@@ -76,6 +76,8 @@ struct StoreState {
 struct MemoryStore {
     info: SourceInfo,
     state: Mutex<StoreState>,
+    /// The bucket folder the pipeline prefixes keys with; stripped so tests read short keys.
+    key_prefix: Mutex<String>,
 }
 
 impl MemoryStore {
@@ -92,7 +94,13 @@ impl MemoryStore {
                 region: "here".to_owned(),
             },
             state: Mutex::new(StoreState::default()),
+            key_prefix: Mutex::new(String::new()),
         })
+    }
+
+    fn short_key(&self, key: &str) -> String {
+        let prefix = self.key_prefix.lock().unwrap();
+        key.strip_prefix(prefix.as_str()).unwrap_or(key).to_owned()
     }
 
     fn dense() -> Arc<Self> {
@@ -150,20 +158,23 @@ impl SearchBackend for MemoryStore {
             if self.info.kind == StoreKind::Dense {
                 assert_eq!(embedded.vector.len(), DIMS, "dense stores get vectors");
             }
-            state
-                .live
-                .insert(embedded.chunk.chunk_id.clone(), embedded.clone());
+            let mut embedded = embedded.clone();
+            embedded.chunk.object_key = self.short_key(&embedded.chunk.object_key);
+            embedded.chunk.doc_id = self.short_key(&embedded.chunk.doc_id);
+            embedded.chunk.chunk_id = self.short_key(&embedded.chunk.chunk_id);
+            state.live.insert(embedded.chunk.chunk_id.clone(), embedded);
         }
         state.upserted_chunks += chunks.len();
         Ok(())
     }
 
     async fn delete_objects(&self, object_keys: &[String]) -> Result<()> {
+        let object_keys: Vec<String> = object_keys.iter().map(|key| self.short_key(key)).collect();
         let mut state = self.state();
         state
             .live
             .retain(|_, embedded| !object_keys.contains(&embedded.chunk.object_key));
-        state.deleted_keys.extend(object_keys.iter().cloned());
+        state.deleted_keys.extend(object_keys);
         Ok(())
     }
 
@@ -189,12 +200,20 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        Self {
+        let fixture = Self {
             bucket: tempfile::tempdir().unwrap(),
             state_folder: tempfile::tempdir().unwrap(),
             store: MemoryStore::dense(),
             embedder: FakeEmbedder::new(),
-        }
+        };
+        fixture.strip_bucket_prefix(&fixture.store);
+        fixture
+    }
+
+    /// The pipeline qualifies keys with the bucket folder; `store` reports them short.
+    fn strip_bucket_prefix(&self, store: &MemoryStore) {
+        let root = self.bucket.path().canonicalize().unwrap();
+        *store.key_prefix.lock().unwrap() = format!("{}/", root.display());
     }
 
     fn manifest_path(&self) -> PathBuf {
@@ -333,7 +352,12 @@ async fn rerun_skips_unchanged_reindexes_modified_and_deletes_removed() {
         manifest.objects.keys().cloned().collect::<Vec<_>>(),
         ["a.txt", "docs/b.md"]
     );
-    assert_eq!(manifest.objects["docs/b.md"].chunk_ids, ["docs/b.md#0"]);
+    let chunk_ids = &manifest.objects["docs/b.md"].chunk_ids;
+    assert_eq!(chunk_ids.len(), 1);
+    assert!(
+        chunk_ids[0].ends_with("/docs/b.md#0"),
+        "store chunk ids are qualified: {chunk_ids:?}"
+    );
 }
 
 #[tokio::test]
@@ -562,6 +586,7 @@ async fn lexical_only_stores_need_no_embedder() {
     let fixture = Fixture::new();
     fixture.write("a.txt", "some words");
     let store = MemoryStore::new("memory-bm25", StoreKind::Lexical);
+    fixture.strip_bucket_prefix(&store);
     let mut job = fixture.job();
     job.stores = vec![store.clone() as Arc<dyn SearchBackend>];
     job.embedder = None;
@@ -587,6 +612,7 @@ async fn adding_a_store_reindexes_into_both() {
     fixture.write("a.txt", "some words");
     fixture.run().await;
     let second_store = MemoryStore::new("memory-second", StoreKind::Dense);
+    fixture.strip_bucket_prefix(&second_store);
     let mut job = fixture.job();
     job.stores.push(second_store.clone());
     let report = run_index(job, |_| {}).await.unwrap();
@@ -643,6 +669,7 @@ async fn manifest_of_another_folder_is_refused() {
 #[tokio::test]
 async fn object_gone_between_listing_and_reading_is_a_read_failure() {
     let context = Arc::new(ProducerContext {
+        key_prefix: String::new(),
         store: Arc::new(object_store::memory::InMemory::new()),
         previous: Manifest::new("memory"),
         settings: "s".to_owned(),
@@ -700,4 +727,60 @@ async fn progress_is_reported_per_object_and_ends_with_the_final_counts() {
     );
     assert_eq!(report.progress.indexed, 6);
     assert!(report.progress.bytes_read > 0);
+}
+
+#[tokio::test]
+async fn same_named_files_in_two_folders_stay_apart_in_the_stores() {
+    let first = Fixture::new();
+    let second = tempfile::tempdir().unwrap();
+    first.write("README.md", "# First\n\nalpha words here");
+    std::fs::write(
+        second.path().join("README.md"),
+        "# Second\n\nbeta words here",
+    )
+    .unwrap();
+    let store = MemoryStore::dense();
+    let stores = vec![store.clone() as Arc<dyn SearchBackend>];
+    let embedder = Some(first.embedder.clone() as Arc<dyn Embedder>);
+    for (folder, manifest) in [
+        (first.bucket.path(), "one.json"),
+        (second.path(), "two.json"),
+    ] {
+        let job = IndexJob::new(
+            folder.display().to_string(),
+            stores.clone(),
+            embedder.clone(),
+            first.state_folder.path().join(manifest),
+        );
+        run_index(job, |_| {}).await.unwrap();
+    }
+    let keys = store.committed_object_keys();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|key| key.starts_with('/') && key.ends_with("/README.md"))
+    );
+    // Re-indexing the second folder after its file is gone deletes only its own chunks.
+    std::fs::remove_file(second.path().join("README.md")).unwrap();
+    let job = IndexJob::new(
+        second.path().display().to_string(),
+        stores.clone(),
+        embedder,
+        first.state_folder.path().join("two.json"),
+    );
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(report.progress.deleted, 1);
+    let keys = store.committed_object_keys();
+    assert_eq!(keys.len(), 1);
+    assert!(
+        keys.iter().next().unwrap().contains(
+            &first
+                .bucket
+                .path()
+                .canonicalize()
+                .unwrap()
+                .display()
+                .to_string()
+        )
+    );
 }
