@@ -179,16 +179,20 @@ impl DenseInner {
             return Ok(());
         }
         let base = self.current_snapshot();
-        let next = apply_writes(&base, &pending_writes, self.dimensions);
-        if let Err(error) = self.persist(&next) {
-            // Put the writes back in front of any that arrived meanwhile, so a
-            // later commit can still make them durable.
-            let mut pending = lock_ignoring_poison(&self.pending);
-            let arrived_meanwhile = std::mem::take(&mut *pending);
-            *pending = pending_writes;
-            pending.extend(arrived_meanwhile);
-            return Err(error);
-        }
+        let next = apply_writes(&base, &pending_writes, self.dimensions)
+            .and_then(|next| self.persist(&next).map(|()| next));
+        let next = match next {
+            Ok(next) => next,
+            Err(error) => {
+                // Put the writes back in front of any that arrived meanwhile, so a
+                // later commit can still make them durable.
+                let mut pending = lock_ignoring_poison(&self.pending);
+                let arrived_meanwhile = std::mem::take(&mut *pending);
+                *pending = pending_writes;
+                pending.extend(arrived_meanwhile);
+                return Err(error);
+            }
+        };
         let mut published = self
             .published
             .write()
@@ -352,7 +356,11 @@ fn decode_snapshot(bytes: &[u8], dims: usize) -> Result<DenseSnapshot> {
 }
 
 /// Build the next snapshot: the base plus the pending writes, in order.
-fn apply_writes(base: &DenseSnapshot, writes: &[PendingWrite], dims: usize) -> DenseSnapshot {
+fn apply_writes(
+    base: &DenseSnapshot,
+    writes: &[PendingWrite],
+    dims: usize,
+) -> Result<DenseSnapshot> {
     let mut chunks = base.chunks.clone();
     let mut values: Vec<f32> = base.vectors.iter().copied().collect();
     let mut row_by_chunk_id: HashMap<String, usize> = chunks
@@ -406,10 +414,12 @@ fn apply_writes(base: &DenseSnapshot, writes: &[PendingWrite], dims: usize) -> D
         }
     }
     let rows = chunks.len();
-    let vectors = Array2::from_shape_vec((rows, dims), values)
-        // Every path above keeps values.len() == rows * dims.
-        .unwrap_or_else(|_| Array2::zeros((0, dims)));
-    DenseSnapshot { vectors, chunks }
+    // Every path above keeps values.len() == rows * dims; refuse rather than
+    // publish a snapshot whose rows and chunks disagree.
+    let vectors = Array2::from_shape_vec((rows, dims), values).map_err(|error| {
+        Error::internal(format!("dense commit built a malformed matrix: {error}"))
+    })?;
+    Ok(DenseSnapshot { vectors, chunks })
 }
 
 /// Check a vector's size and values and return it L2-normalized.
@@ -928,6 +938,25 @@ mod tests {
         let store = DenseStore::open(source_info(), DIMS, directory.path()).expect("reopen");
         assert_eq!(store.count().await.expect("count"), 4);
         assert!(!directory.path().join(TEMPORARY_FILE_NAME).exists());
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_keeps_its_writes_for_the_next_one() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let store_directory = directory.path().join("store");
+        let store = store_with_samples(&store_directory).await;
+        store
+            .upsert(&[chunk("west", 0, "compass/west", [-1.0, 0.0, 0.0, 0.0])])
+            .await
+            .expect("upsert");
+        std::fs::remove_dir_all(&store_directory).expect("remove");
+        store.commit().await.expect_err("nowhere to write");
+        assert_eq!(store.count().await.expect("count"), 4);
+        std::fs::create_dir_all(&store_directory).expect("recreate");
+        store.commit().await.expect("commit");
+        assert_eq!(store.count().await.expect("count"), 5);
+        let reopened = DenseStore::open(source_info(), DIMS, &store_directory).expect("reopen");
+        assert_eq!(reopened.count().await.expect("count"), 5);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
