@@ -132,6 +132,13 @@ impl LocalEmbedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        // Run on a rayon worker: a forward pass starts dozens of small parallel loops, and
+        // each one started from outside the pool (a tokio blocking thread, a test thread)
+        // is a cross-thread hand-off and wake-up; from inside it forks in place.
+        rayon::scope(|_| self.embed_on_worker(texts))
+    }
+
+    fn embed_on_worker(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let mut workspace = self.take_workspace();
         let mut vectors = Vec::with_capacity(texts.len());
         let mut outcome = Ok(());
