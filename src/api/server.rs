@@ -101,10 +101,7 @@ pub async fn serve(
         // `Server::tcp_nodelay` applies only to sockets tonic binds itself; ours is bound by
         // the caller, so say it here. Without it Nagle's algorithm meets delayed ACKs and a
         // small response waits ~40 ms.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            signal,
-        );
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
     tokio::pin!(server);
     tokio::select! {
         served = &mut server => return served.map_err(|error| Error::internal(format!("server: {error}"))),
