@@ -42,74 +42,115 @@ pub struct FusedHit {
 /// Fuses the lists and returns the best `top_k` documents, deterministic for equal
 /// inputs: ties break by best single rank, then by document id.
 pub fn fuse(lists: &[RankedList], method: FusionMethod, rrf_k: f64, top_k: usize) -> Vec<FusedHit> {
-    let mut by_document: HashMap<&str, FusedHit> = HashMap::new();
-    for list in lists {
-        let documents = best_chunk_per_document(&list.hits);
+    if top_k == 0 {
+        return Vec::new();
+    }
+    // Tally with borrowed hits; only the `top_k` winners are copied out at the end.
+    let capacity = lists.iter().map(|list| list.hits.len()).sum();
+    let mut slot_of: HashMap<&str, usize> = HashMap::with_capacity(capacity);
+    let mut tallies: Vec<Tally> = Vec::with_capacity(capacity);
+    let mut documents: Vec<(usize, &Hit)> = Vec::new();
+    for (list_index, list) in lists.iter().enumerate() {
+        // A source may return several chunks of one document: the document ranks where
+        // its best (first) chunk does, and the others do not push later documents down.
+        documents.clear();
+        for hit in &list.hits {
+            let slot = *slot_of.entry(hit.doc_id.as_str()).or_insert_with(|| {
+                tallies.push(Tally {
+                    score: 0.0,
+                    shown: hit,
+                    shown_contribution: f64::NEG_INFINITY,
+                    best_rank: u32::MAX,
+                    last_list: usize::MAX,
+                    parts: Vec::with_capacity(lists.len()),
+                });
+                tallies.len() - 1
+            });
+            if tallies[slot].last_list != list_index {
+                tallies[slot].last_list = list_index;
+                documents.push((slot, hit));
+            }
+        }
         let normalized = match method {
             FusionMethod::Rrf => None,
             FusionMethod::Dbsf => Some(DistributionBounds::of(
-                documents.iter().map(|hit| hit.score),
+                documents.iter().map(|(_, hit)| hit.score),
             )),
         };
-        for (index, hit) in documents.into_iter().enumerate() {
+        for (index, &(slot, hit)) in documents.iter().enumerate() {
             let rank = index as u32 + 1;
             let contribution = list.weight
                 * match &normalized {
                     None => 1.0 / (rrf_k + f64::from(rank)),
                     Some(bounds) => bounds.normalize(hit.score),
                 };
-            let entry = by_document
-                .entry(hit.doc_id.as_str())
-                .or_insert_with(|| FusedHit {
-                    hit: hit.clone(),
-                    score: 0.0,
-                    contributions: Vec::new(),
-                });
-            let best_so_far = entry
-                .contributions
-                .iter()
-                .map(|existing| existing.contribution)
-                .fold(f64::NEG_INFINITY, f64::max);
-            if contribution > best_so_far {
-                entry.hit = hit.clone();
+            let tally = &mut tallies[slot];
+            tally.score += contribution;
+            // The chunk shown is the one from the list that contributed most; the
+            // earlier list wins a tie.
+            if contribution > tally.shown_contribution {
+                tally.shown = hit;
+                tally.shown_contribution = contribution;
             }
-            entry.score += contribution;
-            entry.contributions.push(Contribution {
-                source: list.source.clone(),
+            tally.best_rank = tally.best_rank.min(rank);
+            tally.parts.push(Part {
+                list_index,
                 rank,
-                score: hit.score,
+                hit,
                 contribution,
-                chunk_id: hit.chunk_id.clone(),
             });
         }
     }
-    let mut fused: Vec<FusedHit> = by_document.into_values().collect();
-    fused.sort_by(|left, right| {
+
+    let order = |left: &Tally, right: &Tally| {
         right
             .score
             .total_cmp(&left.score)
-            .then_with(|| best_rank(left).cmp(&best_rank(right)))
-            .then_with(|| left.hit.doc_id.cmp(&right.hit.doc_id))
-    });
-    fused.truncate(top_k);
-    fused
-}
-
-fn best_rank(hit: &FusedHit) -> u32 {
-    hit.contributions
-        .iter()
-        .map(|contribution| contribution.rank)
-        .min()
-        .unwrap_or(u32::MAX)
-}
-
-/// A source may return several chunks of one document; the document ranks where
-/// its best chunk does, and its other chunks do not push later documents down.
-fn best_chunk_per_document(hits: &[Hit]) -> Vec<&Hit> {
-    let mut seen = std::collections::HashSet::new();
-    hits.iter()
-        .filter(|hit| seen.insert(hit.doc_id.as_str()))
+            .then_with(|| left.best_rank.cmp(&right.best_rank))
+            .then_with(|| left.shown.doc_id.cmp(&right.shown.doc_id))
+    };
+    if tallies.len() > top_k {
+        tallies.select_nth_unstable_by(top_k, order);
+        tallies.truncate(top_k);
+    }
+    tallies.sort_unstable_by(order);
+    tallies
+        .into_iter()
+        .map(|tally| FusedHit {
+            hit: tally.shown.clone(),
+            score: tally.score,
+            contributions: tally
+                .parts
+                .into_iter()
+                .map(|part| Contribution {
+                    source: lists[part.list_index].source.clone(),
+                    rank: part.rank,
+                    score: part.hit.score,
+                    contribution: part.contribution,
+                    chunk_id: part.hit.chunk_id.clone(),
+                })
+                .collect(),
+        })
         .collect()
+}
+
+/// One document's running total while the lists are read.
+struct Tally<'a> {
+    score: f64,
+    shown: &'a Hit,
+    shown_contribution: f64,
+    best_rank: u32,
+    /// The last list this document was seen in, to skip its later chunks there.
+    last_list: usize,
+    parts: Vec<Part<'a>>,
+}
+
+/// One list's share of a document, turned into a [`Contribution`] only for winners.
+struct Part<'a> {
+    list_index: usize,
+    rank: u32,
+    hit: &'a Hit,
+    contribution: f64,
 }
 
 /// DBSF: scores mapped to [0, 1] between mean - 3 sd and mean + 3 sd of the list.
