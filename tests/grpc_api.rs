@@ -662,3 +662,45 @@ async fn an_unavailable_llm_falls_back_to_a_labelled_extractive_answer_and_a_bro
     );
     server.stop().await;
 }
+
+/// Live check against a real OpenAI-compatible server (llama.cpp `llama-server`, vLLM,
+/// Ollama): runs when `SKYFUSE_LIVE_OPENAI_URL` is set (base URL without `/v1`), with the
+/// model from `SKYFUSE_LIVE_OPENAI_MODEL`. Without it, the test says so and passes.
+#[tokio::test]
+async fn live_openai_compatible_server_answers_with_tokens_and_usage() {
+    let Ok(base_url) = std::env::var("SKYFUSE_LIVE_OPENAI_URL") else {
+        eprintln!("skipped: set SKYFUSE_LIVE_OPENAI_URL to run against a real server");
+        return;
+    };
+    let model = std::env::var("SKYFUSE_LIVE_OPENAI_MODEL").unwrap_or_else(|_| "default".into());
+    let config = provider_config(&base_url).replace("qwen2.5-0.5b-instruct", &model);
+    let data = TempDir::new().unwrap();
+    let docs = TempDir::new().unwrap();
+    write_corpus(docs.path());
+    let server = TestServer::start(data.path(), &config).await;
+    server.index(docs.path()).await;
+    let events = server
+        .answer(proto::AnswerRequest {
+            question: "Where are cold archives replicated?".into(),
+            ..Default::default()
+        })
+        .await;
+    let answered: String = events
+        .iter()
+        .filter_map(|event| match event {
+            proto::answer_event::Event::Token(text) => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(!answered.trim().is_empty(), "{events:?}");
+    let Some(proto::answer_event::Event::Done(done)) = events.last() else {
+        panic!("the stream ends with done: {events:?}");
+    };
+    let route = done.route.as_ref().unwrap();
+    assert_eq!(
+        (route.provider.as_str(), route.extractive),
+        ("llama", false)
+    );
+    assert!(done.usage.as_ref().unwrap().output_tokens > 0, "{done:?}");
+    server.stop().await;
+}
