@@ -19,6 +19,7 @@
 //! converts hits, per-source explain and outcomes back to proto.
 
 pub mod api;
+pub mod breaker;
 pub mod client;
 pub mod config;
 pub mod document;

@@ -89,6 +89,9 @@ pub struct SearchConfig {
     pub candidates_per_source: usize,
     /// A source's budget when it sets no `timeout_ms`; always capped by the call's deadline.
     pub source_timeout_ms: u64,
+    /// Query embeddings kept for reuse (0: no cache), and for how long.
+    pub query_cache_entries: usize,
+    pub query_cache_ttl_ms: u64,
 }
 
 impl Default for SearchConfig {
@@ -98,6 +101,8 @@ impl Default for SearchConfig {
             rrf_k: 60.0,
             candidates_per_source: 100,
             source_timeout_ms: 2_000,
+            query_cache_entries: 4_096,
+            query_cache_ttl_ms: 60_000,
         }
     }
 }
@@ -125,22 +130,60 @@ impl Default for AnswerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// The built-in provider: the in-process model, its directory in `model`.
+pub const LOCAL_PROVIDER: &str = "local";
+
+/// How vectors of a space are compared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SpaceProvider {
-    /// In-process BERT-family model from a directory (safetensors + tokenizer.json).
-    Local,
+pub enum Metric {
+    /// Cosine similarity: vectors are L2-normalized on the way in and out.
+    #[default]
+    Cosine,
+    /// Inner product on vectors as the model produced them.
+    Dot,
+    /// Euclidean distance on vectors as the model produced them.
+    L2,
 }
 
-/// An embedding space: a model at a dimension. Vectors of different spaces never meet.
+/// An embedding space: a model at a dimension and metric. Vectors of different spaces
+/// never meet; a space fails over only to the same model served elsewhere.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpaceConfig {
     pub id: String,
-    pub provider: SpaceProvider,
-    /// For `local`: the model directory.
+    /// `local` (in-process; `model` is the model directory) or a `[[provider]]` id.
+    pub provider: String,
+    /// More providers serving the same model, tried in order when the ones before
+    /// are throttled, down or open-circuited.
+    #[serde(default)]
+    pub fallback: Vec<String>,
+    /// The model; its identity is what makes two providers interchangeable.
     pub model: String,
+    /// The model's id at a provider where it differs from `model` (Cohere Embed is
+    /// `cohere.embed-english-v3` on Bedrock, `cohere.embed-english-v3.0` on OCI).
+    #[serde(default)]
+    pub model_ids: std::collections::BTreeMap<String, String>,
     pub dims: usize,
+    #[serde(default)]
+    pub metric: Metric,
+    /// A Matryoshka model (text-embedding-3, gemini-embedding, nomic): its vectors may
+    /// be truncated to `dims` and re-normalized. Spaces of one model that are all
+    /// `matryoshka` share one query embedding at the largest dimension among them.
+    #[serde(default)]
+    pub matryoshka: bool,
+}
+
+impl SpaceConfig {
+    /// The providers of this space in the order they are tried.
+    pub fn providers(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.provider.as_str()).chain(self.fallback.iter().map(String::as_str))
+    }
+
+    /// The model's id at `provider`.
+    pub fn model_at<'a>(&'a self, provider: &str) -> &'a str {
+        self.model_ids.get(provider).unwrap_or(&self.model)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -283,7 +326,7 @@ impl Config {
         };
         self.server.data_dir = anchor(&self.server.data_dir);
         for space in &mut self.spaces {
-            if space.provider == SpaceProvider::Local {
+            if space.provider == LOCAL_PROVIDER {
                 space.model = anchor(Path::new(&space.model)).display().to_string();
             }
         }
@@ -366,6 +409,7 @@ impl Config {
                 problems.push(format!("space {:?}: dims must be at least 1", space.id));
             }
         }
+        // Checked against the providers further down, once their ids are known.
 
         let source_ids = unique_ids(
             "source",
@@ -461,6 +505,9 @@ impl Config {
                 problems.push(format!("{name}: timeout_ms must be at least 1"));
             }
         }
+        for space in &self.spaces {
+            self.space_provider_problems(space, &provider_ids, &mut problems);
+        }
         if let Some(provider) = &self.answer.provider
             && !provider_ids.contains(provider.as_str())
         {
@@ -475,6 +522,58 @@ impl Config {
             problems.push("answer.context_budget_tokens must be at least 16".into());
         }
         problems
+    }
+}
+
+impl Config {
+    /// A space names providers that exist, each once; the local model serves alone; the
+    /// local dense store ranks by cosine only.
+    fn space_provider_problems(
+        &self,
+        space: &SpaceConfig,
+        provider_ids: &HashSet<&str>,
+        problems: &mut Vec<String>,
+    ) {
+        let name = format!("space {:?}", space.id);
+        if space.provider == LOCAL_PROVIDER {
+            if !space.fallback.is_empty() || !space.model_ids.is_empty() {
+                problems.push(format!(
+                    "{name}: the local model serves alone; fallback and model_ids need cloud providers"
+                ));
+            }
+        } else {
+            let mut seen = HashSet::new();
+            for provider in space.providers() {
+                if provider == LOCAL_PROVIDER {
+                    problems.push(format!(
+                        "{name}: `local` can only be the sole provider of a space"
+                    ));
+                } else if !provider_ids.contains(provider) {
+                    problems.push(format!(
+                        "{name}: provider {provider:?} is not a defined [[provider]]"
+                    ));
+                } else if !seen.insert(provider) {
+                    problems.push(format!("{name}: provider {provider:?} is listed twice"));
+                }
+            }
+            for provider in space.model_ids.keys() {
+                if !seen.contains(provider.as_str()) {
+                    problems.push(format!(
+                        "{name}: model_ids names {provider:?}, which does not serve this space"
+                    ));
+                }
+            }
+        }
+        if space.metric != Metric::Cosine {
+            for source in &self.sources {
+                if source.kind == SourceKind::Dense && source.space.as_ref() == Some(&space.id) {
+                    problems.push(format!(
+                        "source {:?}: the local dense store ranks by cosine, but space {:?} uses {:?}",
+                        source.id, space.id, space.metric
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -539,6 +638,48 @@ mod tests {
             "{}",
             error.message
         );
+    }
+
+    #[test]
+    fn space_providers_must_exist_and_the_local_dense_store_needs_cosine() {
+        let config = parse(
+            r#"
+            [[provider]]
+            id = "llama"
+            kind = "openai_compat"
+            base_url = "http://127.0.0.1:8080"
+            model = "m"
+            [[space]]
+            id = "cohere"
+            provider = "llama"
+            fallback = ["oci-fra", "llama"]
+            model = "cohere.embed-english-v3"
+            model_ids = { bedrock-us = "x" }
+            dims = 1024
+            metric = "dot"
+            [[space]]
+            id = "minilm"
+            provider = "local"
+            fallback = ["llama"]
+            model = "models/m"
+            dims = 384
+            [[source]]
+            id = "dense"
+            kind = "dense"
+            space = "cohere"
+            "#,
+        )
+        .unwrap();
+        let message = config.validate().unwrap_err().message;
+        for expected in [
+            r#"space "cohere": provider "oci-fra" is not a defined [[provider]]"#,
+            r#"space "cohere": provider "llama" is listed twice"#,
+            r#"space "cohere": model_ids names "bedrock-us""#,
+            r#"space "minilm": the local model serves alone"#,
+            r#"source "dense": the local dense store ranks by cosine, but space "cohere" uses Dot"#,
+        ] {
+            assert!(message.contains(expected), "{expected} in {message}");
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::embed::{Embedder, EmbeddingSpace, Purpose};
+use crate::embed::{EmbedRequest, Embedder, EmbeddingProvider, EmbeddingSpace, Purpose};
 use crate::error::{Error, Result};
 
 /// Where `scripts/fetch-model.sh` puts the model, relative to the working directory.
@@ -125,6 +125,22 @@ impl LocalEmbedder {
                 workspaces: Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// Loads the model in `model_dir` as space `id` at the dimension the model produces.
+    pub fn load_native(id: &str, model_dir: &Path) -> Result<Self> {
+        let config_path = model_dir.join("config.json");
+        let dims = if config_path.is_file() {
+            ModelShape::read(&config_path)?.hidden_size
+        } else {
+            0 // `load` reports the missing directory or file
+        };
+        let space = EmbeddingSpace {
+            id: id.to_string(),
+            model: model_dir.display().to_string(),
+            dims,
+        };
+        Self::load(space, model_dir)
     }
 
     /// Blocking: one L2-normalized vector per text, in order. Empty input -> empty output.
@@ -243,6 +259,28 @@ impl Embedder for LocalEmbedder {
         })
         .await
         .map_err(|error| Error::internal(format!("embedding task failed: {error}")))?
+    }
+}
+
+/// The in-process model as the provider of its space: the model is the one loaded, so
+/// the request's model id is not consulted; its native dimension is what comes back.
+#[async_trait]
+impl EmbeddingProvider for LocalEmbedder {
+    fn id(&self) -> &str {
+        crate::config::LOCAL_PROVIDER
+    }
+
+    fn location(&self) -> (&str, &str) {
+        ("local", "local")
+    }
+
+    /// The forward pass splits its input itself; this only bounds one call's memory.
+    fn max_batch(&self) -> usize {
+        1024
+    }
+
+    async fn embed(&self, request: EmbedRequest<'_>) -> Result<Vec<Vec<f32>>> {
+        Embedder::embed(self, request.texts, request.purpose).await
     }
 }
 

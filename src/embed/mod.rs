@@ -7,6 +7,9 @@
 //! order: a space never fails over to a different model.
 
 pub mod local;
+pub mod normalize;
+pub mod query;
+pub mod space;
 
 use async_trait::async_trait;
 

@@ -1,13 +1,12 @@
 //! Running one query against many sources at once under one deadline.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
 use crate::document::Hit;
-use crate::embed::{Embedder, Purpose};
+use crate::embed::query::{Family, QueryEmbedder};
 use crate::error::ErrorKind;
 use crate::retrieve::plan::Plan;
 use crate::stores::{Source, StoreQuery};
@@ -38,12 +37,12 @@ pub struct SourceResult<'a> {
     pub outcome: SourceOutcome,
 }
 
-/// Searches every planned source concurrently. Lexical sources start at once;
-/// each space embeds the query once, then searches its sources. Nothing here
-/// fails the call: failures become outcomes.
+/// Searches every planned source concurrently. Lexical sources start at once; each
+/// family of spaces embeds the query once, then searches the sources of its spaces.
+/// Nothing here fails the call: failures become outcomes.
 pub async fn fan_out<'a>(
     plan: &Plan<'a>,
-    embedders: &HashMap<String, Arc<dyn Embedder>>,
+    embedder: &QueryEmbedder,
     query: &str,
     candidates: usize,
     deadline: Instant,
@@ -54,79 +53,89 @@ pub async fn fan_out<'a>(
             .iter()
             .map(|source| search_one(source, query, None, candidates, started, deadline)),
     );
-    let dense = join_all(plan.by_space.iter().map(|(space, sources)| {
-        search_space(
-            space,
-            sources,
-            embedders.get(*space),
-            query,
-            candidates,
-            started,
-            deadline,
-        )
-    }));
+    let (families, missing) = embedder.families(plan.by_space.keys().copied());
+    let dense =
+        join_all(families.iter().map(|family| {
+            search_family(family, plan, embedder, query, candidates, started, deadline)
+        }));
     let (lexical, dense) = futures::join!(lexical, dense);
+    let unembeddable = missing.into_iter().flat_map(|space| {
+        skipped(
+            &plan.by_space[space],
+            &format!("no embedder for space {space:?}"),
+            started,
+        )
+    });
     lexical
         .into_iter()
         .chain(dense.into_iter().flatten())
+        .chain(unembeddable)
         .collect()
 }
 
-async fn search_space<'a>(
-    space: &str,
-    sources: &[&'a Source],
-    embedder: Option<&Arc<dyn Embedder>>,
+async fn search_family<'a>(
+    family: &Family<'_>,
+    plan: &Plan<'a>,
+    embedder: &QueryEmbedder,
     query: &str,
     candidates: usize,
     started: Instant,
     deadline: Instant,
 ) -> Vec<SourceResult<'a>> {
-    let skipped = |message: String| -> Vec<SourceResult<'a>> {
-        sources
+    let sources_of = |space: &str| plan.by_space.get(space).map_or(&[][..], Vec::as_slice);
+    let skip_all = |message: String| -> Vec<SourceResult<'a>> {
+        family
+            .members
             .iter()
-            .map(|source| SourceResult {
-                source,
-                hits: Vec::new(),
-                outcome: SourceOutcome {
-                    source: source.id().to_string(),
-                    status: SourceStatus::Skipped,
-                    message: message.clone(),
-                    hits: 0,
-                    took: started.elapsed(),
-                },
-            })
+            .flat_map(|space| skipped(sources_of(space), &message, started))
             .collect()
     };
-    let Some(embedder) = embedder else {
-        return skipped(format!("no embedder for space {space:?}"));
-    };
-    let embedded = tokio::time::timeout_at(
-        deadline.into(),
-        embedder.embed(&[query.to_string()], Purpose::Query),
-    )
-    .await;
+    let embedded = tokio::time::timeout_at(deadline.into(), embedder.embed(family, query)).await;
     let vector = match embedded {
-        Err(_elapsed) => return skipped("query embedding timed out".into()),
-        Ok(Err(error)) => return skipped(format!("query embedding failed: {error}")),
-        Ok(Ok(mut vectors)) if vectors.len() == 1 => Arc::new(vectors.remove(0)),
-        Ok(Ok(vectors)) => {
-            return skipped(format!(
-                "embedder returned {} vectors for one query",
-                vectors.len()
-            ));
-        }
+        Err(_elapsed) => return skip_all("query embedding timed out".into()),
+        Ok(Err(error)) => return skip_all(format!("query embedding failed: {error}")),
+        Ok(Ok(vector)) => vector,
     };
-    join_all(sources.iter().map(|source| {
-        search_one(
+    let mut searches = Vec::new();
+    let mut results = Vec::new();
+    for space in &family.members {
+        match embedder.for_space(&vector, space) {
+            Ok(space_vector) => searches.extend(sources_of(space).iter().map(|source| {
+                search_one(
+                    source,
+                    query,
+                    Some(space_vector.clone()),
+                    candidates,
+                    started,
+                    deadline,
+                )
+            })),
+            Err(error) => results.extend(skipped(
+                sources_of(space),
+                &format!("query vector for space {space:?}: {error}"),
+                started,
+            )),
+        }
+    }
+    results.extend(join_all(searches).await);
+    results
+}
+
+fn skipped<'a>(sources: &[&'a Source], message: &str, started: Instant) -> Vec<SourceResult<'a>> {
+    sources
+        .iter()
+        .map(|source| SourceResult {
             source,
-            query,
-            Some(vector.clone()),
-            candidates,
-            started,
-            deadline,
-        )
-    }))
-    .await
+            hits: Vec::new(),
+            outcome: SourceOutcome {
+                source: source.id().to_string(),
+                status: SourceStatus::Skipped,
+                message: message.to_string(),
+                hits: 0,
+                took: started.elapsed(),
+            },
+        })
+        .collect()
 }
 
 async fn search_one<'a>(

@@ -5,7 +5,6 @@ pub mod fanout;
 pub mod fusion;
 pub mod plan;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ pub use fanout::{SourceOutcome, SourceStatus};
 pub use fusion::{Contribution, FusedHit};
 
 use crate::config::{FusionMethod, SearchConfig};
-use crate::embed::Embedder;
+use crate::embed::query::QueryEmbedder;
 use crate::error::Result;
 use crate::stores::Source;
 
@@ -41,19 +40,15 @@ pub struct SearchResult {
 /// The sources and embedders search runs over.
 pub struct Retriever {
     sources: Vec<Source>,
-    embedders: HashMap<String, Arc<dyn Embedder>>,
+    embedder: Arc<QueryEmbedder>,
     settings: SearchConfig,
 }
 
 impl Retriever {
-    pub fn new(
-        sources: Vec<Source>,
-        embedders: HashMap<String, Arc<dyn Embedder>>,
-        settings: SearchConfig,
-    ) -> Self {
+    pub fn new(sources: Vec<Source>, embedder: Arc<QueryEmbedder>, settings: SearchConfig) -> Self {
         Self {
             sources,
-            embedders,
+            embedder,
             settings,
         }
     }
@@ -68,7 +63,7 @@ impl Retriever {
         let candidates = request.top_k.max(self.settings.candidates_per_source);
         let results = fanout::fan_out(
             &plan,
-            &self.embedders,
+            &self.embedder,
             &request.query,
             candidates,
             request.deadline,
@@ -101,13 +96,16 @@ impl Retriever {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::collections::HashMap;
 
     use async_trait::async_trait;
 
     use super::*;
+    use crate::config::Metric;
     use crate::document::{EmbeddedChunk, Hit};
-    use crate::embed::{EmbeddingSpace, Purpose};
+    use crate::embed::query::QueryCacheSettings;
+    use crate::embed::space::tests::{ScriptedProvider, space as test_space};
+    use crate::embed::space::{Serving, SpaceEmbedder};
     use crate::error::Error;
     use crate::stores::{SearchBackend, SourceInfo, StoreKind, StoreQuery};
 
@@ -169,27 +167,6 @@ mod tests {
         }
     }
 
-    struct CountingEmbedder {
-        space: EmbeddingSpace,
-        calls: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl Embedder for CountingEmbedder {
-        fn space(&self) -> &EmbeddingSpace {
-            &self.space
-        }
-
-        async fn embed(
-            &self,
-            texts: &[String],
-            _purpose: Purpose,
-        ) -> crate::error::Result<Vec<Vec<f32>>> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            Ok(texts.iter().map(|_| vec![1.0, 0.0]).collect())
-        }
-    }
-
     fn source(id: &str, space: Option<&str>, behaviour: Behaviour, timeout_ms: u64) -> Source {
         Source {
             backend: Arc::new(FakeStore {
@@ -213,20 +190,26 @@ mod tests {
         }
     }
 
-    fn retriever(sources: Vec<Source>) -> (Retriever, Arc<CountingEmbedder>) {
-        let embedder = Arc::new(CountingEmbedder {
-            space: EmbeddingSpace {
-                id: "space".into(),
-                model: "fake".into(),
-                dims: 2,
+    fn retriever(sources: Vec<Source>) -> (Retriever, Arc<ScriptedProvider>) {
+        let provider = ScriptedProvider::new("local", 2);
+        let embedder = SpaceEmbedder::new(
+            test_space("space", 2),
+            Metric::Cosine,
+            false,
+            vec![Serving::new(provider.clone(), "fake")],
+        )
+        .unwrap();
+        let query = QueryEmbedder::new(
+            HashMap::from([("space".to_string(), Arc::new(embedder))]),
+            HashMap::new(),
+            QueryCacheSettings {
+                entries: 0,
+                ttl: Duration::ZERO,
             },
-            calls: AtomicUsize::new(0),
-        });
-        let embedders =
-            HashMap::from([("space".to_string(), embedder.clone() as Arc<dyn Embedder>)]);
+        );
         (
-            Retriever::new(sources, embedders, SearchConfig::default()),
-            embedder,
+            Retriever::new(sources, Arc::new(query), SearchConfig::default()),
+            provider,
         )
     }
 
@@ -286,7 +269,7 @@ mod tests {
             source("dense-3", Some("space"), Behaviour::Answer(vec!["c"]), 1000),
         ]);
         let result = retriever.search(&request(&[])).await.unwrap();
-        assert_eq!(embedder.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(embedder.calls(), 1);
         assert!(!result.degraded);
         assert_eq!(result.hits[0].hit.doc_id, "a");
         assert_eq!(result.hits[0].contributions.len(), 2);
@@ -300,11 +283,7 @@ mod tests {
         ]);
         let result = retriever.search(&request(&["lexical"])).await.unwrap();
         assert_eq!(result.outcomes.len(), 1);
-        assert_eq!(
-            embedder.calls.load(Ordering::SeqCst),
-            0,
-            "no dense source, no embedding"
-        );
+        assert_eq!(embedder.calls(), 0, "no dense source, no embedding");
         let error = retriever.search(&request(&["nope"])).await.unwrap_err();
         assert_eq!(error.kind, crate::error::ErrorKind::NotFound);
         assert!(error.message.contains("nope") && error.message.contains("lexical"));

@@ -6,9 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, ProviderKind, SourceConfig, SourceKind, SpaceConfig, SpaceProvider};
+use crate::config::{Config, LOCAL_PROVIDER, ProviderKind, SourceConfig, SourceKind, SpaceConfig};
 use crate::embed::local::LocalEmbedder;
-use crate::embed::{Embedder, EmbeddingSpace, Purpose};
+use crate::embed::query::{QueryCacheSettings, QueryEmbedder, family_key};
+use crate::embed::space::{Serving, SpaceEmbedder};
+use crate::embed::{Embedder, EmbeddingSpace};
 use crate::error::{Error, Result};
 use crate::llm::ChatProvider;
 use crate::llm::openai_compat::OpenAiCompatProvider;
@@ -16,47 +18,82 @@ use crate::stores::dense::DenseStore;
 use crate::stores::local_bm25::LocalBm25Store;
 use crate::stores::{SearchBackend, Source, SourceInfo, StoreKind};
 
-pub(super) async fn embedders(config: &Config) -> Result<HashMap<String, Arc<dyn Embedder>>> {
-    let mut embedders = HashMap::new();
-    for space in &config.spaces {
-        let embedder = embedder(space)
-            .await
-            .map_err(|error| error.context(format!("space {:?}", space.id)))?;
-        embedders.insert(space.id.clone(), embedder);
-    }
-    Ok(embedders)
+/// The embedder of every space, and the query embedder search uses over them.
+pub(super) struct Embedders {
+    pub by_space: HashMap<String, Arc<SpaceEmbedder>>,
+    pub query: Arc<QueryEmbedder>,
 }
 
-async fn embedder(space: &SpaceConfig) -> Result<Arc<dyn Embedder>> {
+pub(super) async fn embedders(config: &Config) -> Result<Embedders> {
+    let mut by_space = HashMap::new();
+    let mut family_keys = HashMap::new();
+    // Spaces over the same model directory share one loaded model.
+    let mut local_models: HashMap<String, LocalEmbedder> = HashMap::new();
+    for space in &config.spaces {
+        let embedder = space_embedder(space, &mut local_models)
+            .await
+            .map_err(|error| error.context(format!("space {:?}", space.id)))?;
+        by_space.insert(space.id.clone(), Arc::new(embedder));
+        if let Some(key) = family_key(space) {
+            family_keys.insert(space.id.clone(), key);
+        }
+    }
+    let cache = QueryCacheSettings {
+        entries: config.search.query_cache_entries,
+        ttl: Duration::from_millis(config.search.query_cache_ttl_ms),
+    };
+    let query = Arc::new(QueryEmbedder::new(by_space.clone(), family_keys, cache));
+    Ok(Embedders { by_space, query })
+}
+
+async fn space_embedder(
+    space: &SpaceConfig,
+    local_models: &mut HashMap<String, LocalEmbedder>,
+) -> Result<SpaceEmbedder> {
     let embedding_space = EmbeddingSpace {
         id: space.id.clone(),
         model: space.model.clone(),
         dims: space.dims,
     };
-    let embedder: Arc<dyn Embedder> = match space.provider {
-        SpaceProvider::Local => {
-            let model_dir = Path::new(&space.model).to_path_buf();
-            let loaded = tokio::task::spawn_blocking(move || {
-                LocalEmbedder::load(embedding_space, &model_dir)
-            })
-            .await
-            .map_err(|error| Error::internal(format!("model loading panicked: {error}")))??;
-            Arc::new(loaded)
+    let servings = if space.provider == LOCAL_PROVIDER {
+        let model = match local_models.get(&space.model) {
+            Some(model) => model.clone(),
+            None => {
+                let model = load_local_model(space).await?;
+                local_models.insert(space.model.clone(), model.clone());
+                model
+            }
+        };
+        let native = model.space().dims;
+        if native != space.dims && !(space.matryoshka && space.dims < native) {
+            return Err(Error::config(format!(
+                "dims is {} but model {:?} produces {native}-dimensional vectors{}",
+                space.dims,
+                space.model,
+                if space.dims < native {
+                    "; set matryoshka = true to truncate them"
+                } else {
+                    ""
+                }
+            )));
         }
-    };
-    // A model that does not produce the configured dimension would corrupt every
-    // store of the space: refuse to start instead.
-    let probe = embedder
-        .embed(&["dimension probe".to_string()], Purpose::Query)
-        .await?;
-    let produced = probe.first().map_or(0, Vec::len);
-    if produced != space.dims {
+        vec![Serving::new(Arc::new(model), space.model.clone())]
+    } else {
         return Err(Error::config(format!(
-            "dims is {} but model {:?} produces {produced}-dimensional vectors",
-            space.dims, space.model
+            "provider {:?}: embeddings through a [[provider]] are not wired yet",
+            space.provider
         )));
-    }
-    Ok(embedder)
+    };
+    SpaceEmbedder::new(embedding_space, space.metric, space.matryoshka, servings)
+}
+
+/// Loads the in-process model at its native dimension (read from its config.json).
+async fn load_local_model(space: &SpaceConfig) -> Result<LocalEmbedder> {
+    let model_dir = Path::new(&space.model).to_path_buf();
+    let id = space.id.clone();
+    tokio::task::spawn_blocking(move || LocalEmbedder::load_native(&id, &model_dir))
+        .await
+        .map_err(|error| Error::internal(format!("model loading panicked: {error}")))?
 }
 
 pub(super) async fn sources(config: &Config) -> Result<Vec<Source>> {

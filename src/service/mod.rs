@@ -52,7 +52,11 @@ impl Service {
     /// problem is a startup error naming the config key.
     pub async fn build(config: Config, env: &HashMap<String, String>) -> Result<Self> {
         config.validate()?;
-        let embedders = build::embedders(&config).await?;
+        let build::Embedders { by_space, query } = build::embedders(&config).await?;
+        let embedders = by_space
+            .into_iter()
+            .map(|(space, embedder)| (space, embedder as Arc<dyn Embedder>))
+            .collect();
         let sources = build::sources(&config).await?;
         let chat = build::chat_provider(&config, env)?;
         let index_locks = config
@@ -61,7 +65,7 @@ impl Service {
             .map(|index| (index.id.clone(), Arc::default()))
             .collect();
         Ok(Self {
-            retriever: Retriever::new(sources, embedders.clone(), config.search.clone()),
+            retriever: Retriever::new(sources, query, config.search.clone()),
             embedders,
             chat,
             index_locks,

@@ -1,0 +1,274 @@
+//! Query embedding for a search: once per space, or once per Matryoshka family, with a
+//! short-lived cache.
+//!
+//! Spaces of one Matryoshka model served by the same providers form a family: the query
+//! is embedded once at the largest dimension the request needs and truncated (and, for
+//! cosine spaces, re-normalized) for the others. Other spaces are families of one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+use crate::config::Metric;
+use crate::embed::normalize::shape_vector;
+use crate::embed::space::SpaceEmbedder;
+use crate::embed::{Embedder, Purpose};
+use crate::error::{Error, Result};
+
+/// The spaces of one request that share a query embedding.
+pub struct Family<'a> {
+    key: String,
+    /// The member embedding at the largest size; it asks its providers for `dims`.
+    embedder: Arc<SpaceEmbedder>,
+    dims: usize,
+    /// Space ids, in the order they were given.
+    pub members: Vec<&'a str>,
+}
+
+impl Family<'_> {
+    /// A label for outcomes and logs: the member spaces.
+    pub fn describe(&self) -> String {
+        self.members.join("+")
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct QueryCacheSettings {
+    /// Most query embeddings kept; 0 turns the cache off.
+    pub entries: usize,
+    /// How long one is reused: long enough for a burst of retries and pagination,
+    /// short enough that a redeployed model is picked up soon.
+    pub ttl: Duration,
+}
+
+/// (family key, dimension, query text).
+type CacheKey = (String, usize, String);
+type Cache = Mutex<LruCache<CacheKey, (Instant, Arc<Vec<f32>>)>>;
+
+pub struct QueryEmbedder {
+    spaces: HashMap<String, Arc<SpaceEmbedder>>,
+    family_keys: HashMap<String, String>,
+    cache: Option<Cache>,
+    ttl: Duration,
+}
+
+impl QueryEmbedder {
+    /// `family_keys` maps a space to a key shared by spaces that may share one query
+    /// embedding (see [`family_key`]); spaces missing from it are families of one.
+    pub fn new(
+        spaces: HashMap<String, Arc<SpaceEmbedder>>,
+        family_keys: HashMap<String, String>,
+        cache: QueryCacheSettings,
+    ) -> Self {
+        Self {
+            spaces,
+            family_keys,
+            cache: NonZeroUsize::new(cache.entries)
+                .map(|entries| Mutex::new(LruCache::new(entries))),
+            ttl: cache.ttl,
+        }
+    }
+
+    pub fn space(&self, id: &str) -> Option<&Arc<SpaceEmbedder>> {
+        self.spaces.get(id)
+    }
+
+    /// Groups the given spaces into families. A space without an embedder is returned
+    /// in the error list, so its sources can be reported as skipped.
+    pub fn families<'a>(
+        &self,
+        space_ids: impl IntoIterator<Item = &'a str>,
+    ) -> (Vec<Family<'a>>, Vec<&'a str>) {
+        let mut families: BTreeMap<String, Family<'a>> = BTreeMap::new();
+        let mut missing = Vec::new();
+        for id in space_ids {
+            let Some(embedder) = self.spaces.get(id) else {
+                missing.push(id);
+                continue;
+            };
+            let key = self
+                .family_keys
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| format!("space:{id}"));
+            let dims = embedder.space().dims;
+            let family = families.entry(key.clone()).or_insert_with(|| Family {
+                key,
+                embedder: embedder.clone(),
+                dims,
+                members: Vec::new(),
+            });
+            if dims > family.dims {
+                family.embedder = embedder.clone();
+                family.dims = dims;
+            }
+            family.members.push(id);
+        }
+        (families.into_values().collect(), missing)
+    }
+
+    /// The family's query vector at its largest size, from the cache when fresh.
+    pub async fn embed(&self, family: &Family<'_>, query: &str) -> Result<Arc<Vec<f32>>> {
+        let key = (family.key.clone(), family.dims, query.to_string());
+        if let Some(vector) = self.cached(&key) {
+            return Ok(vector);
+        }
+        let mut vectors = family
+            .embedder
+            .embed_at(&[query.to_string()], Purpose::Query, family.dims)
+            .await?;
+        let vector = match vectors.len() {
+            1 => Arc::new(vectors.remove(0)),
+            n => {
+                return Err(Error::unavailable(format!(
+                    "the embedder returned {n} vectors for one query"
+                )));
+            }
+        };
+        if let Some(cache) = &self.cache {
+            lock(cache).put(key, (Instant::now(), vector.clone()));
+        }
+        Ok(vector)
+    }
+
+    /// The family's vector in one member space's shape.
+    pub fn for_space(
+        &self,
+        family_vector: &Arc<Vec<f32>>,
+        space_id: &str,
+    ) -> Result<Arc<Vec<f32>>> {
+        let embedder = self
+            .spaces
+            .get(space_id)
+            .ok_or_else(|| Error::not_found(format!("no embedder for space {space_id:?}")))?;
+        let dims = embedder.space().dims;
+        if dims == family_vector.len() {
+            return Ok(family_vector.clone());
+        }
+        let normalize = embedder.metric() == Metric::Cosine;
+        Ok(Arc::new(shape_vector(
+            family_vector.to_vec(),
+            dims,
+            true,
+            normalize,
+        )?))
+    }
+
+    fn cached(&self, key: &CacheKey) -> Option<Arc<Vec<f32>>> {
+        let cache = self.cache.as_ref()?;
+        let mut cache = lock(cache);
+        match cache.get(key) {
+            Some((at, vector)) if at.elapsed() < self.ttl => Some(vector.clone()),
+            Some(_) => {
+                cache.pop(key);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// Spaces with equal keys may share a query embedding: both Matryoshka, the same model,
+/// the same providers with the same model ids, the same metric.
+pub fn family_key(space: &crate::config::SpaceConfig) -> Option<String> {
+    space.matryoshka.then(|| {
+        let providers: Vec<String> = space
+            .providers()
+            .map(|provider| format!("{provider}={}", space.model_at(provider)))
+            .collect();
+        format!("{}|{:?}|{}", space.model, space.metric, providers.join(","))
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A cache is safe to keep using after a panic elsewhere: entries are whole values.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::space::Serving;
+    use crate::embed::space::tests::{ScriptedProvider, space};
+
+    fn settings(entries: usize) -> QueryCacheSettings {
+        QueryCacheSettings {
+            entries,
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_matryoshka_family_is_embedded_once_at_its_largest_size() {
+        let provider = ScriptedProvider::new("openai", 8);
+        let embedder = |id: &str, dims| {
+            Arc::new(
+                SpaceEmbedder::new(
+                    space(id, dims),
+                    Metric::Cosine,
+                    true,
+                    vec![Serving::new(provider.clone(), "text-embedding-3-large")],
+                )
+                .unwrap(),
+            )
+        };
+        let spaces = HashMap::from([
+            ("te3-2".to_string(), embedder("te3-2", 2)),
+            ("te3-4".to_string(), embedder("te3-4", 4)),
+            ("other".to_string(), embedder("other", 3)),
+        ]);
+        let keys = HashMap::from([
+            ("te3-2".to_string(), "te3".to_string()),
+            ("te3-4".to_string(), "te3".to_string()),
+        ]);
+        let query = QueryEmbedder::new(spaces, keys, settings(0));
+        let (families, missing) = query.families(["te3-2", "te3-4", "other", "gone"]);
+        assert_eq!(missing, vec!["gone"]);
+        assert_eq!(families.len(), 2);
+        let te3 = families.iter().find(|f| f.members.len() == 2).unwrap();
+        let full = query.embed(te3, "q").await.unwrap();
+        assert_eq!(full.len(), 4);
+        let small = query.for_space(&full, "te3-2").unwrap();
+        let expected = {
+            let norm = (full[0] * full[0] + full[1] * full[1]).sqrt();
+            vec![full[0] / norm, full[1] / norm]
+        };
+        assert_eq!(*small, expected, "truncated and re-normalized");
+        assert_eq!(provider.calls(), 1);
+        assert_eq!(provider.requests.lock().unwrap()[0].2, Some(4));
+    }
+
+    #[tokio::test]
+    async fn the_cache_serves_a_repeated_query_until_it_expires() {
+        let provider = ScriptedProvider::new("local", 2);
+        let spaces = HashMap::from([(
+            "minilm".to_string(),
+            Arc::new(
+                SpaceEmbedder::new(
+                    space("minilm", 2),
+                    Metric::Cosine,
+                    false,
+                    vec![Serving::new(provider.clone(), "m")],
+                )
+                .unwrap(),
+            ),
+        )]);
+        let mut query = QueryEmbedder::new(spaces, HashMap::new(), settings(8));
+        let (families, _) = query.families(["minilm"]);
+        let first = query.embed(&families[0], "same words").await.unwrap();
+        let again = query.embed(&families[0], "same words").await.unwrap();
+        assert_eq!(first, again);
+        assert_eq!(provider.calls(), 1, "served from the cache");
+        query.embed(&families[0], "other words").await.unwrap();
+        assert_eq!(provider.calls(), 2);
+
+        query.ttl = Duration::ZERO;
+        query.embed(&families[0], "same words").await.unwrap();
+        assert_eq!(provider.calls(), 3, "an expired entry is embedded again");
+    }
+}
