@@ -43,3 +43,12 @@ pub struct Hit {
     /// The store's own score: BM25, cosine... Only comparable within one list.
     pub score: f32,
 }
+
+/// The text a chunk is embedded from: its title gives later chunks of a document the
+/// context their own words may lack.
+pub fn embedding_text(title: &str, text: &str) -> String {
+    if title.is_empty() || text.starts_with(title) {
+        return text.to_string();
+    }
+    format!("{title}\n{text}")
+}

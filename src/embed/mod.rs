@@ -6,6 +6,7 @@
 //! search call. A space is served by one or more providers of the *same* model, tried in
 //! order: a space never fails over to a different model.
 
+pub mod adapter;
 pub mod local;
 pub mod normalize;
 pub mod query;

@@ -1096,10 +1096,7 @@ where
 /// The text a chunk is embedded from: its title gives later chunks of a document the
 /// context their own words may lack.
 fn embedding_text(chunk: &Chunk) -> String {
-    if chunk.title.is_empty() || chunk.text.starts_with(&chunk.title) {
-        return chunk.text.clone();
-    }
-    format!("{}\n{}", chunk.title, chunk.text)
+    crate::document::embedding_text(&chunk.title, &chunk.text)
 }
 
 #[cfg(test)]

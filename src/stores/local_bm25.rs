@@ -279,6 +279,35 @@ impl Bm25Inner {
         Ok(hits)
     }
 
+    /// Every `step`-th live document of each segment, up to `n`.
+    fn sample_blocking(&self, n: usize) -> Result<Vec<(String, String)>> {
+        let searcher = self.reader.searcher();
+        let total = usize::try_from(searcher.num_docs()).unwrap_or(usize::MAX);
+        let step = (total / n.max(1)).max(1);
+        let mut sample = Vec::with_capacity(n.min(total));
+        for (ordinal, segment) in searcher.segment_readers().iter().enumerate() {
+            let store = segment
+                .get_store_reader(16)
+                .map_err(|error| Error::internal(format!("cannot read the bm25 store: {error}")))?;
+            for doc in (0..segment.max_doc()).step_by(step) {
+                if sample.len() == n {
+                    return Ok(sample);
+                }
+                if segment.is_deleted(doc) {
+                    continue;
+                }
+                let document: TantivyDocument = store.get(doc).map_err(|error| {
+                    Error::internal(format!("cannot read segment {ordinal}'s document: {error}"))
+                })?;
+                sample.push((
+                    self.stored_text(&document, self.fields.title),
+                    self.stored_text(&document, self.fields.text),
+                ));
+            }
+        }
+        Ok(sample)
+    }
+
     fn stored_text(&self, document: &TantivyDocument, field: Field) -> String {
         document
             .get_first(field)
@@ -429,6 +458,11 @@ impl SearchBackend for LocalBm25Store {
     }
 
     /// Committed chunks only: uncommitted writes are not counted.
+    async fn sample_texts(&self, n: usize) -> Result<Vec<(String, String)>> {
+        let inner = Arc::clone(&self.inner);
+        run_blocking(move || inner.sample_blocking(n)).await
+    }
+
     async fn count(&self) -> Result<u64> {
         Ok(self.inner.reader.searcher().num_docs())
     }

@@ -65,6 +65,15 @@ pub trait SearchBackend: Send + Sync {
 
     /// Number of chunks stored.
     async fn count(&self) -> Result<u64>;
+
+    /// Up to `n` stored chunks spread over the store, as (title, text): the sample an
+    /// adapter between embedding spaces is fitted on. Stores without text have none.
+    async fn sample_texts(&self, _n: usize) -> Result<Vec<(String, String)>> {
+        Err(crate::error::Error::invalid(format!(
+            "source {:?} keeps no chunk text to sample",
+            self.describe().id
+        )))
+    }
 }
 
 /// A configured source: a backend plus how `Search` treats it.
