@@ -132,6 +132,7 @@ pub fn recall_at(ranked: &[String], judgements: &HashMap<String, u32>, k: usize)
 #[derive(Debug, Clone, Default)]
 pub struct RunScores {
     pub ndcg_at_10: f64,
+    pub recall_at_10: f64,
     pub recall_at_100: f64,
     pub queries: usize,
 }
@@ -143,11 +144,13 @@ pub fn score_run(benchmark: &Benchmark, runs: &HashMap<String, Vec<String>>) -> 
         let ranked = runs.get(query_id).map(Vec::as_slice).unwrap_or(&[]);
         let judgements = &benchmark.qrels[query_id];
         scores.ndcg_at_10 += ndcg_at(ranked, judgements, 10);
+        scores.recall_at_10 += recall_at(ranked, judgements, 10);
         scores.recall_at_100 += recall_at(ranked, judgements, 100);
         scores.queries += 1;
     }
     if scores.queries > 0 {
         scores.ndcg_at_10 /= scores.queries as f64;
+        scores.recall_at_10 /= scores.queries as f64;
         scores.recall_at_100 /= scores.queries as f64;
     }
     scores

@@ -24,6 +24,7 @@ use skyfuse::api::proto::retrieval_service_client::RetrievalServiceClient;
 use skyfuse::api::{ServeOptions, serve};
 use skyfuse::client::{connect, load_config};
 use skyfuse::config::process_env;
+use skyfuse::embed::adapter::FitMethod;
 use skyfuse::eval::{Benchmark, score_run};
 use skyfuse::service::Service;
 
@@ -104,7 +105,30 @@ enum Command {
         /// Searches in flight at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// Also score the dense sources of other spaces reached from this space through
+        /// the adapters `calibrate` fitted, beside their native scores.
+        #[arg(long)]
+        adapter_from: Option<String>,
     },
+    /// Fit an adapter between two embedding spaces on a sample of indexed chunks.
+    /// A server picks it up when it starts.
+    Calibrate {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Chunks to embed in both spaces (a tenth is held out to measure the fit).
+        #[arg(long, default_value_t = 2000)]
+        sample: usize,
+        #[arg(long, value_enum, default_value_t = Fit::LeastSquares)]
+        method: Fit,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Fit {
+    LeastSquares,
+    Procrustes,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -153,6 +177,7 @@ async fn main() -> Result<()> {
                 sources,
                 fusion: Fusion::to_proto(fusion),
                 include_text: false,
+                adapter_from: String::new(),
             };
             run_search(channel, request, explain).await
         }
@@ -174,7 +199,21 @@ async fn main() -> Result<()> {
             data_dir,
             fusion,
             concurrency,
-        } => run_eval(cli.config, dataset, data_dir, fusion, concurrency).await,
+            adapter_from,
+        } => {
+            let options = EvalOptions {
+                fusion,
+                concurrency,
+                adapter_from,
+            };
+            run_eval(cli.config, dataset, data_dir, options).await
+        }
+        Command::Calibrate {
+            from,
+            to,
+            sample,
+            method,
+        } => run_calibrate(cli.config, &from, &to, sample, method).await,
     }
 }
 
@@ -185,6 +224,31 @@ async fn channel(server: Option<String>, config: Option<PathBuf>) -> Result<Chan
         load_config(config.as_deref())?
     };
     Ok(connect(server.as_deref(), config).await?)
+}
+
+async fn run_calibrate(
+    config: Option<PathBuf>,
+    from: &str,
+    to: &str,
+    sample: usize,
+    method: Fit,
+) -> Result<()> {
+    let config = load_config(config.as_deref())?;
+    let service = Service::build(config, &process_env()).await?;
+    let method = match method {
+        Fit::LeastSquares => FitMethod::LeastSquares,
+        Fit::Procrustes => FitMethod::Procrustes,
+    };
+    let report = service.calibrate(from, to, sample, method).await?;
+    println!(
+        "adapter {from} -> {to}: fitted on {} chunks in {:.1}s; mean cosine to the native vectors of {} held-out chunks {:.4}\nsaved to {}",
+        report.fitted_on,
+        report.took.as_secs_f64(),
+        report.held_out,
+        report.held_out_cosine,
+        report.path.display()
+    );
+    Ok(())
 }
 
 async fn run_serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
@@ -426,12 +490,24 @@ async fn run_sources(channel: Channel) -> Result<()> {
     Ok(())
 }
 
+struct EvalOptions {
+    fusion: Option<Fusion>,
+    concurrency: usize,
+    adapter_from: Option<String>,
+}
+
+/// One evaluated run: a source alone, the fused list, or a source reached by an adapter.
+struct EvalRun {
+    name: String,
+    sources: Vec<String>,
+    adapter_from: String,
+}
+
 async fn run_eval(
     config_path: Option<PathBuf>,
     dataset: PathBuf,
     data_dir: Option<PathBuf>,
-    fusion: Option<Fusion>,
-    concurrency: usize,
+    options: EvalOptions,
 ) -> Result<()> {
     let benchmark = Benchmark::load(&dataset)?;
     let corpus = dataset.join("corpus.jsonl");
@@ -472,11 +548,24 @@ async fn run_eval(
         .await?
         .into_inner()
         .sources;
-    let mut runs: Vec<(String, Vec<String>)> = sources
+    let run = |name: String, sources: Vec<String>, adapter_from: &str| EvalRun {
+        name,
+        sources,
+        adapter_from: adapter_from.to_string(),
+    };
+    let mut runs: Vec<EvalRun> = sources
         .iter()
-        .map(|source| (source.id.clone(), vec![source.id.clone()]))
+        .map(|source| run(source.id.clone(), vec![source.id.clone()], ""))
         .collect();
-    runs.push(("fused".to_string(), Vec::new()));
+    runs.push(run("fused".to_string(), Vec::new(), ""));
+    if let Some(from) = &options.adapter_from {
+        for source in &sources {
+            if !source.space.is_empty() && &source.space != from {
+                let name = format!("{} via {from}", source.id);
+                runs.push(run(name, vec![source.id.clone()], from));
+            }
+        }
+    }
 
     println!(
         "\n{} queries from {}",
@@ -484,16 +573,22 @@ async fn run_eval(
         dataset.display()
     );
     println!(
-        "{:<16} {:>9} {:>11} {:>10} {:>10}",
-        "run", "nDCG@10", "recall@100", "p50 ms", "p99 ms"
+        "{:<24} {:>9} {:>10} {:>11} {:>10} {:>10}",
+        "run", "nDCG@10", "recall@10", "recall@100", "p50 ms", "p99 ms"
     );
-    for (name, run_sources) in runs {
+    for EvalRun {
+        name,
+        sources: run_sources,
+        adapter_from,
+    } in runs
+    {
         let (ranked, mut latencies) = search_all(
             &channel,
             &benchmark,
             &run_sources,
-            Fusion::to_proto(fusion),
-            concurrency,
+            Fusion::to_proto(options.fusion),
+            options.concurrency,
+            &adapter_from,
         )
         .await?;
         let scores = score_run(&benchmark, &ranked);
@@ -504,8 +599,9 @@ async fn run_eval(
                 .map_or(0.0, |latency| latency.as_secs_f64() * 1000.0)
         };
         println!(
-            "{name:<16} {:>9.4} {:>11.4} {:>10.1} {:>10.1}",
+            "{name:<24} {:>9.4} {:>10.4} {:>11.4} {:>10.1} {:>10.1}",
             scores.ndcg_at_10,
+            scores.recall_at_10,
             scores.recall_at_100,
             percentile(0.50),
             percentile(0.99)
@@ -522,6 +618,7 @@ async fn search_all(
     sources: &[String],
     fusion: i32,
     concurrency: usize,
+    adapter_from: &str,
 ) -> Result<(HashMap<String, Vec<String>>, Vec<Duration>)> {
     let results = futures::stream::iter(benchmark.queries.iter().cloned())
         .map(|(query_id, text)| {
@@ -532,6 +629,7 @@ async fn search_all(
                 sources: sources.to_vec(),
                 fusion,
                 include_text: false,
+                adapter_from: adapter_from.to_string(),
             };
             async move {
                 let started = Instant::now();

@@ -127,6 +127,7 @@ pub fn source_outcome(outcome: SourceOutcome) -> proto::SourceOutcome {
         message: outcome.message,
         hits: outcome.hits as u32,
         took_micros: outcome.took.as_micros() as u64,
+        adapted_from: outcome.adapted_from.unwrap_or_default(),
     }
 }
 

@@ -24,6 +24,7 @@ impl RetrievalService for RetrievalApi {
             sources: request.sources,
             fusion: convert::fusion_method(request.fusion)?,
             deadline,
+            adapter_from: (!request.adapter_from.is_empty()).then_some(request.adapter_from),
         };
         let result = self.service.search(params).await.map_err(convert::status)?;
         Ok(Response::new(convert::search_response(

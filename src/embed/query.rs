@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 
 use crate::config::Metric;
+use crate::embed::adapter::LinearAdapter;
 use crate::embed::normalize::shape_vector;
 use crate::embed::space::SpaceEmbedder;
 use crate::embed::{Embedder, Purpose};
@@ -51,6 +52,8 @@ type Cache = Mutex<LruCache<CacheKey, (Instant, Arc<Vec<f32>>)>>;
 pub struct QueryEmbedder {
     spaces: HashMap<String, Arc<SpaceEmbedder>>,
     family_keys: HashMap<String, String>,
+    /// Target space -> adapters into it, in the order they are tried.
+    adapters: HashMap<String, Vec<Arc<LinearAdapter>>>,
     cache: Option<Cache>,
     ttl: Duration,
 }
@@ -66,10 +69,84 @@ impl QueryEmbedder {
         Self {
             spaces,
             family_keys,
+            adapters: HashMap::new(),
             cache: NonZeroUsize::new(cache.entries)
                 .map(|entries| Mutex::new(LruCache::new(entries))),
             ttl: cache.ttl,
         }
+    }
+
+    /// Adds adapters fitted by `skyfuse calibrate`; one whose sizes do not match its
+    /// spaces any more (a space was reconfigured) is refused with both named.
+    pub fn with_adapters(mut self, adapters: Vec<LinearAdapter>) -> Result<Self> {
+        for adapter in adapters {
+            for (space, dims) in [
+                (&adapter.from, adapter.from_dims()),
+                (&adapter.to, adapter.to_dims()),
+            ] {
+                let Some(embedder) = self.spaces.get(space) else {
+                    return Err(Error::config(format!(
+                        "adapter {} -> {}: space {space:?} is not configured",
+                        adapter.from, adapter.to
+                    )));
+                };
+                if embedder.space().dims != dims {
+                    return Err(Error::config(format!(
+                        "adapter {} -> {} maps {dims} dimensions of {space:?}, which now has {}; run skyfuse calibrate again",
+                        adapter.from,
+                        adapter.to,
+                        embedder.space().dims
+                    )));
+                }
+            }
+            self.adapters
+                .entry(adapter.to.clone())
+                .or_default()
+                .push(Arc::new(adapter));
+        }
+        Ok(self)
+    }
+
+    /// Embeds `query` in another space and maps it into `to` with a fitted adapter:
+    /// the first adapter whose source space can embed right now, or the one from
+    /// `from` when given. Returns the vector and the space it came from.
+    pub async fn embed_via_adapter(
+        &self,
+        to: &str,
+        query: &str,
+        from: Option<&str>,
+    ) -> Result<(Arc<Vec<f32>>, String)> {
+        let candidates = self.adapters.get(to).map_or(&[][..], Vec::as_slice);
+        let mut failures = Vec::new();
+        for adapter in candidates {
+            if from.is_some_and(|from| from != adapter.from) {
+                continue;
+            }
+            let (families, _) = self.families([adapter.from.as_str()]);
+            let Some(family) = families.first() else {
+                continue;
+            };
+            let embedded = match self.embed(family, query).await {
+                Ok(vector) => self.for_space(&vector, &adapter.from),
+                Err(error) => Err(error),
+            };
+            match embedded.and_then(|vector| adapter.apply(&vector)) {
+                Ok(mapped) => {
+                    let normalize = self.spaces[to].metric() == Metric::Cosine;
+                    let dims = adapter.to_dims();
+                    let vector = shape_vector(mapped, dims, false, normalize)?;
+                    return Ok((Arc::new(vector), adapter.from.clone()));
+                }
+                Err(error) => failures.push(format!("from {}: {error}", adapter.from)),
+            }
+        }
+        if failures.is_empty() {
+            let wanted = from.map_or(String::new(), |from| format!(" from {from:?}"));
+            return Err(Error::not_found(format!(
+                "no adapter{wanted} into space {to:?}; fit one with skyfuse calibrate"
+            )));
+        }
+        Err(Error::unavailable(failures.join("; ")))
     }
 
     pub fn space(&self, id: &str) -> Option<&Arc<SpaceEmbedder>> {

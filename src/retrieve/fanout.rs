@@ -8,6 +8,7 @@ use futures::future::join_all;
 use crate::document::Hit;
 use crate::embed::query::{Family, QueryEmbedder};
 use crate::error::ErrorKind;
+use crate::retrieve::SearchRequest;
 use crate::retrieve::plan::Plan;
 use crate::stores::{Source, StoreQuery};
 
@@ -28,6 +29,8 @@ pub struct SourceOutcome {
     pub message: String,
     pub hits: usize,
     pub took: Duration,
+    /// The space whose query vector reached this source through an adapter.
+    pub adapted_from: Option<String>,
 }
 
 /// One source's result: its hits (empty unless ok) and its outcome.
@@ -43,10 +46,11 @@ pub struct SourceResult<'a> {
 pub async fn fan_out<'a>(
     plan: &Plan<'a>,
     embedder: &QueryEmbedder,
-    query: &str,
+    request: &SearchRequest,
     candidates: usize,
-    deadline: Instant,
 ) -> Vec<SourceResult<'a>> {
+    let (query, deadline) = (request.query.as_str(), request.deadline);
+    let adapter_from = request.adapter_from.as_deref();
     let started = Instant::now();
     let lexical = join_all(
         plan.lexical
@@ -54,10 +58,18 @@ pub async fn fan_out<'a>(
             .map(|source| search_one(source, query, None, candidates, started, deadline)),
     );
     let (families, missing) = embedder.families(plan.by_space.keys().copied());
-    let dense =
-        join_all(families.iter().map(|family| {
-            search_family(family, plan, embedder, query, candidates, started, deadline)
-        }));
+    let dense = join_all(families.iter().map(|family| {
+        let search = Search {
+            plan,
+            embedder,
+            query,
+            adapter_from,
+            candidates,
+            started,
+            deadline,
+        };
+        search.family(family)
+    }));
     let (lexical, dense) = futures::join!(lexical, dense);
     let unembeddable = missing.into_iter().flat_map(|space| {
         skipped(
@@ -73,52 +85,111 @@ pub async fn fan_out<'a>(
         .collect()
 }
 
-async fn search_family<'a>(
-    family: &Family<'_>,
-    plan: &Plan<'a>,
-    embedder: &QueryEmbedder,
-    query: &str,
+/// What the searches of one request share.
+struct Search<'p, 'a> {
+    plan: &'p Plan<'a>,
+    embedder: &'p QueryEmbedder,
+    query: &'p str,
+    adapter_from: Option<&'p str>,
     candidates: usize,
     started: Instant,
     deadline: Instant,
-) -> Vec<SourceResult<'a>> {
-    let sources_of = |space: &str| plan.by_space.get(space).map_or(&[][..], Vec::as_slice);
-    let skip_all = |message: String| -> Vec<SourceResult<'a>> {
-        family
-            .members
-            .iter()
-            .flat_map(|space| skipped(sources_of(space), &message, started))
-            .collect()
-    };
-    let embedded = tokio::time::timeout_at(deadline.into(), embedder.embed(family, query)).await;
-    let vector = match embedded {
-        Err(_elapsed) => return skip_all("query embedding timed out".into()),
-        Ok(Err(error)) => return skip_all(format!("query embedding failed: {error}")),
-        Ok(Ok(vector)) => vector,
-    };
-    let mut searches = Vec::new();
-    let mut results = Vec::new();
-    for space in &family.members {
-        match embedder.for_space(&vector, space) {
-            Ok(space_vector) => searches.extend(sources_of(space).iter().map(|source| {
-                search_one(
-                    source,
-                    query,
-                    Some(space_vector.clone()),
-                    candidates,
-                    started,
-                    deadline,
-                )
-            })),
-            Err(error) => results.extend(skipped(
-                sources_of(space),
-                &format!("query vector for space {space:?}: {error}"),
-                started,
-            )),
+}
+
+impl<'a> Search<'_, 'a> {
+    fn sources_of(&self, space: &str) -> &[&'a Source] {
+        self.plan.by_space.get(space).map_or(&[][..], Vec::as_slice)
+    }
+
+    /// Embeds the query once for the family, then searches the sources of each member
+    /// space. A member the native vector cannot serve (its providers are down, or the
+    /// caller asked for an adapter) gets a vector through an adapter, or is skipped.
+    async fn family(self, family: &Family<'_>) -> Vec<SourceResult<'a>> {
+        let wants_adapter = |space: &str| self.adapter_from.is_some_and(|from| from != space);
+        let native = if family.members.iter().all(|space| wants_adapter(space)) {
+            Err("the caller asked for an adapter".to_string())
+        } else {
+            match tokio::time::timeout_at(
+                self.deadline.into(),
+                self.embedder.embed(family, self.query),
+            )
+            .await
+            {
+                Err(_elapsed) => Err("query embedding timed out".to_string()),
+                Ok(Err(error)) => Err(format!("query embedding failed: {error}")),
+                Ok(Ok(vector)) => Ok(vector),
+            }
+        };
+        let mut searches = Vec::new();
+        let mut results = Vec::new();
+        for space in &family.members {
+            let vector = match &native {
+                Ok(vector) if !wants_adapter(space) => self
+                    .embedder
+                    .for_space(vector, space)
+                    .map(|vector| (vector, None))
+                    .map_err(|error| format!("query vector for space {space:?}: {error}")),
+                Ok(_) | Err(_) => {
+                    let why = native.as_ref().err().cloned().unwrap_or_default();
+                    self.adapted(space, &why).await
+                }
+            };
+            match vector {
+                Ok((vector, adapted)) => {
+                    searches.extend(self.sources_of(space).iter().map(|source| {
+                        let search = search_one(
+                            source,
+                            self.query,
+                            Some(vector.clone()),
+                            self.candidates,
+                            self.started,
+                            self.deadline,
+                        );
+                        let adapted = adapted.clone();
+                        async move {
+                            let mut result = search.await;
+                            if let Some((from, note)) = adapted {
+                                result.outcome.message = note;
+                                result.outcome.adapted_from = Some(from);
+                            }
+                            result
+                        }
+                    }));
+                }
+                Err(message) => {
+                    results.extend(skipped(self.sources_of(space), &message, self.started));
+                }
+            }
+        }
+        results.extend(join_all(searches).await);
+        results
+    }
+
+    /// A query vector for `space` through an adapter; the note says which and why.
+    async fn adapted(
+        &self,
+        space: &str,
+        why: &str,
+    ) -> Result<(Arc<Vec<f32>>, Option<(String, String)>), String> {
+        let adapted = tokio::time::timeout_at(
+            self.deadline.into(),
+            self.embedder
+                .embed_via_adapter(space, self.query, self.adapter_from),
+        )
+        .await;
+        match adapted {
+            Ok(Ok((vector, from))) => {
+                let note =
+                    format!("query embedded in space {from:?} and mapped by an adapter ({why})");
+                Ok((vector, Some((from, note))))
+            }
+            Ok(Err(error)) if self.adapter_from.is_none() && error.kind == ErrorKind::NotFound => {
+                Err(why.to_string())
+            }
+            Ok(Err(error)) => Err(format!("{why}; adapter: {error}")),
+            Err(_elapsed) => Err(format!("{why}; adapter: timed out")),
         }
     }
-    results.extend(join_all(searches).await);
-    results
 }
 
 fn skipped<'a>(sources: &[&'a Source], message: &str, started: Instant) -> Vec<SourceResult<'a>> {
@@ -133,6 +204,7 @@ fn skipped<'a>(sources: &[&'a Source], message: &str, started: Instant) -> Vec<S
                 message: message.to_string(),
                 hits: 0,
                 took: started.elapsed(),
+                adapted_from: None,
             },
         })
         .collect()
@@ -183,6 +255,7 @@ async fn search_one<'a>(
             message,
             hits: hits.len(),
             took: started.elapsed(),
+            adapted_from: None,
         },
         hits,
     }

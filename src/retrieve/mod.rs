@@ -25,6 +25,8 @@ pub struct SearchRequest {
     pub sources: Vec<String>,
     pub fusion: Option<FusionMethod>,
     pub deadline: Instant,
+    /// Embed only in this space; reach other spaces through adapters.
+    pub adapter_from: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,14 +63,7 @@ impl Retriever {
         let started = Instant::now();
         let plan = plan::plan(&self.sources, &request.sources)?;
         let candidates = request.top_k.max(self.settings.candidates_per_source);
-        let results = fanout::fan_out(
-            &plan,
-            &self.embedder,
-            &request.query,
-            candidates,
-            request.deadline,
-        )
-        .await;
+        let results = fanout::fan_out(&plan, &self.embedder, request, candidates).await;
         let degraded = results
             .iter()
             .any(|result| result.outcome.status != SourceStatus::Ok);
@@ -220,6 +215,7 @@ mod tests {
             sources: sources.iter().map(|id| id.to_string()).collect(),
             fusion: None,
             deadline: Instant::now() + Duration::from_secs(5),
+            adapter_from: None,
         }
     }
 

@@ -90,6 +90,7 @@ impl Service {
                 sources: request.sources.clone(),
                 fusion: None,
                 deadline: request.deadline,
+                adapter_from: None,
             })
             .await?;
         let passages: Vec<Passage> = search

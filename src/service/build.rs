@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, LOCAL_PROVIDER, ProviderKind, SourceConfig, SourceKind, SpaceConfig};
+use crate::embed::adapter::LinearAdapter;
 use crate::embed::local::LocalEmbedder;
 use crate::embed::query::{QueryCacheSettings, QueryEmbedder, family_key};
 use crate::embed::space::{Serving, SpaceEmbedder};
@@ -42,7 +43,10 @@ pub(super) async fn embedders(config: &Config) -> Result<Embedders> {
         entries: config.search.query_cache_entries,
         ttl: Duration::from_millis(config.search.query_cache_ttl_ms),
     };
-    let query = Arc::new(QueryEmbedder::new(by_space.clone(), family_keys, cache));
+    // Adapters fitted by `skyfuse calibrate`, picked up at startup.
+    let adapters = LinearAdapter::load_all(&config.server.data_dir)?;
+    let query =
+        Arc::new(QueryEmbedder::new(by_space.clone(), family_keys, cache).with_adapters(adapters)?);
     Ok(Embedders { by_space, query })
 }
 

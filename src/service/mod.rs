@@ -2,6 +2,7 @@
 
 mod answer;
 mod build;
+mod calibrate;
 mod index;
 
 use std::collections::HashMap;
@@ -27,6 +28,8 @@ pub struct SearchParams {
     pub fusion: Option<FusionMethod>,
     /// None: `server.default_timeout_ms` from now.
     pub deadline: Option<Instant>,
+    /// Embed only in this space and reach the others through adapters.
+    pub adapter_from: Option<String>,
 }
 
 /// A source as the admin API shows it.
@@ -101,12 +104,20 @@ impl Service {
         let deadline = params
             .deadline
             .unwrap_or_else(|| Instant::now() + Duration::from_millis(limits.default_timeout_ms));
+        if let Some(space) = &params.adapter_from
+            && !self.config.spaces.iter().any(|known| &known.id == space)
+        {
+            return Err(Error::not_found(format!(
+                "adapter_from: unknown space {space:?}"
+            )));
+        }
         Ok(SearchRequest {
             query: query.to_string(),
             top_k: top_k as usize,
             sources: params.sources,
             fusion: params.fusion,
             deadline,
+            adapter_from: params.adapter_from,
         })
     }
 
