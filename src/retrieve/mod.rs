@@ -98,6 +98,7 @@ mod tests {
     use super::*;
     use crate::config::Metric;
     use crate::document::{EmbeddedChunk, Hit};
+    use crate::embed::adapter::{FitMethod, LinearAdapter};
     use crate::embed::query::QueryCacheSettings;
     use crate::embed::space::tests::{ScriptedProvider, space as test_space};
     use crate::embed::space::{Serving, SpaceEmbedder};
@@ -217,6 +218,104 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(5),
             adapter_from: None,
         }
+    }
+
+    /// Space "space" embeds; space "foreign" has a provider that is down and, when
+    /// `with_adapter`, an adapter from "space".
+    fn retriever_with_foreign_space(sources: Vec<Source>, with_adapter: bool) -> Retriever {
+        let embedder = |id: &str, provider: Arc<ScriptedProvider>| {
+            let space = SpaceEmbedder::new(
+                test_space(id, 2),
+                Metric::Cosine,
+                false,
+                vec![Serving::new(provider, "fake")],
+            );
+            (id.to_string(), Arc::new(space.unwrap()))
+        };
+        let down = ScriptedProvider::new("down", 2);
+        down.fail_with(Some(Error::unavailable("connection refused")));
+        let spaces = HashMap::from([
+            embedder("space", ScriptedProvider::new("up", 2)),
+            embedder("foreign", down),
+        ]);
+        let paired = vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![0.6, 0.8]];
+        let adapters = if with_adapter {
+            vec![
+                LinearAdapter::fit("space", "foreign", &paired, &paired, FitMethod::Procrustes)
+                    .unwrap(),
+            ]
+        } else {
+            Vec::new()
+        };
+        let cache = QueryCacheSettings {
+            entries: 0,
+            ttl: Duration::ZERO,
+        };
+        let query = QueryEmbedder::new(spaces, HashMap::new(), cache)
+            .with_adapters(adapters)
+            .unwrap();
+        Retriever::new(sources, Arc::new(query), SearchConfig::default())
+    }
+
+    #[tokio::test]
+    async fn an_adapter_stands_in_for_a_space_that_cannot_embed_and_the_outcome_says_so() {
+        let sources = || {
+            vec![source(
+                "foreign-dense",
+                Some("foreign"),
+                Behaviour::Answer(vec!["a"]),
+                1000,
+            )]
+        };
+        let adapted = retriever_with_foreign_space(sources(), true)
+            .search(&request(&[]))
+            .await
+            .unwrap();
+        let outcome = &adapted.outcomes[0];
+        assert_eq!(outcome.status, SourceStatus::Ok);
+        assert_eq!(outcome.adapted_from.as_deref(), Some("space"));
+        assert!(
+            outcome.message.contains("connection refused"),
+            "{}",
+            outcome.message
+        );
+        assert_eq!(adapted.hits[0].hit.doc_id, "a");
+
+        let without = retriever_with_foreign_space(sources(), false)
+            .search(&request(&[]))
+            .await
+            .unwrap();
+        assert!(without.degraded && without.hits.is_empty());
+        assert_eq!(without.outcomes[0].status, SourceStatus::Skipped);
+        assert!(without.outcomes[0].message.contains("connection refused"));
+    }
+
+    #[tokio::test]
+    async fn adapter_from_reaches_other_spaces_only_through_adapters() {
+        let retriever = retriever_with_foreign_space(
+            vec![
+                source("native", Some("space"), Behaviour::Answer(vec!["a"]), 1000),
+                source(
+                    "foreign-dense",
+                    Some("foreign"),
+                    Behaviour::Answer(vec!["b"]),
+                    1000,
+                ),
+            ],
+            true,
+        );
+        let mut asked = request(&[]);
+        asked.adapter_from = Some("space".into());
+        let result = retriever.search(&asked).await.unwrap();
+        let adapted_from = |id: &str| {
+            let outcome = result.outcomes.iter().find(|o| o.source == id).unwrap();
+            (outcome.status, outcome.adapted_from.clone())
+        };
+        assert_eq!(adapted_from("native"), (SourceStatus::Ok, None));
+        assert_eq!(
+            adapted_from("foreign-dense"),
+            (SourceStatus::Ok, Some("space".into()))
+        );
     }
 
     #[tokio::test]
