@@ -103,10 +103,14 @@ impl TestServer {
     }
 
     async fn index(&self, url: &Path) -> proto::IndexProgress {
+        self.index_into(url, "").await
+    }
+
+    async fn index_into(&self, url: &Path, index: &str) -> proto::IndexProgress {
         let mut stream = IngestionServiceClient::new(self.channel.clone())
             .index(proto::IndexRequest {
                 url: url.display().to_string(),
-                index: String::new(),
+                index: index.to_string(),
             })
             .await
             .unwrap()
@@ -703,4 +707,91 @@ async fn live_openai_compatible_server_answers_with_tokens_and_usage() {
     );
     assert!(done.usage.as_ref().unwrap().output_tokens > 0, "{done:?}");
     server.stop().await;
+}
+
+const TRUNCATED_SPACE: &str = r#"
+    [[space]]
+    id = "minilm-128"
+    provider = "local"
+    model = "MODEL"
+    dims = 128
+    matryoshka = true
+    [[source]]
+    id = "dense-128"
+    kind = "dense"
+    space = "minilm-128"
+    [[index]]
+    id = "small"
+    sources = ["dense-128"]
+"#;
+
+#[tokio::test]
+async fn a_truncated_space_of_the_same_model_searches_and_names_a_missing_adapter() {
+    let data = TempDir::new().unwrap();
+    let docs = TempDir::new().unwrap();
+    write_corpus(docs.path());
+    let extra = TRUNCATED_SPACE.replace("MODEL", &model_dir().display().to_string());
+    let server = TestServer::start(data.path(), &extra).await;
+    server.index(docs.path()).await;
+    let indexed = server.index_into(docs.path(), "small").await;
+    assert!(indexed.chunks > 0, "{indexed:?}");
+
+    let search = |adapter_from: &str| proto::SearchRequest {
+        query: "Where are cold archives replicated?".into(),
+        top_k: 3,
+        sources: vec!["dense-128".into()],
+        adapter_from: adapter_from.into(),
+        ..Default::default()
+    };
+    let native = server
+        .search()
+        .search(search(""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!native.degraded, "{native:?}");
+    assert!(
+        native.hits[0].object_key.ends_with("archives.md"),
+        "{native:?}"
+    );
+
+    let adapted = server
+        .search()
+        .search(search("minilm"))
+        .await
+        .unwrap()
+        .into_inner();
+    let outcome = &adapted.sources[0];
+    assert_eq!(outcome.status, proto::SourceStatus::Skipped as i32);
+    assert!(
+        outcome
+            .message
+            .contains(r#"no adapter from "minilm" into space "minilm-128""#),
+        "{outcome:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_smaller_dimension_of_a_model_that_is_not_matryoshka_is_refused_at_startup() {
+    let data = TempDir::new().unwrap();
+    let text = format!(
+        r#"
+        [server]
+        data_dir = "{data}"
+        {space}
+        "#,
+        data = data.path().display(),
+        space = TRUNCATED_SPACE
+            .replace("MODEL", &model_dir().display().to_string())
+            .replace("matryoshka = true", ""),
+    );
+    let config = Config::parse(&text, Path::new("/")).unwrap();
+    let Err(error) = Service::build(config, &Default::default()).await else {
+        panic!("a 128-dimensional space over a 384-dimensional model must not start");
+    };
+    assert!(
+        error.message.contains("minilm-128") && error.message.contains("set matryoshka = true"),
+        "{error}"
+    );
 }
