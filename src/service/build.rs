@@ -141,5 +141,15 @@ pub(super) fn chat_provider(
         .map_err(|error| Error::config(format!("cannot build http client: {error}")))?;
     Ok(Some(match provider.kind {
         ProviderKind::OpenaiCompat => Arc::new(OpenAiCompatProvider::new(provider, api_key, http)),
+        ProviderKind::AzureOpenai
+        | ProviderKind::Bedrock
+        | ProviderKind::Vertex
+        | ProviderKind::Oci => {
+            return Err(Error::config(format!(
+                "answer.provider: provider {:?} of kind {} cannot answer yet",
+                provider.id,
+                provider.kind.as_str()
+            )));
+        }
     }))
 }
