@@ -7,6 +7,7 @@
 //! order: a space never fails over to a different model.
 
 pub mod local;
+pub mod providers;
 
 use async_trait::async_trait;
 
