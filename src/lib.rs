@@ -9,6 +9,7 @@
 //!   one deadline, fuse by rank ([`retrieve::fusion`]).
 //! - [`stores`]: the [`stores::SearchBackend`] trait and the stores behind it.
 //! - [`embed`]: embedding spaces and models; [`llm`]: chat providers and prompts.
+//! - [`cloud`]: credentials, request signing and error mapping the providers share.
 //! - [`ingest`]: list, fetch, extract, chunk, embed, write, remember (manifest).
 //! - [`config`]: typed config, pure validation; [`error`]: one error type.
 //!
@@ -21,6 +22,7 @@
 pub mod api;
 pub mod breaker;
 pub mod client;
+pub mod cloud;
 pub mod config;
 pub mod document;
 pub mod embed;

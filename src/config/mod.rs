@@ -2,6 +2,7 @@
 //! then a pure [`Config::validate`] whose messages name the bad key; wiring the
 //! stores and models from a valid config (I/O) happens in `service::build`.
 
+mod provider;
 mod secret;
 
 use std::collections::{HashMap, HashSet};
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use provider::{ProviderConfig, ProviderKind};
 pub use secret::{Secret, SecretLocation};
 
 use crate::error::{Error, Result};
@@ -254,40 +256,6 @@ fn default_max_object_bytes() -> u64 {
     64 * 1024 * 1024
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    /// Any server speaking OpenAI's `/v1/chat/completions`: llama.cpp, vLLM, Ollama.
-    OpenaiCompat,
-}
-
-/// An LLM endpoint.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderConfig {
-    pub id: String,
-    pub kind: ProviderKind,
-    /// Base URL without `/v1`, e.g. `http://127.0.0.1:8080`.
-    pub base_url: String,
-    pub model: String,
-    pub api_key: Option<SecretLocation>,
-    #[serde(default = "default_provider_timeout_ms")]
-    pub timeout_ms: u64,
-    #[serde(default = "default_location")]
-    pub cloud: String,
-    #[serde(default = "default_location")]
-    pub region: String,
-    /// List price per million input tokens, for the cost in each answer.
-    #[serde(default)]
-    pub input_per_1m_usd: f64,
-    #[serde(default)]
-    pub output_per_1m_usd: f64,
-}
-
-fn default_provider_timeout_ms() -> u64 {
-    60_000
-}
-
 impl Config {
     /// The embedded default, relative paths taken from the current directory.
     pub fn embedded_default() -> Self {
@@ -481,39 +449,31 @@ impl Config {
             }
         }
 
-        let provider_ids = unique_ids(
-            "provider",
-            self.providers.iter().map(|provider| provider.id.as_str()),
-            &mut problems,
-        );
-        for provider in &self.providers {
-            let name = format!("provider {:?}", provider.id);
-            match url::Url::parse(&provider.base_url) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-                _ => problems.push(format!(
-                    "{name}: base_url {:?} is not an http(s) URL",
-                    provider.base_url
-                )),
-            }
-            if provider.model.trim().is_empty() {
-                problems.push(format!("{name}: model must not be empty"));
-            }
-            if !(provider.input_per_1m_usd >= 0.0 && provider.output_per_1m_usd >= 0.0) {
-                problems.push(format!("{name}: prices must be numbers >= 0"));
-            }
-            if provider.timeout_ms == 0 {
-                problems.push(format!("{name}: timeout_ms must be at least 1"));
-            }
-        }
+        provider::provider_problems(&self.providers, &mut problems);
+        let provider_ids: HashSet<&str> = self
+            .providers
+            .iter()
+            .map(|provider| provider.id.as_str())
+            .collect();
         for space in &self.spaces {
             self.space_provider_problems(space, &provider_ids, &mut problems);
         }
-        if let Some(provider) = &self.answer.provider
-            && !provider_ids.contains(provider.as_str())
-        {
-            problems.push(format!(
-                "answer.provider: {provider:?} is not a defined [[provider]]"
-            ));
+        if let Some(provider_id) = &self.answer.provider {
+            match self.providers.iter().find(|provider| &provider.id == provider_id) {
+                None => problems.push(format!(
+                    "answer.provider: {provider_id:?} is not a defined [[provider]]"
+                )),
+                Some(provider) if provider.kind != ProviderKind::OpenaiCompat => {
+                    problems.push(format!(
+                        "answer.provider: provider {provider_id:?} is of kind {}; answers are served by openai_compat providers for now",
+                        provider.kind.as_str()
+                    ));
+                }
+                Some(provider) if provider.model.is_none() => problems.push(format!(
+                    "answer.provider: provider {provider_id:?} needs `model`, the chat model to answer with"
+                )),
+                _ => {}
+            }
         }
         if self.answer.top_k == 0 || self.answer.top_k > server.max_top_k {
             problems.push("answer.top_k must be between 1 and server.max_top_k".into());

@@ -55,6 +55,11 @@ impl SecretLocation {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a value obtained at run time (an access token from a token endpoint).
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -9,6 +9,7 @@
 pub mod adapter;
 pub mod local;
 pub mod normalize;
+pub mod providers;
 pub mod query;
 pub mod space;
 

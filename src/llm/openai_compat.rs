@@ -26,15 +26,19 @@ impl OpenAiCompatProvider {
         Self {
             info: ProviderInfo {
                 id: config.id.clone(),
-                model: config.model.clone(),
-                cloud: config.cloud.clone(),
-                region: config.region.clone(),
+                model: config.chat_model().to_string(),
+                cloud: config.cloud().to_string(),
+                region: config.region().to_string(),
                 input_per_1m_usd: config.input_per_1m_usd,
                 output_per_1m_usd: config.output_per_1m_usd,
             },
             endpoint: format!(
                 "{}/v1/chat/completions",
-                config.base_url.trim_end_matches('/')
+                config
+                    .base_url
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim_end_matches('/')
             ),
             api_key,
             http,

@@ -9,9 +9,10 @@ use std::time::Duration;
 use crate::config::{Config, LOCAL_PROVIDER, ProviderKind, SourceConfig, SourceKind, SpaceConfig};
 use crate::embed::adapter::LinearAdapter;
 use crate::embed::local::LocalEmbedder;
+use crate::embed::providers as embed_providers;
 use crate::embed::query::{QueryCacheSettings, QueryEmbedder, family_key};
 use crate::embed::space::{Serving, SpaceEmbedder};
-use crate::embed::{Embedder, EmbeddingSpace};
+use crate::embed::{Embedder, EmbeddingProvider, EmbeddingSpace};
 use crate::error::{Error, Result};
 use crate::llm::ChatProvider;
 use crate::llm::openai_compat::OpenAiCompatProvider;
@@ -25,13 +26,32 @@ pub(super) struct Embedders {
     pub query: Arc<QueryEmbedder>,
 }
 
-pub(super) async fn embedders(config: &Config) -> Result<Embedders> {
+pub(super) async fn embedders(
+    config: &Config,
+    env: &HashMap<String, String>,
+    http: &reqwest::Client,
+) -> Result<Embedders> {
     let mut by_space = HashMap::new();
     let mut family_keys = HashMap::new();
-    // Spaces over the same model directory share one loaded model.
+    // Spaces over the same model directory share one loaded model, and spaces served by
+    // the same provider share its endpoint (credentials, token cache, connections).
     let mut local_models: HashMap<String, LocalEmbedder> = HashMap::new();
+    let mut providers: HashMap<String, Arc<dyn EmbeddingProvider>> = HashMap::new();
     for space in &config.spaces {
-        let embedder = space_embedder(space, &mut local_models)
+        let mut provider = |id: &str| -> Result<Arc<dyn EmbeddingProvider>> {
+            if let Some(built) = providers.get(id) {
+                return Ok(built.clone());
+            }
+            let provider_config = config
+                .providers
+                .iter()
+                .find(|provider| provider.id == id)
+                .ok_or_else(|| Error::config(format!("provider {id:?} is not defined")))?;
+            let built = embed_providers::build(provider_config, env, http.clone())?;
+            providers.insert(id.to_string(), built.clone());
+            Ok(built)
+        };
+        let embedder = space_embedder(space, &mut local_models, &mut provider)
             .await
             .map_err(|error| error.context(format!("space {:?}", space.id)))?;
         by_space.insert(space.id.clone(), Arc::new(embedder));
@@ -53,6 +73,7 @@ pub(super) async fn embedders(config: &Config) -> Result<Embedders> {
 async fn space_embedder(
     space: &SpaceConfig,
     local_models: &mut HashMap<String, LocalEmbedder>,
+    provider: &mut impl FnMut(&str) -> Result<Arc<dyn EmbeddingProvider>>,
 ) -> Result<SpaceEmbedder> {
     let embedding_space = EmbeddingSpace {
         id: space.id.clone(),
@@ -83,10 +104,12 @@ async fn space_embedder(
         }
         vec![Serving::new(Arc::new(model), space.model.clone())]
     } else {
-        return Err(Error::config(format!(
-            "provider {:?}: embeddings through a [[provider]] are not wired yet",
-            space.provider
-        )));
+        // No probe call at startup: a cloud that is down must not stop the service; a
+        // vector of the wrong size is refused when it arrives.
+        space
+            .providers()
+            .map(|id| Ok(Serving::new(provider(id)?, space.model_at(id))))
+            .collect::<Result<Vec<_>>>()?
     };
     SpaceEmbedder::new(embedding_space, space.metric, space.matryoshka, servings)
 }
@@ -158,9 +181,18 @@ async fn backend(config: &Config, source: &SourceConfig) -> Result<Arc<dyn Searc
     .map_err(|error| Error::internal(format!("opening a store panicked: {error}")))?
 }
 
+/// One HTTP client for every cloud call of the service: one connection pool.
+pub(super) fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|error| Error::config(format!("cannot build http client: {error}")))
+}
+
 pub(super) fn chat_provider(
     config: &Config,
     env: &HashMap<String, String>,
+    http: &reqwest::Client,
 ) -> Result<Option<Arc<dyn ChatProvider>>> {
     let Some(provider_id) = &config.answer.provider else {
         return Ok(None);
@@ -176,11 +208,18 @@ pub(super) fn chat_provider(
         .map(|location| location.resolve(env))
         .transpose()
         .map_err(|error| error.context(format!("provider {:?}: api_key", provider.id)))?;
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|error| Error::config(format!("cannot build http client: {error}")))?;
+    let http = http.clone();
     Ok(Some(match provider.kind {
         ProviderKind::OpenaiCompat => Arc::new(OpenAiCompatProvider::new(provider, api_key, http)),
+        ProviderKind::AzureOpenai
+        | ProviderKind::Bedrock
+        | ProviderKind::Vertex
+        | ProviderKind::Oci => {
+            return Err(Error::config(format!(
+                "answer.provider: provider {:?} of kind {} cannot answer yet",
+                provider.id,
+                provider.kind.as_str()
+            )));
+        }
     }))
 }

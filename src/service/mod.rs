@@ -55,13 +55,14 @@ impl Service {
     /// problem is a startup error naming the config key.
     pub async fn build(config: Config, env: &HashMap<String, String>) -> Result<Self> {
         config.validate()?;
-        let build::Embedders { by_space, query } = build::embedders(&config).await?;
+        let http = build::http_client()?;
+        let build::Embedders { by_space, query } = build::embedders(&config, env, &http).await?;
         let embedders = by_space
             .into_iter()
             .map(|(space, embedder)| (space, embedder as Arc<dyn Embedder>))
             .collect();
         let sources = build::sources(&config).await?;
-        let chat = build::chat_provider(&config, env)?;
+        let chat = build::chat_provider(&config, env, &http)?;
         let index_locks = config
             .indexes
             .iter()

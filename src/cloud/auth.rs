@@ -1,0 +1,173 @@
+//! How a request to a provider is authorized, decided once from config: the header
+//! or signature each kind needs, added to a fully built request just before it is sent.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderName, HeaderValue};
+
+use crate::cloud::gcp_token::{GcpTokenSource, ServiceAccountTokens};
+use crate::cloud::oci_signing::OciSigner;
+use crate::cloud::rsa_key::RsaPrivateKey;
+use crate::cloud::sigv4::{AwsCredentials, SigV4Signer};
+use crate::config::{ProviderConfig, ProviderKind, Secret};
+use crate::error::{Error, Result};
+
+#[derive(Debug)]
+pub enum RequestAuth {
+    None,
+    /// `Authorization: Bearer` (OpenAI-compatible keys, Azure Entra tokens).
+    Bearer(Secret),
+    /// Azure's `api-key` header.
+    AzureApiKey(Secret),
+    SigV4(SigV4Signer),
+    Oci(OciSigner),
+    /// `Authorization: Bearer` with a Google OAuth token, fetched and cached.
+    Google(GcpTokenSource),
+}
+
+impl RequestAuth {
+    /// The credentials `config` names, resolved with `env` (secret files are read
+    /// here). `region` is the resolved region (Bedrock may take it from `AWS_REGION`).
+    pub fn from_config(
+        config: &ProviderConfig,
+        region: &str,
+        env: &HashMap<String, String>,
+        http: &reqwest::Client,
+    ) -> Result<Self> {
+        let resolve = |location: &Option<crate::config::SecretLocation>, key: &str| {
+            location
+                .as_ref()
+                .map(|location| location.resolve(env))
+                .transpose()
+                .map_err(|error| error.context(key.to_string()))
+        };
+        let missing = |what: &str| Error::config(format!("{what} is not set"));
+        Ok(match config.kind {
+            ProviderKind::OpenaiCompat => match resolve(&config.api_key, "api_key")? {
+                Some(key) => Self::Bearer(key),
+                None => Self::None,
+            },
+            ProviderKind::AzureOpenai => {
+                if let Some(key) = resolve(&config.api_key, "api_key")? {
+                    Self::AzureApiKey(key)
+                } else {
+                    let token = resolve(&config.access_token, "access_token")?
+                        .ok_or_else(|| missing("api_key or access_token"))?;
+                    Self::Bearer(token)
+                }
+            }
+            ProviderKind::Bedrock => Self::SigV4(SigV4Signer {
+                credentials: AwsCredentials::resolve(
+                    config.aws_access_key_id.as_ref(),
+                    config.aws_secret_access_key.as_ref(),
+                    config.aws_session_token.as_ref(),
+                    env,
+                )?,
+                region: region.to_string(),
+                service: "bedrock".into(),
+            }),
+            ProviderKind::Vertex => {
+                if let Some(token) = resolve(&config.access_token, "access_token")? {
+                    Self::Google(GcpTokenSource::Static(token))
+                } else {
+                    let key_json = resolve(&config.service_account_key, "service_account_key")?
+                        .ok_or_else(|| missing("service_account_key or access_token"))?;
+                    let tokens = ServiceAccountTokens::from_key_json(
+                        key_json.expose(),
+                        config.token_url.as_deref(),
+                        http.clone(),
+                        Duration::from_millis(config.timeout_ms),
+                    )
+                    .map_err(|error| error.context("service_account_key"))?;
+                    Self::Google(GcpTokenSource::ServiceAccount(Box::new(tokens)))
+                }
+            }
+            ProviderKind::Oci => {
+                let pem = resolve(&config.private_key, "private_key")?
+                    .ok_or_else(|| missing("private_key"))?;
+                let key = RsaPrivateKey::from_pem(pem.expose())
+                    .map_err(|error| error.context("private_key"))?;
+                let field =
+                    |value: &Option<String>, name: &str| value.clone().ok_or_else(|| missing(name));
+                Self::Oci(OciSigner::new(
+                    &field(&config.tenancy_id, "tenancy_id")?,
+                    &field(&config.user_id, "user_id")?,
+                    &field(&config.key_fingerprint, "key_fingerprint")?,
+                    key,
+                ))
+            }
+        })
+    }
+
+    /// Adds the credentials to a built request; signatures cover its method, URL,
+    /// headers and body bytes, so nothing may change the request afterwards.
+    pub async fn authorize(&self, request: &mut reqwest::Request) -> Result<()> {
+        let added: Vec<(&'static str, String)> = match self {
+            Self::None => Vec::new(),
+            Self::Bearer(token) => vec![("authorization", format!("Bearer {}", token.expose()))],
+            Self::AzureApiKey(key) => vec![("api-key", key.expose().to_string())],
+            Self::Google(tokens) => {
+                let token = tokens.access_token().await?;
+                vec![("authorization", format!("Bearer {}", token.expose()))]
+            }
+            Self::SigV4(signer) => {
+                let headers: Vec<(String, String)> = request
+                    .headers()
+                    .iter()
+                    .filter_map(|(name, value)| {
+                        Some((name.as_str().to_string(), value.to_str().ok()?.to_string()))
+                    })
+                    .collect();
+                let body = body_bytes(request)?.unwrap_or_default();
+                signer.sign(
+                    request.method().as_str(),
+                    request.url(),
+                    &headers,
+                    &body,
+                    SystemTime::now(),
+                )
+            }
+            Self::Oci(signer) => {
+                let content_type = request
+                    .headers()
+                    .get("content-type")
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_string);
+                let body = body_bytes(request)?;
+                signer.sign(
+                    request.method().as_str(),
+                    request.url(),
+                    content_type.as_deref(),
+                    body.as_deref(),
+                    SystemTime::now(),
+                )?
+            }
+        };
+        for (name, value) in added {
+            let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                Error::config(format!(
+                    "a credential holds characters not allowed in the {name} header"
+                ))
+            })?;
+            if matches!(name, "authorization" | "api-key" | "x-amz-security-token") {
+                value.set_sensitive(true);
+            }
+            request
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+        Ok(())
+    }
+}
+
+/// The body to sign: requests here are built from bytes, never streamed.
+fn body_bytes(request: &reqwest::Request) -> Result<Option<Vec<u8>>> {
+    match request.body() {
+        None => Ok(None),
+        Some(body) => body
+            .as_bytes()
+            .map(|bytes| Some(bytes.to_vec()))
+            .ok_or_else(|| Error::internal("a signed request needs its body in memory")),
+    }
+}

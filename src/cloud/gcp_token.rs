@@ -1,0 +1,185 @@
+//! Google OAuth access tokens for Vertex AI: a static token from a secret location,
+//! or a service-account key whose signed JWT (RS256) is exchanged at the key's
+//! `token_uri` (or a configured one) and cached until shortly before it expires.
+//! The metadata server is not used: nothing here reaches an address it was not given.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::cloud::http::{retry_after, transport_error};
+use crate::cloud::rsa_key::RsaPrivateKey;
+use crate::config::Secret;
+use crate::error::{Error, ErrorKind, Result};
+
+pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+pub const DEFAULT_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// A token is replaced once less than this is left of its life.
+const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+#[derive(Debug)]
+pub enum GcpTokenSource {
+    Static(Secret),
+    ServiceAccount(Box<ServiceAccountTokens>),
+}
+
+impl GcpTokenSource {
+    pub async fn access_token(&self) -> Result<Secret> {
+        match self {
+            Self::Static(token) => Ok(token.clone()),
+            Self::ServiceAccount(tokens) => tokens.access_token().await,
+        }
+    }
+}
+
+/// The fields of a service-account key file that signing needs.
+#[derive(Deserialize)]
+struct ServiceAccountKey {
+    #[serde(rename = "type")]
+    key_type: Option<String>,
+    client_email: String,
+    private_key: String,
+    private_key_id: Option<String>,
+    token_uri: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct ServiceAccountTokens {
+    client_email: String,
+    private_key_id: Option<String>,
+    key: RsaPrivateKey,
+    token_url: String,
+    scope: String,
+    http: reqwest::Client,
+    timeout: Duration,
+    /// Held across a refresh so concurrent callers wait for one exchange.
+    cached: tokio::sync::Mutex<Option<(Secret, Instant)>>,
+}
+
+impl ServiceAccountTokens {
+    /// `key_json` is the key file's text; `token_url` overrides its `token_uri`.
+    pub fn from_key_json(
+        key_json: &str,
+        token_url: Option<&str>,
+        http: reqwest::Client,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let key: ServiceAccountKey = serde_json::from_str(key_json)
+            .map_err(|error| Error::config(format!("not a service-account key file: {error}")))?;
+        if key
+            .key_type
+            .as_deref()
+            .is_some_and(|kind| kind != "service_account")
+        {
+            return Err(Error::config(format!(
+                "the key file is of type {:?}, not service_account",
+                key.key_type.unwrap_or_default()
+            )));
+        }
+        Ok(Self {
+            client_email: key.client_email,
+            private_key_id: key.private_key_id,
+            key: RsaPrivateKey::from_pem(&key.private_key)?,
+            token_url: token_url
+                .map(str::to_string)
+                .or(key.token_uri)
+                .unwrap_or_else(|| DEFAULT_TOKEN_URL.to_string()),
+            scope: CLOUD_PLATFORM_SCOPE.to_string(),
+            http,
+            timeout,
+            cached: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub async fn access_token(&self) -> Result<Secret> {
+        let mut cached = self.cached.lock().await;
+        if let Some((token, refresh_at)) = cached.as_ref()
+            && Instant::now() < *refresh_at
+        {
+            return Ok(token.clone());
+        }
+        let (token, lifetime) = self.exchange().await?;
+        let keep = lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
+        *cached = Some((token.clone(), Instant::now() + keep));
+        Ok(token)
+    }
+
+    /// The signed assertion: `base64url(header).base64url(claims).base64url(signature)`.
+    pub fn assertion(&self, now: SystemTime) -> Result<String> {
+        let issued_at = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        let mut header = json!({"alg": "RS256", "typ": "JWT"});
+        if let Some(key_id) = &self.private_key_id {
+            header["kid"] = json!(key_id);
+        }
+        let claims = json!({
+            "iss": self.client_email,
+            "scope": self.scope,
+            "aud": self.token_url,
+            "iat": issued_at,
+            "exp": issued_at + 3600,
+        });
+        let encode = |value: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+        };
+        let signing_input = format!("{}.{}", encode(&header), encode(&claims));
+        let signature = self.key.sign_sha256(signing_input.as_bytes())?;
+        Ok(format!(
+            "{signing_input}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature)
+        ))
+    }
+
+    async fn exchange(&self) -> Result<(Secret, Duration)> {
+        let assertion = self.assertion(SystemTime::now())?;
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", JWT_BEARER_GRANT)
+            .append_pair("assertion", &assertion)
+            .finish();
+        let response = self
+            .http
+            .post(&self.token_url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|error| transport_error("google token endpoint", &error))?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = response
+            .bytes()
+            .await
+            .map_err(|error| transport_error("google token endpoint", &error))?;
+        if !status.is_success() {
+            // 400 invalid_grant / 401 invalid_client: the key is wrong or revoked.
+            let kind = match status.as_u16() {
+                400..=403 => ErrorKind::Auth,
+                429 => ErrorKind::Throttled,
+                _ => ErrorKind::Unavailable,
+            };
+            let text: String = String::from_utf8_lossy(&body).chars().take(300).collect();
+            return Err(Error {
+                kind,
+                message: format!("google token endpoint answered {status}: {text}"),
+                retry_after,
+            });
+        }
+        #[derive(Deserialize)]
+        struct TokenResponse {
+            access_token: String,
+            expires_in: Option<u64>,
+        }
+        let token: TokenResponse = serde_json::from_slice(&body).map_err(|error| {
+            Error::unavailable(format!(
+                "google token endpoint sent an unreadable answer: {error}"
+            ))
+        })?;
+        let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600));
+        Ok((Secret::new(token.access_token), lifetime))
+    }
+}

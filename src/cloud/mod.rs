@@ -1,0 +1,21 @@
+//! Credentials, request signing and endpoints shared by the embedding providers
+//! (`embed::providers`) and the chat providers (`llm`): one place that knows how
+//! each cloud authenticates a request and how its errors read.
+//!
+//! - [`endpoint::CloudEndpoint`]: base URL, auth, HTTP client and timeout of one
+//!   `[[provider]]`, with `post_json`.
+//! - [`auth::RequestAuth`]: bearer / Azure `api-key` / SigV4 / OCI signature / Google
+//!   token, added to a built request.
+//! - [`sigv4`], [`oci_signing`], [`gcp_token`], [`rsa_key`]: the schemes themselves.
+//! - [`http`]: every cloud's error shape mapped to one `ErrorKind`, `Retry-After`.
+
+pub mod auth;
+pub mod endpoint;
+pub mod gcp_token;
+pub mod http;
+pub mod oci_signing;
+pub mod rsa_key;
+pub mod sigv4;
+
+pub use auth::RequestAuth;
+pub use endpoint::CloudEndpoint;

@@ -1,0 +1,66 @@
+//! OpenAI-compatible `POST {base_url}/v1/embeddings`: llama.cpp `llama-server
+//! --embeddings`, vLLM pooling models, Ollama. Bearer key when configured.
+
+use async_trait::async_trait;
+
+use super::openai_shape::{EmbeddingsAnswer, body};
+use super::{check_request, checked, post, service_name};
+use crate::cloud::CloudEndpoint;
+use crate::config::ProviderConfig;
+use crate::embed::{EmbedRequest, EmbeddingProvider};
+use crate::error::Result;
+
+/// Servers differ (llama.cpp is bound by its batch size); OpenAI's own limit is 2048.
+pub const DEFAULT_MAX_BATCH: usize = 64;
+const SERVICE_LIMIT: usize = 2048;
+
+pub struct OpenAiCompatEmbeddings {
+    endpoint: CloudEndpoint,
+    service: String,
+    max_batch: usize,
+}
+
+impl OpenAiCompatEmbeddings {
+    pub fn new(endpoint: CloudEndpoint, config: &ProviderConfig) -> Self {
+        Self {
+            service: service_name("openai_compat", &endpoint.id),
+            max_batch: config
+                .max_batch
+                .unwrap_or(DEFAULT_MAX_BATCH)
+                .min(SERVICE_LIMIT),
+            endpoint,
+        }
+    }
+}
+
+#[async_trait]
+impl EmbeddingProvider for OpenAiCompatEmbeddings {
+    fn id(&self) -> &str {
+        &self.endpoint.id
+    }
+
+    fn location(&self) -> (&str, &str) {
+        (&self.endpoint.cloud, &self.endpoint.region)
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    async fn embed(&self, request: EmbedRequest<'_>) -> Result<Vec<Vec<f32>>> {
+        check_request(&self.service, &request, self.max_batch)?;
+        if request.texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let url = self.endpoint.url("/v1/embeddings")?;
+        let answer: EmbeddingsAnswer = post(
+            &self.endpoint,
+            &self.service,
+            url,
+            &body(Some(request.model), &request),
+        )
+        .await?;
+        let vectors = answer.into_vectors(&self.service, request.texts.len())?;
+        checked(&self.service, &request, vectors)
+    }
+}
