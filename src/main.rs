@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
@@ -50,12 +50,23 @@ enum Command {
         listen: Option<String>,
     },
     /// Index a folder or bucket URL (incremental: unchanged objects are skipped).
+    ///
+    /// s3://bucket/prefix, az://container/prefix, abfs://..., gs://bucket/prefix or a path.
+    /// Credentials come from a matching [[bucket]] in the config, else from the cloud's
+    /// standard environment variables (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, AZURE_STORAGE_*,
+    /// GOOGLE_SERVICE_ACCOUNT...).
     Index {
         /// A path or URL; with --server, as the server sees it.
         url: String,
         /// Index id; default: the first [[index]] in the config.
         #[arg(long, default_value = "")]
         index: String,
+        /// Only keys matching this glob, relative to the URL's prefix (repeatable): '**/*.md'.
+        #[arg(long)]
+        include: Vec<String>,
+        /// Leave out keys matching this glob (repeatable): 'drafts/**'.
+        #[arg(long)]
+        exclude: Vec<String>,
         #[arg(long)]
         server: Option<String>,
     },
@@ -134,9 +145,21 @@ async fn main() -> Result<()> {
     skyfuse::telemetry::init(log_level);
     match cli.command {
         Command::Serve { listen } => run_serve(cli.config, listen).await,
-        Command::Index { url, index, server } => {
+        Command::Index {
+            url,
+            index,
+            include,
+            exclude,
+            server,
+        } => {
             let channel = channel(server, cli.config).await?;
-            run_index(channel, url, index).await
+            let request = proto::IndexRequest {
+                url: absolute_if_local(&url),
+                index,
+                include,
+                exclude,
+            };
+            run_index(channel, request).await
         }
         Command::Search {
             query,
@@ -219,16 +242,10 @@ async fn run_serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()
     Ok(())
 }
 
-async fn run_index(channel: Channel, url: String, index: String) -> Result<()> {
+async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result<()> {
     let mut client = IngestionServiceClient::new(channel);
-    let url = absolute_if_local(&url);
-    let mut stream = client
-        .index(proto::IndexRequest {
-            url: url.clone(),
-            index,
-        })
-        .await?
-        .into_inner();
+    let url = request.url.clone();
+    let mut stream = client.index(request).await?.into_inner();
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -244,13 +261,15 @@ async fn run_index(channel: Channel, url: String, index: String) -> Result<()> {
         );
         let seconds = (progress.elapsed_millis as f64 / 1000.0).max(1e-3);
         bar.set_message(format!(
-            "{} chunks ({:.0}/s), {} unchanged, {} deleted, {} skipped, {} failed",
+            "{} fetched ({}), {} indexed, {} unchanged, {} skipped, {} failed, {} chunks ({:.0}/s)",
+            progress.fetched,
+            HumanBytes(progress.bytes),
+            progress.indexed,
+            progress.unchanged,
+            progress.skipped,
+            progress.failed,
             progress.chunks,
             progress.chunks as f64 / seconds,
-            progress.unchanged,
-            progress.deleted,
-            progress.skipped,
-            progress.failed
         ));
         last = progress;
     }
@@ -259,8 +278,10 @@ async fn run_index(channel: Channel, url: String, index: String) -> Result<()> {
         bail!("indexing stream ended before the run finished");
     }
     println!(
-        "indexed {url}: {} listed, {} indexed, {} unchanged, {} deleted, {} skipped, {} failed, {} chunks, {} bytes in {:.1}s",
+        "indexed {url}: {} listed, {} excluded, {} fetched, {} indexed, {} unchanged, {} deleted, {} skipped, {} failed, {} chunks, {} bytes in {:.1}s",
         last.listed,
+        last.excluded,
+        last.fetched,
         last.indexed,
         last.unchanged,
         last.deleted,
@@ -272,6 +293,14 @@ async fn run_index(channel: Channel, url: String, index: String) -> Result<()> {
     );
     for failure in &last.failures {
         println!("  {}: {}", failure.key, failure.reason);
+    }
+    // An incomplete listing is an incomplete sync: say so in the exit status.
+    if last
+        .failures
+        .iter()
+        .any(|failure| failure.key.is_empty() && failure.reason.starts_with("listing:"))
+    {
+        bail!("the listing of {url} failed, so objects missing from it were not deleted; see above");
     }
     Ok(())
 }
@@ -453,7 +482,11 @@ async fn run_eval(
     let channel = connect(None, config).await?;
 
     let index_started = Instant::now();
-    run_index(channel.clone(), corpus.display().to_string(), String::new()).await?;
+    let request = proto::IndexRequest {
+        url: corpus.display().to_string(),
+        ..Default::default()
+    };
+    run_index(channel.clone(), request).await?;
     println!(
         "indexing took {:.1}s",
         index_started.elapsed().as_secs_f64()

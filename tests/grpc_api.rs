@@ -107,6 +107,7 @@ impl TestServer {
             .index(proto::IndexRequest {
                 url: url.display().to_string(),
                 index: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -363,6 +364,7 @@ async fn bad_requests_get_clear_errors() {
         .index(proto::IndexRequest {
             url: data.path().display().to_string(),
             index: "nope".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::proto::{self, ingestion_service_server::IngestionService};
 use crate::ingest::{IndexProgress, IndexReport};
-use crate::service::Service;
+use crate::service::{IndexFilters, Service};
 
 pub struct IngestionApi {
     pub service: Arc<Service>,
@@ -23,17 +23,23 @@ impl IngestionService for IngestionApi {
         &self,
         request: Request<proto::IndexRequest>,
     ) -> Result<Response<Self::IndexStream>, Status> {
-        let request = request.into_inner();
+        let proto::IndexRequest {
+            url,
+            index,
+            include,
+            exclude,
+        } = request.into_inner();
         // Refuse an unknown index before the stream starts, as a plain status.
         self.service
-            .index_config(&request.index)
+            .index_config(&index)
             .map_err(convert::status)?;
         let (sender, receiver) = mpsc::channel(32);
         let service = self.service.clone();
+        let filters = IndexFilters { include, exclude };
         tokio::spawn(async move {
             let progress_sender = sender.clone();
             let report = service
-                .index(&request.url, &request.index, move |progress| {
+                .index(&url, &index, &filters, move |progress| {
                     // Intermediate progress may be dropped when the client reads slowly;
                     // the final event is always delivered.
                     let _ = progress_sender.try_send(Ok(progress_message(progress)));
@@ -52,6 +58,7 @@ impl IngestionService for IngestionApi {
 fn progress_message(progress: &IndexProgress) -> proto::IndexProgress {
     proto::IndexProgress {
         listed: progress.listed,
+        excluded: progress.excluded,
         fetched: progress.fetched,
         indexed: progress.indexed,
         unchanged: progress.unchanged,

@@ -55,6 +55,11 @@ impl SecretLocation {
 pub struct Secret(String);
 
 impl Secret {
+    /// For values that come from elsewhere than a config location (tests, embedding).
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

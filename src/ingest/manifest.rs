@@ -24,6 +24,12 @@ pub struct Manifest {
     /// The bucket or folder the keys belong to; a manifest is never reused for another one,
     /// because every key missing from that other listing would be deleted from the stores.
     pub source: String,
+    /// Where the bucket's data lives (`aws`, `oci`, `azure`, `gcp`, `local`...) and its
+    /// region, for residency and egress rules over the chunks this manifest lists.
+    #[serde(default)]
+    pub cloud: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
     pub objects: BTreeMap<String, ManifestEntry>,
 }
 
@@ -47,6 +53,8 @@ impl Manifest {
         Self {
             format_version: MANIFEST_FORMAT_VERSION,
             source: source.into(),
+            cloud: None,
+            region: None,
             objects: BTreeMap::new(),
         }
     }

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use crate::document::{Chunk, EmbeddedChunk};
 use crate::embed::{Embedder, Purpose};
 use crate::error::{Error, Result};
+use crate::ingest::bucket::{BucketLocation, BucketOptions, KeyFilter, open_cloud_bucket};
 use crate::ingest::chunk::{ChunkingConfig, chunk_document};
 use crate::ingest::extract::ExtractedDoc;
 use crate::ingest::extract::{extract_with_problems, format_of};
@@ -70,6 +71,12 @@ pub struct IndexJob {
     /// Commit the stores and save the manifest after about this many chunks: the most work
     /// a crash can make the next run redo.
     pub commit_every_chunks: usize,
+    /// Endpoint, credentials, residency labels, globs and retries for a cloud bucket; the
+    /// labels and globs apply to local folders too.
+    pub bucket: BucketOptions,
+    /// Read from this store instead of opening `url`, which then only names the bucket
+    /// (manifest identity, store keys). For embedding and tests.
+    pub object_store: Option<Arc<dyn ObjectStore>>,
 }
 
 impl IndexJob {
@@ -90,6 +97,8 @@ impl IndexJob {
             max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
             fetch_concurrency: DEFAULT_FETCH_CONCURRENCY,
             commit_every_chunks: DEFAULT_COMMIT_EVERY_CHUNKS,
+            bucket: BucketOptions::default(),
+            object_store: None,
         }
     }
 
@@ -192,6 +201,8 @@ impl IndexJob {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IndexProgress {
     pub listed: u64,
+    /// Objects left out by the include/exclude globs (not counted in `listed`).
+    pub excluded: u64,
     /// Objects read from the bucket.
     pub fetched: u64,
     /// Objects whose chunks were written to every store.
@@ -235,6 +246,9 @@ pub struct IndexReport {
     /// Errors while listing. When there are any, objects missing from the listing were
     /// not deleted: they may only have been missed.
     pub listing_errors: Vec<String>,
+    /// Where the bucket's data lives; also recorded in the manifest. Store keys start with
+    /// the bucket (`s3://bucket/...`), which maps every chunk to this location.
+    pub location: BucketLocation,
 }
 
 /// Index the bucket at `job.url` into `job.stores`, incrementally against `job.manifest_path`.
@@ -248,8 +262,11 @@ pub async fn run_index(
 ) -> Result<IndexReport> {
     let started = Instant::now();
     job.validate()?;
-    let source = BucketSource::open(&job.url, &job.manifest_path)?;
-    let manifest = Manifest::load_or_new(&job.manifest_path, &source.identity)?;
+    let source = BucketSource::open(&job)?;
+    let mut manifest = Manifest::load_or_new(&job.manifest_path, &source.identity)?;
+    manifest.cloud = Some(source.location.cloud.clone());
+    manifest.region = Some(source.location.region.clone());
+    let location = source.location.clone();
     let listed = Arc::new(AtomicU64::new(0));
     let key_prefix = source.key_prefix.clone();
     let context = Arc::new(ProducerContext {
@@ -261,14 +278,21 @@ pub async fn run_index(
         max_object_bytes: job.max_object_bytes,
     });
     let (sender, receiver) = mpsc::channel(job.fetch_concurrency);
+    let excluded = Arc::new(AtomicU64::new(0));
+    let counters = ListingCounters {
+        listed: Arc::clone(&listed),
+        excluded: Arc::clone(&excluded),
+    };
     let producer = tokio::spawn(produce_events(
         source,
         context,
         job.fetch_concurrency,
-        Arc::clone(&listed),
+        counters,
         sender,
     ));
     let mut run = IndexRun::new(&job, manifest, listed, started, progress);
+    run.excluded = excluded;
+    run.report.location = location;
     run.key_prefix = key_prefix;
     let outcome = run.consume(receiver).await;
     // On the error path the producer may still be fetching; its results are no longer wanted.
@@ -301,20 +325,36 @@ struct BucketSource {
     /// `README.md` never overwrite or delete each other's chunks. The manifest keeps
     /// the short keys, since it belongs to one bucket.
     key_prefix: String,
+    /// Stamped on every chunk.
+    location: BucketLocation,
+    /// Include/exclude globs, matched against keys relative to `list_prefix`.
+    filter: KeyFilter,
 }
 
 impl BucketSource {
-    fn open(url: &str, manifest_path: &Path) -> Result<Self> {
+    fn open(job: &IndexJob) -> Result<Self> {
+        let url = job.url.as_str();
+        let filter = KeyFilter::new(&job.bucket.include, &job.bucket.exclude)?;
         if let Some(local_path) = local_path_of(url)? {
-            return Self::open_local(&local_path, manifest_path);
+            let mut source = Self::open_local(&local_path, &job.manifest_path, filter)?;
+            source.location = BucketLocation {
+                cloud: job.bucket.cloud.clone().unwrap_or_else(|| "local".to_owned()),
+                region: job.bucket.region.clone().unwrap_or_else(|| "local".to_owned()),
+            };
+            if let Some(store) = &job.object_store {
+                source.store = Arc::clone(store);
+            }
+            return Ok(source);
         }
         let parsed = url::Url::parse(url)
             .map_err(|error| Error::invalid(format!("index url {url:?} is not valid: {error}")))?;
-        let (store, prefix) = object_store::parse_url(&parsed)
-            .map_err(|error| Error::config(format!("cannot open {url}: {error}")))?;
-        let list_prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
+        let mut bucket = open_cloud_bucket(&parsed, &job.bucket)?;
+        if let Some(store) = &job.object_store {
+            bucket.store = Arc::clone(store);
+        }
+        let list_prefix = (!bucket.prefix.as_ref().is_empty()).then_some(bucket.prefix);
         Ok(Self {
-            store: Arc::from(store),
+            store: bucket.store,
             list_prefix,
             single_object: None,
             identity: url.trim_end_matches('/').to_owned(),
@@ -324,12 +364,25 @@ impl BucketSource {
                 parsed.scheme(),
                 parsed.host_str().unwrap_or_default()
             ),
+            location: bucket.location,
+            filter,
         })
+    }
+
+    /// Whether the globs let a listed key in; they see it relative to the listed prefix.
+    fn accepts(&self, object_key: &str) -> bool {
+        let relative = match &self.list_prefix {
+            Some(prefix) => object_key
+                .strip_prefix(prefix.as_ref())
+                .map_or(object_key, |rest| rest.trim_start_matches('/')),
+            None => object_key,
+        };
+        self.filter.accepts(relative)
     }
 
     /// Keys are paths relative to the folder (or the file name, for a single file), so the
     /// manifest does not depend on where the folder is mounted.
-    fn open_local(path: &Path, manifest_path: &Path) -> Result<Self> {
+    fn open_local(path: &Path, manifest_path: &Path, filter: KeyFilter) -> Result<Self> {
         let canonical = std::fs::canonicalize(path)
             .map_err(|error| Error::from(error).context(format!("opening {}", path.display())))?;
         let (root, single_object) = if canonical.is_dir() {
@@ -354,6 +407,11 @@ impl BucketSource {
             identity: format!("file://{}", canonical.display()),
             ignored_keys: manifest_keys_inside(&root, manifest_path),
             key_prefix: format!("{}/", root.display()).replace("//", "/"),
+            location: BucketLocation {
+                cloud: "local".to_owned(),
+                region: "local".to_owned(),
+            },
+            filter,
         })
     }
 
@@ -486,6 +544,12 @@ struct ProducerContext {
     max_object_bytes: u64,
 }
 
+/// What the lister counts for the progress report.
+struct ListingCounters {
+    listed: Arc<AtomicU64>,
+    excluded: Arc<AtomicU64>,
+}
+
 /// What the lister hands to the fetchers.
 enum ListedEntry {
     Object(ObjectMeta),
@@ -497,13 +561,13 @@ async fn produce_events(
     source: BucketSource,
     context: Arc<ProducerContext>,
     fetch_concurrency: usize,
-    listed: Arc<AtomicU64>,
+    counters: ListingCounters,
     sender: mpsc::Sender<ProducerEvent>,
 ) {
     // The listing runs ahead of the fetches (bounded) so that `listed` soon approaches the
     // total a progress bar needs, without holding a huge bucket's listing in memory.
     let (listing_sender, listing_receiver) = mpsc::channel(LISTING_LOOKAHEAD);
-    let lister = tokio::spawn(list_objects(source, listed, listing_sender));
+    let lister = tokio::spawn(list_objects(source, counters, listing_sender));
     let events = tokio_stream::wrappers::ReceiverStream::new(listing_receiver)
         .map(|entry| {
             let context = Arc::clone(&context);
@@ -532,15 +596,20 @@ async fn produce_events(
 /// listing itself reached its end.
 async fn list_objects(
     source: BucketSource,
-    listed: Arc<AtomicU64>,
+    counters: ListingCounters,
     sender: mpsc::Sender<ListedEntry>,
 ) {
     let mut listing = source.list();
     while let Some(entry) = listing.next().await {
         let entry = match entry {
             Ok(meta) if source.ignored_keys.contains(meta.location.as_ref()) => continue,
+            Ok(meta) if !source.accepts(meta.location.as_ref()) => {
+                // Left out like a deleted object: if it was indexed, its chunks go.
+                counters.excluded.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             Ok(meta) => {
-                listed.fetch_add(1, Ordering::Relaxed);
+                counters.listed.fetch_add(1, Ordering::Relaxed);
                 ListedEntry::Object(meta)
             }
             Err(error) => ListedEntry::Failed(error.to_string()),
@@ -771,6 +840,7 @@ struct IndexRun<P> {
     /// See [`BucketSource::key_prefix`]; the manifest's keys are short, the stores' qualified.
     key_prefix: String,
     listed: Arc<AtomicU64>,
+    excluded: Arc<AtomicU64>,
     started: Instant,
     report: IndexReport,
     on_progress: P,
@@ -811,6 +881,7 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
             listing_finished: false,
             key_prefix: String::new(),
             listed,
+            excluded: Arc::new(AtomicU64::new(0)),
             started,
             report: IndexReport::default(),
             on_progress,
@@ -1064,6 +1135,7 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
 
     fn report_progress(&mut self) {
         self.report.progress.listed = self.listed.load(Ordering::Relaxed);
+        self.report.progress.excluded = self.excluded.load(Ordering::Relaxed);
         self.report.progress.elapsed = self.started.elapsed();
         (self.on_progress)(&self.report.progress);
     }

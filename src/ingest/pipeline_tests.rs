@@ -784,3 +784,82 @@ async fn same_named_files_in_two_folders_stay_apart_in_the_stores() {
         )
     );
 }
+
+#[tokio::test]
+async fn globs_select_objects_and_a_newly_excluded_object_loses_its_chunks() {
+    let fixture = Fixture::new();
+    fixture.write("guide/intro.md", "# Intro\n\nwelcome aboard");
+    fixture.write("guide/drafts/wip.md", "# Wip\n\nnot ready");
+    fixture.write("top.txt", "top level words");
+    fixture.write("deep/nested/notes.txt", "nested words");
+    let all = fixture.run().await;
+    assert_eq!(all.progress.indexed, 4);
+
+    let mut job = fixture.job();
+    job.bucket.include = vec!["**/*.md".into(), "*.txt".into()];
+    job.bucket.exclude = vec!["**/drafts/**".into()];
+    let filtered = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(filtered.progress.listed, 2, "{:?}", filtered.progress);
+    assert_eq!(filtered.progress.excluded, 2);
+    assert_eq!(filtered.progress.deleted, 2);
+    assert_eq!(
+        fixture.store.committed_object_keys(),
+        BTreeSet::from(["guide/intro.md".to_owned(), "top.txt".to_owned()])
+    );
+
+    let mut job = fixture.job();
+    job.bucket.include = vec!["[".into()];
+    let error = run_index(job, |_| {}).await.unwrap_err();
+    assert!(error.message.contains("include glob"), "{error}");
+}
+
+#[tokio::test]
+async fn the_report_and_manifest_carry_the_bucket_cloud_and_region() {
+    let fixture = Fixture::new();
+    fixture.write("a.txt", "words about residency");
+    let report = fixture.run().await;
+    assert_eq!(
+        (report.location.cloud.as_str(), report.location.region.as_str()),
+        ("local", "local")
+    );
+
+    fixture.write("a.txt", "new words about residency");
+    let mut job = fixture.job();
+    job.bucket.cloud = Some("oci".into());
+    job.bucket.region = Some("eu-frankfurt-1".into());
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(report.location.cloud, "oci");
+    let manifest = fixture.manifest();
+    assert_eq!(
+        (manifest.cloud.as_deref(), manifest.region.as_deref()),
+        (Some("oci"), Some("eu-frankfurt-1"))
+    );
+}
+
+#[tokio::test]
+async fn objects_over_the_size_limit_are_skipped_unread_and_gzip_and_pdf_are_indexed() {
+    let fixture = Fixture::new();
+    fixture.write("big.txt", "word ".repeat(1000));
+    fixture.write("small.txt", "tiny");
+    fixture.write(
+        "notes.md.gz",
+        crate::ingest::gzip::tests::gzip(b"# Notes\n\ncompressed words"),
+    );
+    fixture.write(
+        "report.pdf",
+        crate::ingest::pdf::tests::pdf_bytes("Harbour tonnage rose"),
+    );
+    fixture.write("cut.txt.gz", &crate::ingest::gzip::tests::gzip(&[b'a'; 3000])[..30]);
+    let mut job = fixture.job();
+    job.max_object_bytes = 2000;
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(report.progress.indexed, 3, "{report:#?}");
+    assert_eq!(report.progress.fetched, 4, "the large object is not read");
+    assert_eq!(report.skips.len(), 1);
+    assert!(report.skips[0].reason.contains("too large"), "{:?}", report.skips);
+    assert_eq!(report.failures.len(), 1);
+    assert_eq!(report.failures[0].object_key, "cut.txt.gz");
+    assert!(report.failures[0].reason.contains("truncated gzip"));
+    let pdf = fixture.store.committed_chunks_of("report.pdf");
+    assert!(pdf[0].text.contains("Harbour tonnage rose"), "{pdf:?}");
+}

@@ -1,0 +1,930 @@
+//! The bucket conformance suite: one scenario run against every storage backend.
+//!
+//! Backends: moto (S3, and the OCI path: S3-compatible endpoint, path-style, OCI labels),
+//! Azurite (Azure Blob), fake-gcs-server (GCS, objects seeded through its JSON API, since
+//! it cannot take `object_store` writes), and `object_store`'s InMemory behind a `gs://` URL
+//! for GCS listing across many keys (fake-gcs-server never paginates).
+//!
+//! `./scripts/test.sh` starts the emulators and sets `SKYFUSE_TEST_*_ENDPOINT`; it also sets
+//! `SKYFUSE_REQUIRE_EMULATORS=1`, so there (and under `CI=true`) a missing variable fails the
+//! test. A plain `cargo test` without them prints why each emulator test is skipped.
+//! Clients get explicit endpoints and credentials: nothing here leaves 127.0.0.1.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use skyfuse::config::Secret;
+use skyfuse::document::{EmbeddedChunk, Hit};
+use skyfuse::error::Result;
+use skyfuse::ingest::{
+    BucketCredentials, BucketOptions, IndexJob, IndexProgress, IndexReport, run_index,
+};
+use skyfuse::stores::{SearchBackend, SourceInfo, StoreKind, StoreQuery};
+
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+/// Azurite's published development key, not a secret.
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+// ---------------------------------------------------------------------------------------------
+// Emulator discovery
+
+/// The emulator's endpoint, or `None` (with a message) when a developer runs plain
+/// `cargo test`; under the test script or CI a missing endpoint is a failure.
+fn emulator(variable: &str) -> Option<(String, String)> {
+    let bucket = std::env::var("SKYFUSE_TEST_BUCKET").unwrap_or_else(|_| "skyfuse-test".into());
+    if let Ok(endpoint) = std::env::var(variable)
+        && !endpoint.is_empty()
+    {
+        return Some((endpoint, bucket));
+    }
+    let required = std::env::var("SKYFUSE_REQUIRE_EMULATORS").is_ok_and(|value| value == "1")
+        || std::env::var("CI").is_ok_and(|value| value == "true");
+    assert!(
+        !required,
+        "{variable} is not set: run ./scripts/test.sh, which starts the storage emulators"
+    );
+    eprintln!(
+        "SKIPPED: {variable} is not set; ./scripts/test.sh starts the storage emulators and runs this test"
+    );
+    None
+}
+
+/// A prefix no other test or earlier run uses, so one bucket serves every test.
+fn unique_prefix(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{nanos}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing into the emulators (the test's side, not the indexer's)
+
+#[async_trait]
+trait Seeder: Send + Sync {
+    async fn put(&self, key: &str, bytes: Vec<u8>);
+    async fn delete(&self, key: &str);
+}
+
+struct ObjectStoreSeeder(Arc<dyn ObjectStore>);
+
+#[async_trait]
+impl Seeder for ObjectStoreSeeder {
+    async fn put(&self, key: &str, bytes: Vec<u8>) {
+        self.0
+            .put(&ObjectPath::from(key), bytes.into())
+            .await
+            .unwrap_or_else(|error| panic!("seeding {key}: {error}"));
+    }
+
+    async fn delete(&self, key: &str) {
+        self.0.delete(&ObjectPath::from(key)).await.unwrap();
+    }
+}
+
+/// fake-gcs-server takes writes only through the GCS JSON API.
+struct GcsJsonSeeder {
+    endpoint: String,
+    bucket: String,
+    client: reqwest::Client,
+}
+
+#[async_trait]
+impl Seeder for GcsJsonSeeder {
+    async fn put(&self, key: &str, bytes: Vec<u8>) {
+        let url = format!(
+            "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}",
+            self.endpoint,
+            self.bucket,
+            url_encode(key)
+        );
+        let response = self.client.post(url).body(bytes).send().await.unwrap();
+        assert!(response.status().is_success(), "seeding {key}: {response:?}");
+    }
+
+    async fn delete(&self, key: &str) {
+        let url = format!(
+            "{}/storage/v1/b/{}/o/{}",
+            self.endpoint,
+            self.bucket,
+            url_encode(key)
+        );
+        let response = self.client.delete(url).send().await.unwrap();
+        assert!(response.status().is_success(), "deleting {key}: {response:?}");
+    }
+}
+
+fn url_encode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+// ---------------------------------------------------------------------------------------------
+// A store that keeps what a crash would keep: only committed writes survive `crash()`.
+
+#[derive(Default)]
+struct StoreState {
+    live: BTreeMap<String, EmbeddedChunk>,
+    committed: BTreeMap<String, EmbeddedChunk>,
+    upserted_chunk_ids: Vec<String>,
+}
+
+struct RecordingStore {
+    info: SourceInfo,
+    state: Mutex<StoreState>,
+}
+
+impl RecordingStore {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            info: SourceInfo {
+                id: "recording".into(),
+                backend: "memory".into(),
+                kind: StoreKind::Lexical,
+                space: None,
+                dims: None,
+                cloud: "local".into(),
+                region: "local".into(),
+            },
+            state: Mutex::default(),
+        })
+    }
+
+    /// What a process killed now would find on restart.
+    fn crash(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.live = state.committed.clone();
+    }
+
+    fn committed(&self) -> Vec<EmbeddedChunk> {
+        self.state
+            .lock()
+            .unwrap()
+            .committed
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn take_upserted(&self) -> Vec<String> {
+        std::mem::take(&mut self.state.lock().unwrap().upserted_chunk_ids)
+    }
+}
+
+#[async_trait]
+impl SearchBackend for RecordingStore {
+    fn describe(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    async fn search(&self, _query: &StoreQuery) -> Result<Vec<Hit>> {
+        Ok(Vec::new())
+    }
+
+    async fn upsert(&self, chunks: &[EmbeddedChunk]) -> Result<()> {
+        let mut state = self.state.lock().unwrap();
+        for chunk in chunks {
+            state.upserted_chunk_ids.push(chunk.chunk.chunk_id.clone());
+            state
+                .live
+                .insert(chunk.chunk.chunk_id.clone(), chunk.clone());
+        }
+        Ok(())
+    }
+
+    async fn delete_objects(&self, object_keys: &[String]) -> Result<()> {
+        let doomed: BTreeSet<&String> = object_keys.iter().collect();
+        self.state
+            .lock()
+            .unwrap()
+            .live
+            .retain(|_, chunk| !doomed.contains(&chunk.chunk.object_key));
+        Ok(())
+    }
+
+    async fn commit(&self) -> Result<()> {
+        let mut state = self.state.lock().unwrap();
+        state.committed = state.live.clone();
+        Ok(())
+    }
+
+    async fn count(&self) -> Result<u64> {
+        Ok(self.state.lock().unwrap().live.len() as u64)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backends
+
+struct Backend {
+    name: &'static str,
+    /// `scheme://bucket`, without the test's prefix.
+    bucket_url: String,
+    options: BucketOptions,
+    seeder: Arc<dyn Seeder>,
+    /// Set for InMemory: the indexer reads this store instead of opening the URL.
+    object_store: Option<Arc<dyn ObjectStore>>,
+    /// More objects than the backend returns in one listing page.
+    objects_past_one_page: usize,
+    expected_cloud: &'static str,
+    expected_region: &'static str,
+}
+
+fn secret(value: &str) -> Option<Secret> {
+    Some(Secret::new(value))
+}
+
+fn moto_options(endpoint: &str) -> BucketOptions {
+    BucketOptions {
+        endpoint: Some(endpoint.to_owned()),
+        allow_http: true,
+        region: Some("us-east-1".into()),
+        credentials: BucketCredentials {
+            access_key_id: secret("test"),
+            secret_access_key: secret("test"),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn moto_seeder(endpoint: &str, bucket: &str) -> Arc<dyn Seeder> {
+    let store = AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_bucket_name(bucket)
+        .with_region("us-east-1")
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    Arc::new(ObjectStoreSeeder(Arc::new(store)))
+}
+
+fn s3_backend() -> Option<Backend> {
+    let (endpoint, bucket) = emulator("SKYFUSE_TEST_S3_ENDPOINT")?;
+    Some(Backend {
+        name: "s3",
+        bucket_url: format!("s3://{bucket}"),
+        options: BucketOptions {
+            cloud: Some("aws".into()),
+            ..moto_options(&endpoint)
+        },
+        seeder: moto_seeder(&endpoint, &bucket),
+        object_store: None,
+        // moto pages at 1,000 keys.
+        objects_past_one_page: 1_050,
+        expected_cloud: "aws",
+        expected_region: "us-east-1",
+    })
+}
+
+/// OCI Object Storage is reached through its S3 compatibility API, path-style, with
+/// customer secret keys: the same client as S3, labelled with OCI's cloud and region.
+fn oci_backend() -> Option<Backend> {
+    let (endpoint, bucket) = emulator("SKYFUSE_TEST_S3_ENDPOINT")?;
+    Some(Backend {
+        name: "oci (s3-compatible)",
+        bucket_url: format!("s3://{bucket}"),
+        options: BucketOptions {
+            cloud: Some("oci".into()),
+            region: Some("eu-frankfurt-1".into()),
+            ..moto_options(&endpoint)
+        },
+        seeder: moto_seeder(&endpoint, &bucket),
+        object_store: None,
+        objects_past_one_page: 1_050,
+        expected_cloud: "oci",
+        expected_region: "eu-frankfurt-1",
+    })
+}
+
+fn azure_options(endpoint: &str, key: &str) -> BucketOptions {
+    BucketOptions {
+        // Path-style account URL, as Azurite serves it.
+        endpoint: Some(format!("{endpoint}/{AZURITE_ACCOUNT}")),
+        allow_http: true,
+        region: Some("westeurope".into()),
+        credentials: BucketCredentials {
+            azure_account: Some(AZURITE_ACCOUNT.into()),
+            azure_access_key: secret(key),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn azure_backend() -> Option<Backend> {
+    let (endpoint, bucket) = emulator("SKYFUSE_TEST_AZURE_ENDPOINT")?;
+    let store = MicrosoftAzureBuilder::new()
+        .with_account(AZURITE_ACCOUNT)
+        .with_access_key(AZURITE_KEY)
+        .with_endpoint(format!("{endpoint}/{AZURITE_ACCOUNT}"))
+        .with_allow_http(true)
+        .with_container_name(&bucket)
+        .build()
+        .unwrap();
+    Some(Backend {
+        name: "azure",
+        bucket_url: format!("az://{bucket}"),
+        options: azure_options(&endpoint, AZURITE_KEY),
+        seeder: Arc::new(ObjectStoreSeeder(Arc::new(store))),
+        object_store: None,
+        // Azurite pages at 5,000 keys.
+        objects_past_one_page: 5_050,
+        expected_cloud: "azure",
+        expected_region: "westeurope",
+    })
+}
+
+fn gcs_backend() -> Option<Backend> {
+    let (endpoint, bucket) = emulator("SKYFUSE_TEST_GCS_ENDPOINT")?;
+    Some(Backend {
+        name: "gcs",
+        bucket_url: format!("gs://{bucket}"),
+        options: BucketOptions {
+            endpoint: Some(endpoint.clone()),
+            region: Some("europe-west1".into()),
+            credentials: BucketCredentials {
+                bearer_token: secret("fake"),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        seeder: Arc::new(GcsJsonSeeder {
+            endpoint,
+            bucket,
+            client: reqwest::Client::new(),
+        }),
+        object_store: None,
+        // fake-gcs-server returns every key in one page; paging runs on InMemory below.
+        objects_past_one_page: 120,
+        expected_cloud: "gcp",
+        expected_region: "europe-west1",
+    })
+}
+
+fn in_memory_gcs_backend() -> Backend {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    Backend {
+        name: "in-memory (gs:// url)",
+        bucket_url: "gs://in-memory".into(),
+        options: BucketOptions::default(),
+        seeder: Arc::new(ObjectStoreSeeder(Arc::clone(&store))),
+        object_store: Some(store),
+        objects_past_one_page: 1_050,
+        expected_cloud: "gcp",
+        expected_region: "unknown",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenario
+
+struct Scenario {
+    backend: Backend,
+    prefix: String,
+    store: Arc<RecordingStore>,
+    state: tempfile::TempDir,
+}
+
+impl Scenario {
+    fn new(backend: Backend, name: &str) -> Self {
+        Self {
+            backend,
+            prefix: unique_prefix(name),
+            store: RecordingStore::new(),
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn key(&self, relative: &str) -> String {
+        format!("{}/{relative}", self.prefix)
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", self.backend.bucket_url, self.prefix)
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.state.path().join("manifest.json")
+    }
+
+    fn job(&self) -> IndexJob {
+        let store: Arc<dyn SearchBackend> = self.store.clone();
+        let mut job = IndexJob::new(self.url(), vec![store], None, self.manifest_path());
+        job.bucket = self.backend.options.clone();
+        job.bucket.exclude = vec!["drafts/**".into()];
+        job.object_store = self.backend.object_store.clone();
+        job.fetch_concurrency = 16;
+        job
+    }
+
+    async fn put_all(&self, objects: Vec<(String, Vec<u8>)>) {
+        futures::stream::iter(objects)
+            .map(|(key, bytes)| {
+                let seeder = Arc::clone(&self.backend.seeder);
+                async move { seeder.put(&key, bytes).await }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    async fn run(&self) -> IndexReport {
+        run_index(self.job(), |_| {}).await.unwrap()
+    }
+
+    /// The short keys of the committed chunks, with how many chunks each has.
+    fn committed_objects(&self) -> BTreeMap<String, usize> {
+        let prefix = format!("{}/{}/", self.backend.bucket_url, self.prefix);
+        let mut objects = BTreeMap::new();
+        for chunk in self.store.committed() {
+            let key = chunk.chunk.object_key.strip_prefix(&prefix).unwrap_or_else(|| {
+                panic!("{} does not start with {prefix}", chunk.chunk.object_key)
+            });
+            *objects.entry(key.to_owned()).or_insert(0) += 1;
+        }
+        objects
+    }
+}
+
+fn document(index: usize) -> (String, Vec<u8>) {
+    (
+        format!("docs/doc-{index:05}.txt"),
+        format!("Document {index} explains subject number {index} in a few words.").into_bytes(),
+    )
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn assert_counts(report: &IndexReport, expected: IndexProgress, what: &str) {
+    let progress = &report.progress;
+    let actual = IndexProgress {
+        chunks_written: progress.chunks_written,
+        bytes_read: 0,
+        elapsed: Duration::ZERO,
+        ..progress.clone()
+    };
+    assert_eq!(actual, expected, "{what}: {report:#?}");
+}
+
+/// List past one page, get, etag change, delete, incremental no-op re-run, resume after a
+/// crash: the same assertions on every backend.
+async fn conformance(backend: Backend) {
+    let name = backend.name;
+    let pages = backend.objects_past_one_page;
+    let scenario = Scenario::new(backend, "conformance");
+    let mut objects: Vec<(String, Vec<u8>)> = (0..pages).map(document).collect();
+    objects.push((
+        "guides/setup.md.gz".into(),
+        gzip(b"# Setup\n\nInstall the agent, then restart it."),
+    ));
+    objects.push(("odd keys/caf\u{e9} r\u{e9}sum\u{e9} (1).txt".into(), b"Odd key, plain text.".to_vec()));
+    objects.push(("broken/truncated.txt.gz".into(), gzip(&[b'x'; 4000])[..40].to_vec()));
+    objects.push(("images/logo.png".into(), vec![0x89, b'P', b'N', b'G']));
+    objects.push(("drafts/unfinished.txt".into(), b"Not yet.".to_vec()));
+    let objects: Vec<(String, Vec<u8>)> = objects
+        .into_iter()
+        .map(|(key, bytes)| (scenario.key(&key), bytes))
+        .collect();
+    scenario.put_all(objects).await;
+    let indexable = pages + 2;
+
+    // First run: every object listed (across pages), fetched and indexed once.
+    let first = scenario.run().await;
+    assert!(first.listing_errors.is_empty(), "{name}: {:?}", first.listing_errors);
+    assert_counts(
+        &first,
+        IndexProgress {
+            listed: (indexable + 2) as u64,
+            excluded: 1,
+            fetched: (indexable + 1) as u64,
+            indexed: indexable as u64,
+            skipped: 1,
+            failed: 1,
+            chunks_written: indexable as u64,
+            ..Default::default()
+        },
+        name,
+    );
+    assert_eq!(first.failures.len(), 1, "{name}");
+    assert!(first.failures[0].object_key.ends_with("broken/truncated.txt.gz"));
+    assert!(first.failures[0].reason.contains("truncated gzip"), "{name}: {:?}", first.failures);
+    let committed = scenario.committed_objects();
+    assert_eq!(committed.len(), indexable, "{name}");
+    assert!(committed.contains_key("odd keys/caf\u{e9} r\u{e9}sum\u{e9} (1).txt"), "{name}");
+    assert!(committed.contains_key("guides/setup.md.gz"), "{name}");
+    assert_eq!(
+        (first.location.cloud.as_str(), first.location.region.as_str()),
+        (scenario.backend.expected_cloud, scenario.backend.expected_region),
+        "{name}: residency labels"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(scenario.manifest_path()).unwrap()).unwrap();
+    assert_eq!(manifest["cloud"], scenario.backend.expected_cloud, "{name}");
+    assert_eq!(manifest["region"], scenario.backend.expected_region, "{name}");
+    scenario.store.take_upserted();
+
+    // No change: nothing fetched but the object that failed, nothing written.
+    let second = scenario.run().await;
+    assert_eq!(second.progress.fetched, 1, "{name}: only the failed object is retried");
+    assert_eq!(second.progress.unchanged, indexable as u64, "{name}");
+    assert_eq!(second.progress.indexed, 0, "{name}");
+    assert!(scenario.store.take_upserted().is_empty(), "{name}");
+
+    // One object changed (new etag), one deleted.
+    let seeder = &scenario.backend.seeder;
+    seeder
+        .put(&scenario.key("docs/doc-00001.txt"), b"Rewritten: the first subject is now about tides.".to_vec())
+        .await;
+    seeder.delete(&scenario.key("docs/doc-00002.txt")).await;
+    let third = scenario.run().await;
+    assert_eq!(
+        (third.progress.fetched, third.progress.indexed, third.progress.deleted),
+        (2, 1, 1),
+        "{name}: {:?}",
+        third.progress
+    );
+    let committed = scenario.committed_objects();
+    assert_eq!(committed.len(), indexable - 1, "{name}");
+    assert!(!committed.contains_key("docs/doc-00002.txt"), "{name}");
+    let rewritten = scenario
+        .store
+        .committed()
+        .into_iter()
+        .find(|chunk| chunk.chunk.object_key.ends_with("docs/doc-00001.txt"))
+        .unwrap();
+    assert!(rewritten.chunk.text.contains("tides"), "{name}");
+    scenario.store.take_upserted();
+
+    // Crash: 60 new objects, the run killed after some commits, then resumed.
+    let late: Vec<(String, Vec<u8>)> = (0..60)
+        .map(|index| {
+            (
+                scenario.key(&format!("late/{index:03}.txt")),
+                format!("Late arrival {index} about harbour logistics.").into_bytes(),
+            )
+        })
+        .collect();
+    scenario.put_all(late).await;
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let indexed_so_far = Arc::new(AtomicUsize::new(0));
+    let mut job = scenario.job();
+    job.commit_every_chunks = 7;
+    job.embed_batch_size = 3;
+    job.fetch_concurrency = 2;
+    let interrupted = {
+        let reached = Arc::clone(&reached);
+        let indexed_so_far = Arc::clone(&indexed_so_far);
+        run_index(job, move |progress| {
+            indexed_so_far.store(progress.indexed as usize, Ordering::SeqCst);
+            if progress.indexed >= 25 {
+                reached.notify_one();
+            }
+        })
+    };
+    tokio::select! {
+        result = interrupted => panic!("{name}: the run was meant to be interrupted: {result:?}"),
+        () = reached.notified() => {}
+    }
+    scenario.store.crash();
+    let survived_late = scenario
+        .committed_objects()
+        .keys()
+        .filter(|key| key.starts_with("late/"))
+        .count();
+    assert!(
+        (1..60).contains(&survived_late),
+        "{name}: the crash should fall between commits, {survived_late} late objects committed"
+    );
+    scenario.store.take_upserted();
+    let resumed = scenario.run().await;
+    assert_eq!(
+        resumed.progress.indexed as usize,
+        60 - survived_late,
+        "{name}: the resumed run indexes exactly what the crash lost"
+    );
+    let upserted = scenario.store.take_upserted();
+    let distinct: BTreeSet<&String> = upserted.iter().collect();
+    assert_eq!(distinct.len(), upserted.len(), "{name}: a chunk was written twice");
+    let committed = scenario.committed_objects();
+    assert_eq!(committed.len(), indexable - 1 + 60, "{name}: exact object count after resume");
+    assert!(committed.values().all(|&chunks| chunks == 1), "{name}: one chunk per object");
+    assert_eq!(
+        scenario.store.committed().len(),
+        indexable - 1 + 60,
+        "{name}: exact chunk count after resume"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_s3_on_moto() {
+    if let Some(backend) = s3_backend() {
+        conformance(backend).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_oci_s3_compatible_path_on_moto() {
+    if let Some(backend) = oci_backend() {
+        conformance(backend).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_azure_on_azurite() {
+    if let Some(backend) = azure_backend() {
+        conformance(backend).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_gcs_on_fake_gcs_server() {
+    if let Some(backend) = gcs_backend() {
+        conformance(backend).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_gcs_url_on_in_memory_store() {
+    conformance(in_memory_gcs_backend()).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad endpoints: throttling, wrong credentials, a missing bucket
+
+/// Answers every request with 503 SlowDown, as S3 does when throttling; counts requests.
+async fn throttling_server() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&requests);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut received = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !received.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => received.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let body = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                let response = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (format!("http://{address}"), requests)
+}
+
+#[tokio::test]
+async fn throttled_listing_is_retried_then_reported_and_nothing_indexed_is_deleted() {
+    // First run: a healthy bucket (in memory) behind the same s3:// URL.
+    let healthy: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    for index in 0..3 {
+        let (key, bytes) = document(index);
+        healthy.put(&ObjectPath::from(format!("team/{key}")), bytes.into()).await.unwrap();
+    }
+    let store = RecordingStore::new();
+    let state = tempfile::tempdir().unwrap();
+    let manifest_path = state.path().join("manifest.json");
+    let job = |object_store: Option<Arc<dyn ObjectStore>>, options: BucketOptions| {
+        let backend: Arc<dyn SearchBackend> = store.clone();
+        let mut job = IndexJob::new("s3://docs/team", vec![backend], None, &manifest_path);
+        job.object_store = object_store;
+        job.bucket = options;
+        job
+    };
+    let first = run_index(job(Some(healthy), BucketOptions::default()), |_| {}).await.unwrap();
+    assert_eq!(first.progress.indexed, 3);
+
+    // Second run: the endpoint throttles every request.
+    let (endpoint, requests) = throttling_server().await;
+    let options = BucketOptions {
+        max_retries: Some(2),
+        initial_backoff: Some(Duration::from_millis(10)),
+        retry_timeout: Some(Duration::from_secs(10)),
+        ..moto_options(&endpoint)
+    };
+    let throttled = run_index(job(None, options), |_| {}).await.unwrap();
+    assert_eq!(requests.load(Ordering::SeqCst), 3, "one attempt and two retries");
+    assert_eq!(throttled.listing_errors.len(), 1, "{throttled:#?}");
+    let reason = &throttled.listing_errors[0];
+    assert!(reason.contains("503") && reason.contains("retries"), "{reason}");
+    assert_eq!(throttled.progress.deleted, 0);
+    assert_eq!(store.committed().len(), 3, "an unreadable bucket deletes nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_bucket_is_a_clear_listing_error() {
+    let Some((endpoint, _)) = emulator("SKYFUSE_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    let store: Arc<dyn SearchBackend> = RecordingStore::new();
+    let mut job = IndexJob::new(
+        "s3://no-such-bucket-here/docs",
+        vec![store],
+        None,
+        state.path().join("manifest.json"),
+    );
+    job.bucket = moto_options(&endpoint);
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(report.listing_errors.len(), 1, "{report:#?}");
+    assert!(report.listing_errors[0].contains("NoSuchBucket"), "{:?}", report.listing_errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_azure_key_is_a_clear_listing_error() {
+    let Some((endpoint, bucket)) = emulator("SKYFUSE_TEST_AZURE_ENDPOINT") else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    let store: Arc<dyn SearchBackend> = RecordingStore::new();
+    let mut job = IndexJob::new(
+        format!("az://{bucket}/docs"),
+        vec![store],
+        None,
+        state.path().join("manifest.json"),
+    );
+    // A well-formed key that is not the account's.
+    let mut options = azure_options(&endpoint, "d3JvbmcgYnV0IHdlbGwtZm9ybWVkIGtleSB3cm9uZyBrZXk=");
+    options.max_retries = Some(0);
+    job.bucket = options;
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(report.listing_errors.len(), 1, "{report:#?}");
+    assert!(report.listing_errors[0].contains("403"), "{:?}", report.listing_errors);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real crash: `skyfuse index` killed with SIGKILL mid-run, then run again
+
+fn skyfuse_config(data_dir: &std::path::Path, endpoint: &str, bucket: &str) -> String {
+    format!(
+        r#"
+[server]
+data_dir = "{data_dir}"
+
+[[source]]
+id = "bm25"
+kind = "tantivy"
+
+[[index]]
+id = "docs"
+sources = ["bm25"]
+commit_every_chunks = 100
+
+[[bucket]]
+url = "s3://{bucket}"
+endpoint = "{endpoint}"
+allow_http = true
+region = "us-east-1"
+access_key_id = "env:CRASH_TEST_KEY_ID"
+secret_access_key = "env:CRASH_TEST_SECRET"
+"#,
+        data_dir = data_dir.display()
+    )
+}
+
+fn skyfuse_index(config: &std::path::Path, url: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_skyfuse"));
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("index")
+        .arg(url)
+        .env("CRASH_TEST_KEY_ID", "test")
+        .env("CRASH_TEST_SECRET", "test")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    command
+}
+
+fn manifest_objects(data_dir: &std::path::Path) -> usize {
+    let folder = data_dir.join("manifests").join("docs");
+    let Ok(entries) = std::fs::read_dir(&folder) else {
+        return 0;
+    };
+    let mut count = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|extension| extension == "json") {
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            count += manifest["objects"].as_object().map_or(0, |objects| objects.len());
+        }
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_killed_with_sigkill_resumes_with_exact_chunk_counts() {
+    let Some(backend) = s3_backend() else {
+        return;
+    };
+    let (endpoint, bucket) = emulator("SKYFUSE_TEST_S3_ENDPOINT").unwrap();
+    const OBJECTS: usize = 3_000;
+    let scenario = Scenario::new(backend, "sigkill");
+    scenario
+        .put_all((0..OBJECTS).map(|index| {
+            let (key, bytes) = document(index);
+            (scenario.key(&key), bytes)
+        }).collect())
+        .await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = data_dir.path().join("skyfuse.toml");
+    std::fs::write(&config, skyfuse_config(data_dir.path(), &endpoint, &bucket)).unwrap();
+    let url = scenario.url();
+
+    let mut child = skyfuse_index(&config, &url).spawn().unwrap();
+    let started = std::time::Instant::now();
+    // Kill as soon as a first commit is on disk, well before the end.
+    while manifest_objects(data_dir.path()) == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(120), "no commit within 120 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = manifest_objects(data_dir.path());
+    assert!(before > 0 && before < OBJECTS, "{before} objects committed when killed");
+
+    let output = skyfuse_index(&config, &url).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(manifest_objects(data_dir.path()), OBJECTS);
+
+    let store = skyfuse::stores::local_bm25::LocalBm25Store::open(
+        SourceInfo {
+            id: "bm25".into(),
+            backend: "tantivy".into(),
+            kind: StoreKind::Lexical,
+            space: None,
+            dims: None,
+            cloud: "local".into(),
+            region: "local".into(),
+        },
+        &data_dir.path().join("bm25"),
+    )
+    .unwrap();
+    // One chunk per object: any duplicate or loss shows in the count.
+    assert_eq!(store.count().await.unwrap(), OBJECTS as u64);
+}
+
+/// `object_store` refuses keys with an empty segment (`a//b`) or a `.`/`..` segment when it
+/// parses a listing page, so such a key makes its page a listing error: it must be reported
+/// by name, and nothing may be deleted on the strength of the incomplete listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_object_store_cannot_represent_is_reported_and_deletes_nothing() {
+    let Some(backend) = s3_backend() else {
+        return;
+    };
+    let (endpoint, bucket) = emulator("SKYFUSE_TEST_S3_ENDPOINT").unwrap();
+    let scenario = Scenario::new(backend, "odd-key");
+    scenario
+        .put_all(vec![(scenario.key("a.txt"), b"first words".to_vec())])
+        .await;
+    let first = scenario.run().await;
+    assert_eq!(first.progress.indexed, 1);
+
+    // Written raw: the URL keeps the empty segment, moto stores the key as given.
+    let raw_key = format!("{}/odd//b.txt", scenario.prefix);
+    let response = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}/{raw_key}"))
+        .body("odd key")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{response:?}");
+    let second = scenario.run().await;
+    assert_eq!(second.listing_errors.len(), 1, "{second:#?}");
+    assert!(second.listing_errors[0].contains("odd//b.txt"), "{:?}", second.listing_errors);
+    assert_eq!(second.progress.deleted, 0);
+    assert_eq!(scenario.committed_objects().len(), 1, "a.txt keeps its chunks");
+}
