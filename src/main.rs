@@ -300,7 +300,9 @@ async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result<()>
         .iter()
         .any(|failure| failure.key.is_empty() && failure.reason.starts_with("listing:"))
     {
-        bail!("the listing of {url} failed, so objects missing from it were not deleted; see above");
+        bail!(
+            "the listing of {url} failed, so objects missing from it were not deleted; see above"
+        );
     }
     Ok(())
 }

@@ -30,9 +30,7 @@ impl IngestionService for IngestionApi {
             exclude,
         } = request.into_inner();
         // Refuse an unknown index before the stream starts, as a plain status.
-        self.service
-            .index_config(&index)
-            .map_err(convert::status)?;
+        self.service.index_config(&index).map_err(convert::status)?;
         let (sender, receiver) = mpsc::channel(32);
         let service = self.service.clone();
         let filters = IndexFilters { include, exclude };

@@ -149,13 +149,18 @@ impl BucketConfig {
         for (key, patterns) in [("include", &self.include), ("exclude", &self.exclude)] {
             for pattern in patterns {
                 if let Err(error) = globset::Glob::new(pattern) {
-                    problems.push(format!("{name}: {key} glob {pattern:?} is invalid: {error}"));
+                    problems.push(format!(
+                        "{name}: {key} glob {pattern:?} is invalid: {error}"
+                    ));
                 }
             }
         }
         for (key, value) in [
             ("max_object_bytes", self.max_object_bytes),
-            ("fetch_concurrency", self.fetch_concurrency.map(|v| v as u64)),
+            (
+                "fetch_concurrency",
+                self.fetch_concurrency.map(|v| v as u64),
+            ),
             ("retry_timeout_ms", self.retry_timeout_ms),
         ] {
             if value == Some(0) {
@@ -198,7 +203,10 @@ mod tests {
             "#,
         );
         let problems = entry.problems().join("\n");
-        assert!(problems.contains("access_key_id applies to s3://"), "{problems}");
+        assert!(
+            problems.contains("access_key_id applies to s3://"),
+            "{problems}"
+        );
         assert!(problems.contains("go together"), "{problems}");
         assert!(problems.contains("allow_http"), "{problems}");
         assert!(problems.contains("include glob \"a/[b\""), "{problems}");
@@ -221,7 +229,10 @@ mod tests {
 
     #[test]
     fn literal_keys_and_unknown_fields_are_refused() {
-        assert!(toml::from_str::<BucketConfig>("url = \"s3://a\"\nsecret_access_key = \"AKIA\"").is_err());
+        assert!(
+            toml::from_str::<BucketConfig>("url = \"s3://a\"\nsecret_access_key = \"AKIA\"")
+                .is_err()
+        );
         assert!(toml::from_str::<BucketConfig>("url = \"s3://a\"\nregoin = \"x\"").is_err());
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use globset::{GlobSet, GlobSetBuilder};
-use object_store::aws::{AmazonS3ConfigKey, AmazonS3Builder};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::path::Path as ObjectPath;
@@ -308,8 +308,8 @@ mod tests {
 
     #[test]
     fn globs_are_relative_and_star_stops_at_slashes() {
-        let filter = KeyFilter::new(&["**/*.md".into(), "*.txt".into()], &["drafts/**".into()])
-            .unwrap();
+        let filter =
+            KeyFilter::new(&["**/*.md".into(), "*.txt".into()], &["drafts/**".into()]).unwrap();
         assert!(filter.accepts("guide/intro.md"));
         assert!(filter.accepts("intro.md"));
         assert!(filter.accepts("notes.txt"));

@@ -577,7 +577,11 @@ mod tests {
 
     #[test]
     fn pdf_text_becomes_one_document_titled_by_its_file_name() {
-        let documents = extract("reports/q3-summary.pdf", &pdf_bytes("Revenue grew nine percent")).unwrap();
+        let documents = extract(
+            "reports/q3-summary.pdf",
+            &pdf_bytes("Revenue grew nine percent"),
+        )
+        .unwrap();
         assert_eq!(documents.len(), 1);
         assert_eq!(documents[0].title, "q3-summary");
         assert!(documents[0].text.contains("Revenue grew nine percent"));

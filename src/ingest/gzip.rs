@@ -12,8 +12,7 @@ pub const MAX_DECOMPRESSED_BYTES: u64 = 256 * 1024 * 1024;
 pub fn strip_gzip_suffix(object_key: &str) -> Option<&str> {
     let cut = object_key.len().checked_sub(3)?;
     let (stem, suffix) = object_key.split_at_checked(cut)?;
-    (suffix.eq_ignore_ascii_case(".gz") && !stem.is_empty() && !stem.ends_with('/'))
-        .then_some(stem)
+    (suffix.eq_ignore_ascii_case(".gz") && !stem.is_empty() && !stem.ends_with('/')).then_some(stem)
 }
 
 /// Decompresses every gzip member; a truncated or corrupt stream is an error naming why.
@@ -68,6 +67,9 @@ pub(crate) mod tests {
         assert!(corrupt.contains("gzip"), "{corrupt}");
         let bomb = gunzip(&gzip(&vec![b'a'; 10_000]), 9_999).unwrap_err();
         assert!(bomb.contains("expands beyond 9999"), "{bomb}");
-        assert_eq!(gunzip(&gzip(&vec![b'a'; 10_000]), 10_000).unwrap().len(), 10_000);
+        assert_eq!(
+            gunzip(&gzip(&vec![b'a'; 10_000]), 10_000).unwrap().len(),
+            10_000
+        );
     }
 }

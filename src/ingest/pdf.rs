@@ -53,13 +53,17 @@ fn text_of(bytes: &[u8]) -> Result<String, PdfError> {
 
 /// A trailer's `/Encrypt` entry, looked for in the raw bytes when parsing failed.
 fn has_encrypt_entry(bytes: &[u8]) -> bool {
-    bytes.windows(b"/Encrypt".len()).any(|window| window == b"/Encrypt")
+    bytes
+        .windows(b"/Encrypt".len())
+        .any(|window| window == b"/Encrypt")
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use pdf_extract::{Dictionary, EncryptionState, EncryptionVersion, Object, Permissions, Stream};
+    use pdf_extract::{
+        Dictionary, EncryptionState, EncryptionVersion, Object, Permissions, Stream,
+    };
 
     /// A one-page PDF showing `line` in Helvetica, built with lopdf.
     pub(crate) fn pdf_with_text(line: &str) -> Document {
@@ -90,7 +94,12 @@ pub(crate) mod tests {
                 ("Resources", Object::Reference(resources_id)),
                 (
                     "MediaBox",
-                    Object::Array(vec![Object::Integer(0), Object::Integer(0), Object::Integer(612), Object::Integer(792)]),
+                    Object::Array(vec![
+                        Object::Integer(0),
+                        Object::Integer(0),
+                        Object::Integer(612),
+                        Object::Integer(792),
+                    ]),
                 ),
             ])),
         );
@@ -134,7 +143,10 @@ pub(crate) mod tests {
     #[test]
     fn text_of_a_pdf_page_is_extracted() {
         let text = pdf_text(&pdf_bytes("Quarterly revenue grew by nine percent")).unwrap();
-        assert!(text.contains("Quarterly revenue grew by nine percent"), "{text:?}");
+        assert!(
+            text.contains("Quarterly revenue grew by nine percent"),
+            "{text:?}"
+        );
     }
 
     #[test]

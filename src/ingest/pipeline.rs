@@ -338,8 +338,16 @@ impl BucketSource {
         if let Some(local_path) = local_path_of(url)? {
             let mut source = Self::open_local(&local_path, &job.manifest_path, filter)?;
             source.location = BucketLocation {
-                cloud: job.bucket.cloud.clone().unwrap_or_else(|| "local".to_owned()),
-                region: job.bucket.region.clone().unwrap_or_else(|| "local".to_owned()),
+                cloud: job
+                    .bucket
+                    .cloud
+                    .clone()
+                    .unwrap_or_else(|| "local".to_owned()),
+                region: job
+                    .bucket
+                    .region
+                    .clone()
+                    .unwrap_or_else(|| "local".to_owned()),
             };
             if let Some(store) = &job.object_store {
                 source.store = Arc::clone(store);

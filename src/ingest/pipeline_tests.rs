@@ -647,9 +647,11 @@ async fn invalid_jobs_are_refused_before_any_work() {
     let error = run_index(job, |_| {}).await.unwrap_err();
     assert_eq!(error.kind, crate::error::ErrorKind::NotFound);
 
+    // A scheme no cloud client handles is refused before any request is made.
     let mut job = fixture.job();
-    job.url = "s3://bucket/prefix".to_owned();
-    assert!(run_index(job, |_| {}).await.is_err());
+    job.url = "ftp://bucket/prefix".to_owned();
+    let error = run_index(job, |_| {}).await.unwrap_err();
+    assert!(error.message.contains("not a bucket URL"), "{error}");
     assert!(!fixture.manifest_path().exists());
 }
 
@@ -819,7 +821,10 @@ async fn the_report_and_manifest_carry_the_bucket_cloud_and_region() {
     fixture.write("a.txt", "words about residency");
     let report = fixture.run().await;
     assert_eq!(
-        (report.location.cloud.as_str(), report.location.region.as_str()),
+        (
+            report.location.cloud.as_str(),
+            report.location.region.as_str()
+        ),
         ("local", "local")
     );
 
@@ -849,14 +854,21 @@ async fn objects_over_the_size_limit_are_skipped_unread_and_gzip_and_pdf_are_ind
         "report.pdf",
         crate::ingest::pdf::tests::pdf_bytes("Harbour tonnage rose"),
     );
-    fixture.write("cut.txt.gz", &crate::ingest::gzip::tests::gzip(&[b'a'; 3000])[..30]);
+    fixture.write(
+        "cut.txt.gz",
+        &crate::ingest::gzip::tests::gzip(&[b'a'; 3000])[..30],
+    );
     let mut job = fixture.job();
     job.max_object_bytes = 2000;
     let report = run_index(job, |_| {}).await.unwrap();
     assert_eq!(report.progress.indexed, 3, "{report:#?}");
     assert_eq!(report.progress.fetched, 4, "the large object is not read");
     assert_eq!(report.skips.len(), 1);
-    assert!(report.skips[0].reason.contains("too large"), "{:?}", report.skips);
+    assert!(
+        report.skips[0].reason.contains("too large"),
+        "{:?}",
+        report.skips
+    );
     assert_eq!(report.failures.len(), 1);
     assert_eq!(report.failures[0].object_key, "cut.txt.gz");
     assert!(report.failures[0].reason.contains("truncated gzip"));

@@ -62,7 +62,11 @@ impl Service {
             .manifest_path(&index)
             .with_extension("")
             .join(format!("{}.json", short_hash(&location)));
-        let bucket_config = self.config.bucket_for(&location).cloned().unwrap_or_default();
+        let bucket_config = self
+            .config
+            .bucket_for(&location)
+            .cloned()
+            .unwrap_or_default();
         let mut job = IndexJob::new(location, stores, embedder, manifest_path);
         job.chunking = ChunkingConfig {
             max_words: index.chunk_max_words,
@@ -192,7 +196,15 @@ mod tests {
             exclude: vec!["old/**".into()],
         };
         let options = bucket_options(&bucket, &filters, &env).unwrap();
-        assert_eq!(options.credentials.secret_access_key.as_ref().unwrap().expose(), "very-secret");
+        assert_eq!(
+            options
+                .credentials
+                .secret_access_key
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "very-secret"
+        );
         assert!(!format!("{options:?}").contains("very-secret"));
         assert_eq!(options.include, ["**/*.pdf"]);
         assert_eq!(options.exclude, ["drafts/**", "old/**"]);
