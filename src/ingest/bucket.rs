@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use globset::{GlobSet, GlobSetBuilder};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
@@ -251,74 +250,12 @@ fn other_location(default_cloud: &str, options: &BucketOptions) -> BucketLocatio
     }
 }
 
-/// Include/exclude globs over keys relative to the indexed prefix.
-#[derive(Debug, Clone, Default)]
-pub struct KeyFilter {
-    include: Option<GlobSet>,
-    exclude: Option<GlobSet>,
-}
-
-impl KeyFilter {
-    pub fn new(include: &[String], exclude: &[String]) -> Result<Self> {
-        Ok(Self {
-            include: glob_set("include", include)?,
-            exclude: glob_set("exclude", exclude)?,
-        })
-    }
-
-    pub fn accepts(&self, relative_key: &str) -> bool {
-        let included = self
-            .include
-            .as_ref()
-            .is_none_or(|set| set.is_match(relative_key));
-        let excluded = self
-            .exclude
-            .as_ref()
-            .is_some_and(|set| set.is_match(relative_key));
-        included && !excluded
-    }
-}
-
-fn glob_set(what: &str, patterns: &[String]) -> Result<Option<GlobSet>> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut builder = GlobSetBuilder::new();
-    for pattern in patterns {
-        // `*` stops at `/` so that `*.md` means top-level files and `**/*.md` any depth.
-        let glob = globset::GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-            .map_err(|error| Error::invalid(format!("{what} glob {pattern:?}: {error}")))?;
-        builder.add(glob);
-    }
-    let set = builder
-        .build()
-        .map_err(|error| Error::invalid(format!("{what} globs: {error}")))?;
-    Ok(Some(set))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn options() -> BucketOptions {
         BucketOptions::default()
-    }
-
-    #[test]
-    fn globs_are_relative_and_star_stops_at_slashes() {
-        let filter =
-            KeyFilter::new(&["**/*.md".into(), "*.txt".into()], &["drafts/**".into()]).unwrap();
-        assert!(filter.accepts("guide/intro.md"));
-        assert!(filter.accepts("intro.md"));
-        assert!(filter.accepts("notes.txt"));
-        assert!(!filter.accepts("deep/notes.txt"));
-        assert!(!filter.accepts("drafts/idea.md"));
-        assert!(!filter.accepts("image.png"));
-        assert!(KeyFilter::default().accepts("anything/at/all.bin"));
-        let error = KeyFilter::new(&["a/[".into()], &[]).unwrap_err();
-        assert!(error.message.contains("include glob"), "{error}");
     }
 
     #[test]

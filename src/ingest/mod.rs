@@ -6,6 +6,7 @@
 pub mod bucket;
 pub mod chunk;
 pub mod extract;
+pub mod filter;
 pub mod gzip;
 pub mod manifest;
 pub mod pdf;

@@ -1,16 +1,20 @@
 //! Pipeline tests on tempdir folders, with an in-memory store and a deterministic embedder.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
+use super::producer::{ObjectResult, process_object};
 use super::*;
-use crate::document::Hit;
-use crate::embed::EmbeddingSpace;
+use crate::document::{Chunk, EmbeddedChunk, Hit};
+use crate::embed::{EmbeddingSpace, Purpose};
 use crate::stores::{SourceInfo, StoreQuery};
+use object_store::ObjectMeta;
+use object_store::path::Path as ObjectPath;
 
 const DIMS: usize = 8;
 
