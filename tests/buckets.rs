@@ -1016,42 +1016,106 @@ async fn index_killed_with_sigkill_resumes_with_exact_chunk_counts() {
     assert_eq!(store.count().await.unwrap(), OBJECTS as u64);
 }
 
-/// `object_store` refuses keys with an empty segment (`a//b`) or a `.`/`..` segment when it
-/// parses a listing page, so such a key makes its page a listing error: it must be reported
-/// by name, and nothing may be deleted on the strength of the incomplete listing.
+/// A PUT sent byte for byte: HTTP clients (and the `url` crate) resolve `..` segments
+/// before sending, and the point here is a bucket that really holds such a key.
+async fn raw_put(endpoint: &str, path: &str, body: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = endpoint.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nhost: {address}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(body).await.unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "PUT {path}: {response}"
+    );
+}
+
+/// `object_store` cannot name keys with a `..` segment or an empty one (`a//b`), and one
+/// such key fails its whole listing page. Each must come out as a failed object, with the
+/// keys around it indexed, and the listing must still count as complete, so that a
+/// deletion elsewhere in the bucket is propagated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_object_store_cannot_represent_is_reported_and_deletes_nothing() {
+async fn keys_object_store_cannot_name_are_reported_and_the_sync_goes_on() {
     let Some(backend) = s3_backend() else {
         return;
     };
     let (endpoint, bucket) = emulator("SKYFUSE_TEST_S3_ENDPOINT").unwrap();
     let scenario = Scenario::new(backend, "odd-key");
     scenario
-        .put_all(vec![(scenario.key("a.txt"), b"first words".to_vec())])
+        .put_all(
+            ["a.txt", "m.txt", "z.txt"]
+                .iter()
+                .map(|key| (scenario.key(key), format!("words of {key}").into_bytes()))
+                .collect(),
+        )
         .await;
     let first = scenario.run().await;
-    assert_eq!(first.progress.indexed, 1);
+    assert_eq!(first.progress.indexed, 3, "{first:#?}");
 
-    // Written raw: the URL keeps the empty segment, moto stores the key as given.
-    let raw_key = format!("{}/odd//b.txt", scenario.prefix);
-    let response = reqwest::Client::new()
-        .put(format!("{endpoint}/{bucket}/{raw_key}"))
-        .body("odd key")
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{response:?}");
+    let prefix = &scenario.prefix;
+    raw_put(
+        &endpoint,
+        &format!("/{bucket}/{prefix}/up/../escape.txt"),
+        b"dots",
+    )
+    .await;
+    raw_put(
+        &endpoint,
+        &format!("/{bucket}/{prefix}/odd//b.txt"),
+        b"empty segment",
+    )
+    .await;
+    scenario.backend.seeder.delete(&scenario.key("m.txt")).await;
+    scenario
+        .put_all(vec![(
+            scenario.key("zz.txt"),
+            b"after the odd keys".to_vec(),
+        )])
+        .await;
     let second = scenario.run().await;
-    assert_eq!(second.listing_errors.len(), 1, "{second:#?}");
     assert!(
-        second.listing_errors[0].contains("odd//b.txt"),
+        second.listing_errors.is_empty(),
         "{:?}",
         second.listing_errors
     );
-    assert_eq!(second.progress.deleted, 0);
+    let mut failures: Vec<(String, String)> = second
+        .failures
+        .iter()
+        .map(|issue| {
+            (
+                issue.object_key.replace(prefix.as_str(), "P"),
+                issue.reason.clone(),
+            )
+        })
+        .collect();
+    failures.sort();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert_eq!(failures[0].0, "P/odd//b.txt");
+    assert!(failures[0].1.contains("empty segment"), "{failures:?}");
+    assert_eq!(failures[1].0, "P/up/../escape.txt");
+    assert!(failures[1].1.contains(".."), "{failures:?}");
     assert_eq!(
-        scenario.committed_objects().len(),
-        1,
-        "a.txt keeps its chunks"
+        (
+            second.progress.indexed,
+            second.progress.deleted,
+            second.progress.failed
+        ),
+        (1, 1, 2),
+        "{:?}",
+        second.progress
+    );
+    assert_eq!(
+        scenario
+            .committed_objects()
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>(),
+        ["a.txt", "z.txt", "zz.txt"]
     );
 }

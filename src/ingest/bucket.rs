@@ -12,6 +12,7 @@ use std::time::Duration;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::list::PaginatedListStore;
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ObjectStore, ObjectStoreScheme, RetryConfig};
 
@@ -64,6 +65,8 @@ pub struct BucketLocation {
 /// An opened cloud bucket.
 pub struct CloudBucket {
     pub store: Arc<dyn ObjectStore>,
+    /// The same client, for page-by-page listing (see [`crate::ingest::listing`]).
+    pub pages: Arc<dyn PaginatedListStore>,
     /// The key prefix the URL names ("" for the whole bucket).
     pub prefix: ObjectPath,
     pub location: BucketLocation,
@@ -75,21 +78,21 @@ pub fn open_cloud_bucket(url: &url::Url, options: &BucketOptions) -> Result<Clou
         .map_err(|error| Error::invalid(format!("{url} is not a bucket URL: {error}")))?;
     let retry = retry_config(options);
     let fail = |error: object_store::Error| Error::config(format!("cannot open {url}: {error}"));
-    let (store, location): (Arc<dyn ObjectStore>, BucketLocation) = match scheme {
+    let bucket = match scheme {
         ObjectStoreScheme::AmazonS3 => {
             let builder = amazon_builder(url, options).with_retry(retry);
             let location = s3_location(options, &builder);
-            (Arc::new(builder.build().map_err(fail)?), location)
+            opened(Arc::new(builder.build().map_err(fail)?), prefix, location)
         }
         ObjectStoreScheme::MicrosoftAzure => {
             let builder = azure_builder(url, options).with_retry(retry);
             let location = other_location("azure", options);
-            (Arc::new(builder.build().map_err(fail)?), location)
+            opened(Arc::new(builder.build().map_err(fail)?), prefix, location)
         }
         ObjectStoreScheme::GoogleCloudStorage => {
             let builder = google_builder(url, options).with_retry(retry);
             let location = other_location("gcp", options);
-            (Arc::new(builder.build().map_err(fail)?), location)
+            opened(Arc::new(builder.build().map_err(fail)?), prefix, location)
         }
         other => {
             return Err(Error::invalid(format!(
@@ -97,11 +100,20 @@ pub fn open_cloud_bucket(url: &url::Url, options: &BucketOptions) -> Result<Clou
             )));
         }
     };
-    Ok(CloudBucket {
-        store,
+    Ok(bucket)
+}
+
+fn opened<Store: ObjectStore + PaginatedListStore>(
+    store: Arc<Store>,
+    prefix: ObjectPath,
+    location: BucketLocation,
+) -> CloudBucket {
+    CloudBucket {
+        store: Arc::clone(&store) as Arc<dyn ObjectStore>,
+        pages: store,
         prefix,
         location,
-    })
+    }
 }
 
 fn retry_config(options: &BucketOptions) -> RetryConfig {

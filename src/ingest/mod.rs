@@ -8,6 +8,7 @@ pub mod chunk;
 pub mod extract;
 pub mod filter;
 pub mod gzip;
+pub mod listing;
 pub mod manifest;
 pub mod pdf;
 pub mod pipeline;

@@ -14,6 +14,7 @@ use super::source::BucketSource;
 use crate::document::Chunk;
 use crate::ingest::chunk::{ChunkingConfig, chunk_document};
 use crate::ingest::extract::{ExtractedDoc, extract_with_problems, format_of};
+use crate::ingest::listing::Listed;
 use crate::ingest::manifest::{Manifest, ManifestEntry, normalize_etag, sha256_hex};
 
 /// How far the listing may run ahead of the fetches, in objects.
@@ -89,6 +90,11 @@ pub(super) struct ListingCounters {
 /// What the lister hands to the fetchers.
 enum ListedEntry {
     Object(ObjectMeta),
+    /// A key `object_store` cannot name: reported as a failed object, never fetched.
+    UnreadableKey {
+        key: String,
+        reason: String,
+    },
     Failed(String),
     Finished,
 }
@@ -111,6 +117,16 @@ pub(super) async fn produce_events(
                 match entry {
                     ListedEntry::Object(meta) => {
                         ProducerEvent::Object(process_object(context, meta).await)
+                    }
+                    ListedEntry::UnreadableKey { key, reason } => {
+                        ProducerEvent::Object(ProcessedObject {
+                            object_key: key,
+                            bytes_read: None,
+                            result: ObjectResult::Failed {
+                                reason,
+                                content_problem: false,
+                            },
+                        })
                     }
                     ListedEntry::Failed(reason) => ProducerEvent::ListingFailed(reason),
                     ListedEntry::Finished => ProducerEvent::ListingFinished,
@@ -138,17 +154,28 @@ async fn list_objects(
     let mut listing = source.list();
     while let Some(entry) = listing.next().await {
         let entry = match entry {
-            Ok(meta) if source.ignored_keys.contains(meta.location.as_ref()) => continue,
-            Ok(meta) if !source.accepts(meta.location.as_ref()) => {
-                // Left out like a deleted object: if it was indexed, its chunks go.
-                counters.excluded.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            Ok(meta) => {
+            Ok(listed) => {
+                let key = match &listed {
+                    Listed::Object(meta) => meta.location.as_ref(),
+                    Listed::UnreadableKey { key, .. } => key.as_str(),
+                };
+                if source.ignored_keys.contains(key) {
+                    continue;
+                }
+                if !source.accepts(key) {
+                    // Left out like a deleted object: if it was indexed, its chunks go.
+                    counters.excluded.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 counters.listed.fetch_add(1, Ordering::Relaxed);
-                ListedEntry::Object(meta)
+                match listed {
+                    Listed::Object(meta) => ListedEntry::Object(meta),
+                    Listed::UnreadableKey { key, reason } => {
+                        ListedEntry::UnreadableKey { key, reason }
+                    }
+                }
             }
-            Err(error) => ListedEntry::Failed(error.to_string()),
+            Err(reason) => ListedEntry::Failed(reason),
         };
         if sender.send(entry).await.is_err() {
             return;

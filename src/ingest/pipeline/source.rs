@@ -6,20 +6,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use futures::stream::BoxStream;
+use object_store::list::PaginatedListStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, ObjectMeta, ObjectStore};
+use object_store::{GetOptions, ObjectStore};
 
 use super::IndexJob;
 use crate::error::{Error, Result};
 use crate::ingest::bucket::{BucketLocation, open_cloud_bucket};
 use crate::ingest::filter::KeyFilter;
+use crate::ingest::listing::{Listed, ListingStream, list_objects, list_pages};
 use crate::ingest::manifest::temporary_path_for;
 
 /// Where objects are listed and read from.
 pub(super) struct BucketSource {
     pub(super) store: Arc<dyn ObjectStore>,
+    /// Page-by-page listing, for cloud buckets (see [`crate::ingest::listing`]).
+    pub(super) pages: Option<Arc<dyn PaginatedListStore>>,
     pub(super) list_prefix: Option<ObjectPath>,
     /// Set when the URL names one file rather than a folder or prefix.
     pub(super) single_object: Option<ObjectPath>,
@@ -64,13 +67,15 @@ impl BucketSource {
         }
         let parsed = url::Url::parse(url)
             .map_err(|error| Error::invalid(format!("index url {url:?} is not valid: {error}")))?;
-        let mut bucket = open_cloud_bucket(&parsed, &job.bucket)?;
-        if let Some(store) = &job.object_store {
-            bucket.store = Arc::clone(store);
-        }
+        let bucket = open_cloud_bucket(&parsed, &job.bucket)?;
+        let (store, pages) = match &job.object_store {
+            Some(store) => (Arc::clone(store), None),
+            None => (bucket.store, Some(bucket.pages)),
+        };
         let list_prefix = (!bucket.prefix.as_ref().is_empty()).then_some(bucket.prefix);
         Ok(Self {
-            store: bucket.store,
+            store,
+            pages,
             list_prefix,
             single_object: None,
             identity: url.trim_end_matches('/').to_owned(),
@@ -118,6 +123,7 @@ impl BucketSource {
         })?;
         Ok(Self {
             store: Arc::new(store),
+            pages: None,
             list_prefix: None,
             single_object,
             identity: format!("file://{}", canonical.display()),
@@ -131,9 +137,12 @@ impl BucketSource {
         })
     }
 
-    pub(super) fn list(&self) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+    pub(super) fn list(&self) -> ListingStream {
         let Some(location) = self.single_object.clone() else {
-            return self.store.list(self.list_prefix.as_ref());
+            return match &self.pages {
+                Some(pages) => list_pages(Arc::clone(pages), self.list_prefix.as_ref()),
+                None => list_objects(self.store.as_ref(), self.list_prefix.as_ref()),
+            };
         };
         let store = Arc::clone(&self.store);
         let head = async move {
@@ -144,7 +153,8 @@ impl BucketSource {
             store
                 .get_opts(&location, options)
                 .await
-                .map(|result| result.meta)
+                .map(|result| Listed::Object(result.meta))
+                .map_err(|error| error.to_string())
         };
         futures::stream::once(head).boxed()
     }
