@@ -584,6 +584,17 @@ async fn conformance(backend: Backend) {
         ),
         "{name}: residency labels"
     );
+    let expected_labels = (
+        scenario.backend.expected_cloud.to_owned(),
+        scenario.backend.expected_region.to_owned(),
+    );
+    assert!(
+        scenario.store.committed().iter().all(|embedded| (
+            embedded.chunk.cloud.clone(),
+            embedded.chunk.region.clone()
+        ) == expected_labels),
+        "{name}: every chunk carries the bucket's cloud and region"
+    );
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(scenario.manifest_path()).unwrap()).unwrap();
     assert_eq!(manifest["cloud"], scenario.backend.expected_cloud, "{name}");

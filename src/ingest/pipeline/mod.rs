@@ -42,7 +42,8 @@ pub const DEFAULT_COMMIT_EVERY_CHUNKS: usize = 4096;
 
 /// Bumped when extraction, chunking or the embedded text change what an object yields, so
 /// that the next run re-indexes everything instead of keeping chunks made the old way.
-const PIPELINE_VERSION: u32 = 1;
+/// 2: chunks carry their bucket's cloud and region.
+const PIPELINE_VERSION: u32 = 2;
 
 /// One indexing run: where to read, where to write, how.
 pub struct IndexJob {
@@ -168,7 +169,10 @@ impl IndexJob {
 
     /// What an object's chunks depend on besides its content. Stores are part of it so
     /// that a store added to the job gets every object, not only the changed ones.
-    fn settings_fingerprint(&self) -> String {
+    ///
+    /// The bucket's location is part of it too: chunks carry it, so relabelling a bucket's
+    /// cloud or region rewrites its chunks rather than leaving them with the old labels.
+    fn settings_fingerprint(&self, location: &BucketLocation) -> String {
         let mut store_ids: Vec<&str> = self
             .stores
             .iter()
@@ -180,10 +184,12 @@ impl IndexJob {
             None => "none".to_owned(),
         };
         let description = format!(
-            "pipeline={PIPELINE_VERSION};stores={};space={space};max_words={};overlap_words={}",
+            "pipeline={PIPELINE_VERSION};stores={};space={space};max_words={};overlap_words={};cloud={};region={}",
             store_ids.join(","),
             self.chunking.max_words,
-            self.chunking.overlap_words
+            self.chunking.overlap_words,
+            location.cloud,
+            location.region
         );
         sha256_hex(description.as_bytes())[..16].to_owned()
     }
@@ -239,8 +245,7 @@ pub struct IndexReport {
     /// Errors while listing. When there are any, objects missing from the listing were
     /// not deleted: they may only have been missed.
     pub listing_errors: Vec<String>,
-    /// Where the bucket's data lives; also recorded in the manifest. Store keys start with
-    /// the bucket (`s3://bucket/...`), which maps every chunk to this location.
+    /// Where the bucket's data lives: stamped on every chunk, recorded in the manifest.
     pub location: BucketLocation,
 }
 
@@ -263,7 +268,8 @@ pub async fn run_index(
         key_prefix: source.key_prefix.clone(),
         store: Arc::clone(&source.store),
         previous: manifest.clone(),
-        settings: job.settings_fingerprint(),
+        settings: job.settings_fingerprint(&source.location),
+        location: source.location.clone(),
         chunking: job.chunking,
         max_object_bytes: job.max_object_bytes,
     });

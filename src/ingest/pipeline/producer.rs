@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::ObjectIssue;
 use super::source::BucketSource;
 use crate::document::Chunk;
+use crate::ingest::bucket::BucketLocation;
 use crate::ingest::chunk::{ChunkingConfig, chunk_document};
 use crate::ingest::extract::{ExtractedDoc, extract_with_problems, format_of};
 use crate::ingest::listing::Listed;
@@ -78,6 +79,8 @@ pub(super) struct ProducerContext {
     pub(super) settings: String,
     pub(super) chunking: ChunkingConfig,
     pub(super) max_object_bytes: u64,
+    /// Stamped on every chunk.
+    pub(super) location: BucketLocation,
 }
 
 /// What the lister counts for the progress report.
@@ -321,6 +324,11 @@ fn prepare_object(
         .iter()
         .map(|document| qualify_document_id(document, object_key, &qualified_key))
         .flat_map(|document| chunk_document(&qualified_key, &document, &context.chunking))
+        .map(|chunk| Chunk {
+            cloud: context.location.cloud.clone(),
+            region: context.location.region.clone(),
+            ..chunk
+        })
         .collect();
     if chunks.is_empty() {
         return ObjectResult::Skipped {

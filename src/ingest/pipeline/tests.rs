@@ -681,6 +681,7 @@ async fn object_gone_between_listing_and_reading_is_a_read_failure() {
         settings: "s".to_owned(),
         chunking: ChunkingConfig::default(),
         max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
+        location: BucketLocation::default(),
     });
     let meta = ObjectMeta {
         location: ObjectPath::from("gone.txt"),
@@ -820,9 +821,10 @@ async fn globs_select_objects_and_a_newly_excluded_object_loses_its_chunks() {
 }
 
 #[tokio::test]
-async fn the_report_and_manifest_carry_the_bucket_cloud_and_region() {
+async fn every_chunk_carries_the_bucket_cloud_and_region_and_relabelling_rewrites_them() {
     let fixture = Fixture::new();
     fixture.write("a.txt", "words about residency");
+    fixture.write("b.txt", "more words about residency");
     let report = fixture.run().await;
     assert_eq!(
         (
@@ -831,13 +833,29 @@ async fn the_report_and_manifest_carry_the_bucket_cloud_and_region() {
         ),
         ("local", "local")
     );
+    let labels = |fixture: &Fixture| -> BTreeSet<(String, String)> {
+        let state = fixture.store.state();
+        state
+            .committed
+            .values()
+            .map(|embedded| (embedded.chunk.cloud.clone(), embedded.chunk.region.clone()))
+            .collect()
+    };
+    assert_eq!(
+        labels(&fixture),
+        BTreeSet::from([("local".to_owned(), "local".to_owned())])
+    );
 
-    fixture.write("a.txt", "new words about residency");
+    // Same content, new labels: the chunks must not keep claiming the old location.
     let mut job = fixture.job();
     job.bucket.cloud = Some("oci".into());
     job.bucket.region = Some("eu-frankfurt-1".into());
     let report = run_index(job, |_| {}).await.unwrap();
-    assert_eq!(report.location.cloud, "oci");
+    assert_eq!(report.progress.indexed, 2, "{:?}", report.progress);
+    assert_eq!(
+        labels(&fixture),
+        BTreeSet::from([("oci".to_owned(), "eu-frankfurt-1".to_owned())])
+    );
     let manifest = fixture.manifest();
     assert_eq!(
         (manifest.cloud.as_deref(), manifest.region.as_deref()),
