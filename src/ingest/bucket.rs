@@ -160,7 +160,9 @@ fn amazon_builder(url: &url::Url, options: &BucketOptions) -> AmazonS3Builder {
     if options.allow_http {
         builder = builder.with_allow_http(true);
     }
-    if let Some(region) = options.region.as_ref().or(oci_region(options).as_ref()) {
+    // OCI's region is in its endpoint's host name; signing needs it.
+    let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
+    if let Some(region) = options.region.clone().or_else(|| oci_region(endpoint.as_deref())) {
         builder = builder.with_region(region);
     }
     if let Some(key) = &credentials.access_key_id {
@@ -220,31 +222,32 @@ fn google_builder(url: &url::Url, options: &BucketOptions) -> GoogleCloudStorage
 }
 
 /// OCI's S3 compatibility host is `<namespace>.compat.objectstorage.<region>.oraclecloud.com`.
-fn oci_region(options: &BucketOptions) -> Option<String> {
-    let endpoint = url::Url::parse(options.endpoint.as_deref()?).ok()?;
+fn oci_region(endpoint: Option<&str>) -> Option<String> {
+    let endpoint = url::Url::parse(endpoint?).ok()?;
     let host = endpoint.host_str()?;
     let rest = host.split_once(".compat.objectstorage.")?.1;
     let region = rest.strip_suffix(".oraclecloud.com")?;
     (!region.is_empty()).then(|| region.to_owned())
 }
 
+/// The endpoint may come from the config or from `AWS_ENDPOINT_URL`: the builder has both.
 fn s3_location(options: &BucketOptions, builder: &AmazonS3Builder) -> BucketLocation {
-    let oci_region = oci_region(options);
+    let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
+    let oci_region = oci_region(endpoint.as_deref());
     let cloud = options.cloud.clone().unwrap_or_else(|| {
         if oci_region.is_some() {
             "oci".to_owned()
-        } else if options.endpoint.is_some() {
+        } else if endpoint.is_some() {
             // Someone's S3-compatible server: only the config can say whose.
             "s3-compatible".to_owned()
         } else {
             "aws".to_owned()
         }
     });
-    let region = options
-        .region
-        .clone()
+    // object_store's own default region, when nothing names one.
+    let region = builder
+        .get_config_value(&AmazonS3ConfigKey::Region)
         .or(oci_region)
-        .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::Region))
         .unwrap_or_else(|| "us-east-1".to_owned());
     BucketLocation { cloud, region }
 }
@@ -299,6 +302,38 @@ mod tests {
             BucketLocation {
                 cloud: "oci".into(),
                 region: "eu-frankfurt-1".into()
+            }
+        );
+
+        // The same, from the standard variables alone.
+        let from_env = |variables: &[(&str, &str)]| {
+            let env = variables
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect();
+            let url = url::Url::parse("s3://reports").unwrap();
+            open_cloud_bucket(&url, &BucketOptions { env, ..options() })
+                .unwrap()
+                .location
+        };
+        assert_eq!(
+            from_env(&[(
+                "AWS_ENDPOINT_URL",
+                "https://ns1.compat.objectstorage.ap-tokyo-1.oraclecloud.com"
+            )]),
+            BucketLocation {
+                cloud: "oci".into(),
+                region: "ap-tokyo-1".into()
+            }
+        );
+        assert_eq!(
+            from_env(&[
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+                ("AWS_DEFAULT_REGION", "eu-north-1")
+            ]),
+            BucketLocation {
+                cloud: "s3-compatible".into(),
+                region: "eu-north-1".into()
             }
         );
 
