@@ -249,7 +249,7 @@ async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result<()>
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} objects  {msg}",
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} listed  {msg}",
         )
         .expect("static progress template"),
     );
@@ -259,7 +259,6 @@ async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result<()>
         bar.set_position(
             progress.indexed + progress.unchanged + progress.skipped + progress.failed,
         );
-        let seconds = (progress.elapsed_millis as f64 / 1000.0).max(1e-3);
         bar.set_message(format!(
             "{} fetched ({}), {} indexed, {} unchanged, {} skipped, {} failed, {} chunks ({:.0}/s)",
             progress.fetched,
@@ -269,7 +268,7 @@ async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result<()>
             progress.skipped,
             progress.failed,
             progress.chunks,
-            progress.chunks as f64 / seconds,
+            progress.chunks_per_second,
         ));
         last = progress;
     }
@@ -292,13 +291,21 @@ async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result<()>
         last.elapsed_millis as f64 / 1000.0
     );
     for failure in &last.failures {
-        println!("  {}: {}", failure.key, failure.reason);
+        let kind = match proto::IssueKind::try_from(failure.kind) {
+            Ok(proto::IssueKind::Failed) => "failed",
+            Ok(proto::IssueKind::Skipped) => "skipped",
+            Ok(proto::IssueKind::Record) => "bad record",
+            Ok(proto::IssueKind::Listing) => "listing failed",
+            Ok(proto::IssueKind::Unspecified) | Err(_) => "issue",
+        };
+        println!("  {kind}: {}: {}", failure.key, failure.reason);
     }
-    // An incomplete listing is an incomplete sync: say so in the exit status.
+    // An incomplete listing is an incomplete sync: say so in the exit status. Failed
+    // objects do not change it: they are reported, and retried by the next run.
     if last
         .failures
         .iter()
-        .any(|failure| failure.key.is_empty() && failure.reason.starts_with("listing:"))
+        .any(|failure| failure.kind == proto::IssueKind::Listing as i32)
     {
         bail!(
             "the listing of {url} failed, so objects missing from it were not deleted; see above"
@@ -340,6 +347,9 @@ async fn run_search(channel: Channel, request: proto::SearchRequest, explain: bo
             title
         );
         if explain {
+            if !hit.cloud.is_empty() {
+                println!("       stored in {} / {}", hit.cloud, hit.region);
+            }
             for source in &hit.explain {
                 println!(
                     "       {}: rank {} score {:.4} -> +{:.5} ({})",

@@ -1130,3 +1130,234 @@ async fn keys_object_store_cannot_name_are_reported_and_the_sync_goes_on() {
         ["a.txt", "z.txt", "zz.txt"]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Through the front doors: the Index RPC with a [[bucket]] entry, and the CLI with only the
+// standard AWS variables
+
+/// Starts the real gRPC server on 127.0.0.1:0 with `config`; `env` is what secret
+/// locations resolve against.
+async fn grpc_server(
+    config: &str,
+    env: std::collections::HashMap<String, String>,
+) -> (tonic::transport::Channel, tokio::sync::oneshot::Sender<()>) {
+    use skyfuse::api::{ServeOptions, serve};
+    let config = skyfuse::config::Config::parse(config, std::path::Path::new("/")).unwrap();
+    let service = Arc::new(
+        skyfuse::service::Service::build(config, &env)
+            .await
+            .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let options = ServeOptions::from_service(&service);
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        serve(service, listener, options, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (channel, shutdown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_rpc_streams_progress_and_reports_every_issue_by_kind() {
+    use skyfuse::api::proto;
+    use skyfuse::api::proto::ingestion_service_client::IngestionServiceClient;
+    use skyfuse::api::proto::retrieval_service_client::RetrievalServiceClient;
+    let Some(backend) = s3_backend() else {
+        return;
+    };
+    let (endpoint, bucket) = emulator("SKYFUSE_TEST_S3_ENDPOINT").unwrap();
+    let scenario = Scenario::new(backend, "rpc");
+    let mut objects: Vec<(String, Vec<u8>)> = (0..40).map(document).collect();
+    objects.push((
+        "notes/harbour.md".into(),
+        b"# Harbour\n\nThe harbour master logs tonnage.".to_vec(),
+    ));
+    objects.push((
+        "notes/cut.txt.gz".into(),
+        b"\x1f\x8b\x08\x00 not all there".to_vec(),
+    ));
+    objects.push(("notes/logo.png".into(), vec![0x89, b'P', b'N', b'G']));
+    objects.push(("drafts/later.md".into(), b"# Later\n\nNot yet.".to_vec()));
+    scenario
+        .put_all(
+            objects
+                .into_iter()
+                .map(|(key, bytes)| (scenario.key(&key), bytes))
+                .collect(),
+        )
+        .await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{data_dir}"
+
+[[source]]
+id = "bm25"
+kind = "tantivy"
+
+[[index]]
+id = "docs"
+sources = ["bm25"]
+
+[[bucket]]
+url = "s3://{bucket}"
+endpoint = "{endpoint}"
+allow_http = true
+region = "eu-west-3"
+access_key_id = "env:RPC_TEST_KEY_ID"
+secret_access_key = "env:RPC_TEST_SECRET"
+exclude = ["**/drafts/**"]
+"#,
+        data_dir = data_dir.path().display()
+    );
+    let env = std::collections::HashMap::from([
+        ("RPC_TEST_KEY_ID".to_owned(), "test".to_owned()),
+        ("RPC_TEST_SECRET".to_owned(), "test".to_owned()),
+    ]);
+    let (channel, _shutdown) = grpc_server(&config, env).await;
+
+    let mut stream = IngestionServiceClient::new(channel.clone())
+        .index(proto::IndexRequest {
+            url: scenario.url(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = stream.message().await.unwrap() {
+        events.push(event);
+    }
+    let last = events.last().unwrap().clone();
+    assert!(last.done, "{last:?}");
+    assert_eq!(
+        (
+            last.listed,
+            last.excluded,
+            last.fetched,
+            last.indexed,
+            last.skipped,
+            last.failed
+        ),
+        (43, 1, 42, 41, 1, 1),
+        "{last:?}"
+    );
+    assert_eq!(last.chunks, 41);
+    assert!(last.bytes > 0 && last.chunks_per_second > 0.0, "{last:?}");
+    // Progress grows monotonically towards the final counts.
+    assert!(
+        events
+            .windows(2)
+            .all(|pair| pair[0].indexed <= pair[1].indexed)
+    );
+    let issues: BTreeMap<i32, Vec<&str>> =
+        last.failures
+            .iter()
+            .fold(BTreeMap::new(), |mut issues, issue| {
+                issues
+                    .entry(issue.kind)
+                    .or_default()
+                    .push(issue.key.as_str());
+                issues
+            });
+    assert_eq!(issues.len(), 2, "{:?}", last.failures);
+    assert!(issues[&(proto::IssueKind::Failed as i32)][0].ends_with("notes/cut.txt.gz"));
+    assert!(issues[&(proto::IssueKind::Skipped as i32)][0].ends_with("notes/logo.png"));
+
+    let response = RetrievalServiceClient::new(channel)
+        .search(proto::SearchRequest {
+            query: "harbour tonnage".into(),
+            top_k: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let top = &response.hits[0];
+    assert!(top.object_key.ends_with("notes/harbour.md"), "{response:?}");
+    // An endpoint and no `cloud` in the entry: someone's S3-compatible server, not AWS.
+    assert_eq!(
+        (top.cloud.as_str(), top.region.as_str()),
+        ("s3-compatible", "eu-west-3")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_indexes_an_s3_url_with_only_the_standard_aws_variables() {
+    let Some(backend) = s3_backend() else {
+        return;
+    };
+    let (endpoint, _) = emulator("SKYFUSE_TEST_S3_ENDPOINT").unwrap();
+    let scenario = Scenario::new(backend, "cli");
+    scenario
+        .put_all(vec![
+            (
+                scenario.key("ops/runbook.md"),
+                b"# Runbook\n\nRestart the ingest worker when the queue stalls.".to_vec(),
+            ),
+            (
+                scenario.key("ops/pager.txt"),
+                b"Page the storage team for disk alerts.".to_vec(),
+            ),
+        ])
+        .await;
+    // No --config: the embedded default (BM25 + MiniLM) under ./indexes/local, with the
+    // model where a user's checkout has it, ./models/all-MiniLM-L6-v2.
+    let work = tempfile::tempdir().unwrap();
+    let model = std::env::var_os("SKYFUSE_MODEL_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"),
+        PathBuf::from,
+    );
+    std::fs::create_dir(work.path().join("models")).unwrap();
+    std::os::unix::fs::symlink(&model, work.path().join("models/all-MiniLM-L6-v2")).unwrap();
+    let skyfuse = |arguments: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_skyfuse"))
+            .args(arguments)
+            .current_dir(work.path())
+            .env_remove("SKYFUSE_CONFIG")
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{arguments:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    let first = skyfuse(&["index", &scenario.url()]);
+    assert!(
+        first.contains("2 listed") && first.contains("2 indexed"),
+        "{first}"
+    );
+    let again = skyfuse(&["index", &scenario.url()]);
+    assert!(
+        again.contains("0 fetched") && again.contains("2 unchanged"),
+        "{again}"
+    );
+    let hits = skyfuse(&["search", "ingest worker restart", "--explain"]);
+    let first_hit = hits.lines().next().unwrap_or_default();
+    assert!(first_hit.contains("ops/runbook.md"), "{hits}");
+    // An endpoint from AWS_ENDPOINT_URL is someone's S3-compatible server, not AWS itself.
+    assert!(
+        hits.contains("stored in s3-compatible / us-east-1"),
+        "{hits}"
+    );
+}

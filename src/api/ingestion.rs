@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::proto::{self, ingestion_service_server::IngestionService};
-use crate::ingest::{IndexProgress, IndexReport};
+use crate::ingest::{IndexProgress, IndexReport, ObjectIssue};
 use crate::service::{IndexFilters, Service};
 
 pub struct IngestionApi {
@@ -66,6 +66,7 @@ fn progress_message(progress: &IndexProgress) -> proto::IndexProgress {
         chunks: progress.chunks_written,
         bytes: progress.bytes_read,
         elapsed_millis: progress.elapsed.as_millis() as u64,
+        chunks_per_second: progress.chunks_per_second(),
         done: false,
         failures: Vec::new(),
     }
@@ -80,16 +81,19 @@ fn final_message(report: IndexReport) -> proto::IndexProgress {
         .map(|reason| proto::ObjectFailure {
             key: String::new(),
             reason: format!("listing: {reason}"),
+            kind: proto::IssueKind::Listing as i32,
         });
-    let issues = report
-        .failures
-        .into_iter()
-        .chain(report.skips)
-        .chain(report.record_problems)
-        .map(|issue| proto::ObjectFailure {
+    let issues = |issues: Vec<ObjectIssue>, kind: proto::IssueKind| {
+        issues.into_iter().map(move |issue| proto::ObjectFailure {
             key: issue.object_key,
             reason: issue.reason,
-        });
-    message.failures = listing.chain(issues).collect();
+            kind: kind as i32,
+        })
+    };
+    message.failures = listing
+        .chain(issues(report.failures, proto::IssueKind::Failed))
+        .chain(issues(report.skips, proto::IssueKind::Skipped))
+        .chain(issues(report.record_problems, proto::IssueKind::Record))
+        .collect();
     message
 }

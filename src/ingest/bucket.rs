@@ -162,7 +162,11 @@ fn amazon_builder(url: &url::Url, options: &BucketOptions) -> AmazonS3Builder {
     }
     // OCI's region is in its endpoint's host name; signing needs it.
     let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
-    if let Some(region) = options.region.clone().or_else(|| oci_region(endpoint.as_deref())) {
+    if let Some(region) = options
+        .region
+        .clone()
+        .or_else(|| oci_region(endpoint.as_deref()))
+    {
         builder = builder.with_region(region);
     }
     if let Some(key) = &credentials.access_key_id {

@@ -225,6 +225,15 @@ impl IndexProgress {
     pub fn processed(&self) -> u64 {
         self.indexed + self.unchanged + self.skipped + self.failed
     }
+
+    /// Chunks written per second of the run so far (0 before the first millisecond).
+    pub fn chunks_per_second(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds < 1e-3 {
+            return 0.0;
+        }
+        self.chunks_written as f64 / seconds
+    }
 }
 
 /// Something that went wrong with (or was left out of) one object or record.
