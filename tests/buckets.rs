@@ -1361,3 +1361,153 @@ async fn cli_indexes_an_s3_url_with_only_the_standard_aws_variables() {
         "{hits}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// An object deleted between the listing and the read
+
+/// Lists like the store it wraps, but an object named in `vanishing` is deleted the moment
+/// someone tries to read it: the race a live bucket has between list and get.
+#[derive(Debug)]
+struct VanishingStore {
+    inner: InMemory,
+    vanishing: Mutex<BTreeSet<String>>,
+}
+
+impl std::fmt::Display for VanishingStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "VanishingStore({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for VanishingStore {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: object_store::PutPayload,
+        options: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.inner.put_opts(location, payload, options).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        options: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, options).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &ObjectPath,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        let vanishes = self.vanishing.lock().unwrap().remove(location.as_ref());
+        if vanishes {
+            self.inner.delete(location).await?;
+        }
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<ObjectPath>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<ObjectPath>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[tokio::test]
+async fn object_deleted_between_list_and_get_fails_alone_and_keeps_its_chunks_until_gone() {
+    let bucket = Arc::new(VanishingStore {
+        inner: InMemory::new(),
+        vanishing: Mutex::default(),
+    });
+    for index in 0..5 {
+        let (key, bytes) = document(index);
+        bucket
+            .put(&raw_path(&format!("team/{key}")), bytes.into())
+            .await
+            .unwrap();
+    }
+    let store = RecordingStore::new();
+    let state = tempfile::tempdir().unwrap();
+    let run = || {
+        let backend: Arc<dyn SearchBackend> = store.clone();
+        let object_store: Arc<dyn ObjectStore> = bucket.clone();
+        let mut job = IndexJob::new(
+            "gs://reports/team",
+            vec![backend],
+            None,
+            state.path().join("manifest.json"),
+        );
+        job.object_store = Some(object_store);
+        run_index(job, |_| {})
+    };
+    let first = run().await.unwrap();
+    assert_eq!(first.progress.indexed, 5);
+
+    // doc 1 changes, then disappears while the run reads it; doc 3 changes normally.
+    let changed = |index: usize| format!("Document {index}, second edition.").into_bytes();
+    let doc_1 = raw_path(&format!("team/{}", document(1).0));
+    let doc_3 = raw_path(&format!("team/{}", document(3).0));
+    bucket.put(&doc_1, changed(1).into()).await.unwrap();
+    bucket.put(&doc_3, changed(3).into()).await.unwrap();
+    bucket.vanishing.lock().unwrap().insert(doc_1.to_string());
+    let second = run().await.unwrap();
+    assert_eq!(second.failures.len(), 1, "{second:#?}");
+    assert_eq!(second.failures[0].object_key, doc_1.as_ref());
+    assert!(
+        second.failures[0]
+            .reason
+            .contains("vanished between listing and reading"),
+        "{:?}",
+        second.failures
+    );
+    assert_eq!((second.progress.indexed, second.progress.unchanged), (1, 3));
+    let texts = |key: &str| -> Vec<String> {
+        store
+            .committed()
+            .into_iter()
+            .filter(|chunk| chunk.chunk.object_key.ends_with(key))
+            .map(|chunk| chunk.chunk.text)
+            .collect()
+    };
+    assert!(texts(&document(3).0)[0].contains("second edition"));
+    // Unreadable is not gone: the last indexed version stays searchable.
+    assert!(texts(&document(1).0)[0].contains("explains subject number 1"));
+
+    // The next listing no longer has it: now its chunks go.
+    let third = run().await.unwrap();
+    assert_eq!(
+        (third.progress.deleted, third.failures.len()),
+        (1, 0),
+        "{third:#?}"
+    );
+    assert!(texts(&document(1).0).is_empty());
+    assert_eq!(store.committed().len(), 4);
+}

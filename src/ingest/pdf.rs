@@ -117,7 +117,7 @@ pub(crate) mod tests {
         bytes
     }
 
-    fn encrypted_pdf_bytes(line: &str, user_password: &str) -> Vec<u8> {
+    pub(crate) fn encrypted_pdf_bytes(line: &str, user_password: &str) -> Vec<u8> {
         let mut document = pdf_with_text(line);
         document.trailer.set(
             "ID",

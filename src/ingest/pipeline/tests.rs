@@ -864,7 +864,7 @@ async fn every_chunk_carries_the_bucket_cloud_and_region_and_relabelling_rewrite
 }
 
 #[tokio::test]
-async fn objects_over_the_size_limit_are_skipped_unread_and_gzip_and_pdf_are_indexed() {
+async fn size_limit_gzip_and_pdf_with_broken_ones_reported_by_name() {
     let fixture = Fixture::new();
     fixture.write("big.txt", "word ".repeat(1000));
     fixture.write("small.txt", "tiny");
@@ -880,20 +880,34 @@ async fn objects_over_the_size_limit_are_skipped_unread_and_gzip_and_pdf_are_ind
         "cut.txt.gz",
         &crate::ingest::gzip::tests::gzip(&[b'a'; 3000])[..30],
     );
+    fixture.write(
+        "locked.pdf",
+        crate::ingest::pdf::tests::encrypted_pdf_bytes("board minutes", "hunter2"),
+    );
     let mut job = fixture.job();
     job.max_object_bytes = 2000;
     let report = run_index(job, |_| {}).await.unwrap();
     assert_eq!(report.progress.indexed, 3, "{report:#?}");
-    assert_eq!(report.progress.fetched, 4, "the large object is not read");
+    assert_eq!(report.progress.fetched, 5, "the large object is not read");
     assert_eq!(report.skips.len(), 1);
     assert!(
         report.skips[0].reason.contains("too large"),
         "{:?}",
         report.skips
     );
-    assert_eq!(report.failures.len(), 1);
-    assert_eq!(report.failures[0].object_key, "cut.txt.gz");
-    assert!(report.failures[0].reason.contains("truncated gzip"));
+    let mut failures: Vec<(&str, &str)> = report
+        .failures
+        .iter()
+        .map(|issue| (issue.object_key.as_str(), issue.reason.as_str()))
+        .collect();
+    failures.sort();
+    assert_eq!(
+        failures,
+        [
+            ("cut.txt.gz", "truncated gzip: the stream ends early"),
+            ("locked.pdf", "encrypted pdf: it needs a password")
+        ]
+    );
     let pdf = fixture.store.committed_chunks_of("report.pdf");
     assert!(pdf[0].text.contains("Harbour tonnage rose"), "{pdf:?}");
 }
