@@ -602,6 +602,13 @@ async fn conformance(backend: Backend) {
         manifest["region"], scenario.backend.expected_region,
         "{name}"
     );
+    // Each object is remembered by key with its etag (unquoted, whatever the backend's
+    // quoting) and size.
+    let (key, bytes) = document(0);
+    let entry = &manifest["objects"][scenario.key(&key)];
+    let etag = entry["etag"].as_str().unwrap_or_default();
+    assert!(!etag.is_empty() && !etag.contains('"'), "{name}: {entry}");
+    assert_eq!(entry["size"], bytes.len(), "{name}: {entry}");
     scenario.store.take_upserted();
 
     // No change: nothing fetched but the object that failed, nothing written.

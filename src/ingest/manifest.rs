@@ -39,6 +39,11 @@ pub struct Manifest {
 pub struct ManifestEntry {
     /// Normalized with [`normalize_etag`]; absent when the store gives none.
     pub etag: Option<String>,
+    /// The object version that was read, on buckets with versioning (S3, Azure, GCS
+    /// generations): which exact version the chunks came from. Change detection uses the
+    /// etag, which every store has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     pub size: u64,
     /// Hex SHA-256 of the object's bytes: catches a new etag over the same content.
     pub sha256: String,
@@ -191,6 +196,7 @@ mod tests {
     fn entry(etag: Option<&str>, sha256: &str) -> ManifestEntry {
         ManifestEntry {
             etag: etag.map(str::to_owned),
+            version: None,
             size: 10,
             sha256: sha256.to_owned(),
             settings: "s1".to_owned(),
@@ -246,6 +252,20 @@ mod tests {
                 .objects
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_manifest_written_before_residency_and_versions_still_loads() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("old.json");
+        std::fs::write(
+            &path,
+            r#"{"format_version":1,"source":"s3://b","objects":{"a.txt":{"etag":"e1","size":3,"sha256":"h","settings":"s","chunk_ids":["a#0"]}}}"#,
+        )
+        .unwrap();
+        let manifest = Manifest::load_or_new(&path, "s3://b").unwrap();
+        assert_eq!(manifest.cloud, None);
+        assert_eq!(manifest.objects["a.txt"].version, None);
     }
 
     #[test]

@@ -216,14 +216,14 @@ pub(super) async fn process_object(
             refreshed_entry: None,
         });
     }
-    let bytes = match fetch_bytes(
+    let (bytes, revision) = match fetch_bytes(
         context.store.as_ref(),
         &meta.location,
         context.max_object_bytes,
     )
     .await
     {
-        Ok(Fetched::Bytes(bytes)) => bytes,
+        Ok(Fetched::Bytes { bytes, revision }) => (bytes, revision),
         Ok(Fetched::TooLarge(size)) => {
             return not_read(too_large(size, context.max_object_bytes));
         }
@@ -239,7 +239,13 @@ pub(super) async fn process_object(
     let blocking_context = Arc::clone(&context);
     let blocking_key = object_key.clone();
     let result = tokio::task::spawn_blocking(move || {
-        prepare_object(&blocking_context, &blocking_key, etag, &bytes)
+        // The read's own etag names the bytes read, should the object have changed since
+        // the listing; the listing's is the fallback for stores whose reads carry none.
+        let revision = Revision {
+            etag: revision.etag.or(etag),
+            ..revision
+        };
+        prepare_object(&blocking_context, &blocking_key, revision, &bytes)
     })
     .await
     .unwrap_or_else(|join_error| ObjectResult::Failed {
@@ -259,8 +265,19 @@ fn too_large(size: u64, max_object_bytes: u64) -> ObjectResult {
     }
 }
 
+/// Which version of an object was read.
+struct Revision {
+    /// Normalized with [`normalize_etag`].
+    etag: Option<String>,
+    /// The store's object version (S3 `x-amz-version-id`), when versioning is on.
+    version: Option<String>,
+}
+
 enum Fetched {
-    Bytes(bytes::Bytes),
+    Bytes {
+        bytes: bytes::Bytes,
+        revision: Revision,
+    },
     /// The object grew past the limit between listing and reading.
     TooLarge(u64),
 }
@@ -277,8 +294,12 @@ async fn fetch_bytes(
     if response.meta.size > max_object_bytes {
         return Ok(Fetched::TooLarge(response.meta.size));
     }
+    let revision = Revision {
+        etag: response.meta.e_tag.as_deref().map(normalize_etag),
+        version: response.meta.version.clone(),
+    };
     let bytes = response.bytes().await.map_err(describe_read_error)?;
-    Ok(Fetched::Bytes(bytes))
+    Ok(Fetched::Bytes { bytes, revision })
 }
 
 fn describe_read_error(error: object_store::Error) -> String {
@@ -293,7 +314,7 @@ fn describe_read_error(error: object_store::Error) -> String {
 fn prepare_object(
     context: &ProducerContext,
     object_key: &str,
-    etag: Option<String>,
+    revision: Revision,
     bytes: &[u8],
 ) -> ObjectResult {
     let sha256 = sha256_hex(bytes);
@@ -302,7 +323,7 @@ fn prepare_object(
         .previous
         .is_unchanged_by_content(object_key, &sha256, &context.settings)
     {
-        return unchanged_content(context, object_key, etag, size);
+        return unchanged_content(context, object_key, revision, size);
     }
     let extraction = match extract_with_problems(object_key, bytes) {
         Ok(extraction) => extraction,
@@ -344,7 +365,8 @@ fn prepare_object(
         })
         .collect();
     let entry = ManifestEntry {
-        etag,
+        etag: revision.etag,
+        version: revision.version,
         size,
         sha256,
         settings: context.settings.clone(),
@@ -361,16 +383,21 @@ fn prepare_object(
 fn unchanged_content(
     context: &ProducerContext,
     object_key: &str,
-    etag: Option<String>,
+    revision: Revision,
     size: u64,
 ) -> ObjectResult {
     let refreshed_entry = context
         .previous
         .objects
         .get(object_key)
-        .filter(|previous| previous.etag != etag || previous.size != size)
+        .filter(|previous| {
+            previous.etag != revision.etag
+                || previous.version != revision.version
+                || previous.size != size
+        })
         .map(|previous| ManifestEntry {
-            etag,
+            etag: revision.etag,
+            version: revision.version,
             size,
             ..previous.clone()
         });
