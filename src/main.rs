@@ -67,6 +67,9 @@ enum Command {
         /// Leave out keys matching this glob (repeatable): 'drafts/**'.
         #[arg(long)]
         exclude: Vec<String>,
+        /// Keep syncing: start a new run this many seconds after each one ends (Ctrl-C stops).
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
         #[arg(long)]
         server: Option<String>,
     },
@@ -150,6 +153,7 @@ async fn main() -> Result<()> {
             index,
             include,
             exclude,
+            watch,
             server,
         } => {
             let channel = channel(server, cli.config).await?;
@@ -159,7 +163,10 @@ async fn main() -> Result<()> {
                 include,
                 exclude,
             };
-            run_index(channel, request).await
+            match watch {
+                None => run_index(channel, request).await,
+                Some(seconds) => watch_index(channel, request, Duration::from_secs(seconds)).await,
+            }
         }
         Command::Search {
             query,
@@ -312,6 +319,25 @@ async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result<()>
         );
     }
     Ok(())
+}
+
+/// Re-syncs `request` every `interval` until Ctrl-C. A failed run (an unreachable bucket, a
+/// busy index) is reported and retried at the next tick, as a sync daemon should.
+async fn watch_index(
+    channel: Channel,
+    request: proto::IndexRequest,
+    interval: Duration,
+) -> Result<()> {
+    loop {
+        if let Err(error) = run_index(channel.clone(), request.clone()).await {
+            eprintln!("sync failed: {error:#}");
+        }
+        println!("next sync in {}s (Ctrl-C stops)", interval.as_secs());
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
 }
 
 /// Relative paths mean the caller's current directory.

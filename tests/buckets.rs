@@ -1518,3 +1518,67 @@ async fn object_deleted_between_list_and_get_fails_alone_and_keeps_its_chunks_un
     assert!(texts(&document(1).0).is_empty());
     assert_eq!(store.committed().len(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_mode_picks_up_a_new_object_on_the_next_tick() {
+    let Some(backend) = s3_backend() else {
+        return;
+    };
+    let (endpoint, bucket) = emulator("SKYFUSE_TEST_S3_ENDPOINT").unwrap();
+    let scenario = Scenario::new(backend, "watch");
+    scenario
+        .put_all(vec![(
+            scenario.key("first.txt"),
+            b"the first note".to_vec(),
+        )])
+        .await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = data_dir.path().join("skyfuse.toml");
+    std::fs::write(&config, skyfuse_config(data_dir.path(), &endpoint, &bucket)).unwrap();
+    let mut command = skyfuse_index(&config, &scenario.url());
+    command
+        .arg("--watch")
+        .arg("1")
+        .stdout(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    // Summary lines, read on a thread: the child's stdout is a blocking pipe.
+    let (lines, summaries) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("indexed ") && lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next_summary = || {
+        summaries
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a sync summary within 60 s")
+    };
+    let first = next_summary();
+    assert!(first.contains("1 indexed"), "{first}");
+    scenario
+        .put_all(vec![(
+            scenario.key("second.txt"),
+            b"the second note".to_vec(),
+        )])
+        .await;
+    // A tick may have started before the put: wait for the run that sees it.
+    let mut seen = Vec::new();
+    let picked_up = loop {
+        let summary = next_summary();
+        seen.push(summary.clone());
+        if summary.contains("1 indexed") {
+            break summary;
+        }
+        assert!(seen.len() < 5, "{seen:#?}");
+    };
+    assert!(picked_up.contains("1 unchanged"), "{picked_up}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
