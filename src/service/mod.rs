@@ -1,6 +1,7 @@
 //! The domain seam: what `api/`, the CLI and tests call. No transport types here.
 
 mod answer;
+mod bucket_options;
 mod build;
 mod index;
 
