@@ -24,7 +24,9 @@ pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to reach a bucket and what to take from it. Everything is optional: an empty value
 /// means "the standard environment variables in `env`, then the cloud's default chain".
-#[derive(Debug, Clone, Default)]
+/// Debug never prints a credential: secrets show redacted, `env` by variable names only
+/// (it holds `AWS_SECRET_ACCESS_KEY` and the like).
+#[derive(Clone, Default)]
 pub struct BucketOptions {
     /// Residency labels stamped on every chunk; inferred when absent.
     pub cloud: Option<String>,
@@ -41,6 +43,27 @@ pub struct BucketOptions {
     pub initial_backoff: Option<Duration>,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+}
+
+impl std::fmt::Debug for BucketOptions {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut variable_names: Vec<&str> = self.env.keys().map(String::as_str).collect();
+        variable_names.sort_unstable();
+        formatter
+            .debug_struct("BucketOptions")
+            .field("cloud", &self.cloud)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("allow_http", &self.allow_http)
+            .field("credentials", &self.credentials)
+            .field("env", &variable_names)
+            .field("max_retries", &self.max_retries)
+            .field("retry_timeout", &self.retry_timeout)
+            .field("initial_backoff", &self.initial_backoff)
+            .field("include", &self.include)
+            .field("exclude", &self.exclude)
+            .finish()
+    }
 }
 
 /// Explicit credentials; Debug prints them redacted.
@@ -366,6 +389,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(gcs.location.region, "unknown");
+    }
+
+    #[test]
+    fn debug_output_names_variables_but_never_prints_a_credential() {
+        let options = BucketOptions {
+            env: HashMap::from([(
+                "AWS_SECRET_ACCESS_KEY".to_owned(),
+                "wJalrXUtnFEMI-secret".to_owned(),
+            )]),
+            credentials: BucketCredentials {
+                secret_access_key: Some(Secret::new("another-secret")),
+                ..Default::default()
+            },
+            ..options()
+        };
+        let printed = format!("{options:?}");
+        assert!(printed.contains("AWS_SECRET_ACCESS_KEY"), "{printed}");
+        assert!(!printed.contains("wJalrXUtnFEMI") && !printed.contains("another-secret"));
     }
 
     #[test]
