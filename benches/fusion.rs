@@ -20,6 +20,8 @@ fn lists() -> Vec<RankedList> {
                         object_key: format!("bucket/doc-{doc}.txt"),
                         title: String::new(),
                         text: String::new(),
+                        cloud: String::new(),
+                        region: String::new(),
                         score: 1000.0 - rank as f32,
                     }
                 })

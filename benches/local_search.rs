@@ -101,6 +101,8 @@ fn synthetic_chunks(count: usize, with_vectors: bool, vocabulary: &[String]) -> 
                     title: sentence(&mut random, vocabulary, 8),
                     text: sentence(&mut random, vocabulary, WORDS_PER_CHUNK),
                     ordinal,
+                    cloud: "aws".to_owned(),
+                    region: "us-east-1".to_owned(),
                 },
                 vector: if with_vectors {
                     unit_vector(&mut random)

@@ -10,5 +10,11 @@ cd "$root"
 ./scripts/fetch-model.sh
 export SKYFUSE_MODEL_DIR="$root/models/all-MiniLM-L6-v2"
 
+# Storage emulators for tests/buckets.rs (moto, Azurite, fake-gcs-server), installed once
+# into .emulators/ (git-ignored), started on free 127.0.0.1 ports, stopped on exit.
+# shellcheck source=scripts/emulators.sh
+source ./scripts/emulators.sh
+start_emulators
+
 # Protobuf is compiled by protox inside build.rs: no system protoc needed.
 cargo test --locked "$@"

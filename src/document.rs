@@ -16,6 +16,13 @@ pub struct Chunk {
     pub text: String,
     /// Position of the chunk within its document, from 0.
     pub ordinal: u32,
+    /// Where the object lives (`aws`, `azure`, `gcp`, `oci`, `local`...) and its region, for
+    /// residency and egress rules over what a search returns. Empty in data written before
+    /// buckets carried them.
+    #[serde(default)]
+    pub cloud: String,
+    #[serde(default)]
+    pub region: String,
 }
 
 impl Chunk {
@@ -40,6 +47,9 @@ pub struct Hit {
     pub object_key: String,
     pub title: String,
     pub text: String,
+    /// The chunk's [`Chunk::cloud`] and [`Chunk::region`].
+    pub cloud: String,
+    pub region: String,
     /// The store's own score: BM25, cosine... Only comparable within one list.
     pub score: f32,
 }

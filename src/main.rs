@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
@@ -51,12 +51,26 @@ enum Command {
         listen: Option<String>,
     },
     /// Index a folder or bucket URL (incremental: unchanged objects are skipped).
+    ///
+    /// s3://bucket/prefix, az://container/prefix, abfs://..., gs://bucket/prefix or a path.
+    /// Credentials come from a matching [[bucket]] in the config, else from the cloud's
+    /// standard environment variables (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, AZURE_STORAGE_*,
+    /// GOOGLE_SERVICE_ACCOUNT...).
     Index {
         /// A path or URL; with --server, as the server sees it.
         url: String,
         /// Index id; default: the first [[index]] in the config.
         #[arg(long, default_value = "")]
         index: String,
+        /// Only keys matching this glob, relative to the URL's prefix (repeatable): '**/*.md'.
+        #[arg(long)]
+        include: Vec<String>,
+        /// Leave out keys matching this glob (repeatable): 'drafts/**'.
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// Keep syncing: start a new run this many seconds after each one ends (Ctrl-C stops).
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
         #[arg(long)]
         server: Option<String>,
     },
@@ -158,9 +172,25 @@ async fn main() -> Result<()> {
     skyfuse::telemetry::init(log_level);
     match cli.command {
         Command::Serve { listen } => run_serve(cli.config, listen).await,
-        Command::Index { url, index, server } => {
+        Command::Index {
+            url,
+            index,
+            include,
+            exclude,
+            watch,
+            server,
+        } => {
             let channel = channel(server, cli.config).await?;
-            run_index(channel, url, index).await
+            let request = proto::IndexRequest {
+                url: absolute_if_local(&url),
+                index,
+                include,
+                exclude,
+            };
+            match watch {
+                None => run_index(channel, request).await,
+                Some(seconds) => watch_index(channel, request, Duration::from_secs(seconds)).await,
+            }
         }
         Command::Search {
             query,
@@ -283,20 +313,14 @@ async fn run_serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()
     Ok(())
 }
 
-async fn run_index(channel: Channel, url: String, index: String) -> Result<()> {
+async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result<()> {
     let mut client = IngestionServiceClient::new(channel);
-    let url = absolute_if_local(&url);
-    let mut stream = client
-        .index(proto::IndexRequest {
-            url: url.clone(),
-            index,
-        })
-        .await?
-        .into_inner();
+    let url = request.url.clone();
+    let mut stream = client.index(request).await?.into_inner();
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} objects  {msg}",
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} listed  {msg}",
         )
         .expect("static progress template"),
     );
@@ -306,15 +330,16 @@ async fn run_index(channel: Channel, url: String, index: String) -> Result<()> {
         bar.set_position(
             progress.indexed + progress.unchanged + progress.skipped + progress.failed,
         );
-        let seconds = (progress.elapsed_millis as f64 / 1000.0).max(1e-3);
         bar.set_message(format!(
-            "{} chunks ({:.0}/s), {} unchanged, {} deleted, {} skipped, {} failed",
-            progress.chunks,
-            progress.chunks as f64 / seconds,
+            "{} fetched ({}), {} indexed, {} unchanged, {} skipped, {} failed, {} chunks ({:.0}/s)",
+            progress.fetched,
+            HumanBytes(progress.bytes),
+            progress.indexed,
             progress.unchanged,
-            progress.deleted,
             progress.skipped,
-            progress.failed
+            progress.failed,
+            progress.chunks,
+            progress.chunks_per_second,
         ));
         last = progress;
     }
@@ -323,8 +348,10 @@ async fn run_index(channel: Channel, url: String, index: String) -> Result<()> {
         bail!("indexing stream ended before the run finished");
     }
     println!(
-        "indexed {url}: {} listed, {} indexed, {} unchanged, {} deleted, {} skipped, {} failed, {} chunks, {} bytes in {:.1}s",
+        "indexed {url}: {} listed, {} excluded, {} fetched, {} indexed, {} unchanged, {} deleted, {} skipped, {} failed, {} chunks, {} bytes in {:.1}s",
         last.listed,
+        last.excluded,
+        last.fetched,
         last.indexed,
         last.unchanged,
         last.deleted,
@@ -335,9 +362,46 @@ async fn run_index(channel: Channel, url: String, index: String) -> Result<()> {
         last.elapsed_millis as f64 / 1000.0
     );
     for failure in &last.failures {
-        println!("  {}: {}", failure.key, failure.reason);
+        let kind = match proto::IssueKind::try_from(failure.kind) {
+            Ok(proto::IssueKind::Failed) => "failed",
+            Ok(proto::IssueKind::Skipped) => "skipped",
+            Ok(proto::IssueKind::Record) => "bad record",
+            Ok(proto::IssueKind::Listing) => "listing failed",
+            Ok(proto::IssueKind::Unspecified) | Err(_) => "issue",
+        };
+        println!("  {kind}: {}: {}", failure.key, failure.reason);
+    }
+    // An incomplete listing is an incomplete sync: say so in the exit status. Failed
+    // objects do not change it: they are reported, and retried by the next run.
+    if last
+        .failures
+        .iter()
+        .any(|failure| failure.kind == proto::IssueKind::Listing as i32)
+    {
+        bail!(
+            "the listing of {url} failed, so objects missing from it were not deleted; see above"
+        );
     }
     Ok(())
+}
+
+/// Re-syncs `request` every `interval` until Ctrl-C. A failed run (an unreachable bucket, a
+/// busy index) is reported and retried at the next tick, as a sync daemon should.
+async fn watch_index(
+    channel: Channel,
+    request: proto::IndexRequest,
+    interval: Duration,
+) -> Result<()> {
+    loop {
+        if let Err(error) = run_index(channel.clone(), request.clone()).await {
+            eprintln!("sync failed: {error:#}");
+        }
+        println!("next sync in {}s (Ctrl-C stops)", interval.as_secs());
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
 }
 
 /// Relative paths mean the caller's current directory.
@@ -373,6 +437,9 @@ async fn run_search(channel: Channel, request: proto::SearchRequest, explain: bo
             title
         );
         if explain {
+            if !hit.cloud.is_empty() {
+                println!("       stored in {} / {}", hit.cloud, hit.region);
+            }
             for source in &hit.explain {
                 println!(
                     "       {}: rank {} score {:.4} -> +{:.5} ({})",
@@ -536,7 +603,12 @@ async fn run_eval(
     // Every index of the config, so that sources of several spaces are all compared.
     for index in indexes {
         let index_started = Instant::now();
-        run_index(channel.clone(), corpus.display().to_string(), index.clone()).await?;
+        let request = proto::IndexRequest {
+            url: corpus.display().to_string(),
+            index: index.clone(),
+            ..Default::default()
+        };
+        run_index(channel.clone(), request).await?;
         println!(
             "indexing {index} took {:.1}s",
             index_started.elapsed().as_secs_f64()

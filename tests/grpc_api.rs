@@ -111,6 +111,7 @@ impl TestServer {
             .index(proto::IndexRequest {
                 url: url.display().to_string(),
                 index: index.to_string(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -367,6 +368,7 @@ async fn bad_requests_get_clear_errors() {
         .index(proto::IndexRequest {
             url: data.path().display().to_string(),
             index: "nope".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

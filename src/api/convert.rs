@@ -100,6 +100,8 @@ fn search_hit(index: usize, fused: FusedHit, include_text: bool) -> proto::Searc
             String::new()
         },
         object_key: fused.hit.object_key,
+        cloud: fused.hit.cloud,
+        region: fused.hit.region,
         explain: fused
             .contributions
             .into_iter()

@@ -6,8 +6,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::proto::{self, ingestion_service_server::IngestionService};
-use crate::ingest::{IndexProgress, IndexReport};
-use crate::service::Service;
+use crate::ingest::{IndexProgress, IndexReport, ObjectIssue};
+use crate::service::{IndexFilters, Service};
 
 pub struct IngestionApi {
     pub service: Arc<Service>,
@@ -23,17 +23,21 @@ impl IngestionService for IngestionApi {
         &self,
         request: Request<proto::IndexRequest>,
     ) -> Result<Response<Self::IndexStream>, Status> {
-        let request = request.into_inner();
+        let proto::IndexRequest {
+            url,
+            index,
+            include,
+            exclude,
+        } = request.into_inner();
         // Refuse an unknown index before the stream starts, as a plain status.
-        self.service
-            .index_config(&request.index)
-            .map_err(convert::status)?;
+        self.service.index_config(&index).map_err(convert::status)?;
         let (sender, receiver) = mpsc::channel(32);
         let service = self.service.clone();
+        let filters = IndexFilters { include, exclude };
         tokio::spawn(async move {
             let progress_sender = sender.clone();
             let report = service
-                .index(&request.url, &request.index, move |progress| {
+                .index(&url, &index, &filters, move |progress| {
                     // Intermediate progress may be dropped when the client reads slowly;
                     // the final event is always delivered.
                     let _ = progress_sender.try_send(Ok(progress_message(progress)));
@@ -52,6 +56,7 @@ impl IngestionService for IngestionApi {
 fn progress_message(progress: &IndexProgress) -> proto::IndexProgress {
     proto::IndexProgress {
         listed: progress.listed,
+        excluded: progress.excluded,
         fetched: progress.fetched,
         indexed: progress.indexed,
         unchanged: progress.unchanged,
@@ -61,6 +66,7 @@ fn progress_message(progress: &IndexProgress) -> proto::IndexProgress {
         chunks: progress.chunks_written,
         bytes: progress.bytes_read,
         elapsed_millis: progress.elapsed.as_millis() as u64,
+        chunks_per_second: progress.chunks_per_second(),
         done: false,
         failures: Vec::new(),
     }
@@ -75,16 +81,19 @@ fn final_message(report: IndexReport) -> proto::IndexProgress {
         .map(|reason| proto::ObjectFailure {
             key: String::new(),
             reason: format!("listing: {reason}"),
+            kind: proto::IssueKind::Listing as i32,
         });
-    let issues = report
-        .failures
-        .into_iter()
-        .chain(report.skips)
-        .chain(report.record_problems)
-        .map(|issue| proto::ObjectFailure {
+    let issues = |issues: Vec<ObjectIssue>, kind: proto::IssueKind| {
+        issues.into_iter().map(move |issue| proto::ObjectFailure {
             key: issue.object_key,
             reason: issue.reason,
-        });
-    message.failures = listing.chain(issues).collect();
+            kind: kind as i32,
+        })
+    };
+    message.failures = listing
+        .chain(issues(report.failures, proto::IssueKind::Failed))
+        .chain(issues(report.skips, proto::IssueKind::Skipped))
+        .chain(issues(report.record_problems, proto::IssueKind::Record))
+        .collect();
     message
 }

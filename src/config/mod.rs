@@ -2,6 +2,7 @@
 //! then a pure [`Config::validate`] whose messages name the bad key; wiring the
 //! stores and models from a valid config (I/O) happens in `service::build`.
 
+mod bucket;
 mod provider;
 mod secret;
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use bucket::{AZURE_SCHEMES, BucketConfig, GCS_SCHEMES, S3_SCHEMES};
 pub use provider::{ProviderConfig, ProviderKind};
 pub use secret::{Secret, SecretLocation};
 
@@ -35,6 +37,8 @@ pub struct Config {
     pub indexes: Vec<IndexConfig>,
     #[serde(default, rename = "provider")]
     pub providers: Vec<ProviderConfig>,
+    #[serde(default, rename = "bucket")]
+    pub buckets: Vec<BucketConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -238,6 +242,14 @@ pub struct IndexConfig {
     pub embed_batch_size: usize,
     #[serde(default = "default_max_object_bytes")]
     pub max_object_bytes: u64,
+    /// Commit the stores and save the manifest after about this many chunks: the most
+    /// work a crash can make the next run redo.
+    #[serde(default = "default_commit_every_chunks")]
+    pub commit_every_chunks: usize,
+}
+
+fn default_commit_every_chunks() -> usize {
+    4096
 }
 
 fn default_chunk_max_words() -> usize {
@@ -317,6 +329,14 @@ impl Config {
             .data_dir
             .join("manifests")
             .join(format!("{}.json", index.id))
+    }
+
+    /// The `[[bucket]]` entry for an index URL: the longest matching `url`.
+    pub fn bucket_for(&self, url: &str) -> Option<&BucketConfig> {
+        self.buckets
+            .iter()
+            .filter(|bucket| bucket.matches(url))
+            .max_by_key(|bucket| bucket.url.trim_end_matches('/').len())
     }
 
     pub fn default_index(&self) -> Option<&IndexConfig> {
@@ -447,6 +467,9 @@ impl Config {
             if index.embed_batch_size == 0 {
                 problems.push(format!("{name}: embed_batch_size must be at least 1"));
             }
+            if index.commit_every_chunks == 0 {
+                problems.push(format!("{name}: commit_every_chunks must be at least 1"));
+            }
         }
 
         provider::provider_problems(&self.providers, &mut problems);
@@ -477,6 +500,13 @@ impl Config {
         }
         if self.answer.top_k == 0 || self.answer.top_k > server.max_top_k {
             problems.push("answer.top_k must be between 1 and server.max_top_k".into());
+        }
+        let mut bucket_urls = HashSet::new();
+        for bucket in &self.buckets {
+            if !bucket_urls.insert(bucket.url.trim_end_matches('/')) {
+                problems.push(format!("bucket {:?} is defined twice", bucket.url));
+            }
+            problems.extend(bucket.problems());
         }
         if self.answer.context_budget_tokens < 16 {
             problems.push("answer.context_budget_tokens must be at least 16".into());

@@ -77,6 +77,9 @@ pub fn chunk_document(
                 title: document.title.clone(),
                 text: document.text[window.bytes].to_owned(),
                 ordinal,
+                // The pipeline stamps the bucket's location on every chunk.
+                cloud: String::new(),
+                region: String::new(),
             }
         })
         .collect()

@@ -9,6 +9,9 @@ use std::collections::HashSet;
 use scraper::{Html, Node, Selector};
 use serde_json::{Map, Value};
 
+use crate::ingest::gzip::{MAX_DECOMPRESSED_BYTES, gunzip, strip_gzip_suffix};
+use crate::ingest::pdf::{PdfError, pdf_text};
+
 /// One document found in an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtractedDoc {
@@ -49,6 +52,12 @@ pub enum ExtractError {
     MalformedJson { reason: String },
     #[error("no usable records: {first_problem}")]
     NoUsableRecords { first_problem: String },
+    #[error("{reason}")]
+    Gzip { reason: String },
+    #[error("encrypted pdf: it needs a password")]
+    EncryptedPdf,
+    #[error("unreadable pdf: {reason}")]
+    Pdf { reason: String },
 }
 
 impl ExtractError {
@@ -59,7 +68,10 @@ impl ExtractError {
             ExtractError::Binary { .. }
             | ExtractError::InvalidUtf8 { .. }
             | ExtractError::MalformedJson { .. }
-            | ExtractError::NoUsableRecords { .. } => false,
+            | ExtractError::NoUsableRecords { .. }
+            | ExtractError::Gzip { .. }
+            | ExtractError::EncryptedPdf
+            | ExtractError::Pdf { .. } => false,
         }
     }
 }
@@ -72,11 +84,14 @@ pub enum DocumentFormat {
     Html,
     Json,
     JsonLines,
+    Pdf,
 }
 
 impl DocumentFormat {
-    /// The format for an object key, by its (case-insensitive) extension.
+    /// The format for an object key, by its (case-insensitive) extension; for a gzip
+    /// object (`notes.md.gz`), the format of what it holds.
     pub fn from_object_key(object_key: &str) -> Option<DocumentFormat> {
+        let object_key = strip_gzip_suffix(object_key).unwrap_or(object_key);
         let extension = extension_of(object_key).to_ascii_lowercase();
         match extension.as_str() {
             "txt" | "text" => Some(DocumentFormat::PlainText),
@@ -84,6 +99,7 @@ impl DocumentFormat {
             "html" | "htm" => Some(DocumentFormat::Html),
             "json" => Some(DocumentFormat::Json),
             "jsonl" | "ndjson" => Some(DocumentFormat::JsonLines),
+            "pdf" => Some(DocumentFormat::Pdf),
             _ => None,
         }
     }
@@ -110,6 +126,23 @@ pub fn extract(object_key: &str, bytes: &[u8]) -> Result<Vec<ExtractedDoc>, Extr
 /// The documents in one object, with the records that had to be left out.
 pub fn extract_with_problems(object_key: &str, bytes: &[u8]) -> Result<Extraction, ExtractError> {
     let format = format_of(object_key)?;
+    if strip_gzip_suffix(object_key).is_some() {
+        let inflated = gunzip(bytes, MAX_DECOMPRESSED_BYTES)
+            .map_err(|reason| ExtractError::Gzip { reason })?;
+        return extract_format(object_key, format, &inflated);
+    }
+    extract_format(object_key, format, bytes)
+}
+
+fn extract_format(
+    object_key: &str,
+    format: DocumentFormat,
+    bytes: &[u8],
+) -> Result<Extraction, ExtractError> {
+    // Binary: never goes through text decoding.
+    if format == DocumentFormat::Pdf {
+        return extract_pdf(object_key, bytes);
+    }
     let text = decode_text(bytes)?;
     if text.trim().is_empty() {
         return Err(ExtractError::Empty);
@@ -120,7 +153,17 @@ pub fn extract_with_problems(object_key: &str, bytes: &[u8]) -> Result<Extractio
         DocumentFormat::Html => extract_html(object_key, text),
         DocumentFormat::Json => extract_json(object_key, text),
         DocumentFormat::JsonLines => extract_json_lines(object_key, text),
+        DocumentFormat::Pdf => extract_pdf(object_key, bytes),
     }
+}
+
+fn extract_pdf(object_key: &str, bytes: &[u8]) -> Result<Extraction, ExtractError> {
+    let text = pdf_text(bytes).map_err(|error| match error {
+        PdfError::Encrypted => ExtractError::EncryptedPdf,
+        PdfError::Unreadable { reason } => ExtractError::Pdf { reason },
+    })?;
+    let title = file_stem(strip_gzip_suffix(object_key).unwrap_or(object_key));
+    single_document(object_key, title, &text)
 }
 
 /// UTF-8 text without a byte-order mark; NUL bytes mean binary even when valid UTF-8.
@@ -510,6 +553,44 @@ fn first_field<'a>(record: &'a Map<String, Value>, names: &[&str]) -> Option<&'a
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::gzip::tests::gzip;
+    use crate::ingest::pdf::tests::pdf_bytes;
+
+    #[test]
+    fn gzip_objects_are_extracted_in_the_format_they_hold() {
+        let compressed = gzip(b"# Runbook\n\nRestart the ingest worker.");
+        let documents = extract("ops/runbook.md.gz", &compressed).unwrap();
+        assert_eq!(documents[0].title, "Runbook");
+        assert_eq!(documents[0].doc_id, "ops/runbook.md.gz");
+        assert!(documents[0].text.contains("Restart the ingest worker."));
+        assert!(is_supported("ops/runbook.md.gz"));
+        assert!(!is_supported("ops/image.png.gz"));
+    }
+
+    #[test]
+    fn truncated_gzip_is_a_content_error_naming_the_cause() {
+        let compressed = gzip("some words ".repeat(500).as_bytes());
+        let error = extract("logs/a.txt.gz", &compressed[..compressed.len() - 20]).unwrap_err();
+        assert!(!error.is_skip());
+        assert!(error.to_string().contains("truncated gzip"), "{error}");
+    }
+
+    #[test]
+    fn pdf_text_becomes_one_document_titled_by_its_file_name() {
+        let documents = extract(
+            "reports/q3-summary.pdf",
+            &pdf_bytes("Revenue grew nine percent"),
+        )
+        .unwrap();
+        assert_eq!(documents.len(), 1);
+        assert_eq!(documents[0].title, "q3-summary");
+        assert!(documents[0].text.contains("Revenue grew nine percent"));
+        let zipped = extract("reports/q3.pdf.gz", &gzip(&pdf_bytes("Zipped report"))).unwrap();
+        assert!(zipped[0].text.contains("Zipped report"));
+        let error = extract("reports/broken.pdf", b"%PDF-1.4 garbage").unwrap_err();
+        assert!(!error.is_skip());
+        assert!(error.to_string().starts_with("unreadable pdf"), "{error}");
+    }
 
     fn only_document(object_key: &str, source: &str) -> ExtractedDoc {
         let mut documents = extract(object_key, source.as_bytes()).expect("extracts");

@@ -24,6 +24,12 @@ pub struct Manifest {
     /// The bucket or folder the keys belong to; a manifest is never reused for another one,
     /// because every key missing from that other listing would be deleted from the stores.
     pub source: String,
+    /// Where the bucket's data lives (`aws`, `oci`, `azure`, `gcp`, `local`...) and its
+    /// region, for residency and egress rules over the chunks this manifest lists.
+    #[serde(default)]
+    pub cloud: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
     pub objects: BTreeMap<String, ManifestEntry>,
 }
 
@@ -33,6 +39,11 @@ pub struct Manifest {
 pub struct ManifestEntry {
     /// Normalized with [`normalize_etag`]; absent when the store gives none.
     pub etag: Option<String>,
+    /// The object version that was read, on buckets with versioning (S3, Azure, GCS
+    /// generations): which exact version the chunks came from. Change detection uses the
+    /// etag, which every store has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     pub size: u64,
     /// Hex SHA-256 of the object's bytes: catches a new etag over the same content.
     pub sha256: String,
@@ -47,6 +58,8 @@ impl Manifest {
         Self {
             format_version: MANIFEST_FORMAT_VERSION,
             source: source.into(),
+            cloud: None,
+            region: None,
             objects: BTreeMap::new(),
         }
     }
@@ -183,6 +196,7 @@ mod tests {
     fn entry(etag: Option<&str>, sha256: &str) -> ManifestEntry {
         ManifestEntry {
             etag: etag.map(str::to_owned),
+            version: None,
             size: 10,
             sha256: sha256.to_owned(),
             settings: "s1".to_owned(),
@@ -238,6 +252,20 @@ mod tests {
                 .objects
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_manifest_written_before_residency_and_versions_still_loads() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("old.json");
+        std::fs::write(
+            &path,
+            r#"{"format_version":1,"source":"s3://b","objects":{"a.txt":{"etag":"e1","size":3,"sha256":"h","settings":"s","chunk_ids":["a#0"]}}}"#,
+        )
+        .unwrap();
+        let manifest = Manifest::load_or_new(&path, "s3://b").unwrap();
+        assert_eq!(manifest.cloud, None);
+        assert_eq!(manifest.objects["a.txt"].version, None);
     }
 
     #[test]

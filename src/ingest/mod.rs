@@ -3,11 +3,17 @@
 //! [`pipeline::run_index`] drives the whole flow; [`extract`], [`chunk`] and [`manifest`] are
 //! its pure parts, usable on their own.
 
+pub mod bucket;
 pub mod chunk;
 pub mod extract;
+pub mod filter;
+pub mod gzip;
+pub mod listing;
 pub mod manifest;
+pub mod pdf;
 pub mod pipeline;
 
+pub use bucket::{BucketCredentials, BucketLocation, BucketOptions};
 pub use chunk::ChunkingConfig;
 pub use extract::{ExtractError, ExtractedDoc, extract};
 pub use pipeline::{IndexJob, IndexProgress, IndexReport, ObjectIssue, run_index};

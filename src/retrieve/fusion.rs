@@ -210,6 +210,8 @@ mod tests {
             object_key: format!("{doc_id}.txt"),
             title: String::new(),
             text: format!("text of {doc_id}#{chunk}"),
+            cloud: String::new(),
+            region: String::new(),
             score,
         }
     }

@@ -135,6 +135,8 @@ mod tests {
                         object_key: format!("{doc}.txt"),
                         title: String::new(),
                         text: String::new(),
+                        cloud: String::new(),
+                        region: String::new(),
                         score: 1.0,
                     })
                     .collect()),

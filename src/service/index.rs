@@ -3,8 +3,17 @@
 use sha2::{Digest, Sha256};
 
 use super::Service;
+use super::bucket_options::bucket_options;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::{ChunkingConfig, IndexJob, IndexProgress, IndexReport, run_index};
+
+/// Globs a caller adds to a run: `include` replaces the bucket's includes when given,
+/// `exclude` adds to its excludes.
+#[derive(Debug, Clone, Default)]
+pub struct IndexFilters {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
 
 impl Service {
     /// Runs one incremental sync of `url` into the index `index_id` (empty: the
@@ -13,6 +22,7 @@ impl Service {
         &self,
         url: &str,
         index_id: &str,
+        filters: &IndexFilters,
         progress: impl FnMut(&IndexProgress) + Send,
     ) -> Result<IndexReport> {
         if url.trim().is_empty() {
@@ -46,13 +56,26 @@ impl Service {
             .manifest_path(&index)
             .with_extension("")
             .join(format!("{}.json", short_hash(&location)));
+        let bucket_config = self
+            .config
+            .bucket_for(&location)
+            .cloned()
+            .unwrap_or_default();
         let mut job = IndexJob::new(location, stores, embedder, manifest_path);
         job.chunking = ChunkingConfig {
             max_words: index.chunk_max_words,
             overlap_words: index.chunk_overlap_words,
         };
         job.embed_batch_size = index.embed_batch_size;
-        job.max_object_bytes = index.max_object_bytes;
+        job.max_object_bytes = bucket_config
+            .max_object_bytes
+            .unwrap_or(index.max_object_bytes);
+        job.commit_every_chunks = index.commit_every_chunks;
+        if let Some(concurrency) = bucket_config.fetch_concurrency {
+            job.fetch_concurrency = concurrency;
+        }
+        job.bucket = bucket_options(&bucket_config, filters, &self.env)
+            .map_err(|error| error.context(format!("bucket {:?}", bucket_config.url)))?;
         let report = run_index(job, progress).await?;
         tracing::info!(
             index = %index.id,
@@ -61,6 +84,7 @@ impl Service {
             unchanged = report.progress.unchanged,
             deleted = report.progress.deleted,
             failed = report.progress.failed,
+            listing_errors = report.listing_errors.len(),
             chunks = report.progress.chunks_written,
             "index run finished"
         );

@@ -1,6 +1,7 @@
 //! The domain seam: what `api/`, the CLI and tests call. No transport types here.
 
 mod answer;
+mod bucket_options;
 mod build;
 mod calibrate;
 mod index;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use answer::{AnswerEvent, AnswerRequest, AnswerSummary, Attempt, Citation, Route};
+pub use index::IndexFilters;
 
 use crate::config::{Config, FusionMethod, IndexConfig};
 use crate::embed::Embedder;
@@ -48,6 +50,9 @@ pub struct Service {
     chat: Option<Arc<dyn ChatProvider>>,
     /// One indexing run per index at a time: two runs would race on the manifest.
     index_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Resolves bucket secrets (`env:NAME`) and gives bucket clients the standard
+    /// `AWS_*`, `AZURE_*` and `GOOGLE_*` variables, at each run.
+    env: HashMap<String, String>,
 }
 
 impl Service {
@@ -73,6 +78,7 @@ impl Service {
             embedders,
             chat,
             index_locks,
+            env: env.clone(),
             config,
         })
     }

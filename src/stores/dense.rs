@@ -28,7 +28,8 @@
 //! offset 16  rows           u64 LE
 //! offset 24  metadata bytes u64 LE
 //! offset 32  vectors        rows * dims f32 LE, row-major
-//! then       metadata       JSON array of `Chunk` (chunk_id, doc_id, object_key, title, text, ordinal), one per row
+//! then       metadata       JSON array of `Chunk` (chunk_id, doc_id, object_key, title, text, ordinal,
+//!                           cloud, region), one per row
 //! ```
 //!
 //! Vectors are raw little-endian f32: 4 bytes a dimension, no parsing, and the
@@ -545,6 +546,8 @@ fn search_snapshot(snapshot: &DenseSnapshot, query_vector: &[f32], top_k: usize)
                 object_key: chunk.object_key.clone(),
                 title: chunk.title.clone(),
                 text: chunk.text.clone(),
+                cloud: chunk.cloud.clone(),
+                region: chunk.region.clone(),
                 score: scored_row.score,
             })
         })
@@ -661,6 +664,8 @@ mod tests {
                 title: format!("title of {doc_id}"),
                 text: format!("text of {doc_id} part {ordinal}"),
                 ordinal,
+                cloud: "azure".to_string(),
+                region: "westeurope".to_string(),
             },
             vector: vector.to_vec(),
         }
@@ -708,6 +713,10 @@ mod tests {
         assert_eq!(hits[0].object_key, "compass/north");
         assert_eq!(hits[0].title, "title of north");
         assert_eq!(hits[0].text, "text of north part 0");
+        assert_eq!(
+            (hits[0].cloud.as_str(), hits[0].region.as_str()),
+            ("azure", "westeurope")
+        );
         // The query was re-normalized, so the score is the cosine.
         let expected_cosine = 1.0 / (1.0f32 + 0.01).sqrt();
         assert!((hits[0].score - expected_cosine).abs() < 1e-6);

@@ -65,6 +65,8 @@ struct Bm25Fields {
     title: Field,
     text: Field,
     ordinal: Field,
+    cloud: Field,
+    region: Field,
     /// Title and text together: the only field searched.
     body: Field,
 }
@@ -89,6 +91,8 @@ impl Bm25Fields {
         let text = schema_builder.add_text_field("text", stored_not_searched);
         let ordinal =
             schema_builder.add_u64_field("ordinal", NumericOptions::default().set_stored());
+        let cloud = schema_builder.add_text_field("cloud", STRING | STORED);
+        let region = schema_builder.add_text_field("region", STRING | STORED);
         let body = schema_builder.add_text_field("body", searched_not_stored);
         let fields = Self {
             chunk_id,
@@ -97,6 +101,8 @@ impl Bm25Fields {
             title,
             text,
             ordinal,
+            cloud,
+            region,
             body,
         };
         (schema_builder.build(), fields)
@@ -273,6 +279,8 @@ impl Bm25Inner {
                 object_key: self.stored_text(&document, self.fields.object_key),
                 title: self.stored_text(&document, self.fields.title),
                 text: self.stored_text(&document, self.fields.text),
+                cloud: self.stored_text(&document, self.fields.cloud),
+                region: self.stored_text(&document, self.fields.region),
                 score,
             });
         }
@@ -356,6 +364,8 @@ impl Bm25Inner {
                 document.add_text(self.fields.object_key, &chunk.object_key);
                 document.add_text(self.fields.title, &chunk.title);
                 document.add_text(self.fields.text, &chunk.text);
+                document.add_text(self.fields.cloud, &chunk.cloud);
+                document.add_text(self.fields.region, &chunk.region);
                 document.add_text(self.fields.body, format!("{}\n{}", chunk.title, chunk.text));
                 document.add_u64(self.fields.ordinal, u64::from(chunk.ordinal));
                 writer.add_document(document).map_err(|error| {
@@ -502,6 +512,8 @@ mod tests {
                 title: title.to_string(),
                 text: text.to_string(),
                 ordinal,
+                cloud: "oci".to_string(),
+                region: "eu-frankfurt-1".to_string(),
             },
             vector: Vec::new(),
         }
@@ -567,6 +579,10 @@ mod tests {
         assert_eq!(hits[0].chunk_id, "rust#0");
         assert_eq!(hits[0].doc_id, "rust");
         assert_eq!(hits[0].object_key, "code/rust.md");
+        assert_eq!(
+            (hits[0].cloud.as_str(), hits[0].region.as_str()),
+            ("oci", "eu-frankfurt-1")
+        );
         assert_eq!(hits[0].title, "Rust ownership");
         assert!(hits[0].text.starts_with("Ownership and borrowing"));
         assert!(hits[0].score > 0.0);

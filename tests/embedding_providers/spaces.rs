@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::json;
 use skyfuse::config::Config;
-use skyfuse::service::{SearchParams, Service};
+use skyfuse::service::{IndexFilters, SearchParams, Service};
 use tempfile::TempDir;
 
 use crate::support::*;
@@ -83,7 +83,12 @@ async fn a_space_fails_over_to_the_same_model_elsewhere_and_embeds_each_query_on
     let config = Config::parse(&text, Path::new("/")).unwrap();
     let service = Service::build(config, &HashMap::new()).await.unwrap();
     let report = service
-        .index(&docs.path().display().to_string(), "", |_| {})
+        .index(
+            &docs.path().display().to_string(),
+            "",
+            &IndexFilters::default(),
+            |_| {},
+        )
         .await
         .unwrap();
     assert_eq!(report.progress.failed, 0, "{report:?}");

@@ -1,16 +1,20 @@
 //! Pipeline tests on tempdir folders, with an in-memory store and a deterministic embedder.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
+use super::producer::{ObjectResult, process_object};
 use super::*;
-use crate::document::Hit;
-use crate::embed::EmbeddingSpace;
+use crate::document::{Chunk, EmbeddedChunk, Hit};
+use crate::embed::{EmbeddingSpace, Purpose};
 use crate::stores::{SourceInfo, StoreQuery};
+use object_store::ObjectMeta;
+use object_store::path::Path as ObjectPath;
 
 const DIMS: usize = 8;
 
@@ -647,9 +651,11 @@ async fn invalid_jobs_are_refused_before_any_work() {
     let error = run_index(job, |_| {}).await.unwrap_err();
     assert_eq!(error.kind, crate::error::ErrorKind::NotFound);
 
+    // A scheme no cloud client handles is refused before any request is made.
     let mut job = fixture.job();
-    job.url = "s3://bucket/prefix".to_owned();
-    assert!(run_index(job, |_| {}).await.is_err());
+    job.url = "ftp://bucket/prefix".to_owned();
+    let error = run_index(job, |_| {}).await.unwrap_err();
+    assert!(error.message.contains("not a bucket URL"), "{error}");
     assert!(!fixture.manifest_path().exists());
 }
 
@@ -675,6 +681,7 @@ async fn object_gone_between_listing_and_reading_is_a_read_failure() {
         settings: "s".to_owned(),
         chunking: ChunkingConfig::default(),
         max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
+        location: BucketLocation::default(),
     });
     let meta = ObjectMeta {
         location: ObjectPath::from("gone.txt"),
@@ -783,4 +790,124 @@ async fn same_named_files_in_two_folders_stay_apart_in_the_stores() {
                 .to_string()
         )
     );
+}
+
+#[tokio::test]
+async fn globs_select_objects_and_a_newly_excluded_object_loses_its_chunks() {
+    let fixture = Fixture::new();
+    fixture.write("guide/intro.md", "# Intro\n\nwelcome aboard");
+    fixture.write("guide/drafts/wip.md", "# Wip\n\nnot ready");
+    fixture.write("top.txt", "top level words");
+    fixture.write("deep/nested/notes.txt", "nested words");
+    let all = fixture.run().await;
+    assert_eq!(all.progress.indexed, 4);
+
+    let mut job = fixture.job();
+    job.bucket.include = vec!["**/*.md".into(), "*.txt".into()];
+    job.bucket.exclude = vec!["**/drafts/**".into()];
+    let filtered = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(filtered.progress.listed, 2, "{:?}", filtered.progress);
+    assert_eq!(filtered.progress.excluded, 2);
+    assert_eq!(filtered.progress.deleted, 2);
+    assert_eq!(
+        fixture.store.committed_object_keys(),
+        BTreeSet::from(["guide/intro.md".to_owned(), "top.txt".to_owned()])
+    );
+
+    let mut job = fixture.job();
+    job.bucket.include = vec!["[".into()];
+    let error = run_index(job, |_| {}).await.unwrap_err();
+    assert!(error.message.contains("include glob"), "{error}");
+}
+
+#[tokio::test]
+async fn every_chunk_carries_the_bucket_cloud_and_region_and_relabelling_rewrites_them() {
+    let fixture = Fixture::new();
+    fixture.write("a.txt", "words about residency");
+    fixture.write("b.txt", "more words about residency");
+    let report = fixture.run().await;
+    assert_eq!(
+        (
+            report.location.cloud.as_str(),
+            report.location.region.as_str()
+        ),
+        ("local", "local")
+    );
+    let labels = |fixture: &Fixture| -> BTreeSet<(String, String)> {
+        let state = fixture.store.state();
+        state
+            .committed
+            .values()
+            .map(|embedded| (embedded.chunk.cloud.clone(), embedded.chunk.region.clone()))
+            .collect()
+    };
+    assert_eq!(
+        labels(&fixture),
+        BTreeSet::from([("local".to_owned(), "local".to_owned())])
+    );
+
+    // Same content, new labels: the chunks must not keep claiming the old location.
+    let mut job = fixture.job();
+    job.bucket.cloud = Some("oci".into());
+    job.bucket.region = Some("eu-frankfurt-1".into());
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(report.progress.indexed, 2, "{:?}", report.progress);
+    assert_eq!(
+        labels(&fixture),
+        BTreeSet::from([("oci".to_owned(), "eu-frankfurt-1".to_owned())])
+    );
+    let manifest = fixture.manifest();
+    assert_eq!(
+        (manifest.cloud.as_deref(), manifest.region.as_deref()),
+        (Some("oci"), Some("eu-frankfurt-1"))
+    );
+}
+
+#[tokio::test]
+async fn size_limit_gzip_and_pdf_with_broken_ones_reported_by_name() {
+    let fixture = Fixture::new();
+    fixture.write("big.txt", "word ".repeat(1000));
+    fixture.write("small.txt", "tiny");
+    fixture.write(
+        "notes.md.gz",
+        crate::ingest::gzip::tests::gzip(b"# Notes\n\ncompressed words"),
+    );
+    fixture.write(
+        "report.pdf",
+        crate::ingest::pdf::tests::pdf_bytes("Harbour tonnage rose"),
+    );
+    fixture.write(
+        "cut.txt.gz",
+        &crate::ingest::gzip::tests::gzip(&[b'a'; 3000])[..30],
+    );
+    fixture.write(
+        "locked.pdf",
+        crate::ingest::pdf::tests::encrypted_pdf_bytes("board minutes", "hunter2"),
+    );
+    let mut job = fixture.job();
+    job.max_object_bytes = 2000;
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(report.progress.indexed, 3, "{report:#?}");
+    assert_eq!(report.progress.fetched, 5, "the large object is not read");
+    assert_eq!(report.skips.len(), 1);
+    assert!(
+        report.skips[0].reason.contains("too large"),
+        "{:?}",
+        report.skips
+    );
+    let mut failures: Vec<(&str, &str)> = report
+        .failures
+        .iter()
+        .map(|issue| (issue.object_key.as_str(), issue.reason.as_str()))
+        .collect();
+    failures.sort();
+    assert_eq!(
+        failures,
+        [
+            ("cut.txt.gz", "truncated gzip: the stream ends early"),
+            ("locked.pdf", "encrypted pdf: it needs a password")
+        ]
+    );
+    let pdf = fixture.store.committed_chunks_of("report.pdf");
+    assert!(pdf[0].text.contains("Harbour tonnage rose"), "{pdf:?}");
 }

@@ -1,0 +1,308 @@
+//! The indexing pipeline: list a bucket, fetch, extract, chunk, embed, write, remember.
+//!
+//! A producer task lists the bucket (streamed) and fetches, hashes, extracts and chunks objects
+//! with bounded concurrency; the caller's task embeds the chunks in batches, writes them to
+//! every store, commits, and only then records them in the manifest.
+//!
+//! Crash safety comes from that order. The manifest never lists an object whose chunks are
+//! not committed, and an object missing from the manifest (or listed with another etag and
+//! hash) is written again after `delete_objects` removed whatever an interrupted run left of
+//! it. So a run killed at any point loses nothing, and the next run converges without
+//! duplicates. Deletions of objects gone from the bucket are committed before the manifest
+//! forgets them, for the same reason.
+//!
+//! [`source`] opens what a run reads, [`producer`] lists and prepares objects, [`writer`]
+//! embeds, writes, commits and keeps the manifest.
+
+mod producer;
+mod source;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::ObjectStore;
+use tokio::sync::mpsc;
+
+use crate::embed::Embedder;
+use crate::error::{Error, Result};
+use crate::ingest::bucket::{BucketLocation, BucketOptions};
+use crate::ingest::chunk::ChunkingConfig;
+use crate::ingest::manifest::{Manifest, sha256_hex};
+use crate::stores::{SearchBackend, StoreKind};
+use producer::{ListingCounters, ProducerContext, produce_events};
+use source::BucketSource;
+use writer::IndexRun;
+
+pub const DEFAULT_EMBED_BATCH_SIZE: usize = 32;
+pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_FETCH_CONCURRENCY: usize = 8;
+pub const DEFAULT_COMMIT_EVERY_CHUNKS: usize = 4096;
+
+/// Bumped when extraction, chunking or the embedded text change what an object yields, so
+/// that the next run re-indexes everything instead of keeping chunks made the old way.
+/// 2: chunks carry their bucket's cloud and region.
+const PIPELINE_VERSION: u32 = 2;
+
+/// One indexing run: where to read, where to write, how.
+pub struct IndexJob {
+    /// A local folder or file (relative or absolute), a `file://` URL, or any URL
+    /// `object_store::parse_url` understands with the features this build enables.
+    pub url: String,
+    /// Every store receives every chunk.
+    pub stores: Vec<Arc<dyn SearchBackend>>,
+    /// Required when a store is dense; unused (and may be `None`) when all are lexical.
+    pub embedder: Option<Arc<dyn Embedder>>,
+    pub manifest_path: PathBuf,
+    pub chunking: ChunkingConfig,
+    /// Chunks per embedding call and per upsert.
+    pub embed_batch_size: usize,
+    /// Larger objects are skipped without being read.
+    pub max_object_bytes: u64,
+    /// Objects fetched and extracted at the same time.
+    pub fetch_concurrency: usize,
+    /// Commit the stores and save the manifest after about this many chunks: the most work
+    /// a crash can make the next run redo.
+    pub commit_every_chunks: usize,
+    /// Endpoint, credentials, residency labels, globs and retries for a cloud bucket; the
+    /// labels and globs apply to local folders too.
+    pub bucket: BucketOptions,
+    /// Read from this store instead of opening `url`, which then only names the bucket
+    /// (manifest identity, store keys). For embedding and tests.
+    pub object_store: Option<Arc<dyn ObjectStore>>,
+}
+
+impl IndexJob {
+    /// A job with the default chunking, batch size, size limit, concurrency and commit interval.
+    pub fn new(
+        url: impl Into<String>,
+        stores: Vec<Arc<dyn SearchBackend>>,
+        embedder: Option<Arc<dyn Embedder>>,
+        manifest_path: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            url: url.into(),
+            stores,
+            embedder,
+            manifest_path: manifest_path.into(),
+            chunking: ChunkingConfig::default(),
+            embed_batch_size: DEFAULT_EMBED_BATCH_SIZE,
+            max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
+            fetch_concurrency: DEFAULT_FETCH_CONCURRENCY,
+            commit_every_chunks: DEFAULT_COMMIT_EVERY_CHUNKS,
+            bucket: BucketOptions::default(),
+            object_store: None,
+        }
+    }
+
+    /// Checks that need no I/O: limits, chunk sizes, and that dense stores share the
+    /// embedder's space.
+    pub fn validate(&self) -> Result<()> {
+        if self.url.trim().is_empty() {
+            return Err(Error::invalid("index url is empty"));
+        }
+        if self.stores.is_empty() {
+            return Err(Error::config("an index job needs at least one store"));
+        }
+        for (name, value) in [
+            ("embed_batch_size", self.embed_batch_size),
+            ("fetch_concurrency", self.fetch_concurrency),
+            ("commit_every_chunks", self.commit_every_chunks),
+        ] {
+            if value == 0 {
+                return Err(Error::config(format!("{name} must be at least 1")));
+            }
+        }
+        if self.max_object_bytes == 0 {
+            return Err(Error::config("max_object_bytes must be at least 1"));
+        }
+        self.chunking.validate()?;
+        for store in &self.stores {
+            self.validate_store_space(store.as_ref())?;
+        }
+        Ok(())
+    }
+
+    fn validate_store_space(&self, store: &dyn SearchBackend) -> Result<()> {
+        let info = store.describe();
+        if info.kind != StoreKind::Dense {
+            return Ok(());
+        }
+        let Some(embedder) = &self.embedder else {
+            return Err(Error::config(format!(
+                "store {} is dense but the index job has no embedder",
+                info.id
+            )));
+        };
+        let space = embedder.space();
+        if let Some(store_space) = &info.space
+            && store_space != &space.id
+        {
+            return Err(Error::config(format!(
+                "store {} is in embedding space {store_space}, the embedder in {}",
+                info.id, space.id
+            )));
+        }
+        if let Some(store_dims) = info.dims
+            && store_dims != space.dims
+        {
+            return Err(Error::config(format!(
+                "store {} expects {store_dims} dimensions, the embedder gives {}",
+                info.id, space.dims
+            )));
+        }
+        Ok(())
+    }
+
+    /// The embedder, only when some store needs vectors.
+    fn embedder_in_use(&self) -> Option<Arc<dyn Embedder>> {
+        let needs_vectors = self
+            .stores
+            .iter()
+            .any(|store| store.describe().kind == StoreKind::Dense);
+        if !needs_vectors {
+            return None;
+        }
+        self.embedder.clone()
+    }
+
+    /// What an object's chunks depend on besides its content. Stores are part of it so
+    /// that a store added to the job gets every object, not only the changed ones.
+    ///
+    /// The bucket's location is part of it too: chunks carry it, so relabelling a bucket's
+    /// cloud or region rewrites its chunks rather than leaving them with the old labels.
+    fn settings_fingerprint(&self, location: &BucketLocation) -> String {
+        let mut store_ids: Vec<&str> = self
+            .stores
+            .iter()
+            .map(|store| store.describe().id.as_str())
+            .collect();
+        store_ids.sort_unstable();
+        let space = match self.embedder_in_use() {
+            Some(embedder) => format!("{}/{}", embedder.space().id, embedder.space().dims),
+            None => "none".to_owned(),
+        };
+        let description = format!(
+            "pipeline={PIPELINE_VERSION};stores={};space={space};max_words={};overlap_words={};cloud={};region={}",
+            store_ids.join(","),
+            self.chunking.max_words,
+            self.chunking.overlap_words,
+            location.cloud,
+            location.region
+        );
+        sha256_hex(description.as_bytes())[..16].to_owned()
+    }
+}
+
+/// Counters for a progress bar; `processed()` out of `listed` is the fraction done so far
+/// (the total grows while the listing streams in).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexProgress {
+    pub listed: u64,
+    /// Objects left out by the include/exclude globs (not counted in `listed`).
+    pub excluded: u64,
+    /// Objects read from the bucket.
+    pub fetched: u64,
+    /// Objects whose chunks were written to every store.
+    pub indexed: u64,
+    /// Objects already indexed as they are (same etag, or same content hash).
+    pub unchanged: u64,
+    /// Objects gone from the bucket whose chunks were removed.
+    pub deleted: u64,
+    /// Objects not indexed by design: unsupported type, too large, empty.
+    pub skipped: u64,
+    /// Objects that could not be read or extracted.
+    pub failed: u64,
+    /// Bad records inside otherwise indexed multi-record files.
+    pub record_problems: u64,
+    pub chunks_written: u64,
+    pub bytes_read: u64,
+    pub elapsed: Duration,
+}
+
+impl IndexProgress {
+    pub fn processed(&self) -> u64 {
+        self.indexed + self.unchanged + self.skipped + self.failed
+    }
+
+    /// Chunks written per second of the run so far (0 before the first millisecond).
+    pub fn chunks_per_second(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds < 1e-3 {
+            return 0.0;
+        }
+        self.chunks_written as f64 / seconds
+    }
+}
+
+/// Something that went wrong with (or was left out of) one object or record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectIssue {
+    /// The object key, or `key:line` for a record inside one.
+    pub object_key: String,
+    pub reason: String,
+}
+
+/// The outcome of a run that reached its end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexReport {
+    pub progress: IndexProgress,
+    pub failures: Vec<ObjectIssue>,
+    pub skips: Vec<ObjectIssue>,
+    pub record_problems: Vec<ObjectIssue>,
+    /// Errors while listing. When there are any, objects missing from the listing were
+    /// not deleted: they may only have been missed.
+    pub listing_errors: Vec<String>,
+    /// Where the bucket's data lives: stamped on every chunk, recorded in the manifest.
+    pub location: BucketLocation,
+}
+
+/// Index the bucket at `job.url` into `job.stores`, incrementally against `job.manifest_path`.
+///
+/// Per-object problems are recorded in the report and the run goes on. A failing store or
+/// embedder stops the run with an error; the manifest then lists only what was committed
+/// before, so the next run redoes the rest.
+pub async fn run_index(
+    job: IndexJob,
+    progress: impl FnMut(&IndexProgress) + Send,
+) -> Result<IndexReport> {
+    let started = Instant::now();
+    job.validate()?;
+    let source = BucketSource::open(&job)?;
+    let mut manifest = Manifest::load_or_new(&job.manifest_path, &source.identity)?;
+    manifest.cloud = Some(source.location.cloud.clone());
+    manifest.region = Some(source.location.region.clone());
+    let context = Arc::new(ProducerContext {
+        key_prefix: source.key_prefix.clone(),
+        store: Arc::clone(&source.store),
+        previous: manifest.clone(),
+        settings: job.settings_fingerprint(&source.location),
+        location: source.location.clone(),
+        chunking: job.chunking,
+        max_object_bytes: job.max_object_bytes,
+    });
+    let (sender, receiver) = mpsc::channel(job.fetch_concurrency);
+    let counters = ListingCounters::default();
+    let mut run = IndexRun::new(&job, manifest, &source, counters.clone(), started, progress);
+    let producer = tokio::spawn(produce_events(
+        source,
+        context,
+        job.fetch_concurrency,
+        counters,
+        sender,
+    ));
+    let outcome = run.consume(receiver).await;
+    // On the error path the producer may still be fetching; its results are no longer wanted.
+    producer.abort();
+    match outcome {
+        Ok(()) => Ok(run.into_report()),
+        Err(error) => {
+            run.forget_unconfirmed_objects().await;
+            Err(error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

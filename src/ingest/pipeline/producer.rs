@@ -1,0 +1,405 @@
+//! The producer: list the bucket, then fetch, hash, extract and chunk objects with bounded
+//! concurrency, handing each result to the writer in the order they finish.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, ObjectMeta, ObjectStore};
+use tokio::sync::mpsc;
+
+use super::ObjectIssue;
+use super::source::BucketSource;
+use crate::document::Chunk;
+use crate::ingest::bucket::BucketLocation;
+use crate::ingest::chunk::{ChunkingConfig, chunk_document};
+use crate::ingest::extract::{ExtractedDoc, extract_with_problems, format_of};
+use crate::ingest::listing::Listed;
+use crate::ingest::manifest::{Manifest, ManifestEntry, normalize_etag, sha256_hex};
+
+/// How far the listing may run ahead of the fetches, in objects.
+const LISTING_LOOKAHEAD: usize = 10_000;
+
+/// What the producer tells the writer.
+pub(super) enum ProducerEvent {
+    Object(ProcessedObject),
+    ListingFailed(String),
+    /// The listing reached its end: objects not seen are really gone.
+    ListingFinished,
+}
+
+pub(super) struct ProcessedObject {
+    pub(super) object_key: String,
+    /// `None` when the object was not read.
+    pub(super) bytes_read: Option<u64>,
+    pub(super) result: ObjectResult,
+}
+
+pub(super) enum ObjectResult {
+    /// `refreshed_entry` carries a new etag when only the etag changed.
+    Unchanged {
+        refreshed_entry: Option<ManifestEntry>,
+    },
+    Skipped {
+        reason: String,
+    },
+    /// `content_problem`: the bytes were read and are unusable (as opposed to unreadable).
+    Failed {
+        reason: String,
+        content_problem: bool,
+    },
+    Prepared {
+        entry: ManifestEntry,
+        chunks: Vec<Chunk>,
+        record_problems: Vec<ObjectIssue>,
+    },
+}
+
+/// A document named after its object (no record id of its own) takes the qualified
+/// key as its id, so same-named files in two buckets stay two documents.
+fn qualify_document_id(
+    document: &ExtractedDoc,
+    object_key: &str,
+    qualified_key: &str,
+) -> ExtractedDoc {
+    let mut document = document.clone();
+    if document.doc_id == object_key {
+        document.doc_id = qualified_key.to_owned();
+    }
+    document
+}
+
+pub(super) struct ProducerContext {
+    /// See [`BucketSource::key_prefix`].
+    pub(super) key_prefix: String,
+    pub(super) store: Arc<dyn ObjectStore>,
+    /// The manifest as it was when the run started.
+    pub(super) previous: Manifest,
+    pub(super) settings: String,
+    pub(super) chunking: ChunkingConfig,
+    pub(super) max_object_bytes: u64,
+    /// Stamped on every chunk.
+    pub(super) location: BucketLocation,
+}
+
+/// What the lister counts for the progress report.
+#[derive(Clone, Default)]
+pub(super) struct ListingCounters {
+    pub(super) listed: Arc<AtomicU64>,
+    pub(super) excluded: Arc<AtomicU64>,
+}
+
+/// What the lister hands to the fetchers.
+enum ListedEntry {
+    Object(ObjectMeta),
+    /// A key `object_store` cannot name: reported as a failed object, never fetched.
+    UnreadableKey {
+        key: String,
+        reason: String,
+    },
+    Failed(String),
+    Finished,
+}
+
+pub(super) async fn produce_events(
+    source: BucketSource,
+    context: Arc<ProducerContext>,
+    fetch_concurrency: usize,
+    counters: ListingCounters,
+    sender: mpsc::Sender<ProducerEvent>,
+) {
+    // The listing runs ahead of the fetches (bounded) so that `listed` soon approaches the
+    // total a progress bar needs, without holding a huge bucket's listing in memory.
+    let (listing_sender, listing_receiver) = mpsc::channel(LISTING_LOOKAHEAD);
+    let lister = tokio::spawn(list_objects(source, counters, listing_sender));
+    let events = tokio_stream::wrappers::ReceiverStream::new(listing_receiver)
+        .map(|entry| {
+            let context = Arc::clone(&context);
+            async move {
+                match entry {
+                    ListedEntry::Object(meta) => {
+                        ProducerEvent::Object(process_object(context, meta).await)
+                    }
+                    ListedEntry::UnreadableKey { key, reason } => {
+                        ProducerEvent::Object(ProcessedObject {
+                            object_key: key,
+                            bytes_read: None,
+                            result: ObjectResult::Failed {
+                                reason,
+                                content_problem: false,
+                            },
+                        })
+                    }
+                    ListedEntry::Failed(reason) => ProducerEvent::ListingFailed(reason),
+                    ListedEntry::Finished => ProducerEvent::ListingFinished,
+                }
+            }
+        })
+        .buffer_unordered(fetch_concurrency);
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        if sender.send(event).await.is_err() {
+            // The writer stopped: nothing more is wanted.
+            break;
+        }
+    }
+    lister.abort();
+}
+
+/// Streams the listing into `sender`, ending with [`ListedEntry::Finished`] only when the
+/// listing itself reached its end.
+async fn list_objects(
+    source: BucketSource,
+    counters: ListingCounters,
+    sender: mpsc::Sender<ListedEntry>,
+) {
+    let mut listing = source.list();
+    while let Some(entry) = listing.next().await {
+        let entry = match entry {
+            Ok(listed) => {
+                let key = match &listed {
+                    Listed::Object(meta) => meta.location.as_ref(),
+                    Listed::UnreadableKey { key, .. } => key.as_str(),
+                };
+                if source.ignored_keys.contains(key) {
+                    continue;
+                }
+                if !source.accepts(key) {
+                    // Left out like a deleted object: if it was indexed, its chunks go.
+                    counters.excluded.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                counters.listed.fetch_add(1, Ordering::Relaxed);
+                match listed {
+                    Listed::Object(meta) => ListedEntry::Object(meta),
+                    Listed::UnreadableKey { key, reason } => {
+                        ListedEntry::UnreadableKey { key, reason }
+                    }
+                }
+            }
+            Err(reason) => ListedEntry::Failed(reason),
+        };
+        if sender.send(entry).await.is_err() {
+            return;
+        }
+    }
+    let _ = sender.send(ListedEntry::Finished).await;
+}
+
+pub(super) async fn process_object(
+    context: Arc<ProducerContext>,
+    meta: ObjectMeta,
+) -> ProcessedObject {
+    let object_key = meta.location.to_string();
+    let not_read = |result| ProcessedObject {
+        object_key: object_key.clone(),
+        bytes_read: None,
+        result,
+    };
+    if let Err(error) = format_of(&object_key) {
+        return not_read(ObjectResult::Skipped {
+            reason: error.to_string(),
+        });
+    }
+    if meta.size > context.max_object_bytes {
+        return not_read(too_large(meta.size, context.max_object_bytes));
+    }
+    let etag = meta.e_tag.as_deref().map(normalize_etag);
+    if context.previous.is_unchanged_by_etag(
+        &object_key,
+        etag.as_deref(),
+        meta.size,
+        &context.settings,
+    ) {
+        return not_read(ObjectResult::Unchanged {
+            refreshed_entry: None,
+        });
+    }
+    let (bytes, revision) = match fetch_bytes(
+        context.store.as_ref(),
+        &meta.location,
+        context.max_object_bytes,
+    )
+    .await
+    {
+        Ok(Fetched::Bytes { bytes, revision }) => (bytes, revision),
+        Ok(Fetched::TooLarge(size)) => {
+            return not_read(too_large(size, context.max_object_bytes));
+        }
+        Err(reason) => {
+            return not_read(ObjectResult::Failed {
+                reason,
+                content_problem: false,
+            });
+        }
+    };
+    let bytes_read = bytes.len() as u64;
+    // Hashing, parsing and chunking a large object is CPU work: keep it off the async workers.
+    let blocking_context = Arc::clone(&context);
+    let blocking_key = object_key.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        // The read's own etag names the bytes read, should the object have changed since
+        // the listing; the listing's is the fallback for stores whose reads carry none.
+        let revision = Revision {
+            etag: revision.etag.or(etag),
+            ..revision
+        };
+        prepare_object(&blocking_context, &blocking_key, revision, &bytes)
+    })
+    .await
+    .unwrap_or_else(|join_error| ObjectResult::Failed {
+        reason: format!("extraction crashed: {join_error}"),
+        content_problem: false,
+    });
+    ProcessedObject {
+        object_key,
+        bytes_read: Some(bytes_read),
+        result,
+    }
+}
+
+fn too_large(size: u64, max_object_bytes: u64) -> ObjectResult {
+    ObjectResult::Skipped {
+        reason: format!("too large: {size} bytes, the limit is {max_object_bytes}"),
+    }
+}
+
+/// Which version of an object was read.
+struct Revision {
+    /// Normalized with [`normalize_etag`].
+    etag: Option<String>,
+    /// The store's object version (S3 `x-amz-version-id`), when versioning is on.
+    version: Option<String>,
+}
+
+enum Fetched {
+    Bytes {
+        bytes: bytes::Bytes,
+        revision: Revision,
+    },
+    /// The object grew past the limit between listing and reading.
+    TooLarge(u64),
+}
+
+async fn fetch_bytes(
+    store: &dyn ObjectStore,
+    location: &ObjectPath,
+    max_object_bytes: u64,
+) -> std::result::Result<Fetched, String> {
+    let response = store
+        .get_opts(location, GetOptions::default())
+        .await
+        .map_err(describe_read_error)?;
+    if response.meta.size > max_object_bytes {
+        return Ok(Fetched::TooLarge(response.meta.size));
+    }
+    let revision = Revision {
+        etag: response.meta.e_tag.as_deref().map(normalize_etag),
+        version: response.meta.version.clone(),
+    };
+    let bytes = response.bytes().await.map_err(describe_read_error)?;
+    Ok(Fetched::Bytes { bytes, revision })
+}
+
+fn describe_read_error(error: object_store::Error) -> String {
+    match error {
+        object_store::Error::NotFound { .. } => {
+            "object vanished between listing and reading".to_owned()
+        }
+        other => format!("read failed: {other}"),
+    }
+}
+
+fn prepare_object(
+    context: &ProducerContext,
+    object_key: &str,
+    revision: Revision,
+    bytes: &[u8],
+) -> ObjectResult {
+    let sha256 = sha256_hex(bytes);
+    let size = bytes.len() as u64;
+    if context
+        .previous
+        .is_unchanged_by_content(object_key, &sha256, &context.settings)
+    {
+        return unchanged_content(context, object_key, revision, size);
+    }
+    let extraction = match extract_with_problems(object_key, bytes) {
+        Ok(extraction) => extraction,
+        Err(error) if error.is_skip() => {
+            return ObjectResult::Skipped {
+                reason: error.to_string(),
+            };
+        }
+        Err(error) => {
+            return ObjectResult::Failed {
+                reason: error.to_string(),
+                content_problem: true,
+            };
+        }
+    };
+    let qualified_key = format!("{}{object_key}", context.key_prefix);
+    let chunks: Vec<Chunk> = extraction
+        .documents
+        .iter()
+        .map(|document| qualify_document_id(document, object_key, &qualified_key))
+        .flat_map(|document| chunk_document(&qualified_key, &document, &context.chunking))
+        .map(|chunk| Chunk {
+            cloud: context.location.cloud.clone(),
+            region: context.location.region.clone(),
+            ..chunk
+        })
+        .collect();
+    if chunks.is_empty() {
+        return ObjectResult::Skipped {
+            reason: "no text to index".to_owned(),
+        };
+    }
+    let record_problems = extraction
+        .problems
+        .into_iter()
+        .map(|problem| ObjectIssue {
+            object_key: problem.location,
+            reason: problem.reason,
+        })
+        .collect();
+    let entry = ManifestEntry {
+        etag: revision.etag,
+        version: revision.version,
+        size,
+        sha256,
+        settings: context.settings.clone(),
+        chunk_ids: chunks.iter().map(|chunk| chunk.chunk_id.clone()).collect(),
+    };
+    ObjectResult::Prepared {
+        entry,
+        chunks,
+        record_problems,
+    }
+}
+
+/// Same content under a new etag (a touched file, a re-upload): only the manifest learns it.
+fn unchanged_content(
+    context: &ProducerContext,
+    object_key: &str,
+    revision: Revision,
+    size: u64,
+) -> ObjectResult {
+    let refreshed_entry = context
+        .previous
+        .objects
+        .get(object_key)
+        .filter(|previous| {
+            previous.etag != revision.etag
+                || previous.version != revision.version
+                || previous.size != size
+        })
+        .map(|previous| ManifestEntry {
+            etag: revision.etag,
+            version: revision.version,
+            size,
+            ..previous.clone()
+        });
+    ObjectResult::Unchanged { refreshed_entry }
+}

@@ -1,0 +1,391 @@
+//! The writer: embed, write to every store, commit, and only then let the manifest
+//! remember what the commit made durable.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::producer::{ListingCounters, ObjectResult, ProcessedObject, ProducerEvent};
+use super::source::BucketSource;
+use super::{IndexJob, IndexProgress, IndexReport, ObjectIssue};
+use crate::document::{Chunk, EmbeddedChunk};
+use crate::embed::{Embedder, Purpose};
+use crate::error::{Error, Result};
+use crate::ingest::manifest::{Manifest, ManifestEntry, write_atomically};
+use crate::stores::SearchBackend;
+
+/// How many object keys go into one `delete_objects` call for removed objects.
+const DELETE_BATCH_KEYS: usize = 1000;
+
+struct PreparedObject {
+    object_key: String,
+    entry: ManifestEntry,
+    chunks: Vec<Chunk>,
+}
+
+pub(super) struct IndexRun<P> {
+    stores: Vec<Arc<dyn SearchBackend>>,
+    embedder: Option<Arc<dyn Embedder>>,
+    manifest_path: PathBuf,
+    embed_batch_size: usize,
+    commit_every_chunks: usize,
+    /// The manifest as committed: it never lists more than the stores durably hold.
+    manifest: Manifest,
+    /// Prepared objects waiting for a full embedding batch.
+    batch: Vec<PreparedObject>,
+    batch_chunk_count: usize,
+    /// Objects whose store writes are under way; dropped from the manifest if they fail.
+    writing_keys: Vec<String>,
+    /// Written to the stores, waiting for the commit that lets the manifest record them.
+    unconfirmed: Vec<(String, ManifestEntry)>,
+    unconfirmed_chunk_count: usize,
+    /// Deleted from the stores, waiting for the commit that lets the manifest forget them.
+    unconfirmed_removals: Vec<String>,
+    /// New etags over unchanged content: no store write needed.
+    etag_refreshes: Vec<(String, ManifestEntry)>,
+    stores_need_commit: bool,
+    seen_keys: HashSet<String>,
+    /// Indexed before, unusable now (too large, broken): their old chunks must go.
+    stale_keys: Vec<String>,
+    listing_finished: bool,
+    /// See [`BucketSource::key_prefix`]; the manifest's keys are short, the stores' qualified.
+    key_prefix: String,
+    counters: ListingCounters,
+    started: Instant,
+    report: IndexReport,
+    on_progress: P,
+}
+
+impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
+    /// Manifest keys as the stores know them.
+    fn qualified(&self, keys: &[String]) -> Vec<String> {
+        keys.iter()
+            .map(|key| format!("{}{key}", self.key_prefix))
+            .collect()
+    }
+
+    pub(super) fn new(
+        job: &IndexJob,
+        manifest: Manifest,
+        source: &BucketSource,
+        counters: ListingCounters,
+        started: Instant,
+        on_progress: P,
+    ) -> Self {
+        Self {
+            stores: job.stores.clone(),
+            embedder: job.embedder_in_use(),
+            manifest_path: job.manifest_path.clone(),
+            embed_batch_size: job.embed_batch_size,
+            commit_every_chunks: job.commit_every_chunks,
+            manifest,
+            batch: Vec::new(),
+            batch_chunk_count: 0,
+            writing_keys: Vec::new(),
+            unconfirmed: Vec::new(),
+            unconfirmed_chunk_count: 0,
+            unconfirmed_removals: Vec::new(),
+            etag_refreshes: Vec::new(),
+            stores_need_commit: false,
+            seen_keys: HashSet::new(),
+            stale_keys: Vec::new(),
+            listing_finished: false,
+            key_prefix: source.key_prefix.clone(),
+            counters,
+            started,
+            report: IndexReport {
+                location: source.location.clone(),
+                ..IndexReport::default()
+            },
+            on_progress,
+        }
+    }
+
+    pub(super) async fn consume(
+        &mut self,
+        mut receiver: mpsc::Receiver<ProducerEvent>,
+    ) -> Result<()> {
+        while let Some(event) = receiver.recv().await {
+            match event {
+                ProducerEvent::Object(object) => self.handle_object(object).await?,
+                ProducerEvent::ListingFailed(reason) => {
+                    tracing::warn!(%reason, "listing the bucket failed");
+                    self.report.listing_errors.push(reason);
+                }
+                ProducerEvent::ListingFinished => self.listing_finished = true,
+            }
+            self.report_progress();
+        }
+        self.finish().await
+    }
+
+    async fn handle_object(&mut self, object: ProcessedObject) -> Result<()> {
+        let ProcessedObject {
+            object_key,
+            bytes_read,
+            result,
+        } = object;
+        self.seen_keys.insert(object_key.clone());
+        if let Some(bytes_read) = bytes_read {
+            self.report.progress.fetched += 1;
+            self.report.progress.bytes_read += bytes_read;
+        }
+        let was_indexed = self.manifest.objects.contains_key(&object_key);
+        match result {
+            ObjectResult::Unchanged { refreshed_entry } => {
+                self.report.progress.unchanged += 1;
+                if let Some(entry) = refreshed_entry {
+                    self.etag_refreshes.push((object_key, entry));
+                }
+            }
+            ObjectResult::Skipped { reason } => {
+                self.report.progress.skipped += 1;
+                self.report.skips.push(ObjectIssue {
+                    object_key: object_key.clone(),
+                    reason,
+                });
+                if was_indexed {
+                    self.stale_keys.push(object_key);
+                }
+            }
+            ObjectResult::Failed {
+                reason,
+                content_problem,
+            } => {
+                tracing::warn!(%object_key, %reason, "object not indexed");
+                self.report.progress.failed += 1;
+                self.report.failures.push(ObjectIssue {
+                    object_key: object_key.clone(),
+                    reason,
+                });
+                // Unreadable now is not gone: keep the old chunks until the content is known.
+                if content_problem && was_indexed {
+                    self.stale_keys.push(object_key);
+                }
+            }
+            ObjectResult::Prepared {
+                entry,
+                chunks,
+                record_problems,
+            } => {
+                self.report.progress.record_problems += record_problems.len() as u64;
+                self.report.record_problems.extend(record_problems);
+                self.batch_chunk_count += chunks.len();
+                self.batch.push(PreparedObject {
+                    object_key,
+                    entry,
+                    chunks,
+                });
+                if self.batch_chunk_count >= self.embed_batch_size {
+                    self.flush_batch().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete the batch's objects from every store (whatever an earlier or interrupted run
+    /// left), then embed and upsert their chunks.
+    async fn flush_batch(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let objects = std::mem::take(&mut self.batch);
+        self.batch_chunk_count = 0;
+        self.writing_keys = objects
+            .iter()
+            .map(|object| object.object_key.clone())
+            .collect();
+        self.stores_need_commit = true;
+        let writing_keys = self.qualified(&self.writing_keys);
+        on_every_store(&self.stores, "removing previous chunks", |store| {
+            store.delete_objects(&writing_keys)
+        })
+        .await?;
+        let mut entries = Vec::with_capacity(objects.len());
+        let mut chunks = Vec::new();
+        for object in objects {
+            entries.push((object.object_key, object.entry));
+            chunks.extend(object.chunks);
+        }
+        let chunk_count = chunks.len();
+        let mut remaining = chunks.into_iter();
+        loop {
+            let group: Vec<Chunk> = remaining.by_ref().take(self.embed_batch_size).collect();
+            if group.is_empty() {
+                break;
+            }
+            let group_size = group.len() as u64;
+            self.write_group(group).await?;
+            self.report.progress.chunks_written += group_size;
+            self.report_progress();
+        }
+        self.report.progress.indexed += entries.len() as u64;
+        self.unconfirmed.extend(entries);
+        self.unconfirmed_chunk_count += chunk_count;
+        self.writing_keys.clear();
+        if self.unconfirmed_chunk_count >= self.commit_every_chunks {
+            self.commit_and_save().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_group(&self, group: Vec<Chunk>) -> Result<()> {
+        let vectors = self.embed_group(&group).await?;
+        let embedded: Vec<EmbeddedChunk> = group
+            .into_iter()
+            .zip(vectors)
+            .map(|(chunk, vector)| EmbeddedChunk { chunk, vector })
+            .collect();
+        on_every_store(&self.stores, "writing chunks", |store| {
+            store.upsert(&embedded)
+        })
+        .await
+    }
+
+    /// One vector per chunk; empty vectors when only lexical stores are written.
+    async fn embed_group(&self, group: &[Chunk]) -> Result<Vec<Vec<f32>>> {
+        let Some(embedder) = &self.embedder else {
+            return Ok(vec![Vec::new(); group.len()]);
+        };
+        let texts: Vec<String> = group.iter().map(embedding_text).collect();
+        let vectors = embedder
+            .embed(&texts, Purpose::Document)
+            .await
+            .map_err(|error| error.context("embedding chunks"))?;
+        if vectors.len() != group.len() {
+            return Err(Error::internal(format!(
+                "embedder returned {} vectors for {} chunks",
+                vectors.len(),
+                group.len()
+            )));
+        }
+        Ok(vectors)
+    }
+
+    /// Commit every store, then let the manifest record what the commit made durable.
+    async fn commit_and_save(&mut self) -> Result<()> {
+        if self.stores_need_commit {
+            on_every_store(&self.stores, "committing", |store| store.commit()).await?;
+            self.stores_need_commit = false;
+        }
+        let manifest_changed = !self.unconfirmed.is_empty()
+            || !self.unconfirmed_removals.is_empty()
+            || !self.etag_refreshes.is_empty();
+        for (object_key, entry) in self.unconfirmed.drain(..) {
+            self.manifest.objects.insert(object_key, entry);
+        }
+        for object_key in self.unconfirmed_removals.drain(..) {
+            self.manifest.objects.remove(&object_key);
+        }
+        for (object_key, entry) in self.etag_refreshes.drain(..) {
+            self.manifest.objects.insert(object_key, entry);
+        }
+        self.unconfirmed_chunk_count = 0;
+        if !manifest_changed {
+            return Ok(());
+        }
+        self.save_manifest().await
+    }
+
+    async fn save_manifest(&self) -> Result<()> {
+        let contents = self.manifest.to_json()?;
+        let path = self.manifest_path.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&path, &contents))
+            .await
+            .map_err(|error| Error::internal(format!("saving the manifest: {error}")))?
+    }
+
+    /// Flush the last batch, remove objects gone from the bucket (only when the listing is
+    /// known complete), commit and save.
+    async fn finish(&mut self) -> Result<()> {
+        self.flush_batch().await?;
+        let listing_complete = self.listing_finished && self.report.listing_errors.is_empty();
+        if !self.listing_finished {
+            self.report
+                .listing_errors
+                .push("the listing stopped before its end".to_owned());
+        }
+        let absent_keys: Vec<String> = if listing_complete {
+            self.manifest
+                .objects
+                .keys()
+                .filter(|object_key| !self.seen_keys.contains(*object_key))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut removals = std::mem::take(&mut self.stale_keys);
+        removals.extend(absent_keys.iter().cloned());
+        for keys in removals.chunks(DELETE_BATCH_KEYS) {
+            self.stores_need_commit = true;
+            let keys = &self.qualified(keys);
+            on_every_store(&self.stores, "removing deleted objects", |store| {
+                store.delete_objects(keys)
+            })
+            .await?;
+        }
+        self.unconfirmed_removals.extend(removals);
+        self.commit_and_save().await?;
+        self.report.progress.deleted += absent_keys.len() as u64;
+        self.report_progress();
+        Ok(())
+    }
+
+    /// After a failed write: the objects being written or written but not committed must be
+    /// redone by the next run, so the manifest must not claim their old content either.
+    pub(super) async fn forget_unconfirmed_objects(&mut self) {
+        let mut forgotten = false;
+        let unconfirmed_keys = self.unconfirmed.drain(..).map(|(object_key, _)| object_key);
+        for object_key in self.writing_keys.drain(..).chain(unconfirmed_keys) {
+            forgotten |= self.manifest.objects.remove(&object_key).is_some();
+        }
+        if !forgotten {
+            return;
+        }
+        if let Err(error) = self.save_manifest().await {
+            tracing::warn!(%error, "could not save the manifest after a failed write");
+        }
+    }
+
+    fn report_progress(&mut self) {
+        self.report.progress.listed = self.counters.listed.load(Ordering::Relaxed);
+        self.report.progress.excluded = self.counters.excluded.load(Ordering::Relaxed);
+        self.report.progress.elapsed = self.started.elapsed();
+        (self.on_progress)(&self.report.progress);
+    }
+
+    pub(super) fn into_report(self) -> IndexReport {
+        self.report
+    }
+}
+
+/// Run one operation on every store at once; an error names the store and what failed.
+async fn on_every_store<'a, Operation, Call>(
+    stores: &'a [Arc<dyn SearchBackend>],
+    what: &str,
+    operation: Operation,
+) -> Result<()>
+where
+    Operation: Fn(&'a dyn SearchBackend) -> Call,
+    Call: std::future::Future<Output = Result<()>> + 'a,
+{
+    let calls = stores.iter().map(|store| {
+        let call = operation(store.as_ref());
+        async move {
+            call.await
+                .map_err(|error| error.context(format!("store {}: {what}", store.describe().id)))
+        }
+    });
+    futures::future::try_join_all(calls).await.map(|_| ())
+}
+
+/// The text a chunk is embedded from (the same rule `calibrate` samples by).
+fn embedding_text(chunk: &Chunk) -> String {
+    crate::document::embedding_text(&chunk.title, &chunk.text)
+}
