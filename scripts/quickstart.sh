@@ -17,7 +17,7 @@ address=127.0.0.1:50051
 echo "== starting the server on $address"
 $skyfuse serve --listen "$address" &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
   $skyfuse sources --server "$address" >/dev/null 2>&1 && break
   sleep 0.2
