@@ -11,6 +11,7 @@ pub mod local;
 pub mod normalize;
 pub mod providers;
 pub mod query;
+pub mod query_cache;
 pub mod space;
 
 use async_trait::async_trait;

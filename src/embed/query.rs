@@ -6,15 +6,13 @@
 //! cosine spaces, re-normalized) for the others. Other spaces are families of one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use lru::LruCache;
+use std::sync::Arc;
 
 use crate::config::Metric;
 use crate::embed::adapter::LinearAdapter;
 use crate::embed::normalize::shape_vector;
+use crate::embed::query_cache::QueryCache;
+pub use crate::embed::query_cache::QueryCacheSettings;
 use crate::embed::space::SpaceEmbedder;
 use crate::embed::{Embedder, Purpose};
 use crate::error::{Error, Result};
@@ -36,26 +34,12 @@ impl Family<'_> {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct QueryCacheSettings {
-    /// Most query embeddings kept; 0 turns the cache off.
-    pub entries: usize,
-    /// How long one is reused: long enough for a burst of retries and pagination,
-    /// short enough that a redeployed model is picked up soon.
-    pub ttl: Duration,
-}
-
-/// (family key, dimension, query text).
-type CacheKey = (String, usize, String);
-type Cache = Mutex<LruCache<CacheKey, (Instant, Arc<Vec<f32>>)>>;
-
 pub struct QueryEmbedder {
     spaces: HashMap<String, Arc<SpaceEmbedder>>,
     family_keys: HashMap<String, String>,
     /// Target space -> adapters into it, in the order they are tried.
     adapters: HashMap<String, Vec<Arc<LinearAdapter>>>,
-    cache: Option<Cache>,
-    ttl: Duration,
+    cache: QueryCache,
 }
 
 impl QueryEmbedder {
@@ -70,9 +54,7 @@ impl QueryEmbedder {
             spaces,
             family_keys,
             adapters: HashMap::new(),
-            cache: NonZeroUsize::new(cache.entries)
-                .map(|entries| Mutex::new(LruCache::new(entries))),
-            ttl: cache.ttl,
+            cache: QueryCache::new(cache),
         }
     }
 
@@ -187,28 +169,23 @@ impl QueryEmbedder {
         (families.into_values().collect(), missing)
     }
 
-    /// The family's query vector at its largest size, from the cache when fresh.
+    /// The family's query vector at its largest size: from the cache when fresh, shared
+    /// with an identical query in flight, else embedded.
     pub async fn embed(&self, family: &Family<'_>, query: &str) -> Result<Arc<Vec<f32>>> {
         let key = (family.key.clone(), family.dims, query.to_string());
-        if let Some(vector) = self.cached(&key) {
-            return Ok(vector);
-        }
-        let mut vectors = family
-            .embedder
-            .embed_at(&[query.to_string()], Purpose::Query, family.dims)
-            .await?;
-        let vector = match vectors.len() {
-            1 => Arc::new(vectors.remove(0)),
-            n => {
-                return Err(Error::unavailable(format!(
-                    "the embedder returned {n} vectors for one query"
-                )));
-            }
-        };
-        if let Some(cache) = &self.cache {
-            lock(cache).put(key, (Instant::now(), vector.clone()));
-        }
-        Ok(vector)
+        let embedder = family.embedder.clone();
+        let (dims, query) = (family.dims, query.to_string());
+        self.cache
+            .get_or_embed(key, async move {
+                let mut vectors = embedder.embed_at(&[query], Purpose::Query, dims).await?;
+                match vectors.len() {
+                    1 => Ok(Arc::new(vectors.remove(0))),
+                    n => Err(Error::unavailable(format!(
+                        "the embedder returned {n} vectors for one query"
+                    ))),
+                }
+            })
+            .await
     }
 
     /// The family's vector in one member space's shape.
@@ -233,19 +210,6 @@ impl QueryEmbedder {
             normalize,
         )?))
     }
-
-    fn cached(&self, key: &CacheKey) -> Option<Arc<Vec<f32>>> {
-        let cache = self.cache.as_ref()?;
-        let mut cache = lock(cache);
-        match cache.get(key) {
-            Some((at, vector)) if at.elapsed() < self.ttl => Some(vector.clone()),
-            Some(_) => {
-                cache.pop(key);
-                None
-            }
-            None => None,
-        }
-    }
 }
 
 /// Spaces with equal keys may share a query embedding: both Matryoshka, the same model,
@@ -260,15 +224,10 @@ pub fn family_key(space: &crate::config::SpaceConfig) -> Option<String> {
     })
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A cache is safe to keep using after a panic elsewhere: entries are whole values.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::embed::space::Serving;
     use crate::embed::space::tests::{ScriptedProvider, space};
@@ -321,7 +280,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_cache_serves_a_repeated_query_until_it_expires() {
+    async fn a_repeated_query_is_served_from_the_cache() {
         let provider = ScriptedProvider::new("local", 2);
         let spaces = HashMap::from([(
             "minilm".to_string(),
@@ -335,7 +294,7 @@ mod tests {
                 .unwrap(),
             ),
         )]);
-        let mut query = QueryEmbedder::new(spaces, HashMap::new(), settings(8));
+        let query = QueryEmbedder::new(spaces, HashMap::new(), settings(8));
         let (families, _) = query.families(["minilm"]);
         let first = query.embed(&families[0], "same words").await.unwrap();
         let again = query.embed(&families[0], "same words").await.unwrap();
@@ -343,9 +302,5 @@ mod tests {
         assert_eq!(provider.calls(), 1, "served from the cache");
         query.embed(&families[0], "other words").await.unwrap();
         assert_eq!(provider.calls(), 2);
-
-        query.ttl = Duration::ZERO;
-        query.embed(&families[0], "same words").await.unwrap();
-        assert_eq!(provider.calls(), 3, "an expired entry is embedded again");
     }
 }
