@@ -31,7 +31,14 @@ fn best_sentences<'a>(
     question_words: &HashSet<String>,
     count: usize,
 ) -> Vec<&'a str> {
-    let sentences = split_sentences(text);
+    let all = split_sentences(text);
+    // Quote prose, not code blocks, tables or headings, unless that is all there is.
+    let prose: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|sentence| is_prose(sentence))
+        .collect();
+    let sentences = if prose.is_empty() { all } else { prose };
     let mut scored: Vec<(usize, usize)> = sentences
         .iter()
         .enumerate()
@@ -54,7 +61,13 @@ fn best_sentences<'a>(
         .collect()
 }
 
+/// Sentences, never across a blank line: a paragraph break (or the end of a code
+/// block) also ends a sentence.
 fn split_sentences(text: &str) -> Vec<&str> {
+    text.split("\n\n").flat_map(split_paragraph).collect()
+}
+
+fn split_paragraph(text: &str) -> Vec<&str> {
     let mut sentences = Vec::new();
     let mut start = 0;
     let bytes = text.as_bytes();
@@ -77,6 +90,18 @@ fn push_trimmed<'a>(sentences: &mut Vec<&'a str>, sentence: &'a str) {
     if !sentence.is_empty() {
         sentences.push(sentence);
     }
+}
+
+/// Reads like a sentence: several words, mostly letters, no code-fence, arrow or
+/// table syntax (chunks of markdown carry all three).
+fn is_prose(sentence: &str) -> bool {
+    let visible: Vec<char> = sentence.chars().filter(|c| !c.is_whitespace()).collect();
+    let letters = visible.iter().filter(|c| c.is_alphabetic()).count();
+    sentence.split_whitespace().count() >= 4
+        && letters * 10 >= visible.len() * 7
+        && !sentence.contains("```")
+        && !sentence.contains("->")
+        && !sentence.trim_start().starts_with('|')
 }
 
 /// Lowercased words of three letters or more: crude, but enough to rank sentences.
@@ -112,6 +137,22 @@ mod tests {
         );
         assert!(first_line.ends_with("[1]"), "{answer}");
         assert!(answer.contains("[2]"));
+    }
+
+    #[test]
+    fn code_blocks_and_tables_are_not_quoted_when_prose_answers() {
+        let passages = [Passage {
+            title: "Architecture".into(),
+            text: "```\nIndex: url -> list -> fetch -> embed -> upsert -> manifest\n```\n\n\
+                   | index | crash | safe |\n\n\
+                   The manifest is written after the stores commit, which makes indexing crash safe."
+                .into(),
+        }];
+        let answer = extractive_answer("How is indexing crash safe?", &passages);
+        assert_eq!(
+            answer,
+            "The manifest is written after the stores commit, which makes indexing crash safe. [1]"
+        );
     }
 
     #[test]
