@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 use super::openai_shape::{EmbeddingsAnswer, body};
-use super::{check_request, checked, max_batch, post, service_name};
+use super::{WireFormat, checked, max_batch, post, service_name};
 use crate::cloud::CloudEndpoint;
 use crate::cloud::sigv4::uri_encode;
 use crate::config::ProviderConfig;
-use crate::embed::{EmbedRequest, EmbeddingProvider};
+use crate::embed::EmbedRequest;
 use crate::error::Result;
 
 /// Azure OpenAI takes at most 2048 inputs per embeddings call.
@@ -44,24 +44,20 @@ impl AzureOpenAiEmbeddings {
 }
 
 #[async_trait]
-impl EmbeddingProvider for AzureOpenAiEmbeddings {
-    fn id(&self) -> &str {
-        &self.endpoint.id
+impl WireFormat for AzureOpenAiEmbeddings {
+    fn endpoint(&self) -> &CloudEndpoint {
+        &self.endpoint
     }
 
-    fn location(&self) -> (&str, &str) {
-        (&self.endpoint.cloud, &self.endpoint.region)
+    fn service(&self) -> &str {
+        &self.service
     }
 
-    fn max_batch(&self) -> usize {
+    fn batch_limit(&self) -> usize {
         self.max_batch
     }
 
-    async fn embed(&self, request: EmbedRequest<'_>) -> Result<Vec<Vec<f32>>> {
-        check_request(&self.service, &request, self.max_batch)?;
-        if request.texts.is_empty() {
-            return Ok(Vec::new());
-        }
+    async fn send(&self, request: EmbedRequest<'_>) -> Result<Vec<Vec<f32>>> {
         let deployment = self.deployment(request.model);
         let (url, body) = match &self.api_version {
             Some(version) => (

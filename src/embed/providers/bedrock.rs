@@ -10,12 +10,12 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{check_request, checked, max_batch, post, service_name};
+use super::{WireFormat, checked, max_batch, post, service_name};
 use crate::cloud::CloudEndpoint;
 use crate::cloud::http::malformed;
 use crate::cloud::sigv4::uri_encode;
 use crate::config::ProviderConfig;
-use crate::embed::{EmbedRequest, EmbeddingProvider, Purpose};
+use crate::embed::{EmbedRequest, Purpose};
 use crate::error::{Error, Result};
 
 /// Cohere Embed's limit per call; Titan calls are fanned out up to the same count.
@@ -166,24 +166,20 @@ struct ByType<T = Vec<Vec<f32>>> {
 }
 
 #[async_trait]
-impl EmbeddingProvider for BedrockEmbeddings {
-    fn id(&self) -> &str {
-        &self.endpoint.id
+impl WireFormat for BedrockEmbeddings {
+    fn endpoint(&self) -> &CloudEndpoint {
+        &self.endpoint
     }
 
-    fn location(&self) -> (&str, &str) {
-        (&self.endpoint.cloud, &self.endpoint.region)
+    fn service(&self) -> &str {
+        &self.service
     }
 
-    fn max_batch(&self) -> usize {
+    fn batch_limit(&self) -> usize {
         self.max_batch
     }
 
-    async fn embed(&self, request: EmbedRequest<'_>) -> Result<Vec<Vec<f32>>> {
-        check_request(&self.service, &request, self.max_batch)?;
-        if request.texts.is_empty() {
-            return Ok(Vec::new());
-        }
+    async fn send(&self, request: EmbedRequest<'_>) -> Result<Vec<Vec<f32>>> {
         let vectors = match family(request.model) {
             Some(Family::Titan) => self.titan(&request).await?,
             Some(Family::CohereV3) => self.cohere(&request, false).await?,

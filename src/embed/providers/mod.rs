@@ -47,6 +47,43 @@ fn max_batch(config: &ProviderConfig, service_limit: usize) -> usize {
     config.max_batch.unwrap_or(service_limit).min(service_limit)
 }
 
+/// One service's wire format over a [`CloudEndpoint`]. Every such provider is an
+/// [`EmbeddingProvider`] through the impl below, which refuses what the service would
+/// refuse and skips empty calls before `send` runs.
+#[async_trait::async_trait]
+trait WireFormat: Send + Sync {
+    fn endpoint(&self) -> &CloudEndpoint;
+    /// `"kind provider \"id\""`, the prefix of every message.
+    fn service(&self) -> &str;
+    fn batch_limit(&self) -> usize;
+    /// Embeds a non-empty batch that passed [`check_request`].
+    async fn send(&self, request: EmbedRequest<'_>) -> Result<Vec<Vec<f32>>>;
+}
+
+#[async_trait::async_trait]
+impl<T: WireFormat> EmbeddingProvider for T {
+    fn id(&self) -> &str {
+        &self.endpoint().id
+    }
+
+    fn location(&self) -> (&str, &str) {
+        let endpoint = self.endpoint();
+        (&endpoint.cloud, &endpoint.region)
+    }
+
+    fn max_batch(&self) -> usize {
+        self.batch_limit()
+    }
+
+    async fn embed(&self, request: EmbedRequest<'_>) -> Result<Vec<Vec<f32>>> {
+        check_request(self.service(), &request, self.batch_limit())?;
+        if request.texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.send(request).await
+    }
+}
+
 /// Refuses calls the service would refuse: over the batch limit, no model.
 fn check_request(service: &str, request: &EmbedRequest<'_>, max_batch: usize) -> Result<()> {
     if request.texts.len() > max_batch {

@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{check_request, checked, max_batch, post, service_name};
+use super::{WireFormat, checked, max_batch, post, service_name};
 use crate::cloud::CloudEndpoint;
 use crate::config::ProviderConfig;
-use crate::embed::{EmbedRequest, EmbeddingProvider, Purpose};
+use crate::embed::{EmbedRequest, Purpose};
 use crate::error::Result;
 
 pub const SERVICE_LIMIT: usize = 96;
@@ -54,24 +54,20 @@ impl OciEmbeddings {
 }
 
 #[async_trait]
-impl EmbeddingProvider for OciEmbeddings {
-    fn id(&self) -> &str {
-        &self.endpoint.id
+impl WireFormat for OciEmbeddings {
+    fn endpoint(&self) -> &CloudEndpoint {
+        &self.endpoint
     }
 
-    fn location(&self) -> (&str, &str) {
-        (&self.endpoint.cloud, &self.endpoint.region)
+    fn service(&self) -> &str {
+        &self.service
     }
 
-    fn max_batch(&self) -> usize {
+    fn batch_limit(&self) -> usize {
         self.max_batch
     }
 
-    async fn embed(&self, request: EmbedRequest<'_>) -> Result<Vec<Vec<f32>>> {
-        check_request(&self.service, &request, self.max_batch)?;
-        if request.texts.is_empty() {
-            return Ok(Vec::new());
-        }
+    async fn send(&self, request: EmbedRequest<'_>) -> Result<Vec<Vec<f32>>> {
         let mut body = json!({
             "compartmentId": self.compartment_id,
             "servingMode": self.serving_mode(request.model),

@@ -4,10 +4,10 @@
 use async_trait::async_trait;
 
 use super::openai_shape::{EmbeddingsAnswer, body};
-use super::{check_request, checked, post, service_name};
+use super::{WireFormat, checked, post, service_name};
 use crate::cloud::CloudEndpoint;
 use crate::config::ProviderConfig;
-use crate::embed::{EmbedRequest, EmbeddingProvider};
+use crate::embed::EmbedRequest;
 use crate::error::Result;
 
 /// Servers differ (llama.cpp is bound by its batch size); OpenAI's own limit is 2048.
@@ -34,24 +34,20 @@ impl OpenAiCompatEmbeddings {
 }
 
 #[async_trait]
-impl EmbeddingProvider for OpenAiCompatEmbeddings {
-    fn id(&self) -> &str {
-        &self.endpoint.id
+impl WireFormat for OpenAiCompatEmbeddings {
+    fn endpoint(&self) -> &CloudEndpoint {
+        &self.endpoint
     }
 
-    fn location(&self) -> (&str, &str) {
-        (&self.endpoint.cloud, &self.endpoint.region)
+    fn service(&self) -> &str {
+        &self.service
     }
 
-    fn max_batch(&self) -> usize {
+    fn batch_limit(&self) -> usize {
         self.max_batch
     }
 
-    async fn embed(&self, request: EmbedRequest<'_>) -> Result<Vec<Vec<f32>>> {
-        check_request(&self.service, &request, self.max_batch)?;
-        if request.texts.is_empty() {
-            return Ok(Vec::new());
-        }
+    async fn send(&self, request: EmbedRequest<'_>) -> Result<Vec<Vec<f32>>> {
         let url = self.endpoint.url("/v1/embeddings")?;
         let answer: EmbeddingsAnswer = post(
             &self.endpoint,

@@ -7,11 +7,11 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{check_request, checked, post, service_name};
+use super::{WireFormat, checked, post, service_name};
 use crate::cloud::CloudEndpoint;
 use crate::cloud::sigv4::uri_encode;
 use crate::config::ProviderConfig;
-use crate::embed::{EmbedRequest, EmbeddingProvider, Purpose};
+use crate::embed::{EmbedRequest, Purpose};
 use crate::error::Result;
 
 /// text-embedding-005 takes up to 250 instances but 20,000 tokens a request: 32
@@ -95,24 +95,20 @@ fn instances_per_request(model: &str, max_batch: usize) -> usize {
 }
 
 #[async_trait]
-impl EmbeddingProvider for VertexEmbeddings {
-    fn id(&self) -> &str {
-        &self.endpoint.id
+impl WireFormat for VertexEmbeddings {
+    fn endpoint(&self) -> &CloudEndpoint {
+        &self.endpoint
     }
 
-    fn location(&self) -> (&str, &str) {
-        (&self.endpoint.cloud, &self.endpoint.region)
+    fn service(&self) -> &str {
+        &self.service
     }
 
-    fn max_batch(&self) -> usize {
+    fn batch_limit(&self) -> usize {
         self.max_batch
     }
 
-    async fn embed(&self, request: EmbedRequest<'_>) -> Result<Vec<Vec<f32>>> {
-        check_request(&self.service, &request, self.max_batch)?;
-        if request.texts.is_empty() {
-            return Ok(Vec::new());
-        }
+    async fn send(&self, request: EmbedRequest<'_>) -> Result<Vec<Vec<f32>>> {
         let per_request = instances_per_request(request.model, self.max_batch);
         // Futures collected first: a stream holding a closure over borrowed texts
         // trips the compiler's Send check of the async-trait future.
