@@ -153,6 +153,17 @@ impl TestServer {
     }
 }
 
+/// The streamed tokens of an answer, joined.
+fn answer_text(events: &[proto::answer_event::Event]) -> String {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            proto::answer_event::Event::Token(text) => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A small corpus in every supported format, plus a file that must be refused.
 fn write_corpus(dir: &Path) {
     std::fs::write(
@@ -450,13 +461,7 @@ async fn without_a_provider_the_answer_is_extractive_and_cited() {
             ..Default::default()
         })
         .await;
-    let text: String = events
-        .iter()
-        .filter_map(|event| match event {
-            proto::answer_event::Event::Token(text) => Some(text.as_str()),
-            _ => None,
-        })
-        .collect();
+    let text = answer_text(&events);
     assert!(
         text.contains("paired region") && text.contains("[1]"),
         "{text}"
@@ -691,13 +696,7 @@ async fn live_openai_compatible_server_answers_with_tokens_and_usage() {
             ..Default::default()
         })
         .await;
-    let answered: String = events
-        .iter()
-        .filter_map(|event| match event {
-            proto::answer_event::Event::Token(text) => Some(text.as_str()),
-            _ => None,
-        })
-        .collect();
+    let answered = answer_text(&events);
     assert!(!answered.trim().is_empty(), "{events:?}");
     let Some(proto::answer_event::Event::Done(done)) = events.last() else {
         panic!("the stream ends with done: {events:?}");
