@@ -10,6 +10,9 @@ pub enum ErrorKind {
     InvalidArgument,
     /// A named source, index, space, model or document does not exist.
     NotFound,
+    /// The prompt does not fit the model's context window: the same model will
+    /// refuse it again, a model with a longer context may not.
+    ContextLength,
     /// A backend asked us to slow down.
     Throttled,
     /// A backend is down or unreachable.
@@ -81,6 +84,7 @@ impl Error {
         match self.kind {
             ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::Timeout => true,
             ErrorKind::InvalidArgument
+            | ErrorKind::ContextLength
             | ErrorKind::NotFound
             | ErrorKind::Auth
             | ErrorKind::Config

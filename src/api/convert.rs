@@ -13,6 +13,7 @@ use crate::retrieve::{FusedHit, SearchResult, SourceOutcome, SourceStatus};
 pub fn status(error: Error) -> Status {
     let code = match error.kind {
         ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorKind::ContextLength => tonic::Code::OutOfRange,
         ErrorKind::NotFound => tonic::Code::NotFound,
         ErrorKind::Throttled => tonic::Code::ResourceExhausted,
         ErrorKind::Unavailable => tonic::Code::Unavailable,

@@ -94,11 +94,29 @@ pub enum ChatEvent {
     },
 }
 
+/// Which model a chat provider serves, and under what name on its endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatTarget {
+    /// The model's canonical name, as callers and routing rules know it (`gpt-4o`).
+    pub model: String,
+    /// The name the endpoint knows it by: an Azure deployment, a Bedrock model or
+    /// inference-profile id, a Vertex model, an OCI model id or dedicated-endpoint
+    /// OCID, the model of an OpenAI-compatible server.
+    pub wire_id: String,
+    /// Served on reserved capacity (Azure PTU deployment, OCI dedicated AI cluster).
+    pub dedicated: bool,
+}
+
 /// Who serves a model, for routing, cost and the route in each answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderInfo {
+    /// The `[[provider]]` id.
     pub id: String,
+    /// The canonical model name.
     pub model: String,
+    /// The name the endpoint knows the model by ([`ChatTarget::wire_id`]).
+    pub deployment: String,
+    pub dedicated: bool,
     pub cloud: String,
     pub region: String,
     pub input_per_1m_usd: f64,

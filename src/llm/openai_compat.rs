@@ -27,6 +27,8 @@ impl OpenAiCompatProvider {
             info: ProviderInfo {
                 id: config.id.clone(),
                 model: config.chat_model().to_string(),
+                deployment: config.chat_model().to_string(),
+                dedicated: false,
                 cloud: config.cloud().to_string(),
                 region: config.region().to_string(),
                 input_per_1m_usd: config.input_per_1m_usd,
@@ -64,7 +66,7 @@ impl ChatProvider for OpenAiCompatProvider {
             .map(|message| json!({"role": message.role.as_str(), "content": message.content}))
             .collect();
         let body = json!({
-            "model": self.info.model,
+            "model": self.info.deployment,
             "messages": messages,
             "max_tokens": request.max_output_tokens,
             "temperature": request.temperature,
