@@ -131,10 +131,43 @@ impl ProviderInfo {
     }
 }
 
-/// A chat model endpoint.
+/// A whole completion, from a non-streaming call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    pub text: String,
+    pub reason: FinishReason,
+    /// None when the provider reported no usage.
+    pub usage: Option<Usage>,
+}
+
+/// A chat model endpoint: one model on one provider ([`ChatTarget`]).
 #[async_trait]
 pub trait ChatProvider: Send + Sync {
     fn info(&self) -> &ProviderInfo;
+
+    /// A whole completion. By default the stream, collected; providers whose API
+    /// has a non-streaming call (Converse, generateContent) use it instead.
+    async fn chat(&self, request: &ChatRequest, deadline: Instant) -> Result<ChatResponse> {
+        use futures::StreamExt;
+        let mut stream = self.chat_stream(request, deadline).await?;
+        let mut text = String::new();
+        while let Some(event) = stream.next().await {
+            match event? {
+                ChatEvent::Delta(delta) => text.push_str(&delta),
+                ChatEvent::Finish { reason, usage } => {
+                    return Ok(ChatResponse {
+                        text,
+                        reason,
+                        usage,
+                    });
+                }
+            }
+        }
+        Err(crate::error::Error::unavailable(format!(
+            "provider {:?} ended its stream without finishing",
+            self.info().id
+        )))
+    }
 
     /// Starts a streamed completion. Errors before the first event mean nothing
     /// was produced (safe to fail over); errors inside the stream come after text.
