@@ -4,15 +4,28 @@
 //! of them it opens: calls are refused without touching the endpoint until the
 //! cooldown passes. Then it is half-open: one call goes through as a probe; success
 //! closes it, failure opens it again with a doubled cooldown (up to `max_cooldown`).
+//! It also opens when the error rate over the last `window` calls reaches
+//! `error_rate` (so an endpoint failing every other call is not kept forever), and
+//! a throttled endpoint that said when to come back is left alone until then.
+//!
+//! Time is tokio's clock, so tests can pause it.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerSettings {
+    /// Consecutive failures that open the breaker.
     pub threshold: u32,
     pub cooldown: Duration,
     pub max_cooldown: Duration,
+    /// Calls remembered for the error rate; 0 turns the rate check off.
+    pub window: usize,
+    /// Failure share over a full window that opens the breaker.
+    pub error_rate: f64,
 }
 
 impl Default for BreakerSettings {
@@ -21,6 +34,8 @@ impl Default for BreakerSettings {
             threshold: 3,
             cooldown: Duration::from_secs(5),
             max_cooldown: Duration::from_secs(120),
+            window: 20,
+            error_rate: 0.5,
         }
     }
 }
@@ -41,16 +56,26 @@ enum State {
 }
 
 #[derive(Debug)]
+struct Inner {
+    state: State,
+    /// Recent outcomes, `true` for a failure; at most `settings.window`.
+    recent: VecDeque<bool>,
+}
+
+#[derive(Debug)]
 pub struct CircuitBreaker {
     settings: BreakerSettings,
-    state: Mutex<State>,
+    inner: Mutex<Inner>,
 }
 
 impl CircuitBreaker {
     pub fn new(settings: BreakerSettings) -> Self {
         Self {
             settings,
-            state: Mutex::new(State::Closed { failures: 0 }),
+            inner: Mutex::new(Inner {
+                state: State::Closed { failures: 0 },
+                recent: VecDeque::with_capacity(settings.window),
+            }),
         }
     }
 
@@ -61,7 +86,9 @@ impl CircuitBreaker {
     }
 
     pub fn record_success(&self) {
-        *self.lock() = State::Closed { failures: 0 };
+        let mut inner = self.lock();
+        inner.state = State::Closed { failures: 0 };
+        self.remember(&mut inner, false);
     }
 
     /// Counts a failure of the endpoint (not of the caller's input).
@@ -69,16 +96,50 @@ impl CircuitBreaker {
         self.record_failure_at(Instant::now());
     }
 
+    /// Counts a throttle: a failure, and when the endpoint said how long to wait,
+    /// no call goes out before then (the cooldown itself is not doubled for it).
+    pub fn record_throttle(&self, retry_after: Option<Duration>) {
+        let now = Instant::now();
+        self.record_failure_at(now);
+        let Some(retry_after) = retry_after else {
+            return;
+        };
+        let mut inner = self.lock();
+        let until = now + retry_after;
+        inner.state = match inner.state {
+            State::Open {
+                until: open,
+                cooldown,
+            } => State::Open {
+                until: open.max(until),
+                cooldown,
+            },
+            State::Closed { .. } | State::HalfOpen { .. } => State::Open {
+                until,
+                cooldown: self.settings.cooldown,
+            },
+        };
+    }
+
     pub fn is_open(&self) -> bool {
-        !matches!(*self.lock(), State::Closed { .. })
+        !matches!(self.lock().state, State::Closed { .. })
+    }
+
+    /// When an open breaker lets its next probe through; None when closed or a
+    /// probe is already out.
+    pub fn reopens_at(&self) -> Option<Instant> {
+        match self.lock().state {
+            State::Open { until, .. } => Some(until),
+            State::Closed { .. } | State::HalfOpen { .. } => None,
+        }
     }
 
     fn try_acquire_at(&self, now: Instant) -> bool {
-        let mut state = self.lock();
-        match *state {
+        let mut inner = self.lock();
+        match inner.state {
             State::Closed { .. } => true,
             State::Open { until, cooldown } if now >= until => {
-                *state = State::HalfOpen { cooldown };
+                inner.state = State::HalfOpen { cooldown };
                 true
             }
             State::Open { .. } | State::HalfOpen { .. } => false,
@@ -87,16 +148,24 @@ impl CircuitBreaker {
 
     fn record_failure_at(&self, now: Instant) {
         let settings = self.settings;
-        let mut state = self.lock();
-        *state = match *state {
-            State::Closed { failures } if failures + 1 < settings.threshold => State::Closed {
-                failures: failures + 1,
-            },
-            State::Closed { .. } => State::Open {
-                until: now + settings.cooldown,
-                cooldown: settings.cooldown,
-            },
-            // The probe failed: stay away twice as long.
+        let mut inner = self.lock();
+        let rate_exceeded = self.remember(&mut inner, true);
+        inner.state = match inner.state {
+            State::Closed { failures } if failures + 1 < settings.threshold && !rate_exceeded => {
+                State::Closed {
+                    failures: failures + 1,
+                }
+            }
+            State::Closed { .. } => {
+                // Opening starts a fresh window: the old outcomes led here already.
+                inner.recent.clear();
+                State::Open {
+                    until: now + settings.cooldown,
+                    cooldown: settings.cooldown,
+                }
+            }
+            // The probe failed (or a call that was out when the breaker opened):
+            // stay away twice as long.
             State::HalfOpen { cooldown } | State::Open { cooldown, .. } => {
                 let cooldown = (cooldown * 2).min(settings.max_cooldown);
                 State::Open {
@@ -107,9 +176,24 @@ impl CircuitBreaker {
         };
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // The state is a plain value: a panic elsewhere cannot leave it half-written.
-        self.state
+    /// Records an outcome; whether the failure share over a full window reached
+    /// the configured rate.
+    fn remember(&self, inner: &mut Inner, failed: bool) -> bool {
+        let window = self.settings.window;
+        if window == 0 {
+            return false;
+        }
+        if inner.recent.len() == window {
+            inner.recent.pop_front();
+        }
+        inner.recent.push_back(failed);
+        let failures = inner.recent.iter().filter(|failed| **failed).count();
+        inner.recent.len() == window && failures as f64 >= self.settings.error_rate * window as f64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The state is plain values: a panic elsewhere cannot leave it half-written.
+        self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -124,6 +208,8 @@ mod tests {
             threshold: 2,
             cooldown: Duration::from_secs(10),
             max_cooldown: Duration::from_secs(30),
+            window: 0,
+            error_rate: 1.0,
         })
     }
 
@@ -167,5 +253,42 @@ mod tests {
         breaker.record_failure_at(second_probe);
         assert!(!breaker.try_acquire_at(second_probe + Duration::from_secs(29)));
         assert!(breaker.try_acquire_at(second_probe + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn an_error_rate_over_a_full_window_opens_it_without_consecutive_failures() {
+        let breaker = CircuitBreaker::new(BreakerSettings {
+            threshold: 3,
+            window: 10,
+            error_rate: 0.5,
+            ..BreakerSettings::default()
+        });
+        // Every other call fails: never 3 in a row, but half of all calls.
+        for _ in 0..4 {
+            breaker.record_failure();
+            breaker.record_success();
+        }
+        assert!(!breaker.is_open(), "9 calls are not a full window yet");
+        breaker.record_failure();
+        assert!(!breaker.is_open(), "4 of the last 9 failed");
+        breaker.record_success();
+        breaker.record_failure();
+        assert!(breaker.is_open(), "5 of the last 10 failed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_with_retry_after_keeps_calls_away_until_then() {
+        let breaker = CircuitBreaker::new(BreakerSettings::default());
+        breaker.record_throttle(Some(Duration::from_secs(30)));
+        assert!(!breaker.try_acquire(), "asked to wait 30 s");
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(!breaker.try_acquire());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(breaker.try_acquire(), "the probe after the wait");
+        breaker.record_success();
+        assert!(!breaker.is_open());
+        // Without a hint, one throttle is one failure among the threshold.
+        breaker.record_throttle(None);
+        assert!(breaker.try_acquire());
     }
 }
