@@ -21,6 +21,8 @@ pub enum ErrorKind {
     Timeout,
     /// Credentials were missing or refused.
     Auth,
+    /// The caller is known but may not use what it asked for.
+    Forbidden,
     /// The configuration is invalid.
     Config,
     /// A bug or an unexpected state on our side.
@@ -64,6 +66,10 @@ impl Error {
         Self::new(ErrorKind::Timeout, message)
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Forbidden, message)
+    }
+
     pub fn config(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Config, message)
     }
@@ -87,6 +93,7 @@ impl Error {
             | ErrorKind::ContextLength
             | ErrorKind::NotFound
             | ErrorKind::Auth
+            | ErrorKind::Forbidden
             | ErrorKind::Config
             | ErrorKind::Internal => false,
         }

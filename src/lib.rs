@@ -31,6 +31,7 @@ pub mod eval;
 pub mod ingest;
 pub mod llm;
 pub mod retrieve;
+pub mod route;
 pub mod service;
 pub mod stores;
 pub mod telemetry;

@@ -19,6 +19,7 @@ pub fn status(error: Error) -> Status {
         ErrorKind::Unavailable => tonic::Code::Unavailable,
         ErrorKind::Timeout => tonic::Code::DeadlineExceeded,
         ErrorKind::Auth => tonic::Code::Unauthenticated,
+        ErrorKind::Forbidden => tonic::Code::PermissionDenied,
         ErrorKind::Config => tonic::Code::FailedPrecondition,
         ErrorKind::Internal => tonic::Code::Internal,
     };

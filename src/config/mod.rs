@@ -4,6 +4,7 @@
 
 mod bucket;
 mod provider;
+mod routing;
 mod secret;
 
 use std::collections::{HashMap, HashSet};
@@ -13,6 +14,10 @@ use serde::Deserialize;
 
 pub use bucket::{AZURE_SCHEMES, BucketConfig, GCS_SCHEMES, S3_SCHEMES};
 pub use provider::{ProviderConfig, ProviderKind};
+pub use routing::{
+    CallerConfig, DeploymentConfig, FacadeConfig, PriceConfig, RouteRule, RoutingConfig,
+    TierConfig, glob_matches,
+};
 pub use secret::{Secret, SecretLocation};
 
 use crate::error::{Error, Result};
@@ -39,6 +44,16 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     #[serde(default, rename = "bucket")]
     pub buckets: Vec<BucketConfig>,
+    #[serde(default, rename = "deployment")]
+    pub deployments: Vec<DeploymentConfig>,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default, rename = "price")]
+    pub prices: Vec<PriceConfig>,
+    #[serde(default, rename = "caller")]
+    pub callers: Vec<CallerConfig>,
+    #[serde(default)]
+    pub facade: FacadeConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -486,18 +501,21 @@ impl Config {
                 None => problems.push(format!(
                     "answer.provider: {provider_id:?} is not a defined [[provider]]"
                 )),
-                Some(provider) if provider.kind != ProviderKind::OpenaiCompat => {
-                    problems.push(format!(
-                        "answer.provider: provider {provider_id:?} is of kind {}; answers are served by openai_compat providers for now",
-                        provider.kind.as_str()
-                    ));
-                }
                 Some(provider) if provider.model.is_none() => problems.push(format!(
                     "answer.provider: provider {provider_id:?} needs `model`, the chat model to answer with"
                 )),
                 _ => {}
             }
         }
+        routing::routing_problems(
+            &self.routing,
+            &self.chat_deployments(),
+            &self.providers,
+            &self.prices,
+            &self.callers,
+            &self.facade,
+            &mut problems,
+        );
         if self.answer.top_k == 0 || self.answer.top_k > server.max_top_k {
             problems.push("answer.top_k must be between 1 and server.max_top_k".into());
         }
@@ -516,6 +534,48 @@ impl Config {
 }
 
 impl Config {
+    /// Every `[[deployment]]`, plus the one `answer.provider` implies (its provider
+    /// serving its `model`) when no deployment names that pair already.
+    pub fn chat_deployments(&self) -> Vec<DeploymentConfig> {
+        let mut deployments = self.deployments.clone();
+        let implied = self.answer.provider.as_ref().and_then(|id| {
+            self.providers
+                .iter()
+                .find(|provider| &provider.id == id && provider.model.is_some())
+        });
+        if let Some(provider) = implied {
+            let model = provider.chat_model();
+            let declared = deployments
+                .iter()
+                .any(|deployment| deployment.provider == provider.id && deployment.model == model);
+            if !declared {
+                deployments.push(DeploymentConfig {
+                    provider: provider.id.clone(),
+                    model: model.to_string(),
+                    name: None,
+                    dedicated: false,
+                    context_window: None,
+                    input_per_1m_usd: (provider.input_per_1m_usd > 0.0)
+                        .then_some(provider.input_per_1m_usd),
+                    output_per_1m_usd: (provider.output_per_1m_usd > 0.0)
+                        .then_some(provider.output_per_1m_usd),
+                    cached_input_per_1m_usd: None,
+                });
+            }
+        }
+        deployments
+    }
+
+    /// The model answering a request that names none: `routing.default_model`, else
+    /// `answer.provider`'s model.
+    pub fn default_chat_model(&self) -> Option<String> {
+        self.routing.default_model.clone().or_else(|| {
+            let id = self.answer.provider.as_ref()?;
+            let provider = self.providers.iter().find(|provider| &provider.id == id)?;
+            provider.model.clone()
+        })
+    }
+
     /// A space names providers that exist, each once; the local model serves alone; the
     /// local dense store ranks by cosine only.
     fn space_provider_problems(

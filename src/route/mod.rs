@@ -1,0 +1,161 @@
+//! Routing and failover for chat models across clouds.
+//!
+//! A [`Router`] holds every deployment (a model on a provider) with its price,
+//! context window and circuit breaker, shared by all requests. For one request it
+//! makes a [`plan::Plan`] (ordered candidates, and why others were skipped), then
+//! [`failover`] tries the candidates in order until one produces a first token,
+//! and streams the rest with its timers, budget settlement and cost.
+
+pub mod budget;
+pub mod callers;
+pub mod catalog;
+pub mod failover;
+pub mod plan;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::breaker::{BreakerSettings, CircuitBreaker};
+use crate::config::{DeploymentConfig, RoutingConfig};
+use crate::llm::{ChatProvider, ProviderInfo};
+
+pub use budget::BudgetLedger;
+pub use callers::{Caller, Callers};
+pub use catalog::{Catalog, Price};
+pub use failover::{Attempt, AttemptOutcome, RouteEvent, RouteFailure, RouteSummary, Started};
+pub use plan::{Candidate, Plan, RouteRequest, Skip};
+
+/// One model on one provider, as routing sees it.
+pub struct Deployment {
+    pub provider: Arc<dyn ChatProvider>,
+    /// None when neither the catalog nor the config prices it: such a deployment
+    /// is never chosen by cost and never serves a caller with a budget.
+    pub price: Option<Price>,
+    pub context_window: Option<u64>,
+    pub breaker: CircuitBreaker,
+}
+
+impl Deployment {
+    pub fn new(
+        provider: Arc<dyn ChatProvider>,
+        config: &DeploymentConfig,
+        catalog: &Catalog,
+        breaker: BreakerSettings,
+    ) -> Self {
+        let cloud = provider.info().cloud.clone();
+        Self {
+            price: catalog.price(config, &cloud),
+            context_window: catalog.context_window(config, &cloud),
+            provider,
+            breaker: CircuitBreaker::new(breaker),
+        }
+    }
+
+    pub fn info(&self) -> &ProviderInfo {
+        self.provider.info()
+    }
+
+    /// `provider/deployment`, how attempts and skips name it.
+    pub fn label(&self) -> String {
+        let info = self.info();
+        format!("{}/{}", info.id, info.deployment)
+    }
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Deployment")
+            .field("provider", self.info())
+            .field("price", &self.price)
+            .field("context_window", &self.context_window)
+            .finish()
+    }
+}
+
+/// Counters for what routing did, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    pub requests: AtomicU64,
+    pub attempts: AtomicU64,
+    /// Attempts after the first of a request: each is one failover.
+    pub failovers: AtomicU64,
+    pub failed_requests: AtomicU64,
+}
+
+impl RouteStats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// The routing and failover core, shared by the gRPC `Answer` and the HTTP facade.
+pub struct Router {
+    pub deployments: Vec<Arc<Deployment>>,
+    pub settings: RoutingConfig,
+    pub callers: Callers,
+    pub budgets: BudgetLedger,
+    pub stats: RouteStats,
+}
+
+impl Router {
+    pub fn new(deployments: Vec<Deployment>, settings: RoutingConfig, callers: Callers) -> Self {
+        Self {
+            deployments: deployments.into_iter().map(Arc::new).collect(),
+            settings,
+            callers,
+            budgets: BudgetLedger::default(),
+            stats: RouteStats::default(),
+        }
+    }
+
+    /// The breaker settings `[routing]` asks for.
+    pub fn breaker_settings(settings: &RoutingConfig) -> BreakerSettings {
+        BreakerSettings {
+            threshold: settings.breaker_threshold,
+            cooldown: Duration::from_millis(settings.breaker_cooldown_ms),
+            max_cooldown: Duration::from_millis(
+                settings
+                    .breaker_max_cooldown_ms
+                    .max(settings.breaker_cooldown_ms),
+            ),
+            window: settings.breaker_window,
+            error_rate: settings.breaker_error_rate,
+        }
+    }
+
+    /// Models with at least one deployment, sorted, each once.
+    pub fn models(&self) -> Vec<String> {
+        let mut models: Vec<String> = self
+            .deployments
+            .iter()
+            .map(|deployment| deployment.info().model.clone())
+            .collect();
+        models.sort();
+        models.dedup();
+        models
+    }
+
+    /// Starts the active health probe when `probe_interval_ms` is set: every
+    /// interval, each deployment whose circuit is open and due for a probe gets a
+    /// one-token request, so it closes without risking a caller's request.
+    pub fn spawn_probe(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let interval = Duration::from_millis(self.settings.probe_interval_ms);
+        if interval.is_zero() {
+            return None;
+        }
+        let router = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(router) = router.upgrade() else {
+                    return;
+                };
+                failover::probe_open_deployments(&router).await;
+            }
+        }))
+    }
+}
