@@ -11,6 +11,11 @@ pub mod callers;
 pub mod catalog;
 pub mod failover;
 pub mod plan;
+/// Scripted providers for tests and benches.
+#[doc(hidden)]
+pub mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

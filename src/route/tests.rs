@@ -1,0 +1,659 @@
+//! Routing and failover against scripted providers on a paused clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::testing::{Script, Scripted, Step};
+use super::*;
+use crate::config::{DeploymentConfig, RouteRule, RoutingConfig, TierConfig};
+use crate::error::{Error, ErrorKind};
+use crate::llm::{ChatMessage, ChatRequest, Role};
+
+struct Fixture {
+    router: Router,
+    providers: Vec<Arc<Scripted>>,
+}
+
+/// (provider, input price, output price, context window)
+fn fixture(specs: Vec<(Scripted, f64, f64, Option<u64>)>, settings: RoutingConfig) -> Fixture {
+    let catalog = Catalog::default();
+    let breaker = Router::breaker_settings(&settings);
+    let mut providers = Vec::new();
+    let mut deployments = Vec::new();
+    for (provider, input, output, window) in specs {
+        let provider = Arc::new(provider);
+        let config = DeploymentConfig {
+            provider: provider.info().id.clone(),
+            model: provider.info().model.clone(),
+            name: None,
+            dedicated: provider.info().dedicated,
+            context_window: window,
+            input_per_1m_usd: Some(input),
+            output_per_1m_usd: Some(output),
+            cached_input_per_1m_usd: None,
+        };
+        deployments.push(Deployment::new(
+            provider.clone(),
+            &config,
+            &catalog,
+            breaker,
+        ));
+        providers.push(provider);
+    }
+    Fixture {
+        router: Router::new(deployments, settings, Callers::default()),
+        providers,
+    }
+}
+
+fn ok(id: &str, model: &str, cloud: &str) -> Scripted {
+    Scripted::new(id, model, cloud, false, Script::answer("hello"))
+}
+
+fn chat() -> ChatRequest {
+    ChatRequest {
+        messages: vec![ChatMessage {
+            role: Role::User,
+            content: "what is up".into(),
+        }],
+        max_output_tokens: 100,
+        temperature: 0.0,
+    }
+}
+
+fn ask(model: &str) -> RouteRequest {
+    RouteRequest {
+        model: Some(model.into()),
+        input_tokens: 1_000,
+        max_output_tokens: 100,
+        ..RouteRequest::default()
+    }
+}
+
+fn labels(plan: &Plan) -> Vec<String> {
+    plan.candidates
+        .iter()
+        .map(|candidate| candidate.deployment.label())
+        .collect()
+}
+
+/// Runs one request to its end: the text, and the summary or the error.
+async fn run(
+    fixture: &Fixture,
+    request: RouteRequest,
+) -> (String, Result<RouteSummary, (Error, RouteSummary)>) {
+    let caller = Caller::anonymous();
+    let plan = fixture.router.plan(&caller, &request).expect("a plan");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let started = match fixture
+        .router
+        .start(&caller, &plan, &chat(), deadline)
+        .await
+    {
+        Ok(started) => started,
+        Err(failure) => return (String::new(), Err((failure.error, *failure.summary))),
+    };
+    let mut events = started.into_events();
+    let mut text = String::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            RouteEvent::Token(token) => text.push_str(&token),
+            RouteEvent::Done(summary) => return (text, Ok(*summary)),
+            RouteEvent::Failed(error, summary) => return (text, Err((error, *summary))),
+        }
+    }
+    panic!("the stream ended without Done or Failed");
+}
+
+fn outcomes(summary: &RouteSummary) -> Vec<(String, AttemptOutcome)> {
+    summary
+        .attempts
+        .iter()
+        .map(|attempt| (attempt.deployment.clone(), attempt.outcome.clone()))
+        .collect()
+}
+
+fn throttled(retry_after: Option<u64>) -> Error {
+    Error::throttled(
+        "429 too many requests",
+        retry_after.map(Duration::from_secs),
+    )
+}
+
+#[test]
+fn rules_send_model_families_to_their_clouds_in_rule_order() {
+    let settings = RoutingConfig {
+        rules: vec![
+            RouteRule {
+                model: "gpt-*".into(),
+                providers: vec![],
+                clouds: vec!["azure".into()],
+            },
+            RouteRule {
+                model: "claude-*".into(),
+                providers: vec!["vertex-eu".into(), "bedrock-us".into()],
+                clouds: vec![],
+            },
+        ],
+        ..RoutingConfig::default()
+    };
+    let fixture = fixture(
+        vec![
+            (
+                ok("bedrock-us", "claude-3.5-sonnet", "aws"),
+                3.0,
+                15.0,
+                None,
+            ),
+            (ok("vertex-eu", "claude-3.5-sonnet", "gcp"), 3.0, 15.0, None),
+            (ok("azure-east", "gpt-4o", "azure"), 2.5, 10.0, None),
+            (ok("openai-proxy", "gpt-4o", "local"), 1.0, 1.0, None),
+        ],
+        settings,
+    );
+    let caller = Caller::anonymous();
+    let claude = fixture
+        .router
+        .plan(&caller, &ask("claude-3.5-sonnet"))
+        .unwrap();
+    assert_eq!(
+        labels(&claude),
+        [
+            "vertex-eu/claude-3.5-sonnet",
+            "bedrock-us/claude-3.5-sonnet"
+        ]
+    );
+    let gpt = fixture.router.plan(&caller, &ask("gpt-4o")).unwrap();
+    assert_eq!(labels(&gpt), ["azure-east/gpt-4o"]);
+    assert_eq!(gpt.skipped.len(), 1);
+    assert!(
+        gpt.skipped[0].reason.contains("gpt-* -> azure"),
+        "{:?}",
+        gpt.skipped
+    );
+
+    let unknown = fixture.router.plan(&caller, &ask("gpt-5")).unwrap_err();
+    assert_eq!(unknown.kind, ErrorKind::NotFound);
+    assert!(
+        unknown.message.contains("claude-3.5-sonnet, gpt-4o"),
+        "{}",
+        unknown.message
+    );
+}
+
+#[test]
+fn dedicated_capacity_comes_first_and_cost_orders_the_on_demand_rest() {
+    let settings = RoutingConfig {
+        cost_optimize: true,
+        ..RoutingConfig::default()
+    };
+    let fixture = fixture(
+        vec![
+            (ok("pricey", "m", "aws"), 3.0, 15.0, None),
+            (ok("cheap", "m", "gcp"), 1.0, 5.0, None),
+            (
+                Scripted::new("ptu", "m", "azure", true, Script::answer("x")),
+                9.0,
+                9.0,
+                None,
+            ),
+        ],
+        settings,
+    );
+    let plan = fixture
+        .router
+        .plan(&Caller::anonymous(), &ask("m"))
+        .unwrap();
+    assert_eq!(labels(&plan), ["ptu/m", "cheap/m", "pricey/m"]);
+    assert!(plan.candidates[0].why.contains("dedicated"));
+    let cost = plan.candidates[1].max_cost_usd.unwrap();
+    assert!((cost - (1_000.0 * 1.0 + 100.0 * 5.0) / 1e6).abs() < 1e-12);
+}
+
+#[test]
+fn tiers_hold_models_to_their_price_and_callers_to_their_permissions() {
+    let settings = RoutingConfig {
+        cost_optimize: true,
+        tiers: vec![TierConfig {
+            name: "economy".into(),
+            models: vec!["big".into(), "small".into(), "mid".into()],
+            max_usd_per_1k_tokens: 0.004,
+        }],
+        ..RoutingConfig::default()
+    };
+    let fixture = fixture(
+        vec![
+            (ok("a", "big", "aws"), 3.0, 15.0, None),
+            (ok("b", "small", "gcp"), 0.15, 0.6, None),
+            (ok("c", "mid", "azure"), 2.5, 10.0, None),
+        ],
+        settings,
+    );
+    let request = RouteRequest {
+        tier: Some("economy".into()),
+        ..ask("unused")
+    };
+    let request = RouteRequest {
+        model: None,
+        ..request
+    };
+    let plan = fixture.router.plan(&Caller::anonymous(), &request).unwrap();
+    // big: (1000*3 + 100*15)/1e6 / 1.1k tokens = $0.0041 per 1k: above the tier.
+    assert_eq!(labels(&plan), ["b/small", "c/mid"]);
+    assert!(
+        plan.skipped[0].reason.contains("above tier \"economy\""),
+        "{:?}",
+        plan.skipped
+    );
+
+    let limited = Caller {
+        id: "team".into(),
+        models: vec!["small".into()],
+        clouds: vec!["aws".into()],
+        ..Caller::anonymous()
+    };
+    let forbidden = fixture.router.plan(&limited, &ask("big")).unwrap_err();
+    assert_eq!(forbidden.kind, ErrorKind::Forbidden);
+    let plan = fixture.router.plan(&limited, &ask("small")).unwrap();
+    assert!(
+        plan.candidates.is_empty(),
+        "small runs on gcp, the caller allows aws only"
+    );
+    assert!(
+        plan.skipped[0]
+            .reason
+            .contains("may not send prompts to gcp")
+    );
+}
+
+#[test]
+fn a_prompt_longer_than_a_context_window_skips_that_deployment() {
+    let fixture = fixture(
+        vec![
+            (ok("short", "m", "aws"), 1.0, 1.0, Some(1_000)),
+            (ok("long", "m", "gcp"), 1.0, 1.0, Some(100_000)),
+        ],
+        RoutingConfig::default(),
+    );
+    let plan = fixture
+        .router
+        .plan(&Caller::anonymous(), &ask("m"))
+        .unwrap();
+    assert_eq!(labels(&plan), ["long/m"]);
+    assert!(plan.skipped[0].reason.contains("context window of 1000"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_dedicated_deployment_bursts_to_on_demand_and_is_left_alone_for_its_retry_after()
+ {
+    let ptu = Scripted::new("ptu", "m", "azure", true, Script::answer("dedicated"))
+        .then(Script::refuse(throttled(Some(30))));
+    let fixture = fixture(
+        vec![
+            (ptu, 0.0, 0.0, None),
+            (ok("paygo", "m", "azure"), 2.0, 8.0, None),
+        ],
+        RoutingConfig::default(),
+    );
+    let (text, summary) = run(&fixture, ask("m")).await;
+    let summary = summary.unwrap();
+    assert_eq!(text, "hello");
+    assert_eq!(
+        outcomes(&summary),
+        [
+            ("ptu/m".into(), AttemptOutcome::Failed(ErrorKind::Throttled)),
+            ("paygo/m".into(), AttemptOutcome::Ok)
+        ]
+    );
+    assert_eq!(summary.failover_count(), 1);
+    assert_eq!(summary.chosen.unwrap().id, "paygo");
+    // Within the 30 s the dedicated deployment asked for, requests go straight on.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let (_, summary) = run(&fixture, ask("m")).await;
+    assert_eq!(
+        fixture.providers[0].calls(),
+        1,
+        "not called again before its Retry-After"
+    );
+    assert_eq!(
+        summary.unwrap().attempts[0].outcome,
+        AttemptOutcome::Skipped
+    );
+    tokio::time::advance(Duration::from_secs(21)).await;
+    let (text, _) = run(&fixture, ask("m")).await;
+    assert_eq!(
+        text, "dedicated",
+        "back on dedicated capacity after the wait"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn outages_and_connection_errors_before_the_first_token_fail_over() {
+    let fixture = fixture(
+        vec![
+            (
+                ok("a", "m", "aws").then(Script::refuse(Error::unavailable("503"))),
+                1.0,
+                1.0,
+                None,
+            ),
+            // Headers came, then the connection dropped before any text.
+            (
+                ok("b", "m", "gcp").then(Script::Stream(vec![Step::Fail(Error::unavailable(
+                    "connection reset",
+                ))])),
+                1.0,
+                1.0,
+                None,
+            ),
+            // A "successful" stream without a single token.
+            (
+                ok("c", "m", "oci").then(Script::Stream(vec![Step::Finish(None)])),
+                1.0,
+                1.0,
+                None,
+            ),
+            (ok("d", "m", "azure"), 1.0, 1.0, None),
+        ],
+        RoutingConfig::default(),
+    );
+    let (text, summary) = run(&fixture, ask("m")).await;
+    let summary = summary.unwrap();
+    assert_eq!(text, "hello");
+    assert_eq!(summary.chosen.as_ref().unwrap().id, "d");
+    assert_eq!(summary.failover_count(), 3);
+    assert!(
+        summary.attempts[2]
+            .message
+            .contains("without producing any text")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_requests_and_refused_credentials_do_not_fail_over() {
+    for error in [
+        Error::invalid("400 bad request"),
+        Error::new(ErrorKind::Auth, "401 unauthorized"),
+    ] {
+        let fixture = fixture(
+            vec![
+                (
+                    ok("a", "m", "aws").then(Script::refuse(error.clone())),
+                    1.0,
+                    1.0,
+                    None,
+                ),
+                (ok("b", "m", "gcp"), 1.0, 1.0, None),
+            ],
+            RoutingConfig::default(),
+        );
+        let (_, result) = run(&fixture, ask("m")).await;
+        let (returned, summary) = result.unwrap_err();
+        assert_eq!(returned.kind, error.kind);
+        assert_eq!(summary.attempts.len(), 1);
+        assert_eq!(
+            fixture.providers[1].calls(),
+            0,
+            "{error}: no second attempt"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_context_length_refusal_moves_to_a_longer_context_equivalent() {
+    let settings = RoutingConfig {
+        equivalent: vec![vec!["small-ctx".into(), "big-ctx".into()]],
+        ..RoutingConfig::default()
+    };
+    let too_long = Error::new(ErrorKind::ContextLength, "prompt is too long");
+    let fixture = fixture(
+        vec![
+            (
+                ok("a", "small-ctx", "azure").then(Script::refuse(too_long.clone())),
+                1.0,
+                1.0,
+                Some(8_000),
+            ),
+            (ok("b", "small-ctx", "azure"), 1.0, 1.0, Some(8_000)),
+            (ok("c", "big-ctx", "aws"), 1.0, 1.0, Some(200_000)),
+        ],
+        settings,
+    );
+    let (_, summary) = run(&fixture, ask("small-ctx")).await;
+    let summary = summary.unwrap();
+    assert_eq!(summary.chosen.unwrap().id, "c");
+    assert_eq!(
+        summary.attempts[1].outcome,
+        AttemptOutcome::Skipped,
+        "same window as the refusal"
+    );
+    assert_eq!(fixture.providers[1].calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_first_token_times_out_and_fails_over() {
+    let settings = RoutingConfig {
+        first_token_timeout_ms: 2_000,
+        ..RoutingConfig::default()
+    };
+    let slow = Script::Stream(vec![
+        Step::Wait(Duration::from_secs(5)),
+        Step::Text("late"),
+        Step::Finish(None),
+    ]);
+    let fixture = fixture(
+        vec![
+            (ok("slow", "m", "aws").then(slow), 1.0, 1.0, None),
+            (ok("fast", "m", "gcp"), 1.0, 1.0, None),
+        ],
+        settings,
+    );
+    let began = Instant::now();
+    let (text, summary) = run(&fixture, ask("m")).await;
+    let summary = summary.unwrap();
+    assert_eq!(text, "hello");
+    assert_eq!(
+        summary.attempts[0].outcome,
+        AttemptOutcome::Failed(ErrorKind::Timeout)
+    );
+    assert_eq!(
+        began.elapsed(),
+        Duration::from_secs(2),
+        "waited the first-token timeout, not 5 s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stall_after_the_first_token_is_an_in_band_error_not_a_clean_end() {
+    let settings = RoutingConfig {
+        inter_chunk_timeout_ms: 3_000,
+        ..RoutingConfig::default()
+    };
+    let stall = Script::Stream(vec![
+        Step::Text("partial "),
+        Step::Text("answer"),
+        Step::Wait(Duration::from_secs(60)),
+        Step::Text("never"),
+        Step::Finish(None),
+    ]);
+    let fixture = fixture(
+        vec![
+            (ok("a", "m", "aws").then(stall), 1.0, 1.0, None),
+            (ok("b", "m", "gcp"), 1.0, 1.0, None),
+        ],
+        settings,
+    );
+    let (text, result) = run(&fixture, ask("m")).await;
+    assert_eq!(text, "partial answer");
+    let (error, summary) = result.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Timeout);
+    assert!(
+        error.message.contains("silent for 3000 ms"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        fixture.providers[1].calls(),
+        0,
+        "no failover after tokens went out"
+    );
+    assert!(
+        summary.attempts[0]
+            .message
+            .starts_with("after the first token")
+    );
+    assert!(
+        summary.usage.estimated && summary.usage.output_tokens > 0,
+        "the partial answer is billed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_error_mid_stream_is_surfaced_after_the_tokens() {
+    let broken = Script::Stream(vec![
+        Step::Text("half"),
+        Step::Fail(Error::unavailable("modelStreamErrorException")),
+    ]);
+    let fixture = fixture(
+        vec![(ok("a", "m", "aws").then(broken), 1.0, 1.0, None)],
+        RoutingConfig::default(),
+    );
+    let (text, result) = run(&fixture, ask("m")).await;
+    assert_eq!(text, "half");
+    assert!(
+        result
+            .unwrap_err()
+            .0
+            .message
+            .contains("modelStreamErrorException")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_opens_after_consecutive_failures_and_a_later_probe_closes_it() {
+    let settings = RoutingConfig {
+        breaker_threshold: 2,
+        breaker_cooldown_ms: 10_000,
+        ..RoutingConfig::default()
+    };
+    let flaky = ok("flaky", "m", "aws")
+        .then(Script::refuse(Error::unavailable("503")))
+        .then(Script::refuse(Error::unavailable("503")));
+    let fixture = fixture(
+        vec![
+            (flaky, 1.0, 1.0, None),
+            (ok("steady", "m", "gcp"), 1.0, 1.0, None),
+        ],
+        settings,
+    );
+    for _ in 0..2 {
+        let (text, _) = run(&fixture, ask("m")).await;
+        assert_eq!(text, "hello");
+    }
+    assert_eq!(fixture.providers[0].calls(), 2);
+    let (_, summary) = run(&fixture, ask("m")).await;
+    assert_eq!(fixture.providers[0].calls(), 2, "open: not called");
+    assert_eq!(
+        summary.unwrap().attempts[0].outcome,
+        AttemptOutcome::Skipped
+    );
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let (_, summary) = run(&fixture, ask("m")).await;
+    assert_eq!(
+        summary.unwrap().chosen.unwrap().id,
+        "flaky",
+        "the half-open probe succeeded"
+    );
+    assert!(!fixture.router.deployments[0].breaker.is_open());
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_deployment_is_throttled_the_router_waits_for_the_earliest_retry_after() {
+    let settings = RoutingConfig {
+        max_retry_wait_ms: 2_000,
+        ..RoutingConfig::default()
+    };
+    let fixture = fixture(
+        vec![
+            (
+                ok("a", "m", "aws").then(Script::refuse(throttled(Some(1)))),
+                1.0,
+                1.0,
+                None,
+            ),
+            (
+                ok("b", "m", "gcp").then(Script::refuse(throttled(Some(60)))),
+                1.0,
+                1.0,
+                None,
+            ),
+        ],
+        settings,
+    );
+    let began = Instant::now();
+    let (text, summary) = run(&fixture, ask("m")).await;
+    assert_eq!(text, "hello");
+    assert_eq!(summary.unwrap().chosen.unwrap().id, "a");
+    assert_eq!(
+        began.elapsed(),
+        Duration::from_secs(1),
+        "waited for a's Retry-After only"
+    );
+
+    // Too long a wait: give up at once with the hint.
+    let fixture2 = fixture_all_throttled(120);
+    let (_, result) = run(&fixture2, ask("m")).await;
+    let (error, _) = result.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Throttled);
+    assert_eq!(error.retry_after, Some(Duration::from_secs(120)));
+}
+
+fn fixture_all_throttled(seconds: u64) -> Fixture {
+    fixture(
+        vec![(
+            ok("a", "m", "aws").then(Script::refuse(throttled(Some(seconds)))),
+            1.0,
+            1.0,
+            None,
+        )],
+        RoutingConfig::default(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_skips_what_it_cannot_cover_and_settles_the_real_cost() {
+    let fixture = fixture(
+        vec![
+            (ok("pricey", "m", "aws"), 1_000.0, 1_000.0, None),
+            (ok("cheap", "m", "gcp"), 1.0, 1.0, None),
+        ],
+        RoutingConfig::default(),
+    );
+    let caller = Caller {
+        id: "team".into(),
+        budget_usd_per_day: Some(0.5),
+        ..Caller::anonymous()
+    };
+    let plan = fixture.router.plan(&caller, &ask("m")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = fixture
+        .router
+        .start(&caller, &plan, &chat(), deadline)
+        .await
+        .unwrap();
+    let mut events = started.into_events();
+    let mut summary = None;
+    while let Some(event) = events.recv().await {
+        if let RouteEvent::Done(done) = event {
+            summary = Some(done);
+        }
+    }
+    let summary = summary.unwrap();
+    assert_eq!(summary.attempts[0].outcome, AttemptOutcome::Skipped);
+    assert!(summary.attempts[0].message.contains("over budget"));
+    // 1000 input + 100 output tokens at $1 per 1M each.
+    assert!((summary.cost_usd - 0.0011).abs() < 1e-12);
+    assert!((fixture.router.budgets.spent_today("team") - 0.0011).abs() < 1e-12);
+}
