@@ -6,7 +6,10 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::proto::{self, answer_event::Event, generation_service_server::GenerationService};
-use crate::service::{AnswerEvent, AnswerRequest, AnswerSummary, Service};
+use crate::error::ErrorKind;
+use crate::route::callers::bearer_token;
+use crate::route::{AttemptOutcome, RouteSummary};
+use crate::service::{AnswerEvent, AnswerRequest, AnswerSummary, EXTRACTIVE_MODEL, Service};
 
 pub struct GenerationApi {
     pub service: Arc<Service>,
@@ -25,6 +28,12 @@ impl GenerationService for GenerationApi {
         request: Request<proto::AnswerRequest>,
     ) -> Result<Response<Self::AnswerStream>, Status> {
         let deadline = convert::deadline(&request);
+        let api_key = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(bearer_token)
+            .map(str::to_string);
         let request = request.into_inner();
         let events = self
             .service
@@ -33,8 +42,11 @@ impl GenerationService for GenerationApi {
                 top_k: convert::optional(request.top_k),
                 sources: request.sources,
                 model: (!request.model.is_empty()).then_some(request.model),
+                tier: (!request.tier.is_empty()).then_some(request.tier),
+                allowed_clouds: request.allowed_clouds,
                 max_output_tokens: convert::optional(request.max_output_tokens),
                 deadline,
+                api_key,
             })
             .await
             .map_err(convert::status)?;
@@ -81,25 +93,7 @@ fn answer_done(summary: AnswerSummary) -> proto::AnswerDone {
         cost: Some(proto::Cost {
             usd: summary.cost_usd,
         }),
-        route: Some(proto::Route {
-            provider: summary.route.provider,
-            model: summary.route.model,
-            cloud: summary.route.cloud,
-            region: summary.route.region,
-            extractive: summary.route.extractive,
-            attempts: summary
-                .route
-                .attempts
-                .into_iter()
-                .map(|attempt| proto::Attempt {
-                    provider: attempt.provider,
-                    model: attempt.model,
-                    outcome: attempt.outcome,
-                    message: attempt.message,
-                    took_micros: attempt.took.as_micros() as u64,
-                })
-                .collect(),
-        }),
+        route: Some(route(summary.route, summary.extractive)),
         finish_reason: summary.finish_reason,
         degraded: summary.degraded,
         sources: summary
@@ -107,5 +101,102 @@ fn answer_done(summary: AnswerSummary) -> proto::AnswerDone {
             .into_iter()
             .map(convert::source_outcome)
             .collect(),
+    }
+}
+
+fn route(route: RouteSummary, extractive: bool) -> proto::Route {
+    let failover_count = route.failover_count();
+    let (provider, model, deployment, cloud, region, dedicated) = match route.chosen {
+        Some(info) if !extractive => (
+            info.id,
+            info.model,
+            info.deployment,
+            info.cloud,
+            info.region,
+            info.dedicated,
+        ),
+        _ => (
+            EXTRACTIVE_MODEL.to_string(),
+            EXTRACTIVE_MODEL.to_string(),
+            String::new(),
+            "local".to_string(),
+            "local".to_string(),
+            false,
+        ),
+    };
+    proto::Route {
+        provider,
+        model,
+        cloud,
+        region,
+        extractive,
+        deployment,
+        dedicated,
+        tier: route.tier.unwrap_or_default(),
+        failover_count,
+        attempts: route
+            .attempts
+            .into_iter()
+            .map(|attempt| {
+                let (outcome, error_kind) = match attempt.outcome {
+                    AttemptOutcome::Ok => ("ok", String::new()),
+                    AttemptOutcome::Failed(kind) => ("error", kind_name(kind).to_string()),
+                    AttemptOutcome::Skipped => ("skipped", String::new()),
+                };
+                proto::Attempt {
+                    provider: attempt
+                        .deployment
+                        .split('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                    model: attempt.model,
+                    outcome: outcome.to_string(),
+                    message: attempt.message,
+                    took_micros: attempt.took.as_micros() as u64,
+                    deployment: attempt.deployment,
+                    cloud: attempt.cloud,
+                    region: attempt.region,
+                    error_kind,
+                }
+            })
+            .collect(),
+        candidates: route
+            .candidates
+            .into_iter()
+            .map(|candidate| proto::RouteCandidate {
+                deployment: candidate.deployment,
+                model: candidate.model,
+                cloud: candidate.cloud,
+                region: candidate.region,
+                dedicated: candidate.dedicated,
+                max_cost_usd: candidate.max_cost_usd,
+                why: candidate.why,
+            })
+            .collect(),
+        skipped: route
+            .skipped
+            .into_iter()
+            .map(|skip| proto::RouteSkip {
+                deployment: skip.deployment,
+                model: skip.model,
+                reason: skip.reason,
+            })
+            .collect(),
+    }
+}
+
+fn kind_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidArgument => "INVALID_ARGUMENT",
+        ErrorKind::ContextLength => "CONTEXT_LENGTH",
+        ErrorKind::NotFound => "NOT_FOUND",
+        ErrorKind::Throttled => "THROTTLED",
+        ErrorKind::Unavailable => "UNAVAILABLE",
+        ErrorKind::Timeout => "TIMEOUT",
+        ErrorKind::Auth => "AUTH",
+        ErrorKind::Forbidden => "FORBIDDEN",
+        ErrorKind::Config => "CONFIG",
+        ErrorKind::Internal => "INTERNAL",
     }
 }

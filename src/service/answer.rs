@@ -4,15 +4,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{SearchParams, Service};
 use crate::error::{Error, Result};
 use crate::llm::extractive::extractive_answer;
 use crate::llm::prompt::{Passage, build_prompt, estimate_tokens};
-use crate::llm::{ChatEvent, ChatProvider, ChatRequest, Usage};
+use crate::llm::{ChatRequest, Usage};
 use crate::retrieve::{FusedHit, SourceOutcome};
+use crate::route::{Caller, RouteEvent, RouteRequest, RouteSummary, Router};
 
 /// Model name that asks for the extractive answer even when an LLM is configured.
 pub const EXTRACTIVE_MODEL: &str = "extractive";
@@ -22,10 +22,15 @@ pub struct AnswerRequest {
     pub question: String,
     pub top_k: Option<u32>,
     pub sources: Vec<String>,
-    /// None: the configured provider, or extractive when there is none.
+    /// None: the tier's models, else the default model, else extractive.
     pub model: Option<String>,
+    pub tier: Option<String>,
+    /// Clouds the prompt may go to; empty = any the caller may use.
+    pub allowed_clouds: Vec<String>,
     pub max_output_tokens: Option<u32>,
     pub deadline: Option<Instant>,
+    /// The `authorization: Bearer` token, when `[[caller]]`s are configured.
+    pub api_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -38,32 +43,15 @@ pub struct Citation {
     pub text: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Attempt {
-    pub provider: String,
-    pub model: String,
-    /// ok | error
-    pub outcome: String,
-    pub message: String,
-    pub took: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Route {
-    pub provider: String,
-    pub model: String,
-    pub cloud: String,
-    pub region: String,
-    pub extractive: bool,
-    pub attempts: Vec<Attempt>,
-}
-
 #[derive(Debug, Clone)]
 pub struct AnswerSummary {
     pub citations: Vec<Citation>,
     pub usage: Usage,
     pub cost_usd: f64,
-    pub route: Route,
+    /// True when the answer was built from the passages without an LLM.
+    pub extractive: bool,
+    /// Where the request went: plan, attempts, the deployment that answered.
+    pub route: RouteSummary,
     pub finish_reason: String,
     pub degraded: bool,
     pub outcomes: Vec<SourceOutcome>,
@@ -79,10 +67,17 @@ pub enum AnswerEvent {
 
 impl Service {
     /// Retrieves, then streams the answer. Errors returned here (bad request,
-    /// unknown model) mean nothing was streamed.
+    /// unknown model, no deployment could answer an explicit model) mean nothing
+    /// was streamed.
     pub async fn answer(&self, request: AnswerRequest) -> Result<mpsc::Receiver<AnswerEvent>> {
-        let provider = self.provider_for(request.model.as_deref())?;
-        let explicit_model = request.model.is_some();
+        let routed = self.routed(&request)?;
+        let max_output_tokens = request
+            .max_output_tokens
+            .unwrap_or(self.config.answer.max_output_tokens);
+        if let Some((router, caller, _)) = &routed {
+            // Fail fast on an unknown or forbidden model, before retrieving.
+            router.plan(caller, &self.route_request(&request, 0, max_output_tokens))?;
+        }
         let search = self
             .search(SearchParams {
                 query: request.question.clone(),
@@ -101,89 +96,123 @@ impl Service {
                 text: hit.hit.text.clone(),
             })
             .collect();
-        let max_output_tokens = request
-            .max_output_tokens
-            .unwrap_or(self.config.answer.max_output_tokens);
         let (chat_request, passages_used) = build_prompt(
             &request.question,
             &passages,
             self.config.answer.context_budget_tokens,
             max_output_tokens,
         );
-        let citations = citations(&search.hits[..passages_used]);
         let (sender, receiver) = mpsc::channel(64);
         let summary = AnswerSummary {
-            citations,
+            citations: citations(&search.hits[..passages_used]),
             usage: Usage::default(),
             cost_usd: 0.0,
-            route: Route::default(),
+            extractive: false,
+            route: RouteSummary::default(),
             finish_reason: String::new(),
             degraded: search.degraded,
             outcomes: search.outcomes.clone(),
         };
-        let Some(provider) = provider else {
-            let text = extractive_answer(&request.question, &passages[..passages_used]);
-            send_extractive(&sender, text, summary, Vec::new()).await;
+        let extractive = || extractive_answer(&request.question, &passages[..passages_used]);
+        let Some((router, caller, explicit)) = routed else {
+            send_extractive(&sender, extractive(), summary, RouteSummary::default()).await;
             return Ok(receiver);
         };
+        let input_tokens = prompt_tokens(&chat_request);
+        let plan = router.plan(
+            &caller,
+            &self.route_request(&request, input_tokens, max_output_tokens),
+        )?;
         let deadline = request.deadline.unwrap_or_else(|| {
-            Instant::now() + Duration::from_millis(self.provider_timeout_ms(provider.as_ref()))
+            Instant::now() + Duration::from_millis(router.settings.attempt_timeout_ms)
         });
-        let started = Instant::now();
-        let stream = match provider.chat_stream(&chat_request, deadline).await {
-            Ok(stream) => stream,
-            Err(error) if explicit_model => return Err(error),
-            Err(error) => {
+        let started = match router
+            .start(&caller, &plan, &chat_request, deadline.into())
+            .await
+        {
+            Ok(started) => started,
+            Err(failure) if explicit => return Err(failure.error),
+            Err(failure) => {
                 // No text was produced yet: an extractive answer, labelled as such
-                // and with the failed attempt in the route, beats no answer.
-                tracing::warn!(provider = %provider.info().id, %error, "llm unavailable, answering extractively");
-                let attempt = attempt(provider.as_ref(), started, Err(&error));
-                let text = extractive_answer(&request.question, &passages[..passages_used]);
-                send_extractive(&sender, text, summary, vec![attempt]).await;
+                // and with the failed attempts in the route, beats no answer.
+                tracing::warn!(error = %failure.error, "no model could answer, answering extractively");
+                send_extractive(&sender, extractive(), summary, *failure.summary).await;
                 return Ok(receiver);
             }
         };
-        tokio::spawn(stream_answer(
-            provider,
-            stream,
-            chat_request,
-            summary,
-            started,
-            sender,
-        ));
+        tokio::spawn(forward(started.into_events(), summary, sender));
         Ok(receiver)
     }
 
-    fn provider_for(&self, model: Option<&str>) -> Result<Option<Arc<dyn ChatProvider>>> {
-        match model {
-            None => Ok(self.chat.clone()),
-            Some(EXTRACTIVE_MODEL) => Ok(None),
-            Some(model) => match &self.chat {
-                Some(provider) if provider.info().model == model => Ok(Some(provider.clone())),
-                _ => {
-                    let mut known = vec![EXTRACTIVE_MODEL.to_string()];
-                    known.extend(
-                        self.chat
-                            .iter()
-                            .map(|provider| provider.info().model.clone()),
-                    );
-                    Err(Error::not_found(format!(
-                        "unknown model {model:?}; available: {}",
-                        known.join(", ")
-                    )))
-                }
-            },
+    /// The router, the caller and whether the request named its model or tier; None
+    /// for an extractive answer.
+    fn routed(&self, request: &AnswerRequest) -> Result<Option<(Arc<Router>, Arc<Caller>, bool)>> {
+        if request.model.as_deref() == Some(EXTRACTIVE_MODEL) {
+            return Ok(None);
         }
+        let explicit = request.model.is_some() || request.tier.is_some();
+        let Some(router) = &self.router else {
+            if let Some(model) = request.model.as_ref().or(request.tier.as_ref()) {
+                return Err(Error::not_found(format!(
+                    "unknown model {model:?}: no language model is configured; available: {EXTRACTIVE_MODEL}"
+                )));
+            }
+            return Ok(None);
+        };
+        let caller = router.callers.authenticate(request.api_key.as_deref())?;
+        let has_default =
+            router.settings.default_model.is_some() || router.settings.default_tier.is_some();
+        if !explicit && !has_default {
+            return Ok(None);
+        }
+        Ok(Some((router.clone(), caller, explicit)))
     }
 
-    fn provider_timeout_ms(&self, provider: &dyn ChatProvider) -> u64 {
-        self.config
-            .providers
-            .iter()
-            .find(|config| config.id == provider.info().id)
-            .map_or(self.config.server.default_timeout_ms, |config| {
-                config.timeout_ms
-            })
+    fn route_request(
+        &self,
+        request: &AnswerRequest,
+        input_tokens: u64,
+        max_output_tokens: u32,
+    ) -> RouteRequest {
+        RouteRequest {
+            model: request.model.clone(),
+            tier: request.tier.clone(),
+            clouds: request.allowed_clouds.clone(),
+            input_tokens,
+            max_output_tokens: u64::from(max_output_tokens),
+        }
+    }
+}
+
+/// Estimated prompt tokens, for context windows, prices and budgets.
+pub fn prompt_tokens(request: &ChatRequest) -> u64 {
+    request
+        .messages
+        .iter()
+        .map(|message| estimate_tokens(&message.content) as u64)
+        .sum()
+}
+
+async fn forward(
+    mut events: mpsc::Receiver<RouteEvent>,
+    mut summary: AnswerSummary,
+    sender: mpsc::Sender<AnswerEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        let event = match event {
+            RouteEvent::Token(text) => AnswerEvent::Token(text),
+            RouteEvent::Done(route) => {
+                summary.usage = route.usage;
+                summary.cost_usd = route.cost_usd;
+                summary.finish_reason = route.finish_reason.clone();
+                summary.route = *route;
+                AnswerEvent::Done(Box::new(summary.clone()))
+            }
+            RouteEvent::Failed(error, _) => AnswerEvent::Failed(error),
+        };
+        if sender.send(event).await.is_err() {
+            return; // the caller went away; dropping `events` cancels upstream
+        }
     }
 }
 
@@ -201,98 +230,17 @@ fn citations(hits: &[FusedHit]) -> Vec<Citation> {
         .collect()
 }
 
-fn attempt(provider: &dyn ChatProvider, started: Instant, outcome: Result<(), &Error>) -> Attempt {
-    Attempt {
-        provider: provider.info().id.clone(),
-        model: provider.info().model.clone(),
-        outcome: if outcome.is_ok() { "ok" } else { "error" }.into(),
-        message: outcome
-            .err()
-            .map(|error| error.message.clone())
-            .unwrap_or_default(),
-        took: started.elapsed(),
-    }
-}
-
 async fn send_extractive(
     sender: &mpsc::Sender<AnswerEvent>,
     text: String,
     mut summary: AnswerSummary,
-    attempts: Vec<Attempt>,
+    route: RouteSummary,
 ) {
-    summary.route = Route {
-        provider: EXTRACTIVE_MODEL.into(),
-        model: EXTRACTIVE_MODEL.into(),
-        cloud: "local".into(),
-        region: "local".into(),
-        extractive: true,
-        attempts,
-    };
+    summary.extractive = true;
+    summary.route = route;
     summary.finish_reason = "stop".into();
     if !text.is_empty() {
         let _ = sender.send(AnswerEvent::Token(text)).await;
     }
     let _ = sender.send(AnswerEvent::Done(Box::new(summary))).await;
-}
-
-async fn stream_answer(
-    provider: Arc<dyn ChatProvider>,
-    mut stream: futures::stream::BoxStream<'static, Result<ChatEvent>>,
-    chat_request: ChatRequest,
-    mut summary: AnswerSummary,
-    started: Instant,
-    sender: mpsc::Sender<AnswerEvent>,
-) {
-    let mut generated = String::new();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(ChatEvent::Delta(text)) => {
-                generated.push_str(&text);
-                if sender.send(AnswerEvent::Token(text)).await.is_err() {
-                    return; // the caller went away; dropping the stream cancels the request
-                }
-            }
-            Ok(ChatEvent::Finish { reason, usage }) => {
-                if generated.is_empty() {
-                    let error = Error::unavailable("the model finished without producing any text");
-                    let _ = sender.send(AnswerEvent::Failed(error)).await;
-                    return;
-                }
-                let usage = usage.unwrap_or_else(|| estimated_usage(&chat_request, &generated));
-                let info = provider.info();
-                summary.cost_usd = info.cost_usd(&usage);
-                summary.usage = usage;
-                summary.finish_reason = reason.as_str().to_string();
-                summary.route = Route {
-                    provider: info.id.clone(),
-                    model: info.model.clone(),
-                    cloud: info.cloud.clone(),
-                    region: info.region.clone(),
-                    extractive: false,
-                    attempts: vec![attempt(provider.as_ref(), started, Ok(()))],
-                };
-                let _ = sender.send(AnswerEvent::Done(Box::new(summary))).await;
-                return;
-            }
-            Err(error) => {
-                let _ = sender.send(AnswerEvent::Failed(error)).await;
-                return;
-            }
-        }
-    }
-    let error = Error::unavailable("the model stream ended without finishing");
-    let _ = sender.send(AnswerEvent::Failed(error)).await;
-}
-
-fn estimated_usage(request: &ChatRequest, generated: &str) -> Usage {
-    Usage {
-        input_tokens: request
-            .messages
-            .iter()
-            .map(|message| estimate_tokens(&message.content) as u64)
-            .sum(),
-        output_tokens: estimate_tokens(generated) as u64,
-        cached_input_tokens: 0,
-        estimated: true,
-    }
 }

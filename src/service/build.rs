@@ -6,7 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, LOCAL_PROVIDER, ProviderKind, SourceConfig, SourceKind, SpaceConfig};
+use crate::config::{
+    Config, LOCAL_PROVIDER, ProviderConfig, ProviderKind, RoutingConfig, SourceConfig, SourceKind,
+    SpaceConfig,
+};
 use crate::embed::adapter::LinearAdapter;
 use crate::embed::local::LocalEmbedder;
 use crate::embed::providers as embed_providers;
@@ -14,8 +17,9 @@ use crate::embed::query::{QueryCacheSettings, QueryEmbedder, family_key};
 use crate::embed::space::{Serving, SpaceEmbedder};
 use crate::embed::{Embedder, EmbeddingProvider, EmbeddingSpace};
 use crate::error::{Error, Result};
-use crate::llm::ChatProvider;
 use crate::llm::openai_compat::OpenAiCompatProvider;
+use crate::llm::{ChatProvider, ChatTarget};
+use crate::route::{Callers, Catalog, Deployment, Router};
 use crate::stores::dense::DenseStore;
 use crate::stores::local_bm25::LocalBm25Store;
 use crate::stores::{SearchBackend, Source, SourceInfo, StoreKind};
@@ -189,37 +193,76 @@ pub(super) fn http_client() -> Result<reqwest::Client> {
         .map_err(|error| Error::config(format!("cannot build http client: {error}")))
 }
 
-pub(super) fn chat_provider(
+/// The chat router over every deployment (`[[deployment]]`, and the one
+/// `answer.provider` implies); None when there is none. Sends nothing.
+pub(super) fn router(
     config: &Config,
     env: &HashMap<String, String>,
     http: &reqwest::Client,
-) -> Result<Option<Arc<dyn ChatProvider>>> {
-    let Some(provider_id) = &config.answer.provider else {
+) -> Result<Option<Router>> {
+    let deployments = config.chat_deployments();
+    if deployments.is_empty() {
         return Ok(None);
+    }
+    let catalog = Catalog::load(&config.prices)?;
+    let breaker = Router::breaker_settings(&config.routing);
+    let mut built = Vec::with_capacity(deployments.len());
+    for deployment in &deployments {
+        let provider = config
+            .providers
+            .iter()
+            .find(|provider| provider.id == deployment.provider)
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "deployment {:?}: provider {:?} is not defined",
+                    deployment.model, deployment.provider
+                ))
+            })?;
+        let target = ChatTarget {
+            model: deployment.model.clone(),
+            wire_id: deployment.wire_id().to_string(),
+            dedicated: deployment.dedicated,
+        };
+        let chat = chat_provider(provider, &target, env, http.clone()).map_err(|error| {
+            error.context(format!(
+                "deployment {:?} on {:?}",
+                deployment.model, provider.id
+            ))
+        })?;
+        built.push(Deployment::new(chat, deployment, &catalog, breaker));
+    }
+    let callers = Callers::load(&config.callers, env)?;
+    let settings = RoutingConfig {
+        default_model: config.default_chat_model(),
+        ..config.routing.clone()
     };
-    let provider = config
-        .providers
-        .iter()
-        .find(|provider| &provider.id == provider_id)
-        .ok_or_else(|| Error::config(format!("answer.provider {provider_id:?} is not defined")))?;
+    Ok(Some(Router::new(built, settings, callers)))
+}
+
+fn chat_provider(
+    provider: &ProviderConfig,
+    target: &ChatTarget,
+    env: &HashMap<String, String>,
+    http: reqwest::Client,
+) -> Result<Arc<dyn ChatProvider>> {
     let api_key = provider
         .api_key
         .as_ref()
         .map(|location| location.resolve(env))
         .transpose()
-        .map_err(|error| error.context(format!("provider {:?}: api_key", provider.id)))?;
-    let http = http.clone();
-    Ok(Some(match provider.kind {
-        ProviderKind::OpenaiCompat => Arc::new(OpenAiCompatProvider::new(provider, api_key, http)),
+        .map_err(|error| error.context("api_key"))?;
+    match provider.kind {
+        ProviderKind::OpenaiCompat => {
+            let mut config = provider.clone();
+            config.model = Some(target.wire_id.clone());
+            Ok(Arc::new(OpenAiCompatProvider::new(&config, api_key, http)))
+        }
         ProviderKind::AzureOpenai
         | ProviderKind::Bedrock
         | ProviderKind::Vertex
-        | ProviderKind::Oci => {
-            return Err(Error::config(format!(
-                "answer.provider: provider {:?} of kind {} cannot answer yet",
-                provider.id,
-                provider.kind.as_str()
-            )));
-        }
-    }))
+        | ProviderKind::Oci => Err(Error::config(format!(
+            "provider kind {} cannot answer yet",
+            provider.kind.as_str()
+        ))),
+    }
 }

@@ -10,14 +10,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use answer::{AnswerEvent, AnswerRequest, AnswerSummary, Attempt, Citation, Route};
+pub use answer::{
+    AnswerEvent, AnswerRequest, AnswerSummary, Citation, EXTRACTIVE_MODEL, prompt_tokens,
+};
 pub use index::IndexFilters;
 
 use crate::config::{Config, FusionMethod, IndexConfig};
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
-use crate::llm::ChatProvider;
 use crate::retrieve::{Retriever, SearchRequest, SearchResult};
+use crate::route::Router;
 use crate::stores::{SourceInfo, StoreKind};
 
 /// A search as a caller states it, before limits are applied.
@@ -47,7 +49,8 @@ pub struct Service {
     config: Config,
     retriever: Retriever,
     embedders: HashMap<String, Arc<dyn Embedder>>,
-    chat: Option<Arc<dyn ChatProvider>>,
+    /// Chat routing and failover; None when no model is configured.
+    router: Option<Arc<Router>>,
     /// One indexing run per index at a time: two runs would race on the manifest.
     index_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// Resolves bucket secrets (`env:NAME`) and gives bucket clients the standard
@@ -67,7 +70,10 @@ impl Service {
             .map(|(space, embedder)| (space, embedder as Arc<dyn Embedder>))
             .collect();
         let sources = build::sources(&config).await?;
-        let chat = build::chat_provider(&config, env, &http)?;
+        let router = build::router(&config, env, &http)?.map(Arc::new);
+        if let Some(router) = &router {
+            router.spawn_probe();
+        }
         let index_locks = config
             .indexes
             .iter()
@@ -76,7 +82,7 @@ impl Service {
         Ok(Self {
             retriever: Retriever::new(sources, query, config.search.clone()),
             embedders,
-            chat,
+            router,
             index_locks,
             env: env.clone(),
             config,
@@ -85,6 +91,11 @@ impl Service {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The chat router, shared with the OpenAI-compatible facade.
+    pub fn router(&self) -> Option<&Arc<Router>> {
+        self.router.as_ref()
     }
 
     /// Checks the caller's request against the server limits.
