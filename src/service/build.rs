@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, LOCAL_PROVIDER, ProviderKind, SourceConfig, SourceKind, SpaceConfig};
+use crate::config::{Config, LOCAL_PROVIDER, SourceConfig, SourceKind, SpaceConfig};
 use crate::embed::adapter::LinearAdapter;
 use crate::embed::local::LocalEmbedder;
 use crate::embed::providers as embed_providers;
@@ -14,8 +14,7 @@ use crate::embed::query::{QueryCacheSettings, QueryEmbedder, family_key};
 use crate::embed::space::{Serving, SpaceEmbedder};
 use crate::embed::{Embedder, EmbeddingProvider, EmbeddingSpace};
 use crate::error::{Error, Result};
-use crate::llm::ChatProvider;
-use crate::llm::openai_compat::OpenAiCompatProvider;
+use crate::llm::{ChatProvider, ChatTarget};
 use crate::stores::dense::DenseStore;
 use crate::stores::local_bm25::LocalBm25Store;
 use crate::stores::{SearchBackend, Source, SourceInfo, StoreKind};
@@ -202,24 +201,10 @@ pub(super) fn chat_provider(
         .iter()
         .find(|provider| &provider.id == provider_id)
         .ok_or_else(|| Error::config(format!("answer.provider {provider_id:?} is not defined")))?;
-    let api_key = provider
-        .api_key
-        .as_ref()
-        .map(|location| location.resolve(env))
-        .transpose()
-        .map_err(|error| error.context(format!("provider {:?}: api_key", provider.id)))?;
-    let http = http.clone();
-    Ok(Some(match provider.kind {
-        ProviderKind::OpenaiCompat => Arc::new(OpenAiCompatProvider::new(provider, api_key, http)),
-        ProviderKind::AzureOpenai
-        | ProviderKind::Bedrock
-        | ProviderKind::Vertex
-        | ProviderKind::Oci => {
-            return Err(Error::config(format!(
-                "answer.provider: provider {:?} of kind {} cannot answer yet",
-                provider.id,
-                provider.kind.as_str()
-            )));
-        }
-    }))
+    let target = ChatTarget {
+        model: provider.chat_model().to_string(),
+        wire_id: provider.chat_model().to_string(),
+        dedicated: false,
+    };
+    crate::llm::providers::build(provider, &target, env, http.clone()).map(Some)
 }
