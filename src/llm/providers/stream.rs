@@ -22,7 +22,9 @@ pub struct Progress {
 /// Runs `decode` over every unit; it returns the text of that unit (maybe empty)
 /// and records the finish reason and usage in [`Progress`]. `Finish` is emitted when
 /// the decoder says the answer is complete, or when the units end after a finish
-/// reason (usage or not); units that end before one are an `Unavailable` error.
+/// reason (usage or not); units that end before one are an `Unavailable` error. A
+/// broken transport after the finish reason still finishes (the text is whole); a
+/// service error the decoder reports is an error wherever it comes.
 pub fn drive<S, U, F>(service: &str, units: S, decode: F) -> BoxStream<'static, Result<ChatEvent>>
 where
     S: Stream<Item = Result<U>> + Send + Unpin + 'static,
@@ -72,7 +74,20 @@ where
                 };
                 return Some((event, state));
             };
-            let text = match unit.and_then(|unit| (state.decode)(unit, &mut state.progress)) {
+            let unit = match unit {
+                Ok(unit) => unit,
+                // The answer was whole when the transport broke: only the usage
+                // that would have followed is lost.
+                Err(_) if state.progress.finish.is_some() => {
+                    state.progress.complete = true;
+                    continue;
+                }
+                Err(error) => {
+                    state.done = true;
+                    return Some((Err(error), state));
+                }
+            };
+            let text = match (state.decode)(unit, &mut state.progress) {
                 Ok(text) => text,
                 Err(error) => {
                     state.done = true;
@@ -156,5 +171,22 @@ mod tests {
         ]);
         assert_eq!(events.len(), 2);
         assert_eq!(events[1].as_ref().unwrap_err().kind, ErrorKind::Timeout);
+    }
+
+    #[test]
+    fn a_transport_break_after_the_finish_reason_still_finishes() {
+        let events = run(vec![
+            Ok("a"),
+            Ok("stop"),
+            Err(Error::unavailable("connection reset")),
+        ]);
+        assert_eq!(events.len(), 2);
+        assert!(matches!(
+            events[1],
+            Ok(ChatEvent::Finish {
+                reason: FinishReason::Stop,
+                usage: None
+            })
+        ));
     }
 }
