@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use serde_json::Value;
 
 use super::Connection;
 use super::openai_compat::{Completion, open_sse, request_body};
@@ -20,11 +21,13 @@ use crate::llm::{ChatEvent, ChatProvider, ChatRequest, ChatResponse, ProviderInf
 pub struct AzureOpenAiChat {
     connection: Connection,
     api_version: Option<String>,
+    reasoning: bool,
 }
 
 impl AzureOpenAiChat {
     pub fn new(connection: Connection, config: &ProviderConfig) -> Self {
         Self {
+            reasoning: is_reasoning_model(&connection.info.model),
             connection,
             api_version: config.api_version.clone(),
         }
@@ -52,6 +55,27 @@ impl AzureOpenAiChat {
     }
 }
 
+/// o-series and GPT-5 deployments take `max_completion_tokens` and refuse
+/// `temperature`; the canonical model name says which a deployment serves.
+fn is_reasoning_model(model: &str) -> bool {
+    let model = model.to_ascii_lowercase();
+    ["o1", "o3", "o4", "gpt-5"]
+        .iter()
+        .any(|family| model == *family || model.starts_with(&format!("{family}-")))
+}
+
+/// The chat-completions body, with the reasoning models' parameter names.
+fn body(request: &ChatRequest, model: Option<&str>, stream: bool, reasoning: bool) -> Value {
+    let mut body = request_body(request, model, stream);
+    if reasoning && let Some(fields) = body.as_object_mut() {
+        fields.remove("temperature");
+        if let Some(limit) = fields.remove("max_tokens") {
+            fields.insert("max_completion_tokens".into(), limit);
+        }
+    }
+    body
+}
+
 #[async_trait]
 impl ChatProvider for AzureOpenAiChat {
     fn info(&self) -> &ProviderInfo {
@@ -60,7 +84,7 @@ impl ChatProvider for AzureOpenAiChat {
 
     async fn chat(&self, request: &ChatRequest, deadline: Instant) -> Result<ChatResponse> {
         let (url, model) = self.target()?;
-        let body = request_body(request, model, false);
+        let body = body(request, model, false, self.reasoning);
         let completion: Completion = self.connection.call(url, &body, deadline).await?;
         completion.normalize(&self.connection.service)
     }
@@ -71,7 +95,37 @@ impl ChatProvider for AzureOpenAiChat {
         deadline: Instant,
     ) -> Result<BoxStream<'static, Result<ChatEvent>>> {
         let (url, model) = self.target()?;
-        let body = request_body(request, model, true);
+        let body = body(request, model, true, self.reasoning);
         open_sse(&self.connection, url, &body, deadline).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::{ChatMessage, Role};
+
+    #[test]
+    fn reasoning_models_take_max_completion_tokens_and_no_temperature() {
+        assert!(is_reasoning_model("o3-mini"));
+        assert!(is_reasoning_model("o1"));
+        assert!(is_reasoning_model("gpt-5-mini"));
+        assert!(!is_reasoning_model("gpt-4o"));
+        assert!(!is_reasoning_model("omni-model"));
+        let request = ChatRequest {
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: "q".into(),
+            }],
+            max_output_tokens: 64,
+            temperature: 0.2,
+        };
+        let reasoning = body(&request, None, true, true);
+        assert_eq!(reasoning["max_completion_tokens"], 64);
+        assert!(reasoning.get("max_tokens").is_none());
+        assert!(reasoning.get("temperature").is_none());
+        let plain = body(&request, None, true, false);
+        assert_eq!(plain["max_tokens"], 64);
+        assert!(plain.get("temperature").is_some());
     }
 }
