@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderName, HeaderValue};
 
-use crate::cloud::gcp_token::{GcpTokenSource, ServiceAccountTokens};
+use crate::cloud::gcp_token::{GcpTokenSource, MetadataTokens, ServiceAccountTokens};
 use crate::cloud::oci_signing::OciSigner;
 use crate::cloud::rsa_key::RsaPrivateKey;
 use crate::cloud::sigv4::{AwsCredentials, SigV4Signer};
@@ -70,9 +70,17 @@ impl RequestAuth {
             ProviderKind::Vertex => {
                 if let Some(token) = resolve(&config.access_token, "access_token")? {
                     Self::Google(GcpTokenSource::Static(token))
+                } else if let Some(metadata_url) = &config.metadata_url {
+                    Self::Google(GcpTokenSource::Metadata(Box::new(MetadataTokens::new(
+                        metadata_url,
+                        http.clone(),
+                        Duration::from_millis(config.timeout_ms),
+                    ))))
                 } else {
                     let key_json = resolve(&config.service_account_key, "service_account_key")?
-                        .ok_or_else(|| missing("service_account_key or access_token"))?;
+                        .ok_or_else(|| {
+                            missing("service_account_key, access_token or metadata_url")
+                        })?;
                     let tokens = ServiceAccountTokens::from_key_json(
                         key_json.expose(),
                         config.token_url.as_deref(),

@@ -1,7 +1,9 @@
 //! Google OAuth access tokens for Vertex AI: a static token from a secret location,
 //! or a service-account key whose signed JWT (RS256) is exchanged at the key's
 //! `token_uri` (or a configured one) and cached until shortly before it expires.
-//! The metadata server is not used: nothing here reaches an address it was not given.
+//! On GCE / GKE / Cloud Run, the metadata server's token for the attached service
+//! account, at the configured `metadata_url` only: nothing here reaches an address
+//! it was not given.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,6 +26,7 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 pub enum GcpTokenSource {
     Static(Secret),
     ServiceAccount(Box<ServiceAccountTokens>),
+    Metadata(Box<MetadataTokens>),
 }
 
 impl GcpTokenSource {
@@ -31,8 +34,97 @@ impl GcpTokenSource {
         match self {
             Self::Static(token) => Ok(token.clone()),
             Self::ServiceAccount(tokens) => tokens.access_token().await,
+            Self::Metadata(tokens) => tokens.access_token().await,
         }
     }
+}
+
+/// The conventional metadata server address, for `metadata_url = "default"`.
+pub const DEFAULT_METADATA_URL: &str = "http://metadata.google.internal";
+const METADATA_TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+
+/// Tokens of the attached service account from the metadata server
+/// (`GET {metadata_url}/computeMetadata/v1/instance/service-accounts/default/token`
+/// with `Metadata-Flavor: Google`), cached like the service-account ones.
+#[derive(Debug)]
+pub struct MetadataTokens {
+    token_url: String,
+    http: reqwest::Client,
+    timeout: Duration,
+    cached: tokio::sync::Mutex<Option<(Secret, Instant)>>,
+}
+
+impl MetadataTokens {
+    /// `metadata_url` without the path (`"default"` names the usual address).
+    pub fn new(metadata_url: &str, http: reqwest::Client, timeout: Duration) -> Self {
+        let base = if metadata_url == "default" {
+            DEFAULT_METADATA_URL
+        } else {
+            metadata_url
+        };
+        Self {
+            token_url: format!("{}{METADATA_TOKEN_PATH}", base.trim_end_matches('/')),
+            http,
+            timeout,
+            cached: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn access_token(&self) -> Result<Secret> {
+        let mut cached = self.cached.lock().await;
+        if let Some((token, refresh_at)) = cached.as_ref()
+            && Instant::now() < *refresh_at
+        {
+            return Ok(token.clone());
+        }
+        let response = self
+            .http
+            .get(&self.token_url)
+            .header("metadata-flavor", "Google")
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|error| transport_error("gce metadata server", &error))?;
+        let (token, lifetime) = read_token("gce metadata server", response).await?;
+        let keep = lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
+        *cached = Some((token.clone(), Instant::now() + keep));
+        Ok(token)
+    }
+}
+
+/// A token endpoint's answer: `{"access_token", "expires_in"}`, or its error.
+async fn read_token(service: &str, response: reqwest::Response) -> Result<(Secret, Duration)> {
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let body = response
+        .bytes()
+        .await
+        .map_err(|error| transport_error(service, &error))?;
+    if !status.is_success() {
+        // 400 invalid_grant / 401 invalid_client: the key is wrong or revoked;
+        // 403 / 404 from a metadata server: no account attached or no scope.
+        let kind = match status.as_u16() {
+            400..=404 => ErrorKind::Auth,
+            429 => ErrorKind::Throttled,
+            _ => ErrorKind::Unavailable,
+        };
+        let text: String = String::from_utf8_lossy(&body).chars().take(300).collect();
+        return Err(Error {
+            kind,
+            message: format!("{service} answered {status}: {text}"),
+            retry_after,
+        });
+    }
+    #[derive(Deserialize)]
+    struct TokenResponse {
+        access_token: String,
+        expires_in: Option<u64>,
+    }
+    let token: TokenResponse = serde_json::from_slice(&body).map_err(|error| {
+        Error::unavailable(format!("{service} sent an unreadable answer: {error}"))
+    })?;
+    let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600));
+    Ok((Secret::new(token.access_token), lifetime))
 }
 
 /// The fields of a service-account key file that signing needs.
@@ -149,37 +241,6 @@ impl ServiceAccountTokens {
             .send()
             .await
             .map_err(|error| transport_error("google token endpoint", &error))?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|error| transport_error("google token endpoint", &error))?;
-        if !status.is_success() {
-            // 400 invalid_grant / 401 invalid_client: the key is wrong or revoked.
-            let kind = match status.as_u16() {
-                400..=403 => ErrorKind::Auth,
-                429 => ErrorKind::Throttled,
-                _ => ErrorKind::Unavailable,
-            };
-            let text: String = String::from_utf8_lossy(&body).chars().take(300).collect();
-            return Err(Error {
-                kind,
-                message: format!("google token endpoint answered {status}: {text}"),
-                retry_after,
-            });
-        }
-        #[derive(Deserialize)]
-        struct TokenResponse {
-            access_token: String,
-            expires_in: Option<u64>,
-        }
-        let token: TokenResponse = serde_json::from_slice(&body).map_err(|error| {
-            Error::unavailable(format!(
-                "google token endpoint sent an unreadable answer: {error}"
-            ))
-        })?;
-        let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600));
-        Ok((Secret::new(token.access_token), lifetime))
+        read_token("google token endpoint", response).await
     }
 }

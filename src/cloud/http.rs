@@ -58,10 +58,13 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// the status does.
 pub fn status_error(service: &str, reply: &HttpReply) -> Error {
     let (code, message) = code_and_message(reply);
-    let kind = code
-        .as_deref()
-        .and_then(kind_of_code)
-        .unwrap_or_else(|| kind_of_status(reply.status));
+    let kind = refine(
+        code.as_deref()
+            .and_then(kind_of_code)
+            .unwrap_or_else(|| kind_of_status(reply.status)),
+        code.as_deref(),
+        &message,
+    );
     let code_text = code.map(|code| format!(" {code}")).unwrap_or_default();
     Error {
         kind,
@@ -71,6 +74,71 @@ pub fn status_error(service: &str, reply: &HttpReply) -> Error {
             _ => None,
         },
     }
+}
+
+/// The error a service reported inside an answer that had already started (an
+/// exception frame of a Bedrock event stream, an `error` event of an SSE stream):
+/// its code decides when known; an unknown or missing one means the stream broke,
+/// which another endpoint may not do.
+pub fn stream_error(service: &str, code: Option<&str>, message: &str) -> Error {
+    let kind = refine(
+        code.and_then(kind_of_code)
+            .unwrap_or(ErrorKind::Unavailable),
+        code,
+        message,
+    );
+    let code_text = code.map(|code| format!(" {code}")).unwrap_or_default();
+    Error::new(
+        kind,
+        format!("{service} failed inside its stream{code_text}: {message}"),
+    )
+}
+
+/// A refused request whose code or message says the prompt does not fit the
+/// model's context window is `ContextLength`: the same model will refuse it again,
+/// one with a longer context may not.
+fn refine(kind: ErrorKind, code: Option<&str>, message: &str) -> ErrorKind {
+    if kind == ErrorKind::InvalidArgument && is_context_overflow(code, message) {
+        ErrorKind::ContextLength
+    } else {
+        kind
+    }
+}
+
+/// How each service words a context-window overflow: OpenAI/Azure's
+/// `context_length_exceeded` code, vLLM "maximum context length", llama.cpp
+/// "exceeds the available context size", Bedrock "Input is too long" / "too many
+/// input tokens", Vertex "exceeds the maximum number of tokens", Anthropic "prompt
+/// is too long", OCI token-limit messages.
+fn is_context_overflow(code: Option<&str>, message: &str) -> bool {
+    if code.is_some_and(|code| {
+        matches!(
+            code,
+            "context_length_exceeded"
+                | "exceed_context_size_error"
+                | "model_context_window_exceeded"
+        )
+    }) {
+        return true;
+    }
+    let message = message.to_ascii_lowercase();
+    [
+        "context_length_exceeded",
+        "maximum context length",
+        "context length",
+        "context window",
+        "context size",
+        "input is too long",
+        "prompt is too long",
+        "too many input tokens",
+        "input token count",
+        "exceeds the maximum number of tokens",
+        "maximum number of tokens",
+        "token limit",
+        "too many tokens",
+    ]
+    .iter()
+    .any(|phrase| message.contains(phrase))
 }
 
 /// An answer with a success status whose body is not what the protocol says: the
@@ -92,6 +160,21 @@ fn kind_of_status(status: u16) -> ErrorKind {
 
 fn kind_of_code(code: &str) -> Option<ErrorKind> {
     Some(match code {
+        // Bedrock stream exception frames name the same exceptions in lower camel case.
+        "throttlingException" => ErrorKind::Throttled,
+        "serviceUnavailableException" | "internalServerException" | "modelStreamErrorException" => {
+            ErrorKind::Unavailable
+        }
+        "validationException" => ErrorKind::InvalidArgument,
+        "modelTimeoutException" => ErrorKind::Timeout,
+        "accessDeniedException" => ErrorKind::Auth,
+        // Anthropic (Claude on Vertex): `{"type": "error", "error": {"type": ...}}`.
+        "rate_limit_error" => ErrorKind::Throttled,
+        "overloaded_error" | "api_error" => ErrorKind::Unavailable,
+        "invalid_request_error" | "request_too_large" => ErrorKind::InvalidArgument,
+        "authentication_error" | "permission_error" => ErrorKind::Auth,
+        "not_found_error" => ErrorKind::NotFound,
+        "timeout_error" => ErrorKind::Timeout,
         "ThrottlingException"
         | "ServiceQuotaExceededException"
         | "TooManyRequests"
@@ -116,6 +199,7 @@ fn kind_of_code(code: &str) -> Option<ErrorKind> {
             ErrorKind::InvalidArgument
         }
         "ResourceNotFoundException" | "NOT_FOUND" | "DeploymentNotFound" => ErrorKind::NotFound,
+        "context_length_exceeded" => ErrorKind::ContextLength,
         _ => return None,
     })
 }
@@ -137,6 +221,10 @@ fn code_and_message(reply: &HttpReply) -> (Option<String>, String) {
     };
     let (body_code, body_message) = match &body {
         Some(Value::Object(object)) => match object.get("error") {
+            // Anthropic: {"type": "error", "error": {"type", "message"}}
+            Some(Value::Object(error)) if object.get("type") == Some(&Value::from("error")) => {
+                (text(error.get("type")), text(error.get("message")))
+            }
             // OpenAI, Azure, Vertex: {"error": {"code", "message", "status"}}
             Some(Value::Object(error)) => (
                 text(error.get("status")).or_else(|| text(error.get("code"))),
@@ -293,6 +381,161 @@ mod tests {
         assert!(
             wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
             "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn context_window_overflows_are_their_own_kind() {
+        let cases = [
+            (
+                "azure/openai code",
+                reply(
+                    400,
+                    &[],
+                    r#"{"error": {"code": "context_length_exceeded", "message": "This model's maximum context length is 128000 tokens.", "type": "invalid_request_error"}}"#,
+                ),
+            ),
+            (
+                "bedrock input is too long",
+                reply(
+                    400,
+                    &[("x-amzn-errortype", "ValidationException")],
+                    r#"{"message": "Input is too long for requested model."}"#,
+                ),
+            ),
+            (
+                "bedrock too many input tokens",
+                reply(
+                    400,
+                    &[("x-amzn-errortype", "ValidationException")],
+                    r#"{"message": "The model returned the following errors: too many input tokens: 210000 > 200000"}"#,
+                ),
+            ),
+            (
+                "vertex",
+                reply(
+                    400,
+                    &[],
+                    r#"{"error": {"code": 400, "message": "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).", "status": "INVALID_ARGUMENT"}}"#,
+                ),
+            ),
+            (
+                "anthropic",
+                reply(
+                    400,
+                    &[],
+                    r#"{"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 210000 tokens > 200000 maximum"}}"#,
+                ),
+            ),
+            (
+                "oci",
+                reply(
+                    400,
+                    &[],
+                    r#"{"code": "InvalidParameter", "message": "The input exceeds the model's token limit of 128000 tokens. Please reduce the length of the messages."}"#,
+                ),
+            ),
+            (
+                "vllm",
+                reply(
+                    400,
+                    &[],
+                    r#"{"object": "error", "message": "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens.", "type": "BadRequestError", "code": 400}"#,
+                ),
+            ),
+        ];
+        for (name, answer) in cases {
+            let error = status_error("x", &answer);
+            assert_eq!(
+                error.kind,
+                ErrorKind::ContextLength,
+                "{name}: {}",
+                error.message
+            );
+            assert!(!error.is_retryable(), "{name}");
+        }
+    }
+
+    #[test]
+    fn other_refusals_stay_invalid_and_throttles_stay_throttles() {
+        let bad = status_error(
+            "x",
+            &reply(
+                400,
+                &[],
+                r#"{"error": {"code": "invalid_value", "message": "temperature must be at most 2"}}"#,
+            ),
+        );
+        assert_eq!(bad.kind, ErrorKind::InvalidArgument);
+        assert!(!bad.is_retryable());
+        // Bedrock words its token-rate throttle like an overflow; the 429 decides.
+        let throttled = status_error(
+            "bedrock",
+            &reply(
+                429,
+                &[("x-amzn-errortype", "ThrottlingException")],
+                r#"{"message": "Too many tokens, please wait before trying again."}"#,
+            ),
+        );
+        assert_eq!(throttled.kind, ErrorKind::Throttled);
+        assert_eq!(throttled.retry_after, None);
+        for status in [401, 403] {
+            let error = status_error("x", &reply(status, &[], "{}"));
+            assert_eq!(error.kind, ErrorKind::Auth);
+            assert!(!error.is_retryable());
+        }
+        let overloaded = status_error(
+            "claude",
+            &reply(
+                529,
+                &[],
+                r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#,
+            ),
+        );
+        assert_eq!(overloaded.kind, ErrorKind::Unavailable);
+        assert!(overloaded.message.contains("overloaded_error"));
+    }
+
+    #[test]
+    fn errors_inside_a_stream() {
+        let kind = |code: Option<&str>, message: &str| stream_error("s", code, message).kind;
+        assert_eq!(
+            kind(Some("throttlingException"), "slow down"),
+            ErrorKind::Throttled
+        );
+        assert_eq!(
+            kind(Some("modelStreamErrorException"), "model crashed"),
+            ErrorKind::Unavailable
+        );
+        assert_eq!(
+            kind(Some("internalServerException"), "oops"),
+            ErrorKind::Unavailable
+        );
+        assert_eq!(
+            kind(Some("serviceUnavailableException"), "down"),
+            ErrorKind::Unavailable
+        );
+        assert_eq!(
+            kind(Some("validationException"), "bad temperature"),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            kind(
+                Some("validationException"),
+                "Input is too long for requested model."
+            ),
+            ErrorKind::ContextLength
+        );
+        assert_eq!(
+            kind(Some("overloaded_error"), "Overloaded"),
+            ErrorKind::Unavailable
+        );
+        assert_eq!(kind(Some("rate_limit_error"), "slow"), ErrorKind::Throttled);
+        assert_eq!(kind(None, "engine died"), ErrorKind::Unavailable);
+        assert!(
+            stream_error("s", Some("x"), "engine died")
+                .message
+                .contains("engine died")
         );
     }
 }

@@ -105,6 +105,9 @@ pub struct ProviderConfig {
     pub service_account_key: Option<SecretLocation>,
     /// Where tokens are fetched; default the key file's `token_uri`.
     pub token_url: Option<String>,
+    /// Take tokens from the GCE metadata server at this URL (`"default"`:
+    /// `http://metadata.google.internal`), instead of a key or a static token.
+    pub metadata_url: Option<String>,
 
     // oci
     pub compartment_id: Option<String>,
@@ -167,6 +170,7 @@ impl ProviderConfig {
         note(self.project.is_some(), "project");
         note(self.service_account_key.is_some(), "service_account_key");
         note(self.token_url.is_some(), "token_url");
+        note(self.metadata_url.is_some(), "metadata_url");
         note(self.compartment_id.is_some(), "compartment_id");
         note(self.tenancy_id.is_some(), "tenancy_id");
         note(self.user_id.is_some(), "user_id");
@@ -206,6 +210,7 @@ fn allowed_keys(kind: ProviderKind) -> &'static [&'static str] {
             "service_account_key",
             "access_token",
             "token_url",
+            "metadata_url",
         ],
         ProviderKind::Oci => &[
             "base_url",
@@ -253,13 +258,17 @@ pub fn provider_problems(providers: &[ProviderConfig], problems: &mut Vec<String
                 )),
             }
         }
-        if let Some(token_url) = &provider.token_url
-            && !token_url.starts_with("http://")
-            && !token_url.starts_with("https://")
-        {
-            problems.push(format!(
-                "{name}: token_url {token_url:?} is not an http(s) URL"
-            ));
+        for (key, value) in [
+            ("token_url", &provider.token_url),
+            ("metadata_url", &provider.metadata_url),
+        ] {
+            if let Some(url) = value
+                && !url.starts_with("http://")
+                && !url.starts_with("https://")
+                && !(key == "metadata_url" && url == "default")
+            {
+                problems.push(format!("{name}: {key} {url:?} is not an http(s) URL"));
+            }
         }
         if provider
             .model
@@ -302,9 +311,14 @@ pub fn provider_problems(providers: &[ProviderConfig], problems: &mut Vec<String
             ProviderKind::Vertex => {
                 require(provider.project.is_some(), "project");
                 require(provider.region.is_some(), "region (the Vertex location)");
+                let credentials = [
+                    provider.service_account_key.is_some(),
+                    provider.access_token.is_some(),
+                    provider.metadata_url.is_some(),
+                ];
                 require(
-                    provider.service_account_key.is_some() != provider.access_token.is_some(),
-                    "exactly one of service_account_key and access_token",
+                    credentials.iter().filter(|set| **set).count() == 1,
+                    "exactly one of service_account_key, access_token and metadata_url",
                 );
             }
             ProviderKind::Oci => {
@@ -390,7 +404,7 @@ mod tests {
         );
         assert!(message.contains("kind vertex needs project"), "{message}");
         assert!(
-            message.contains("exactly one of service_account_key and access_token"),
+            message.contains("exactly one of service_account_key, access_token and metadata_url"),
             "{message}"
         );
         assert!(message.contains("api_key is not allowed here"), "{message}");

@@ -5,8 +5,8 @@
 //! already normalizes its stream, usage, finish reason and errors into one shape.
 
 pub mod extractive;
-pub mod openai_compat;
 pub mod prompt;
+pub mod providers;
 
 use std::time::Instant;
 
@@ -66,9 +66,18 @@ pub enum FinishReason {
 impl FinishReason {
     pub fn from_wire(reason: &str) -> Self {
         match reason {
-            "stop" | "end_turn" | "COMPLETE" => Self::Stop,
+            // OpenAI, Anthropic and Bedrock, OCI Cohere, Gemini.
+            "stop" | "end_turn" | "stop_sequence" | "COMPLETE" | "STOP" => Self::Stop,
             "length" | "max_tokens" | "MAX_TOKENS" => Self::Length,
-            "content_filter" => Self::ContentFilter,
+            "content_filter"
+            | "content_filtered"
+            | "guardrail_intervened"
+            | "SAFETY"
+            | "RECITATION"
+            | "BLOCKLIST"
+            | "PROHIBITED_CONTENT"
+            | "SPII"
+            | "ERROR_TOXIC" => Self::ContentFilter,
             other => Self::Other(other.to_string()),
         }
     }

@@ -6,10 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{
-    Config, LOCAL_PROVIDER, ProviderConfig, ProviderKind, RoutingConfig, SourceConfig, SourceKind,
-    SpaceConfig,
-};
+use crate::config::{Config, LOCAL_PROVIDER, RoutingConfig, SourceConfig, SourceKind, SpaceConfig};
 use crate::embed::adapter::LinearAdapter;
 use crate::embed::local::LocalEmbedder;
 use crate::embed::providers as embed_providers;
@@ -17,8 +14,7 @@ use crate::embed::query::{QueryCacheSettings, QueryEmbedder, family_key};
 use crate::embed::space::{Serving, SpaceEmbedder};
 use crate::embed::{Embedder, EmbeddingProvider, EmbeddingSpace};
 use crate::error::{Error, Result};
-use crate::llm::openai_compat::OpenAiCompatProvider;
-use crate::llm::{ChatProvider, ChatTarget};
+use crate::llm::ChatTarget;
 use crate::route::{Callers, Catalog, Deployment, Router};
 use crate::stores::dense::DenseStore;
 use crate::stores::local_bm25::LocalBm25Store;
@@ -223,12 +219,14 @@ pub(super) fn router(
             wire_id: deployment.wire_id().to_string(),
             dedicated: deployment.dedicated,
         };
-        let chat = chat_provider(provider, &target, env, http.clone()).map_err(|error| {
-            error.context(format!(
-                "deployment {:?} on {:?}",
-                deployment.model, provider.id
-            ))
-        })?;
+        let chat = crate::llm::providers::build(provider, &target, env, http.clone()).map_err(
+            |error| {
+                error.context(format!(
+                    "deployment {:?} on {:?}",
+                    deployment.model, provider.id
+                ))
+            },
+        )?;
         built.push(Deployment::new(chat, deployment, &catalog, breaker));
     }
     let callers = Callers::load(&config.callers, env)?;
@@ -237,32 +235,4 @@ pub(super) fn router(
         ..config.routing.clone()
     };
     Ok(Some(Router::new(built, settings, callers)))
-}
-
-fn chat_provider(
-    provider: &ProviderConfig,
-    target: &ChatTarget,
-    env: &HashMap<String, String>,
-    http: reqwest::Client,
-) -> Result<Arc<dyn ChatProvider>> {
-    let api_key = provider
-        .api_key
-        .as_ref()
-        .map(|location| location.resolve(env))
-        .transpose()
-        .map_err(|error| error.context("api_key"))?;
-    match provider.kind {
-        ProviderKind::OpenaiCompat => {
-            let mut config = provider.clone();
-            config.model = Some(target.wire_id.clone());
-            Ok(Arc::new(OpenAiCompatProvider::new(&config, api_key, http)))
-        }
-        ProviderKind::AzureOpenai
-        | ProviderKind::Bedrock
-        | ProviderKind::Vertex
-        | ProviderKind::Oci => Err(Error::config(format!(
-            "provider kind {} cannot answer yet",
-            provider.kind.as_str()
-        ))),
-    }
 }
