@@ -28,6 +28,7 @@ pub mod document;
 pub mod embed;
 pub mod error;
 pub mod eval;
+pub mod facade;
 pub mod ingest;
 pub mod llm;
 pub mod retrieve;

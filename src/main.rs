@@ -26,6 +26,7 @@ use skyfuse::client::{connect, load_config};
 use skyfuse::config::process_env;
 use skyfuse::embed::adapter::FitMethod;
 use skyfuse::eval::{Benchmark, score_run};
+use skyfuse::facade::Facade;
 use skyfuse::service::Service;
 
 #[derive(Parser)]
@@ -137,6 +138,34 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Fit::LeastSquares)]
         method: Fit,
     },
+    /// Show where a chat request would go: candidates in order, why each is there,
+    /// and why other deployments were skipped. Reads the config; sends nothing.
+    Route {
+        #[command(subcommand)]
+        action: RouteAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteAction {
+    Explain {
+        /// A model; without it, --tier, else routing.default_model.
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        tier: Option<String>,
+        /// Clouds the prompt may go to, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        clouds: Vec<String>,
+        /// Estimated prompt tokens.
+        #[arg(long, default_value_t = 2_000)]
+        prompt_tokens: u64,
+        #[arg(long, default_value_t = 512)]
+        max_output_tokens: u64,
+        /// Explain as this caller (its api key), when [[caller]]s are configured.
+        #[arg(long, env = "SKYFUSE_API_KEY")]
+        api_key: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -244,7 +273,75 @@ async fn main() -> Result<()> {
             sample,
             method,
         } => run_calibrate(cli.config, &from, &to, sample, method).await,
+        Command::Route {
+            action:
+                RouteAction::Explain {
+                    model,
+                    tier,
+                    clouds,
+                    prompt_tokens,
+                    max_output_tokens,
+                    api_key,
+                },
+        } => {
+            let request = skyfuse::route::RouteRequest {
+                model,
+                tier,
+                clouds,
+                input_tokens: prompt_tokens,
+                max_output_tokens,
+            };
+            route_explain(cli.config, request, api_key.as_deref())
+        }
     }
+}
+
+fn route_explain(
+    config: Option<PathBuf>,
+    request: skyfuse::route::RouteRequest,
+    api_key: Option<&str>,
+) -> Result<()> {
+    let config = load_config(config.as_deref())?;
+    let Some(router) = Service::build_router(&config, &process_env())? else {
+        bail!("no chat model is configured: add [[deployment]]s or answer.provider");
+    };
+    let caller = router.callers.authenticate(api_key)?;
+    let plan = router.plan(&caller, &request)?;
+    let asked = match (&request.model, &plan.tier) {
+        (Some(model), _) => format!("model {model}"),
+        (None, Some(tier)) => format!("tier {tier}"),
+        (None, None) => "the default model".to_string(),
+    };
+    println!(
+        "{asked}, ~{} prompt + {} output tokens, caller {}:",
+        request.input_tokens, request.max_output_tokens, caller.id
+    );
+    if plan.candidates.is_empty() {
+        println!("  no candidate");
+    }
+    for (rank, candidate) in plan.candidates.iter().enumerate() {
+        let info = candidate.deployment.info();
+        let cost = candidate
+            .max_cost_usd
+            .map_or("price unknown".to_string(), |cost| {
+                format!("at most ${cost:.5}")
+            });
+        println!(
+            "  {}. {:<40} {:<8} {:<14} {cost:<18} {}",
+            rank + 1,
+            candidate.deployment.label(),
+            info.cloud,
+            info.region,
+            candidate.why
+        );
+    }
+    if !plan.skipped.is_empty() {
+        println!("skipped:");
+        for skip in &plan.skipped {
+            println!("  {:<40} {}", skip.deployment, skip.reason);
+        }
+    }
+    Ok(())
 }
 
 async fn channel(server: Option<String>, config: Option<PathBuf>) -> Result<Channel> {
@@ -305,12 +402,49 @@ async fn run_serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()
         startup_ms = started.elapsed().as_millis() as u64,
         "skyfuse listening (gRPC, health, reflection)"
     );
-    let shutdown = async {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    if let Some(facade) = facade(&service).await? {
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = facade.0.serve(facade.1, shutdown).await {
+                tracing::error!(%error, "the OpenAI-compatible facade stopped");
+            }
+        });
+    }
+    let shutdown = async move {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down: draining in-flight calls");
+        let _ = stop.send(true);
     };
     serve(service, listener, options, shutdown).await?;
     Ok(())
+}
+
+/// The OpenAI-compatible facade and its listener, when `facade.listen` is set.
+async fn facade(service: &Service) -> Result<Option<(Facade, TcpListener)>> {
+    let Some(listen) = service.config().facade.listen.clone() else {
+        return Ok(None);
+    };
+    let Some(router) = service.router().cloned() else {
+        anyhow::bail!(
+            "facade.listen is set but no chat model is configured ([[deployment]] or answer.provider)"
+        );
+    };
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (facade.listen)"))?;
+    tracing::info!(address = %listener.local_addr()?, models = %router.models().join(", "), "OpenAI-compatible facade listening");
+    Ok(Some((
+        Facade {
+            router,
+            default_max_output_tokens: service.config().answer.max_output_tokens,
+            max_body_bytes: service.config().server.max_message_bytes,
+        },
+        listener,
+    )))
 }
 
 async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result<()> {

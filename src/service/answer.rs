@@ -146,7 +146,7 @@ impl Service {
 
     /// The router, the caller and whether the request named its model or tier; None
     /// for an extractive answer.
-    fn routed(&self, request: &AnswerRequest) -> Result<Option<(Arc<Router>, Arc<Caller>, bool)>> {
+    fn routed(&self, request: &AnswerRequest) -> Result<Option<Routed>> {
         if request.model.as_deref() == Some(EXTRACTIVE_MODEL) {
             return Ok(None);
         }
@@ -183,6 +183,9 @@ impl Service {
         }
     }
 }
+
+/// A request the router answers: by whom, and whether it named its model or tier.
+type Routed = (Arc<Router>, Arc<Caller>, bool);
 
 /// Estimated prompt tokens, for context windows, prices and budgets.
 pub fn prompt_tokens(request: &ChatRequest) -> u64 {

@@ -93,6 +93,13 @@ impl Service {
         &self.config
     }
 
+    /// Only the chat router of a config (validated): what `route explain` needs,
+    /// without opening stores or loading models. Sends nothing.
+    pub fn build_router(config: &Config, env: &HashMap<String, String>) -> Result<Option<Router>> {
+        config.validate()?;
+        build::router(config, env, &build::http_client()?)
+    }
+
     /// The chat router, shared with the OpenAI-compatible facade.
     pub fn router(&self) -> Option<&Arc<Router>> {
         self.router.as_ref()

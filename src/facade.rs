@@ -1,0 +1,430 @@
+//! The OpenAI-compatible HTTP facade: `POST /v1/chat/completions` (whole or
+//! streamed) and `GET /v1/models`, routed through the same [`Router`] as `Answer`,
+//! so OpenAI SDKs, LangChain and LlamaIndex can use skyfuse as their LLM endpoint.
+//!
+//! `model` is a model name, `tier:<name>` for a budget tier, or `auto` (or
+//! absent) for the default. `x-skyfuse-allowed-clouds: aws,azure` narrows the
+//! clouds; `Authorization: Bearer <key>` names the caller when `[[caller]]`s exist.
+//! Each response carries the route (`x-skyfuse-*` headers, and a `skyfuse` field).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::llm::{ChatMessage, ChatRequest, Role};
+use crate::route::callers::bearer_token;
+use crate::route::{AttemptOutcome, RouteEvent, RouteRequest, RouteSummary, Router};
+use crate::service::prompt_tokens;
+
+/// What the facade needs: the router and request limits.
+#[derive(Clone)]
+pub struct Facade {
+    pub router: Arc<Router>,
+    pub default_max_output_tokens: u32,
+    pub max_body_bytes: usize,
+}
+
+impl Facade {
+    pub fn app(self) -> axum::Router {
+        let limit = self.max_body_bytes;
+        axum::Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/models", get(models))
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(Arc::new(self))
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        axum::serve(listener, self.app())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|error| Error::internal(format!("facade: {error}")))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    model: Option<String>,
+    messages: Vec<WireMessage>,
+    #[serde(default)]
+    stream: bool,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireMessage {
+    role: String,
+    content: Value,
+}
+
+async fn models(State(facade): State<Arc<Facade>>) -> Json<Value> {
+    let mut data: Vec<Value> = facade
+        .router
+        .models()
+        .into_iter()
+        .map(|model| json!({"id": model, "object": "model", "created": 0, "owned_by": "skyfuse"}))
+        .collect();
+    data.extend(facade.router.settings.tiers.iter().map(|tier| {
+        json!({"id": format!("tier:{}", tier.name), "object": "model", "created": 0, "owned_by": "skyfuse"})
+    }));
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn chat_completions(
+    State(facade): State<Arc<Facade>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match start(&facade, &headers, &body).await {
+        Ok((started, stream, include_usage, id)) => {
+            if stream {
+                streamed(started, include_usage, id).into_response()
+            } else {
+                whole(started, id).await
+            }
+        }
+        Err(error) => error_response(&error),
+    }
+}
+
+type Started = (crate::route::Started, bool, bool, String);
+
+async fn start(facade: &Facade, headers: &HeaderMap, body: &[u8]) -> Result<Started> {
+    let request: CompletionRequest = serde_json::from_slice(body)
+        .map_err(|error| Error::invalid(format!("invalid request body: {error}")))?;
+    let chat = chat_request(&request, facade.default_max_output_tokens)?;
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let caller = facade
+        .router
+        .callers
+        .authenticate(header("authorization").and_then(bearer_token))?;
+    let (model, tier) = match request.model.as_deref() {
+        None | Some("" | "auto") => (None, None),
+        Some(name) => match name.strip_prefix("tier:") {
+            Some(tier) => (None, Some(tier.to_string())),
+            None => (Some(name.to_string()), None),
+        },
+    };
+    let clouds = header("x-skyfuse-allowed-clouds")
+        .map(|value| {
+            value
+                .split(',')
+                .map(|cloud| cloud.trim().to_string())
+                .filter(|cloud| !cloud.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let route_request = RouteRequest {
+        model,
+        tier,
+        clouds,
+        input_tokens: prompt_tokens(&chat),
+        max_output_tokens: u64::from(chat.max_output_tokens),
+    };
+    let plan = facade.router.plan(&caller, &route_request)?;
+    let deadline =
+        Instant::now() + Duration::from_millis(facade.router.settings.attempt_timeout_ms);
+    let started = facade
+        .router
+        .start(&caller, &plan, &chat, deadline)
+        .await
+        .map_err(|failure| failure.error)?;
+    let include_usage = request
+        .stream_options
+        .as_ref()
+        .is_some_and(|options| options.include_usage);
+    Ok((started, request.stream, include_usage, completion_id()))
+}
+
+fn chat_request(request: &CompletionRequest, default_max: u32) -> Result<ChatRequest> {
+    if request.messages.is_empty() {
+        return Err(Error::invalid("messages must not be empty"));
+    }
+    let messages = request
+        .messages
+        .iter()
+        .map(|message| {
+            let role = match message.role.as_str() {
+                "system" | "developer" => Role::System,
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                other => {
+                    return Err(Error::invalid(format!(
+                        "unsupported message role {other:?}"
+                    )));
+                }
+            };
+            Ok(ChatMessage {
+                role,
+                content: text_content(&message.content)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ChatRequest {
+        messages,
+        max_output_tokens: request
+            .max_completion_tokens
+            .or(request.max_tokens)
+            .unwrap_or(default_max),
+        temperature: request.temperature.unwrap_or(0.2),
+    })
+}
+
+/// A string, or an array of parts of which only text is supported.
+fn text_content(content: &Value) -> Result<String> {
+    match content {
+        Value::String(text) => Ok(text.clone()),
+        Value::Array(parts) => parts
+            .iter()
+            .map(
+                |part| match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                    (Some("text"), Some(Value::String(text))) => Ok(text.as_str()),
+                    (kind, _) => Err(Error::invalid(format!(
+                        "unsupported content part {:?}: only text is supported",
+                        kind.unwrap_or("?")
+                    ))),
+                },
+            )
+            .collect::<Result<Vec<_>>>()
+            .map(|parts| parts.concat()),
+        Value::Null => Ok(String::new()),
+        _ => Err(Error::invalid(
+            "message content must be a string or an array of parts",
+        )),
+    }
+}
+
+async fn whole(started: crate::route::Started, id: String) -> Response {
+    let mut events = started.into_events();
+    let mut text = String::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            RouteEvent::Token(token) => text.push_str(&token),
+            RouteEvent::Done(summary) => {
+                let model = summary
+                    .chosen
+                    .as_ref()
+                    .map(|info| info.model.clone())
+                    .unwrap_or_default();
+                let body = json!({
+                    "id": id,
+                    "object": "chat.completion",
+                    "created": unix_now(),
+                    "model": model,
+                    "choices": [{
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": summary.finish_reason,
+                    }],
+                    "usage": usage_json(&summary),
+                    "skyfuse": route_json(&summary),
+                });
+                let mut response = Json(body).into_response();
+                route_headers(response.headers_mut(), &summary);
+                return response;
+            }
+            // Nothing went out yet: a whole response can still be an error status.
+            RouteEvent::Failed(error, _) => return error_response(&error),
+        }
+    }
+    error_response(&Error::internal("the answer ended without finishing"))
+}
+
+fn streamed(started: crate::route::Started, include_usage: bool, id: String) -> impl IntoResponse {
+    let (sender, receiver) = mpsc::channel::<std::result::Result<Event, Infallible>>(64);
+    let model = started.deployment().model.clone();
+    let created = unix_now();
+    tokio::spawn(async move {
+        let chunk = |delta: Value, finish: Value| {
+            json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            })
+        };
+        let mut events = started.into_events();
+        let mut first = true;
+        loop {
+            let (out, more) = match events.recv().await {
+                Some(RouteEvent::Token(token)) => {
+                    let delta = if first {
+                        json!({"role": "assistant", "content": token})
+                    } else {
+                        json!({"content": token})
+                    };
+                    first = false;
+                    (vec![chunk(delta, Value::Null).to_string()], true)
+                }
+                Some(RouteEvent::Done(summary)) => {
+                    let mut last = chunk(json!({}), json!(summary.finish_reason));
+                    last["skyfuse"] = route_json(&summary);
+                    let mut out = vec![last.to_string()];
+                    if include_usage {
+                        let mut usage = chunk(json!({}), Value::Null);
+                        usage["choices"] = json!([]);
+                        usage["usage"] = usage_json(&summary);
+                        out.push(usage.to_string());
+                    }
+                    out.push("[DONE]".into());
+                    (out, false)
+                }
+                // The status went out with the first token: the failure goes in
+                // band and no [DONE] follows, so clients see a broken stream.
+                Some(RouteEvent::Failed(error, _)) => (vec![error_json(&error).to_string()], false),
+                None => {
+                    let error = Error::internal("the answer ended without finishing");
+                    (vec![error_json(&error).to_string()], false)
+                }
+            };
+            for data in out {
+                if sender.send(Ok(Event::default().data(data))).await.is_err() {
+                    return; // the client went away; dropping `events` cancels upstream
+                }
+            }
+            if !more {
+                return;
+            }
+        }
+    });
+    Sse::new(ReceiverStream::new(receiver)).keep_alive(KeepAlive::default())
+}
+
+fn usage_json(summary: &RouteSummary) -> Value {
+    let usage = &summary.usage;
+    json!({
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+    })
+}
+
+fn route_json(summary: &RouteSummary) -> Value {
+    let chosen = summary.chosen.as_ref();
+    json!({
+        "provider": chosen.map(|info| info.id.clone()),
+        "deployment": chosen.map(|info| info.deployment.clone()),
+        "cloud": chosen.map(|info| info.cloud.clone()),
+        "region": chosen.map(|info| info.region.clone()),
+        "dedicated": chosen.is_some_and(|info| info.dedicated),
+        "tier": summary.tier,
+        "cost_usd": summary.cost_usd,
+        "usage_estimated": summary.usage.estimated,
+        "failover_count": summary.failover_count(),
+        "attempts": summary.attempts.iter().map(|attempt| json!({
+            "deployment": attempt.deployment,
+            "outcome": match &attempt.outcome {
+                AttemptOutcome::Ok => "ok".to_string(),
+                AttemptOutcome::Failed(kind) => format!("error: {kind:?}"),
+                AttemptOutcome::Skipped => "skipped".to_string(),
+            },
+            "message": attempt.message,
+            "took_ms": attempt.took.as_secs_f64() * 1e3,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn route_headers(headers: &mut HeaderMap, summary: &RouteSummary) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    if let Some(info) = &summary.chosen {
+        set("x-skyfuse-provider", info.id.clone());
+        set("x-skyfuse-deployment", info.deployment.clone());
+        set("x-skyfuse-cloud", info.cloud.clone());
+        set("x-skyfuse-region", info.region.clone());
+    }
+    set("x-skyfuse-cost-usd", format!("{:.8}", summary.cost_usd));
+    set(
+        "x-skyfuse-failover-count",
+        summary.failover_count().to_string(),
+    );
+}
+
+/// OpenAI's error shape, with the status its kind means.
+fn error_response(error: &Error) -> Response {
+    let status = match error.kind {
+        ErrorKind::InvalidArgument | ErrorKind::ContextLength => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Auth => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::Throttled => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::Config | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut response = (status, Json(error_json(error))).into_response();
+    if let Some(wait) = error.retry_after
+        && let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string())
+    {
+        response.headers_mut().insert("retry-after", value);
+    }
+    response
+}
+
+fn error_json(error: &Error) -> Value {
+    let (kind, code) = match error.kind {
+        ErrorKind::InvalidArgument => ("invalid_request_error", "invalid_request"),
+        ErrorKind::ContextLength => ("invalid_request_error", "context_length_exceeded"),
+        ErrorKind::NotFound => ("invalid_request_error", "model_not_found"),
+        ErrorKind::Auth => ("authentication_error", "invalid_api_key"),
+        ErrorKind::Forbidden => ("permission_error", "forbidden"),
+        ErrorKind::Throttled => ("rate_limit_error", "rate_limit_exceeded"),
+        ErrorKind::Unavailable => ("api_error", "upstream_unavailable"),
+        ErrorKind::Timeout => ("api_error", "timeout"),
+        ErrorKind::Config | ErrorKind::Internal => ("api_error", "internal_error"),
+    };
+    json!({"error": {"message": error.message, "type": kind, "code": code}})
+}
+
+fn completion_id() -> String {
+    format!("chatcmpl-{:x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.finish()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}

@@ -1,0 +1,328 @@
+//! The OpenAI-compatible facade over real HTTP: upstreams are OpenAI-compatible
+//! servers on loopback that answer, throttle or break on demand.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+use skyfuse::config::Config;
+use skyfuse::facade::Facade;
+use skyfuse::service::Service;
+use tokio::net::TcpListener;
+
+/// What an upstream answers, call after call (the last one repeats).
+#[derive(Clone)]
+enum Upstream {
+    Answer(&'static str),
+    Throttle { retry_after: &'static str },
+    BreakAfter(&'static str),
+}
+
+async fn upstream(script: Vec<Upstream>) -> (String, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let call = counter.fetch_add(1, Ordering::SeqCst);
+            let step = script[call.min(script.len() - 1)].clone();
+            async move {
+                assert_eq!(body["stream"], true, "the router always streams upstream");
+                match step {
+                    Upstream::Answer(text) => sse(&[chunk(text), finish(), usage()]),
+                    Upstream::BreakAfter(text) => sse(&[
+                        chunk(text),
+                        json!({"error": {"message": "engine died", "code": 500}}),
+                    ]),
+                    Upstream::Throttle { retry_after } => (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", retry_after)],
+                        axum::Json(json!({"error": {"message": "slow down", "code": "429"}})),
+                    )
+                        .into_response(),
+                }
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, calls)
+}
+
+fn chunk(text: &str) -> Value {
+    json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+}
+
+fn finish() -> Value {
+    json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+}
+
+fn usage() -> Value {
+    json!({"choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}})
+}
+
+fn sse(events: &[Value]) -> axum::response::Response {
+    let mut body: String = events
+        .iter()
+        .map(|event| format!("data: {event}\n\n"))
+        .collect();
+    body.push_str("data: [DONE]\n\n");
+    ([("content-type", "text/event-stream")], body).into_response()
+}
+
+/// Starts the facade over a router built from `config`; returns its base URL.
+async fn facade(config: &str) -> String {
+    let config: Config = toml::from_str(config).unwrap();
+    let router = Service::build_router(&config, &HashMap::new())
+        .unwrap()
+        .expect("a router");
+    let facade = Facade {
+        router: Arc::new(router),
+        default_max_output_tokens: 256,
+        max_body_bytes: 64 * 1024,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(facade.serve(listener, std::future::pending()));
+    url
+}
+
+fn two_deployments(primary: &str, secondary: &str) -> String {
+    format!(
+        r#"
+        [routing]
+        default_model = "llama"
+        [[provider]]
+        id = "primary"
+        kind = "openai_compat"
+        base_url = "{primary}"
+        cloud = "azure"
+        region = "westeurope"
+        [[provider]]
+        id = "secondary"
+        kind = "openai_compat"
+        base_url = "{secondary}"
+        cloud = "aws"
+        region = "eu-west-1"
+        [[deployment]]
+        provider = "primary"
+        model = "llama"
+        name = "llama-3.1-8b"
+        dedicated = true
+        input_per_1m_usd = 0.0
+        output_per_1m_usd = 0.0
+        [[deployment]]
+        provider = "secondary"
+        model = "llama"
+        input_per_1m_usd = 1.0
+        output_per_1m_usd = 2.0
+        "#
+    )
+}
+
+fn completion(model: &str, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        "stream": stream,
+        "stream_options": {"include_usage": true},
+        "max_tokens": 64,
+    })
+}
+
+#[tokio::test]
+async fn a_throttled_dedicated_deployment_bursts_to_on_demand_with_route_and_cost() {
+    let (primary, primary_calls) = upstream(vec![Upstream::Throttle { retry_after: "30" }]).await;
+    let (secondary, _) = upstream(vec![Upstream::Answer("Hello there.")]).await;
+    let base = facade(&two_deployments(&primary, &secondary)).await;
+    let http = reqwest::Client::new();
+
+    let response = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&completion("llama", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-skyfuse-provider"], "secondary");
+    assert_eq!(response.headers()["x-skyfuse-failover-count"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello there.");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["total_tokens"], 1500);
+    // 1000 input at $1/M + 500 output at $2/M.
+    assert!((body["skyfuse"]["cost_usd"].as_f64().unwrap() - 0.002).abs() < 1e-12);
+    assert_eq!(body["skyfuse"]["region"], "eu-west-1");
+    assert!(
+        body["skyfuse"]["attempts"][0]["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("Throttled")
+    );
+
+    // The dedicated deployment asked for 30 s: the next request skips it.
+    let response = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&completion("auto", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert_eq!(
+        primary_calls.load(Ordering::SeqCst),
+        1,
+        "left alone for its Retry-After"
+    );
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "Hello there.");
+    assert_eq!(chunks[1]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(chunks[2]["usage"]["completion_tokens"], 500);
+}
+
+#[tokio::test]
+async fn a_stream_broken_after_its_first_token_ends_with_an_error_event_and_no_done() {
+    let (primary, _) = upstream(vec![Upstream::BreakAfter("Half an")]).await;
+    let (secondary, secondary_calls) = upstream(vec![Upstream::Answer("unused")]).await;
+    let base = facade(&two_deployments(&primary, &secondary)).await;
+    let text = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&completion("llama", true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .collect();
+    assert!(!data.contains(&"[DONE]"), "{text}");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("engine died"),
+        "{last}"
+    );
+    let first: Value = serde_json::from_str(data[0]).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["content"], "Half an");
+    assert_eq!(
+        secondary_calls.load(Ordering::SeqCst),
+        0,
+        "no failover after a token went out"
+    );
+}
+
+#[tokio::test]
+async fn models_are_listed_and_bad_requests_get_openai_shaped_errors() {
+    let (primary, _) = upstream(vec![Upstream::Answer("ok")]).await;
+    let (secondary, _) = upstream(vec![Upstream::Answer("ok")]).await;
+    let config = format!(
+        "{}\n[[caller]]\nid = \"team-a\"\napi_key = \"env:NOT_SET_ANYWHERE\"\n",
+        two_deployments(&primary, &secondary)
+    );
+    // A caller whose key cannot be resolved is a startup error naming it.
+    let parsed: Config = toml::from_str(&config).unwrap();
+    let Err(error) = Service::build_router(&parsed, &HashMap::new()) else {
+        panic!("a caller without its key must not start");
+    };
+    assert!(
+        error.message.contains("caller \"team-a\""),
+        "{}",
+        error.message
+    );
+
+    let base = facade(&two_deployments(&primary, &secondary)).await;
+    let http = reqwest::Client::new();
+    let models: Value = http
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "llama");
+
+    let unknown = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&completion("gpt-9", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_not_found");
+    assert!(body["error"]["message"].as_str().unwrap().contains("llama"));
+
+    let malformed = http
+        .post(format!("{base}/v1/chat/completions"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+
+    let tool_role = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "llama", "messages": [{"role": "tool", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tool_role.status(), 400);
+
+    let oversized = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "llama", "messages": [{"role": "user", "content": "x".repeat(100_000)}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), 413);
+}
+
+#[tokio::test]
+async fn callers_need_their_key_and_stay_within_their_models() {
+    let (primary, _) = upstream(vec![Upstream::Answer("ok")]).await;
+    let (secondary, _) = upstream(vec![Upstream::Answer("ok")]).await;
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), "sekret-key\n").unwrap();
+    let config = format!(
+        "{}\n[[caller]]\nid = \"team-a\"\napi_key = \"file:{}\"\nmodels = [\"gpt-*\"]\n",
+        two_deployments(&primary, &secondary),
+        key_file.path().display()
+    );
+    let base = facade(&config).await;
+    let http = reqwest::Client::new();
+    let anonymous = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&completion("llama", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let forbidden = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("sekret-key")
+        .json(&completion("llama", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), 403);
+}
