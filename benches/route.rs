@@ -1,0 +1,130 @@
+//! Route decision time: planning a request over a dozen deployments in four clouds
+//! (rules, a tier, equivalents, cost order), and the whole routed call against an
+//! instant provider (plan + attempt loop + stream pump), without any network.
+
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use skyfuse::config::{DeploymentConfig, RouteRule, RoutingConfig, TierConfig};
+use skyfuse::llm::{ChatMessage, ChatProvider, ChatRequest, Role};
+use skyfuse::route::testing::{Script, Scripted};
+use skyfuse::route::{Caller, Callers, Catalog, Deployment, RouteEvent, RouteRequest, Router};
+
+fn router() -> Router {
+    let models = [
+        ("gpt-4o", "azure"),
+        ("gpt-4o-mini", "azure"),
+        ("claude-3.5-sonnet", "aws"),
+        ("claude-3.5-sonnet", "gcp"),
+        ("gemini-2.5-flash", "gcp"),
+        ("command-r-plus", "oci"),
+    ];
+    let settings = RoutingConfig {
+        cost_optimize: true,
+        rules: vec![
+            RouteRule {
+                model: "gpt-*".into(),
+                providers: vec![],
+                clouds: vec!["azure".into()],
+            },
+            RouteRule {
+                model: "claude-*".into(),
+                providers: vec![],
+                clouds: vec!["aws".into(), "gcp".into()],
+            },
+        ],
+        tiers: vec![TierConfig {
+            name: "standard".into(),
+            models: vec![
+                "gpt-4o".into(),
+                "claude-3.5-sonnet".into(),
+                "gemini-2.5-flash".into(),
+            ],
+            max_usd_per_1k_tokens: 0.02,
+        }],
+        equivalent: vec![vec!["gpt-4o".into(), "claude-3.5-sonnet".into()]],
+        ..RoutingConfig::default()
+    };
+    let catalog = Catalog::load(&[]).unwrap();
+    let breaker = Router::breaker_settings(&settings);
+    let mut deployments = Vec::new();
+    for region in ["east", "west"] {
+        for (model, cloud) in models {
+            let provider = Arc::new(Scripted::new(
+                &format!("{cloud}-{region}-{model}"),
+                model,
+                cloud,
+                false,
+                Script::answer("Paris."),
+            ));
+            let config = DeploymentConfig {
+                provider: provider.info().id.clone(),
+                model: model.into(),
+                name: None,
+                dedicated: region == "east" && cloud == "azure",
+                context_window: None,
+                input_per_1m_usd: Some(1.0),
+                output_per_1m_usd: Some(4.0),
+                cached_input_per_1m_usd: None,
+            };
+            deployments.push(Deployment::new(provider, &config, &catalog, breaker));
+        }
+    }
+    Router::new(deployments, settings, Callers::default())
+}
+
+fn bench(c: &mut Criterion) {
+    let router = router();
+    let caller = Caller::anonymous();
+    let by_model = RouteRequest {
+        model: Some("gpt-4o".into()),
+        input_tokens: 2_000,
+        max_output_tokens: 512,
+        ..RouteRequest::default()
+    };
+    let by_tier = RouteRequest {
+        tier: Some("standard".into()),
+        input_tokens: 2_000,
+        max_output_tokens: 512,
+        ..RouteRequest::default()
+    };
+    c.bench_function("route/plan model with equivalents (12 deployments)", |b| {
+        b.iter(|| router.plan(&caller, &by_model).unwrap())
+    });
+    c.bench_function("route/plan tier, cost-optimized (12 deployments)", |b| {
+        b.iter(|| router.plan(&caller, &by_tier).unwrap())
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let request = ChatRequest {
+        messages: vec![ChatMessage {
+            role: Role::User,
+            content: "What is the capital of France?".into(),
+        }],
+        max_output_tokens: 64,
+        temperature: 0.0,
+    };
+    c.bench_function("route/plan + attempt + stream, instant provider", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let plan = router.plan(&caller, &by_model).unwrap();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            let started = router
+                .start(&caller, &plan, &request, deadline)
+                .await
+                .unwrap();
+            let mut events = started.into_events();
+            while let Some(event) = events.recv().await {
+                if matches!(event, RouteEvent::Done(_) | RouteEvent::Failed(..)) {
+                    break;
+                }
+            }
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
