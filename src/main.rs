@@ -162,9 +162,9 @@ enum RouteAction {
         prompt_tokens: u64,
         #[arg(long, default_value_t = 512)]
         max_output_tokens: u64,
-        /// Explain as this caller (its api key), when [[caller]]s are configured.
-        #[arg(long, env = "SKYFUSE_API_KEY")]
-        api_key: Option<String>,
+        /// Explain as this [[caller]] (its permissions apply).
+        #[arg(long)]
+        caller: Option<String>,
     },
 }
 
@@ -281,7 +281,7 @@ async fn main() -> Result<()> {
                     clouds,
                     prompt_tokens,
                     max_output_tokens,
-                    api_key,
+                    caller,
                 },
         } => {
             let request = skyfuse::route::RouteRequest {
@@ -291,7 +291,7 @@ async fn main() -> Result<()> {
                 input_tokens: prompt_tokens,
                 max_output_tokens,
             };
-            route_explain(cli.config, request, api_key.as_deref())
+            route_explain(cli.config, request, caller.as_deref())
         }
     }
 }
@@ -299,13 +299,19 @@ async fn main() -> Result<()> {
 fn route_explain(
     config: Option<PathBuf>,
     request: skyfuse::route::RouteRequest,
-    api_key: Option<&str>,
+    caller: Option<&str>,
 ) -> Result<()> {
     let config = load_config(config.as_deref())?;
-    let Some(router) = Service::build_router(&config, &process_env())? else {
+    let Some(router) = Service::planning_router(&config)? else {
         bail!("no chat model is configured: add [[deployment]]s or answer.provider");
     };
-    let caller = router.callers.authenticate(api_key)?;
+    let caller = match caller {
+        None => skyfuse::route::Caller::anonymous(),
+        Some(id) => match config.callers.iter().find(|known| known.id == id) {
+            Some(known) => skyfuse::route::Caller::from_config(known),
+            None => bail!("no [[caller]] has id {id:?}"),
+        },
+    };
     let plan = router.plan(&caller, &request)?;
     let asked = match (&request.model, &plan.tier) {
         (Some(model), _) => format!("model {model}"),

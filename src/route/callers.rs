@@ -28,6 +28,17 @@ impl Caller {
         }
     }
 
+    /// The caller a `[[caller]]` describes (its key aside).
+    pub fn from_config(config: &CallerConfig) -> Self {
+        Self {
+            id: config.id.clone(),
+            models: config.models.clone(),
+            tiers: config.tiers.clone(),
+            clouds: config.clouds.clone(),
+            budget_usd_per_day: config.budget_usd_per_day,
+        }
+    }
+
     pub fn may_use_model(&self, model: &str) -> bool {
         self.models.is_empty()
             || self
@@ -60,13 +71,7 @@ impl Callers {
                 .api_key
                 .resolve(env)
                 .map_err(|error| error.context(format!("caller {:?}: api_key", config.id)))?;
-            let caller = Arc::new(Caller {
-                id: config.id.clone(),
-                models: config.models.clone(),
-                tiers: config.tiers.clone(),
-                clouds: config.clouds.clone(),
-                budget_usd_per_day: config.budget_usd_per_day,
-            });
+            let caller = Arc::new(Caller::from_config(config));
             if by_key.insert(key.expose().to_string(), caller).is_some() {
                 return Err(Error::config(format!(
                     "caller {:?}: its api_key is another caller's too",

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, LOCAL_PROVIDER, RoutingConfig, SourceConfig, SourceKind, SpaceConfig};
+use crate::config::{
+    Config, LOCAL_PROVIDER, ProviderConfig, RoutingConfig, SourceConfig, SourceKind, SpaceConfig,
+};
 use crate::embed::adapter::LinearAdapter;
 use crate::embed::local::LocalEmbedder;
 use crate::embed::providers as embed_providers;
@@ -196,6 +198,54 @@ pub(super) fn router(
     env: &HashMap<String, String>,
     http: &reqwest::Client,
 ) -> Result<Option<Router>> {
+    let callers = Callers::load(&config.callers, env)?;
+    router_with(config, callers, |provider, target| {
+        crate::llm::providers::build(provider, target, env, http.clone())
+    })
+}
+
+/// The router as `route explain` sees it: every deployment described from the
+/// config alone, no credentials read, nothing callable.
+pub(super) fn planning_router(config: &Config) -> Result<Option<Router>> {
+    router_with(config, Callers::default(), |provider, target| {
+        Ok(Arc::new(PlanningOnly(crate::llm::ProviderInfo {
+            id: provider.id.clone(),
+            model: target.model.clone(),
+            deployment: target.wire_id.clone(),
+            dedicated: target.dedicated,
+            cloud: provider.cloud().to_string(),
+            region: provider.region().to_string(),
+            input_per_1m_usd: provider.input_per_1m_usd,
+            output_per_1m_usd: provider.output_per_1m_usd,
+        })))
+    })
+}
+
+/// A deployment known by its description only.
+struct PlanningOnly(crate::llm::ProviderInfo);
+
+#[async_trait::async_trait]
+impl crate::llm::ChatProvider for PlanningOnly {
+    fn info(&self) -> &crate::llm::ProviderInfo {
+        &self.0
+    }
+
+    async fn chat_stream(
+        &self,
+        _request: &crate::llm::ChatRequest,
+        _deadline: std::time::Instant,
+    ) -> Result<futures::stream::BoxStream<'static, Result<crate::llm::ChatEvent>>> {
+        Err(Error::internal(
+            "a planning-only router cannot send requests",
+        ))
+    }
+}
+
+fn router_with(
+    config: &Config,
+    callers: Callers,
+    build: impl Fn(&ProviderConfig, &ChatTarget) -> Result<Arc<dyn crate::llm::ChatProvider>>,
+) -> Result<Option<Router>> {
     let deployments = config.chat_deployments();
     if deployments.is_empty() {
         return Ok(None);
@@ -219,17 +269,14 @@ pub(super) fn router(
             wire_id: deployment.wire_id().to_string(),
             dedicated: deployment.dedicated,
         };
-        let chat = crate::llm::providers::build(provider, &target, env, http.clone()).map_err(
-            |error| {
-                error.context(format!(
-                    "deployment {:?} on {:?}",
-                    deployment.model, provider.id
-                ))
-            },
-        )?;
+        let chat = build(provider, &target).map_err(|error| {
+            error.context(format!(
+                "deployment {:?} on {:?}",
+                deployment.model, provider.id
+            ))
+        })?;
         built.push(Deployment::new(chat, deployment, &catalog, breaker));
     }
-    let callers = Callers::load(&config.callers, env)?;
     let settings = RoutingConfig {
         default_model: config.default_chat_model(),
         ..config.routing.clone()

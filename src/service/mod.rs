@@ -93,11 +93,18 @@ impl Service {
         &self.config
     }
 
-    /// Only the chat router of a config (validated): what `route explain` needs,
-    /// without opening stores or loading models. Sends nothing.
+    /// Only the chat router of a config (validated), without opening stores or
+    /// loading models. Reads credentials; sends nothing.
     pub fn build_router(config: &Config, env: &HashMap<String, String>) -> Result<Option<Router>> {
         config.validate()?;
         build::router(config, env, &build::http_client()?)
+    }
+
+    /// The router described by a config, for `route explain`: reads no
+    /// credentials, and its deployments cannot be called. Callers are anonymous.
+    pub fn planning_router(config: &Config) -> Result<Option<Router>> {
+        config.validate()?;
+        build::planning_router(config)
     }
 
     /// The chat router, shared with the OpenAI-compatible facade.

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Gateway overhead on loopback. One instant OpenAI-compatible upstream; the same
+# fixed-rate load sent to it directly, through skyfuse's facade (`skyfuse serve`
+# with [facade]), and through LiteLLM's proxy when LITELLM points at its binary.
+# Also the skyfuse server's resident memory, idle and after the load.
+#
+#   QPS=200 SECONDS_=15 LITELLM=/tmp/litellm-venv/bin/litellm ./scripts/measure-facade.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QPS=${QPS:-200}
+DURATION=${SECONDS_:-15}
+UPSTREAM=18081 FACADE=18082 GRPC=18083 LITELLM_PORT=18084
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+cargo build --release --locked --bin skyfuse
+bench=$(cargo bench --locked --bench facade_load --no-run 2>&1 | grep -o 'target/release/deps/facade_load-[0-9a-f]*' | head -1)
+wait_port() { for _ in $(seq 1 300); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+rss() { awk -v key="$2:" '$1 == key { print $2 / 1024 " MiB" }' "/proc/$1/status"; }
+
+"$bench" upstream --port $UPSTREAM & pids+=($!)
+wait_port $UPSTREAM
+
+cat > "$work/skyfuse.toml" <<TOML
+[server]
+listen = "127.0.0.1:$GRPC"
+data_dir = "$work/data"
+[routing]
+default_model = "bench-model"
+[[provider]]
+id = "upstream"
+kind = "openai_compat"
+base_url = "http://127.0.0.1:$UPSTREAM"
+[[deployment]]
+provider = "upstream"
+model = "bench-model"
+input_per_1m_usd = 0.15
+output_per_1m_usd = 0.60
+[facade]
+listen = "127.0.0.1:$FACADE"
+TOML
+./target/release/skyfuse --config "$work/skyfuse.toml" serve 2> "$work/skyfuse.log" & skyfuse=$!; pids+=($skyfuse)
+wait_port $FACADE
+sleep 1
+echo "skyfuse idle: RSS $(rss $skyfuse VmRSS)"
+
+for rate in 20 "$QPS"; do
+  "$bench" load --label "direct   @${rate}/s" --target "http://127.0.0.1:$UPSTREAM" --qps "$rate" --seconds "$DURATION"
+  "$bench" load --label "skyfuse  @${rate}/s" --target "http://127.0.0.1:$FACADE" --qps "$rate" --seconds "$DURATION"
+done
+echo "skyfuse after load: RSS $(rss $skyfuse VmRSS), peak $(rss $skyfuse VmHWM)"
+
+if [ -n "${LITELLM:-}" ]; then
+  cat > "$work/litellm.yaml" <<YAML
+model_list:
+  - model_name: bench-model
+    litellm_params:
+      model: openai/bench-model
+      api_base: http://127.0.0.1:$UPSTREAM/v1
+      api_key: unused
+YAML
+  "$LITELLM" --config "$work/litellm.yaml" --host 127.0.0.1 --port $LITELLM_PORT > "$work/litellm.log" 2>&1 & litellm=$!; pids+=($litellm)
+  wait_port $LITELLM_PORT
+  sleep 2
+  for rate in 20 "$QPS"; do
+    "$bench" load --label "litellm  @${rate}/s" --target "http://127.0.0.1:$LITELLM_PORT" --qps "$rate" --seconds "$DURATION"
+  done
+  echo "litellm after load: RSS $(rss $litellm VmRSS), peak $(rss $litellm VmHWM)"
+fi
