@@ -5,6 +5,7 @@ mod bucket_options;
 mod build;
 mod calibrate;
 mod index;
+mod remote_sources;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,7 +67,7 @@ impl Service {
             .into_iter()
             .map(|(space, embedder)| (space, embedder as Arc<dyn Embedder>))
             .collect();
-        let sources = build::sources(&config).await?;
+        let sources = build::sources(&config, env).await?;
         let chat = build::chat_provider(&config, env, &http)?;
         let index_locks = config
             .indexes
