@@ -475,6 +475,11 @@ impl OpenSearchIndex {
 
     async fn delete_objects(&self, object_keys: &[String]) -> Result<()> {
         self.ensure_checked().await?;
+        // _delete_by_query matches what a search sees: make earlier writes visible
+        // first, or a chunk upserted since the last commit would survive its delete.
+        if self.refresh == RefreshPolicy::OnCommit {
+            self.refresh_index().await?;
+        }
         let body = json!({ "query": { "terms": { fields::OBJECT_KEY: object_keys } } });
         let query: Vec<(&str, &str)> = match self.refresh {
             RefreshPolicy::OnCommit => Vec::new(),
@@ -494,15 +499,22 @@ impl OpenSearchIndex {
     }
 
     async fn commit(&self) -> Result<()> {
+        if self.refresh != RefreshPolicy::OnCommit {
+            return Ok(());
+        }
+        self.ensure_checked().await?;
+        self.refresh_index().await
+    }
+
+    async fn refresh_index(&self) -> Result<()> {
         // Serverless collections refresh on their own and have no _refresh API.
         let serverless = self
             .signer
             .as_ref()
             .is_some_and(|signer| signer.service == "aoss");
-        if self.refresh != RefreshPolicy::OnCommit || serverless {
+        if serverless {
             return Ok(());
         }
-        self.ensure_checked().await?;
         self.request(
             Method::Post,
             &format!("/{}/_refresh", self.settings.name),

@@ -233,6 +233,8 @@ fn status_error(status: &tonic::Status, collection: &str) -> Error {
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ErrorKind::Timeout,
         tonic::Code::ResourceExhausted => ErrorKind::Throttled,
         tonic::Code::Unavailable => ErrorKind::Unavailable,
+        // qdrant-client reports a failed connection as `internal`.
+        tonic::Code::Internal if message.starts_with("Failed to connect") => ErrorKind::Unavailable,
         _ => ErrorKind::Internal,
     };
     let message = match kind {
