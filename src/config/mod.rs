@@ -515,6 +515,14 @@ impl Config {
         );
         for source in &self.sources {
             let name = format!("source {:?}", source.id);
+            if source.kind == SourceKind::Opensearch && source.role == OpenSearchRole::Both {
+                let twin = format!("{}-bm25", source.id);
+                if source_ids.contains(twin.as_str()) {
+                    problems.push(format!(
+                        "{name}: role = \"both\" adds the lexical source {twin:?}, which is already defined"
+                    ));
+                }
+            }
             if !(source.weight.is_finite() && source.weight >= 0.0) {
                 problems.push(format!("{name}: weight must be a number >= 0"));
             }
@@ -930,6 +938,89 @@ mod tests {
         let config = parse("[server]\nmax_top_k = 5\ndefault_top_k = 10\n").unwrap();
         let message = config.validate().unwrap_err().message;
         assert!(message.contains("server.default_top_k"), "{message}");
+    }
+
+    #[test]
+    fn remote_sources_need_their_keys_and_refuse_the_others() {
+        let config = parse(
+            r#"
+            [[space]]
+            id = "minilm"
+            provider = "local"
+            model = "models/m"
+            dims = 384
+            metric = "dot"
+            [[source]]
+            id = "q"
+            kind = "qdrant"
+            space = "minilm"
+            url = "ftp://example"
+            index = "docs"
+            [[source]]
+            id = "os"
+            kind = "opensearch"
+            role = "both"
+            index = "docs"
+            url = "https://search.example:9200"
+            auth = "sigv4"
+            sigv4_service = "lambda"
+            username = "admin"
+            [[source]]
+            id = "os-bm25"
+            kind = "tantivy"
+            url = "http://127.0.0.1:1"
+            "#,
+        )
+        .unwrap();
+        let message = config.validate().unwrap_err().message;
+        for expected in [
+            r#"source "q": a qdrant source takes no `index`"#,
+            r#"source "q": url "ftp://example" is not an http:// or https:// address"#,
+            r#"source "q": a qdrant source needs `collection`"#,
+            r#"source "os": a dense source (opensearch) needs `space`"#,
+            r#"source "os": a opensearch source takes no `username`"#,
+            r#"source "os": sigv4_service must be "es""#,
+            r#"source "os": auth = "sigv4" needs the AWS region"#,
+            r#"source "os": role = "both" adds the lexical source "os-bm25""#,
+            r#"source "os-bm25": a tantivy source takes no `url`"#,
+        ] {
+            assert!(message.contains(expected), "{expected} in {message}");
+        }
+        assert!(
+            !message.contains("ranks by cosine"),
+            "qdrant serves dot spaces: {message}"
+        );
+    }
+
+    #[test]
+    fn a_valid_remote_config_passes() {
+        let config = parse(
+            r#"
+            [[space]]
+            id = "minilm"
+            provider = "local"
+            model = "models/m"
+            dims = 384
+            [[source]]
+            id = "aws-qdrant"
+            kind = "qdrant"
+            space = "minilm"
+            url = "https://xyz.cloud.qdrant.io:6334"
+            collection = "docs"
+            api_key = "env:QDRANT_API_KEY"
+            [[source]]
+            id = "aws-opensearch"
+            kind = "opensearch"
+            role = "lexical"
+            url = "https://search-docs.us-east-1.es.amazonaws.com"
+            index = "docs"
+            auth = "sigv4"
+            region = "us-east-1"
+            refresh = "wait_for"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
     }
 
     #[test]
