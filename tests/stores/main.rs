@@ -666,3 +666,104 @@ async fn live_opensearch_passes_the_conformance_suite() {
         conformance::run(&harness, &format!("{prefix}-{kind:?}").to_lowercase()).await;
     }
 }
+
+/// `role = "both"`: one index, two sources (`<id>` dense and `<id>-bm25` lexical),
+/// both searched and fused; the index is created from the space at startup.
+#[tokio::test]
+async fn an_opensearch_index_with_both_roles_serves_two_sources() {
+    let data = tempfile::tempdir().unwrap();
+    let opensearch = FakeOpenSearch::start(FakeAuth::None).await;
+    let text = format!(
+        r#"
+        [server]
+        data_dir = "{data}"
+        [[space]]
+        id = "minilm"
+        provider = "local"
+        model = "{model}"
+        dims = 384
+        [[source]]
+        id = "os"
+        kind = "opensearch"
+        role = "both"
+        space = "minilm"
+        url = "{opensearch}"
+        index = "docs"
+        create_missing = true
+        refresh = "wait_for"
+        "#,
+        data = data.path().display(),
+        model = model_dir().display(),
+        opensearch = opensearch.url(),
+    );
+    let config = Config::parse(&text, std::path::Path::new("/")).unwrap();
+    config.validate().unwrap();
+    let service = skyfuse::service::Service::build(config, &HashMap::new())
+        .await
+        .unwrap();
+    let sources: Vec<(String, StoreKind)> = service
+        .list_sources()
+        .await
+        .into_iter()
+        .map(|source| (source.info.id, source.info.kind))
+        .collect();
+    assert_eq!(
+        sources,
+        vec![
+            ("os".to_string(), StoreKind::Dense),
+            ("os-bm25".to_string(), StoreKind::Lexical)
+        ]
+    );
+    // The same chunks with 384-dimensional vectors, written through an adapter.
+    let chunks: Vec<_> = conformance::sample()
+        .into_iter()
+        .map(|mut chunk| {
+            chunk.vector.resize(384, 0.0);
+            chunk
+        })
+        .collect();
+    let settings = remote_settings(
+        "writer",
+        "opensearch",
+        StoreKind::Dense,
+        &opensearch.url(),
+        "docs",
+        Some(384),
+    );
+    let info = settings.info.clone();
+    let index = OpenSearchIndex::connect(
+        settings,
+        OpenSearchCredentials::None,
+        RefreshPolicy::WaitFor,
+        true,
+    )
+    .await
+    .unwrap();
+    index.source(info, true).upsert(&chunks).await.unwrap();
+    let result = service
+        .search(skyfuse::service::SearchParams {
+            query: "sunrise harbour".into(),
+            top_k: Some(3),
+            sources: vec!["os-bm25".into()],
+            fusion: None,
+            deadline: Some(Instant::now() + Duration::from_secs(10)),
+            adapter_from: None,
+        })
+        .await
+        .unwrap();
+    assert!(!result.degraded, "{:?}", result.outcomes);
+    assert_eq!(result.hits[0].hit.doc_id, "east");
+    let fused = service
+        .search(skyfuse::service::SearchParams {
+            query: "sunrise harbour".into(),
+            top_k: Some(3),
+            sources: Vec::new(),
+            fusion: None,
+            deadline: Some(Instant::now() + Duration::from_secs(10)),
+            adapter_from: None,
+        })
+        .await
+        .unwrap();
+    assert!(!fused.degraded, "{:?}", fused.outcomes);
+    assert_eq!(fused.outcomes.len(), 2);
+}
