@@ -140,7 +140,9 @@ impl FakeQdrant {
     pub async fn serve(&self, address: SocketAddr) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let bound = listener.local_addr().unwrap();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // As Qdrant's server does: no Nagle delay on the answers.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let api_key = self.state.api_key.clone();
         let check = move |request: Request<()>| -> Result<Request<()>, Status> {
             if let Some(expected) = &api_key {
