@@ -767,3 +767,30 @@ async fn an_opensearch_index_with_both_roles_serves_two_sources() {
     assert!(!fused.degraded, "{:?}", fused.outcomes);
     assert_eq!(fused.outcomes.len(), 2);
 }
+
+#[tokio::test]
+async fn qdrant_drops_hits_below_the_score_threshold() {
+    let harness = QdrantHarness::in_process(None).await;
+    let mut settings = remote_settings(
+        "thresholded",
+        "qdrant",
+        StoreKind::Dense,
+        &harness.url,
+        "thresholded",
+        Some(4),
+    );
+    settings.score_threshold = Some(0.5);
+    let store = QdrantStore::connect(settings, None).await.unwrap();
+    store.upsert(&conformance::sample()).await.unwrap();
+    let query = skyfuse::stores::StoreQuery {
+        text: String::new(),
+        vector: Some(Arc::new(vec![1.0, 0.0, 0.0, 0.0])),
+        top_k: 10,
+        deadline: Instant::now() + Duration::from_secs(5),
+        filter: Default::default(),
+    };
+    let hits = store.search(&query).await.unwrap();
+    let ids: Vec<&str> = hits.iter().map(|hit| hit.chunk_id.as_str()).collect();
+    // cos = 1.0 and 0.707; the others are below 0.5.
+    assert_eq!(ids, vec!["east#0", "between#0"]);
+}
