@@ -186,6 +186,7 @@ fn bench_local_search(criterion: &mut Criterion) {
                             vector: None,
                             top_k,
                             deadline: far_deadline(),
+                            filter: Default::default(),
                         };
                         let store = &bm25_store;
                         async move { black_box(store.search(&query).await.expect("search")) }
@@ -203,6 +204,7 @@ fn bench_local_search(criterion: &mut Criterion) {
                             vector: Some(Arc::clone(&query_vectors[next_query])),
                             top_k,
                             deadline: far_deadline(),
+                            filter: Default::default(),
                         };
                         let store = &dense_store;
                         async move { black_box(store.search(&query).await.expect("search")) }

@@ -214,6 +214,61 @@ pub enum SourceKind {
     Tantivy,
     /// Local exact dense index.
     Dense,
+    /// A Qdrant collection over gRPC (self-hosted or Qdrant Cloud).
+    Qdrant,
+    /// An OpenSearch index: k-NN, BM25 or both (`role`).
+    Opensearch,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tantivy => "tantivy",
+            Self::Dense => "dense",
+            Self::Qdrant => "qdrant",
+            Self::Opensearch => "opensearch",
+        }
+    }
+
+    pub fn is_remote(self) -> bool {
+        matches!(self, Self::Qdrant | Self::Opensearch)
+    }
+}
+
+/// What an OpenSearch index serves as: its `knn_vector` field, its text fields, or
+/// both (two sources, `<id>` dense and `<id>-bm25` lexical, fused like any others).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenSearchRole {
+    #[default]
+    Dense,
+    Lexical,
+    Both,
+}
+
+/// How requests to OpenSearch are authorized.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenSearchAuth {
+    #[default]
+    None,
+    /// `username` + `password` (a secret location).
+    Basic,
+    /// AWS SigV4: Amazon OpenSearch Service (`sigv4_service = "es"`) or Serverless (`aoss`).
+    Sigv4,
+}
+
+/// When bulk writes become visible to searches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshPolicy {
+    /// Not per request: `commit` refreshes the index once (the fast path for indexing).
+    #[default]
+    OnCommit,
+    /// `refresh=wait_for` on each bulk request.
+    WaitFor,
+    /// `refresh=true` on each bulk request.
+    Immediate,
 }
 
 /// Something `Search` fans out to and `Index` writes into.
@@ -233,6 +288,60 @@ pub struct SourceConfig {
     pub region: String,
     /// Local stores: the folder, default `<data_dir>/<id>`.
     pub path: Option<PathBuf>,
+    /// Remote stores: the endpoint, `http://` or `https://` (TLS, system roots).
+    pub url: Option<String>,
+    /// Qdrant: the collection.
+    pub collection: Option<String>,
+    /// OpenSearch: the index.
+    pub index: Option<String>,
+    /// Qdrant: the API key (a secret location).
+    pub api_key: Option<SecretLocation>,
+    /// Remote stores: create the collection or index at startup when it is missing,
+    /// sized from the source's space. Off by default: a missing one is an error.
+    #[serde(default)]
+    pub create_missing: bool,
+    /// Qdrant: hits scoring below this are dropped by the server.
+    pub score_threshold: Option<f32>,
+    /// Remote stores: chunks per upsert or bulk request.
+    #[serde(default = "default_upsert_batch")]
+    pub upsert_batch: usize,
+    /// Remote stores: how long one write request may take.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// Retries of a transient failure (throttled, unavailable, timed out).
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// OpenSearch: `dense` (default), `lexical` or `both`.
+    #[serde(default)]
+    pub role: OpenSearchRole,
+    /// OpenSearch: `none` (default), `basic` or `sigv4`.
+    #[serde(default)]
+    pub auth: OpenSearchAuth,
+    pub username: Option<String>,
+    pub password: Option<SecretLocation>,
+    /// SigV4 signing name: `es` (default) or `aoss`.
+    pub sigv4_service: Option<String>,
+    /// SigV4 region; default `region`.
+    pub sigv4_region: Option<String>,
+    /// SigV4 credentials; default the standard `AWS_*` variables.
+    pub aws_access_key_id: Option<SecretLocation>,
+    pub aws_secret_access_key: Option<SecretLocation>,
+    pub aws_session_token: Option<SecretLocation>,
+    /// OpenSearch: when bulk writes become visible.
+    #[serde(default)]
+    pub refresh: RefreshPolicy,
+}
+
+fn default_upsert_batch() -> usize {
+    256
+}
+
+fn default_write_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_max_retries() -> u32 {
+    2
 }
 
 fn default_weight() -> f64 {
@@ -421,18 +530,38 @@ impl Config {
         );
         for source in &self.sources {
             let name = format!("source {:?}", source.id);
+            if source.kind == SourceKind::Opensearch && source.role == OpenSearchRole::Both {
+                let twin = format!("{}-bm25", source.id);
+                if source_ids.contains(twin.as_str()) {
+                    problems.push(format!(
+                        "{name}: role = \"both\" adds the lexical source {twin:?}, which is already defined"
+                    ));
+                }
+            }
             if !(source.weight.is_finite() && source.weight >= 0.0) {
                 problems.push(format!("{name}: weight must be a number >= 0"));
             }
             if source.timeout_ms == Some(0) {
                 problems.push(format!("{name}: timeout_ms must be at least 1"));
             }
-            match (source.kind, &source.space) {
-                (SourceKind::Dense, None) => {
-                    problems.push(format!("{name}: a dense source needs `space`"));
+            source_kind_problems(source, &name, &mut problems);
+            let dense = match source.kind {
+                SourceKind::Dense | SourceKind::Qdrant => true,
+                SourceKind::Tantivy => false,
+                SourceKind::Opensearch => source.role != OpenSearchRole::Lexical,
+            };
+            match (dense, &source.space) {
+                (true, None) => {
+                    problems.push(format!(
+                        "{name}: a dense source ({}) needs `space`",
+                        source.kind.as_str()
+                    ));
                 }
-                (SourceKind::Tantivy, Some(_)) => {
-                    problems.push(format!("{name}: a tantivy source takes no `space`"));
+                (false, Some(_)) => {
+                    problems.push(format!(
+                        "{name}: a lexical source ({}) takes no `space`",
+                        source.kind.as_str()
+                    ));
                 }
                 (_, Some(space)) if !space_ids.contains(space.as_str()) => {
                     problems.push(format!(
@@ -627,6 +756,105 @@ impl Config {
     }
 }
 
+/// The keys each kind of source takes, and their values.
+fn source_kind_problems(source: &SourceConfig, name: &str, problems: &mut Vec<String>) {
+    let kind = source.kind.as_str();
+    let mut refuse = |key: &str, present: bool| {
+        if present {
+            problems.push(format!("{name}: a {kind} source takes no `{key}`"));
+        }
+    };
+    let qdrant = source.kind == SourceKind::Qdrant;
+    let opensearch = source.kind == SourceKind::Opensearch;
+    let remote = source.kind.is_remote();
+    refuse("path", remote && source.path.is_some());
+    refuse("url", !remote && source.url.is_some());
+    refuse("create_missing", !remote && source.create_missing);
+    refuse("collection", !qdrant && source.collection.is_some());
+    refuse("api_key", !qdrant && source.api_key.is_some());
+    refuse(
+        "score_threshold",
+        !qdrant && source.score_threshold.is_some(),
+    );
+    refuse("index", !opensearch && source.index.is_some());
+    refuse(
+        "role",
+        !opensearch && source.role != OpenSearchRole::default(),
+    );
+    refuse(
+        "auth",
+        !opensearch && source.auth != OpenSearchAuth::default(),
+    );
+    refuse(
+        "refresh",
+        !opensearch && source.refresh != RefreshPolicy::default(),
+    );
+    let basic = opensearch && source.auth == OpenSearchAuth::Basic;
+    let sigv4 = opensearch && source.auth == OpenSearchAuth::Sigv4;
+    refuse("username", !basic && source.username.is_some());
+    refuse("password", !basic && source.password.is_some());
+    refuse("sigv4_service", !sigv4 && source.sigv4_service.is_some());
+    refuse("sigv4_region", !sigv4 && source.sigv4_region.is_some());
+    refuse(
+        "aws_access_key_id",
+        !sigv4 && source.aws_access_key_id.is_some(),
+    );
+    refuse(
+        "aws_secret_access_key",
+        !sigv4 && source.aws_secret_access_key.is_some(),
+    );
+    refuse(
+        "aws_session_token",
+        !sigv4 && source.aws_session_token.is_some(),
+    );
+    if !remote {
+        return;
+    }
+    match source.url.as_deref().map(url::Url::parse) {
+        None => problems.push(format!("{name}: a {kind} source needs `url`")),
+        Some(Ok(url)) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+        Some(_) => problems.push(format!(
+            "{name}: url {:?} is not an http:// or https:// address",
+            source.url.as_deref().unwrap_or_default()
+        )),
+    }
+    let nonempty = |value: &Option<String>| value.as_deref().is_some_and(|text| !text.is_empty());
+    if qdrant && !nonempty(&source.collection) {
+        problems.push(format!("{name}: a qdrant source needs `collection`"));
+    }
+    if opensearch && !nonempty(&source.index) {
+        problems.push(format!("{name}: an opensearch source needs `index`"));
+    }
+    if basic && (source.username.is_none() || source.password.is_none()) {
+        problems.push(format!(
+            "{name}: auth = \"basic\" needs `username` and `password`"
+        ));
+    }
+    if let Some(service) = &source.sigv4_service
+        && !matches!(service.as_str(), "es" | "aoss")
+    {
+        problems.push(format!(
+            "{name}: sigv4_service must be \"es\" (OpenSearch Service) or \"aoss\" (Serverless), not {service:?}"
+        ));
+    }
+    if sigv4 && source.sigv4_region.is_none() && source.region == default_location() {
+        problems.push(format!(
+            "{name}: auth = \"sigv4\" needs the AWS region: set `region` or `sigv4_region`"
+        ));
+    }
+    if source.upsert_batch == 0 {
+        problems.push(format!("{name}: upsert_batch must be at least 1"));
+    }
+    if source.write_timeout_ms == 0 {
+        problems.push(format!("{name}: write_timeout_ms must be at least 1"));
+    }
+    if let Some(threshold) = source.score_threshold
+        && !threshold.is_finite()
+    {
+        problems.push(format!("{name}: score_threshold must be a finite number"));
+    }
+}
+
 /// Collects ids, reporting empty ones and duplicates.
 fn unique_ids<'a>(
     what: &str,
@@ -770,6 +998,89 @@ mod tests {
         let config = parse("[server]\nmax_top_k = 5\ndefault_top_k = 10\n").unwrap();
         let message = config.validate().unwrap_err().message;
         assert!(message.contains("server.default_top_k"), "{message}");
+    }
+
+    #[test]
+    fn remote_sources_need_their_keys_and_refuse_the_others() {
+        let config = parse(
+            r#"
+            [[space]]
+            id = "minilm"
+            provider = "local"
+            model = "models/m"
+            dims = 384
+            metric = "dot"
+            [[source]]
+            id = "q"
+            kind = "qdrant"
+            space = "minilm"
+            url = "ftp://example"
+            index = "docs"
+            [[source]]
+            id = "os"
+            kind = "opensearch"
+            role = "both"
+            index = "docs"
+            url = "https://search.example:9200"
+            auth = "sigv4"
+            sigv4_service = "lambda"
+            username = "admin"
+            [[source]]
+            id = "os-bm25"
+            kind = "tantivy"
+            url = "http://127.0.0.1:1"
+            "#,
+        )
+        .unwrap();
+        let message = config.validate().unwrap_err().message;
+        for expected in [
+            r#"source "q": a qdrant source takes no `index`"#,
+            r#"source "q": url "ftp://example" is not an http:// or https:// address"#,
+            r#"source "q": a qdrant source needs `collection`"#,
+            r#"source "os": a dense source (opensearch) needs `space`"#,
+            r#"source "os": a opensearch source takes no `username`"#,
+            r#"source "os": sigv4_service must be "es""#,
+            r#"source "os": auth = "sigv4" needs the AWS region"#,
+            r#"source "os": role = "both" adds the lexical source "os-bm25""#,
+            r#"source "os-bm25": a tantivy source takes no `url`"#,
+        ] {
+            assert!(message.contains(expected), "{expected} in {message}");
+        }
+        assert!(
+            !message.contains("ranks by cosine"),
+            "qdrant serves dot spaces: {message}"
+        );
+    }
+
+    #[test]
+    fn a_valid_remote_config_passes() {
+        let config = parse(
+            r#"
+            [[space]]
+            id = "minilm"
+            provider = "local"
+            model = "models/m"
+            dims = 384
+            [[source]]
+            id = "aws-qdrant"
+            kind = "qdrant"
+            space = "minilm"
+            url = "https://xyz.cloud.qdrant.io:6334"
+            collection = "docs"
+            api_key = "env:QDRANT_API_KEY"
+            [[source]]
+            id = "aws-opensearch"
+            kind = "opensearch"
+            role = "lexical"
+            url = "https://search-docs.us-east-1.es.amazonaws.com"
+            index = "docs"
+            auth = "sigv4"
+            region = "us-east-1"
+            refresh = "wait_for"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
     }
 
     #[test]

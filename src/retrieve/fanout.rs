@@ -224,6 +224,7 @@ async fn search_one<'a>(
         vector,
         top_k: candidates,
         deadline: source_deadline,
+        filter: Default::default(),
     };
     let searched =
         tokio::time::timeout_at(source_deadline.into(), source.backend.search(&store_query)).await;

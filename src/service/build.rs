@@ -20,6 +20,7 @@ use crate::llm::ChatTarget;
 use crate::route::{Callers, Catalog, Deployment, Router};
 use crate::stores::dense::DenseStore;
 use crate::stores::local_bm25::LocalBm25Store;
+use crate::stores::resilient::ResilientBackend;
 use crate::stores::{SearchBackend, Source, SourceInfo, StoreKind};
 
 /// The embedder of every space, and the query embedder search uses over them.
@@ -125,18 +126,29 @@ async fn load_local_model(space: &SpaceConfig) -> Result<LocalEmbedder> {
         .map_err(|error| Error::internal(format!("model loading panicked: {error}")))?
 }
 
-pub(super) async fn sources(config: &Config) -> Result<Vec<Source>> {
+pub(super) async fn sources(config: &Config, env: &HashMap<String, String>) -> Result<Vec<Source>> {
     let mut sources = Vec::new();
     for source in &config.sources {
-        let backend = backend(config, source)
-            .await
-            .map_err(|error| error.context(format!("source {:?}", source.id)))?;
+        // Remote stores are checked against their space here: a collection or index
+        // of another dimension or metric stops startup with a message naming both.
+        let backends = if source.kind.is_remote() {
+            super::remote_sources::open(config, source, env).await
+        } else {
+            backend(config, source).await.map(|backend| vec![backend])
+        }
+        .map_err(|error| error.context(format!("source {:?}", source.id)))?;
         let timeout_ms = source.timeout_ms.unwrap_or(config.search.source_timeout_ms);
-        sources.push(Source {
-            backend,
-            weight: source.weight,
-            timeout: Duration::from_millis(timeout_ms),
-        });
+        for backend in backends {
+            let backend = Arc::new(ResilientBackend::new(
+                backend,
+                super::remote_sources::resilience(source),
+            ));
+            sources.push(Source {
+                backend,
+                weight: source.weight,
+                timeout: Duration::from_millis(timeout_ms),
+            });
+        }
     }
     Ok(sources)
 }
@@ -151,14 +163,10 @@ async fn backend(config: &Config, source: &SourceConfig) -> Result<Arc<dyn Searc
     });
     let info = SourceInfo {
         id: source.id.clone(),
-        backend: match source.kind {
-            SourceKind::Tantivy => "tantivy",
-            SourceKind::Dense => "dense",
-        }
-        .to_string(),
+        backend: source.kind.as_str().to_string(),
         kind: match source.kind {
             SourceKind::Tantivy => StoreKind::Lexical,
-            SourceKind::Dense => StoreKind::Dense,
+            _ => StoreKind::Dense,
         },
         space: source.space.clone(),
         dims,
@@ -176,6 +184,11 @@ async fn backend(config: &Config, source: &SourceConfig) -> Result<Arc<dyn Searc
             SourceKind::Dense => {
                 let dims = dims.ok_or_else(|| Error::config("a dense source needs a space"))?;
                 Arc::new(DenseStore::open(info, dims, &dir)?)
+            }
+            SourceKind::Qdrant | SourceKind::Opensearch => {
+                return Err(Error::internal(
+                    "remote sources are opened by remote_sources",
+                ));
             }
         })
     })

@@ -5,6 +5,7 @@ mod bucket_options;
 mod build;
 mod calibrate;
 mod index;
+mod remote_sources;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,7 +70,7 @@ impl Service {
             .into_iter()
             .map(|(space, embedder)| (space, embedder as Arc<dyn Embedder>))
             .collect();
-        let sources = build::sources(&config).await?;
+        let sources = build::sources(&config, env).await?;
         let router = build::router(&config, env, &http)?.map(Arc::new);
         if let Some(router) = &router {
             router.spawn_probe();

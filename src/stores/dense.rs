@@ -52,7 +52,7 @@ use rayon::prelude::*;
 
 use crate::document::{Chunk, EmbeddedChunk, Hit};
 use crate::error::{Error, Result};
-use crate::stores::{SearchBackend, SourceInfo, StoreQuery};
+use crate::stores::{SearchBackend, SourceInfo, StoreFilter, StoreQuery};
 
 const DATA_FILE_NAME: &str = "dense.bin";
 const TEMPORARY_FILE_NAME: &str = "dense.bin.tmp";
@@ -534,9 +534,19 @@ fn top_rows(
     winners
 }
 
-fn search_snapshot(snapshot: &DenseSnapshot, query_vector: &[f32], top_k: usize) -> Vec<Hit> {
+fn search_snapshot(
+    snapshot: &DenseSnapshot,
+    query_vector: &[f32],
+    top_k: usize,
+    filter: &StoreFilter,
+) -> Vec<Hit> {
     let query = ArrayView1::from(query_vector);
-    top_rows(snapshot.vectors.view(), query, top_k, ROWS_PER_BLOCK)
+    let scored_rows = if filter.is_empty() {
+        top_rows(snapshot.vectors.view(), query, top_k, ROWS_PER_BLOCK)
+    } else {
+        filtered_top_rows(snapshot, query, top_k, filter)
+    };
+    scored_rows
         .into_iter()
         .filter_map(|scored_row| {
             let chunk = snapshot.chunks.get(scored_row.row)?;
@@ -552,6 +562,29 @@ fn search_snapshot(snapshot: &DenseSnapshot, query_vector: &[f32], top_k: usize)
             })
         })
         .collect()
+}
+
+/// The best `top_k` of the rows whose chunk passes `filter`: a filter usually keeps a
+/// few rows, so they are scored one by one rather than in parallel blocks.
+fn filtered_top_rows(
+    snapshot: &DenseSnapshot,
+    query: ArrayView1<'_, f32>,
+    top_k: usize,
+    filter: &StoreFilter,
+) -> Vec<ScoredRow> {
+    let mut scored_rows: Vec<ScoredRow> = snapshot
+        .chunks
+        .iter()
+        .enumerate()
+        .filter(|(_, chunk)| filter.matches(&chunk.doc_id, &chunk.cloud))
+        .map(|(row, _)| ScoredRow {
+            score: row_score(snapshot.vectors.row(row), query),
+            row,
+        })
+        .collect();
+    scored_rows.sort_unstable_by(|left, right| right.cmp(left));
+    scored_rows.truncate(top_k);
+    scored_rows
 }
 
 /// Run CPU- or disk-heavy work on tokio's blocking pool, not on an async worker.
@@ -586,7 +619,8 @@ impl SearchBackend for DenseStore {
             return Ok(Vec::new());
         }
         let top_k = query.top_k;
-        run_blocking(move || Ok(search_snapshot(&snapshot, &query_vector, top_k))).await
+        let filter = query.filter.clone();
+        run_blocking(move || Ok(search_snapshot(&snapshot, &query_vector, top_k, &filter))).await
     }
 
     async fn upsert(&self, chunks: &[EmbeddedChunk]) -> Result<()> {
@@ -677,6 +711,7 @@ mod tests {
             vector: Some(Arc::new(vector.to_vec())),
             top_k,
             deadline: Instant::now() + Duration::from_secs(10),
+            filter: Default::default(),
         }
     }
 

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
-use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
+use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, NumericOptions, STORED, STRING, Schema, TantivyDocument,
     TextFieldIndexing, TextOptions, Value,
@@ -43,7 +43,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
 use crate::document::{Chunk, EmbeddedChunk, Hit};
 use crate::error::{Error, Result};
-use crate::stores::{SearchBackend, SourceInfo, StoreQuery};
+use crate::stores::{SearchBackend, SourceInfo, StoreFilter, StoreQuery};
 
 /// Tokenizer for title and text: tantivy's built-in English stemming analyzer.
 const STEMMING_TOKENIZER_NAME: &str = "en_stem";
@@ -249,7 +249,44 @@ impl Bm25Inner {
         BooleanQuery::new(clauses)
     }
 
-    fn search_blocking(&self, query_text: &str, top_k: usize) -> Result<Vec<Hit>> {
+    /// The text query, restricted to the chunks `filter` keeps. The restriction scores
+    /// nothing, so BM25 scores are the same with and without it.
+    fn filtered_query(&self, text_query: BooleanQuery, filter: &StoreFilter) -> Box<dyn Query> {
+        if filter.is_empty() {
+            return Box::new(text_query);
+        }
+        let any_of = |field: Field, values: &[String]| -> Box<dyn Query> {
+            let clauses: Vec<(Occur, Box<dyn Query>)> = values
+                .iter()
+                .map(|value| {
+                    let term = TermQuery::new(
+                        Term::from_field_text(field, value),
+                        IndexRecordOption::Basic,
+                    );
+                    (Occur::Should, Box::new(term) as Box<dyn Query>)
+                })
+                .collect();
+            Box::new(ConstScoreQuery::new(
+                Box::new(BooleanQuery::new(clauses)),
+                0.0,
+            ))
+        };
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, Box::new(text_query))];
+        if !filter.doc_ids.is_empty() {
+            clauses.push((Occur::Must, any_of(self.fields.doc_id, &filter.doc_ids)));
+        }
+        if !filter.clouds.is_empty() {
+            clauses.push((Occur::Must, any_of(self.fields.cloud, &filter.clouds)));
+        }
+        Box::new(BooleanQuery::new(clauses))
+    }
+
+    fn search_blocking(
+        &self,
+        query_text: &str,
+        top_k: usize,
+        filter: &StoreFilter,
+    ) -> Result<Vec<Hit>> {
         if top_k == 0 {
             return Ok(Vec::new());
         }
@@ -264,9 +301,9 @@ impl Bm25Inner {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let query = self.build_query(&query_terms);
+        let query = self.filtered_query(self.build_query(&query_terms), filter);
         let scored_addresses = searcher
-            .search(&query, &TopDocs::with_limit(limit).order_by_score())
+            .search(query.as_ref(), &TopDocs::with_limit(limit).order_by_score())
             .map_err(|error| Error::internal(format!("bm25 search failed: {error}")))?;
         let mut hits = Vec::with_capacity(scored_addresses.len());
         for (score, address) in scored_addresses {
@@ -436,7 +473,8 @@ impl SearchBackend for LocalBm25Store {
         let inner = Arc::clone(&self.inner);
         let query_text = query.text.clone();
         let top_k = query.top_k;
-        run_blocking(move || inner.search_blocking(&query_text, top_k)).await
+        let filter = query.filter.clone();
+        run_blocking(move || inner.search_blocking(&query_text, top_k, &filter)).await
     }
 
     async fn upsert(&self, chunks: &[EmbeddedChunk]) -> Result<()> {
@@ -525,6 +563,7 @@ mod tests {
             vector: None,
             top_k,
             deadline: Instant::now() + Duration::from_secs(10),
+            filter: Default::default(),
         }
     }
 

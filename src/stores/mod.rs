@@ -5,6 +5,10 @@
 
 pub mod dense;
 pub mod local_bm25;
+pub mod opensearch;
+pub mod qdrant;
+pub mod remote;
+pub mod resilient;
 
 use std::time::Instant;
 
@@ -23,6 +27,27 @@ pub struct StoreQuery {
     pub top_k: usize,
     /// Remote stores pass this on as their own timeout.
     pub deadline: Instant,
+    /// Only chunks that match; the default matches every chunk.
+    pub filter: StoreFilter,
+}
+
+/// Restricts a search to some chunks. Each non-empty list must contain the chunk's
+/// value (any of the list); an empty list places no restriction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreFilter {
+    pub doc_ids: Vec<String>,
+    pub clouds: Vec<String>,
+}
+
+impl StoreFilter {
+    pub fn is_empty(&self) -> bool {
+        self.doc_ids.is_empty() && self.clouds.is_empty()
+    }
+
+    pub fn matches(&self, doc_id: &str, cloud: &str) -> bool {
+        (self.doc_ids.is_empty() || self.doc_ids.iter().any(|id| id == doc_id))
+            && (self.clouds.is_empty() || self.clouds.iter().any(|wanted| wanted == cloud))
+    }
 }
 
 /// Whether a store matches words or vectors.

@@ -1,0 +1,429 @@
+//! A Qdrant collection as a dense source, over Qdrant's gRPC API (`qdrant-client`).
+//!
+//! One unnamed vector per point, sized and compared as the source's embedding space
+//! says; the chunk's fields ride along as payload, with keyword indexes on the ones
+//! searches filter by. Point ids are derived from chunk ids (see
+//! [`remote::point_id`]), so re-upserting a chunk replaces its point.
+//!
+//! Writes are sent with `wait = true`: when `upsert` returns, Qdrant has applied them,
+//! so `commit` has nothing left to do. Each search carries the time left before its
+//! deadline as Qdrant's own `timeout`.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use qdrant_client::qdrant::{
+    self, Condition, CountPoints, CreateCollection, CreateFieldIndexCollection, DeletePoints,
+    FieldCondition, FieldType, Filter, GetCollectionInfoRequest, Match, PointId, PointStruct,
+    PointsSelector, RepeatedStrings, SearchPoints, UpsertPoints, VectorParams, Vectors,
+    VectorsConfig, WithPayloadSelector,
+};
+use qdrant_client::{Qdrant, QdrantError};
+use tokio::sync::OnceCell;
+
+use crate::config::{Metric, Secret};
+use crate::document::{EmbeddedChunk, Hit};
+use crate::error::{Error, ErrorKind, Result};
+use crate::stores::remote::{self, RemoteSettings, fields};
+use crate::stores::{SearchBackend, SourceInfo, StoreFilter, StoreQuery};
+
+pub struct QdrantStore {
+    settings: RemoteSettings,
+    client: Qdrant,
+    /// Set once the collection was found to match the space; until then every call
+    /// checks first (a store that was down at startup is checked when it is back).
+    checked: OnceCell<()>,
+}
+
+impl QdrantStore {
+    /// Connects and checks the collection. A collection of another dimension or
+    /// distance is refused here; one that cannot be reached (or is missing, unless
+    /// `create_missing`) is logged and checked again on first use, so that a store
+    /// that is down does not stop the service.
+    pub async fn connect(settings: RemoteSettings, api_key: Option<Secret>) -> Result<Self> {
+        let client = Qdrant::from_url(&settings.url)
+            .api_key(api_key.map(|key| key.expose().to_string()))
+            .timeout(settings.write_timeout)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .skip_compatibility_check()
+            .build()
+            .map_err(|error| Error::config(format!("qdrant url {:?}: {error}", settings.url)))?;
+        let store = Self {
+            settings,
+            client,
+            checked: OnceCell::new(),
+        };
+        match store.ensure_checked().await {
+            Ok(()) => {}
+            Err(error) if error.kind == ErrorKind::Config => return Err(error),
+            Err(error) if error.kind == ErrorKind::NotFound && store.settings.create_missing => {
+                store.create_collection().await?;
+                store.ensure_checked().await?;
+            }
+            Err(error) => tracing::warn!(
+                source = store.settings.info.id,
+                %error,
+                "qdrant collection not checked at startup; searches will retry"
+            ),
+        }
+        Ok(store)
+    }
+
+    /// The raw client, for benches comparing the adapter with a direct call.
+    pub fn client(&self) -> &Qdrant {
+        &self.client
+    }
+
+    async fn ensure_checked(&self) -> Result<()> {
+        self.checked
+            .get_or_try_init(|| self.check_collection())
+            .await
+            .map(|_| ())
+    }
+
+    async fn check_collection(&self) -> Result<()> {
+        let name = &self.settings.name;
+        let info = self
+            .client
+            .collection_info(GetCollectionInfoRequest {
+                collection_name: name.clone(),
+            })
+            .await
+            .map_err(|error| self.error("reading the collection", error))?;
+        let params = info
+            .result
+            .and_then(|info| info.config)
+            .and_then(|config| config.params)
+            .and_then(|params| params.vectors_config)
+            .and_then(|vectors| vectors.config);
+        let vector = match params {
+            Some(qdrant::vectors_config::Config::Params(vector)) => vector,
+            _ => {
+                return Err(Error::config(format!(
+                    "collection {name:?} has named vectors or none; skyfuse needs one unnamed vector"
+                )));
+            }
+        };
+        let distance = qdrant::Distance::try_from(vector.distance).ok();
+        let metric = match distance {
+            Some(qdrant::Distance::Cosine) => Some(Metric::Cosine),
+            Some(qdrant::Distance::Dot) => Some(Metric::Dot),
+            Some(qdrant::Distance::Euclid) => Some(Metric::L2),
+            _ => None,
+        };
+        let distance_text = distance.map_or("an unknown distance".to_string(), |distance| {
+            distance.as_str_name().to_lowercase()
+        });
+        remote::check_space(
+            &self.settings,
+            "collection",
+            usize::try_from(vector.size).unwrap_or(usize::MAX),
+            metric,
+            &distance_text,
+        )
+    }
+
+    /// Creates the collection for the source's space, with keyword payload indexes
+    /// on the fields searches and deletes filter by.
+    pub async fn create_collection(&self) -> Result<()> {
+        let dims = self
+            .settings
+            .dims
+            .ok_or_else(|| Error::config("a qdrant source needs a space"))?;
+        let distance = match self.settings.metric {
+            Metric::Cosine => qdrant::Distance::Cosine,
+            Metric::Dot => qdrant::Distance::Dot,
+            Metric::L2 => qdrant::Distance::Euclid,
+        };
+        let name = &self.settings.name;
+        self.client
+            .create_collection(CreateCollection {
+                collection_name: name.clone(),
+                vectors_config: Some(VectorsConfig {
+                    config: Some(qdrant::vectors_config::Config::Params(VectorParams {
+                        size: dims as u64,
+                        distance: distance.into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| self.error("creating the collection", error))?;
+        for field in fields::KEYWORDS {
+            self.client
+                .create_field_index(CreateFieldIndexCollection {
+                    collection_name: name.clone(),
+                    wait: Some(true),
+                    field_name: field.to_string(),
+                    field_type: Some(FieldType::Keyword.into()),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|error| self.error("creating a payload index", error))?;
+        }
+        tracing::info!(
+            source = self.settings.info.id,
+            collection = name,
+            dims,
+            "created qdrant collection"
+        );
+        Ok(())
+    }
+
+    fn error(&self, what: &str, error: QdrantError) -> Error {
+        let collection = &self.settings.name;
+        let error = match error {
+            QdrantError::ResourceExhaustedError {
+                status,
+                retry_after_seconds,
+            } => Error::throttled(
+                format!("qdrant is throttling: {}", status.message()),
+                Some(std::time::Duration::from_secs(retry_after_seconds)),
+            ),
+            QdrantError::ResponseError { status } => status_error(&status, collection),
+            other => Error::internal(format!("qdrant client: {other}")),
+        };
+        error.context(format!("qdrant {}: {what}", self.settings.url))
+    }
+
+    /// The store filter as Qdrant's: every chunk of the collection is the source's.
+    fn filter(&self, filter: &StoreFilter) -> Option<Filter> {
+        let any_of = |key: &str, values: &[String]| Condition {
+            condition_one_of: Some(qdrant::condition::ConditionOneOf::Field(FieldCondition {
+                key: key.to_string(),
+                r#match: Some(Match {
+                    match_value: Some(qdrant::r#match::MatchValue::Keywords(RepeatedStrings {
+                        strings: values.to_vec(),
+                    })),
+                }),
+                ..Default::default()
+            })),
+        };
+        let mut must = Vec::new();
+        if !filter.doc_ids.is_empty() {
+            must.push(any_of(fields::DOC_ID, &filter.doc_ids));
+        }
+        if !filter.clouds.is_empty() {
+            must.push(any_of(fields::CLOUD, &filter.clouds));
+        }
+        if must.is_empty() {
+            return None;
+        }
+        Some(Filter {
+            must,
+            ..Default::default()
+        })
+    }
+}
+
+/// One gRPC status as our error, by code.
+fn status_error(status: &tonic::Status, collection: &str) -> Error {
+    let message = status.message();
+    let kind = match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ErrorKind::Auth,
+        tonic::Code::NotFound => {
+            return Error::not_found(format!(
+                "collection {collection:?} does not exist ({message})"
+            ));
+        }
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
+            ErrorKind::InvalidArgument
+        }
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ErrorKind::Timeout,
+        tonic::Code::ResourceExhausted => ErrorKind::Throttled,
+        tonic::Code::Unavailable => ErrorKind::Unavailable,
+        // qdrant-client reports a failed connection as `internal`.
+        tonic::Code::Internal if message.starts_with("Failed to connect") => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
+    };
+    let message = match kind {
+        ErrorKind::Auth => format!("the api key was refused: {message}"),
+        ErrorKind::Unavailable => format!("unreachable: {message}"),
+        _ => message.to_string(),
+    };
+    Error::new(kind, message)
+}
+
+fn text_value(text: &str) -> qdrant::Value {
+    qdrant::Value {
+        kind: Some(qdrant::value::Kind::StringValue(text.to_string())),
+    }
+}
+
+fn payload_text(payload: &HashMap<String, qdrant::Value>, key: &str) -> Option<String> {
+    match payload.get(key)?.kind.as_ref()? {
+        qdrant::value::Kind::StringValue(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl SearchBackend for QdrantStore {
+    fn describe(&self) -> &SourceInfo {
+        &self.settings.info
+    }
+
+    async fn search(&self, query: &StoreQuery) -> Result<Vec<Hit>> {
+        if query.top_k == 0 {
+            return Ok(Vec::new());
+        }
+        let Some(vector) = query.vector.as_ref() else {
+            return Err(Error::invalid(format!(
+                "source {} is a dense store and needs a query vector",
+                self.settings.info.id
+            )));
+        };
+        if Some(vector.len()) != self.settings.dims {
+            return Err(Error::invalid(format!(
+                "the query vector has {} dimensions but the source holds {}",
+                vector.len(),
+                self.settings.dims.unwrap_or_default()
+            )));
+        }
+        let timeout = remote::seconds_left(query.deadline)
+            .ok_or_else(|| Error::timeout("the deadline passed before qdrant was asked"))?;
+        self.ensure_checked().await?;
+        let response = self
+            .client
+            .search_points(SearchPoints {
+                collection_name: self.settings.name.clone(),
+                vector: vector.to_vec(),
+                filter: self.filter(&query.filter),
+                limit: query.top_k as u64,
+                with_payload: Some(WithPayloadSelector {
+                    selector_options: Some(qdrant::with_payload_selector::SelectorOptions::Enable(
+                        true,
+                    )),
+                }),
+                score_threshold: self.settings.score_threshold,
+                timeout: Some(timeout),
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| self.error("search", error))?;
+        Ok(response
+            .result
+            .into_iter()
+            .map(|point| {
+                let payload = point.payload;
+                let texts: HashMap<&str, String> = [
+                    fields::CHUNK_ID,
+                    fields::DOC_ID,
+                    fields::OBJECT_KEY,
+                    fields::TITLE,
+                    fields::TEXT,
+                    fields::CLOUD,
+                    fields::REGION,
+                ]
+                .into_iter()
+                .filter_map(|key| Some((key, payload_text(&payload, key)?)))
+                .collect();
+                remote::hit_from_fields(point.score, |key| texts.get(key).map(String::as_str))
+            })
+            .collect())
+    }
+
+    async fn upsert(&self, chunks: &[EmbeddedChunk]) -> Result<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        remote::check_vectors(&self.settings, chunks)?;
+        self.ensure_checked().await?;
+        let source_id = &self.settings.info.id;
+        for batch in chunks.chunks(self.settings.upsert_batch) {
+            let points = batch
+                .iter()
+                .map(|embedded| {
+                    let chunk = &embedded.chunk;
+                    let mut payload: HashMap<String, qdrant::Value> =
+                        remote::chunk_text_fields(chunk, source_id)
+                            .into_iter()
+                            .map(|(key, value)| (key.to_string(), text_value(value)))
+                            .collect();
+                    payload.insert(
+                        fields::ORDINAL.to_string(),
+                        qdrant::Value {
+                            kind: Some(qdrant::value::Kind::IntegerValue(i64::from(chunk.ordinal))),
+                        },
+                    );
+                    PointStruct {
+                        id: Some(PointId::from(remote::point_id(&chunk.chunk_id))),
+                        payload,
+                        vectors: Some(Vectors::from(embedded.vector.clone())),
+                    }
+                })
+                .collect();
+            self.client
+                .upsert_points(UpsertPoints {
+                    collection_name: self.settings.name.clone(),
+                    wait: Some(true),
+                    points,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|error| self.error("upsert", error))?;
+        }
+        Ok(())
+    }
+
+    async fn delete_objects(&self, object_keys: &[String]) -> Result<()> {
+        if object_keys.is_empty() {
+            return Ok(());
+        }
+        self.ensure_checked().await?;
+        let mut filter = Filter::default();
+        filter.must.push(Condition {
+            condition_one_of: Some(qdrant::condition::ConditionOneOf::Field(FieldCondition {
+                key: fields::OBJECT_KEY.to_string(),
+                r#match: Some(Match {
+                    match_value: Some(qdrant::r#match::MatchValue::Keywords(RepeatedStrings {
+                        strings: object_keys.to_vec(),
+                    })),
+                }),
+                ..Default::default()
+            })),
+        });
+        self.client
+            .delete_points(DeletePoints {
+                collection_name: self.settings.name.clone(),
+                wait: Some(true),
+                points: Some(PointsSelector {
+                    points_selector_one_of: Some(
+                        qdrant::points_selector::PointsSelectorOneOf::Filter(filter),
+                    ),
+                }),
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| self.error("delete", error))?;
+        Ok(())
+    }
+
+    /// Writes were sent with `wait = true`: they are applied already.
+    async fn commit(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn count(&self) -> Result<u64> {
+        self.ensure_checked().await?;
+        let response = self
+            .client
+            .count(CountPoints {
+                collection_name: self.settings.name.clone(),
+                filter: None,
+                exact: Some(true),
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| self.error("count", error))?;
+        Ok(response.result.map_or(0, |result| result.count))
+    }
+
+    async fn sample_texts(&self, _n: usize) -> Result<Vec<(String, String)>> {
+        Err(Error::invalid(format!(
+            "source {:?}: sampling a qdrant collection is not supported yet",
+            self.settings.info.id
+        )))
+    }
+}
