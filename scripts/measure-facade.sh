@@ -17,7 +17,7 @@ trap cleanup EXIT
 
 cargo build --release --locked --bin skyfuse
 bench=$(cargo bench --locked --bench facade_load --no-run 2>&1 | grep -o 'target/release/deps/facade_load-[0-9a-f]*' | head -1)
-wait_port() { for _ in $(seq 1 300); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+wait_port() { for _ in $(seq 1 1200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 rss() { awk -v key="$2:" '$1 == key { print $2 / 1024 " MiB" }' "/proc/$1/status"; }
 
 "$bench" upstream --port $UPSTREAM & pids+=($!)
@@ -61,7 +61,8 @@ model_list:
       api_base: http://127.0.0.1:$UPSTREAM/v1
       api_key: unused
 YAML
-  "$LITELLM" --config "$work/litellm.yaml" --host 127.0.0.1 --port $LITELLM_PORT > "$work/litellm.log" 2>&1 & litellm=$!; pids+=($litellm)
+  # Like skyfuse without [[caller]]s: no authentication.
+  LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY=true "$LITELLM" --config "$work/litellm.yaml" --host 127.0.0.1 --port $LITELLM_PORT > "$work/litellm.log" 2>&1 & litellm=$!; pids+=($litellm)
   wait_port $LITELLM_PORT
   sleep 2
   for rate in 20 "$QPS"; do
