@@ -590,6 +590,19 @@ async fn answers_stream_from_an_openai_compatible_server_with_usage_cost_and_rou
         (route.provider.as_str(), route.extractive),
         ("llama", false)
     );
+    assert_eq!(route.deployment, "qwen2.5-0.5b-instruct");
+    assert_eq!(route.failover_count, 0);
+    assert_eq!(route.candidates.len(), 1, "the plan is in the answer");
+    assert_eq!(
+        route.candidates[0].deployment,
+        "llama/qwen2.5-0.5b-instruct"
+    );
+    assert!(
+        route.candidates[0].max_cost_usd.is_some(),
+        "priced from the provider"
+    );
+    assert_eq!(route.attempts.len(), 1);
+    assert_eq!(route.attempts[0].outcome, "ok");
     assert_eq!(done.finish_reason, "stop");
     assert!(done.citations[0].object_key.ends_with("archives.md"));
 
