@@ -49,9 +49,11 @@ enum State {
         until: Instant,
         cooldown: Duration,
     },
-    /// A probe is out; everyone else waits for its verdict.
+    /// A probe is out; everyone else waits for its verdict. A probe that never
+    /// reports (its caller was cancelled) is presumed lost after one cooldown.
     HalfOpen {
         cooldown: Duration,
+        since: Instant,
     },
 }
 
@@ -139,7 +141,17 @@ impl CircuitBreaker {
         match inner.state {
             State::Closed { .. } => true,
             State::Open { until, cooldown } if now >= until => {
-                inner.state = State::HalfOpen { cooldown };
+                inner.state = State::HalfOpen {
+                    cooldown,
+                    since: now,
+                };
+                true
+            }
+            State::HalfOpen { cooldown, since } if now >= since + cooldown => {
+                inner.state = State::HalfOpen {
+                    cooldown,
+                    since: now,
+                };
                 true
             }
             State::Open { .. } | State::HalfOpen { .. } => false,
@@ -166,7 +178,7 @@ impl CircuitBreaker {
             }
             // The probe failed (or a call that was out when the breaker opened):
             // stay away twice as long.
-            State::HalfOpen { cooldown } | State::Open { cooldown, .. } => {
+            State::HalfOpen { cooldown, .. } | State::Open { cooldown, .. } => {
                 let cooldown = (cooldown * 2).min(settings.max_cooldown);
                 State::Open {
                     until: now + cooldown,
@@ -234,6 +246,11 @@ mod tests {
         let after = now + Duration::from_secs(10);
         assert!(breaker.try_acquire_at(after), "the probe");
         assert!(!breaker.try_acquire_at(after), "only one probe at a time");
+        let lost = after + Duration::from_secs(10);
+        assert!(
+            breaker.try_acquire_at(lost),
+            "a probe silent for a cooldown is presumed lost: another goes"
+        );
         breaker.record_success();
         assert!(breaker.try_acquire_at(after) && !breaker.is_open());
     }

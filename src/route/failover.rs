@@ -169,11 +169,13 @@ fn verdict(kind: ErrorKind) -> Verdict {
     }
 }
 
+/// Every call that passed the breaker reports back, so a half-open probe is decided.
 fn record_health(deployment: &Deployment, health: Health, error: &Error) {
     match health {
         Health::Throttled => deployment.breaker.record_throttle(error.retry_after),
         Health::Failed => deployment.breaker.record_failure(),
-        Health::Fine => {}
+        // It answered, if only to refuse this request: it is up.
+        Health::Fine => deployment.breaker.record_success(),
     }
 }
 
@@ -214,14 +216,6 @@ impl Router {
                     ));
                     continue;
                 }
-                if !deployment.breaker.try_acquire() {
-                    summary.attempts.push(skipped(
-                        deployment,
-                        "circuit open: cooling down after failures".into(),
-                    ));
-                    failed_transiently.push(index);
-                    continue;
-                }
                 let reservation = match self.reserve(caller, candidate.max_cost_usd) {
                     Ok(reservation) => reservation,
                     Err(reason) => {
@@ -230,6 +224,14 @@ impl Router {
                         continue;
                     }
                 };
+                if !deployment.breaker.try_acquire() {
+                    summary.attempts.push(skipped(
+                        deployment,
+                        "circuit open: cooling down after failures".into(),
+                    ));
+                    failed_transiently.push(index);
+                    continue;
+                }
                 sent += 1;
                 self.stats.attempts.fetch_add(1, Ordering::Relaxed);
                 if sent > 1 {
@@ -287,6 +289,7 @@ impl Router {
                         failed_transiently.push(index);
                     }
                     Verdict::LongerContext => {
+                        deployment.breaker.record_success();
                         let refused_at =
                             deployment.context_window.unwrap_or(request_tokens(request));
                         context_floor =
@@ -486,6 +489,8 @@ impl Started {
                     generated.push_str(&text);
                     if sender.send(RouteEvent::Token(text)).await.is_err() {
                         // The caller went away: dropping the stream cancels upstream.
+                        // The deployment was producing: that is its verdict.
+                        self.deployment.breaker.record_success();
                         self.settle_estimated(&generated);
                         return;
                     }
@@ -514,11 +519,11 @@ impl Started {
 
     async fn fail(mut self, error: Error, generated: &str, sender: &mpsc::Sender<RouteEvent>) {
         tracing::warn!(deployment = %self.deployment.label(), %error, "answer broke after its first token");
-        if let Health::Throttled | Health::Failed = match verdict(error.kind) {
-            Verdict::FailOver(health) | Verdict::Stop(health) => health,
-            Verdict::LongerContext => Health::Fine,
-        } {
-            self.deployment.breaker.record_failure();
+        match verdict(error.kind) {
+            Verdict::FailOver(Health::Fine)
+            | Verdict::Stop(Health::Fine)
+            | Verdict::LongerContext => self.deployment.breaker.record_success(),
+            Verdict::FailOver(_) | Verdict::Stop(_) => self.deployment.breaker.record_failure(),
         }
         if let Some(last) = self.summary.attempts.last_mut() {
             last.outcome = AttemptOutcome::Failed(error.kind);

@@ -657,3 +657,30 @@ async fn a_budget_skips_what_it_cannot_cover_and_settles_the_real_cost() {
     assert!((summary.cost_usd - 0.0011).abs() < 1e-12);
     assert!((fixture.router.budgets.spent_today("team") - 0.0011).abs() < 1e-12);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_half_open_probe_refused_for_its_input_still_closes_the_circuit() {
+    let settings = RoutingConfig {
+        breaker_threshold: 1,
+        breaker_cooldown_ms: 1_000,
+        max_retry_wait_ms: 0,
+        ..RoutingConfig::default()
+    };
+    let single = ok("only", "m", "aws")
+        .then(Script::refuse(Error::unavailable("503")))
+        .then(Script::refuse(Error::invalid("400 bad request")));
+    let fixture = fixture(vec![(single, 1.0, 1.0, None)], settings);
+    let (_, first) = run(&fixture, ask("m")).await;
+    assert!(first.is_err());
+    assert!(fixture.router.deployments[0].breaker.is_open());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // The probe: the deployment answers, if only with a 400 for this request.
+    let (_, probe) = run(&fixture, ask("m")).await;
+    assert_eq!(probe.unwrap_err().0.kind, ErrorKind::InvalidArgument);
+    assert!(
+        !fixture.router.deployments[0].breaker.is_open(),
+        "decided, not stuck half-open"
+    );
+    let (text, _) = run(&fixture, ask("m")).await;
+    assert_eq!(text, "hello");
+}
