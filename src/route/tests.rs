@@ -684,3 +684,37 @@ async fn a_half_open_probe_refused_for_its_input_still_closes_the_circuit() {
     let (text, _) = run(&fixture, ask("m")).await;
     assert_eq!(text, "hello");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_active_probe_closes_a_recovered_deployments_circuit_without_live_traffic() {
+    let settings = RoutingConfig {
+        breaker_threshold: 1,
+        breaker_cooldown_ms: 5_000,
+        max_retry_wait_ms: 0,
+        probe_interval_ms: 1_000,
+        ..RoutingConfig::default()
+    };
+    let flaky = ok("flaky", "m", "aws").then(Script::refuse(Error::unavailable("503")));
+    let Fixture { router, providers } = fixture(vec![(flaky, 1.0, 1.0, None)], settings);
+    let router = Arc::new(router);
+    let caller = Caller::anonymous();
+    let plan = router.plan(&caller, &ask("m")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    assert!(
+        router
+            .start(&caller, &plan, &chat(), deadline)
+            .await
+            .is_err()
+    );
+    assert!(router.deployments[0].breaker.is_open());
+    let probe = router.spawn_probe().expect("probing is on");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(providers[0].calls(), 1, "not probed before its cooldown");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(providers[0].calls(), 2, "probed once the cooldown passed");
+    assert!(
+        !router.deployments[0].breaker.is_open(),
+        "the probe closed it"
+    );
+    probe.abort();
+}
