@@ -109,7 +109,7 @@ fn finish() -> Vec<u8> {
 }
 
 fn checks(received: &Received, operation: &str) -> Result<(), String> {
-    verify_sigv4(received, ACCESS_KEY_ID, SECRET, "us-east-1")?;
+    verify_sigv4(received, ACCESS_KEY_ID, SECRET, "us-east-1", None)?;
     expect(
         received.target
             == format!("/model/us.anthropic.claude-3-5-sonnet-20240620-v1%3A0/{operation}"),
@@ -192,7 +192,7 @@ async fn a_stream_without_metadata_still_finishes() {
 async fn converse_whole_and_an_arn_model_id() {
     let arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123";
     let server = serve(|received| {
-        verify_sigv4(received, ACCESS_KEY_ID, SECRET, "us-east-1")?;
+        verify_sigv4(received, ACCESS_KEY_ID, SECRET, "us-east-1", None)?;
         expect(
             received.target
                 == "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Aapplication-inference-profile%2Fabc123/converse",

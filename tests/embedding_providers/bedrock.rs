@@ -1,12 +1,9 @@
 //! Bedrock InvokeModel for Titan v2 and Cohere Embed, every request's SigV4
 //! signature recomputed here from what arrived.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, SystemTime};
+use std::collections::HashMap;
 
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use skyfuse::cloud::sigv4;
 use skyfuse::embed::Purpose;
 use skyfuse::error::ErrorKind;
 
@@ -32,93 +29,8 @@ fn config(base_url: &str) -> String {
     )
 }
 
-/// What AWS does with a request: rebuild the canonical request from what arrived,
-/// derive the key from the secret it knows, and compare signatures.
-pub fn verify_sigv4(received: &Received, region: &str, token: Option<&str>) -> Result<(), String> {
-    let authorization = received.header("authorization").ok_or("no authorization")?;
-    let rest = authorization
-        .strip_prefix("AWS4-HMAC-SHA256 ")
-        .ok_or("not AWS4-HMAC-SHA256")?;
-    let mut parts = HashMap::new();
-    for part in rest.split(", ") {
-        let (name, value) = part.split_once('=').ok_or("malformed authorization")?;
-        parts.insert(name, value);
-    }
-    let credential = parts.get("Credential").ok_or("no Credential")?;
-    let scope_parts: Vec<&str> = credential.split('/').collect();
-    expect(scope_parts.len() == 5, "credential scope")?;
-    expect(scope_parts[0] == ACCESS_KEY_ID, "access key id")?;
-    expect(
-        scope_parts[2] == region,
-        format!("region {}", scope_parts[2]),
-    )?;
-    expect(
-        scope_parts[3] == "bedrock",
-        format!("signing name {}", scope_parts[3]),
-    )?;
-    expect(scope_parts[4] == "aws4_request", "terminator")?;
-    let amz_date = received.header("x-amz-date").ok_or("no x-amz-date")?;
-    expect(
-        amz_date.starts_with(scope_parts[1]),
-        "scope date is not the request date",
-    )?;
-    let sent_at = sigv4::parse_amz_date(amz_date).map_err(|error| error.message)?;
-    let skew = SystemTime::now()
-        .duration_since(sent_at)
-        .unwrap_or_else(|error| error.duration());
-    expect(skew < Duration::from_secs(300), "clock skew over 5 minutes")?;
-    let signed_names: Vec<&str> = parts
-        .get("SignedHeaders")
-        .ok_or("no SignedHeaders")?
-        .split(';')
-        .collect();
-    for required in ["content-type", "host", "x-amz-date"] {
-        expect(
-            signed_names.contains(&required),
-            format!("{required} is not signed"),
-        )?;
-    }
-    expect(
-        received.header("x-amz-security-token") == token,
-        "session token header",
-    )?;
-    if token.is_some() {
-        expect(
-            signed_names.contains(&"x-amz-security-token"),
-            "session token is not signed",
-        )?;
-    }
-    let mut headers = BTreeMap::new();
-    for name in &signed_names {
-        let value = received
-            .header(name)
-            .ok_or(format!("signed header {name} not sent"))?;
-        headers.insert(name.to_string(), value.to_string());
-    }
-    let payload_hash = hex::encode(Sha256::digest(&received.body));
-    let (canonical, signed) = sigv4::canonical_request(
-        &received.method,
-        &sigv4::canonical_uri(received.path()),
-        &sigv4::canonical_query(received.query()),
-        &headers,
-        &payload_hash,
-    );
-    expect(
-        signed == signed_names.join(";"),
-        "signed headers not sorted",
-    )?;
-    let scope = scope_parts[1..].join("/");
-    let to_sign = sigv4::string_to_sign(amz_date, &scope, &canonical);
-    let key = sigv4::signing_key(SECRET, scope_parts[1], region, "bedrock");
-    let expected = sigv4::signature(&key, &to_sign);
-    expect(
-        parts.get("Signature") == Some(&expected.as_str()),
-        "signature does not match",
-    )
-}
-
 fn titan_server_checks(received: &Received) -> Handled {
-    verify_sigv4(received, "us-east-1", None)?;
+    verify_sigv4(received, ACCESS_KEY_ID, SECRET, "us-east-1", None)?;
     expect(
         received.target == "/model/amazon.titan-embed-text-v2%3A0/invoke",
         format!("target {}", received.target),
@@ -201,7 +113,7 @@ async fn titan_refuses_an_unsupported_dimension_before_sending() {
 #[tokio::test]
 async fn cohere_batch_with_input_type_and_session_token() {
     let server = serve(|received| {
-        verify_sigv4(received, "us-east-1", Some("session-token-1"))?;
+        verify_sigv4(received, ACCESS_KEY_ID, SECRET, "us-east-1", Some("session-token-1"))?;
         expect(
             received.path() == "/model/cohere.embed-english-v3/invoke",
             format!("path {}", received.path()),
@@ -270,7 +182,7 @@ async fn cohere_batch_with_input_type_and_session_token() {
 #[tokio::test]
 async fn cohere_v4_sends_output_dimension_and_right_truncation() {
     let server = serve(|received| {
-        verify_sigv4(received, "us-east-1", None)?;
+        verify_sigv4(received, ACCESS_KEY_ID, SECRET, "us-east-1", None)?;
         expect(received.path() == "/model/us.cohere.embed-v4%3A0/invoke", "path")?;
         let body = received.json();
         expect(field(&body, "output_dimension")? == 512, "output_dimension")?;
@@ -354,7 +266,7 @@ async fn bedrock_exceptions_map_to_kinds() {
     for (reply, kind) in cases {
         let reply = std::sync::Mutex::new(Some(reply));
         let server = serve(move |received| {
-            verify_sigv4(received, "us-east-1", None)?;
+            verify_sigv4(received, ACCESS_KEY_ID, SECRET, "us-east-1", None)?;
             Ok(reply.lock().unwrap().take().expect("one request"))
         })
         .await;
@@ -378,7 +290,7 @@ async fn bedrock_exceptions_map_to_kinds() {
 #[tokio::test]
 async fn credentials_from_config_locations_over_the_standard_variables() {
     let server = serve(|received| {
-        verify_sigv4(received, "eu-west-3", None)?;
+        verify_sigv4(received, ACCESS_KEY_ID, SECRET, "eu-west-3", None)?;
         Ok(Reply::json(
             200,
             json!({"embeddings": [vector_for("a", 4)]}),
