@@ -128,16 +128,10 @@ pub struct ProviderInfo {
     pub dedicated: bool,
     pub cloud: String,
     pub region: String,
+    /// The `[[provider]]`'s list prices; routing prefers the deployment's and the
+    /// catalog's.
     pub input_per_1m_usd: f64,
     pub output_per_1m_usd: f64,
-}
-
-impl ProviderInfo {
-    pub fn cost_usd(&self, usage: &Usage) -> f64 {
-        (usage.input_tokens as f64 * self.input_per_1m_usd
-            + usage.output_tokens as f64 * self.output_per_1m_usd)
-            / 1_000_000.0
-    }
 }
 
 /// A whole completion, from a non-streaming call.

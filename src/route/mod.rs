@@ -34,7 +34,8 @@ pub use plan::{Candidate, Plan, RouteRequest, Skip};
 /// One model on one provider, as routing sees it.
 pub struct Deployment {
     pub provider: Arc<dyn ChatProvider>,
-    /// None when neither the catalog nor the config prices it: such a deployment
+    /// The deployment's price, else the catalog's for its model and cloud, else its
+    /// provider's. None when nothing prices it: such a deployment
     /// is never chosen by cost and never serves a caller with a budget.
     pub price: Option<Price>,
     pub context_window: Option<u64>,
@@ -48,9 +49,17 @@ impl Deployment {
         catalog: &Catalog,
         breaker: BreakerSettings,
     ) -> Self {
-        let cloud = provider.info().cloud.clone();
+        let info = provider.info();
+        let cloud = info.cloud.clone();
+        // The provider's own list price, when it set one, after the catalog's.
+        let provider_price = (info.input_per_1m_usd > 0.0 || info.output_per_1m_usd > 0.0)
+            .then_some(Price {
+                input_per_1m_usd: info.input_per_1m_usd,
+                output_per_1m_usd: info.output_per_1m_usd,
+                cached_input_per_1m_usd: None,
+            });
         Self {
-            price: catalog.price(config, &cloud),
+            price: catalog.price(config, &cloud).or(provider_price),
             context_window: catalog.context_window(config, &cloud),
             provider,
             breaker: CircuitBreaker::new(breaker),
