@@ -3,8 +3,8 @@
 //! so OpenAI SDKs, LangChain and LlamaIndex can use skyfuse as their LLM endpoint.
 //!
 //! `model` is a model name, `tier:<name>` for a budget tier, or `auto` (or
-//! absent) for the default. `x-skyfuse-allowed-clouds: aws,azure` narrows the
-//! clouds; `Authorization: Bearer <key>` names the caller when `[[caller]]`s exist.
+//! absent) for the default. `x-skyfuse-allowed-clouds: aws,azure` and
+//! `x-skyfuse-allowed-regions: eu-*,europe-*` narrow where the prompt may go; `Authorization: Bearer <key>` names the caller when `[[caller]]`s exist.
 //! Each response carries the route (`x-skyfuse-*` headers, and a `skyfuse` field).
 
 use std::convert::Infallible;
@@ -133,19 +133,22 @@ async fn start(facade: &Facade, headers: &HeaderMap, body: &[u8]) -> Result<Star
             None => (Some(name.to_string()), None),
         },
     };
-    let clouds = header("x-skyfuse-allowed-clouds")
-        .map(|value| {
-            value
-                .split(',')
-                .map(|cloud| cloud.trim().to_string())
-                .filter(|cloud| !cloud.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
+    let list = |name: &str| -> Vec<String> {
+        header(name)
+            .map(|value| {
+                value
+                    .split(',')
+                    .map(|item| item.trim().to_string())
+                    .filter(|item| !item.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let route_request = RouteRequest {
         model,
         tier,
-        clouds,
+        clouds: list("x-skyfuse-allowed-clouds"),
+        regions: list("x-skyfuse-allowed-regions"),
         input_tokens: prompt_tokens(&chat),
         max_output_tokens: u64::from(chat.max_output_tokens),
     };

@@ -157,6 +157,9 @@ enum RouteAction {
         /// Clouds the prompt may go to, comma-separated.
         #[arg(long, value_delimiter = ',')]
         clouds: Vec<String>,
+        /// Regions the prompt may go to, comma-separated globs (eu-*,europe-*).
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<String>,
         /// Estimated prompt tokens.
         #[arg(long, default_value_t = 2_000)]
         prompt_tokens: u64,
@@ -279,6 +282,7 @@ async fn main() -> Result<()> {
                     model,
                     tier,
                     clouds,
+                    regions,
                     prompt_tokens,
                     max_output_tokens,
                     caller,
@@ -288,6 +292,7 @@ async fn main() -> Result<()> {
                 model,
                 tier,
                 clouds,
+                regions,
                 input_tokens: prompt_tokens,
                 max_output_tokens,
             };

@@ -272,6 +272,23 @@ async fn models_are_listed_and_bad_requests_get_openai_shaped_errors() {
     assert_eq!(body["error"]["code"], "model_not_found");
     assert!(body["error"]["message"].as_str().unwrap().contains("llama"));
 
+    let nowhere = http
+        .post(format!("{base}/v1/chat/completions"))
+        .header("x-skyfuse-allowed-regions", "us-*")
+        .json(&completion("llama", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nowhere.status(), 400, "both deployments are in Europe");
+    let body: Value = nowhere.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allows regions us-*"),
+        "{body}"
+    );
+
     let malformed = http
         .post(format!("{base}/v1/chat/completions"))
         .body("{not json")

@@ -44,6 +44,7 @@ impl GenerationService for GenerationApi {
                 model: (!request.model.is_empty()).then_some(request.model),
                 tier: (!request.tier.is_empty()).then_some(request.tier),
                 allowed_clouds: request.allowed_clouds,
+                allowed_regions: request.allowed_regions,
                 max_output_tokens: convert::optional(request.max_output_tokens),
                 deadline,
                 api_key,

@@ -153,6 +153,10 @@ pub struct CallerConfig {
     /// Clouds its prompts may go to; empty = all.
     #[serde(default)]
     pub clouds: Vec<String>,
+    /// Regions its prompts may go to (exact or glob: `eu-*`, `europe-*`,
+    /// `westeurope`); empty = all. Data residency per caller.
+    #[serde(default)]
+    pub regions: Vec<String>,
     /// Spend allowed per UTC day, in USD.
     pub budget_usd_per_day: Option<f64>,
 }

@@ -14,6 +14,8 @@ pub struct Caller {
     pub models: Vec<String>,
     pub tiers: Vec<String>,
     pub clouds: Vec<String>,
+    /// Region globs.
+    pub regions: Vec<String>,
     pub budget_usd_per_day: Option<f64>,
 }
 
@@ -24,6 +26,7 @@ impl Caller {
             models: Vec::new(),
             tiers: Vec::new(),
             clouds: Vec::new(),
+            regions: Vec::new(),
             budget_usd_per_day: None,
         }
     }
@@ -35,6 +38,7 @@ impl Caller {
             models: config.models.clone(),
             tiers: config.tiers.clone(),
             clouds: config.clouds.clone(),
+            regions: config.regions.clone(),
             budget_usd_per_day: config.budget_usd_per_day,
         }
     }
@@ -53,6 +57,10 @@ impl Caller {
 
     pub fn may_use_cloud(&self, cloud: &str) -> bool {
         self.clouds.is_empty() || self.clouds.iter().any(|allowed| allowed == cloud)
+    }
+
+    pub fn may_use_region(&self, region: &str) -> bool {
+        region_allowed(&self.regions, region)
     }
 }
 
@@ -108,6 +116,11 @@ impl Callers {
             .cloned()
             .ok_or_else(|| Error::new(crate::error::ErrorKind::Auth, "the api key is not valid"))
     }
+}
+
+/// Whether `region` matches one of `patterns` (exact or glob); no patterns: any.
+pub fn region_allowed(patterns: &[String], region: &str) -> bool {
+    patterns.is_empty() || patterns.iter().any(|pattern| glob_matches(pattern, region))
 }
 
 /// The token of an `Authorization: Bearer <token>` value.

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::callers::region_allowed;
 use super::{Caller, Deployment, Router};
 use crate::config::{RouteRule, TierConfig, glob_matches};
 use crate::error::{Error, Result};
@@ -18,6 +19,9 @@ pub struct RouteRequest {
     pub tier: Option<String>,
     /// Clouds the prompt may go to; empty = any the caller may use.
     pub clouds: Vec<String>,
+    /// Regions the prompt may go to (exact or glob, `eu-*`); empty = any the
+    /// caller may use.
+    pub regions: Vec<String>,
     /// Estimated prompt tokens.
     pub input_tokens: u64,
     pub max_output_tokens: u64,
@@ -245,6 +249,21 @@ impl Router {
                     "the request allows clouds {}, not {}",
                     request.clouds.join(", "),
                     info.cloud
+                ));
+                continue;
+            }
+            if !caller.may_use_region(&info.region) {
+                skip(format!(
+                    "caller {:?} may not send prompts to region {}",
+                    caller.id, info.region
+                ));
+                continue;
+            }
+            if !region_allowed(&request.regions, &info.region) {
+                skip(format!(
+                    "the request allows regions {}, not {}",
+                    request.regions.join(", "),
+                    info.region
                 ));
                 continue;
             }

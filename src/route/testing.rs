@@ -73,6 +73,11 @@ impl Scripted {
         }
     }
 
+    pub fn in_region(mut self, region: &str) -> Self {
+        self.info.region = region.into();
+        self
+    }
+
     pub fn then(self, script: Script) -> Self {
         self.scripts.lock().unwrap().push_back(script);
         self

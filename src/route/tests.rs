@@ -718,3 +718,62 @@ async fn the_active_probe_closes_a_recovered_deployments_circuit_without_live_tr
     );
     probe.abort();
 }
+
+#[test]
+fn residency_keeps_prompts_in_the_allowed_regions() {
+    let fixture = fixture(
+        vec![
+            (
+                ok("bedrock-us", "m", "aws").in_region("us-east-1"),
+                1.0,
+                1.0,
+                None,
+            ),
+            (
+                ok("bedrock-eu", "m", "aws").in_region("eu-central-1"),
+                2.0,
+                2.0,
+                None,
+            ),
+            (
+                ok("vertex-eu", "m", "gcp").in_region("europe-west4"),
+                2.0,
+                2.0,
+                None,
+            ),
+        ],
+        RoutingConfig::default(),
+    );
+    let eu_only = Caller {
+        id: "eu-team".into(),
+        regions: vec!["eu-*".into(), "europe-*".into()],
+        ..Caller::anonymous()
+    };
+    let plan = fixture.router.plan(&eu_only, &ask("m")).unwrap();
+    assert_eq!(labels(&plan), ["bedrock-eu/m", "vertex-eu/m"]);
+    assert!(
+        plan.skipped[0].reason.contains("region us-east-1"),
+        "{:?}",
+        plan.skipped
+    );
+
+    // A request can narrow further than its caller, never widen.
+    let request = RouteRequest {
+        regions: vec!["europe-*".into()],
+        ..ask("m")
+    };
+    let plan = fixture.router.plan(&eu_only, &request).unwrap();
+    assert_eq!(labels(&plan), ["vertex-eu/m"]);
+    let widen = RouteRequest {
+        regions: vec!["us-*".into()],
+        ..ask("m")
+    };
+    assert!(
+        fixture
+            .router
+            .plan(&eu_only, &widen)
+            .unwrap()
+            .candidates
+            .is_empty()
+    );
+}

@@ -27,6 +27,8 @@ pub struct AnswerRequest {
     pub tier: Option<String>,
     /// Clouds the prompt may go to; empty = any the caller may use.
     pub allowed_clouds: Vec<String>,
+    /// Region globs the prompt may go to; empty = any the caller may use.
+    pub allowed_regions: Vec<String>,
     pub max_output_tokens: Option<u32>,
     pub deadline: Option<Instant>,
     /// The `authorization: Bearer` token, when `[[caller]]`s are configured.
@@ -178,6 +180,7 @@ impl Service {
             model: request.model.clone(),
             tier: request.tier.clone(),
             clouds: request.allowed_clouds.clone(),
+            regions: request.allowed_regions.clone(),
             input_tokens,
             max_output_tokens: u64::from(max_output_tokens),
         }
