@@ -25,10 +25,10 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::llm::prompt::request_tokens;
 use crate::llm::{ChatMessage, ChatRequest, Role};
 use crate::route::callers::bearer_token;
 use crate::route::{AttemptOutcome, RouteEvent, RouteRequest, RouteSummary, Router};
-use crate::service::prompt_tokens;
 
 /// What the facade needs: the router and request limits.
 #[derive(Clone)]
@@ -149,7 +149,7 @@ async fn start(facade: &Facade, headers: &HeaderMap, body: &[u8]) -> Result<Star
         tier,
         clouds: list("x-skyfuse-allowed-clouds"),
         regions: list("x-skyfuse-allowed-regions"),
-        input_tokens: prompt_tokens(&chat),
+        input_tokens: request_tokens(&chat),
         max_output_tokens: u64::from(chat.max_output_tokens),
     };
     let plan = facade.router.plan(&caller, &route_request)?;

@@ -18,6 +18,15 @@ pub fn estimate_tokens(text: &str) -> usize {
     text.chars().count().div_ceil(4)
 }
 
+/// Estimated prompt tokens of a request, for context windows, prices and budgets.
+pub fn request_tokens(request: &super::ChatRequest) -> u64 {
+    request
+        .messages
+        .iter()
+        .map(|message| estimate_tokens(&message.content) as u64)
+        .sum()
+}
+
 /// Builds the request and returns how many passages fit the budget: passages are
 /// taken in order, and the last one that does not fit whole is cut to fit.
 pub fn build_prompt(

@@ -20,7 +20,7 @@ use super::budget::{Reservation, until_next_day};
 use super::plan::{Plan, Skip};
 use super::{Caller, Deployment, Router};
 use crate::error::{Error, ErrorKind, Result};
-use crate::llm::prompt::estimate_tokens;
+use crate::llm::prompt::{estimate_tokens, request_tokens};
 use crate::llm::{ChatEvent, ChatMessage, ChatRequest, ProviderInfo, Role, Usage};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -290,8 +290,9 @@ impl Router {
                     }
                     Verdict::LongerContext => {
                         deployment.breaker.record_success();
-                        let refused_at =
-                            deployment.context_window.unwrap_or(request_tokens(request));
+                        let refused_at = deployment.context_window.unwrap_or(
+                            request_tokens(request) + u64::from(request.max_output_tokens),
+                        );
                         context_floor =
                             Some(context_floor.map_or(refused_at, |floor| floor.max(refused_at)));
                     }
@@ -587,17 +588,7 @@ pub(super) async fn probe_open_deployments(router: &Router) {
 }
 
 fn skipped(deployment: &Deployment, reason: String) -> Attempt {
-    Attempt {
-        outcome: AttemptOutcome::Skipped,
-        message: reason,
-        took: Duration::ZERO,
-        ..attempt(
-            deployment,
-            AttemptOutcome::Skipped,
-            String::new(),
-            Instant::now(),
-        )
-    }
+    attempt(deployment, AttemptOutcome::Skipped, reason, Instant::now())
 }
 
 fn attempt(
@@ -618,22 +609,9 @@ fn attempt(
     }
 }
 
-fn request_tokens(request: &ChatRequest) -> u64 {
-    request
-        .messages
-        .iter()
-        .map(|message| estimate_tokens(&message.content) as u64)
-        .sum::<u64>()
-        + u64::from(request.max_output_tokens)
-}
-
 fn estimated_usage(request: &ChatRequest, generated: &str) -> Usage {
     Usage {
-        input_tokens: request
-            .messages
-            .iter()
-            .map(|message| estimate_tokens(&message.content) as u64)
-            .sum(),
+        input_tokens: request_tokens(request),
         output_tokens: estimate_tokens(generated) as u64,
         cached_input_tokens: 0,
         estimated: true,

@@ -8,9 +8,9 @@ use tokio::sync::mpsc;
 
 use super::{SearchParams, Service};
 use crate::error::{Error, Result};
+use crate::llm::Usage;
 use crate::llm::extractive::extractive_answer;
-use crate::llm::prompt::{Passage, build_prompt, estimate_tokens};
-use crate::llm::{ChatRequest, Usage};
+use crate::llm::prompt::{Passage, build_prompt, request_tokens};
 use crate::retrieve::{FusedHit, SourceOutcome};
 use crate::route::{Caller, RouteEvent, RouteRequest, RouteSummary, Router};
 
@@ -120,7 +120,7 @@ impl Service {
             send_extractive(&sender, extractive(), summary, RouteSummary::default()).await;
             return Ok(receiver);
         };
-        let input_tokens = prompt_tokens(&chat_request);
+        let input_tokens = request_tokens(&chat_request);
         let plan = router.plan(
             &caller,
             &self.route_request(&request, input_tokens, max_output_tokens),
@@ -189,15 +189,6 @@ impl Service {
 
 /// A request the router answers: by whom, and whether it named its model or tier.
 type Routed = (Arc<Router>, Arc<Caller>, bool);
-
-/// Estimated prompt tokens, for context windows, prices and budgets.
-pub fn prompt_tokens(request: &ChatRequest) -> u64 {
-    request
-        .messages
-        .iter()
-        .map(|message| estimate_tokens(&message.content) as u64)
-        .sum()
-}
 
 async fn forward(
     mut events: mpsc::Receiver<RouteEvent>,

@@ -11,9 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use answer::{
-    AnswerEvent, AnswerRequest, AnswerSummary, Citation, EXTRACTIVE_MODEL, prompt_tokens,
-};
+pub use answer::{AnswerEvent, AnswerRequest, AnswerSummary, Citation, EXTRACTIVE_MODEL};
 pub use index::IndexFilters;
 
 use crate::config::{Config, FusionMethod, IndexConfig};
