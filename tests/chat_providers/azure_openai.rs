@@ -248,22 +248,15 @@ async fn stream_faults_surface_as_errors() {
 /// Otherwise it says so and passes.
 #[tokio::test]
 async fn live_azure_openai_chat() {
-    let (Ok(base_url), Ok(deployment)) = (
-        std::env::var("SKYFUSE_LIVE_AZURE_OPENAI_URL"),
-        std::env::var("SKYFUSE_LIVE_AZURE_OPENAI_CHAT_DEPLOYMENT"),
-    ) else {
-        eprintln!(
-            "skipped: set SKYFUSE_LIVE_AZURE_OPENAI_URL and _CHAT_DEPLOYMENT (and AZURE_OPENAI_API_KEY) to run against Azure"
-        );
+    let Some(config) = live::azure_openai() else {
         return;
     };
-    let api_version = std::env::var("SKYFUSE_LIVE_AZURE_OPENAI_API_VERSION")
-        .map(|version| format!("api_version = \"{version}\"\n"))
-        .unwrap_or_default();
+    let Ok(deployment) = std::env::var("SKYFUSE_LIVE_AZURE_OPENAI_CHAT_DEPLOYMENT") else {
+        eprintln!("skipped: set SKYFUSE_LIVE_AZURE_OPENAI_CHAT_DEPLOYMENT to run against Azure");
+        return;
+    };
     let provider = build(
-        &format!(
-            "[[provider]]\nid = \"azure-live\"\nkind = \"azure_openai\"\nbase_url = \"{base_url}\"\nregion = \"live\"\napi_key = \"env:AZURE_OPENAI_API_KEY\"\n{api_version}"
-        ),
+        &config,
         &target(&deployment, &deployment, false),
         &skyfuse::config::process_env(),
     );

@@ -388,18 +388,13 @@ async fn stream_faults_surface_as_errors() {
 /// and passes.
 #[tokio::test]
 async fn live_bedrock_chat() {
-    let Ok(region) = std::env::var("SKYFUSE_LIVE_BEDROCK_REGION") else {
-        eprintln!(
-            "skipped: set SKYFUSE_LIVE_BEDROCK_REGION (and AWS_* credentials) to run against Bedrock"
-        );
+    let Some(config) = live::bedrock() else {
         return;
     };
     let model = std::env::var("SKYFUSE_LIVE_BEDROCK_CHAT_MODEL")
         .unwrap_or_else(|_| "us.anthropic.claude-3-5-haiku-20241022-v1:0".into());
     let provider = build(
-        &format!(
-            "[[provider]]\nid = \"bedrock-live\"\nkind = \"bedrock\"\nregion = \"{region}\"\n"
-        ),
+        &config,
         &target(&model, &model, false),
         &skyfuse::config::process_env(),
     );

@@ -278,28 +278,11 @@ async fn stream_faults_surface_as_errors() {
 /// meta.llama-3.3-70b-instruct). Otherwise it says so and passes.
 #[tokio::test]
 async fn live_oci_chat() {
-    let (Ok(region), Ok(compartment)) = (
-        std::env::var("SKYFUSE_LIVE_OCI_REGION"),
-        std::env::var("SKYFUSE_LIVE_OCI_COMPARTMENT"),
-    ) else {
-        eprintln!(
-            "skipped: set SKYFUSE_LIVE_OCI_REGION and _COMPARTMENT (and OCI_* key settings) to run against OCI"
-        );
+    let Some(config) = live::oci() else {
         return;
     };
-    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
     let model = std::env::var("SKYFUSE_LIVE_OCI_CHAT_MODEL")
         .unwrap_or_else(|_| "meta.llama-3.3-70b-instruct".into());
-    let provider = build(
-        &format!(
-            "[[provider]]\nid = \"oci-live\"\nkind = \"oci\"\nregion = \"{region}\"\ncompartment_id = \"{compartment}\"\ntenancy_id = \"{}\"\nuser_id = \"{}\"\nkey_fingerprint = \"{}\"\nprivate_key = \"file:{}\"\n",
-            var("OCI_TENANCY"),
-            var("OCI_USER"),
-            var("OCI_FINGERPRINT"),
-            var("OCI_KEY_FILE")
-        ),
-        &target(&model, &model, false),
-        &HashMap::new(),
-    );
+    let provider = build(&config, &target(&model, &model, false), &HashMap::new());
     crate::live_check(provider.as_ref()).await;
 }

@@ -12,6 +12,8 @@ use skyfuse::llm::{
     ChatEvent, ChatMessage, ChatProvider, ChatRequest, ChatTarget, FinishReason, Role, Usage,
 };
 
+#[path = "../common/live.rs"]
+pub mod live;
 #[path = "../common/loopback.rs"]
 mod loopback;
 pub use loopback::*;

@@ -535,24 +535,11 @@ async fn claude_stream_faults_surface_as_errors() {
 /// model goes through rawPredict). Otherwise it says so and passes.
 #[tokio::test]
 async fn live_vertex_chat() {
-    let (Ok(project), Ok(region), Ok(key_path)) = (
-        std::env::var("SKYFUSE_LIVE_VERTEX_PROJECT"),
-        std::env::var("SKYFUSE_LIVE_VERTEX_REGION"),
-        std::env::var("GOOGLE_APPLICATION_CREDENTIALS"),
-    ) else {
-        eprintln!(
-            "skipped: set SKYFUSE_LIVE_VERTEX_PROJECT, _REGION and GOOGLE_APPLICATION_CREDENTIALS to run against Vertex"
-        );
+    let Some(config) = live::vertex() else {
         return;
     };
     let model = std::env::var("SKYFUSE_LIVE_VERTEX_CHAT_MODEL")
         .unwrap_or_else(|_| "gemini-2.0-flash-001".into());
-    let provider = build(
-        &format!(
-            "[[provider]]\nid = \"vertex-live\"\nkind = \"vertex\"\nproject = \"{project}\"\nregion = \"{region}\"\nservice_account_key = \"file:{key_path}\"\n"
-        ),
-        &target(&model, &model, false),
-        &HashMap::new(),
-    );
+    let provider = build(&config, &target(&model, &model, false), &HashMap::new());
     crate::live_check(provider.as_ref()).await;
 }

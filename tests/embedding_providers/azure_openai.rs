@@ -224,23 +224,13 @@ async fn azure_errors_map_to_kinds() {
 /// classic path (default: the v1 path). Otherwise it says so and passes.
 #[tokio::test]
 async fn live_azure_openai_embeddings() {
-    let (Ok(base_url), Ok(deployment)) = (
-        std::env::var("SKYFUSE_LIVE_AZURE_OPENAI_URL"),
-        std::env::var("SKYFUSE_LIVE_AZURE_OPENAI_DEPLOYMENT"),
-    ) else {
-        eprintln!(
-            "skipped: set SKYFUSE_LIVE_AZURE_OPENAI_URL and _DEPLOYMENT to run against Azure"
-        );
+    let Some(config) = live::azure_openai() else {
         return;
     };
-    let api_version = std::env::var("SKYFUSE_LIVE_AZURE_OPENAI_API_VERSION")
-        .map(|version| format!("api_version = \"{version}\"\n"))
-        .unwrap_or_default();
-    let provider = build(
-        &format!(
-            "[[provider]]\nid = \"azure-live\"\nkind = \"azure_openai\"\nbase_url = \"{base_url}\"\nregion = \"live\"\napi_key = \"env:AZURE_OPENAI_API_KEY\"\n{api_version}"
-        ),
-        &skyfuse::config::process_env(),
-    );
+    let Ok(deployment) = std::env::var("SKYFUSE_LIVE_AZURE_OPENAI_DEPLOYMENT") else {
+        eprintln!("skipped: set SKYFUSE_LIVE_AZURE_OPENAI_DEPLOYMENT to run against Azure");
+        return;
+    };
+    let provider = build(&config, &skyfuse::config::process_env());
     crate::live_check(provider.as_ref(), &deployment, None).await;
 }

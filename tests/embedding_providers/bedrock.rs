@@ -327,19 +327,11 @@ async fn credentials_from_config_locations_over_the_standard_variables() {
 /// (default `amazon.titan-embed-text-v2:0`). Otherwise it says so and passes.
 #[tokio::test]
 async fn live_bedrock_embeddings() {
-    let Ok(region) = std::env::var("SKYFUSE_LIVE_BEDROCK_REGION") else {
-        eprintln!(
-            "skipped: set SKYFUSE_LIVE_BEDROCK_REGION (and AWS_* credentials) to run against Bedrock"
-        );
+    let Some(config) = live::bedrock() else {
         return;
     };
     let model = std::env::var("SKYFUSE_LIVE_BEDROCK_EMBED_MODEL")
         .unwrap_or_else(|_| "amazon.titan-embed-text-v2:0".into());
-    let provider = build(
-        &format!(
-            "[[provider]]\nid = \"bedrock-live\"\nkind = \"bedrock\"\nregion = \"{region}\"\n"
-        ),
-        &skyfuse::config::process_env(),
-    );
+    let provider = build(&config, &skyfuse::config::process_env());
     crate::live_check(provider.as_ref(), &model, None).await;
 }

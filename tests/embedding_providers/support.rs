@@ -9,6 +9,8 @@ use skyfuse::config::{Config, ProviderConfig};
 use skyfuse::embed::{EmbedRequest, EmbeddingProvider, Purpose};
 use skyfuse::error::{Error, ErrorKind};
 
+#[path = "../common/live.rs"]
+pub mod live;
 #[path = "../common/loopback.rs"]
 mod loopback;
 pub use loopback::*;

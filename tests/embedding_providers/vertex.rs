@@ -300,23 +300,11 @@ async fn vertex_errors_map_to_kinds() {
 /// says so and passes.
 #[tokio::test]
 async fn live_vertex_embeddings() {
-    let (Ok(project), Ok(region), Ok(key_path)) = (
-        std::env::var("SKYFUSE_LIVE_VERTEX_PROJECT"),
-        std::env::var("SKYFUSE_LIVE_VERTEX_REGION"),
-        std::env::var("GOOGLE_APPLICATION_CREDENTIALS"),
-    ) else {
-        eprintln!(
-            "skipped: set SKYFUSE_LIVE_VERTEX_PROJECT, _REGION and GOOGLE_APPLICATION_CREDENTIALS to run against Vertex"
-        );
+    let Some(config) = live::vertex() else {
         return;
     };
     let model = std::env::var("SKYFUSE_LIVE_VERTEX_EMBED_MODEL")
         .unwrap_or_else(|_| "text-embedding-005".into());
-    let provider = build(
-        &format!(
-            "[[provider]]\nid = \"vertex-live\"\nkind = \"vertex\"\nproject = \"{project}\"\nregion = \"{region}\"\nservice_account_key = \"file:{key_path}\"\n"
-        ),
-        &HashMap::new(),
-    );
+    let provider = build(&config, &HashMap::new());
     crate::live_check(provider.as_ref(), &model, Some(256)).await;
 }
