@@ -552,17 +552,7 @@ async fn search_answers_from_the_other_sources_when_remote_ones_fail() {
     let service = skyfuse::service::Service::build(config, &env)
         .await
         .unwrap();
-    let result = service
-        .search(skyfuse::service::SearchParams {
-            query: "sunrise harbour".into(),
-            top_k: Some(3),
-            sources: Vec::new(),
-            fusion: None,
-            deadline: Some(Instant::now() + Duration::from_secs(5)),
-            adapter_from: None,
-        })
-        .await
-        .unwrap();
+    let result = search_harbour(&service, &[], 5).await;
     assert!(result.degraded);
     assert_eq!(result.hits[0].hit.doc_id, "east");
     let outcome = |id: &str| {
@@ -740,30 +730,10 @@ async fn an_opensearch_index_with_both_roles_serves_two_sources() {
     .await
     .unwrap();
     index.source(info, true).upsert(&chunks).await.unwrap();
-    let result = service
-        .search(skyfuse::service::SearchParams {
-            query: "sunrise harbour".into(),
-            top_k: Some(3),
-            sources: vec!["os-bm25".into()],
-            fusion: None,
-            deadline: Some(Instant::now() + Duration::from_secs(10)),
-            adapter_from: None,
-        })
-        .await
-        .unwrap();
+    let result = search_harbour(&service, &["os-bm25"], 10).await;
     assert!(!result.degraded, "{:?}", result.outcomes);
     assert_eq!(result.hits[0].hit.doc_id, "east");
-    let fused = service
-        .search(skyfuse::service::SearchParams {
-            query: "sunrise harbour".into(),
-            top_k: Some(3),
-            sources: Vec::new(),
-            fusion: None,
-            deadline: Some(Instant::now() + Duration::from_secs(10)),
-            adapter_from: None,
-        })
-        .await
-        .unwrap();
+    let fused = search_harbour(&service, &[], 10).await;
     assert!(!fused.degraded, "{:?}", fused.outcomes);
     assert_eq!(fused.outcomes.len(), 2);
 }
@@ -793,4 +763,23 @@ async fn qdrant_drops_hits_below_the_score_threshold() {
     let ids: Vec<&str> = hits.iter().map(|hit| hit.chunk_id.as_str()).collect();
     // cos = 1.0 and 0.707; the others are below 0.5.
     assert_eq!(ids, vec!["east#0", "between#0"]);
+}
+
+/// The top 3 for "sunrise harbour" over `sources` (all when empty), within `seconds`.
+async fn search_harbour(
+    service: &skyfuse::service::Service,
+    sources: &[&str],
+    seconds: u64,
+) -> skyfuse::retrieve::SearchResult {
+    service
+        .search(skyfuse::service::SearchParams {
+            query: "sunrise harbour".into(),
+            top_k: Some(3),
+            sources: sources.iter().map(|source| source.to_string()).collect(),
+            fusion: None,
+            deadline: Some(Instant::now() + Duration::from_secs(seconds)),
+            adapter_from: None,
+        })
+        .await
+        .unwrap()
 }
