@@ -124,6 +124,15 @@ fn two_deployments(primary: &str, secondary: &str) -> String {
     )
 }
 
+/// POSTs a chat completion to the facade at `base`.
+async fn complete(http: &reqwest::Client, base: &str, body: &Value) -> reqwest::Response {
+    http.post(format!("{base}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn completion(model: &str, stream: bool) -> Value {
     json!({
         "model": model,
@@ -141,12 +150,7 @@ async fn a_throttled_dedicated_deployment_bursts_to_on_demand_with_route_and_cos
     let base = facade(&two_deployments(&primary, &secondary)).await;
     let http = reqwest::Client::new();
 
-    let response = http
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&completion("llama", false))
-        .send()
-        .await
-        .unwrap();
+    let response = complete(&http, &base, &completion("llama", false)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-skyfuse-provider"], "secondary");
     assert_eq!(response.headers()["x-skyfuse-failover-count"], "1");
@@ -166,12 +170,7 @@ async fn a_throttled_dedicated_deployment_bursts_to_on_demand_with_route_and_cos
     );
 
     // The dedicated deployment asked for 30 s: the next request skips it.
-    let response = http
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&completion("auto", true))
-        .send()
-        .await
-        .unwrap();
+    let response = complete(&http, &base, &completion("auto", true)).await;
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     assert_eq!(
@@ -199,12 +198,8 @@ async fn a_stream_broken_after_its_first_token_ends_with_an_error_event_and_no_d
     let (primary, _) = upstream(vec![Upstream::BreakAfter("Half an")]).await;
     let (secondary, secondary_calls) = upstream(vec![Upstream::Answer("unused")]).await;
     let base = facade(&two_deployments(&primary, &secondary)).await;
-    let text = reqwest::Client::new()
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&completion("llama", true))
-        .send()
+    let text = complete(&reqwest::Client::new(), &base, &completion("llama", true))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -261,12 +256,7 @@ async fn models_are_listed_and_bad_requests_get_openai_shaped_errors() {
         .unwrap();
     assert_eq!(models["data"][0]["id"], "llama");
 
-    let unknown = http
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&completion("gpt-9", false))
-        .send()
-        .await
-        .unwrap();
+    let unknown = complete(&http, &base, &completion("gpt-9", false)).await;
     assert_eq!(unknown.status(), 404);
     let body: Value = unknown.json().await.unwrap();
     assert_eq!(body["error"]["code"], "model_not_found");
@@ -297,20 +287,20 @@ async fn models_are_listed_and_bad_requests_get_openai_shaped_errors() {
         .unwrap();
     assert_eq!(malformed.status(), 400);
 
-    let tool_role = http
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({"model": "llama", "messages": [{"role": "tool", "content": "x"}]}))
-        .send()
-        .await
-        .unwrap();
+    let tool_role = complete(
+        &http,
+        &base,
+        &json!({"model": "llama", "messages": [{"role": "tool", "content": "x"}]}),
+    )
+    .await;
     assert_eq!(tool_role.status(), 400);
 
-    let oversized = http
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({"model": "llama", "messages": [{"role": "user", "content": "x".repeat(100_000)}]}))
-        .send()
-        .await
-        .unwrap();
+    let oversized = complete(
+        &http,
+        &base,
+        &json!({"model": "llama", "messages": [{"role": "user", "content": "x".repeat(100_000)}]}),
+    )
+    .await;
     assert_eq!(oversized.status(), 413);
 }
 
@@ -327,12 +317,7 @@ async fn callers_need_their_key_and_stay_within_their_models() {
     );
     let base = facade(&config).await;
     let http = reqwest::Client::new();
-    let anonymous = http
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&completion("llama", false))
-        .send()
-        .await
-        .unwrap();
+    let anonymous = complete(&http, &base, &completion("llama", false)).await;
     assert_eq!(anonymous.status(), 401);
     let forbidden = http
         .post(format!("{base}/v1/chat/completions"))
@@ -403,12 +388,7 @@ async fn a_real_local_llm_answers_through_the_facade_when_llama_server_is_instal
         "[routing]\ndefault_model = \"local\"\n[[provider]]\nid = \"llama\"\nkind = \"openai_compat\"\nbase_url = \"{upstream}\"\n[[deployment]]\nprovider = \"llama\"\nmodel = \"local\"\n"
     ))
     .await;
-    let body: Value = http
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({"model": "local", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}))
-        .send()
-        .await
-        .unwrap()
+    let body: Value = complete(&http, &base, &json!({"model": "local", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16})).await
         .json()
         .await
         .unwrap();
