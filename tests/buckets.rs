@@ -152,6 +152,13 @@ struct StoreState {
     live: BTreeMap<String, EmbeddedChunk>,
     committed: BTreeMap<String, EmbeddedChunk>,
     upserted_chunk_ids: Vec<String>,
+    hang: Option<UpsertHang>,
+}
+
+/// Where a run is crashed: after `upserts_left` more upserts, the next one never returns.
+struct UpsertHang {
+    upserts_left: usize,
+    reached: tokio::sync::oneshot::Sender<()>,
 }
 
 struct RecordingStore {
@@ -194,6 +201,34 @@ impl RecordingStore {
     fn take_upserted(&self) -> Vec<String> {
         std::mem::take(&mut self.state.lock().unwrap().upserted_chunk_ids)
     }
+
+    /// After `upserts_left` more upserts the next one hangs, and the answer resolves: the
+    /// run is then parked in that upsert, every earlier commit and manifest save done, and
+    /// can be dropped there. A crash point set by a count, whatever the machine's load.
+    fn hang_after_upserts(&self, upserts_left: usize) -> tokio::sync::oneshot::Receiver<()> {
+        let (reached, hung) = tokio::sync::oneshot::channel();
+        self.state.lock().unwrap().hang = Some(UpsertHang {
+            upserts_left,
+            reached,
+        });
+        hung
+    }
+
+    /// Counts this upsert against the hang; true when this is the one that hangs.
+    fn upsert_hangs(&self) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let Some(hang) = state.hang.as_mut() else {
+            return false;
+        };
+        if hang.upserts_left > 0 {
+            hang.upserts_left -= 1;
+            return false;
+        }
+        if let Some(hang) = state.hang.take() {
+            let _ = hang.reached.send(());
+        }
+        true
+    }
 }
 
 #[async_trait]
@@ -207,6 +242,9 @@ impl SearchBackend for RecordingStore {
     }
 
     async fn upsert(&self, chunks: &[EmbeddedChunk]) -> Result<()> {
+        if self.upsert_hangs() {
+            std::future::pending::<()>().await;
+        }
         let mut state = self.state.lock().unwrap();
         for chunk in chunks {
             state.upserted_chunk_ids.push(chunk.chunk.chunk_id.clone());
@@ -653,8 +691,14 @@ async fn conformance(backend: Backend) {
     assert!(rewritten.chunk.text.contains("tides"), "{name}");
     scenario.store.take_upserted();
 
-    // Crash: 60 new objects, the run killed after some commits, then resumed.
-    let late: Vec<(String, Vec<u8>)> = (0..60)
+    // Crash: 60 new objects, the run killed after some commits, then resumed. Each late
+    // object is one chunk; a batch of 3 is one upsert, and a commit (then a manifest save)
+    // follows every third upsert (9 chunks >= 7). Hanging the ninth upsert crashes the run
+    // after two commits (18 objects) with 6 more written but not committed.
+    const LATE_OBJECTS: usize = 60;
+    const UPSERTS_BEFORE_CRASH: usize = 8;
+    const COMMITTED_BEFORE_CRASH: usize = 18;
+    let late: Vec<(String, Vec<u8>)> = (0..LATE_OBJECTS)
         .map(|index| {
             (
                 scenario.key(&format!("late/{index:03}.txt")),
@@ -663,25 +707,15 @@ async fn conformance(backend: Backend) {
         })
         .collect();
     scenario.put_all(late).await;
-    let reached = Arc::new(tokio::sync::Notify::new());
-    let indexed_so_far = Arc::new(AtomicUsize::new(0));
     let mut job = scenario.job();
     job.commit_every_chunks = 7;
     job.embed_batch_size = 3;
     job.fetch_concurrency = 2;
-    let interrupted = {
-        let reached = Arc::clone(&reached);
-        let indexed_so_far = Arc::clone(&indexed_so_far);
-        run_index(job, move |progress| {
-            indexed_so_far.store(progress.indexed as usize, Ordering::SeqCst);
-            if progress.indexed >= 25 {
-                reached.notify_one();
-            }
-        })
-    };
+    let hung = scenario.store.hang_after_upserts(UPSERTS_BEFORE_CRASH);
+    let interrupted = run_index(job, |_| {});
     tokio::select! {
         result = interrupted => panic!("{name}: the run was meant to be interrupted: {result:?}"),
-        () = reached.notified() => {}
+        reached = hung => reached.unwrap(),
     }
     scenario.store.crash();
     let survived_late = scenario
@@ -690,14 +724,18 @@ async fn conformance(backend: Backend) {
         .filter(|key| key.starts_with("late/"))
         .count();
     assert!(
-        (1..60).contains(&survived_late),
+        (1..LATE_OBJECTS).contains(&survived_late),
         "{name}: the crash should fall between commits, {survived_late} late objects committed"
+    );
+    assert_eq!(
+        survived_late, COMMITTED_BEFORE_CRASH,
+        "{name}: two commits before the crash"
     );
     scenario.store.take_upserted();
     let resumed = scenario.run().await;
     assert_eq!(
         resumed.progress.indexed as usize,
-        60 - survived_late,
+        LATE_OBJECTS - survived_late,
         "{name}: the resumed run indexes exactly what the crash lost"
     );
     let upserted = scenario.store.take_upserted();
@@ -710,7 +748,7 @@ async fn conformance(backend: Backend) {
     let committed = scenario.committed_objects();
     assert_eq!(
         committed.len(),
-        indexable - 1 + 60,
+        indexable - 1 + LATE_OBJECTS,
         "{name}: exact object count after resume"
     );
     assert!(
@@ -719,7 +757,7 @@ async fn conformance(backend: Backend) {
     );
     assert_eq!(
         scenario.store.committed().len(),
-        indexable - 1 + 60,
+        indexable - 1 + LATE_OBJECTS,
         "{name}: exact chunk count after resume"
     );
 }

@@ -2,11 +2,14 @@
 //!
 //! It is written only after the stores have committed the chunks it lists, so it never
 //! claims more than the stores hold; saving is atomic (temp file, fsync, rename), so a crash
-//! leaves either the old or the new manifest, never a torn one.
+//! leaves either the old or the new manifest, never a torn one. A save can be called off
+//! ([`WriteCancel`]): a run that is dropped while its save is on a blocking thread must not
+//! have that save land afterwards, over the manifest of whatever runs next.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -156,8 +159,62 @@ pub fn temporary_path_for(path: &Path) -> PathBuf {
     path.with_file_name(file_name)
 }
 
+/// One atomic write at a time in this process: a called-off write that is still on its
+/// blocking thread never shares the temporary file with the next run's write.
+static ATOMIC_WRITES: Mutex<()> = Mutex::new(());
+
+/// Calls off a [`write_atomically_unless_called_off`] from another thread.
+#[derive(Debug, Clone, Default)]
+pub struct WriteCancel {
+    called_off: Arc<Mutex<bool>>,
+}
+
+impl WriteCancel {
+    /// Once this returns, the write has either replaced the file already or never will: the
+    /// replacement happens under the same lock.
+    pub fn call_off(&self) {
+        *lock_ignoring_poison(&self.called_off) = true;
+    }
+
+    /// A guard that calls the write off when dropped, for the future that awaits the write:
+    /// when that future is dropped, nobody wants the write to land any more.
+    pub fn call_off_on_drop(&self) -> CallOffOnDrop {
+        CallOffOnDrop(self.clone())
+    }
+}
+
+/// See [`WriteCancel::call_off_on_drop`]. Dropping it after the write finished changes nothing.
+#[derive(Debug)]
+pub struct CallOffOnDrop(WriteCancel);
+
+impl Drop for CallOffOnDrop {
+    fn drop(&mut self) {
+        self.0.call_off();
+    }
+}
+
+/// A poisoned lock only means another writer panicked; the flag and the unit it guards
+/// stay meaningful.
+fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Temp file, fsync, rename over the target, fsync the directory so the rename is durable.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    write_atomically_unless_called_off(path, contents, &WriteCancel::default()).map(|_| ())
+}
+
+/// [`write_atomically`], unless `cancel` is called off before the rename: then the file is
+/// left as it was, no temporary file stays behind, and the answer is `Ok(false)`.
+pub fn write_atomically_unless_called_off(
+    path: &Path,
+    contents: &[u8],
+    cancel: &WriteCancel,
+) -> Result<bool> {
+    let _one_writer = lock_ignoring_poison(&ATOMIC_WRITES);
+    if *lock_ignoring_poison(&cancel.called_off) {
+        return Ok(false);
+    }
     let describe = |what: &str| format!("{what} {}", path.display());
     let directory = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
@@ -172,10 +229,18 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
         .and_then(|()| file.sync_all())
         .map_err(|error| Error::from(error).context(describe("writing")))?;
     drop(file);
-    std::fs::rename(&temporary_path, path)
-        .map_err(|error| Error::from(error).context(describe("replacing")))?;
+    {
+        let called_off = lock_ignoring_poison(&cancel.called_off);
+        if *called_off {
+            // Best effort: a leftover is overwritten by the next write anyway.
+            let _ = std::fs::remove_file(&temporary_path);
+            return Ok(false);
+        }
+        std::fs::rename(&temporary_path, path)
+            .map_err(|error| Error::from(error).context(describe("replacing")))?;
+    }
     sync_directory(&directory);
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(unix)]
@@ -266,6 +331,23 @@ mod tests {
         let manifest = Manifest::load_or_new(&path, "s3://b").unwrap();
         assert_eq!(manifest.cloud, None);
         assert_eq!(manifest.objects["a.txt"].version, None);
+    }
+
+    #[test]
+    fn a_called_off_write_leaves_the_file_and_no_temporary_file() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("manifest.json");
+        std::fs::write(&path, b"before").unwrap();
+        let cancel = WriteCancel::default();
+        drop(cancel.call_off_on_drop());
+        assert!(!write_atomically_unless_called_off(&path, b"after", &cancel).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"before");
+        assert!(!temporary_path_for(&path).exists());
+
+        let cancel = WriteCancel::default();
+        assert!(write_atomically_unless_called_off(&path, b"after", &cancel).unwrap());
+        cancel.call_off();
+        assert_eq!(std::fs::read(&path).unwrap(), b"after");
     }
 
     #[test]

@@ -11,6 +11,14 @@
 //! duplicates. Deletions of objects gone from the bucket are committed before the manifest
 //! forgets them, for the same reason.
 //!
+//! Dropping the [`run_index`] future is a crash too, and it must stop like one: the manifest
+//! must not change after the drop, or the next run would read one that is still changing
+//! under it. The producer and its lister are aborted on drop, and a manifest save in flight
+//! on a blocking thread is called off ([`crate::ingest::manifest::WriteCancel`]): it lands
+//! before the drop or never. Store calls are awaited by the run and stop with it, except
+//! work a store hands to a thread of its own (the local stores' commits), which finishes:
+//! at worst the stores are then ahead of the manifest, which a crash may always leave.
+//!
 //! [`source`] opens what a run reads, [`producer`] lists and prepares objects, [`writer`]
 //! embeds, writes, commits and keeps the manifest.
 
@@ -285,22 +293,32 @@ pub async fn run_index(
     let (sender, receiver) = mpsc::channel(job.fetch_concurrency);
     let counters = ListingCounters::default();
     let mut run = IndexRun::new(&job, manifest, &source, counters.clone(), started, progress);
-    let producer = tokio::spawn(produce_events(
+    // On the error path, or when this future is dropped, the producer may still be fetching;
+    // its results are no longer wanted.
+    let producer = AbortOnDrop(tokio::spawn(produce_events(
         source,
         context,
         job.fetch_concurrency,
         counters,
         sender,
-    ));
+    )));
     let outcome = run.consume(receiver).await;
-    // On the error path the producer may still be fetching; its results are no longer wanted.
-    producer.abort();
+    drop(producer);
     match outcome {
         Ok(()) => Ok(run.into_report()),
         Err(error) => {
             run.forget_unconfirmed_objects().await;
             Err(error)
         }
+    }
+}
+
+/// Aborts its task when dropped, so that a dropped run leaves no task of its own behind.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

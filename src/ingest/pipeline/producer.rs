@@ -9,8 +9,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, ObjectMeta, ObjectStore};
 use tokio::sync::mpsc;
 
-use super::ObjectIssue;
 use super::source::BucketSource;
+use super::{AbortOnDrop, ObjectIssue};
 use crate::document::Chunk;
 use crate::ingest::bucket::BucketLocation;
 use crate::ingest::chunk::{ChunkingConfig, chunk_document};
@@ -112,7 +112,7 @@ pub(super) async fn produce_events(
     // The listing runs ahead of the fetches (bounded) so that `listed` soon approaches the
     // total a progress bar needs, without holding a huge bucket's listing in memory.
     let (listing_sender, listing_receiver) = mpsc::channel(LISTING_LOOKAHEAD);
-    let lister = tokio::spawn(list_objects(source, counters, listing_sender));
+    let _lister = AbortOnDrop(tokio::spawn(list_objects(source, counters, listing_sender)));
     let events = tokio_stream::wrappers::ReceiverStream::new(listing_receiver)
         .map(|entry| {
             let context = Arc::clone(&context);
@@ -144,7 +144,6 @@ pub(super) async fn produce_events(
             break;
         }
     }
-    lister.abort();
 }
 
 /// Streams the listing into `sender`, ending with [`ListedEntry::Finished`] only when the

@@ -12,6 +12,7 @@ use super::producer::{ObjectResult, process_object};
 use super::*;
 use crate::document::{Chunk, EmbeddedChunk, Hit};
 use crate::embed::{EmbeddingSpace, Purpose};
+use crate::ingest::manifest::temporary_path_for;
 use crate::stores::{SourceInfo, StoreQuery};
 use object_store::ObjectMeta;
 use object_store::path::Path as ObjectPath;
@@ -74,6 +75,14 @@ struct StoreState {
     commits: usize,
     /// Fail the upsert call with this 1-based number, once.
     fail_upsert_call: Option<usize>,
+    /// Hold the next commit until the test lets it go.
+    commit_gate: Option<CommitGate>,
+}
+
+/// A commit that tells the test it started, then waits for the test's word.
+struct CommitGate {
+    started: tokio::sync::oneshot::Sender<()>,
+    proceed: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// Records every write; `commit` snapshots what a restart would still see.
@@ -183,6 +192,11 @@ impl SearchBackend for MemoryStore {
     }
 
     async fn commit(&self) -> Result<()> {
+        let gate = self.state().commit_gate.take();
+        if let Some(CommitGate { started, proceed }) = gate {
+            let _ = started.send(());
+            let _ = proceed.await;
+        }
         let mut state = self.state();
         state.committed = state.live.clone();
         state.commits += 1;
@@ -372,19 +386,24 @@ async fn same_content_under_a_new_etag_writes_nothing() {
     let upserts_before = fixture.store.upserted_chunks();
     let old_etag = fixture.manifest().objects["a.txt"].etag.clone();
 
-    // Rewriting the file changes its mtime, so the etag, but not its hash.
-    std::thread::sleep(Duration::from_millis(5));
+    // Rewriting the file with another mtime changes its etag, but not its hash. The mtime
+    // is set, not waited for: the clock's granularity decides nothing.
     fixture.write("a.txt", "same words");
+    let rewritten_at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(fixture.bucket.path().join("a.txt"))
+        .and_then(|file| file.set_modified(rewritten_at))
+        .unwrap();
     let report = fixture.run().await;
     assert_eq!(report.progress.unchanged, 1);
+    assert_eq!(report.progress.fetched, 1, "a new etag means a read");
     assert_eq!(fixture.store.upserted_chunks(), upserts_before);
     let new_etag = fixture.manifest().objects["a.txt"].etag.clone();
-    if report.progress.fetched == 1 {
-        assert_ne!(
-            new_etag, old_etag,
-            "a re-read object's new etag is remembered"
-        );
-    }
+    assert_ne!(
+        new_etag, old_etag,
+        "a re-read object's new etag is remembered"
+    );
 }
 
 #[tokio::test]
@@ -500,6 +519,67 @@ async fn failing_store_leaves_the_manifest_without_unwritten_objects_and_a_rerun
         "no duplicated chunks"
     );
     assert_eq!(fixture.manifest().objects.len(), 5);
+}
+
+/// A run dropped while its manifest save waits for a blocking thread must not have that
+/// save land later: the crash is the drop, and the next run must find the manifest as the
+/// drop left it. One blocking thread, held by the test, makes the order certain.
+#[test]
+fn a_run_dropped_during_its_manifest_save_writes_nothing_afterwards() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let fixture = Fixture::new();
+        fixture.write("a.txt", "first words");
+        fixture.run().await;
+        let manifest_before = std::fs::read(fixture.manifest_path()).unwrap();
+
+        fixture.write("b.txt", "second words");
+        let (started, commit_started) = tokio::sync::oneshot::channel();
+        let (let_commit_proceed, proceed) = tokio::sync::oneshot::channel();
+        fixture.store.state().commit_gate = Some(CommitGate { started, proceed });
+        // Boxed, so that `drop` below really drops the run.
+        let mut run = Box::pin(run_index(fixture.job(), |_| {}));
+        tokio::select! {
+            result = &mut run => panic!("the run was meant to stop at its commit: {result:?}"),
+            started = commit_started => started.unwrap(),
+        }
+
+        // Take the only blocking thread, so that the save can only queue behind it.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (holding, thread_held) = tokio::sync::oneshot::channel();
+        let occupant = tokio::task::spawn_blocking(move || {
+            let _ = holding.send(());
+            let _ = released.recv();
+        });
+        thread_held.await.unwrap();
+        let_commit_proceed.send(()).unwrap();
+        // The commit ends, then the run queues its manifest save and waits for it.
+        assert!(futures::poll!(&mut run).is_pending());
+        assert_eq!(fixture.store.commits(), 2, "the second run committed");
+
+        drop(run); // the crash
+        release.send(()).unwrap();
+        occupant.await.unwrap();
+        // The blocking queue runs in order: the save, if it runs, is done before this.
+        tokio::task::spawn_blocking(|| ()).await.unwrap();
+
+        assert_eq!(
+            std::fs::read(fixture.manifest_path()).unwrap(),
+            manifest_before,
+            "nothing of the dropped run wrote the manifest after the drop"
+        );
+        assert!(!temporary_path_for(&fixture.manifest_path()).exists());
+        let report = fixture.run().await;
+        assert_eq!(
+            (report.progress.unchanged, report.progress.indexed),
+            (1, 1),
+            "the next run redoes what the manifest did not record"
+        );
+    });
 }
 
 #[tokio::test]

@@ -15,7 +15,9 @@ use super::{IndexJob, IndexProgress, IndexReport, ObjectIssue};
 use crate::document::{Chunk, EmbeddedChunk};
 use crate::embed::{Embedder, Purpose};
 use crate::error::{Error, Result};
-use crate::ingest::manifest::{Manifest, ManifestEntry, write_atomically};
+use crate::ingest::manifest::{
+    Manifest, ManifestEntry, WriteCancel, write_atomically_unless_called_off,
+};
 use crate::stores::SearchBackend;
 
 /// How many object keys go into one `delete_objects` call for removed objects.
@@ -292,12 +294,20 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
         self.save_manifest().await
     }
 
+    /// The write runs on a blocking thread, which outlives this future if the run is
+    /// dropped; the guard then calls the write off, so a dropped run's save either landed
+    /// before the drop or never does (nor after the next run started on this manifest).
     async fn save_manifest(&self) -> Result<()> {
         let contents = self.manifest.to_json()?;
         let path = self.manifest_path.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&path, &contents))
-            .await
-            .map_err(|error| Error::internal(format!("saving the manifest: {error}")))?
+        let cancel = WriteCancel::default();
+        let _call_off_if_dropped = cancel.call_off_on_drop();
+        tokio::task::spawn_blocking(move || {
+            write_atomically_unless_called_off(&path, &contents, &cancel)
+        })
+        .await
+        .map_err(|error| Error::internal(format!("saving the manifest: {error}")))?
+        .map(|_written| ())
     }
 
     /// Flush the last batch, remove objects gone from the bucket (only when the listing is
