@@ -1,9 +1,52 @@
-//! One error type for the library. Its [`ErrorKind`] decides retryability in one
-//! exhaustive match; `api/` maps it to a gRPC status in one place.
+//! One error type for the library. Its [`ErrorKind`] carries the one failure
+//! policy (retry, failover, and whether the endpoint is blamed) that the stores'
+//! retries, the embedding spaces' failover and the chat router all follow; `api/`
+//! maps it to a gRPC status in one place.
 
 use std::time::Duration;
 
 /// What went wrong, as far as a caller or a retry loop needs to know.
+///
+/// # The failure policy
+///
+/// Every loop that calls a remote endpoint (a store's retries in
+/// `stores::resilient`, an embedding space's providers in `embed::space`, the chat
+/// router's deployments in `route::failover`) decides with these three methods and
+/// nothing else, so they cannot disagree:
+///
+/// | kind              | [`is_retryable`] (same endpoint, later) | [`failover`] (another endpoint) | [`counts_against_endpoint`] |
+/// |-------------------|-----|---------------------|-----|
+/// | `InvalidArgument` | no  | `Stop`              | no  |
+/// | `NotFound`        | no  | `Next`              | yes |
+/// | `ContextLength`   | no  | `NextLongerContext` | no  |
+/// | `Throttled`       | yes | `Next`              | yes (and its `retry_after` is honoured) |
+/// | `Unavailable`     | yes | `Next`              | yes |
+/// | `Timeout`         | yes | `Next`              | yes |
+/// | `Auth`            | no  | `Next`              | yes |
+/// | `Forbidden`       | no  | `Stop`              | no  |
+/// | `Config`          | no  | `Stop`              | no  |
+/// | `Internal`        | no  | `Stop`              | no  |
+///
+/// The rule behind the table: a failure that is the endpoint's own (down, slow,
+/// throttling, missing the model or index, refusing *our* credentials) counts
+/// against that endpoint's breaker and lets another endpoint try; a failure of
+/// the request itself (bad input, a caller's missing permission, our config, our
+/// bug) would repeat everywhere, so it stops the loop, and the endpoint, having
+/// answered, is counted healthy.
+///
+/// `Auth` from an endpoint is the endpoint's failure, not the caller's: the
+/// caller's own key is checked by `route::callers` before any endpoint is
+/// called, and each endpoint has its own credential (an Azure key per resource, an
+/// AWS account, a GCP service account), so a 401/403 from one says nothing about
+/// the next. Failing over keeps an expired key at one cloud from taking down every
+/// request planned through it; counting it opens that endpoint's breaker, so later
+/// requests skip it, and the refusal stays visible in the route summary's attempts,
+/// the warning log and the breaker state. It is not retried on the same endpoint:
+/// the credential will be refused again.
+///
+/// [`is_retryable`]: ErrorKind::is_retryable
+/// [`failover`]: ErrorKind::failover
+/// [`counts_against_endpoint`]: ErrorKind::counts_against_endpoint
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The request is malformed or exceeds a limit; retrying will not help.
@@ -27,6 +70,104 @@ pub enum ErrorKind {
     Config,
     /// A bug or an unexpected state on our side.
     Internal,
+}
+
+/// What a loop over endpoints does after one of them failed ([`ErrorKind::failover`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failover {
+    /// Another endpoint for the same request may succeed: try the next.
+    Next,
+    /// The prompt is too long for this endpoint: only endpoints with a longer
+    /// context window may take it (for a set of endpoints serving one model, none).
+    NextLongerContext,
+    /// The request itself is at fault: every endpoint would refuse it.
+    Stop,
+}
+
+impl ErrorKind {
+    /// Every kind, for tests and documentation that must cover each one.
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::InvalidArgument,
+        ErrorKind::NotFound,
+        ErrorKind::ContextLength,
+        ErrorKind::Throttled,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+        ErrorKind::Auth,
+        ErrorKind::Forbidden,
+        ErrorKind::Config,
+        ErrorKind::Internal,
+    ];
+
+    /// Whether the same endpoint may succeed if the same call is tried again later.
+    pub fn is_retryable(self) -> bool {
+        match self {
+            ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::Timeout => true,
+            ErrorKind::InvalidArgument
+            | ErrorKind::ContextLength
+            | ErrorKind::NotFound
+            | ErrorKind::Auth
+            | ErrorKind::Forbidden
+            | ErrorKind::Config
+            | ErrorKind::Internal => false,
+        }
+    }
+
+    /// Whether another endpoint may serve the request this endpoint failed.
+    pub fn failover(self) -> Failover {
+        match self {
+            ErrorKind::Throttled
+            | ErrorKind::Unavailable
+            | ErrorKind::Timeout
+            | ErrorKind::NotFound
+            | ErrorKind::Auth => Failover::Next,
+            ErrorKind::ContextLength => Failover::NextLongerContext,
+            ErrorKind::InvalidArgument
+            | ErrorKind::Forbidden
+            | ErrorKind::Config
+            | ErrorKind::Internal => Failover::Stop,
+        }
+    }
+
+    /// Whether the failure is the endpoint's, so its circuit breaker counts it;
+    /// otherwise the endpoint answered (if only to refuse the request) and is up.
+    pub fn counts_against_endpoint(self) -> bool {
+        match self {
+            ErrorKind::Throttled
+            | ErrorKind::Unavailable
+            | ErrorKind::Timeout
+            | ErrorKind::NotFound
+            | ErrorKind::Auth => true,
+            ErrorKind::InvalidArgument
+            | ErrorKind::ContextLength
+            | ErrorKind::Forbidden
+            | ErrorKind::Config
+            | ErrorKind::Internal => false,
+        }
+    }
+
+    /// The kind's one spelling on the wire and in logs: `THROTTLED`,
+    /// `CONTEXT_LENGTH`... (the proto's `Attempt.error_kind`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorKind::ContextLength => "CONTEXT_LENGTH",
+            ErrorKind::NotFound => "NOT_FOUND",
+            ErrorKind::Throttled => "THROTTLED",
+            ErrorKind::Unavailable => "UNAVAILABLE",
+            ErrorKind::Timeout => "TIMEOUT",
+            ErrorKind::Auth => "AUTH",
+            ErrorKind::Forbidden => "FORBIDDEN",
+            ErrorKind::Config => "CONFIG",
+            ErrorKind::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
 }
 
 /// The library's error: a kind, a lowercase message, and an optional retry hint.
@@ -85,18 +226,10 @@ impl Error {
         }
     }
 
-    /// Whether the same call may succeed if tried again later.
+    /// Whether the same call may succeed if tried again later
+    /// ([`ErrorKind::is_retryable`]).
     pub fn is_retryable(&self) -> bool {
-        match self.kind {
-            ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::Timeout => true,
-            ErrorKind::InvalidArgument
-            | ErrorKind::ContextLength
-            | ErrorKind::NotFound
-            | ErrorKind::Auth
-            | ErrorKind::Forbidden
-            | ErrorKind::Config
-            | ErrorKind::Internal => false,
-        }
+        self.kind.is_retryable()
     }
 
     /// Prefix the message with what we were doing, keeping the kind.
