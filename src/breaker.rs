@@ -8,13 +8,22 @@
 //! `error_rate` (so an endpoint failing every other call is not kept forever), and
 //! a throttled endpoint that said when to come back is left alone until then.
 //!
+//! A call goes out only with a [`Permit`], and the permit is how it reports back:
+//! [`Permit::succeeded`] or [`Permit::failed`] (which applies the one failure
+//! policy, [`ErrorKind::counts_against_endpoint`]). A permit dropped without a
+//! report (its caller was cancelled) is "lost": it says nothing about the
+//! endpoint, except that a lost probe reopens the breaker until the probe's
+//! cooldown ends, so a half-open breaker is never left waiting for a verdict.
+//!
 //! Time is tokio's clock, so tests can pause it.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::error::{Error, ErrorKind};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerSettings {
@@ -49,8 +58,8 @@ enum State {
         until: Instant,
         cooldown: Duration,
     },
-    /// A probe is out; everyone else waits for its verdict. A probe that never
-    /// reports (its caller was cancelled) is presumed lost after one cooldown.
+    /// A probe is out; everyone else waits for its verdict. A lost probe reopens
+    /// the breaker; one silent for a cooldown (its permit leaked) is presumed lost.
     HalfOpen {
         cooldown: Duration,
         since: Instant,
@@ -62,6 +71,9 @@ struct Inner {
     state: State,
     /// Recent outcomes, `true` for a failure; at most `settings.window`.
     recent: VecDeque<bool>,
+    /// A throttled endpoint asked for no calls before then (its `retry-after`).
+    /// Unlike an open state it ends without a probe: the endpoint said when.
+    not_before: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -77,30 +89,38 @@ impl CircuitBreaker {
             inner: Mutex::new(Inner {
                 state: State::Closed { failures: 0 },
                 recent: VecDeque::with_capacity(settings.window),
+                not_before: None,
             }),
         }
     }
 
-    /// Whether a call may go out now. Past the cooldown of an open breaker, the first
-    /// caller becomes the probe and the breaker turns half-open.
-    pub fn try_acquire(&self) -> bool {
-        self.try_acquire_at(Instant::now())
+    /// A permit for one call, when one may go out now. Past the cooldown of an
+    /// open breaker, the first caller's permit is the probe and the breaker turns
+    /// half-open.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let probe = self.try_acquire_at(Instant::now())?;
+        Some(Permit {
+            breaker: Arc::clone(self),
+            probe,
+            reported: false,
+        })
     }
 
-    pub fn record_success(&self) {
+    fn record_success(&self) {
         let mut inner = self.lock();
         inner.state = State::Closed { failures: 0 };
+        inner.not_before = None;
         self.remember(&mut inner, false);
     }
 
     /// Counts a failure of the endpoint (not of the caller's input).
-    pub fn record_failure(&self) {
+    fn record_failure(&self) {
         self.record_failure_at(Instant::now());
     }
 
     /// Counts a throttle: a failure, and when the endpoint said how long to wait,
     /// no call goes out before then (the cooldown itself is not doubled for it).
-    pub fn record_throttle(&self, retry_after: Option<Duration>) {
+    fn record_throttle(&self, retry_after: Option<Duration>) {
         let now = Instant::now();
         self.record_failure_at(now);
         let Some(retry_after) = retry_after else {
@@ -108,53 +128,78 @@ impl CircuitBreaker {
         };
         let mut inner = self.lock();
         let until = now + retry_after;
-        inner.state = match inner.state {
-            State::Open {
-                until: open,
-                cooldown,
-            } => State::Open {
+        inner.not_before = Some(
+            inner
+                .not_before
+                .map_or(until, |not_before| not_before.max(until)),
+        );
+        if let State::Open {
+            until: open,
+            cooldown,
+        } = inner.state
+        {
+            inner.state = State::Open {
                 until: open.max(until),
                 cooldown,
-            },
-            State::Closed { .. } | State::HalfOpen { .. } => State::Open {
-                until,
-                cooldown: self.settings.cooldown,
-            },
-        };
-    }
-
-    pub fn is_open(&self) -> bool {
-        !matches!(self.lock().state, State::Closed { .. })
-    }
-
-    /// When an open breaker lets its next probe through; None when closed or a
-    /// probe is already out.
-    pub fn reopens_at(&self) -> Option<Instant> {
-        match self.lock().state {
-            State::Open { until, .. } => Some(until),
-            State::Closed { .. } | State::HalfOpen { .. } => None,
+            };
         }
     }
 
-    fn try_acquire_at(&self, now: Instant) -> bool {
+    /// A permit dropped without a verdict: only a probe's loss changes the state.
+    fn record_lost(&self, probe: bool) {
+        if !probe {
+            return;
+        }
         let mut inner = self.lock();
+        if let State::HalfOpen { cooldown, since } = inner.state {
+            inner.state = State::Open {
+                until: since + cooldown,
+                cooldown,
+            };
+        }
+    }
+
+    /// Refusing calls now: open, a probe out, or asked by the endpoint to wait.
+    pub fn is_open(&self) -> bool {
+        let inner = self.lock();
+        !matches!(inner.state, State::Closed { .. })
+            || inner.not_before.is_some_and(|at| at > Instant::now())
+    }
+
+    /// When an open (or throttled) breaker lets its next call through; None when
+    /// closed or a probe is already out.
+    pub fn reopens_at(&self) -> Option<Instant> {
+        let inner = self.lock();
         match inner.state {
-            State::Closed { .. } => true,
+            State::Open { until, .. } => Some(inner.not_before.map_or(until, |at| at.max(until))),
+            State::Closed { .. } => inner.not_before.filter(|at| *at > Instant::now()),
+            State::HalfOpen { .. } => None,
+        }
+    }
+
+    /// Whether a call may go out at `now`: None if not, else whether it is the probe.
+    fn try_acquire_at(&self, now: Instant) -> Option<bool> {
+        let mut inner = self.lock();
+        if inner.not_before.is_some_and(|at| now < at) {
+            return None;
+        }
+        match inner.state {
+            State::Closed { .. } => Some(false),
             State::Open { until, cooldown } if now >= until => {
                 inner.state = State::HalfOpen {
                     cooldown,
                     since: now,
                 };
-                true
+                Some(true)
             }
             State::HalfOpen { cooldown, since } if now >= since + cooldown => {
                 inner.state = State::HalfOpen {
                     cooldown,
                     since: now,
                 };
-                true
+                Some(true)
             }
-            State::Open { .. } | State::HalfOpen { .. } => false,
+            State::Open { .. } | State::HalfOpen { .. } => None,
         }
     }
 
@@ -211,6 +256,49 @@ impl CircuitBreaker {
     }
 }
 
+/// The right to make one call past the breaker, and the duty to say how it went.
+/// Dropped without [`succeeded`](Permit::succeeded) or [`failed`](Permit::failed),
+/// the call counts as lost (see the module doc).
+#[must_use = "a permit reports the call's outcome; dropped, the call counts as lost"]
+#[derive(Debug)]
+pub struct Permit {
+    breaker: Arc<CircuitBreaker>,
+    /// This call is the half-open breaker's probe.
+    probe: bool,
+    reported: bool,
+}
+
+impl Permit {
+    /// The endpoint answered.
+    pub fn succeeded(mut self) {
+        self.reported = true;
+        self.breaker.record_success();
+    }
+
+    /// The call failed with `error`: the endpoint is blamed only when the failure
+    /// policy says it is its failure, and a throttle's `retry_after` is honoured.
+    pub fn failed(mut self, error: &Error) {
+        self.reported = true;
+        if !error.kind.counts_against_endpoint() {
+            // It answered, if only to refuse this request: it is up.
+            self.breaker.record_success();
+            return;
+        }
+        match error.kind {
+            ErrorKind::Throttled => self.breaker.record_throttle(error.retry_after),
+            _ => self.breaker.record_failure(),
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.breaker.record_lost(self.probe);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,9 +320,16 @@ mod tests {
         breaker.record_failure_at(now);
         breaker.record_success();
         breaker.record_failure_at(now);
-        assert!(breaker.try_acquire_at(now), "one failure since the success");
+        assert!(
+            breaker.try_acquire_at(now).is_some(),
+            "one failure since the success"
+        );
         breaker.record_failure_at(now);
-        assert!(!breaker.try_acquire_at(now + Duration::from_secs(9)));
+        assert!(
+            breaker
+                .try_acquire_at(now + Duration::from_secs(9))
+                .is_none()
+        );
     }
 
     #[test]
@@ -244,15 +339,18 @@ mod tests {
         breaker.record_failure_at(now);
         breaker.record_failure_at(now);
         let after = now + Duration::from_secs(10);
-        assert!(breaker.try_acquire_at(after), "the probe");
-        assert!(!breaker.try_acquire_at(after), "only one probe at a time");
+        assert!(breaker.try_acquire_at(after).is_some(), "the probe");
+        assert!(
+            breaker.try_acquire_at(after).is_none(),
+            "only one probe at a time"
+        );
         let lost = after + Duration::from_secs(10);
         assert!(
-            breaker.try_acquire_at(lost),
+            breaker.try_acquire_at(lost).is_some(),
             "a probe silent for a cooldown is presumed lost: another goes"
         );
         breaker.record_success();
-        assert!(breaker.try_acquire_at(after) && !breaker.is_open());
+        assert!(breaker.try_acquire_at(after).is_some() && !breaker.is_open());
     }
 
     #[test]
@@ -262,14 +360,26 @@ mod tests {
         breaker.record_failure_at(now);
         breaker.record_failure_at(now);
         let probe = now + Duration::from_secs(10);
-        assert!(breaker.try_acquire_at(probe));
+        assert!(breaker.try_acquire_at(probe).is_some());
         breaker.record_failure_at(probe);
-        assert!(!breaker.try_acquire_at(probe + Duration::from_secs(19)));
+        assert!(
+            breaker
+                .try_acquire_at(probe + Duration::from_secs(19))
+                .is_none()
+        );
         let second_probe = probe + Duration::from_secs(20);
-        assert!(breaker.try_acquire_at(second_probe));
+        assert!(breaker.try_acquire_at(second_probe).is_some());
         breaker.record_failure_at(second_probe);
-        assert!(!breaker.try_acquire_at(second_probe + Duration::from_secs(29)));
-        assert!(breaker.try_acquire_at(second_probe + Duration::from_secs(30)));
+        assert!(
+            breaker
+                .try_acquire_at(second_probe + Duration::from_secs(29))
+                .is_none()
+        );
+        assert!(
+            breaker
+                .try_acquire_at(second_probe + Duration::from_secs(30))
+                .is_some()
+        );
     }
 
     #[test]
@@ -295,17 +405,87 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_throttle_with_retry_after_keeps_calls_away_until_then() {
-        let breaker = CircuitBreaker::new(BreakerSettings::default());
+        let breaker = Arc::new(CircuitBreaker::new(BreakerSettings::default()));
         breaker.record_throttle(Some(Duration::from_secs(30)));
-        assert!(!breaker.try_acquire(), "asked to wait 30 s");
+        assert!(breaker.try_acquire().is_none(), "asked to wait 30 s");
         tokio::time::advance(Duration::from_secs(29)).await;
-        assert!(!breaker.try_acquire());
+        assert!(breaker.try_acquire().is_none());
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(breaker.try_acquire(), "the probe after the wait");
-        breaker.record_success();
+        breaker
+            .try_acquire()
+            .expect("the call after the wait")
+            .succeeded();
         assert!(!breaker.is_open());
         // Without a hint, one throttle is one failure among the threshold.
         breaker.record_throttle(None);
-        assert!(breaker.try_acquire());
+        assert!(breaker.try_acquire().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_below_the_threshold_pauses_without_a_probe_afterwards() {
+        let breaker = Arc::new(CircuitBreaker::new(BreakerSettings::default()));
+        breaker
+            .try_acquire()
+            .unwrap()
+            .failed(&Error::throttled("429", Some(Duration::from_secs(1))));
+        assert!(breaker.is_open());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let first = breaker.try_acquire().expect("the wait is over");
+        let second = breaker.try_acquire();
+        assert!(second.is_some(), "closed again: not one probe at a time");
+        first.failed(&Error::unavailable("503"));
+        assert!(!breaker.is_open(), "two failures of three");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_of_the_request_is_not_counted_against_the_endpoint() {
+        let breaker = Arc::new(CircuitBreaker::new(BreakerSettings {
+            threshold: 1,
+            ..BreakerSettings::default()
+        }));
+        for kind in [
+            ErrorKind::InvalidArgument,
+            ErrorKind::ContextLength,
+            ErrorKind::Forbidden,
+            ErrorKind::Config,
+            ErrorKind::Internal,
+        ] {
+            breaker
+                .try_acquire()
+                .unwrap()
+                .failed(&Error::new(kind, "refused"));
+            assert!(!breaker.is_open(), "{kind}");
+        }
+        breaker
+            .try_acquire()
+            .unwrap()
+            .failed(&Error::new(ErrorKind::Auth, "401"));
+        assert!(
+            breaker.is_open(),
+            "an endpoint refusing our key is its failure"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_probe_is_lost_and_reopens_until_its_cooldown_ends() {
+        let breaker = Arc::new(breaker());
+        breaker.record_failure();
+        breaker.record_failure();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let probe = breaker.try_acquire().expect("the probe");
+        assert!(breaker.try_acquire().is_none(), "only one probe at a time");
+        assert_eq!(breaker.reopens_at(), None, "a probe is out");
+        drop(probe);
+        assert_eq!(
+            breaker.reopens_at(),
+            Some(Instant::now() + Duration::from_secs(10)),
+            "lost: open again, visibly, for the probe's cooldown"
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        breaker.try_acquire().expect("the next probe").succeeded();
+        assert!(!breaker.is_open());
+        // A lost call that was not the probe says nothing about the endpoint.
+        drop(breaker.try_acquire().unwrap());
+        assert!(!breaker.is_open());
     }
 }

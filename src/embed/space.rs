@@ -2,8 +2,9 @@
 //!
 //! Inputs are split into batches the providers accept; each batch goes to the first
 //! provider whose breaker lets it through, and moves on to the next one only when the
-//! failure is the provider's (throttled, down, timed out, refused our credentials), never
-//! when the input is at fault. Vectors are then brought to the space's shape.
+//! failure policy says another endpoint may succeed ([`ErrorKind::failover`]: the
+//! provider is throttled, down, slow, missing the model or refused our credentials),
+//! never when the input is at fault. Vectors are then brought to the space's shape.
 
 use std::sync::Arc;
 
@@ -13,13 +14,13 @@ use crate::breaker::{BreakerSettings, CircuitBreaker};
 use crate::config::Metric;
 use crate::embed::normalize::shape_vector;
 use crate::embed::{EmbedRequest, Embedder, EmbeddingProvider, EmbeddingSpace, Purpose};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Failover, Result};
 
 /// A provider of the space's model, with the model's id there.
 pub struct Serving {
     pub provider: Arc<dyn EmbeddingProvider>,
     pub model: String,
-    breaker: CircuitBreaker,
+    breaker: Arc<CircuitBreaker>,
 }
 
 impl Serving {
@@ -27,7 +28,7 @@ impl Serving {
         Self {
             provider,
             model: model.into(),
-            breaker: CircuitBreaker::new(BreakerSettings::default()),
+            breaker: Arc::new(CircuitBreaker::new(BreakerSettings::default())),
         }
     }
 }
@@ -114,31 +115,35 @@ impl SpaceEmbedder {
         let mut retry_after = None;
         for serving in &self.servings {
             let provider = serving.provider.id();
-            if !serving.breaker.try_acquire() {
+            let Some(permit) = serving.breaker.try_acquire() else {
                 failures.push(format!("{provider}: circuit open"));
                 continue;
-            }
+            };
             let request = EmbedRequest {
                 model: &serving.model,
                 texts,
                 purpose,
                 dims: self.matryoshka.then_some(dims),
             };
-            match serving.provider.embed(request).await {
+            let error = match serving.provider.embed(request).await {
                 Ok(vectors) => {
-                    serving.breaker.record_success();
+                    permit.succeeded();
                     return Ok(vectors);
                 }
-                Err(error) if error.is_retryable() || error.kind == ErrorKind::Auth => {
-                    serving.breaker.record_failure();
+                Err(error) => error,
+            };
+            permit.failed(&error);
+            match error.kind.failover() {
+                Failover::Next => {
                     tracing::warn!(space = %self.space.id, provider, %error, "embedding provider failed; trying the next");
                     failures.push(format!("{provider}: {error}"));
                     last_kind = error.kind;
                     retry_after = error.retry_after.or(retry_after);
                 }
-                // The input is at fault: another provider of the same model would refuse it too.
-                Err(error) => {
-                    serving.breaker.record_success();
+                // The input is at fault: another provider of the same model would
+                // refuse it too (every serving has the same model, so none has a
+                // longer context either).
+                Failover::NextLongerContext | Failover::Stop => {
                     return Err(error.context(format!("space {:?}, {provider}", self.space.id)));
                 }
             }
@@ -311,6 +316,45 @@ pub(crate) mod tests {
         let error = embedder.embed(&texts(1), Purpose::Query).await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::InvalidArgument);
         assert!(error.message.contains("azure-west"), "{error}");
+    }
+
+    /// The space follows the one failure policy: it moves to the next provider
+    /// only on `Failover::Next`, and blames a provider's breaker only for what
+    /// `ErrorKind::counts_against_endpoint` says is the provider's failure.
+    #[tokio::test]
+    async fn failover_and_breaker_follow_the_failure_policy_for_every_kind() {
+        for kind in ErrorKind::ALL {
+            let primary = ScriptedProvider::new("primary", 4);
+            let backup = ScriptedProvider::new("backup", 4);
+            primary.fail_with(Some(Error::new(kind, "scripted")));
+            let embedder = SpaceEmbedder::new(
+                space("s", 4),
+                Metric::Cosine,
+                false,
+                vec![
+                    Serving::new(primary.clone(), "m"),
+                    Serving::new(backup.clone(), "m"),
+                ],
+            )
+            .unwrap();
+            // The default breaker opens after three failures.
+            for _ in 0..3 {
+                let result = embedder.embed(&texts(1), Purpose::Query).await;
+                assert_eq!(result.is_ok(), kind.failover() == Failover::Next, "{kind}");
+            }
+            assert_eq!(primary.calls(), 3, "{kind}");
+            let expected_backup_calls = if kind.failover() == Failover::Next {
+                3
+            } else {
+                0
+            };
+            assert_eq!(backup.calls(), expected_backup_calls, "{kind}");
+            assert_eq!(
+                embedder.servings[0].breaker.is_open(),
+                kind.counts_against_endpoint(),
+                "{kind}"
+            );
+        }
     }
 
     #[tokio::test]

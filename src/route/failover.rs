@@ -3,9 +3,10 @@
 //! Candidates are tried in plan order, each under its own timeout inside the
 //! request deadline. An attempt has started only when the first token arrived
 //! (the first upstream read is forced, so connection errors, exception frames and
-//! zero-token answers all fail over). What to do after an error is decided in one
-//! exhaustive match ([`verdict`]). Once a token went out, there is no failover:
-//! a later failure is an in-band [`RouteEvent::Failed`], never a clean end.
+//! zero-token answers all fail over). What to do after an error is the one failure
+//! policy on [`ErrorKind`] ([`ErrorKind::failover`], and the breaker's
+//! [`Permit::failed`]). Once a token went out, there is no failover: a later
+//! failure is an in-band [`RouteEvent::Failed`], never a clean end.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,8 +19,9 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 
 use super::budget::{Reservation, until_next_day};
 use super::plan::{Plan, Skip};
-use super::{Caller, Deployment, Router};
-use crate::error::{Error, ErrorKind, Result};
+use super::{Caller, Candidate, Deployment, Router};
+use crate::breaker::Permit;
+use crate::error::{Error, ErrorKind, Failover, Result};
 use crate::llm::prompt::{estimate_tokens, request_tokens};
 use crate::llm::{ChatEvent, ChatMessage, ChatRequest, ProviderInfo, Role, Usage};
 
@@ -35,6 +37,9 @@ pub enum AttemptOutcome {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attempt {
+    /// The provider id from the config.
+    pub provider: String,
+    /// `provider/deployment`.
     pub deployment: String,
     pub model: String,
     pub cloud: String,
@@ -127,6 +132,8 @@ pub struct Started {
     first: String,
     stream: BoxStream<'static, Result<ChatEvent>>,
     deployment: Arc<Deployment>,
+    /// The breaker's permit for this call, reported when the stream ends.
+    permit: Option<Permit>,
     summary: RouteSummary,
     reservation: Option<Reservation>,
     request: ChatRequest,
@@ -134,49 +141,43 @@ pub struct Started {
     deadline: Instant,
 }
 
-/// What the loop does after an attempt failed.
-enum Verdict {
-    /// Try the next candidate; the deployment's health suffers as given.
-    FailOver(Health),
-    /// The prompt is too long for this model: only longer-context candidates.
-    LongerContext,
-    /// The request itself is at fault (or the credentials): no other attempt.
-    Stop(Health),
+/// One request's way through its plan: what was tried, and what the next
+/// candidate's turn depends on.
+struct Attempts<'a> {
+    router: &'a Router,
+    caller: &'a Caller,
+    plan: &'a Plan,
+    request: &'a ChatRequest,
+    deadline: Instant,
+    summary: RouteSummary,
+    /// Attempts sent (skips are not sent).
+    sent: usize,
+    last_error: Option<Error>,
+    /// A candidate was skipped because the caller's budget could not cover it.
+    over_budget: bool,
+    /// After a context-length refusal, only longer windows are worth a try.
+    context_floor: Option<u64>,
 }
 
-enum Health {
-    Throttled,
-    Failed,
-    Fine,
+/// How one candidate's turn ended.
+enum Turn {
+    /// It produced its first token.
+    Answered(FirstToken),
+    /// Skipped or failed in a way that may pass: a later pass may try it again.
+    RetryLater,
+    /// Skipped or failed for this request: on to the next candidate.
+    Next,
+    /// The request itself failed: no other candidate is tried.
+    Stop(Error),
 }
 
-/// The one place that decides failover by error kind.
-fn verdict(kind: ErrorKind) -> Verdict {
-    match kind {
-        ErrorKind::Throttled => Verdict::FailOver(Health::Throttled),
-        // NotFound: this deployment is missing at its cloud; another may serve.
-        ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::NotFound => {
-            Verdict::FailOver(Health::Failed)
-        }
-        ErrorKind::ContextLength => Verdict::LongerContext,
-        // Refused credentials are the deployment's problem, but another cloud is
-        // not tried: a 401/403 must be seen and fixed, not hidden by failover.
-        ErrorKind::Auth => Verdict::Stop(Health::Failed),
-        ErrorKind::InvalidArgument
-        | ErrorKind::Forbidden
-        | ErrorKind::Config
-        | ErrorKind::Internal => Verdict::Stop(Health::Fine),
-    }
-}
-
-/// Every call that passed the breaker reports back, so a half-open probe is decided.
-fn record_health(deployment: &Deployment, health: Health, error: &Error) {
-    match health {
-        Health::Throttled => deployment.breaker.record_throttle(error.retry_after),
-        Health::Failed => deployment.breaker.record_failure(),
-        // It answered, if only to refuse this request: it is up.
-        Health::Fine => deployment.breaker.record_success(),
-    }
+/// What a candidate that answered hands to the stream.
+struct FirstToken {
+    first: String,
+    stream: BoxStream<'static, Result<ChatEvent>>,
+    deployment: Arc<Deployment>,
+    permit: Permit,
+    reservation: Option<Reservation>,
 }
 
 impl Router {
@@ -189,173 +190,43 @@ impl Router {
         deadline: Instant,
     ) -> std::result::Result<Started, RouteFailure> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let settings = &self.settings;
-        let mut summary = RouteSummary::of(plan);
-        let mut sent = 0usize;
-        let mut last_error: Option<Error> = None;
-        let mut over_budget = false;
-        // After a context-length refusal, only longer windows are worth a try.
-        let mut context_floor: Option<u64> = None;
-        // Candidates that failed in a way that may pass: the ones a next pass retries.
-        let mut retry: Vec<usize> = (0..plan.candidates.len()).collect();
+        let mut attempts = Attempts {
+            router: self,
+            caller,
+            plan,
+            request,
+            deadline,
+            summary: RouteSummary::of(plan),
+            sent: 0,
+            last_error: None,
+            over_budget: false,
+            context_floor: None,
+        };
+        // What this pass tries: every candidate, then those that may pass later.
+        let mut pending: Vec<usize> = (0..plan.candidates.len()).collect();
         let mut pass = 0u32;
         loop {
-            let mut failed_transiently = Vec::new();
-            for &index in &retry {
-                let candidate = &plan.candidates[index];
-                let deployment = &candidate.deployment;
-                if sent >= settings.max_attempts || Instant::now() >= deadline {
+            let mut retry_later = Vec::new();
+            for &index in &pending {
+                if attempts.exhausted() {
                     break;
                 }
-                if let (Some(floor), Some(window)) = (context_floor, deployment.context_window)
-                    && window <= floor
-                {
-                    summary.attempts.push(skipped(
-                        deployment,
-                        format!("its context window ({window}) is no longer than the one that refused the prompt"),
-                    ));
-                    continue;
+                match attempts.try_candidate(&plan.candidates[index]).await {
+                    Turn::Answered(first_token) => return Ok(attempts.started(first_token)),
+                    Turn::RetryLater => retry_later.push(index),
+                    Turn::Next => {}
+                    Turn::Stop(error) => return Err(self.failure(error, attempts.summary)),
                 }
-                let reservation = match self.reserve(caller, candidate.max_cost_usd) {
-                    Ok(reservation) => reservation,
-                    Err(reason) => {
-                        over_budget = true;
-                        summary.attempts.push(skipped(deployment, reason));
-                        continue;
-                    }
-                };
-                if !deployment.breaker.try_acquire() {
-                    summary.attempts.push(skipped(
-                        deployment,
-                        "circuit open: cooling down after failures".into(),
-                    ));
-                    failed_transiently.push(index);
-                    continue;
-                }
-                sent += 1;
-                self.stats.attempts.fetch_add(1, Ordering::Relaxed);
-                if sent > 1 {
-                    self.stats.failovers.fetch_add(1, Ordering::Relaxed);
-                }
-                let began = Instant::now();
-                let attempt_deadline =
-                    deadline.min(began + Duration::from_millis(settings.attempt_timeout_ms));
-                let first_token_by = attempt_deadline
-                    .min(began + Duration::from_millis(settings.first_token_timeout_ms));
-                let outcome = timeout_at(
-                    first_token_by,
-                    first_token(deployment.clone(), request, attempt_deadline),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::timeout(format!(
-                        "no first token within {} ms",
-                        first_token_by.duration_since(began).as_millis()
-                    )))
-                });
-                let error = match outcome {
-                    Ok((first, stream)) => {
-                        summary.attempts.push(attempt(
-                            deployment,
-                            AttemptOutcome::Ok,
-                            String::new(),
-                            began,
-                        ));
-                        summary.chosen = Some(deployment.info().clone());
-                        return Ok(Started {
-                            first,
-                            stream,
-                            deployment: deployment.clone(),
-                            summary,
-                            reservation,
-                            request: request.clone(),
-                            inter_chunk: Duration::from_millis(settings.inter_chunk_timeout_ms),
-                            deadline,
-                        });
-                    }
-                    Err(error) => error,
-                };
-                drop(reservation);
-                summary.attempts.push(attempt(
-                    deployment,
-                    AttemptOutcome::Failed(error.kind),
-                    error.message.clone(),
-                    began,
-                ));
-                tracing::warn!(deployment = %deployment.label(), %error, "attempt failed");
-                match verdict(error.kind) {
-                    Verdict::FailOver(health) => {
-                        record_health(deployment, health, &error);
-                        failed_transiently.push(index);
-                    }
-                    Verdict::LongerContext => {
-                        deployment.breaker.record_success();
-                        let refused_at = deployment.context_window.unwrap_or(
-                            request_tokens(request) + u64::from(request.max_output_tokens),
-                        );
-                        context_floor =
-                            Some(context_floor.map_or(refused_at, |floor| floor.max(refused_at)));
-                    }
-                    Verdict::Stop(health) => {
-                        record_health(deployment, health, &error);
-                        return Err(self.failure(error, summary));
-                    }
-                }
-                last_error = Some(error);
             }
-            // Everything left is throttled or cooling: wait for the earliest to come
-            // back when that is soon and within the deadline, else give up.
-            let Some(wake) = self.earliest_recovery(plan, &failed_transiently, pass) else {
+            let Some(wake) = attempts.next_pass_at(&retry_later, pass) else {
                 break;
             };
-            let now = Instant::now();
-            if sent >= settings.max_attempts
-                || wake >= deadline
-                || wake.duration_since(now) > Duration::from_millis(settings.max_retry_wait_ms)
-            {
-                break;
-            }
             sleep_until(wake).await;
-            retry = failed_transiently;
+            pending = retry_later;
             pass += 1;
         }
-        let error = match last_error {
-            Some(error) if sent > 1 => Error {
-                message: format!("all {sent} attempts failed; last: {}", error.message),
-                ..error
-            },
-            Some(error) => error,
-            None if over_budget => Error::throttled(
-                format!(
-                    "caller {:?} has no daily budget left for this request",
-                    caller.id
-                ),
-                Some(until_next_day()),
-            ),
-            None if plan.candidates.is_empty() => Error::invalid(format!(
-                "no deployment may serve this request: {}",
-                plan.skipped
-                    .iter()
-                    .map(|skip| format!("{} ({})", skip.deployment, skip.reason))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )),
-            None => {
-                let retry_after = plan
-                    .candidates
-                    .iter()
-                    .filter_map(|candidate| candidate.deployment.breaker.reopens_at())
-                    .min()
-                    .map(|at| at.saturating_duration_since(Instant::now()));
-                Error {
-                    retry_after,
-                    ..Error::unavailable(
-                        "every deployment for this request is cooling down after failures",
-                    )
-                }
-            }
-        };
-        Err(self.failure(error, summary))
+        let error = attempts.final_error();
+        Err(self.failure(error, attempts.summary))
     }
 
     fn failure(&self, error: Error, summary: RouteSummary) -> RouteFailure {
@@ -405,6 +276,191 @@ impl Router {
                     .unwrap_or_else(|| Instant::now() + backoff)
             })
             .min()
+    }
+}
+
+impl Attempts<'_> {
+    /// No more attempts may be sent: the limit is reached or the deadline passed.
+    fn exhausted(&self) -> bool {
+        self.sent >= self.router.settings.max_attempts || Instant::now() >= self.deadline
+    }
+
+    /// One candidate's turn: skipped (context window, budget, open circuit), or
+    /// sent under its own timeouts, with the outcome reported to its breaker.
+    async fn try_candidate(&mut self, candidate: &Candidate) -> Turn {
+        let settings = &self.router.settings;
+        let deployment = &candidate.deployment;
+        if let (Some(floor), Some(window)) = (self.context_floor, deployment.context_window)
+            && window <= floor
+        {
+            self.summary.attempts.push(skipped(
+                deployment,
+                format!("its context window ({window}) is no longer than the one that refused the prompt"),
+            ));
+            return Turn::Next;
+        }
+        let reservation = match self.router.reserve(self.caller, candidate.max_cost_usd) {
+            Ok(reservation) => reservation,
+            Err(reason) => {
+                self.over_budget = true;
+                self.summary.attempts.push(skipped(deployment, reason));
+                return Turn::Next;
+            }
+        };
+        let Some(permit) = deployment.breaker.try_acquire() else {
+            self.summary.attempts.push(skipped(
+                deployment,
+                "circuit open: cooling down after failures".into(),
+            ));
+            return Turn::RetryLater;
+        };
+        self.sent += 1;
+        let stats = &self.router.stats;
+        stats.attempts.fetch_add(1, Ordering::Relaxed);
+        if self.sent > 1 {
+            stats.failovers.fetch_add(1, Ordering::Relaxed);
+        }
+        let began = Instant::now();
+        let attempt_deadline = self
+            .deadline
+            .min(began + Duration::from_millis(settings.attempt_timeout_ms));
+        let first_token_by =
+            attempt_deadline.min(began + Duration::from_millis(settings.first_token_timeout_ms));
+        let outcome = timeout_at(
+            first_token_by,
+            first_token(deployment.clone(), self.request, attempt_deadline),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::timeout(format!(
+                "no first token within {} ms",
+                first_token_by.duration_since(began).as_millis()
+            )))
+        });
+        let error = match outcome {
+            Ok((first, stream)) => {
+                self.summary.attempts.push(attempt(
+                    deployment,
+                    AttemptOutcome::Ok,
+                    String::new(),
+                    began,
+                ));
+                return Turn::Answered(FirstToken {
+                    first,
+                    stream,
+                    deployment: deployment.clone(),
+                    permit,
+                    reservation,
+                });
+            }
+            Err(error) => error,
+        };
+        drop(reservation);
+        self.summary.attempts.push(attempt(
+            deployment,
+            AttemptOutcome::Failed(error.kind),
+            error.message.clone(),
+            began,
+        ));
+        tracing::warn!(deployment = %deployment.label(), %error, "attempt failed");
+        permit.failed(&error);
+        let turn = match error.kind.failover() {
+            Failover::Next => Turn::RetryLater,
+            Failover::NextLongerContext => {
+                let refused_at = deployment.context_window.unwrap_or(
+                    request_tokens(self.request) + u64::from(self.request.max_output_tokens),
+                );
+                self.context_floor = Some(
+                    self.context_floor
+                        .map_or(refused_at, |floor| floor.max(refused_at)),
+                );
+                Turn::Next
+            }
+            Failover::Stop => return Turn::Stop(error),
+        };
+        self.last_error = Some(error);
+        turn
+    }
+
+    /// Everything left is throttled or cooling: when to wake for another pass, if
+    /// the earliest comes back soon and within the deadline.
+    fn next_pass_at(&self, retry_later: &[usize], pass: u32) -> Option<Instant> {
+        let settings = &self.router.settings;
+        let wake = self
+            .router
+            .earliest_recovery(self.plan, retry_later, pass)?;
+        let now = Instant::now();
+        if self.sent >= settings.max_attempts
+            || wake >= self.deadline
+            || wake.duration_since(now) > Duration::from_millis(settings.max_retry_wait_ms)
+        {
+            return None;
+        }
+        Some(wake)
+    }
+
+    /// The answer goes on from the candidate that produced its first token.
+    fn started(mut self, first_token: FirstToken) -> Started {
+        let FirstToken {
+            first,
+            stream,
+            deployment,
+            permit,
+            reservation,
+        } = first_token;
+        self.summary.chosen = Some(deployment.info().clone());
+        Started {
+            first,
+            stream,
+            deployment,
+            permit: Some(permit),
+            summary: self.summary,
+            reservation,
+            request: self.request.clone(),
+            inter_chunk: Duration::from_millis(self.router.settings.inter_chunk_timeout_ms),
+            deadline: self.deadline,
+        }
+    }
+
+    /// Why nothing answered: the last failure, else why nothing was sent.
+    fn final_error(&self) -> Error {
+        let plan = self.plan;
+        match &self.last_error {
+            Some(error) if self.sent > 1 => Error {
+                message: format!("all {} attempts failed; last: {}", self.sent, error.message),
+                ..error.clone()
+            },
+            Some(error) => error.clone(),
+            None if self.over_budget => Error::throttled(
+                format!(
+                    "caller {:?} has no daily budget left for this request",
+                    self.caller.id
+                ),
+                Some(until_next_day()),
+            ),
+            None if plan.candidates.is_empty() => Error::invalid(format!(
+                "no deployment may serve this request: {}",
+                plan.skipped
+                    .iter()
+                    .map(|skip| format!("{} ({})", skip.deployment, skip.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+            None => {
+                let retry_after = plan
+                    .candidates
+                    .iter()
+                    .filter_map(|candidate| candidate.deployment.breaker.reopens_at())
+                    .min()
+                    .map(|at| at.saturating_duration_since(Instant::now()));
+                Error {
+                    retry_after,
+                    ..Error::unavailable(
+                        "every deployment for this request is cooling down after failures",
+                    )
+                }
+            }
+        }
     }
 }
 
@@ -458,6 +514,8 @@ impl Started {
             .await
             .is_err()
         {
+            // The caller went away; the deployment had answered.
+            self.report_success();
             self.settle_estimated(&generated);
             return;
         }
@@ -491,13 +549,13 @@ impl Started {
                     if sender.send(RouteEvent::Token(text)).await.is_err() {
                         // The caller went away: dropping the stream cancels upstream.
                         // The deployment was producing: that is its verdict.
-                        self.deployment.breaker.record_success();
+                        self.report_success();
                         self.settle_estimated(&generated);
                         return;
                     }
                 }
                 Some(Ok(ChatEvent::Finish { reason, usage })) => {
-                    self.deployment.breaker.record_success();
+                    self.report_success();
                     let usage = usage.unwrap_or_else(|| estimated_usage(&self.request, &generated));
                     let cost = self.cost(&usage);
                     if let Some(reservation) = self.reservation.take() {
@@ -520,11 +578,8 @@ impl Started {
 
     async fn fail(mut self, error: Error, generated: &str, sender: &mpsc::Sender<RouteEvent>) {
         tracing::warn!(deployment = %self.deployment.label(), %error, "answer broke after its first token");
-        match verdict(error.kind) {
-            Verdict::FailOver(Health::Fine)
-            | Verdict::Stop(Health::Fine)
-            | Verdict::LongerContext => self.deployment.breaker.record_success(),
-            Verdict::FailOver(_) | Verdict::Stop(_) => self.deployment.breaker.record_failure(),
+        if let Some(permit) = self.permit.take() {
+            permit.failed(&error);
         }
         if let Some(last) = self.summary.attempts.last_mut() {
             last.outcome = AttemptOutcome::Failed(error.kind);
@@ -537,6 +592,12 @@ impl Started {
         let _ = sender
             .send(RouteEvent::Failed(error, Box::new(self.summary)))
             .await;
+    }
+
+    fn report_success(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            permit.succeeded();
+        }
     }
 
     /// What was generated was billed upstream: charge our estimate of it.
@@ -562,9 +623,9 @@ pub(super) async fn probe_open_deployments(router: &Router) {
         .iter()
         .filter(|deployment| deployment.breaker.reopens_at().is_some_and(|at| at <= now));
     for deployment in due {
-        if !deployment.breaker.try_acquire() {
+        let Some(permit) = deployment.breaker.try_acquire() else {
             continue; // a live request became the probe first
-        }
+        };
         let request = ChatRequest {
             messages: vec![ChatMessage {
                 role: Role::User,
@@ -575,14 +636,15 @@ pub(super) async fn probe_open_deployments(router: &Router) {
         };
         let deadline =
             Instant::now() + Duration::from_millis(router.settings.first_token_timeout_ms);
-        match timeout_at(
+        let outcome = timeout_at(
             deadline,
             first_token(deployment.clone(), &request, deadline),
         )
         .await
-        {
-            Ok(Ok(_)) => deployment.breaker.record_success(),
-            Ok(Err(_)) | Err(_) => deployment.breaker.record_failure(),
+        .unwrap_or_else(|_| Err(Error::timeout("the probe got no first token in time")));
+        match outcome {
+            Ok(_) => permit.succeeded(),
+            Err(error) => permit.failed(&error),
         }
     }
 }
@@ -599,6 +661,7 @@ fn attempt(
 ) -> Attempt {
     let info = deployment.info();
     Attempt {
+        provider: info.id.clone(),
         deployment: deployment.label(),
         model: info.model.clone(),
         cloud: info.cloud.clone(),

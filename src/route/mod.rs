@@ -39,7 +39,7 @@ pub struct Deployment {
     /// is never chosen by cost and never serves a caller with a budget.
     pub price: Option<Price>,
     pub context_window: Option<u64>,
-    pub breaker: CircuitBreaker,
+    pub breaker: Arc<CircuitBreaker>,
 }
 
 impl Deployment {
@@ -62,7 +62,7 @@ impl Deployment {
             price: catalog.price(config, &cloud).or(provider_price),
             context_window: catalog.context_window(config, &cloud),
             provider,
-            breaker: CircuitBreaker::new(breaker),
+            breaker: Arc::new(CircuitBreaker::new(breaker)),
         }
     }
 

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::testing::{Script, Scripted, Step};
 use super::*;
 use crate::config::{DeploymentConfig, RouteRule, RoutingConfig, TierConfig};
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, Failover};
 use crate::llm::{ChatMessage, ChatRequest, Role};
 
 struct Fixture {
@@ -372,10 +372,10 @@ async fn outages_and_connection_errors_before_the_first_token_fail_over() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn bad_requests_and_refused_credentials_do_not_fail_over() {
+async fn bad_requests_do_not_fail_over() {
     for error in [
         Error::invalid("400 bad request"),
-        Error::new(ErrorKind::Auth, "401 unauthorized"),
+        Error::forbidden("403 not for this caller"),
     ] {
         let fixture = fixture(
             vec![
@@ -776,4 +776,94 @@ fn residency_keeps_prompts_in_the_allowed_regions() {
             .candidates
             .is_empty()
     );
+}
+
+/// A deployment refusing our credential is that deployment's failure, not the
+/// caller's: the next deployment answers, and the refusal is counted and shown.
+#[tokio::test(start_paused = true)]
+async fn refused_credentials_fail_over_and_count_against_the_deployment() {
+    let settings = RoutingConfig {
+        breaker_threshold: 1,
+        ..RoutingConfig::default()
+    };
+    let fixture = fixture(
+        vec![
+            (
+                ok("a", "m", "aws").then(Script::refuse(Error::new(
+                    ErrorKind::Auth,
+                    "401 unauthorized",
+                ))),
+                1.0,
+                1.0,
+                None,
+            ),
+            (ok("b", "m", "gcp"), 1.0, 1.0, None),
+        ],
+        settings,
+    );
+    let (text, summary) = run(&fixture, ask("m")).await;
+    let summary = summary.unwrap();
+    assert_eq!(text, "hello");
+    assert_eq!(
+        outcomes(&summary),
+        [
+            ("a/m".into(), AttemptOutcome::Failed(ErrorKind::Auth)),
+            ("b/m".into(), AttemptOutcome::Ok)
+        ]
+    );
+    assert!(summary.attempts[0].message.contains("401"));
+    assert!(fixture.router.deployments[0].breaker.is_open());
+}
+
+/// The router follows the one failure policy: the next candidate is tried only
+/// as `ErrorKind::failover` says, and the breaker counts, before and after the
+/// first token, what `ErrorKind::counts_against_endpoint` blames on the deployment.
+#[tokio::test(start_paused = true)]
+async fn failover_and_breaker_follow_the_failure_policy_for_every_kind() {
+    let settings = RoutingConfig {
+        breaker_threshold: 1,
+        max_retry_wait_ms: 0,
+        ..RoutingConfig::default()
+    };
+    for kind in ErrorKind::ALL {
+        let failing = ok("a", "m", "aws").then(Script::refuse(Error::new(kind, "scripted")));
+        // Both have the same window: a longer-context failover has nowhere to go.
+        let before = fixture(
+            vec![
+                (failing, 1.0, 1.0, Some(8_000)),
+                (ok("b", "m", "gcp"), 1.0, 1.0, Some(8_000)),
+            ],
+            settings.clone(),
+        );
+        let (_, result) = run(&before, ask("m")).await;
+        let failed_over = kind.failover() == Failover::Next;
+        assert_eq!(result.is_ok(), failed_over, "{kind}");
+        assert_eq!(
+            before.providers[1].calls(),
+            usize::from(failed_over),
+            "{kind}"
+        );
+        if let Err((error, _)) = result {
+            assert_eq!(error.kind, kind);
+        }
+        assert_eq!(
+            before.router.deployments[0].breaker.is_open(),
+            kind.counts_against_endpoint(),
+            "{kind}: before the first token"
+        );
+
+        let broken = ok("a", "m", "aws").then(Script::Stream(vec![
+            Step::Text("half"),
+            Step::Fail(Error::new(kind, "scripted")),
+        ]));
+        let after = fixture(vec![(broken, 1.0, 1.0, None)], settings.clone());
+        let (text, result) = run(&after, ask("m")).await;
+        assert_eq!(text, "half");
+        assert_eq!(result.unwrap_err().0.kind, kind);
+        assert_eq!(
+            after.router.deployments[0].breaker.is_open(),
+            kind.counts_against_endpoint(),
+            "{kind}: after the first token"
+        );
+    }
 }

@@ -1,6 +1,8 @@
 //! The wrapper every backend is served through: a time limit per call, retries of
-//! transient failures only (throttled, unavailable, timed out) with backoff that
-//! honours the store's `retry-after`, a circuit breaker per source, and counters.
+//! transient failures only ([`ErrorKind::is_retryable`]: throttled, unavailable,
+//! timed out) with backoff that honours the store's `retry-after`, a circuit
+//! breaker per source that blames the store as the failure policy says
+//! ([`ErrorKind::counts_against_endpoint`]), and counters.
 //!
 //! The project has no metrics registry yet (`telemetry` only sets up logs), so the
 //! counters live in [`SourceMetrics`], one per source, readable through
@@ -95,7 +97,7 @@ impl SourceMetrics {
 pub struct ResilientBackend {
     inner: Arc<dyn SearchBackend>,
     settings: ResilienceSettings,
-    breaker: CircuitBreaker,
+    breaker: Arc<CircuitBreaker>,
     metrics: Arc<SourceMetrics>,
 }
 
@@ -103,7 +105,7 @@ impl ResilientBackend {
     pub fn new(inner: Arc<dyn SearchBackend>, settings: ResilienceSettings) -> Self {
         Self {
             inner,
-            breaker: CircuitBreaker::new(settings.breaker),
+            breaker: Arc::new(CircuitBreaker::new(settings.breaker)),
             settings,
             metrics: Arc::new(SourceMetrics::default()),
         }
@@ -128,29 +130,27 @@ impl ResilientBackend {
         self.metrics.calls.fetch_add(1, Ordering::Relaxed);
         let mut retries = 0;
         loop {
-            if !self.breaker.try_acquire() {
+            let Some(permit) = self.breaker.try_acquire() else {
                 self.metrics.rejected_open.fetch_add(1, Ordering::Relaxed);
                 return Err(Error::unavailable(format!(
                     "source {source:?}: circuit open after repeated failures, not calling the store"
                 )));
-            }
+            };
             let result = match tokio::time::timeout_at(deadline.into(), attempt()).await {
                 Ok(result) => result,
                 Err(_elapsed) => Err(Error::timeout(format!(
                     "source {source:?}: {what} did not finish in time"
                 ))),
             };
-            match &result {
-                Ok(_) => self.breaker.record_success(),
-                // Only the endpoint's failures count against it, not refused input.
-                Err(error) if error.is_retryable() => self.breaker.record_failure(),
-                Err(_) => self.breaker.record_success(),
-            }
             let error = match result {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    permit.succeeded();
+                    return Ok(value);
+                }
                 Err(error) => error,
             };
-            if !error.is_retryable() || retries >= self.settings.max_retries {
+            permit.failed(&error);
+            if !error.kind.is_retryable() || retries >= self.settings.max_retries {
                 return Err(error);
             }
             let backoff = self
@@ -352,7 +352,49 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.kind, ErrorKind::Auth);
         assert_eq!(inner.calls.load(Ordering::Relaxed), 1);
-        assert!(!backend.breaker_is_open(), "a refused key is not an outage");
+        assert!(
+            !backend.breaker_is_open(),
+            "one refused key is one failure, below the threshold"
+        );
+    }
+
+    /// The store follows the one failure policy: it retries what
+    /// `ErrorKind::is_retryable` allows, and its breaker counts what
+    /// `ErrorKind::counts_against_endpoint` blames on the endpoint.
+    #[tokio::test]
+    async fn retries_and_breaker_follow_the_failure_policy_for_every_kind() {
+        for kind in ErrorKind::ALL {
+            let inner = Scripted::new(vec![Err(Error::new(kind, "scripted")), Ok(Vec::new())]);
+            let retrying = ResilienceSettings {
+                max_retries: 1,
+                ..settings()
+            };
+            let backend = ResilientBackend::new(inner.clone(), retrying);
+            let result = backend.search(&query(Duration::from_secs(5))).await;
+            assert_eq!(result.is_ok(), kind.is_retryable(), "{kind}");
+            let calls = inner.calls.load(Ordering::Relaxed);
+            assert_eq!(calls, 1 + u64::from(kind.is_retryable()), "{kind}");
+
+            let failing =
+                Scripted::new((0..2).map(|_| Err(Error::new(kind, "scripted"))).collect());
+            let once = ResilienceSettings {
+                max_retries: 0,
+                breaker: BreakerSettings {
+                    threshold: 2,
+                    ..settings().breaker
+                },
+                ..settings()
+            };
+            let backend = ResilientBackend::new(failing, once);
+            for _ in 0..2 {
+                let _ = backend.search(&query(Duration::from_secs(5))).await;
+            }
+            assert_eq!(
+                backend.breaker_is_open(),
+                kind.counts_against_endpoint(),
+                "{kind}"
+            );
+        }
     }
 
     #[tokio::test]
