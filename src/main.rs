@@ -652,7 +652,16 @@ async fn run_ask(
                     .iter()
                     .filter(|attempt| attempt.outcome != "ok")
                 {
-                    println!("  failed attempt {}: {}", attempt.provider, attempt.message);
+                    // The kind as the proto spells it (THROTTLED...), else "skipped".
+                    let why = if attempt.error_kind.is_empty() {
+                        &attempt.outcome
+                    } else {
+                        &attempt.error_kind
+                    };
+                    println!(
+                        "  failed attempt {} ({why}): {}",
+                        attempt.provider, attempt.message
+                    );
                 }
                 for citation in &done.citations {
                     println!(

@@ -684,6 +684,10 @@ async fn an_unavailable_llm_falls_back_to_a_labelled_extractive_answer_and_a_bro
         panic!("a broken stream ends with an error event, not done: {events:?}");
     };
     assert!(error.message.contains("engine died"));
+    assert_eq!(
+        error.code, "UNAVAILABLE",
+        "a google.rpc.Code name, as the proto documents"
+    );
     assert!(
         !events
             .iter()

@@ -11,7 +11,18 @@ use crate::retrieve::{FusedHit, SearchResult, SourceOutcome, SourceStatus};
 
 /// Every error kind maps to one status; retry hints travel as `retry-after` metadata.
 pub fn status(error: Error) -> Status {
-    let code = match error.kind {
+    let mut status = Status::new(code(error.kind), error.message);
+    if let Some(retry_after) = error.retry_after
+        && let Ok(value) = retry_after.as_secs().max(1).to_string().parse()
+    {
+        status.metadata_mut().insert("retry-after", value);
+    }
+    status
+}
+
+/// The gRPC code each error kind is reported with.
+pub fn code(kind: ErrorKind) -> tonic::Code {
+    match kind {
         ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
         ErrorKind::ContextLength => tonic::Code::OutOfRange,
         ErrorKind::NotFound => tonic::Code::NotFound,
@@ -22,14 +33,32 @@ pub fn status(error: Error) -> Status {
         ErrorKind::Forbidden => tonic::Code::PermissionDenied,
         ErrorKind::Config => tonic::Code::FailedPrecondition,
         ErrorKind::Internal => tonic::Code::Internal,
-    };
-    let mut status = Status::new(code, error.message);
-    if let Some(retry_after) = error.retry_after
-        && let Ok(value) = retry_after.as_secs().max(1).to_string().parse()
-    {
-        status.metadata_mut().insert("retry-after", value);
     }
-    status
+}
+
+/// The google.rpc.Code name of a gRPC code (`UNAVAILABLE`, `DEADLINE_EXCEEDED`),
+/// as the proto's `AnswerError.code` documents it; tonic's own `Debug` spells
+/// `Unavailable`.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 /// The call's deadline from its `grpc-timeout` header, if the client set one.

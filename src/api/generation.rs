@@ -6,7 +6,6 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::proto::{self, answer_event::Event, generation_service_server::GenerationService};
-use crate::error::ErrorKind;
 use crate::route::callers::bearer_token;
 use crate::route::{AttemptOutcome, RouteSummary};
 use crate::service::{AnswerEvent, AnswerRequest, AnswerSummary, EXTRACTIVE_MODEL, Service};
@@ -60,13 +59,10 @@ fn answer_event(event: AnswerEvent) -> proto::AnswerEvent {
     let event = match event {
         AnswerEvent::Token(text) => Event::Token(text),
         AnswerEvent::Done(summary) => Event::Done(answer_done(*summary)),
-        AnswerEvent::Failed(error) => {
-            let status = convert::status(error);
-            Event::Error(proto::AnswerError {
-                code: format!("{:?}", status.code()),
-                message: status.message().to_string(),
-            })
-        }
+        AnswerEvent::Failed(error) => Event::Error(proto::AnswerError {
+            code: convert::code_name(convert::code(error.kind)).to_string(),
+            message: error.message,
+        }),
     };
     proto::AnswerEvent { event: Some(event) }
 }
@@ -141,16 +137,11 @@ fn route(route: RouteSummary, extractive: bool) -> proto::Route {
             .map(|attempt| {
                 let (outcome, error_kind) = match attempt.outcome {
                     AttemptOutcome::Ok => ("ok", String::new()),
-                    AttemptOutcome::Failed(kind) => ("error", kind_name(kind).to_string()),
+                    AttemptOutcome::Failed(kind) => ("error", kind.as_str().to_string()),
                     AttemptOutcome::Skipped => ("skipped", String::new()),
                 };
                 proto::Attempt {
-                    provider: attempt
-                        .deployment
-                        .split('/')
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
+                    provider: attempt.provider,
                     model: attempt.model,
                     outcome: outcome.to_string(),
                     message: attempt.message,
@@ -187,17 +178,25 @@ fn route(route: RouteSummary, extractive: bool) -> proto::Route {
     }
 }
 
-fn kind_name(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::InvalidArgument => "INVALID_ARGUMENT",
-        ErrorKind::ContextLength => "CONTEXT_LENGTH",
-        ErrorKind::NotFound => "NOT_FOUND",
-        ErrorKind::Throttled => "THROTTLED",
-        ErrorKind::Unavailable => "UNAVAILABLE",
-        ErrorKind::Timeout => "TIMEOUT",
-        ErrorKind::Auth => "AUTH",
-        ErrorKind::Forbidden => "FORBIDDEN",
-        ErrorKind::Config => "CONFIG",
-        ErrorKind::Internal => "INTERNAL",
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{Error, ErrorKind};
+
+    #[test]
+    fn a_broken_answer_carries_the_google_rpc_code_name() {
+        for (kind, name) in [
+            (ErrorKind::Timeout, "DEADLINE_EXCEEDED"),
+            (ErrorKind::Throttled, "RESOURCE_EXHAUSTED"),
+            (ErrorKind::Unavailable, "UNAVAILABLE"),
+            (ErrorKind::ContextLength, "OUT_OF_RANGE"),
+        ] {
+            let event = answer_event(AnswerEvent::Failed(Error::new(kind, "broke")));
+            let Some(Event::Error(error)) = event.event else {
+                panic!("an error event");
+            };
+            assert_eq!(error.code, name);
+            assert_eq!(error.message, "broke");
+        }
     }
 }
