@@ -838,7 +838,11 @@ async fn failover_and_breaker_follow_the_failure_policy_for_every_kind() {
         let (_, result) = run(&before, ask("m")).await;
         let failed_over = kind.failover() == Failover::Next;
         assert_eq!(result.is_ok(), failed_over, "{kind}");
-        assert_eq!(before.providers[1].calls(), usize::from(failed_over), "{kind}");
+        assert_eq!(
+            before.providers[1].calls(),
+            usize::from(failed_over),
+            "{kind}"
+        );
         if let Err((error, _)) = result {
             assert_eq!(error.kind, kind);
         }
