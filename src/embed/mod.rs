@@ -5,6 +5,10 @@
 //! is one embedding space (a model at a dimension and metric) and is what ingestion and
 //! search call. A space is served by one or more providers of the *same* model, tried in
 //! order: a space never fails over to a different model.
+//!
+//! The in-process provider is [`local`]: a BERT runtime (tokenizer, weights, forward pass)
+//! for all-MiniLM-L6-v2, whose `unsafe` code and SIMD kernels all live in
+//! `local/kernels.rs`.
 
 pub mod adapter;
 pub mod local;
