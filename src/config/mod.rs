@@ -3,6 +3,7 @@
 //! stores and models from a valid config (I/O) happens in `service::build`.
 
 mod bucket;
+mod glob;
 mod provider;
 mod routing;
 mod secret;
@@ -16,8 +17,9 @@ pub use bucket::{AZURE_SCHEMES, BucketConfig, GCS_SCHEMES, S3_SCHEMES};
 pub use provider::{ProviderConfig, ProviderKind};
 pub use routing::{
     CallerConfig, DeploymentConfig, FacadeConfig, PriceConfig, RouteRule, RoutingConfig,
-    TierConfig, glob_matches,
+    TierConfig,
 };
+pub use glob::{Glob, any_matches};
 pub use secret::{Secret, SecretLocation};
 
 use crate::error::{Error, Result};
