@@ -24,7 +24,9 @@ impl Glob {
             .literal_separator(false)
             .backslash_escape(true)
             .build()
-            .map_err(|error| Error::invalid(format!("glob {text:?} is invalid: {}", error.kind())))?;
+            .map_err(|error| {
+                Error::invalid(format!("glob {text:?} is invalid: {}", error.kind()))
+            })?;
         Ok(Self {
             text: text.to_string(),
             matcher: glob.compile_matcher(),

@@ -131,7 +131,7 @@ pub(super) async fn sources(config: &Config, env: &HashMap<String, String>) -> R
     for source in &config.sources {
         // Remote stores are checked against their space here: a collection or index
         // of another dimension or metric stops startup with a message naming both.
-        let backends = if source.kind.is_remote() {
+        let backends = if source.kind().is_remote() {
             super::remote_sources::open(config, source, env).await
         } else {
             backend(config, source).await.map(|backend| vec![backend])
@@ -154,27 +154,27 @@ pub(super) async fn sources(config: &Config, env: &HashMap<String, String>) -> R
 }
 
 async fn backend(config: &Config, source: &SourceConfig) -> Result<Arc<dyn SearchBackend>> {
-    let dims = source.space.as_ref().and_then(|space_id| {
+    let dims = source.space().and_then(|space_id| {
         config
             .spaces
             .iter()
-            .find(|space| &space.id == space_id)
+            .find(|space| space.id == space_id)
             .map(|space| space.dims)
     });
     let info = SourceInfo {
         id: source.id.clone(),
-        backend: source.kind.as_str().to_string(),
-        kind: match source.kind {
+        backend: source.kind().as_str().to_string(),
+        kind: match source.kind() {
             SourceKind::Tantivy => StoreKind::Lexical,
             _ => StoreKind::Dense,
         },
-        space: source.space.clone(),
+        space: source.space().map(str::to_owned),
         dims,
         cloud: source.cloud.clone(),
         region: source.region.clone(),
     };
     let dir = config.source_dir(source);
-    let kind = source.kind;
+    let kind = source.kind();
     // Opening reads index files: keep it off the async workers.
     tokio::task::spawn_blocking(move || -> Result<Arc<dyn SearchBackend>> {
         std::fs::create_dir_all(&dir)

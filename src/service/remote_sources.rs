@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cloud::sigv4::{AwsCredentials, SigV4Signer};
-use crate::config::{Config, OpenSearchAuth, OpenSearchRole, SourceConfig, SourceKind};
+use crate::config::{
+    Config, LEXICAL_TWIN_SUFFIX, OpenSearchAuth, OpenSearchConfig, OpenSearchRole, QdrantConfig,
+    RemoteConfig, SecretLocation, SourceConfig, StoreConfig,
+};
 use crate::error::{Error, Result};
 use crate::stores::opensearch::{OpenSearchCredentials, OpenSearchIndex};
 use crate::stores::qdrant::QdrantStore;
 use crate::stores::remote::RemoteSettings;
 use crate::stores::resilient::ResilienceSettings;
 use crate::stores::{SearchBackend, SourceInfo, StoreKind};
-
-/// The lexical source over an OpenSearch index with `role = "both"` is `<id>` + this.
-pub const LEXICAL_TWIN_SUFFIX: &str = "-bm25";
 
 /// The backends of one remote source: one, or two for an OpenSearch index serving
 /// both roles (`<id>` dense, `<id>-bm25` lexical).
@@ -25,15 +25,14 @@ pub(super) async fn open(
     env: &HashMap<String, String>,
 ) -> Result<Vec<Arc<dyn SearchBackend>>> {
     let space = source
-        .space
-        .as_ref()
-        .and_then(|id| config.spaces.iter().find(|space| &space.id == id));
+        .space()
+        .and_then(|id| config.spaces.iter().find(|space| space.id == id));
     let info = |id: String, kind: StoreKind| SourceInfo {
         id,
-        backend: source.kind.as_str().to_string(),
+        backend: source.kind().as_str().to_string(),
         kind,
         space: if kind == StoreKind::Dense {
-            source.space.clone()
+            source.space().map(str::to_owned)
         } else {
             None
         },
@@ -45,58 +44,41 @@ pub(super) async fn open(
         cloud: source.cloud.clone(),
         region: source.region.clone(),
     };
-    let settings = |info: SourceInfo, name: &Option<String>| RemoteSettings {
-        dims: info.dims,
-        info,
-        url: source.url.clone().unwrap_or_default(),
-        name: name.clone().unwrap_or_default(),
-        metric: space.map(|space| space.metric).unwrap_or_default(),
-        create_missing: source.create_missing,
-        upsert_batch: source.upsert_batch,
-        score_threshold: source.score_threshold,
-        write_timeout: Duration::from_millis(source.write_timeout_ms),
-    };
-    let secret = |location: &Option<crate::config::SecretLocation>, key: &str| {
-        location
-            .as_ref()
-            .map(|location| location.resolve(env))
-            .transpose()
-            .map_err(|error| error.context(key.to_string()))
-    };
-    match source.kind {
-        SourceKind::Qdrant => {
-            let api_key = secret(&source.api_key, "api_key")?;
+    let settings =
+        |info: SourceInfo, remote: &RemoteConfig, name: &str, score_threshold| RemoteSettings {
+            dims: info.dims,
+            info,
+            url: remote.url.clone(),
+            name: name.to_string(),
+            metric: space.map(|space| space.metric).unwrap_or_default(),
+            create_missing: remote.create_missing,
+            upsert_batch: remote.upsert_batch,
+            score_threshold,
+            write_timeout: Duration::from_millis(source.write_timeout_ms),
+        };
+    match &source.store {
+        StoreConfig::Qdrant(qdrant) => {
+            let QdrantConfig {
+                remote,
+                collection,
+                api_key,
+                score_threshold,
+                ..
+            } = qdrant;
+            let api_key = SecretLocation::resolve_optional(api_key.as_ref(), "api_key", env)?;
             let settings = settings(
                 info(source.id.clone(), StoreKind::Dense),
-                &source.collection,
+                remote,
+                collection,
+                *score_threshold,
             );
             Ok(vec![Arc::new(
                 QdrantStore::connect(settings, api_key).await?,
             )])
         }
-        SourceKind::Opensearch => {
-            let credentials = match source.auth {
-                OpenSearchAuth::None => OpenSearchCredentials::None,
-                OpenSearchAuth::Basic => OpenSearchCredentials::Basic {
-                    username: source.username.clone().unwrap_or_default(),
-                    password: secret(&source.password, "password")?
-                        .ok_or_else(|| Error::config("password is not set"))?,
-                },
-                OpenSearchAuth::Sigv4 => OpenSearchCredentials::SigV4(SigV4Signer {
-                    credentials: AwsCredentials::resolve(
-                        source.aws_access_key_id.as_ref(),
-                        source.aws_secret_access_key.as_ref(),
-                        source.aws_session_token.as_ref(),
-                        env,
-                    )?,
-                    region: source
-                        .sigv4_region
-                        .clone()
-                        .unwrap_or_else(|| source.region.clone()),
-                    service: source.sigv4_service.clone().unwrap_or_else(|| "es".into()),
-                }),
-            };
-            let dense = source.role != OpenSearchRole::Lexical;
+        StoreConfig::Opensearch(opensearch) => {
+            let credentials = opensearch_credentials(opensearch, &source.region, env)?;
+            let dense = opensearch.role != OpenSearchRole::Lexical;
             let primary_kind = if dense {
                 StoreKind::Dense
             } else {
@@ -104,15 +86,15 @@ pub(super) async fn open(
             };
             let primary = info(source.id.clone(), primary_kind);
             let index = OpenSearchIndex::connect(
-                settings(primary.clone(), &source.index),
+                settings(primary.clone(), &opensearch.remote, &opensearch.index, None),
                 credentials,
-                source.refresh,
+                opensearch.refresh,
                 dense,
             )
             .await?;
             let mut backends: Vec<Arc<dyn SearchBackend>> =
                 vec![Arc::new(index.source(primary, true))];
-            if source.role == OpenSearchRole::Both {
+            if opensearch.role == OpenSearchRole::Both {
                 let twin = info(
                     format!("{}{LEXICAL_TWIN_SUFFIX}", source.id),
                     StoreKind::Lexical,
@@ -121,11 +103,41 @@ pub(super) async fn open(
             }
             Ok(backends)
         }
-        SourceKind::Tantivy | SourceKind::Dense => Err(Error::internal(format!(
+        StoreConfig::Tantivy(_) | StoreConfig::Dense(_) => Err(Error::internal(format!(
             "source {:?} is not remote",
             source.id
         ))),
     }
+}
+
+fn opensearch_credentials(
+    opensearch: &OpenSearchConfig,
+    region: &str,
+    env: &HashMap<String, String>,
+) -> Result<OpenSearchCredentials> {
+    Ok(match opensearch.auth {
+        OpenSearchAuth::None => OpenSearchCredentials::None,
+        OpenSearchAuth::Basic => OpenSearchCredentials::Basic {
+            username: opensearch.username.clone().unwrap_or_default(),
+            password: SecretLocation::resolve_optional(
+                opensearch.password.as_ref(),
+                "password",
+                env,
+            )?
+            .ok_or_else(|| Error::config("password is not set"))?,
+        },
+        OpenSearchAuth::Sigv4 => OpenSearchCredentials::SigV4(SigV4Signer {
+            credentials: AwsCredentials::resolve(&opensearch.aws, "aws_", env)?,
+            region: opensearch
+                .sigv4_region
+                .clone()
+                .unwrap_or_else(|| region.to_string()),
+            service: opensearch
+                .sigv4_service
+                .clone()
+                .unwrap_or_else(|| "es".into()),
+        }),
+    })
 }
 
 /// How the resilience wrapper treats a source, from its config.
