@@ -139,14 +139,6 @@ impl Config {
         }
     }
 
-    /// Where a local source keeps its files.
-    pub fn source_dir(&self, source: &SourceConfig) -> PathBuf {
-        source
-            .path()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.server.data_dir.join(&source.id))
-    }
-
     /// Where an index keeps its manifest.
     pub fn manifest_path(&self, index: &IndexConfig) -> PathBuf {
         self.server
