@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use skyfuse::config::{DeploymentConfig, RouteRule, RoutingConfig, TierConfig};
+use skyfuse::config::{DeploymentConfig, Glob, RouteRule, RoutingConfig, TierConfig};
 use skyfuse::llm::{ChatMessage, ChatProvider, ChatRequest, Role};
 use skyfuse::route::testing::{Script, Scripted};
 use skyfuse::route::{Caller, Callers, Catalog, Deployment, RouteEvent, RouteRequest, Router};
@@ -23,12 +23,12 @@ fn router() -> Router {
         cost_optimize: true,
         rules: vec![
             RouteRule {
-                model: "gpt-*".into(),
+                model: Glob::new("gpt-*").unwrap(),
                 providers: vec![],
                 clouds: vec!["azure".into()],
             },
             RouteRule {
-                model: "claude-*".into(),
+                model: Glob::new("claude-*").unwrap(),
                 providers: vec![],
                 clouds: vec!["aws".into(), "gcp".into()],
             },

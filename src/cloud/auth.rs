@@ -10,7 +10,7 @@ use crate::cloud::gcp_token::{GcpTokenSource, MetadataTokens, ServiceAccountToke
 use crate::cloud::oci_signing::OciSigner;
 use crate::cloud::rsa_key::RsaPrivateKey;
 use crate::cloud::sigv4::{AwsCredentials, SigV4Signer};
-use crate::config::{ProviderConfig, ProviderKind, Secret};
+use crate::config::{ProviderConfig, ProviderSettings, Secret, SecretLocation};
 use crate::error::{Error, Result};
 
 #[derive(Debug)]
@@ -35,73 +35,67 @@ impl RequestAuth {
         env: &HashMap<String, String>,
         http: &reqwest::Client,
     ) -> Result<Self> {
-        let resolve = |location: &Option<crate::config::SecretLocation>, key: &str| {
-            location
-                .as_ref()
-                .map(|location| location.resolve(env))
-                .transpose()
-                .map_err(|error| error.context(key.to_string()))
+        let resolve = |location: &Option<SecretLocation>, key: &str| {
+            SecretLocation::resolve_optional(location.as_ref(), key, env)
         };
         let missing = |what: &str| Error::config(format!("{what} is not set"));
-        Ok(match config.kind {
-            ProviderKind::OpenaiCompat => match resolve(&config.api_key, "api_key")? {
-                Some(key) => Self::Bearer(key),
-                None => Self::None,
-            },
-            ProviderKind::AzureOpenai => {
-                if let Some(key) = resolve(&config.api_key, "api_key")? {
+        let timeout = Duration::from_millis(config.timeout_ms);
+        Ok(match &config.settings {
+            ProviderSettings::OpenaiCompat(settings) => {
+                match resolve(&settings.api_key, "api_key")? {
+                    Some(key) => Self::Bearer(key),
+                    None => Self::None,
+                }
+            }
+            ProviderSettings::AzureOpenai(settings) => {
+                if let Some(key) = resolve(&settings.api_key, "api_key")? {
                     Self::AzureApiKey(key)
                 } else {
-                    let token = resolve(&config.access_token, "access_token")?
+                    let token = resolve(&settings.access_token, "access_token")?
                         .ok_or_else(|| missing("api_key or access_token"))?;
                     Self::Bearer(token)
                 }
             }
-            ProviderKind::Bedrock => Self::SigV4(SigV4Signer {
-                credentials: AwsCredentials::resolve(
-                    config.aws_access_key_id.as_ref(),
-                    config.aws_secret_access_key.as_ref(),
-                    config.aws_session_token.as_ref(),
-                    env,
-                )?,
+            ProviderSettings::Bedrock(settings) => Self::SigV4(SigV4Signer {
+                credentials: AwsCredentials::resolve(&settings.aws, "aws_", env)?,
                 region: region.to_string(),
                 service: "bedrock".into(),
             }),
-            ProviderKind::Vertex => {
-                if let Some(token) = resolve(&config.access_token, "access_token")? {
+            ProviderSettings::Vertex(settings) => {
+                if let Some(token) = resolve(&settings.access_token, "access_token")? {
                     Self::Google(GcpTokenSource::Static(token))
-                } else if let Some(metadata_url) = &config.metadata_url {
+                } else if let Some(metadata_url) = &settings.metadata_url {
                     Self::Google(GcpTokenSource::Metadata(Box::new(MetadataTokens::new(
                         metadata_url,
                         http.clone(),
-                        Duration::from_millis(config.timeout_ms),
+                        timeout,
                     ))))
                 } else {
-                    let key_json = resolve(&config.service_account_key, "service_account_key")?
+                    let key_json = resolve(&settings.service_account_key, "service_account_key")?
                         .ok_or_else(|| {
-                            missing("service_account_key, access_token or metadata_url")
-                        })?;
+                        missing("service_account_key, access_token or metadata_url")
+                    })?;
                     let tokens = ServiceAccountTokens::from_key_json(
                         key_json.expose(),
-                        config.token_url.as_deref(),
+                        settings.token_url.as_deref(),
                         http.clone(),
-                        Duration::from_millis(config.timeout_ms),
+                        timeout,
                     )
                     .map_err(|error| error.context("service_account_key"))?;
                     Self::Google(GcpTokenSource::ServiceAccount(Box::new(tokens)))
                 }
             }
-            ProviderKind::Oci => {
-                let pem = resolve(&config.private_key, "private_key")?
-                    .ok_or_else(|| missing("private_key"))?;
+            ProviderSettings::Oci(settings) => {
+                let pem = settings
+                    .private_key
+                    .resolve(env)
+                    .map_err(|error| error.context("private_key"))?;
                 let key = RsaPrivateKey::from_pem(pem.expose())
                     .map_err(|error| error.context("private_key"))?;
-                let field =
-                    |value: &Option<String>, name: &str| value.clone().ok_or_else(|| missing(name));
                 Self::Oci(OciSigner::new(
-                    &field(&config.tenancy_id, "tenancy_id")?,
-                    &field(&config.user_id, "user_id")?,
-                    &field(&config.key_fingerprint, "key_fingerprint")?,
+                    &settings.tenancy_id,
+                    &settings.user_id,
+                    &settings.key_fingerprint,
                     key,
                 ))
             }

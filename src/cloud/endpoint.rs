@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::cloud::auth::RequestAuth;
 use crate::cloud::http::{HttpReply, transport_error};
-use crate::config::{ProviderConfig, ProviderKind};
+use crate::config::{ProviderConfig, ProviderKind, ProviderSettings};
 use crate::error::{Error, Result};
 
 #[derive(Debug)]
@@ -94,7 +94,7 @@ fn resolve_region(config: &ProviderConfig, env: &HashMap<String, String>) -> Res
     if let Some(region) = &config.region {
         return Ok(region.clone());
     }
-    match config.kind {
+    match config.kind() {
         ProviderKind::OpenaiCompat => Ok("local".into()),
         ProviderKind::Bedrock => ["AWS_REGION", "AWS_DEFAULT_REGION"]
             .iter()
@@ -126,13 +126,14 @@ pub fn base_url(config: &ProviderConfig, region: &str) -> Result<String> {
             )))
         }
     };
-    Ok(match config.kind {
+    Ok(match config.kind() {
         ProviderKind::OpenaiCompat => return Err(Error::config("base_url is not set")),
         ProviderKind::AzureOpenai => {
-            let resource = config
-                .resource
-                .as_deref()
-                .ok_or_else(|| Error::config("resource (or base_url) is not set"))?;
+            let resource = match &config.settings {
+                ProviderSettings::AzureOpenai(azure) => azure.resource.as_deref(),
+                _ => None,
+            }
+            .ok_or_else(|| Error::config("resource (or base_url) is not set"))?;
             format!(
                 "https://{}.openai.azure.com",
                 host_part(resource, "resource")?
@@ -168,9 +169,11 @@ mod tests {
             .remove(0)
     }
 
+    const OCI_KEYS: &str = "compartment_id = \"c\"\ntenancy_id = \"t\"\nuser_id = \"u\"\nkey_fingerprint = \"f\"\nprivate_key = \"env:K\"";
+
     #[test]
     fn endpoints_are_derived_per_kind() {
-        let cases = [
+        let cases: [(&str, &str); 6] = [
             (
                 "kind = \"azure_openai\"\nresource = \"contoso-weu\"\nregion = \"westeurope\"",
                 "https://contoso-weu.openai.azure.com",
@@ -180,19 +183,21 @@ mod tests {
                 "https://bedrock-runtime.eu-central-1.amazonaws.com",
             ),
             (
-                "kind = \"vertex\"\nregion = \"europe-west4\"",
+                "kind = \"vertex\"\nproject = \"p\"\nregion = \"europe-west4\"",
                 "https://europe-west4-aiplatform.googleapis.com",
             ),
             (
-                "kind = \"vertex\"\nregion = \"global\"",
+                "kind = \"vertex\"\nproject = \"p\"\nregion = \"global\"",
                 "https://aiplatform.googleapis.com",
             ),
             (
-                "kind = \"oci\"\nregion = \"eu-frankfurt-1\"",
+                &format!("kind = \"oci\"\nregion = \"eu-frankfurt-1\"\n{OCI_KEYS}"),
                 "https://inference.generativeai.eu-frankfurt-1.oci.oraclecloud.com",
             ),
             (
-                "kind = \"oci\"\nregion = \"eu-frankfurt-1\"\nbase_url = \"http://127.0.0.1:9/\"",
+                &format!(
+                    "kind = \"oci\"\nregion = \"eu-frankfurt-1\"\nbase_url = \"http://127.0.0.1:9/\"\n{OCI_KEYS}"
+                ),
                 "http://127.0.0.1:9",
             ),
         ];

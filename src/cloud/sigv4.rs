@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use aws_lc_rs::hmac;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Secret, SecretLocation};
+use crate::config::{AwsKeyLocations, Secret, SecretLocation};
 use crate::error::{Error, Result};
 
 /// An access key pair, and the session token that comes with temporary credentials.
@@ -24,33 +24,27 @@ pub struct AwsCredentials {
 }
 
 impl AwsCredentials {
-    /// From the configured locations when given, else the standard variables
-    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+    /// From the configured locations when given (`prefix` spells their keys in
+    /// messages), else the standard variables `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
     pub fn resolve(
-        access_key_id: Option<&SecretLocation>,
-        secret_access_key: Option<&SecretLocation>,
-        session_token: Option<&SecretLocation>,
+        locations: &AwsKeyLocations,
+        prefix: &str,
         env: &HashMap<String, String>,
     ) -> Result<Self> {
-        let standard = |name: &str| SecretLocation::Env(name.to_string());
-        let access_key_id = access_key_id
-            .cloned()
-            .unwrap_or_else(|| standard("AWS_ACCESS_KEY_ID"))
-            .resolve(env)
-            .map_err(|error| error.context("aws_access_key_id"))?;
-        let secret_access_key = secret_access_key
-            .cloned()
-            .unwrap_or_else(|| standard("AWS_SECRET_ACCESS_KEY"))
-            .resolve(env)
-            .map_err(|error| error.context("aws_secret_access_key"))?;
-        let session_token = match session_token {
-            Some(location) => Some(
-                location
-                    .resolve(env)
-                    .map_err(|error| error.context("aws_session_token"))?,
-            ),
-            None => standard("AWS_SESSION_TOKEN").resolve(env).ok(),
+        let configured = locations.resolve(prefix, env)?;
+        let standard = |name: &str| SecretLocation::Env(name.to_string()).resolve(env);
+        let access_key_id = match configured.access_key_id {
+            Some(secret) => secret,
+            None => standard("AWS_ACCESS_KEY_ID")?,
         };
+        let secret_access_key = match configured.secret_access_key {
+            Some(secret) => secret,
+            None => standard("AWS_SECRET_ACCESS_KEY")?,
+        };
+        let session_token = configured
+            .session_token
+            .or_else(|| standard("AWS_SESSION_TOKEN").ok());
         Ok(Self {
             access_key_id,
             secret_access_key,
@@ -400,7 +394,8 @@ mod tests {
                 "token/with+chars".to_string(),
             ),
         ]);
-        let credentials = AwsCredentials::resolve(None, None, None, &env).unwrap();
+        let credentials =
+            AwsCredentials::resolve(&AwsKeyLocations::default(), "aws_", &env).unwrap();
         let signer = SigV4Signer {
             credentials,
             region: "eu-west-1".into(),
@@ -423,7 +418,8 @@ mod tests {
 
     #[test]
     fn missing_credentials_name_the_variable() {
-        let error = AwsCredentials::resolve(None, None, None, &HashMap::new()).unwrap_err();
+        let error = AwsCredentials::resolve(&AwsKeyLocations::default(), "aws_", &HashMap::new())
+            .unwrap_err();
         assert!(
             error.message.contains("AWS_ACCESS_KEY_ID"),
             "{}",

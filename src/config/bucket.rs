@@ -6,11 +6,14 @@
 
 use serde::Deserialize;
 
-use super::SecretLocation;
+use super::{AwsKeyLocations, SecretLocation};
 
-/// Settings for every index URL that starts with `url` (the longest match wins).
+/// Settings for every index URL that starts with `url` (the longest match wins). The
+/// URL's scheme selects the credential keys the entry takes (`s3://`: an AWS key pair,
+/// `az://`: a storage account, `gs://`: a service account); a key of another cloud is
+/// refused by serde, naming the key and the entry.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "toml::Table")]
 pub struct BucketConfig {
     /// `s3://bucket`, `s3://bucket/prefix`, `az://container`, `gs://bucket`...
     pub url: String,
@@ -23,25 +26,11 @@ pub struct BucketConfig {
     /// Azure account URL, or GCS base URL.
     pub endpoint: Option<String>,
     /// Allow a plain-http endpoint (emulators only).
-    #[serde(default)]
     pub allow_http: bool,
-    /// S3 and S3-compatible (OCI customer secret keys).
-    pub access_key_id: Option<SecretLocation>,
-    pub secret_access_key: Option<SecretLocation>,
-    pub session_token: Option<SecretLocation>,
-    /// Azure storage account name and key.
-    pub account: Option<String>,
-    pub access_key: Option<SecretLocation>,
-    /// GCS: the service account JSON itself.
-    pub service_account_key: Option<SecretLocation>,
-    /// Azure or GCS OAuth bearer token.
-    pub bearer_token: Option<SecretLocation>,
     /// Globs over keys relative to the URL's prefix (`**/*.md`); empty: every key.
-    #[serde(default)]
     pub include: Vec<String>,
     /// Globs of keys left out even when included; an indexed key that becomes excluded
     /// has its chunks removed on the next run.
-    #[serde(default)]
     pub exclude: Vec<String>,
     /// Overrides the index's `max_object_bytes`.
     pub max_object_bytes: Option<u64>,
@@ -52,6 +41,32 @@ pub struct BucketConfig {
     pub max_retries: Option<usize>,
     /// No retry starts later than this after the first attempt.
     pub retry_timeout_ms: Option<u64>,
+    pub credentials: BucketCredentialsConfig,
+}
+
+/// The credential keys of a bucket, by the cloud its URL names. Unset ones fall back
+/// to the cloud's standard environment variables (read by `object_store`).
+#[derive(Debug, Clone, Default)]
+pub enum BucketCredentialsConfig {
+    /// No `[[bucket]]` entry applies.
+    #[default]
+    None,
+    /// S3 and S3-compatible (OCI customer secret keys): `access_key_id`,
+    /// `secret_access_key`, `session_token`.
+    S3(AwsKeyLocations),
+    Azure {
+        /// The storage account name and key.
+        account: Option<String>,
+        access_key: Option<SecretLocation>,
+        /// An OAuth bearer token.
+        bearer_token: Option<SecretLocation>,
+    },
+    Gcs {
+        /// The service account JSON itself.
+        service_account_key: Option<SecretLocation>,
+        /// An OAuth bearer token.
+        bearer_token: Option<SecretLocation>,
+    },
 }
 
 /// The schemes `[[bucket]]` and the indexer understand, by cloud.
@@ -69,67 +84,14 @@ impl BucketConfig {
         }
     }
 
-    /// Pure checks; every message names the entry and the key.
+    /// Pure checks of the values serde cannot judge; every message names the entry
+    /// and the key.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let name = format!("bucket {:?}", self.url);
-        let scheme = match url::Url::parse(&self.url) {
-            Ok(url) => url.scheme().to_owned(),
-            Err(error) => {
-                problems.push(format!("{name}: url is not a URL ({error})"));
-                return problems;
-            }
-        };
-        let is_s3 = S3_SCHEMES.contains(&scheme.as_str());
-        let is_azure = AZURE_SCHEMES.contains(&scheme.as_str());
-        let is_gcs = GCS_SCHEMES.contains(&scheme.as_str());
-        if !(is_s3 || is_azure || is_gcs) {
-            problems.push(format!(
-                "{name}: url scheme {scheme:?} is not one of s3, az, abfs, gs"
-            ));
-        }
-        let only_for = |key: &str, set: bool, allowed: bool, which: &str| {
-            (set && !allowed).then(|| format!("{name}: {key} applies to {which} buckets only"))
-        };
-        problems.extend(
-            [
-                only_for(
-                    "access_key_id",
-                    self.access_key_id.is_some(),
-                    is_s3,
-                    "s3://",
-                ),
-                only_for(
-                    "secret_access_key",
-                    self.secret_access_key.is_some(),
-                    is_s3,
-                    "s3://",
-                ),
-                only_for(
-                    "session_token",
-                    self.session_token.is_some(),
-                    is_s3,
-                    "s3://",
-                ),
-                only_for("account", self.account.is_some(), is_azure, "az://"),
-                only_for("access_key", self.access_key.is_some(), is_azure, "az://"),
-                only_for(
-                    "service_account_key",
-                    self.service_account_key.is_some(),
-                    is_gcs,
-                    "gs://",
-                ),
-                only_for(
-                    "bearer_token",
-                    self.bearer_token.is_some(),
-                    is_azure || is_gcs,
-                    "az:// and gs://",
-                ),
-            ]
-            .into_iter()
-            .flatten(),
-        );
-        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+        if let BucketCredentialsConfig::S3(keys) = &self.credentials
+            && !keys.pair_is_whole()
+        {
             problems.push(format!(
                 "{name}: access_key_id and secret_access_key go together"
             ));
@@ -171,6 +133,117 @@ impl BucketConfig {
     }
 }
 
+/// Declares one cloud's table: the keys every bucket takes, then the cloud's own,
+/// `deny_unknown_fields` over the whole (serde's `flatten` would defeat it).
+macro_rules! bucket_table {
+    ($name:ident { $($field:ident: $type:ty,)* }) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $name {
+            url: String,
+            cloud: Option<String>,
+            region: Option<String>,
+            endpoint: Option<String>,
+            #[serde(default)]
+            allow_http: bool,
+            #[serde(default)]
+            include: Vec<String>,
+            #[serde(default)]
+            exclude: Vec<String>,
+            max_object_bytes: Option<u64>,
+            fetch_concurrency: Option<usize>,
+            max_retries: Option<usize>,
+            retry_timeout_ms: Option<u64>,
+            $($field: $type,)*
+        }
+
+        impl $name {
+            fn common(self, credentials: BucketCredentialsConfig) -> BucketConfig {
+                BucketConfig {
+                    url: self.url,
+                    cloud: self.cloud,
+                    region: self.region,
+                    endpoint: self.endpoint,
+                    allow_http: self.allow_http,
+                    include: self.include,
+                    exclude: self.exclude,
+                    max_object_bytes: self.max_object_bytes,
+                    fetch_concurrency: self.fetch_concurrency,
+                    max_retries: self.max_retries,
+                    retry_timeout_ms: self.retry_timeout_ms,
+                    credentials,
+                }
+            }
+        }
+    };
+}
+
+bucket_table!(S3Table {
+    access_key_id: Option<SecretLocation>,
+    secret_access_key: Option<SecretLocation>,
+    session_token: Option<SecretLocation>,
+});
+
+bucket_table!(AzureTable {
+    account: Option<String>,
+    access_key: Option<SecretLocation>,
+    bearer_token: Option<SecretLocation>,
+});
+
+bucket_table!(GcsTable {
+    service_account_key: Option<SecretLocation>,
+    bearer_token: Option<SecretLocation>,
+});
+
+impl TryFrom<toml::Table> for BucketConfig {
+    type Error = String;
+
+    /// The scheme of `url` picks the table; serde's message names the key, this adds
+    /// the entry.
+    fn try_from(table: toml::Table) -> Result<Self, String> {
+        let url = table
+            .get("url")
+            .and_then(|value| value.as_str())
+            .ok_or("[[bucket]]: missing field `url`")?
+            .to_owned();
+        let name = format!("bucket {url:?}");
+        let scheme = url::Url::parse(&url)
+            .map_err(|error| format!("{name}: url is not a URL ({error})"))?
+            .scheme()
+            .to_owned();
+        let in_entry = |error: toml::de::Error| format!("{name}: {}", error.message().trim_end());
+        if S3_SCHEMES.contains(&scheme.as_str()) {
+            let table: S3Table = table.try_into().map_err(in_entry)?;
+            let keys = AwsKeyLocations {
+                access_key_id: table.access_key_id.clone(),
+                secret_access_key: table.secret_access_key.clone(),
+                session_token: table.session_token.clone(),
+            };
+            return Ok(table.common(BucketCredentialsConfig::S3(keys)));
+        }
+        if AZURE_SCHEMES.contains(&scheme.as_str()) {
+            let mut table: AzureTable = table.try_into().map_err(in_entry)?;
+            let credentials = BucketCredentialsConfig::Azure {
+                account: table.account.take(),
+                access_key: table.access_key.take(),
+                bearer_token: table.bearer_token.take(),
+            };
+            return Ok(table.common(credentials));
+        }
+        if GCS_SCHEMES.contains(&scheme.as_str()) {
+            let mut table: GcsTable = table.try_into().map_err(in_entry)?;
+            let credentials = BucketCredentialsConfig::Gcs {
+                service_account_key: table.service_account_key.take(),
+                bearer_token: table.bearer_token.take(),
+            };
+            return Ok(table.common(credentials));
+        }
+        Err(format!(
+            "{name}: url scheme {scheme:?} is not one of s3, az, abfs, gs"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,10 +265,26 @@ mod tests {
     }
 
     #[test]
-    fn keys_of_another_cloud_and_bad_values_are_named() {
+    fn keys_of_another_cloud_are_refused_naming_the_key_and_entry() {
+        let error =
+            toml::from_str::<BucketConfig>("url = \"gs://docs\"\naccess_key_id = \"env:KEY\"")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            error.contains("bucket \"gs://docs\": unknown field `access_key_id`"),
+            "{error}"
+        );
+        let error = toml::from_str::<BucketConfig>("url = \"ftp://docs\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("url scheme \"ftp\""), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
         let entry = bucket(
             r#"
-            url = "gs://docs"
+            url = "s3://docs"
             access_key_id = "env:KEY"
             endpoint = "http://127.0.0.1:4443"
             include = ["a/[b"]
@@ -203,10 +292,6 @@ mod tests {
             "#,
         );
         let problems = entry.problems().join("\n");
-        assert!(
-            problems.contains("access_key_id applies to s3://"),
-            "{problems}"
-        );
         assert!(problems.contains("go together"), "{problems}");
         assert!(problems.contains("allow_http"), "{problems}");
         assert!(problems.contains("include glob \"a/[b\""), "{problems}");

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::SecretLocation;
+use super::{AwsKeyLocations, SecretLocation};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -47,78 +47,97 @@ impl ProviderKind {
     }
 }
 
-/// One model endpoint. Which keys apply depends on `kind`; a key of another kind
-/// is refused by [`provider_problems`], naming it.
+/// A `[[provider]]`: the keys every kind takes, and the kind's own in `settings`.
+/// `kind` selects a struct with exactly its keys, so a key of another kind is
+/// refused by serde, naming the key, the provider and its kind.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "toml::Table")]
 pub struct ProviderConfig {
     pub id: String,
-    pub kind: ProviderKind,
+    /// The chat model. Needed only when `answer.provider` names this provider;
+    /// embedding spaces name their own model.
+    pub model: Option<String>,
+    pub timeout_ms: u64,
+    /// Most texts per embedding call, below the kind's default limit.
+    pub max_batch: Option<usize>,
+    /// List price per million input tokens, for the cost in each answer.
+    pub input_per_1m_usd: f64,
+    pub output_per_1m_usd: f64,
     /// Where requests go. Required for `openai_compat` (without `/v1`); for the
     /// clouds it is derived (from `resource` or `region`) and set only to override
     /// it: a private endpoint, a proxy, a local test server.
     pub base_url: Option<String>,
-    /// The chat model. Needed only when `answer.provider` names this provider;
-    /// embedding spaces name their own model.
-    pub model: Option<String>,
-    /// `openai_compat`: sent as `Authorization: Bearer`; `azure_openai`: the
-    /// `api-key` header.
-    pub api_key: Option<SecretLocation>,
-    #[serde(default = "default_provider_timeout_ms")]
-    pub timeout_ms: u64,
-    /// `openai_compat` only (default `local`): the clouds' is implied by `kind`.
-    pub cloud: Option<String>,
-    /// The region texts and prompts are sent to: required for the clouds
-    /// (`bedrock` may take `AWS_REGION` instead), `local` by default otherwise.
+    /// The region texts and prompts are sent to: required for azure_openai, vertex
+    /// and oci (`bedrock` may take `AWS_REGION` instead), `local` by default otherwise.
     pub region: Option<String>,
-    /// Most texts per embedding call, below the kind's default limit.
-    pub max_batch: Option<usize>,
-    /// List price per million input tokens, for the cost in each answer.
-    #[serde(default)]
-    pub input_per_1m_usd: f64,
-    #[serde(default)]
-    pub output_per_1m_usd: f64,
+    pub settings: ProviderSettings,
+}
 
-    // azure_openai
+/// The kind-specific keys of a provider.
+#[derive(Debug, Clone)]
+pub enum ProviderSettings {
+    OpenaiCompat(OpenAiCompatConfig),
+    AzureOpenai(AzureOpenAiConfig),
+    Bedrock(BedrockConfig),
+    Vertex(VertexConfig),
+    Oci(OciConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct OpenAiCompatConfig {
+    /// Sent as `Authorization: Bearer`.
+    pub api_key: Option<SecretLocation>,
+    /// Where the server runs (default `local`): the clouds' is implied by `kind`.
+    pub cloud: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AzureOpenAiConfig {
     /// The resource name: `https://{resource}.openai.azure.com`.
     pub resource: Option<String>,
-    /// `azure_openai`: the data-plane version of the classic deployment URLs
-    /// (`2024-10-21`); without it the v1 path is used. `vertex`: `v1` (default) or
-    /// `v1beta1`.
+    /// The data-plane version of the classic deployment URLs (`2024-10-21`); without
+    /// it the v1 path is used.
     pub api_version: Option<String>,
-    /// `azure_openai`: model -> deployment name, where they differ (a model not
-    /// listed is taken to be deployed under its own name).
-    #[serde(default)]
+    /// model -> deployment name, where they differ (a model not listed is taken to
+    /// be deployed under its own name).
     pub deployments: BTreeMap<String, String>,
-    /// An OAuth bearer token: `azure_openai` (Entra ID, instead of `api_key`) or
-    /// `vertex` (instead of `service_account_key`).
+    /// The `api-key` header; or `access_token`, an Entra ID bearer token.
+    pub api_key: Option<SecretLocation>,
     pub access_token: Option<SecretLocation>,
+}
 
-    // bedrock: without these, the standard AWS_* variables
-    pub aws_access_key_id: Option<SecretLocation>,
-    pub aws_secret_access_key: Option<SecretLocation>,
-    pub aws_session_token: Option<SecretLocation>,
+#[derive(Debug, Clone)]
+pub struct BedrockConfig {
+    /// Without them, the standard `AWS_*` variables.
+    pub aws: AwsKeyLocations,
+}
 
-    // vertex
-    pub project: Option<String>,
+#[derive(Debug, Clone)]
+pub struct VertexConfig {
+    pub project: String,
+    /// `v1` (default) or `v1beta1`.
+    pub api_version: Option<String>,
     /// A service-account key file (JSON) whose token is fetched and cached.
     pub service_account_key: Option<SecretLocation>,
+    /// A static OAuth bearer token.
+    pub access_token: Option<SecretLocation>,
     /// Where tokens are fetched; default the key file's `token_uri`.
     pub token_url: Option<String>,
     /// Take tokens from the GCE metadata server at this URL (`"default"`:
     /// `http://metadata.google.internal`), instead of a key or a static token.
     pub metadata_url: Option<String>,
+}
 
-    // oci
-    pub compartment_id: Option<String>,
-    pub tenancy_id: Option<String>,
-    pub user_id: Option<String>,
+#[derive(Debug, Clone)]
+pub struct OciConfig {
+    pub compartment_id: String,
+    pub tenancy_id: String,
+    pub user_id: String,
     /// The API key's fingerprint, `aa:bb:...`.
-    pub key_fingerprint: Option<String>,
+    pub key_fingerprint: String,
     /// The API signing key (PEM).
-    pub private_key: Option<SecretLocation>,
+    pub private_key: SecretLocation,
     /// model -> dedicated AI cluster endpoint OCID; other models are served on demand.
-    #[serde(default)]
     pub dedicated_endpoints: BTreeMap<String, String>,
 }
 
@@ -127,12 +146,23 @@ fn default_provider_timeout_ms() -> u64 {
 }
 
 impl ProviderConfig {
+    pub fn kind(&self) -> ProviderKind {
+        match &self.settings {
+            ProviderSettings::OpenaiCompat(_) => ProviderKind::OpenaiCompat,
+            ProviderSettings::AzureOpenai(_) => ProviderKind::AzureOpenai,
+            ProviderSettings::Bedrock(_) => ProviderKind::Bedrock,
+            ProviderSettings::Vertex(_) => ProviderKind::Vertex,
+            ProviderSettings::Oci(_) => ProviderKind::Oci,
+        }
+    }
+
     /// The cloud requests go to: implied by the kind, else `cloud`, else `local`.
     pub fn cloud(&self) -> &str {
-        self.kind
-            .cloud()
-            .or(self.cloud.as_deref())
-            .unwrap_or("local")
+        let configured = match &self.settings {
+            ProviderSettings::OpenaiCompat(settings) => settings.cloud.as_deref(),
+            _ => None,
+        };
+        self.kind().cloud().or(configured).unwrap_or("local")
     }
 
     /// The configured region, `local` when none is set.
@@ -144,88 +174,192 @@ impl ProviderConfig {
     pub fn chat_model(&self) -> &str {
         self.model.as_deref().unwrap_or_default()
     }
+}
 
-    /// Names of the optional keys that are set, for the per-kind checks.
-    fn set_keys(&self) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        let mut note = |set: bool, key: &'static str| {
-            if set {
-                keys.push(key);
+/// Declares one kind's table: the keys every provider takes, then the kind's own
+/// (`base_url` and `region` among them, required or not by kind),
+/// `deny_unknown_fields` over the whole (serde's `flatten` would defeat it).
+macro_rules! provider_table {
+    ($name:ident { $($(#[$meta:meta])* $field:ident: $type:ty,)* }) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $name {
+            id: String,
+            model: Option<String>,
+            #[serde(default = "default_provider_timeout_ms")]
+            timeout_ms: u64,
+            max_batch: Option<usize>,
+            #[serde(default)]
+            input_per_1m_usd: f64,
+            #[serde(default)]
+            output_per_1m_usd: f64,
+            $($(#[$meta])* $field: $type,)*
+        }
+
+        impl $name {
+            fn common(
+                self,
+                base_url: Option<String>,
+                region: Option<String>,
+                settings: ProviderSettings,
+            ) -> ProviderConfig {
+                ProviderConfig {
+                    id: self.id,
+                    model: self.model,
+                    timeout_ms: self.timeout_ms,
+                    max_batch: self.max_batch,
+                    input_per_1m_usd: self.input_per_1m_usd,
+                    output_per_1m_usd: self.output_per_1m_usd,
+                    base_url,
+                    region,
+                    settings,
+                }
             }
+        }
+    };
+}
+
+provider_table!(OpenAiCompatTable {
+    base_url: String,
+    region: Option<String>,
+    api_key: Option<SecretLocation>,
+    cloud: Option<String>,
+});
+
+provider_table!(AzureOpenAiTable {
+    base_url: Option<String>,
+    region: String,
+    resource: Option<String>,
+    api_version: Option<String>,
+    #[serde(default)]
+    deployments: BTreeMap<String, String>,
+    api_key: Option<SecretLocation>,
+    access_token: Option<SecretLocation>,
+});
+
+provider_table!(BedrockTable {
+    base_url: Option<String>,
+    region: Option<String>,
+    aws_access_key_id: Option<SecretLocation>,
+    aws_secret_access_key: Option<SecretLocation>,
+    aws_session_token: Option<SecretLocation>,
+});
+
+provider_table!(VertexTable {
+    base_url: Option<String>,
+    region: String,
+    project: String,
+    api_version: Option<String>,
+    service_account_key: Option<SecretLocation>,
+    access_token: Option<SecretLocation>,
+    token_url: Option<String>,
+    metadata_url: Option<String>,
+});
+
+provider_table!(OciTable {
+    base_url: Option<String>,
+    region: String,
+    compartment_id: String,
+    tenancy_id: String,
+    user_id: String,
+    key_fingerprint: String,
+    private_key: SecretLocation,
+    #[serde(default)]
+    dedicated_endpoints: BTreeMap<String, String>,
+});
+
+/// The tables by `kind`, as serde reads them.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum ProviderTable {
+    OpenaiCompat(OpenAiCompatTable),
+    AzureOpenai(AzureOpenAiTable),
+    Bedrock(BedrockTable),
+    Vertex(VertexTable),
+    Oci(OciTable),
+}
+
+impl TryFrom<toml::Table> for ProviderConfig {
+    type Error = String;
+
+    /// Serde's message names the key; this adds which provider and kind it is in.
+    fn try_from(table: toml::Table) -> Result<Self, String> {
+        let label = |key: &str| {
+            table
+                .get(key)
+                .and_then(|value| value.as_str())
+                .map(str::to_owned)
         };
-        note(self.base_url.is_some(), "base_url");
-        note(self.api_key.is_some(), "api_key");
-        note(self.cloud.is_some(), "cloud");
-        note(self.region.is_some(), "region");
-        note(self.resource.is_some(), "resource");
-        note(self.api_version.is_some(), "api_version");
-        note(!self.deployments.is_empty(), "deployments");
-        note(self.access_token.is_some(), "access_token");
-        note(self.aws_access_key_id.is_some(), "aws_access_key_id");
-        note(
-            self.aws_secret_access_key.is_some(),
-            "aws_secret_access_key",
-        );
-        note(self.aws_session_token.is_some(), "aws_session_token");
-        note(self.project.is_some(), "project");
-        note(self.service_account_key.is_some(), "service_account_key");
-        note(self.token_url.is_some(), "token_url");
-        note(self.metadata_url.is_some(), "metadata_url");
-        note(self.compartment_id.is_some(), "compartment_id");
-        note(self.tenancy_id.is_some(), "tenancy_id");
-        note(self.user_id.is_some(), "user_id");
-        note(self.key_fingerprint.is_some(), "key_fingerprint");
-        note(self.private_key.is_some(), "private_key");
-        note(!self.dedicated_endpoints.is_empty(), "dedicated_endpoints");
-        keys
+        let (id, kind) = (label("id"), label("kind"));
+        let parsed: ProviderTable = table.try_into().map_err(|error: toml::de::Error| {
+            let message = error.message().trim_end().to_string();
+            match (id, kind) {
+                (Some(id), Some(kind)) => format!("provider {id:?} (kind {kind}): {message}"),
+                (Some(id), None) => format!("provider {id:?}: {message}"),
+                _ => format!("[[provider]]: {message}"),
+            }
+        })?;
+        Ok(match parsed {
+            ProviderTable::OpenaiCompat(mut table) => {
+                let settings = ProviderSettings::OpenaiCompat(OpenAiCompatConfig {
+                    api_key: table.api_key.take(),
+                    cloud: table.cloud.take(),
+                });
+                let (base_url, region) = (Some(table.base_url.clone()), table.region.take());
+                table.common(base_url, region, settings)
+            }
+            ProviderTable::AzureOpenai(mut table) => {
+                let settings = ProviderSettings::AzureOpenai(AzureOpenAiConfig {
+                    resource: table.resource.take(),
+                    api_version: table.api_version.take(),
+                    deployments: std::mem::take(&mut table.deployments),
+                    api_key: table.api_key.take(),
+                    access_token: table.access_token.take(),
+                });
+                let (base_url, region) = (table.base_url.take(), Some(table.region.clone()));
+                table.common(base_url, region, settings)
+            }
+            ProviderTable::Bedrock(mut table) => {
+                let settings = ProviderSettings::Bedrock(BedrockConfig {
+                    aws: AwsKeyLocations {
+                        access_key_id: table.aws_access_key_id.take(),
+                        secret_access_key: table.aws_secret_access_key.take(),
+                        session_token: table.aws_session_token.take(),
+                    },
+                });
+                let (base_url, region) = (table.base_url.take(), table.region.take());
+                table.common(base_url, region, settings)
+            }
+            ProviderTable::Vertex(mut table) => {
+                let settings = ProviderSettings::Vertex(VertexConfig {
+                    project: table.project.clone(),
+                    api_version: table.api_version.take(),
+                    service_account_key: table.service_account_key.take(),
+                    access_token: table.access_token.take(),
+                    token_url: table.token_url.take(),
+                    metadata_url: table.metadata_url.take(),
+                });
+                let (base_url, region) = (table.base_url.take(), Some(table.region.clone()));
+                table.common(base_url, region, settings)
+            }
+            ProviderTable::Oci(mut table) => {
+                let settings = ProviderSettings::Oci(OciConfig {
+                    compartment_id: table.compartment_id.clone(),
+                    tenancy_id: table.tenancy_id.clone(),
+                    user_id: table.user_id.clone(),
+                    key_fingerprint: table.key_fingerprint.clone(),
+                    private_key: table.private_key.clone(),
+                    dedicated_endpoints: std::mem::take(&mut table.dedicated_endpoints),
+                });
+                let (base_url, region) = (table.base_url.take(), Some(table.region.clone()));
+                table.common(base_url, region, settings)
+            }
+        })
     }
 }
 
-/// The optional keys each kind takes (the common ones, `id`, `kind`, `model`,
-/// `timeout_ms`, `max_batch` and prices, are always allowed).
-fn allowed_keys(kind: ProviderKind) -> &'static [&'static str] {
-    match kind {
-        ProviderKind::OpenaiCompat => &["base_url", "api_key", "cloud", "region"],
-        ProviderKind::AzureOpenai => &[
-            "base_url",
-            "region",
-            "resource",
-            "api_version",
-            "deployments",
-            "api_key",
-            "access_token",
-        ],
-        ProviderKind::Bedrock => &[
-            "base_url",
-            "region",
-            "aws_access_key_id",
-            "aws_secret_access_key",
-            "aws_session_token",
-        ],
-        ProviderKind::Vertex => &[
-            "base_url",
-            "region",
-            "project",
-            "api_version",
-            "service_account_key",
-            "access_token",
-            "token_url",
-            "metadata_url",
-        ],
-        ProviderKind::Oci => &[
-            "base_url",
-            "region",
-            "compartment_id",
-            "tenancy_id",
-            "user_id",
-            "key_fingerprint",
-            "private_key",
-            "dedicated_endpoints",
-        ],
-    }
-}
-
-/// Pure checks of every `[[provider]]`; each message names the provider and key.
+/// Pure checks of the values serde cannot judge; each message names the provider
+/// and key.
 pub fn provider_problems(providers: &[ProviderConfig], problems: &mut Vec<String>) {
     super::unique_ids(
         "provider",
@@ -234,40 +368,13 @@ pub fn provider_problems(providers: &[ProviderConfig], problems: &mut Vec<String
     );
     for provider in providers {
         let name = format!("provider {:?}", provider.id);
-        let kind = provider.kind;
-        let allowed = allowed_keys(kind);
-        for key in provider.set_keys() {
-            if !allowed.contains(&key) {
-                let why = if key == "cloud" {
-                    format!(
-                        "the cloud of kind {} is {:?}",
-                        kind.as_str(),
-                        provider.cloud()
-                    )
-                } else {
-                    format!("it is not a key of kind {}", kind.as_str())
-                };
-                problems.push(format!("{name}: {key} is not allowed here: {why}"));
-            }
-        }
+        let kind = provider.kind();
         if let Some(base_url) = &provider.base_url {
             match url::Url::parse(base_url) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") => {}
                 _ => problems.push(format!(
                     "{name}: base_url {base_url:?} is not an http(s) URL"
                 )),
-            }
-        }
-        for (key, value) in [
-            ("token_url", &provider.token_url),
-            ("metadata_url", &provider.metadata_url),
-        ] {
-            if let Some(url) = value
-                && !url.starts_with("http://")
-                && !url.starts_with("https://")
-                && !(key == "metadata_url" && url == "default")
-            {
-                problems.push(format!("{name}: {key} {url:?} is not an http(s) URL"));
             }
         }
         if provider
@@ -286,49 +393,53 @@ pub fn provider_problems(providers: &[ProviderConfig], problems: &mut Vec<String
         if provider.max_batch == Some(0) {
             problems.push(format!("{name}: max_batch must be at least 1"));
         }
+        if let ProviderSettings::Vertex(vertex) = &provider.settings {
+            for (key, value) in [
+                ("token_url", &vertex.token_url),
+                ("metadata_url", &vertex.metadata_url),
+            ] {
+                if let Some(url) = value
+                    && !url.starts_with("http://")
+                    && !url.starts_with("https://")
+                    && !(key == "metadata_url" && url == "default")
+                {
+                    problems.push(format!("{name}: {key} {url:?} is not an http(s) URL"));
+                }
+            }
+        }
         let mut require = |set: bool, what: &str| {
             if !set {
                 problems.push(format!("{name}: kind {} needs {what}", kind.as_str()));
             }
         };
-        match kind {
-            ProviderKind::OpenaiCompat => require(provider.base_url.is_some(), "base_url"),
-            ProviderKind::AzureOpenai => {
+        match &provider.settings {
+            ProviderSettings::OpenaiCompat(_) => {}
+            ProviderSettings::AzureOpenai(azure) => {
                 require(
-                    provider.base_url.is_some() || provider.resource.is_some(),
+                    provider.base_url.is_some() || azure.resource.is_some(),
                     "resource (or base_url)",
                 );
-                require(provider.region.is_some(), "region (where the resource is)");
                 require(
-                    provider.api_key.is_some() != provider.access_token.is_some(),
+                    azure.api_key.is_some() != azure.access_token.is_some(),
                     "exactly one of api_key and access_token",
                 );
             }
-            ProviderKind::Bedrock => require(
-                provider.aws_access_key_id.is_some() == provider.aws_secret_access_key.is_some(),
+            ProviderSettings::Bedrock(bedrock) => require(
+                bedrock.aws.pair_is_whole(),
                 "aws_access_key_id and aws_secret_access_key together (or neither, for the AWS_* variables)",
             ),
-            ProviderKind::Vertex => {
-                require(provider.project.is_some(), "project");
-                require(provider.region.is_some(), "region (the Vertex location)");
+            ProviderSettings::Vertex(vertex) => {
                 let credentials = [
-                    provider.service_account_key.is_some(),
-                    provider.access_token.is_some(),
-                    provider.metadata_url.is_some(),
+                    vertex.service_account_key.is_some(),
+                    vertex.access_token.is_some(),
+                    vertex.metadata_url.is_some(),
                 ];
                 require(
                     credentials.iter().filter(|set| **set).count() == 1,
                     "exactly one of service_account_key, access_token and metadata_url",
                 );
             }
-            ProviderKind::Oci => {
-                require(provider.region.is_some(), "region");
-                require(provider.compartment_id.is_some(), "compartment_id");
-                require(provider.tenancy_id.is_some(), "tenancy_id");
-                require(provider.user_id.is_some(), "user_id");
-                require(provider.key_fingerprint.is_some(), "key_fingerprint");
-                require(provider.private_key.is_some(), "private_key");
-            }
+            ProviderSettings::Oci(_) => {}
         }
     }
 }
@@ -389,30 +500,53 @@ mod tests {
         assert_eq!(clouds, ["local", "azure", "aws", "gcp", "oci"]);
     }
 
+    fn parse_error(toml: &str) -> String {
+        Config::parse(toml, Path::new("/base")).unwrap_err().message
+    }
+
     #[test]
-    fn missing_and_foreign_keys_are_named() {
+    fn missing_and_foreign_keys_are_named_with_the_provider_and_kind() {
+        let message = parse_error(
+            r#"
+            [[provider]]
+            id = "vertex"
+            kind = "vertex"
+            region = "us-central1"
+            "#,
+        );
+        assert!(
+            message.contains("provider \"vertex\" (kind vertex): missing field `project`"),
+            "{message}"
+        );
+        for foreign in [
+            "api_key = \"env:KEY\"",
+            "compartment_id = \"c\"",
+            "cloud = \"aws\"",
+        ] {
+            let message = parse_error(&format!(
+                "[[provider]]\nid = \"vertex\"\nkind = \"vertex\"\nregion = \"us-central1\"\nproject = \"p\"\n{foreign}\n"
+            ));
+            let key = foreign.split(' ').next().unwrap();
+            assert!(
+                message.contains(&format!(
+                    "provider \"vertex\" (kind vertex): unknown field `{key}`"
+                )),
+                "{message}"
+            );
+        }
         let message = problems_of(
             r#"
             [[provider]]
             id = "vertex"
             kind = "vertex"
             region = "us-central1"
-            api_key = "env:KEY"
-            compartment_id = "ocid1.compartment.oc1..c"
-            cloud = "aws"
+            project = "p"
             "#,
         );
-        assert!(message.contains("kind vertex needs project"), "{message}");
         assert!(
             message.contains("exactly one of service_account_key, access_token and metadata_url"),
             "{message}"
         );
-        assert!(message.contains("api_key is not allowed here"), "{message}");
-        assert!(
-            message.contains("compartment_id is not allowed here"),
-            "{message}"
-        );
-        assert!(message.contains("cloud is not allowed here"), "{message}");
     }
 
     #[test]
@@ -426,6 +560,11 @@ mod tests {
             region = "eastus"
             api_key = "env:A"
             access_token = "env:B"
+            "#,
+        );
+        assert!(message.contains("provider \"azure\": kind azure_openai needs exactly one of api_key and access_token"), "{message}");
+        let message = parse_error(
+            r#"
             [[provider]]
             id = "oci"
             kind = "oci"
@@ -433,13 +572,10 @@ mod tests {
             compartment_id = "c"
             "#,
         );
-        assert!(message.contains("provider \"azure\": kind azure_openai needs exactly one of api_key and access_token"), "{message}");
-        for key in ["tenancy_id", "user_id", "key_fingerprint", "private_key"] {
-            assert!(
-                message.contains(&format!("provider \"oci\": kind oci needs {key}")),
-                "{message}"
-            );
-        }
+        assert!(
+            message.contains("provider \"oci\" (kind oci): missing field `tenancy_id`"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -1,42 +1,10 @@
-//! Which model answers, where, at what price: `[[deployment]]` (a model served by a
-//! `[[provider]]`), `[routing]` (rules, tiers, equivalences, failover timers),
-//! `[[price]]` (catalog overrides), `[[caller]]` (who may use what, and budgets)
-//! and `[facade]` (the OpenAI-compatible HTTP port). Pure types and checks.
+//! `[routing]`: rules, tiers, equivalences and failover timers; and the checks that
+//! span the routing tables (`[[deployment]]`, `[[provider]]`, `[[price]]`,
+//! `[[caller]]`, `[facade]`). Pure types and checks.
 
 use serde::Deserialize;
 
-use super::SecretLocation;
-
-/// One model on one provider: what routing chooses between.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeploymentConfig {
-    /// A `[[provider]]` id.
-    pub provider: String,
-    /// The model's canonical name (`gpt-4o`, `claude-3.5-sonnet`), as callers,
-    /// rules, tiers and the price catalog know it.
-    pub model: String,
-    /// The name the provider knows it by, when not `model`: an Azure deployment, a
-    /// Bedrock model or inference-profile id, an OCI model id or dedicated endpoint
-    /// OCID.
-    pub name: Option<String>,
-    /// Reserved capacity (Azure PTU, OCI dedicated AI cluster): tried before
-    /// on-demand deployments of the same model, which take the burst.
-    #[serde(default)]
-    pub dedicated: bool,
-    /// Tokens the model accepts (prompt + output); default from the catalog.
-    pub context_window: Option<u64>,
-    /// Prices per million tokens; default from the catalog for the model and cloud.
-    pub input_per_1m_usd: Option<f64>,
-    pub output_per_1m_usd: Option<f64>,
-    pub cached_input_per_1m_usd: Option<f64>,
-}
-
-impl DeploymentConfig {
-    pub fn wire_id(&self) -> &str {
-        self.name.as_deref().unwrap_or(&self.model)
-    }
-}
+use super::{CallerConfig, DeploymentConfig, FacadeConfig, Glob, PriceConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -102,12 +70,12 @@ impl Default for RoutingConfig {
     }
 }
 
-/// Models matching `model` (exact, or a glob with `*`) go only to the listed
-/// providers or clouds, in that order of preference. The first matching rule wins.
+/// Models matching `model` (exact, or a glob: `gpt-*`, `{gpt,o1}-*`) go only to the
+/// listed providers or clouds, in that order of preference. The first matching rule wins.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRule {
-    pub model: String,
+    pub model: Glob,
     #[serde(default)]
     pub providers: Vec<String>,
     #[serde(default)]
@@ -123,50 +91,6 @@ pub struct TierConfig {
     pub models: Vec<String>,
     /// Estimated cost of the request per 1,000 tokens (prompt + output).
     pub max_usd_per_1k_tokens: f64,
-}
-
-/// A catalog entry override or addition.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PriceConfig {
-    pub model: String,
-    pub cloud: String,
-    pub input_per_1m_usd: f64,
-    pub output_per_1m_usd: f64,
-    pub cached_input_per_1m_usd: Option<f64>,
-    pub context_window: Option<u64>,
-}
-
-/// A client of the service. With none configured, calls are anonymous and unlimited.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CallerConfig {
-    pub id: String,
-    /// Presented as `authorization: Bearer <key>` (gRPC metadata or HTTP header).
-    pub api_key: SecretLocation,
-    /// Models it may ask for (exact or glob); empty = all.
-    #[serde(default)]
-    pub models: Vec<String>,
-    /// Tiers it may ask for; empty = all.
-    #[serde(default)]
-    pub tiers: Vec<String>,
-    /// Clouds its prompts may go to; empty = all.
-    #[serde(default)]
-    pub clouds: Vec<String>,
-    /// Regions its prompts may go to (exact or glob: `eu-*`, `europe-*`,
-    /// `westeurope`); empty = all. Data residency per caller.
-    #[serde(default)]
-    pub regions: Vec<String>,
-    /// Spend allowed per UTC day, in USD.
-    pub budget_usd_per_day: Option<f64>,
-}
-
-/// The OpenAI-compatible HTTP facade.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FacadeConfig {
-    /// `host:port` to serve `/v1/chat/completions` and `/v1/models` on; off when unset.
-    pub listen: Option<String>,
 }
 
 /// What the routing sections get wrong, each naming its key. `deployments` includes
@@ -330,43 +254,5 @@ pub fn routing_problems(
         problems.push(format!(
             "facade.listen: {listen:?} is not an ip:port address"
         ));
-    }
-}
-
-/// `*` matches any run of characters, everything else itself.
-pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob_matches;
-
-    #[test]
-    fn globs_match_prefixes_suffixes_and_middles() {
-        assert!(glob_matches("gpt-*", "gpt-4o"));
-        assert!(!glob_matches("gpt-*", "claude-3.5-sonnet"));
-        assert!(glob_matches("*", "anything"));
-        assert!(glob_matches("claude-*-sonnet", "claude-3.5-sonnet"));
-        assert!(!glob_matches("claude-*-sonnet", "claude-3.5-haiku"));
-        assert!(glob_matches("gpt-4o", "gpt-4o"));
-        assert!(!glob_matches("gpt-4o", "gpt-4o-mini"));
-        assert!(glob_matches("*-mini", "gpt-4o-mini"));
-        assert!(!glob_matches("a*a", "a"), "the two ends may not overlap");
     }
 }

@@ -31,6 +31,18 @@ impl TryFrom<String> for SecretLocation {
 }
 
 impl SecretLocation {
+    /// Reads the secret of config key `key` when one is configured; an error names
+    /// the key. The one way every optional secret of a config is read.
+    pub fn resolve_optional(
+        location: Option<&Self>,
+        key: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<Option<Secret>> {
+        location
+            .map(|location| location.resolve(env).map_err(|error| error.context(key)))
+            .transpose()
+    }
+
     /// Reads the secret; `env` is passed in so tests and startup control it.
     pub fn resolve(&self, env: &HashMap<String, String>) -> Result<Secret> {
         match self {

@@ -4,18 +4,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{CallerConfig, glob_matches};
+use crate::config::{CallerConfig, Glob, any_matches};
 use crate::error::{Error, Result};
 
 /// A resolved caller and its permissions; an empty list allows everything.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Caller {
     pub id: String,
-    pub models: Vec<String>,
+    /// Model globs.
+    pub models: Vec<Glob>,
     pub tiers: Vec<String>,
     pub clouds: Vec<String>,
     /// Region globs.
-    pub regions: Vec<String>,
+    pub regions: Vec<Glob>,
     pub budget_usd_per_day: Option<f64>,
 }
 
@@ -44,11 +45,7 @@ impl Caller {
     }
 
     pub fn may_use_model(&self, model: &str) -> bool {
-        self.models.is_empty()
-            || self
-                .models
-                .iter()
-                .any(|pattern| glob_matches(pattern, model))
+        any_matches(&self.models, model)
     }
 
     pub fn may_use_tier(&self, tier: &str) -> bool {
@@ -60,7 +57,7 @@ impl Caller {
     }
 
     pub fn may_use_region(&self, region: &str) -> bool {
-        region_allowed(&self.regions, region)
+        any_matches(&self.regions, region)
     }
 }
 
@@ -118,11 +115,6 @@ impl Callers {
     }
 }
 
-/// Whether `region` matches one of `patterns` (exact or glob); no patterns: any.
-pub fn region_allowed(patterns: &[String], region: &str) -> bool {
-    patterns.is_empty() || patterns.iter().any(|pattern| glob_matches(pattern, region))
-}
-
 /// The token of an `Authorization: Bearer <token>` value.
 pub fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;
@@ -143,7 +135,7 @@ mod tests {
             "k1".into(),
             Caller {
                 id: "team-a".into(),
-                models: vec!["gpt-*".into()],
+                models: vec![Glob::new("gpt-*").unwrap()],
                 ..Caller::anonymous()
             },
         )]);

@@ -6,9 +6,8 @@
 
 use std::sync::Arc;
 
-use super::callers::region_allowed;
 use super::{Caller, Deployment, Router};
-use crate::config::{RouteRule, TierConfig, glob_matches};
+use crate::config::{Glob, RouteRule, TierConfig, any_matches};
 use crate::error::{Error, Result};
 
 /// What a request asks of routing.
@@ -19,8 +18,8 @@ pub struct RouteRequest {
     pub tier: Option<String>,
     /// Clouds the prompt may go to; empty = any the caller may use.
     pub clouds: Vec<String>,
-    /// Regions the prompt may go to (exact or glob, `eu-*`); empty = any the
-    /// caller may use.
+    /// Regions the prompt may go to (exact or glob, `eu-*`, `eu-{west,central}-*`);
+    /// empty = any the caller may use. An invalid glob fails the plan.
     pub regions: Vec<String>,
     /// Estimated prompt tokens.
     pub input_tokens: u64,
@@ -31,6 +30,12 @@ impl RouteRequest {
     fn total_tokens(&self) -> u64 {
         self.input_tokens + self.max_output_tokens
     }
+}
+
+/// A request with its region globs compiled, once per plan.
+struct Asked<'a> {
+    request: &'a RouteRequest,
+    regions: Vec<Glob>,
 }
 
 /// A deployment the request may go to, in the order they are tried.
@@ -62,6 +67,11 @@ impl Router {
     /// The ordered candidates for `request` by `caller`. Errors: an unknown model
     /// or tier (naming the known ones), a model or tier the caller may not use.
     pub fn plan(&self, caller: &Caller, request: &RouteRequest) -> Result<Plan> {
+        let asked = Asked {
+            regions: Glob::all(&request.regions)
+                .map_err(|error| error.context("allowed regions"))?,
+            request,
+        };
         let tier = self.requested_tier(caller, request)?;
         let primary = self.primary_models(caller, request, tier)?;
         let mut models: Vec<(String, String)> = primary
@@ -82,7 +92,7 @@ impl Router {
         let mut groups: Vec<Vec<Candidate>> = models
             .iter()
             .map(|(model, why)| {
-                self.model_candidates(caller, request, tier, model, why, &mut skipped)
+                self.model_candidates(caller, &asked, tier, model, why, &mut skipped)
             })
             .collect();
         if self.settings.cost_optimize && tier.is_some() {
@@ -204,17 +214,18 @@ impl Router {
     fn model_candidates(
         &self,
         caller: &Caller,
-        request: &RouteRequest,
+        asked: &Asked<'_>,
         tier: Option<&TierConfig>,
         model: &str,
         why: &str,
         skipped: &mut Vec<Skip>,
     ) -> Vec<Candidate> {
+        let request = asked.request;
         let rule = self
             .settings
             .rules
             .iter()
-            .find(|rule| glob_matches(&rule.model, model));
+            .find(|rule| rule.model.matches(model));
         let mut ranked = Vec::new();
         for (position, deployment) in self.deployments.iter().enumerate() {
             let info = deployment.info();
@@ -259,7 +270,7 @@ impl Router {
                 ));
                 continue;
             }
-            if !region_allowed(&request.regions, &info.region) {
+            if !any_matches(&asked.regions, &info.region) {
                 skip(format!(
                     "the request allows regions {}, not {}",
                     request.regions.join(", "),

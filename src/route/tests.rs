@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::testing::{Script, Scripted, Step};
 use super::*;
-use crate::config::{DeploymentConfig, RouteRule, RoutingConfig, TierConfig};
+use crate::config::{DeploymentConfig, Glob, RouteRule, RoutingConfig, TierConfig};
 use crate::error::{Error, ErrorKind, Failover};
 use crate::llm::{ChatMessage, ChatRequest, Role};
 
@@ -127,12 +127,12 @@ fn rules_send_model_families_to_their_clouds_in_rule_order() {
     let settings = RoutingConfig {
         rules: vec![
             RouteRule {
-                model: "gpt-*".into(),
+                model: Glob::new("gpt-*").unwrap(),
                 providers: vec![],
                 clouds: vec!["azure".into()],
             },
             RouteRule {
-                model: "claude-*".into(),
+                model: Glob::new("claude-*").unwrap(),
                 providers: vec!["vertex-eu".into(), "bedrock-us".into()],
                 clouds: vec![],
             },
@@ -250,7 +250,7 @@ fn tiers_hold_models_to_their_price_and_callers_to_their_permissions() {
 
     let limited = Caller {
         id: "team".into(),
-        models: vec!["small".into()],
+        models: vec![Glob::new("small").unwrap()],
         clouds: vec!["aws".into()],
         ..Caller::anonymous()
     };
@@ -746,7 +746,7 @@ fn residency_keeps_prompts_in_the_allowed_regions() {
     );
     let eu_only = Caller {
         id: "eu-team".into(),
-        regions: vec!["eu-*".into(), "europe-*".into()],
+        regions: Glob::all(&["eu-*".into(), "europe-*".into()]).unwrap(),
         ..Caller::anonymous()
     };
     let plan = fixture.router.plan(&eu_only, &ask("m")).unwrap();

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::IndexFilters;
-use crate::config::{BucketConfig, SecretLocation};
+use crate::config::{BucketConfig, BucketCredentialsConfig, SecretLocation};
 use crate::error::Result;
 use crate::ingest::{BucketCredentials, BucketOptions};
 
@@ -16,21 +16,38 @@ pub(super) fn bucket_options(
     filters: &IndexFilters,
     env: &HashMap<String, String>,
 ) -> Result<BucketOptions> {
-    let resolve = |location: &Option<SecretLocation>| {
-        location
-            .as_ref()
-            .map(|location| location.resolve(env))
-            .transpose()
+    let resolve = |location: &Option<SecretLocation>, key: &str| {
+        SecretLocation::resolve_optional(location.as_ref(), key, env)
     };
-    let credentials = BucketCredentials {
-        access_key_id: resolve(&bucket.access_key_id)?,
-        secret_access_key: resolve(&bucket.secret_access_key)?,
-        session_token: resolve(&bucket.session_token)?,
-        azure_account: bucket.account.clone(),
-        azure_access_key: resolve(&bucket.access_key)?,
-        gcs_service_account_key: resolve(&bucket.service_account_key)?,
-        bearer_token: resolve(&bucket.bearer_token)?,
-    };
+    // Unset keys stay unset: object_store reads the standard variables (and the
+    // instance's role) itself.
+    let mut credentials = BucketCredentials::default();
+    match &bucket.credentials {
+        BucketCredentialsConfig::None => {}
+        BucketCredentialsConfig::S3(keys) => {
+            let keys = keys.resolve("", env)?;
+            credentials.access_key_id = keys.access_key_id;
+            credentials.secret_access_key = keys.secret_access_key;
+            credentials.session_token = keys.session_token;
+        }
+        BucketCredentialsConfig::Azure {
+            account,
+            access_key,
+            bearer_token,
+        } => {
+            credentials.azure_account = account.clone();
+            credentials.azure_access_key = resolve(access_key, "access_key")?;
+            credentials.bearer_token = resolve(bearer_token, "bearer_token")?;
+        }
+        BucketCredentialsConfig::Gcs {
+            service_account_key,
+            bearer_token,
+        } => {
+            credentials.gcs_service_account_key =
+                resolve(service_account_key, "service_account_key")?;
+            credentials.bearer_token = resolve(bearer_token, "bearer_token")?;
+        }
+    }
     let include = if filters.include.is_empty() {
         bucket.include.clone()
     } else {

@@ -1,14 +1,14 @@
-//! Wiring a validated config into live parts: stores opened, models loaded,
-//! providers connected. The I/O stage of config; errors name the config key.
+//! Wiring a validated config into live parts by calling each module's registry:
+//! stores (`stores::open`), embedding providers (`embed::providers::build`) and chat
+//! providers (`llm::providers::build`). The I/O stage of config; errors name the
+//! config key.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{
-    Config, LOCAL_PROVIDER, ProviderConfig, RoutingConfig, SourceConfig, SourceKind, SpaceConfig,
-};
+use crate::config::{Config, LOCAL_PROVIDER, ProviderConfig, RoutingConfig, SpaceConfig};
 use crate::embed::adapter::LinearAdapter;
 use crate::embed::local::LocalEmbedder;
 use crate::embed::providers as embed_providers;
@@ -18,10 +18,8 @@ use crate::embed::{Embedder, EmbeddingProvider, EmbeddingSpace};
 use crate::error::{Error, Result};
 use crate::llm::ChatTarget;
 use crate::route::{Callers, Catalog, Deployment, Router};
-use crate::stores::dense::DenseStore;
-use crate::stores::local_bm25::LocalBm25Store;
-use crate::stores::resilient::ResilientBackend;
-use crate::stores::{SearchBackend, Source, SourceInfo, StoreKind};
+use crate::stores::open::OpenContext;
+use crate::stores::{self, Source};
 
 /// The embedder of every space, and the query embedder search uses over them.
 pub(super) struct Embedders {
@@ -126,74 +124,19 @@ async fn load_local_model(space: &SpaceConfig) -> Result<LocalEmbedder> {
         .map_err(|error| Error::internal(format!("model loading panicked: {error}")))?
 }
 
+/// Every `[[source]]` opened by the store registry.
 pub(super) async fn sources(config: &Config, env: &HashMap<String, String>) -> Result<Vec<Source>> {
+    let context = OpenContext {
+        spaces: &config.spaces,
+        data_dir: &config.server.data_dir,
+        default_timeout: Duration::from_millis(config.search.source_timeout_ms),
+        env,
+    };
     let mut sources = Vec::new();
     for source in &config.sources {
-        // Remote stores are checked against their space here: a collection or index
-        // of another dimension or metric stops startup with a message naming both.
-        let backends = if source.kind.is_remote() {
-            super::remote_sources::open(config, source, env).await
-        } else {
-            backend(config, source).await.map(|backend| vec![backend])
-        }
-        .map_err(|error| error.context(format!("source {:?}", source.id)))?;
-        let timeout_ms = source.timeout_ms.unwrap_or(config.search.source_timeout_ms);
-        for backend in backends {
-            let backend = Arc::new(ResilientBackend::new(
-                backend,
-                super::remote_sources::resilience(source),
-            ));
-            sources.push(Source {
-                backend,
-                weight: source.weight,
-                timeout: Duration::from_millis(timeout_ms),
-            });
-        }
+        sources.extend(stores::open::open(source, &context).await?);
     }
     Ok(sources)
-}
-
-async fn backend(config: &Config, source: &SourceConfig) -> Result<Arc<dyn SearchBackend>> {
-    let dims = source.space.as_ref().and_then(|space_id| {
-        config
-            .spaces
-            .iter()
-            .find(|space| &space.id == space_id)
-            .map(|space| space.dims)
-    });
-    let info = SourceInfo {
-        id: source.id.clone(),
-        backend: source.kind.as_str().to_string(),
-        kind: match source.kind {
-            SourceKind::Tantivy => StoreKind::Lexical,
-            _ => StoreKind::Dense,
-        },
-        space: source.space.clone(),
-        dims,
-        cloud: source.cloud.clone(),
-        region: source.region.clone(),
-    };
-    let dir = config.source_dir(source);
-    let kind = source.kind;
-    // Opening reads index files: keep it off the async workers.
-    tokio::task::spawn_blocking(move || -> Result<Arc<dyn SearchBackend>> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|error| Error::config(format!("cannot create {}: {error}", dir.display())))?;
-        Ok(match kind {
-            SourceKind::Tantivy => Arc::new(LocalBm25Store::open(info, &dir)?),
-            SourceKind::Dense => {
-                let dims = dims.ok_or_else(|| Error::config("a dense source needs a space"))?;
-                Arc::new(DenseStore::open(info, dims, &dir)?)
-            }
-            SourceKind::Qdrant | SourceKind::Opensearch => {
-                return Err(Error::internal(
-                    "remote sources are opened by remote_sources",
-                ));
-            }
-        })
-    })
-    .await
-    .map_err(|error| Error::internal(format!("opening a store panicked: {error}")))?
 }
 
 /// One HTTP client for every cloud call of the service: one connection pool.

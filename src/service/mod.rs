@@ -5,7 +5,6 @@ mod bucket_options;
 mod build;
 mod calibrate;
 mod index;
-mod remote_sources;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,10 +1,12 @@
-//! Search backends: the [`SearchBackend`] trait and the stores behind it.
+//! Search backends: the [`SearchBackend`] trait, the stores behind it, and the
+//! registry that opens a `[[source]]` into them ([`open::open`]).
 //!
 //! Every backend stores chunk text beside its index so that hits come back whole,
 //! whichever store served them.
 
 pub mod dense;
 pub mod local_bm25;
+pub mod open;
 pub mod opensearch;
 pub mod qdrant;
 pub mod remote;

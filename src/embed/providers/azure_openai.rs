@@ -11,7 +11,7 @@ use super::openai_shape::{EmbeddingsAnswer, body};
 use super::{WireFormat, checked, max_batch, post, service_name};
 use crate::cloud::CloudEndpoint;
 use crate::cloud::sigv4::uri_encode;
-use crate::config::ProviderConfig;
+use crate::config::AzureOpenAiConfig;
 use crate::embed::EmbedRequest;
 use crate::error::Result;
 
@@ -27,12 +27,16 @@ pub struct AzureOpenAiEmbeddings {
 }
 
 impl AzureOpenAiEmbeddings {
-    pub fn new(endpoint: CloudEndpoint, config: &ProviderConfig) -> Self {
+    pub fn new(
+        endpoint: CloudEndpoint,
+        config: &AzureOpenAiConfig,
+        configured_max_batch: Option<usize>,
+    ) -> Self {
         Self {
             service: service_name("azure_openai", &endpoint.id),
             api_version: config.api_version.clone(),
             deployments: config.deployments.clone(),
-            max_batch: max_batch(config, SERVICE_LIMIT),
+            max_batch: max_batch(configured_max_batch, SERVICE_LIMIT),
             endpoint,
         }
     }

@@ -14,7 +14,6 @@ use super::{WireFormat, checked, max_batch, post, service_name};
 use crate::cloud::CloudEndpoint;
 use crate::cloud::http::malformed;
 use crate::cloud::sigv4::uri_encode;
-use crate::config::ProviderConfig;
 use crate::embed::{EmbedRequest, Purpose};
 use crate::error::{Error, Result};
 
@@ -52,10 +51,10 @@ pub struct BedrockEmbeddings {
 }
 
 impl BedrockEmbeddings {
-    pub fn new(endpoint: CloudEndpoint, config: &ProviderConfig) -> Self {
+    pub fn new(endpoint: CloudEndpoint, configured_max_batch: Option<usize>) -> Self {
         Self {
             service: service_name("bedrock", &endpoint.id),
-            max_batch: max_batch(config, SERVICE_LIMIT),
+            max_batch: max_batch(configured_max_batch, SERVICE_LIMIT),
             endpoint,
         }
     }

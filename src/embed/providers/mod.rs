@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::cloud::CloudEndpoint;
 use crate::cloud::http::{HttpReply, malformed, status_error};
-use crate::config::{ProviderConfig, ProviderKind};
+use crate::config::{ProviderConfig, ProviderSettings};
 use crate::embed::{EmbedRequest, EmbeddingProvider};
 use crate::error::{Error, Result};
 
@@ -29,22 +29,35 @@ pub fn build(
 ) -> Result<Arc<dyn EmbeddingProvider>> {
     let endpoint = CloudEndpoint::from_config(config, env, http)
         .map_err(|error| error.context(format!("provider {:?}", config.id)))?;
-    Ok(match config.kind {
-        ProviderKind::OpenaiCompat => {
-            Arc::new(openai_compat::OpenAiCompatEmbeddings::new(endpoint, config))
-        }
-        ProviderKind::AzureOpenai => {
-            Arc::new(azure_openai::AzureOpenAiEmbeddings::new(endpoint, config))
-        }
-        ProviderKind::Bedrock => Arc::new(bedrock::BedrockEmbeddings::new(endpoint, config)),
-        ProviderKind::Vertex => Arc::new(vertex::VertexEmbeddings::new(endpoint, config)),
-        ProviderKind::Oci => Arc::new(oci::OciEmbeddings::new(endpoint, config)),
+    let configured_max_batch = config.max_batch;
+    Ok(match &config.settings {
+        ProviderSettings::OpenaiCompat(_) => Arc::new(openai_compat::OpenAiCompatEmbeddings::new(
+            endpoint,
+            configured_max_batch,
+        )),
+        ProviderSettings::AzureOpenai(settings) => Arc::new(
+            azure_openai::AzureOpenAiEmbeddings::new(endpoint, settings, configured_max_batch),
+        ),
+        ProviderSettings::Bedrock(_) => Arc::new(bedrock::BedrockEmbeddings::new(
+            endpoint,
+            configured_max_batch,
+        )),
+        ProviderSettings::Vertex(settings) => Arc::new(vertex::VertexEmbeddings::new(
+            endpoint,
+            settings,
+            configured_max_batch,
+        )),
+        ProviderSettings::Oci(settings) => Arc::new(oci::OciEmbeddings::new(
+            endpoint,
+            settings,
+            configured_max_batch,
+        )),
     })
 }
 
 /// The batch limit: the configured one, never above the service's.
-fn max_batch(config: &ProviderConfig, service_limit: usize) -> usize {
-    config.max_batch.unwrap_or(service_limit).min(service_limit)
+fn max_batch(configured: Option<usize>, service_limit: usize) -> usize {
+    configured.unwrap_or(service_limit).min(service_limit)
 }
 
 /// One service's wire format over a [`CloudEndpoint`]. Every such provider is an

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::{WireFormat, checked, max_batch, post, service_name};
 use crate::cloud::CloudEndpoint;
-use crate::config::ProviderConfig;
+use crate::config::OciConfig;
 use crate::embed::{EmbedRequest, Purpose};
 use crate::error::Result;
 
@@ -26,12 +26,16 @@ pub struct OciEmbeddings {
 }
 
 impl OciEmbeddings {
-    pub fn new(endpoint: CloudEndpoint, config: &ProviderConfig) -> Self {
+    pub fn new(
+        endpoint: CloudEndpoint,
+        config: &OciConfig,
+        configured_max_batch: Option<usize>,
+    ) -> Self {
         Self {
             service: service_name("oci", &endpoint.id),
-            compartment_id: config.compartment_id.clone().unwrap_or_default(),
+            compartment_id: config.compartment_id.clone(),
             dedicated_endpoints: config.dedicated_endpoints.clone(),
-            max_batch: max_batch(config, SERVICE_LIMIT),
+            max_batch: max_batch(configured_max_batch, SERVICE_LIMIT),
             endpoint,
         }
     }

@@ -6,7 +6,6 @@ use async_trait::async_trait;
 use super::openai_shape::{EmbeddingsAnswer, body};
 use super::{WireFormat, checked, post, service_name};
 use crate::cloud::CloudEndpoint;
-use crate::config::ProviderConfig;
 use crate::embed::EmbedRequest;
 use crate::error::Result;
 
@@ -21,13 +20,10 @@ pub struct OpenAiCompatEmbeddings {
 }
 
 impl OpenAiCompatEmbeddings {
-    pub fn new(endpoint: CloudEndpoint, config: &ProviderConfig) -> Self {
+    pub fn new(endpoint: CloudEndpoint, max_batch: Option<usize>) -> Self {
         Self {
             service: service_name("openai_compat", &endpoint.id),
-            max_batch: config
-                .max_batch
-                .unwrap_or(DEFAULT_MAX_BATCH)
-                .min(SERVICE_LIMIT),
+            max_batch: max_batch.unwrap_or(DEFAULT_MAX_BATCH).min(SERVICE_LIMIT),
             endpoint,
         }
     }

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{WireFormat, checked, post, service_name};
 use crate::cloud::CloudEndpoint;
 use crate::cloud::sigv4::uri_encode;
-use crate::config::ProviderConfig;
+use crate::config::VertexConfig;
 use crate::embed::{EmbedRequest, Purpose};
 use crate::error::Result;
 
@@ -30,15 +30,12 @@ pub struct VertexEmbeddings {
 }
 
 impl VertexEmbeddings {
-    pub fn new(endpoint: CloudEndpoint, config: &ProviderConfig) -> Self {
+    pub fn new(endpoint: CloudEndpoint, config: &VertexConfig, max_batch: Option<usize>) -> Self {
         Self {
             service: service_name("vertex", &endpoint.id),
-            project: config.project.clone().unwrap_or_default(),
+            project: config.project.clone(),
             api_version: config.api_version.clone().unwrap_or_else(|| "v1".into()),
-            max_batch: config
-                .max_batch
-                .unwrap_or(DEFAULT_MAX_BATCH)
-                .min(SERVICE_LIMIT),
+            max_batch: max_batch.unwrap_or(DEFAULT_MAX_BATCH).min(SERVICE_LIMIT),
             endpoint,
         }
     }

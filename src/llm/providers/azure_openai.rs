@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::Connection;
 use super::openai_compat::{Completion, open_sse, request_body};
 use crate::cloud::sigv4::uri_encode;
-use crate::config::ProviderConfig;
+use crate::config::AzureOpenAiConfig;
 use crate::error::Result;
 use crate::llm::{ChatEvent, ChatProvider, ChatRequest, ChatResponse, ProviderInfo};
 
@@ -25,7 +25,7 @@ pub struct AzureOpenAiChat {
 }
 
 impl AzureOpenAiChat {
-    pub fn new(connection: Connection, config: &ProviderConfig) -> Self {
+    pub fn new(connection: Connection, config: &AzureOpenAiConfig) -> Self {
         Self {
             reasoning: is_reasoning_model(&connection.info.model),
             connection,

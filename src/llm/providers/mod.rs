@@ -28,7 +28,7 @@ use futures::{Stream, StreamExt};
 
 use crate::cloud::CloudEndpoint;
 use crate::cloud::http::{HttpReply, malformed, status_error, transport_error};
-use crate::config::{ProviderConfig, ProviderKind};
+use crate::config::{ProviderConfig, ProviderSettings};
 use crate::error::{Error, Result};
 use crate::llm::{ChatProvider, ChatTarget, ProviderInfo};
 
@@ -49,14 +49,18 @@ pub fn build(
     }
     let endpoint = CloudEndpoint::from_config(config, env, http).map_err(in_provider)?;
     let connection = Connection::new(endpoint, config, target);
-    Ok(match config.kind {
-        ProviderKind::OpenaiCompat => Arc::new(openai_compat::OpenAiCompatChat::new(connection)),
-        ProviderKind::AzureOpenai => {
-            Arc::new(azure_openai::AzureOpenAiChat::new(connection, config))
+    Ok(match &config.settings {
+        ProviderSettings::OpenaiCompat(_) => {
+            Arc::new(openai_compat::OpenAiCompatChat::new(connection))
         }
-        ProviderKind::Bedrock => Arc::new(bedrock::BedrockChat::new(connection)),
-        ProviderKind::Vertex => Arc::new(vertex::VertexChat::new(connection, config)),
-        ProviderKind::Oci => Arc::new(oci::OciChat::new(connection, config)),
+        ProviderSettings::AzureOpenai(settings) => {
+            Arc::new(azure_openai::AzureOpenAiChat::new(connection, settings))
+        }
+        ProviderSettings::Bedrock(_) => Arc::new(bedrock::BedrockChat::new(connection)),
+        ProviderSettings::Vertex(settings) => {
+            Arc::new(vertex::VertexChat::new(connection, settings))
+        }
+        ProviderSettings::Oci(settings) => Arc::new(oci::OciChat::new(connection, settings)),
     })
 }
 
@@ -72,7 +76,7 @@ pub struct Connection {
 impl Connection {
     pub fn new(endpoint: CloudEndpoint, config: &ProviderConfig, target: &ChatTarget) -> Self {
         Self {
-            service: format!("{} provider {:?}", config.kind.as_str(), endpoint.id),
+            service: format!("{} provider {:?}", config.kind().as_str(), endpoint.id),
             info: ProviderInfo {
                 id: endpoint.id.clone(),
                 model: target.model.clone(),

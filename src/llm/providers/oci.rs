@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::stream::{Progress, drive};
 use super::{Connection, sse_events};
 use crate::cloud::http::{malformed, stream_error};
-use crate::config::ProviderConfig;
+use crate::config::OciConfig;
 use crate::error::Result;
 use crate::llm::{
     ChatEvent, ChatProvider, ChatRequest, ChatResponse, FinishReason, ProviderInfo, Role, Usage,
@@ -46,10 +46,10 @@ pub struct OciChat {
 }
 
 impl OciChat {
-    pub fn new(connection: Connection, config: &ProviderConfig) -> Self {
+    pub fn new(connection: Connection, config: &OciConfig) -> Self {
         Self {
             format: api_format(&connection.info.model, connection.wire_id()),
-            compartment_id: config.compartment_id.clone().unwrap_or_default(),
+            compartment_id: config.compartment_id.clone(),
             connection,
         }
     }

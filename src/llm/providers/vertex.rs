@@ -18,7 +18,7 @@ use super::stream::{Progress, drive};
 use super::{Connection, anthropic, sse_events};
 use crate::cloud::http::malformed;
 use crate::cloud::sigv4::uri_encode;
-use crate::config::ProviderConfig;
+use crate::config::VertexConfig;
 use crate::error::Result;
 use crate::llm::{
     ChatEvent, ChatProvider, ChatRequest, ChatResponse, FinishReason, ProviderInfo, Role, Usage,
@@ -31,10 +31,10 @@ pub struct VertexChat {
 }
 
 impl VertexChat {
-    pub fn new(connection: Connection, config: &ProviderConfig) -> Self {
+    pub fn new(connection: Connection, config: &VertexConfig) -> Self {
         Self {
             connection,
-            project: config.project.clone().unwrap_or_default(),
+            project: config.project.clone(),
             api_version: config.api_version.clone().unwrap_or_else(|| "v1".into()),
         }
     }

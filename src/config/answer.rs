@@ -1,0 +1,26 @@
+//! `[answer]`: retrieval-augmented answers: the provider, passages and budgets.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnswerConfig {
+    /// Provider id to answer with; none means extractive answers.
+    pub provider: Option<String>,
+    /// Passages retrieved for an answer.
+    pub top_k: u32,
+    /// Prompt budget for the passages, in tokens (estimated at 4 characters a token).
+    pub context_budget_tokens: usize,
+    pub max_output_tokens: u32,
+}
+
+impl Default for AnswerConfig {
+    fn default() -> Self {
+        Self {
+            provider: None,
+            top_k: 5,
+            context_budget_tokens: 3_000,
+            max_output_tokens: 512,
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! `[[deployment]]`: one model served by one `[[provider]]`, what routing chooses
+//! between.
+
+use serde::Deserialize;
+
+/// One model on one provider: what routing chooses between.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// A `[[provider]]` id.
+    pub provider: String,
+    /// The model's canonical name (`gpt-4o`, `claude-3.5-sonnet`), as callers,
+    /// rules, tiers and the price catalog know it.
+    pub model: String,
+    /// The name the provider knows it by, when not `model`: an Azure deployment, a
+    /// Bedrock model or inference-profile id, an OCI model id or dedicated endpoint
+    /// OCID.
+    pub name: Option<String>,
+    /// Reserved capacity (Azure PTU, OCI dedicated AI cluster): tried before
+    /// on-demand deployments of the same model, which take the burst.
+    #[serde(default)]
+    pub dedicated: bool,
+    /// Tokens the model accepts (prompt + output); default from the catalog.
+    pub context_window: Option<u64>,
+    /// Prices per million tokens; default from the catalog for the model and cloud.
+    pub input_per_1m_usd: Option<f64>,
+    pub output_per_1m_usd: Option<f64>,
+    pub cached_input_per_1m_usd: Option<f64>,
+}
+
+impl DeploymentConfig {
+    pub fn wire_id(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.model)
+    }
+}

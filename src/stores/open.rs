@@ -1,0 +1,235 @@
+//! The store registry: a `[[source]]` of a validated config opened into the sources
+//! `Search` fans out to. One match over the kind; adding a store touches this folder.
+//! Remote stores are checked against their space here: a collection or index of
+//! another dimension or metric stops startup with a message naming both.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::dense::DenseStore;
+use super::local_bm25::LocalBm25Store;
+use super::opensearch::{OpenSearchCredentials, OpenSearchIndex};
+use super::qdrant::QdrantStore;
+use super::remote::RemoteSettings;
+use super::resilient::{ResilienceSettings, ResilientBackend};
+use super::{SearchBackend, Source, SourceInfo, StoreKind};
+use crate::cloud::sigv4::{AwsCredentials, SigV4Signer};
+use crate::config::{
+    LEXICAL_TWIN_SUFFIX, OpenSearchAuth, OpenSearchConfig, OpenSearchRole, RemoteConfig,
+    SecretLocation, SourceConfig, SpaceConfig, StoreConfig,
+};
+use crate::error::{Error, Result};
+
+/// What opening a source needs beyond its own `[[source]]`.
+pub struct OpenContext<'a> {
+    /// Every `[[space]]`: a dense source's dimension and metric.
+    pub spaces: &'a [SpaceConfig],
+    /// Where a local store without `path` keeps its files: `<data_dir>/<id>`.
+    pub data_dir: &'a Path,
+    /// A source's search budget when it sets no `timeout_ms`.
+    pub default_timeout: Duration,
+    /// Secrets named `env:NAME` are read from here.
+    pub env: &'a HashMap<String, String>,
+}
+
+/// Opens one `[[source]]`: one source, or two for an OpenSearch index serving both
+/// roles (`<id>` dense, `<id>-bm25` lexical). Each is wrapped in its resilience
+/// settings. Errors name the source.
+pub async fn open(source: &SourceConfig, context: &OpenContext<'_>) -> Result<Vec<Source>> {
+    let backends = open_backends(source, context)
+        .await
+        .map_err(|error| error.context(format!("source {:?}", source.id)))?;
+    let resilience = ResilienceSettings {
+        max_retries: source.max_retries,
+        write_timeout: Duration::from_millis(source.write_timeout_ms),
+        ..ResilienceSettings::default()
+    };
+    let timeout = source
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(context.default_timeout);
+    Ok(backends
+        .into_iter()
+        .map(|backend| Source {
+            backend: Arc::new(ResilientBackend::new(backend, resilience)),
+            weight: source.weight,
+            timeout,
+        })
+        .collect())
+}
+
+/// Where a local store keeps its files: its `path`, else `<data_dir>/<id>`.
+pub fn local_dir(source: &SourceConfig, data_dir: &Path) -> PathBuf {
+    source
+        .path()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| data_dir.join(&source.id))
+}
+
+async fn open_backends(
+    source: &SourceConfig,
+    context: &OpenContext<'_>,
+) -> Result<Vec<Arc<dyn SearchBackend>>> {
+    let space = source
+        .space()
+        .map(|id| {
+            context
+                .spaces
+                .iter()
+                .find(|space| space.id == id)
+                .ok_or_else(|| Error::config(format!("space {id:?} is not a defined [[space]]")))
+        })
+        .transpose()?;
+    match &source.store {
+        StoreConfig::Tantivy(_) => {
+            let info = source_info(source, source.id.clone(), StoreKind::Lexical, None);
+            let dir = local_dir(source, context.data_dir);
+            open_local(dir, move |dir| {
+                Ok(Arc::new(LocalBm25Store::open(info, dir)?) as Arc<dyn SearchBackend>)
+            })
+            .await
+            .map(|backend| vec![backend])
+        }
+        StoreConfig::Dense(_) => {
+            let space = space.ok_or_else(|| Error::config("a dense source needs a space"))?;
+            let info = source_info(source, source.id.clone(), StoreKind::Dense, Some(space));
+            let dims = space.dims;
+            let dir = local_dir(source, context.data_dir);
+            open_local(dir, move |dir| {
+                Ok(Arc::new(DenseStore::open(info, dims, dir)?) as Arc<dyn SearchBackend>)
+            })
+            .await
+            .map(|backend| vec![backend])
+        }
+        StoreConfig::Qdrant(qdrant) => {
+            let api_key =
+                SecretLocation::resolve_optional(qdrant.api_key.as_ref(), "api_key", context.env)?;
+            let info = source_info(source, source.id.clone(), StoreKind::Dense, space);
+            let settings = remote_settings(
+                source,
+                info,
+                &qdrant.remote,
+                &qdrant.collection,
+                space,
+                qdrant.score_threshold,
+            );
+            let store = QdrantStore::connect(settings, api_key).await?;
+            Ok(vec![Arc::new(store)])
+        }
+        StoreConfig::Opensearch(opensearch) => {
+            let credentials = opensearch_credentials(opensearch, &source.region, context.env)?;
+            let dense = opensearch.role != OpenSearchRole::Lexical;
+            let primary_kind = if dense {
+                StoreKind::Dense
+            } else {
+                StoreKind::Lexical
+            };
+            let primary = source_info(source, source.id.clone(), primary_kind, space);
+            let settings = remote_settings(
+                source,
+                primary.clone(),
+                &opensearch.remote,
+                &opensearch.index,
+                space,
+                None,
+            );
+            let index =
+                OpenSearchIndex::connect(settings, credentials, opensearch.refresh, dense).await?;
+            let mut backends: Vec<Arc<dyn SearchBackend>> =
+                vec![Arc::new(index.source(primary, true))];
+            if opensearch.role == OpenSearchRole::Both {
+                let twin_id = format!("{}{LEXICAL_TWIN_SUFFIX}", source.id);
+                let twin = source_info(source, twin_id, StoreKind::Lexical, None);
+                backends.push(Arc::new(index.source(twin, false)));
+            }
+            Ok(backends)
+        }
+    }
+}
+
+/// The one place a source's description is made; a lexical one has no space.
+fn source_info(
+    source: &SourceConfig,
+    id: String,
+    kind: StoreKind,
+    space: Option<&SpaceConfig>,
+) -> SourceInfo {
+    let space = space.filter(|_| kind == StoreKind::Dense);
+    SourceInfo {
+        id,
+        backend: source.kind().as_str().to_string(),
+        kind,
+        space: space.map(|space| space.id.clone()),
+        dims: space.map(|space| space.dims),
+        cloud: source.cloud.clone(),
+        region: source.region.clone(),
+    }
+}
+
+/// Creates a local store's folder and opens it off the async workers: opening reads
+/// index files.
+async fn open_local(
+    dir: PathBuf,
+    open: impl FnOnce(&Path) -> Result<Arc<dyn SearchBackend>> + Send + 'static,
+) -> Result<Arc<dyn SearchBackend>> {
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)
+            .map_err(|error| Error::config(format!("cannot create {}: {error}", dir.display())))?;
+        open(&dir)
+    })
+    .await
+    .map_err(|error| Error::internal(format!("opening a store panicked: {error}")))?
+}
+
+fn remote_settings(
+    source: &SourceConfig,
+    info: SourceInfo,
+    remote: &RemoteConfig,
+    name: &str,
+    space: Option<&SpaceConfig>,
+    score_threshold: Option<f32>,
+) -> RemoteSettings {
+    RemoteSettings {
+        dims: info.dims,
+        info,
+        url: remote.url.clone(),
+        name: name.to_string(),
+        metric: space.map(|space| space.metric).unwrap_or_default(),
+        create_missing: remote.create_missing,
+        upsert_batch: remote.upsert_batch,
+        score_threshold,
+        write_timeout: Duration::from_millis(source.write_timeout_ms),
+    }
+}
+
+fn opensearch_credentials(
+    opensearch: &OpenSearchConfig,
+    region: &str,
+    env: &HashMap<String, String>,
+) -> Result<OpenSearchCredentials> {
+    Ok(match opensearch.auth {
+        OpenSearchAuth::None => OpenSearchCredentials::None,
+        OpenSearchAuth::Basic => {
+            let password =
+                SecretLocation::resolve_optional(opensearch.password.as_ref(), "password", env)?
+                    .ok_or_else(|| Error::config("password is not set"))?;
+            OpenSearchCredentials::Basic {
+                username: opensearch.username.clone().unwrap_or_default(),
+                password,
+            }
+        }
+        OpenSearchAuth::Sigv4 => OpenSearchCredentials::SigV4(SigV4Signer {
+            credentials: AwsCredentials::resolve(&opensearch.aws, "aws_", env)?,
+            region: opensearch
+                .sigv4_region
+                .clone()
+                .unwrap_or_else(|| region.to_string()),
+            service: opensearch
+                .sigv4_service
+                .clone()
+                .unwrap_or_else(|| "es".into()),
+        }),
+    })
+}
