@@ -12,6 +12,7 @@ mod caller;
 mod deployment;
 mod facade;
 mod glob;
+mod include;
 mod index;
 mod price;
 mod provider;
@@ -34,6 +35,7 @@ pub use caller::CallerConfig;
 pub use deployment::DeploymentConfig;
 pub use facade::FacadeConfig;
 pub use glob::{Glob, any_matches};
+pub use include::IndexDefinition;
 pub use index::IndexConfig;
 pub use price::PriceConfig;
 pub use provider::{
@@ -53,8 +55,14 @@ pub use space::{LOCAL_PROVIDER, Metric, SpaceConfig};
 
 use crate::error::{Error, Result};
 
-/// The embedded default: local folder, tantivy BM25 + dense MiniLM, fused by RRF.
-pub const DEFAULT_CONFIG_TOML: &str = include_str!("default.toml");
+/// The embedded default: local folder, tantivy BM25 + dense MiniLM, fused by RRF. Its
+/// index is the committed definition `indexes/local.toml`, compiled in so the binary
+/// runs from any folder.
+pub const DEFAULT_CONFIG_TOML: &str = concat!(
+    include_str!("default.toml"),
+    "\n",
+    include_str!("../../indexes/local.toml")
+);
 
 /// The cloud and region of what names none.
 pub const DEFAULT_LOCATION: &str = "local";
@@ -62,6 +70,11 @@ pub const DEFAULT_LOCATION: &str = "local";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Index definition files to merge in (paths or `*` patterns over file names,
+    /// relative to this file): each holds the `[[space]]`, `[[source]]`, `[[index]]`
+    /// and `[[bucket]]` tables of one logical index (see `indexes/README.md`).
+    #[serde(default)]
+    pub include: Vec<String>,
     #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
@@ -96,11 +109,21 @@ impl Config {
         toml::from_str(DEFAULT_CONFIG_TOML).expect("the embedded default config parses")
     }
 
-    /// Parses TOML text; `base_dir` anchors relative paths. Does not validate.
+    /// Parses TOML text and the index definitions it includes; `base_dir` anchors
+    /// relative paths. Does not validate.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Self> {
         let mut config: Self =
             toml::from_str(text).map_err(|error| Error::config(error.to_string()))?;
         config.anchor_paths(base_dir);
+        for pattern in std::mem::take(&mut config.include) {
+            for path in include::files_matching(base_dir, &pattern)? {
+                let definition = IndexDefinition::read(&path)?;
+                config.spaces.extend(definition.spaces);
+                config.sources.extend(definition.sources);
+                config.indexes.extend(definition.indexes);
+                config.buckets.extend(definition.buckets);
+            }
+        }
         Ok(config)
     }
 
@@ -119,24 +142,8 @@ impl Config {
     }
 
     fn anchor_paths(&mut self, base_dir: &Path) {
-        let anchor = |path: &Path| -> PathBuf {
-            if path.is_absolute() {
-                path.to_path_buf()
-            } else {
-                base_dir.join(path)
-            }
-        };
-        self.server.data_dir = anchor(&self.server.data_dir);
-        for space in &mut self.spaces {
-            if space.provider == LOCAL_PROVIDER {
-                space.model = anchor(Path::new(&space.model)).display().to_string();
-            }
-        }
-        for source in &mut self.sources {
-            if let Some(path) = source.path_mut() {
-                *path = path.as_deref().map(anchor);
-            }
-        }
+        self.server.data_dir = include::anchor(base_dir, &self.server.data_dir);
+        include::anchor_tables(base_dir, &mut self.spaces, &mut self.sources);
     }
 
     /// Where an index keeps its manifest.
@@ -643,6 +650,68 @@ mod tests {
             }
         }
         assert!(blocks >= 15, "{blocks} toml blocks in the docs");
+    }
+
+    #[test]
+    fn every_committed_index_definition_loads_and_validates() {
+        let folder = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config = Config::parse("include = [\"indexes/*.toml\"]\n", folder).unwrap();
+        let mut with_server = Config::embedded_default();
+        // The embedded default brings `local.toml` already; add every other definition.
+        with_server.sources.extend(
+            config
+                .sources
+                .into_iter()
+                .filter(|source| !source.id.starts_with("local-")),
+        );
+        with_server.indexes.extend(
+            config
+                .indexes
+                .into_iter()
+                .filter(|index| index.id != "local"),
+        );
+        with_server.buckets.extend(config.buckets);
+        with_server.validate().unwrap();
+        let ids: Vec<&str> = with_server
+            .indexes
+            .iter()
+            .map(|index| index.id.as_str())
+            .collect();
+        assert_eq!(ids, ["local", "handbook"]);
+        assert_eq!(with_server.buckets.len(), 1);
+    }
+
+    #[test]
+    fn included_definitions_are_merged_with_their_own_relative_paths() {
+        let folder = tempfile::tempdir().unwrap();
+        let definitions = folder.path().join("defs");
+        std::fs::create_dir(&definitions).unwrap();
+        std::fs::write(
+            definitions.join("notes.toml"),
+            "[[source]]\nid = \"notes-bm25\"\nkind = \"tantivy\"\npath = \"data/notes\"\n\n\
+             [[index]]\nid = \"notes\"\nsources = [\"notes-bm25\"]\n",
+        )
+        .unwrap();
+        std::fs::write(definitions.join("ignored.txt"), "not toml").unwrap();
+        let config = Config::parse("include = [\"defs/*.toml\"]\n", folder.path()).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.indexes[0].id, "notes");
+        let source_path = config.sources[0].path().unwrap();
+        assert_eq!(source_path, definitions.join("data/notes"));
+    }
+
+    #[test]
+    fn an_include_names_the_missing_file_and_the_bad_key() {
+        let folder = tempfile::tempdir().unwrap();
+        let missing = Config::parse("include = [\"nope.toml\"]\n", folder.path()).unwrap_err();
+        assert!(missing.message.contains("nope.toml"), "{}", missing.message);
+        std::fs::write(folder.path().join("bad.toml"), "[server]\nlisten = \"x\"\n").unwrap();
+        let bad = Config::parse("include = [\"bad.toml\"]\n", folder.path()).unwrap_err();
+        assert!(
+            bad.message.contains("bad.toml") && bad.message.contains("server"),
+            "{}",
+            bad.message
+        );
     }
 
     #[test]
