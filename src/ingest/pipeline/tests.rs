@@ -535,7 +535,7 @@ fn a_run_dropped_during_its_manifest_save_writes_nothing_afterwards() {
         let fixture = Fixture::new();
         fixture.write("a.txt", "first words");
         fixture.run().await;
-        let manifest_before = std::fs::read(fixture.manifest_path()).unwrap();
+        let manifest_before = std::fs::read_to_string(fixture.manifest_path()).unwrap();
 
         fixture.write("b.txt", "second words");
         let (started, commit_started) = tokio::sync::oneshot::channel();
@@ -568,7 +568,7 @@ fn a_run_dropped_during_its_manifest_save_writes_nothing_afterwards() {
         tokio::task::spawn_blocking(|| ()).await.unwrap();
 
         assert_eq!(
-            std::fs::read(fixture.manifest_path()).unwrap(),
+            std::fs::read_to_string(fixture.manifest_path()).unwrap(),
             manifest_before,
             "nothing of the dropped run wrote the manifest after the drop"
         );
