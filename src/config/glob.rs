@@ -127,4 +127,19 @@ mod tests {
         assert!(Glob::all(&["ok-*".into(), "bad-[".into()]).is_err());
         assert_eq!(format!("{:?}", glob("gpt-*")), "\"gpt-*\"");
     }
+
+    #[test]
+    fn an_invalid_glob_in_the_config_is_a_config_error_at_its_key() {
+        let error = crate::config::Config::parse(
+            "[[caller]]\nid = \"eu\"\napi_key = \"env:K\"\nregions = [\"eu-{west\"]\n",
+            std::path::Path::new("/"),
+        )
+        .unwrap_err();
+        assert_eq!(error.kind, crate::error::ErrorKind::Config);
+        assert!(
+            error.message.contains("regions")
+                && error.message.contains("glob \"eu-{west\" is invalid"),
+            "{error}"
+        );
+    }
 }
