@@ -16,6 +16,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
+use skyfuse::api::openai::Facade;
 use skyfuse::api::proto;
 use skyfuse::api::proto::admin_service_client::AdminServiceClient;
 use skyfuse::api::proto::generation_service_client::GenerationServiceClient;
@@ -26,7 +27,6 @@ use skyfuse::client::{connect, load_config};
 use skyfuse::config::process_env;
 use skyfuse::embed::adapter::FitMethod;
 use skyfuse::eval::{Benchmark, score_run};
-use skyfuse::facade::Facade;
 use skyfuse::service::Service;
 
 #[derive(Parser)]

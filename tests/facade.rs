@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
+use skyfuse::api::openai::Facade;
 use skyfuse::config::Config;
-use skyfuse::facade::Facade;
 use skyfuse::service::Service;
 use tokio::net::TcpListener;
 
