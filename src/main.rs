@@ -435,24 +435,22 @@ async fn run_serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()
 }
 
 /// The OpenAI-compatible facade and its listener, when `facade.listen` is set.
-async fn facade(service: &Service) -> Result<Option<(Facade, TcpListener)>> {
+async fn facade(service: &Arc<Service>) -> Result<Option<(Facade, TcpListener)>> {
     let Some(listen) = service.config().facade.listen.clone() else {
         return Ok(None);
     };
-    let Some(router) = service.router().cloned() else {
+    if !service.has_chat() {
         anyhow::bail!(
             "facade.listen is set but no chat model is configured ([[deployment]] or answer.provider)"
         );
-    };
+    }
     let listener = TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (facade.listen)"))?;
-    tracing::info!(address = %listener.local_addr()?, models = %router.models().join(", "), "OpenAI-compatible facade listening");
+    tracing::info!(address = %listener.local_addr()?, models = %service.chat_models().join(", "), "OpenAI-compatible facade listening");
     Ok(Some((
         Facade {
-            router,
-            default_max_output_tokens: service.config().answer.max_output_tokens,
-            max_body_bytes: service.config().server.max_message_bytes,
+            service: service.clone(),
         },
         listener,
     )))

@@ -74,16 +74,20 @@ fn sse(events: &[Value]) -> axum::response::Response {
     ([("content-type", "text/event-stream")], body).into_response()
 }
 
-/// Starts the facade over a router built from `config`; returns its base URL.
+/// The `[server]` every facade test runs with: small bodies, and no data of its own
+/// (no stores are configured, so nothing is written).
+const FACADE_SERVER: &str = r#"
+[server]
+max_message_bytes = 65536
+data_dir = "/nonexistent/skyfuse-facade-tests"
+"#;
+
+/// Starts the facade over a service built from `config`; returns its base URL.
 async fn facade(config: &str) -> String {
-    let config: Config = toml::from_str(config).unwrap();
-    let router = Service::build_router(&config, &HashMap::new())
-        .unwrap()
-        .expect("a router");
+    let config: Config = toml::from_str(&format!("{FACADE_SERVER}{config}")).unwrap();
+    let service = Service::build(config, &HashMap::new()).await.unwrap();
     let facade = Facade {
-        router: Arc::new(router),
-        default_max_output_tokens: 256,
-        max_body_bytes: 64 * 1024,
+        service: Arc::new(service),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -235,7 +239,7 @@ async fn models_are_listed_and_bad_requests_get_openai_shaped_errors() {
     );
     // A caller whose key cannot be resolved is a startup error naming it.
     let parsed: Config = toml::from_str(&config).unwrap();
-    let Err(error) = Service::build_router(&parsed, &HashMap::new()) else {
+    let Err(error) = Service::build(parsed, &HashMap::new()).await else {
         panic!("a caller without its key must not start");
     };
     assert!(
