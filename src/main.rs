@@ -9,20 +9,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
-use skyfuse::api::openai::Facade;
 use skyfuse::api::proto;
 use skyfuse::api::proto::admin_service_client::AdminServiceClient;
 use skyfuse::api::proto::generation_service_client::GenerationServiceClient;
 use skyfuse::api::proto::ingestion_service_client::IngestionServiceClient;
 use skyfuse::api::proto::retrieval_service_client::RetrievalServiceClient;
-use skyfuse::api::{ServeOptions, serve};
+use skyfuse::api::{Listeners, serve};
 use skyfuse::client::{connect, load_config};
 use skyfuse::config::process_env;
 use skyfuse::embed::adapter::FitMethod;
@@ -45,7 +43,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the gRPC API until Ctrl-C.
+    /// Serve the gRPC API (and the OpenAI-compatible facade when facade.listen is set)
+    /// until Ctrl-C or SIGTERM; calls in flight get server.shutdown_grace_ms to finish.
     Serve {
         /// Overrides server.listen.
         #[arg(long)]
@@ -396,11 +395,7 @@ async fn run_serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()
     }
     let started = Instant::now();
     let service = Arc::new(Service::build(config, &process_env()).await?);
-    let listen = service.config().server.listen.clone();
-    let listener = TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let options = ServeOptions::from_service(&service);
+    let listeners = Listeners::bind(&service).await?;
     let sources: Vec<String> = service
         .list_sources()
         .await
@@ -408,52 +403,38 @@ async fn run_serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()
         .map(|source| format!("{} ({} chunks)", source.info.id, source.chunks.unwrap_or(0)))
         .collect();
     tracing::info!(
-        address = %listener.local_addr()?,
+        address = %listeners.grpc.local_addr()?,
         sources = %sources.join(", "),
         startup_ms = started.elapsed().as_millis() as u64,
         "skyfuse listening (gRPC, health, reflection)"
     );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    if let Some(facade) = facade(&service).await? {
-        let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            };
-            if let Err(error) = facade.0.serve(facade.1, shutdown).await {
-                tracing::error!(%error, "the OpenAI-compatible facade stopped");
-            }
-        });
+    if let Some(listener) = &listeners.openai {
+        tracing::info!(address = %listener.local_addr()?, models = %service.chat_models().join(", "), "OpenAI-compatible facade listening");
     }
-    let shutdown = async move {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down: draining in-flight calls");
-        let _ = stop.send(true);
-    };
-    serve(service, listener, options, shutdown).await?;
+    serve(service, listeners, shutdown_signal()).await?;
     Ok(())
 }
 
-/// The OpenAI-compatible facade and its listener, when `facade.listen` is set.
-async fn facade(service: &Arc<Service>) -> Result<Option<(Facade, TcpListener)>> {
-    let Some(listen) = service.config().facade.listen.clone() else {
-        return Ok(None);
+/// Ctrl-C, or SIGTERM (how container runtimes and systemd stop a process).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                std::future::pending::<()>().await;
+            }
+        }
     };
-    if !service.has_chat() {
-        anyhow::bail!(
-            "facade.listen is set but no chat model is configured ([[deployment]] or answer.provider)"
-        );
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
     }
-    let listener = TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (facade.listen)"))?;
-    tracing::info!(address = %listener.local_addr()?, models = %service.chat_models().join(", "), "OpenAI-compatible facade listening");
-    Ok(Some((
-        Facade {
-            service: service.clone(),
-        },
-        listener,
-    )))
 }
 
 async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result<()> {

@@ -10,7 +10,7 @@ pub mod openai;
 mod retrieval;
 mod server;
 
-pub use server::{ServeOptions, serve};
+pub use server::{Listeners, serve};
 
 /// Generated types and clients for `skyfuse.v1`.
 // Generated code: the streamed `Answer` event carries the final summary inline, which is

@@ -19,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -29,33 +28,15 @@ use crate::route::callers::bearer_token;
 use crate::route::{AttemptOutcome, RouteEvent, RouteSummary};
 use crate::service::{ChatCall, Service};
 
-/// The facade over the service; its body limit is `server.max_message_bytes`.
-#[derive(Clone)]
-pub struct Facade {
-    pub service: Arc<Service>,
-}
-
-impl Facade {
-    pub fn app(self) -> axum::Router {
-        let limit = self.service.config().server.max_message_bytes;
-        axum::Router::new()
-            .route("/v1/chat/completions", post(chat_completions))
-            .route("/v1/models", get(models))
-            .layer(DefaultBodyLimit::max(limit))
-            .with_state(Arc::new(self))
-    }
-
-    /// Serves until `shutdown` resolves.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<()> {
-        axum::serve(listener, self.app())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|error| Error::internal(format!("facade: {error}")))
-    }
+/// The facade's routes over the service; the body limit is `server.max_message_bytes`.
+/// [`super::serve`] serves it beside gRPC.
+pub(super) fn app(service: Arc<Service>) -> axum::Router {
+    let limit = service.config().server.max_message_bytes;
+    axum::Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(service)
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,25 +63,24 @@ struct WireMessage {
     content: Value,
 }
 
-async fn models(State(facade): State<Arc<Facade>>) -> Json<Value> {
-    let mut data: Vec<Value> = facade
-        .service
+async fn models(State(service): State<Arc<Service>>) -> Json<Value> {
+    let mut data: Vec<Value> = service
         .chat_models()
         .into_iter()
         .map(|model| json!({"id": model, "object": "model", "created": 0, "owned_by": "skyfuse"}))
         .collect();
-    data.extend(facade.service.chat_tiers().into_iter().map(|tier| {
+    data.extend(service.chat_tiers().into_iter().map(|tier| {
         json!({"id": format!("tier:{tier}"), "object": "model", "created": 0, "owned_by": "skyfuse"})
     }));
     Json(json!({"object": "list", "data": data}))
 }
 
 async fn chat_completions(
-    State(facade): State<Arc<Facade>>,
+    State(service): State<Arc<Service>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    match start(&facade, &headers, &body).await {
+    match start(&service, &headers, &body).await {
         Ok((started, stream, include_usage, id)) => {
             if stream {
                 streamed(started, include_usage, id).into_response()
@@ -114,7 +94,7 @@ async fn chat_completions(
 
 type Started = (crate::route::Started, bool, bool, String);
 
-async fn start(facade: &Facade, headers: &HeaderMap, body: &[u8]) -> Result<Started> {
+async fn start(service: &Service, headers: &HeaderMap, body: &[u8]) -> Result<Started> {
     let request: CompletionRequest = serde_json::from_slice(body)
         .map_err(|error| Error::invalid(format!("invalid request body: {error}")))?;
     let messages = messages(&request)?;
@@ -137,8 +117,7 @@ async fn start(facade: &Facade, headers: &HeaderMap, body: &[u8]) -> Result<Star
             })
             .unwrap_or_default()
     };
-    let started = facade
-        .service
+    let started = service
         .chat(ChatCall {
             api_key: header("authorization")
                 .and_then(bearer_token)
