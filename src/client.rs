@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::api::{ServeOptions, serve};
+use crate::api::{Listeners, serve};
 use crate::config::{Config, process_env};
 use crate::error::{Error, Result};
 use crate::service::Service;
@@ -56,9 +56,12 @@ pub async fn start_embedded(
     let service = Arc::new(Service::build(config, env).await?);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    let options = ServeOptions::from_service(&service);
+    let listeners = Listeners {
+        grpc: listener,
+        openai: None,
+    };
     tokio::spawn(async move {
-        if let Err(error) = serve(service, listener, options, std::future::pending()).await {
+        if let Err(error) = serve(service, listeners, std::future::pending()).await {
             tracing::error!(%error, "embedded server stopped");
         }
     });

@@ -3,7 +3,8 @@
 //! Backends call it over gRPC to index cloud buckets, search every per-cloud
 //! store at once and answer with an LLM. The map, outside in:
 //!
-//! - [`api`]: the tonic adapter (proto <-> domain, one error mapping, the server).
+//! - [`api`]: the edges: the tonic adapter (proto <-> domain, one error mapping, the
+//!   server) and the OpenAI-compatible HTTP facade ([`api::openai`]).
 //! - [`service`]: the domain seam the API, the CLI and tests call.
 //! - [`retrieve`]: plan the sources, embed the query once per space, fan out under
 //!   one deadline, fuse by rank ([`retrieve::fusion`]).
@@ -28,7 +29,6 @@ pub mod document;
 pub mod embed;
 pub mod error;
 pub mod eval;
-pub mod facade;
 pub mod ingest;
 pub mod llm;
 pub mod retrieve;

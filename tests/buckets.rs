@@ -1186,7 +1186,7 @@ async fn grpc_server(
     config: &str,
     env: std::collections::HashMap<String, String>,
 ) -> (tonic::transport::Channel, tokio::sync::oneshot::Sender<()>) {
-    use skyfuse::api::{ServeOptions, serve};
+    use skyfuse::api::{Listeners, serve};
     let config = skyfuse::config::Config::parse(config, std::path::Path::new("/")).unwrap();
     let service = Arc::new(
         skyfuse::service::Service::build(config, &env)
@@ -1195,10 +1195,13 @@ async fn grpc_server(
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let options = ServeOptions::from_service(&service);
+    let listeners = Listeners {
+        grpc: listener,
+        openai: None,
+    };
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        serve(service, listener, options, async {
+        serve(service, listeners, async {
             let _ = stopped.await;
         })
         .await

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
+use skyfuse::api::Listeners;
 use skyfuse::config::Config;
-use skyfuse::facade::Facade;
 use skyfuse::service::Service;
 use tokio::net::TcpListener;
 
@@ -74,21 +74,44 @@ fn sse(events: &[Value]) -> axum::response::Response {
     ([("content-type", "text/event-stream")], body).into_response()
 }
 
-/// Starts the facade over a router built from `config`; returns its base URL.
-async fn facade(config: &str) -> String {
-    let config: Config = toml::from_str(config).unwrap();
-    let router = Service::build_router(&config, &HashMap::new())
-        .unwrap()
-        .expect("a router");
-    let facade = Facade {
-        router: Arc::new(router),
-        default_max_output_tokens: 256,
-        max_body_bytes: 64 * 1024,
+/// The `[server]` every facade test runs with: small bodies, and no data of its own
+/// (no stores are configured, so nothing is written).
+const FACADE_SERVER: &str = r#"
+[server]
+max_message_bytes = 65536
+data_dir = "/nonexistent/skyfuse-facade-tests"
+"#;
+
+/// gRPC and the facade, started as production starts them (`api::serve`).
+struct Served {
+    /// The facade's base URL.
+    base: String,
+    grpc: std::net::SocketAddr,
+    serving: tokio::task::JoinHandle<skyfuse::error::Result<()>>,
+}
+
+/// Serves a service built from `config` until `shutdown` resolves.
+async fn serve(config: &str, shutdown: impl Future<Output = ()> + Send + 'static) -> Served {
+    let config: Config = toml::from_str(&format!("{FACADE_SERVER}{config}")).unwrap();
+    let service = Arc::new(Service::build(config, &HashMap::new()).await.unwrap());
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let openai = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", openai.local_addr().unwrap());
+    let grpc_address = grpc.local_addr().unwrap();
+    let listeners = Listeners {
+        grpc,
+        openai: Some(openai),
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(facade.serve(listener, std::future::pending()));
-    url
+    Served {
+        base,
+        grpc: grpc_address,
+        serving: tokio::spawn(skyfuse::api::serve(service, listeners, shutdown)),
+    }
+}
+
+/// Serves `config` for the rest of the test; returns the facade's base URL.
+async fn facade(config: &str) -> String {
+    serve(config, std::future::pending()).await.base
 }
 
 fn two_deployments(primary: &str, secondary: &str) -> String {
@@ -235,7 +258,7 @@ async fn models_are_listed_and_bad_requests_get_openai_shaped_errors() {
     );
     // A caller whose key cannot be resolved is a startup error naming it.
     let parsed: Config = toml::from_str(&config).unwrap();
-    let Err(error) = Service::build_router(&parsed, &HashMap::new()) else {
+    let Err(error) = Service::build(parsed, &HashMap::new()).await else {
         panic!("a caller without its key must not start");
     };
     assert!(
@@ -401,4 +424,129 @@ async fn a_real_local_llm_answers_through_the_facade_when_llama_server_is_instal
         "{body}"
     );
     server.kill().await.ok();
+}
+
+/// An upstream that sends its first token, then holds the stream open until the
+/// returned sender fires (or is dropped), then finishes it.
+async fn held_upstream() -> (String, tokio::sync::oneshot::Sender<()>) {
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let released = Arc::new(std::sync::Mutex::new(Some(released)));
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || {
+            let released = released.lock().unwrap().take();
+            async move {
+                let event = |value: Value| format!("data: {value}\n\n");
+                let first = futures::stream::once(async move {
+                    Ok::<_, std::convert::Infallible>(event(chunk("Hello")))
+                });
+                let rest = futures::stream::once(async move {
+                    if let Some(released) = released {
+                        let _ = released.await;
+                    }
+                    Ok(format!(
+                        "{}{}{}data: [DONE]\n\n",
+                        event(chunk(" world.")),
+                        event(finish()),
+                        event(usage())
+                    ))
+                });
+                (
+                    [("content-type", "text/event-stream")],
+                    axum::body::Body::from_stream(futures::StreamExt::chain(first, rest)),
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, release)
+}
+
+/// The `data:` payloads of the server-sent events in `text`.
+fn sse_data(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_facade_stream_in_flight_when_shutdown_starts_finishes_before_serve_returns() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let (held, release) = held_upstream().await;
+    let (unused, _) = upstream(vec![Upstream::Answer("unused")]).await;
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = serve(&two_deployments(&held, &unused), async {
+        let _ = stopped.await;
+    })
+    .await;
+    let mut health = HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", served.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let mut statuses = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = |message: Option<tonic_health::pb::HealthCheckResponse>| message.unwrap().status;
+    assert_eq!(
+        status(statuses.message().await.unwrap()),
+        ServingStatus::Serving as i32
+    );
+
+    // A streamed completion whose first token arrived; the rest is held upstream.
+    let mut response = complete(
+        &reqwest::Client::new(),
+        &served.base,
+        &completion("llama", true),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    while !text.contains("Hello") {
+        let bytes = response.chunk().await.unwrap().expect("the first token");
+        text.push_str(std::str::from_utf8(&bytes).unwrap());
+    }
+
+    // Shutdown starts: health says so, and `serve` waits for the stream in flight.
+    shutdown.send(()).unwrap();
+    assert_eq!(
+        status(statuses.message().await.unwrap()),
+        ServingStatus::NotServing as i32
+    );
+    drop(statuses);
+    drop(health);
+    assert!(
+        !served.serving.is_finished(),
+        "serve returned while a facade stream was in flight"
+    );
+
+    release.send(()).unwrap();
+    while let Some(bytes) = response.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&bytes).unwrap());
+    }
+    let data = sse_data(&text);
+    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+    let content: String = data[..data.len() - 1]
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(content, "Hello world.");
+    served.serving.await.unwrap().unwrap();
 }

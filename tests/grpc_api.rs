@@ -14,7 +14,7 @@ use skyfuse::api::proto::admin_service_client::AdminServiceClient;
 use skyfuse::api::proto::generation_service_client::GenerationServiceClient;
 use skyfuse::api::proto::ingestion_service_client::IngestionServiceClient;
 use skyfuse::api::proto::retrieval_service_client::RetrievalServiceClient;
-use skyfuse::api::{ServeOptions, serve};
+use skyfuse::api::{Listeners, serve};
 use skyfuse::config::Config;
 use skyfuse::service::Service;
 
@@ -71,10 +71,13 @@ impl TestServer {
         let service = Arc::new(Service::build(config, &Default::default()).await.unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let options = ServeOptions::from_service(&service);
+        let listeners = Listeners {
+            grpc: listener,
+            openai: None,
+        };
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            serve(service, listener, options, async {
+            serve(service, listeners, async {
                 let _ = stopped.await;
             })
             .await

@@ -1,14 +1,16 @@
-//! The gRPC adapter: proto <-> domain conversion, one error mapping, the server.
-//! Nothing below this module sees tonic or generated types.
+//! The edges: the gRPC adapter (proto <-> domain conversion, one error mapping, the
+//! server) and the OpenAI-compatible HTTP facade ([`openai`]). Nothing below this
+//! module sees tonic, axum or generated types.
 
 mod admin;
 mod convert;
 mod generation;
 mod ingestion;
+pub mod openai;
 mod retrieval;
 mod server;
 
-pub use server::{ServeOptions, serve};
+pub use server::{Listeners, serve};
 
 /// Generated types and clients for `skyfuse.v1`.
 // Generated code: the streamed `Answer` event carries the final summary inline, which is

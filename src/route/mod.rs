@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use crate::breaker::{BreakerSettings, CircuitBreaker};
 use crate::config::{DeploymentConfig, RoutingConfig};
+use crate::error::Result;
 use crate::llm::{ChatProvider, ProviderInfo};
 
 pub use budget::BudgetLedger;
@@ -106,11 +107,11 @@ impl RouteStats {
 
 /// The routing and failover core, shared by the gRPC `Answer` and the HTTP facade.
 pub struct Router {
-    pub deployments: Vec<Arc<Deployment>>,
-    pub settings: RoutingConfig,
-    pub callers: Callers,
-    pub budgets: BudgetLedger,
-    pub stats: RouteStats,
+    deployments: Vec<Arc<Deployment>>,
+    settings: RoutingConfig,
+    callers: Callers,
+    budgets: BudgetLedger,
+    stats: RouteStats,
 }
 
 impl Router {
@@ -137,6 +138,32 @@ impl Router {
             window: settings.breaker_window,
             error_rate: settings.breaker_error_rate,
         }
+    }
+
+    /// The caller presenting `bearer` (the token of an `authorization: Bearer`
+    /// header); anonymous when no `[[caller]]`s are configured.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Arc<Caller>> {
+        self.callers.authenticate(bearer)
+    }
+
+    /// Whether a request that names neither a model nor a tier has somewhere to go
+    /// (`routing.default_model` or `routing.default_tier`).
+    pub fn has_default(&self) -> bool {
+        self.settings.default_model.is_some() || self.settings.default_tier.is_some()
+    }
+
+    /// One attempt's cap (`routing.attempt_timeout_ms`).
+    pub fn attempt_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.attempt_timeout_ms)
+    }
+
+    /// The budget tiers' names, in config order.
+    pub fn tiers(&self) -> Vec<String> {
+        self.settings
+            .tiers
+            .iter()
+            .map(|tier| tier.name.clone())
+            .collect()
     }
 
     /// Models with at least one deployment, sorted, each once.

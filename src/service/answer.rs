@@ -1,18 +1,18 @@
 //! Answer: search, build the prompt within its budget, stream the model's text,
 //! finish with citations, usage, cost and the route taken.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::chat::{ChatCall, ChatFailure};
 use super::{SearchParams, Service};
 use crate::error::{Error, Result};
 use crate::llm::Usage;
 use crate::llm::extractive::extractive_answer;
-use crate::llm::prompt::{Passage, build_prompt, request_tokens};
+use crate::llm::prompt::{Passage, build_prompt};
 use crate::retrieve::{FusedHit, SourceOutcome};
-use crate::route::{Caller, RouteEvent, RouteRequest, RouteSummary, Router};
+use crate::route::{RouteEvent, RouteSummary};
 
 /// Model name that asks for the extractive answer even when an LLM is configured.
 pub const EXTRACTIVE_MODEL: &str = "extractive";
@@ -72,14 +72,22 @@ impl Service {
     /// unknown model, no deployment could answer an explicit model) mean nothing
     /// was streamed.
     pub async fn answer(&self, request: AnswerRequest) -> Result<mpsc::Receiver<AnswerEvent>> {
-        let routed = self.routed(&request)?;
-        let max_output_tokens = request
-            .max_output_tokens
-            .unwrap_or(self.config.answer.max_output_tokens);
-        if let Some((router, caller, _)) = &routed {
-            // Fail fast on an unknown or forbidden model, before retrieving.
-            router.plan(caller, &self.route_request(&request, 0, max_output_tokens))?;
-        }
+        let mut call = ChatCall {
+            api_key: request.api_key.clone(),
+            model: request.model.clone(),
+            tier: request.tier.clone(),
+            allowed_clouds: request.allowed_clouds.clone(),
+            allowed_regions: request.allowed_regions.clone(),
+            messages: Vec::new(),
+            max_output_tokens: Some(
+                request
+                    .max_output_tokens
+                    .unwrap_or(self.config.answer.max_output_tokens),
+            ),
+            temperature: None,
+            deadline: request.deadline,
+        };
+        let routed = self.routed(&request, &call)?;
         let search = self
             .search(SearchParams {
                 query: request.question.clone(),
@@ -102,7 +110,7 @@ impl Service {
             &request.question,
             &passages,
             self.config.answer.context_budget_tokens,
-            max_output_tokens,
+            call.max_output_tokens.unwrap_or_default(),
         );
         let (sender, receiver) = mpsc::channel(64);
         let summary = AnswerSummary {
@@ -116,29 +124,24 @@ impl Service {
             outcomes: search.outcomes.clone(),
         };
         let extractive = || extractive_answer(&request.question, &passages[..passages_used]);
-        let Some((router, caller, explicit)) = routed else {
+        let Some(explicit) = routed else {
             send_extractive(&sender, extractive(), summary, RouteSummary::default()).await;
             return Ok(receiver);
         };
-        let input_tokens = request_tokens(&chat_request);
-        let plan = router.plan(
-            &caller,
-            &self.route_request(&request, input_tokens, max_output_tokens),
-        )?;
-        let deadline = request.deadline.unwrap_or_else(|| {
-            Instant::now() + Duration::from_millis(router.settings.attempt_timeout_ms)
-        });
-        let started = match router
-            .start(&caller, &plan, &chat_request, deadline.into())
-            .await
-        {
+        call.messages = chat_request.messages;
+        call.temperature = Some(chat_request.temperature);
+        let started = match self.chat(call).await {
             Ok(started) => started,
-            Err(failure) if explicit => return Err(failure.error),
-            Err(failure) => {
+            Err(ChatFailure { error, route: None }) => return Err(error),
+            Err(ChatFailure { error, route: _ }) if explicit => return Err(error),
+            Err(ChatFailure {
+                error,
+                route: Some(route),
+            }) => {
                 // No text was produced yet: an extractive answer, labelled as such
                 // and with the failed attempts in the route, beats no answer.
-                tracing::warn!(error = %failure.error, "no model could answer, answering extractively");
-                send_extractive(&sender, extractive(), summary, *failure.summary).await;
+                tracing::warn!(%error, "no model could answer, answering extractively");
+                send_extractive(&sender, extractive(), summary, *route).await;
                 return Ok(receiver);
             }
         };
@@ -146,14 +149,15 @@ impl Service {
         Ok(receiver)
     }
 
-    /// The router, the caller and whether the request named its model or tier; None
-    /// for an extractive answer.
-    fn routed(&self, request: &AnswerRequest) -> Result<Option<Routed>> {
+    /// Whether a model answers, and if so whether the request named its model or
+    /// tier; None for an extractive answer. A model that cannot serve the caller is
+    /// refused here, before retrieving.
+    fn routed(&self, request: &AnswerRequest, call: &ChatCall) -> Result<Option<bool>> {
         if request.model.as_deref() == Some(EXTRACTIVE_MODEL) {
             return Ok(None);
         }
         let explicit = request.model.is_some() || request.tier.is_some();
-        let Some(router) = &self.router else {
+        let Ok(router) = self.chat_router() else {
             if let Some(model) = request.model.as_ref().or(request.tier.as_ref()) {
                 return Err(Error::not_found(format!(
                     "unknown model {model:?}: no language model is configured; available: {EXTRACTIVE_MODEL}"
@@ -161,34 +165,15 @@ impl Service {
             }
             return Ok(None);
         };
-        let caller = router.callers.authenticate(request.api_key.as_deref())?;
-        let has_default =
-            router.settings.default_model.is_some() || router.settings.default_tier.is_some();
-        if !explicit && !has_default {
+        if !explicit && !router.has_default() {
+            // Answered without a model, but a refused key is refused all the same.
+            router.authenticate(request.api_key.as_deref())?;
             return Ok(None);
         }
-        Ok(Some((router.clone(), caller, explicit)))
-    }
-
-    fn route_request(
-        &self,
-        request: &AnswerRequest,
-        input_tokens: u64,
-        max_output_tokens: u32,
-    ) -> RouteRequest {
-        RouteRequest {
-            model: request.model.clone(),
-            tier: request.tier.clone(),
-            clouds: request.allowed_clouds.clone(),
-            regions: request.allowed_regions.clone(),
-            input_tokens,
-            max_output_tokens: u64::from(max_output_tokens),
-        }
+        self.check_chat(call)?;
+        Ok(Some(explicit))
     }
 }
-
-/// A request the router answers: by whom, and whether it named its model or tier.
-type Routed = (Arc<Router>, Arc<Caller>, bool);
 
 async fn forward(
     mut events: mpsc::Receiver<RouteEvent>,

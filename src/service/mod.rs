@@ -4,6 +4,7 @@ mod answer;
 mod bucket_options;
 mod build;
 mod calibrate;
+mod chat;
 mod index;
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use answer::{AnswerEvent, AnswerRequest, AnswerSummary, Citation, EXTRACTIVE_MODEL};
+pub use chat::{ChatCall, ChatFailure, DEFAULT_TEMPERATURE};
 pub use index::IndexFilters;
 
 use crate::config::{Config, FusionMethod, IndexConfig};
@@ -91,23 +93,11 @@ impl Service {
         &self.config
     }
 
-    /// Only the chat router of a config (validated), without opening stores or
-    /// loading models. Reads credentials; sends nothing.
-    pub fn build_router(config: &Config, env: &HashMap<String, String>) -> Result<Option<Router>> {
-        config.validate()?;
-        build::router(config, env, &build::http_client()?)
-    }
-
     /// The router described by a config, for `route explain`: reads no
     /// credentials, and its deployments cannot be called. Callers are anonymous.
     pub fn planning_router(config: &Config) -> Result<Option<Router>> {
         config.validate()?;
         build::planning_router(config)
-    }
-
-    /// The chat router, shared with the OpenAI-compatible facade.
-    pub fn router(&self) -> Option<&Arc<Router>> {
-        self.router.as_ref()
     }
 
     /// Checks the caller's request against the server limits.

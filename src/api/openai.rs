@@ -1,5 +1,5 @@
 //! The OpenAI-compatible HTTP facade: `POST /v1/chat/completions` (whole or
-//! streamed) and `GET /v1/models`, routed through the same [`Router`] as `Answer`,
+//! streamed) and `GET /v1/models`, through the same [`Service::chat`] as `Answer`,
 //! so OpenAI SDKs, LangChain and LlamaIndex can use skyfuse as their LLM endpoint.
 //!
 //! `model` is a model name, `tier:<name>` for a budget tier, or `auto` (or
@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
@@ -19,46 +19,24 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::llm::prompt::request_tokens;
-use crate::llm::{ChatMessage, ChatRequest, Role};
+use crate::llm::{ChatMessage, Role};
 use crate::route::callers::bearer_token;
-use crate::route::{AttemptOutcome, RouteEvent, RouteRequest, RouteSummary, Router};
+use crate::route::{AttemptOutcome, RouteEvent, RouteSummary};
+use crate::service::{ChatCall, Service};
 
-/// What the facade needs: the router and request limits.
-#[derive(Clone)]
-pub struct Facade {
-    pub router: Arc<Router>,
-    pub default_max_output_tokens: u32,
-    pub max_body_bytes: usize,
-}
-
-impl Facade {
-    pub fn app(self) -> axum::Router {
-        let limit = self.max_body_bytes;
-        axum::Router::new()
-            .route("/v1/chat/completions", post(chat_completions))
-            .route("/v1/models", get(models))
-            .layer(DefaultBodyLimit::max(limit))
-            .with_state(Arc::new(self))
-    }
-
-    /// Serves until `shutdown` resolves.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<()> {
-        axum::serve(listener, self.app())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|error| Error::internal(format!("facade: {error}")))
-    }
+/// The facade's routes over the service; the body limit is `server.max_message_bytes`.
+/// [`super::serve`] serves it beside gRPC.
+pub(super) fn app(service: Arc<Service>) -> axum::Router {
+    let limit = service.config().server.max_message_bytes;
+    axum::Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(service)
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,25 +63,24 @@ struct WireMessage {
     content: Value,
 }
 
-async fn models(State(facade): State<Arc<Facade>>) -> Json<Value> {
-    let mut data: Vec<Value> = facade
-        .router
-        .models()
+async fn models(State(service): State<Arc<Service>>) -> Json<Value> {
+    let mut data: Vec<Value> = service
+        .chat_models()
         .into_iter()
         .map(|model| json!({"id": model, "object": "model", "created": 0, "owned_by": "skyfuse"}))
         .collect();
-    data.extend(facade.router.settings.tiers.iter().map(|tier| {
-        json!({"id": format!("tier:{}", tier.name), "object": "model", "created": 0, "owned_by": "skyfuse"})
+    data.extend(service.chat_tiers().into_iter().map(|tier| {
+        json!({"id": format!("tier:{tier}"), "object": "model", "created": 0, "owned_by": "skyfuse"})
     }));
     Json(json!({"object": "list", "data": data}))
 }
 
 async fn chat_completions(
-    State(facade): State<Arc<Facade>>,
+    State(service): State<Arc<Service>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    match start(&facade, &headers, &body).await {
+    match start(&service, &headers, &body).await {
         Ok((started, stream, include_usage, id)) => {
             if stream {
                 streamed(started, include_usage, id).into_response()
@@ -117,15 +94,11 @@ async fn chat_completions(
 
 type Started = (crate::route::Started, bool, bool, String);
 
-async fn start(facade: &Facade, headers: &HeaderMap, body: &[u8]) -> Result<Started> {
+async fn start(service: &Service, headers: &HeaderMap, body: &[u8]) -> Result<Started> {
     let request: CompletionRequest = serde_json::from_slice(body)
         .map_err(|error| Error::invalid(format!("invalid request body: {error}")))?;
-    let chat = chat_request(&request, facade.default_max_output_tokens)?;
+    let messages = messages(&request)?;
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    let caller = facade
-        .router
-        .callers
-        .authenticate(header("authorization").and_then(bearer_token))?;
     let (model, tier) = match request.model.as_deref() {
         None | Some("" | "auto") => (None, None),
         Some(name) => match name.strip_prefix("tier:") {
@@ -144,22 +117,21 @@ async fn start(facade: &Facade, headers: &HeaderMap, body: &[u8]) -> Result<Star
             })
             .unwrap_or_default()
     };
-    let route_request = RouteRequest {
-        model,
-        tier,
-        clouds: list("x-skyfuse-allowed-clouds"),
-        regions: list("x-skyfuse-allowed-regions"),
-        input_tokens: request_tokens(&chat),
-        max_output_tokens: u64::from(chat.max_output_tokens),
-    };
-    let plan = facade.router.plan(&caller, &route_request)?;
-    let deadline =
-        Instant::now() + Duration::from_millis(facade.router.settings.attempt_timeout_ms);
-    let started = facade
-        .router
-        .start(&caller, &plan, &chat, deadline)
-        .await
-        .map_err(|failure| failure.error)?;
+    let started = service
+        .chat(ChatCall {
+            api_key: header("authorization")
+                .and_then(bearer_token)
+                .map(str::to_string),
+            model,
+            tier,
+            allowed_clouds: list("x-skyfuse-allowed-clouds"),
+            allowed_regions: list("x-skyfuse-allowed-regions"),
+            messages,
+            max_output_tokens: request.max_completion_tokens.or(request.max_tokens),
+            temperature: request.temperature,
+            deadline: None,
+        })
+        .await?;
     let include_usage = request
         .stream_options
         .as_ref()
@@ -167,11 +139,11 @@ async fn start(facade: &Facade, headers: &HeaderMap, body: &[u8]) -> Result<Star
     Ok((started, request.stream, include_usage, completion_id()))
 }
 
-fn chat_request(request: &CompletionRequest, default_max: u32) -> Result<ChatRequest> {
+fn messages(request: &CompletionRequest) -> Result<Vec<ChatMessage>> {
     if request.messages.is_empty() {
         return Err(Error::invalid("messages must not be empty"));
     }
-    let messages = request
+    request
         .messages
         .iter()
         .map(|message| {
@@ -190,15 +162,7 @@ fn chat_request(request: &CompletionRequest, default_max: u32) -> Result<ChatReq
                 content: text_content(&message.content)?,
             })
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(ChatRequest {
-        messages,
-        max_output_tokens: request
-            .max_completion_tokens
-            .or(request.max_tokens)
-            .unwrap_or(default_max),
-        temperature: request.temperature.unwrap_or(0.2),
-    })
+        .collect()
 }
 
 /// A string, or an array of parts of which only text is supported.
@@ -343,9 +307,10 @@ fn route_json(summary: &RouteSummary) -> Value {
         "failover_count": summary.failover_count(),
         "attempts": summary.attempts.iter().map(|attempt| json!({
             "deployment": attempt.deployment,
+            "provider": attempt.provider,
             "outcome": match &attempt.outcome {
                 AttemptOutcome::Ok => "ok".to_string(),
-                AttemptOutcome::Failed(kind) => format!("error: {kind:?}"),
+                AttemptOutcome::Failed(kind) => format!("error: {}", kind.as_str()),
                 AttemptOutcome::Skipped => "skipped".to_string(),
             },
             "message": attempt.message,

@@ -1,0 +1,109 @@
+//! `skyfuse index`: one run with its progress, or `--watch` to keep syncing.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use tonic::transport::Channel;
+
+use skyfuse::api::proto;
+use skyfuse::api::proto::ingestion_service_client::IngestionServiceClient;
+
+pub async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result<()> {
+    let mut client = IngestionServiceClient::new(channel);
+    let url = request.url.clone();
+    let mut stream = client.index(request).await?.into_inner();
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} listed  {msg}",
+        )
+        .expect("static progress template"),
+    );
+    let mut last = proto::IndexProgress::default();
+    while let Some(progress) = stream.message().await? {
+        bar.set_length(progress.listed);
+        bar.set_position(
+            progress.indexed + progress.unchanged + progress.skipped + progress.failed,
+        );
+        bar.set_message(format!(
+            "{} fetched ({}), {} indexed, {} unchanged, {} skipped, {} failed, {} chunks ({:.0}/s)",
+            progress.fetched,
+            HumanBytes(progress.bytes),
+            progress.indexed,
+            progress.unchanged,
+            progress.skipped,
+            progress.failed,
+            progress.chunks,
+            progress.chunks_per_second,
+        ));
+        last = progress;
+    }
+    bar.finish();
+    if !last.done {
+        bail!("indexing stream ended before the run finished");
+    }
+    println!(
+        "indexed {url}: {} listed, {} excluded, {} fetched, {} indexed, {} unchanged, {} deleted, {} skipped, {} failed, {} chunks, {} bytes in {:.1}s",
+        last.listed,
+        last.excluded,
+        last.fetched,
+        last.indexed,
+        last.unchanged,
+        last.deleted,
+        last.skipped,
+        last.failed,
+        last.chunks,
+        last.bytes,
+        last.elapsed_millis as f64 / 1000.0
+    );
+    for failure in &last.failures {
+        let kind = match proto::IssueKind::try_from(failure.kind) {
+            Ok(proto::IssueKind::Failed) => "failed",
+            Ok(proto::IssueKind::Skipped) => "skipped",
+            Ok(proto::IssueKind::Record) => "bad record",
+            Ok(proto::IssueKind::Listing) => "listing failed",
+            Ok(proto::IssueKind::Unspecified) | Err(_) => "issue",
+        };
+        println!("  {kind}: {}: {}", failure.key, failure.reason);
+    }
+    // An incomplete listing is an incomplete sync: say so in the exit status. Failed
+    // objects do not change it: they are reported, and retried by the next run.
+    if last
+        .failures
+        .iter()
+        .any(|failure| failure.kind == proto::IssueKind::Listing as i32)
+    {
+        bail!(
+            "the listing of {url} failed, so objects missing from it were not deleted; see above"
+        );
+    }
+    Ok(())
+}
+
+/// Re-syncs `request` every `interval` until Ctrl-C. A failed run (an unreachable bucket, a
+/// busy index) is reported and retried at the next tick, as a sync daemon should.
+pub async fn watch_index(
+    channel: Channel,
+    request: proto::IndexRequest,
+    interval: Duration,
+) -> Result<()> {
+    loop {
+        if let Err(error) = run_index(channel.clone(), request.clone()).await {
+            eprintln!("sync failed: {error:#}");
+        }
+        println!("next sync in {}s (Ctrl-C stops)", interval.as_secs());
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// Relative paths mean the caller's current directory.
+pub fn absolute_if_local(url: &str) -> String {
+    if url.contains("://") {
+        return url.to_string();
+    }
+    std::path::absolute(url).map_or_else(|_| url.to_string(), |path| path.display().to_string())
+}

@@ -1,0 +1,167 @@
+//! `skyfuse search`, `ask` and `sources`: the read side, printed for people.
+
+use anyhow::{Result, bail};
+use tonic::transport::Channel;
+
+use skyfuse::api::proto;
+use skyfuse::api::proto::admin_service_client::AdminServiceClient;
+use skyfuse::api::proto::generation_service_client::GenerationServiceClient;
+use skyfuse::api::proto::retrieval_service_client::RetrievalServiceClient;
+
+pub async fn run_search(
+    channel: Channel,
+    request: proto::SearchRequest,
+    explain: bool,
+) -> Result<()> {
+    let response = RetrievalServiceClient::new(channel)
+        .search(request)
+        .await?
+        .into_inner();
+    for hit in &response.hits {
+        let sources: Vec<String> = hit
+            .explain
+            .iter()
+            .map(|source| format!("{}#{}", source.source, source.rank))
+            .collect();
+        let title = if hit.title.is_empty() {
+            String::new()
+        } else {
+            format!("  {}", hit.title)
+        };
+        println!(
+            "{:>3}. {}  [{}]  {}{}",
+            hit.rank,
+            hit.doc_id,
+            sources.join(" "),
+            hit.object_key,
+            title
+        );
+        if explain {
+            if !hit.cloud.is_empty() {
+                println!("       stored in {} / {}", hit.cloud, hit.region);
+            }
+            for source in &hit.explain {
+                println!(
+                    "       {}: rank {} score {:.4} -> +{:.5} ({})",
+                    source.source, source.rank, source.score, source.contribution, source.chunk_id
+                );
+            }
+        }
+    }
+    if response.hits.is_empty() {
+        println!("no hits");
+    }
+    print_outcomes(&response.sources, response.degraded);
+    println!("took {:.1} ms", response.took_micros as f64 / 1000.0);
+    Ok(())
+}
+
+fn print_outcomes(outcomes: &[proto::SourceOutcome], degraded: bool) {
+    if !degraded {
+        return;
+    }
+    eprintln!("degraded: some sources did not answer");
+    for outcome in outcomes {
+        if outcome.status != proto::SourceStatus::Ok as i32 {
+            let status = proto::SourceStatus::try_from(outcome.status)
+                .map_or("unknown", |status| status.as_str_name());
+            eprintln!("  {}: {} {}", outcome.source, status, outcome.message);
+        }
+    }
+}
+
+pub async fn run_ask(
+    channel: Channel,
+    question: String,
+    top_k: Option<u32>,
+    model: Option<String>,
+) -> Result<()> {
+    let request = proto::AnswerRequest {
+        question,
+        top_k: top_k.unwrap_or(0),
+        model: model.unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut stream = GenerationServiceClient::new(channel)
+        .answer(request)
+        .await?
+        .into_inner();
+    use std::io::Write;
+    while let Some(event) = stream.message().await? {
+        match event.event {
+            Some(proto::answer_event::Event::Token(text)) => {
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+            }
+            Some(proto::answer_event::Event::Done(done)) => {
+                println!();
+                let route = done.route.unwrap_or_default();
+                let label = if route.extractive {
+                    " (extractive: no LLM, sentences quoted from the passages)"
+                } else {
+                    ""
+                };
+                println!("\nanswered by {}/{}{label}", route.provider, route.model);
+                for attempt in route
+                    .attempts
+                    .iter()
+                    .filter(|attempt| attempt.outcome != "ok")
+                {
+                    // The kind as the proto spells it (THROTTLED...), else "skipped".
+                    let why = if attempt.error_kind.is_empty() {
+                        &attempt.outcome
+                    } else {
+                        &attempt.error_kind
+                    };
+                    println!(
+                        "  failed attempt {} ({why}): {}",
+                        attempt.provider, attempt.message
+                    );
+                }
+                for citation in &done.citations {
+                    println!(
+                        "[{}] {}  {}  {}",
+                        citation.number, citation.doc_id, citation.object_key, citation.title
+                    );
+                }
+                let usage = done.usage.unwrap_or_default();
+                println!(
+                    "usage: {} in, {} out{}; cost ${:.6}",
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    if usage.estimated { " (estimated)" } else { "" },
+                    done.cost.unwrap_or_default().usd
+                );
+                print_outcomes(&done.sources, done.degraded);
+            }
+            Some(proto::answer_event::Event::Error(error)) => {
+                println!();
+                bail!("answer broke off: {} {}", error.code, error.message);
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_sources(channel: Channel) -> Result<()> {
+    let response = AdminServiceClient::new(channel)
+        .list_sources(proto::ListSourcesRequest {})
+        .await?
+        .into_inner();
+    for source in response.sources {
+        let chunks = source
+            .chunks
+            .map_or("?".to_string(), |chunks| chunks.to_string());
+        let space = if source.space.is_empty() {
+            String::new()
+        } else {
+            format!(" space={} dims={}", source.space, source.dims)
+        };
+        println!(
+            "{}  {} ({}){space} cloud={} region={} weight={} chunks={chunks}",
+            source.id, source.backend, source.kind, source.cloud, source.region, source.weight
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! Chat: the one entrance to a routed LLM call. The OpenAI-compatible facade calls
+//! it with the caller's messages; `answer` calls it after retrieval with the prompt
+//! built from the passages. It owns caller -> plan -> route -> stream.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Service;
+use crate::error::{Error, Result};
+use crate::llm::prompt::request_tokens;
+use crate::llm::{ChatMessage, ChatRequest};
+use crate::route::{RouteRequest, RouteSummary, Router, Started};
+
+/// Sampling temperature when a call does not set one.
+pub const DEFAULT_TEMPERATURE: f32 = 0.2;
+
+/// A chat call as a caller states it, before authentication and routing.
+#[derive(Debug, Clone, Default)]
+pub struct ChatCall {
+    /// The `authorization: Bearer` token, when `[[caller]]`s are configured.
+    pub api_key: Option<String>,
+    /// None: the tier's models, else `routing.default_model` (or `default_tier`).
+    pub model: Option<String>,
+    pub tier: Option<String>,
+    /// Clouds the prompt may go to; empty = any the caller may use.
+    pub allowed_clouds: Vec<String>,
+    /// Region globs the prompt may go to; empty = any the caller may use.
+    pub allowed_regions: Vec<String>,
+    pub messages: Vec<ChatMessage>,
+    /// None: `answer.max_output_tokens`.
+    pub max_output_tokens: Option<u32>,
+    /// None: [`DEFAULT_TEMPERATURE`].
+    pub temperature: Option<f32>,
+    /// When the LLM stage must end. None: `routing.attempt_timeout_ms` after it
+    /// starts, the one default of the LLM stage for the facade and `Answer` alike
+    /// (the retrieval half of an `Answer` without a deadline has its own,
+    /// `server.default_timeout_ms`).
+    pub deadline: Option<Instant>,
+}
+
+/// A chat call that produced nothing.
+#[derive(Debug, Clone)]
+pub struct ChatFailure {
+    pub error: Error,
+    /// What was tried before giving up; None when the call was refused before any
+    /// deployment was tried (the caller, the model or the plan).
+    pub route: Option<Box<RouteSummary>>,
+}
+
+impl From<ChatFailure> for Error {
+    fn from(failure: ChatFailure) -> Self {
+        failure.error
+    }
+}
+
+impl From<Error> for ChatFailure {
+    fn from(error: Error) -> Self {
+        Self { error, route: None }
+    }
+}
+
+impl Service {
+    /// Authenticates the caller, plans the route and tries its candidates until one
+    /// produces a first token; the rest of the answer streams from [`Started`].
+    pub async fn chat(&self, mut call: ChatCall) -> std::result::Result<Started, ChatFailure> {
+        let router = self.chat_router()?;
+        let caller = router.authenticate(call.api_key.as_deref())?;
+        let request = ChatRequest {
+            messages: std::mem::take(&mut call.messages),
+            max_output_tokens: call
+                .max_output_tokens
+                .unwrap_or(self.config.answer.max_output_tokens),
+            temperature: call.temperature.unwrap_or(DEFAULT_TEMPERATURE),
+        };
+        let route_request =
+            route_request(&call, request_tokens(&request), request.max_output_tokens);
+        let plan = router.plan(&caller, &route_request)?;
+        let deadline = call
+            .deadline
+            .unwrap_or_else(|| Instant::now() + router.attempt_timeout());
+        router
+            .start(&caller, &plan, &request, deadline.into())
+            .await
+            .map_err(|failure| ChatFailure {
+                error: failure.error,
+                route: Some(failure.summary),
+            })
+    }
+
+    /// Refuses what [`Service::chat`] would refuse before sending anything (the
+    /// caller, an unknown or forbidden model or tier), without a prompt yet: so an
+    /// `Answer` fails fast, before retrieving.
+    pub(super) fn check_chat(&self, call: &ChatCall) -> Result<()> {
+        let router = self.chat_router()?;
+        let caller = router.authenticate(call.api_key.as_deref())?;
+        let max_output_tokens = call
+            .max_output_tokens
+            .unwrap_or(self.config.answer.max_output_tokens);
+        router.plan(&caller, &route_request(call, 0, max_output_tokens))?;
+        Ok(())
+    }
+
+    /// Models a chat call may name, sorted; empty when no model is configured.
+    pub fn chat_models(&self) -> Vec<String> {
+        self.router
+            .as_ref()
+            .map(|router| router.models())
+            .unwrap_or_default()
+    }
+
+    /// Budget tiers a chat call may name, in config order.
+    pub fn chat_tiers(&self) -> Vec<String> {
+        self.router
+            .as_ref()
+            .map(|router| router.tiers())
+            .unwrap_or_default()
+    }
+
+    /// Whether a chat model is configured (`[[deployment]]`s or `answer.provider`).
+    pub fn has_chat(&self) -> bool {
+        self.router.is_some()
+    }
+
+    pub(super) fn chat_router(&self) -> Result<&Arc<Router>> {
+        self.router.as_ref().ok_or_else(|| {
+            Error::not_found(
+                "no language model is configured: add [[deployment]]s or answer.provider",
+            )
+        })
+    }
+}
+
+fn route_request(call: &ChatCall, input_tokens: u64, max_output_tokens: u32) -> RouteRequest {
+    RouteRequest {
+        model: call.model.clone(),
+        tier: call.tier.clone(),
+        clouds: call.allowed_clouds.clone(),
+        regions: call.allowed_regions.clone(),
+        input_tokens,
+        max_output_tokens: u64::from(max_output_tokens),
+    }
+}
