@@ -1,24 +1,44 @@
 //! skyfuse: a federated RAG retrieval service.
 //!
 //! Backends call it over gRPC to index cloud buckets, search every per-cloud
-//! store at once and answer with an LLM. The map, outside in:
+//! store at once and answer with an LLM. The map, outside in (each arrow points
+//! down; nothing below [`api`] sees tonic, axum or generated types):
 //!
-//! - [`api`]: the edges: the tonic adapter (proto <-> domain, one error mapping, the
-//!   server) and the OpenAI-compatible HTTP facade ([`api::openai`]).
-//! - [`service`]: the domain seam the API, the CLI and tests call.
+//! - [`api`]: the edges. The tonic adapter (proto <-> domain, one error mapping),
+//!   the OpenAI-compatible HTTP facade ([`api::openai`]) and their shared lifecycle
+//!   ([`api::serve`]: one shutdown signal, one bounded drain).
+//! - [`service`]: the domain seam the API, the CLI and tests call; one entrance per
+//!   capability: search, chat (plain and RAG answer share `Service::chat`), index,
+//!   admin. `service::build` turns a valid config into the running parts by calling
+//!   each module's registry.
 //! - [`retrieve`]: plan the sources, embed the query once per space, fan out under
 //!   one deadline, fuse by rank ([`retrieve::fusion`]).
-//! - [`stores`]: the [`stores::SearchBackend`] trait and the stores behind it.
-//! - [`embed`]: embedding spaces and models; [`llm`]: chat providers and prompts.
-//! - [`cloud`]: credentials, request signing and error mapping the providers share.
+//! - [`route`]: chat routing: callers, plans (rules, tiers, cost, capacity,
+//!   regions), the failover loop with budgets and an active probe.
+//! - [`stores`]: the [`stores::SearchBackend`] trait, the registry that opens each
+//!   kind (`stores::open`), the local and remote stores, the resilience wrapper.
+//! - [`embed`]: embedding spaces, query embedding, the in-process BERT runtime
+//!   (`embed::local`, all `unsafe` in its `kernels`) and cloud providers.
+//! - [`llm`]: the chat provider trait, prompts, the extractive answerer, providers.
 //! - [`ingest`]: list, fetch, extract, chunk, embed, write, remember (manifest).
-//! - [`config`]: typed config, pure validation; [`error`]: one error type.
+//! - [`cloud`]: credentials, request signing and error mapping the providers share.
+//! - [`config`]: one file per TOML table, per-kind tagged enums, index definitions
+//!   (`include`), pure validation.
+//! - [`error`]: one error type and the one failure policy (retry, fail over, stop);
+//!   [`breaker`]: the circuit breaker every remote endpoint shares, with permits.
+//! - [`telemetry`]: logging setup. [`client`], [`document`], [`eval`]: the CLI's
+//!   gRPC client, the document model, the BEIR evaluation.
 //!
 //! A search: `api::retrieval` converts the request -> `Service::search` checks
 //! limits -> `Retriever::search` plans and fans out (lexical sources at once,
 //! dense sources after their space's query embedding) -> each source answers or
 //! becomes a failed outcome -> `fusion::fuse` merges by document id -> the API
 //! converts hits, per-source explain and outcomes back to proto.
+//!
+//! An answer: `api::generation` (or `api::openai` for the facade) -> `Service::answer`
+//! retrieves as above and builds the prompt -> `Service::chat` authenticates the
+//! caller, plans the route and starts it -> `route` fails over until a first token ->
+//! the stream pump sends tokens, then citations, usage, cost and the route taken.
 
 pub mod api;
 pub mod breaker;

@@ -15,7 +15,7 @@ pub use server::{Listeners, serve};
 /// Generated types and clients for `skyfuse.v1`.
 // Generated code: the streamed `Answer` event carries the final summary inline, which is
 // what prost emits for a oneof; boxing it would leak into every client.
-#[allow(clippy::large_enum_variant)]
+#[expect(clippy::large_enum_variant)]
 pub mod proto {
     tonic::include_proto!("skyfuse.v1");
 

@@ -1,8 +1,8 @@
 //! Language models: the [`ChatProvider`] seam, the providers behind it, the
 //! prompt and the extractive fallback.
 //!
-//! Routing and failover across clouds will wrap providers here; every provider
-//! already normalizes its stream, usage, finish reason and errors into one shape.
+//! Routing and failover across clouds live in `route/`, above this module; every
+//! provider normalizes its stream, usage, finish reason and errors into one shape.
 
 pub mod extractive;
 pub mod prompt;

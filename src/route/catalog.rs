@@ -61,9 +61,9 @@ struct CatalogRow {
     output_per_1m_usd: f64,
     cached_input_per_1m_usd: Option<f64>,
     context_window: Option<u64>,
-    #[allow(dead_code)] // provenance, for people reading the file
+    #[expect(dead_code, reason = "provenance, for people reading the file")]
     effective: String,
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "provenance, for people reading the file")]
     source: String,
 }
 
