@@ -450,6 +450,29 @@ fn unique_ids<'a>(
     seen
 }
 
+/// Reads one `[[what]]` entry whose `kind` selects a struct with exactly that kind's
+/// keys. Serde's message names the key; this adds which entry and kind it is in.
+fn parse_tagged<T: serde::de::DeserializeOwned>(
+    table: toml::Table,
+    what: &str,
+) -> std::result::Result<T, String> {
+    let label = |key: &str| {
+        table
+            .get(key)
+            .and_then(|value| value.as_str())
+            .map(str::to_owned)
+    };
+    let (id, kind) = (label("id"), label("kind"));
+    table.try_into().map_err(|error: toml::de::Error| {
+        let message = error.message().trim_end().to_string();
+        match (id, kind) {
+            (Some(id), Some(kind)) => format!("{what} {id:?} (kind {kind}): {message}"),
+            (Some(id), None) => format!("{what} {id:?}: {message}"),
+            _ => format!("[[{what}]]: {message}"),
+        }
+    })
+}
+
 /// The process environment as a map, read once at startup.
 pub fn process_env() -> HashMap<String, String> {
     std::env::vars().collect()

@@ -284,21 +284,7 @@ impl TryFrom<toml::Table> for ProviderConfig {
 
     /// Serde's message names the key; this adds which provider and kind it is in.
     fn try_from(table: toml::Table) -> Result<Self, String> {
-        let label = |key: &str| {
-            table
-                .get(key)
-                .and_then(|value| value.as_str())
-                .map(str::to_owned)
-        };
-        let (id, kind) = (label("id"), label("kind"));
-        let parsed: ProviderTable = table.try_into().map_err(|error: toml::de::Error| {
-            let message = error.message().trim_end().to_string();
-            match (id, kind) {
-                (Some(id), Some(kind)) => format!("provider {id:?} (kind {kind}): {message}"),
-                (Some(id), None) => format!("provider {id:?}: {message}"),
-                _ => format!("[[provider]]: {message}"),
-            }
-        })?;
+        let parsed: ProviderTable = super::parse_tagged(table, "provider")?;
         Ok(match parsed {
             ProviderTable::OpenaiCompat(mut table) => {
                 let settings = ProviderSettings::OpenaiCompat(OpenAiCompatConfig {

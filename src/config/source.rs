@@ -390,21 +390,7 @@ impl TryFrom<toml::Table> for SourceConfig {
 
     /// Serde's message names the key; this adds which source and kind it is in.
     fn try_from(table: toml::Table) -> Result<Self, String> {
-        let label = |key: &str| {
-            table
-                .get(key)
-                .and_then(|value| value.as_str())
-                .map(str::to_owned)
-        };
-        let (id, kind) = (label("id"), label("kind"));
-        let parsed: SourceTable = table.try_into().map_err(|error: toml::de::Error| {
-            let message = error.message().trim_end().to_string();
-            match (id, kind) {
-                (Some(id), Some(kind)) => format!("source {id:?} (kind {kind}): {message}"),
-                (Some(id), None) => format!("source {id:?}: {message}"),
-                _ => format!("[[source]]: {message}"),
-            }
-        })?;
+        let parsed: SourceTable = super::parse_tagged(table, "source")?;
         Ok(match parsed {
             SourceTable::Tantivy(table) => table.common(StoreConfig::Tantivy(TantivyConfig {
                 path: table.path.clone(),
