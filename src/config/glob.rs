@@ -16,6 +16,31 @@ use crate::error::{Error, Result};
 pub struct Glob {
     text: String,
     matcher: globset::GlobMatcher,
+    shape: Shape,
+}
+
+/// The two shapes nearly every routing pattern has, matched without the regex engine
+/// (the route planner matches every rule against every deployment on every request).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// No metacharacter: equality.
+    Literal,
+    /// Metacharacters only in one trailing `*`: a prefix.
+    Prefix,
+    /// Anything else: globset decides.
+    Pattern,
+}
+
+impl Shape {
+    fn of(text: &str) -> Self {
+        let is_meta =
+            |character: char| matches!(character, '*' | '?' | '[' | ']' | '{' | '}' | '\\');
+        match text.strip_suffix('*') {
+            _ if !text.contains(is_meta) => Self::Literal,
+            Some(prefix) if !prefix.contains(is_meta) => Self::Prefix,
+            _ => Self::Pattern,
+        }
+    }
 }
 
 impl Glob {
@@ -30,6 +55,7 @@ impl Glob {
         Ok(Self {
             text: text.to_string(),
             matcher: glob.compile_matcher(),
+            shape: Shape::of(text),
         })
     }
 
@@ -39,7 +65,11 @@ impl Glob {
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        self.matcher.is_match(name)
+        match self.shape {
+            Shape::Literal => name == self.text,
+            Shape::Prefix => name.starts_with(&self.text[..self.text.len() - 1]),
+            Shape::Pattern => self.matcher.is_match(name),
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -85,6 +115,33 @@ mod tests {
 
     fn glob(text: &str) -> Glob {
         Glob::new(text).unwrap()
+    }
+
+    #[test]
+    fn plain_names_and_trailing_stars_skip_the_regex_engine() {
+        assert!(glob("gpt-4o").shape == Shape::Literal);
+        assert!(glob("gpt-*").shape == Shape::Prefix);
+        assert!(glob("*").shape == Shape::Prefix);
+        assert!(glob("eu-{west,central}-*").shape == Shape::Pattern);
+        assert!(glob("*-mini").shape == Shape::Pattern);
+        assert!(glob("gpt-4?").shape == Shape::Pattern);
+    }
+
+    proptest::proptest! {
+        /// The literal and prefix shortcuts answer exactly what globset answers.
+        #[test]
+        fn the_shortcuts_agree_with_globset(prefix in "[a-z0-9.:/-]{0,6}", rest in "[a-z0-9.:/-]{0,8}") {
+            for text in [prefix.clone(), format!("{prefix}*")] {
+                let pattern = glob(&text);
+                for name in [rest.clone(), format!("{prefix}{rest}"), prefix.clone()] {
+                    proptest::prop_assert_eq!(
+                        pattern.matches(&name),
+                        pattern.matcher.is_match(&name),
+                        "pattern {:?} name {:?}", text, name
+                    );
+                }
+            }
+        }
     }
 
     #[test]
