@@ -291,13 +291,14 @@ pub(crate) mod tests {
         assert_eq!(primary.calls(), 2, "one attempt per batch");
     }
 
-    #[tokio::test]
-    async fn an_open_breaker_skips_the_provider_and_bad_input_does_not_fail_over() {
-        let primary = ScriptedProvider::new("azure-east", 4);
-        let backup = ScriptedProvider::new("azure-west", 4);
-        primary.fail_with(Some(Error::unavailable("503")));
-        let embedder = SpaceEmbedder::new(
-            space("te3", 4),
+    /// A cosine space of 4 dimensions served by `primary`, then `backup`, both model "m".
+    fn primary_then_backup(
+        id: &str,
+        primary: &Arc<ScriptedProvider>,
+        backup: &Arc<ScriptedProvider>,
+    ) -> SpaceEmbedder {
+        SpaceEmbedder::new(
+            space(id, 4),
             Metric::Cosine,
             false,
             vec![
@@ -305,7 +306,15 @@ pub(crate) mod tests {
                 Serving::new(backup.clone(), "m"),
             ],
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_skips_the_provider_and_bad_input_does_not_fail_over() {
+        let primary = ScriptedProvider::new("azure-east", 4);
+        let backup = ScriptedProvider::new("azure-west", 4);
+        primary.fail_with(Some(Error::unavailable("503")));
+        let embedder = primary_then_backup("te3", &primary, &backup);
         for _ in 0..5 {
             embedder.embed(&texts(1), Purpose::Query).await.unwrap();
         }
@@ -327,16 +336,7 @@ pub(crate) mod tests {
             let primary = ScriptedProvider::new("primary", 4);
             let backup = ScriptedProvider::new("backup", 4);
             primary.fail_with(Some(Error::new(kind, "scripted")));
-            let embedder = SpaceEmbedder::new(
-                space("s", 4),
-                Metric::Cosine,
-                false,
-                vec![
-                    Serving::new(primary.clone(), "m"),
-                    Serving::new(backup.clone(), "m"),
-                ],
-            )
-            .unwrap();
+            let embedder = primary_then_backup("s", &primary, &backup);
             // The default breaker opens after three failures.
             for _ in 0..3 {
                 let result = embedder.embed(&texts(1), Purpose::Query).await;
