@@ -41,6 +41,7 @@
 //! the stream pump sends tokens, then citations, usage, cost and the route taken.
 
 pub mod api;
+pub mod auth;
 pub mod breaker;
 pub mod client;
 pub mod cloud;

@@ -166,6 +166,12 @@ impl Config {
         self.indexes.first()
     }
 
+    /// Whether callers must prove who they are (any identity is configured). Without
+    /// identities the server is anonymous and may only listen on loopback.
+    pub fn has_identities(&self) -> bool {
+        !self.callers.is_empty()
+    }
+
     /// Pure checks: every reference resolves, every limit is sane. The message
     /// names the offending key.
     pub fn validate(&self) -> Result<()> {

@@ -1,0 +1,1 @@
+//! Attacks on extraction: see docs/security.md.

@@ -1,0 +1,1 @@
+//! Attacks on identity: see docs/security.md.

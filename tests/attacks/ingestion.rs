@@ -1,0 +1,1 @@
+//! Attacks on ingestion: see docs/security.md.

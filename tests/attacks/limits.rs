@@ -1,0 +1,1 @@
+//! Attacks on limits: see docs/security.md.

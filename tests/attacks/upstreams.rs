@@ -1,0 +1,1 @@
+//! Attacks on upstreams: see docs/security.md.
