@@ -8,7 +8,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use skyfuse::config::{DeploymentConfig, Glob, RouteRule, RoutingConfig, TierConfig};
 use skyfuse::llm::{ChatMessage, ChatProvider, ChatRequest, Role};
 use skyfuse::route::testing::{Script, Scripted};
-use skyfuse::route::{Caller, Callers, Catalog, Deployment, RouteEvent, RouteRequest, Router};
+use skyfuse::route::{Caller, Catalog, Deployment, RouteEvent, RouteRequest, Router};
 
 fn router() -> Router {
     let models = [
@@ -70,7 +70,7 @@ fn router() -> Router {
             deployments.push(Deployment::new(provider, &config, &catalog, breaker));
         }
     }
-    Router::new(deployments, settings, Callers::default())
+    Router::new(deployments, settings)
 }
 
 fn bench(c: &mut Criterion) {

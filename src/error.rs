@@ -23,6 +23,7 @@ use std::time::Duration;
 /// | `Unavailable`     | yes | `Next`              | yes |
 /// | `Timeout`         | yes | `Next`              | yes |
 /// | `Auth`            | no  | `Next`              | yes |
+/// | `Unauthenticated` | no  | `Stop`              | no  |
 /// | `Forbidden`       | no  | `Stop`              | no  |
 /// | `Config`          | no  | `Stop`              | no  |
 /// | `Internal`        | no  | `Stop`              | no  |
@@ -35,7 +36,7 @@ use std::time::Duration;
 /// answered, is counted healthy.
 ///
 /// `Auth` from an endpoint is the endpoint's failure, not the caller's: the
-/// caller's own key is checked by `route::callers` before any endpoint is
+/// caller's own identity is checked by `auth` (as `Unauthenticated`) before any endpoint is
 /// called, and each endpoint has its own credential (an Azure key per resource, an
 /// AWS account, a GCP service account), so a 401/403 from one says nothing about
 /// the next. Failing over keeps an expired key at one cloud from taking down every
@@ -62,8 +63,11 @@ pub enum ErrorKind {
     Unavailable,
     /// The deadline passed before the work finished.
     Timeout,
-    /// Credentials were missing or refused.
+    /// An endpoint refused *our* credentials (its key, token or role): the
+    /// endpoint's failure, never reported to our caller as UNAUTHENTICATED.
     Auth,
+    /// *Our caller* did not prove who it is (no, or a wrong, key or token).
+    Unauthenticated,
     /// The caller is known but may not use what it asked for.
     Forbidden,
     /// The configuration is invalid.
@@ -86,7 +90,7 @@ pub enum Failover {
 
 impl ErrorKind {
     /// Every kind, for tests and documentation that must cover each one.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::InvalidArgument,
         ErrorKind::NotFound,
         ErrorKind::ContextLength,
@@ -94,6 +98,7 @@ impl ErrorKind {
         ErrorKind::Unavailable,
         ErrorKind::Timeout,
         ErrorKind::Auth,
+        ErrorKind::Unauthenticated,
         ErrorKind::Forbidden,
         ErrorKind::Config,
         ErrorKind::Internal,
@@ -107,6 +112,7 @@ impl ErrorKind {
             | ErrorKind::ContextLength
             | ErrorKind::NotFound
             | ErrorKind::Auth
+            | ErrorKind::Unauthenticated
             | ErrorKind::Forbidden
             | ErrorKind::Config
             | ErrorKind::Internal => false,
@@ -123,6 +129,7 @@ impl ErrorKind {
             | ErrorKind::Auth => Failover::Next,
             ErrorKind::ContextLength => Failover::NextLongerContext,
             ErrorKind::InvalidArgument
+            | ErrorKind::Unauthenticated
             | ErrorKind::Forbidden
             | ErrorKind::Config
             | ErrorKind::Internal => Failover::Stop,
@@ -140,6 +147,7 @@ impl ErrorKind {
             | ErrorKind::Auth => true,
             ErrorKind::InvalidArgument
             | ErrorKind::ContextLength
+            | ErrorKind::Unauthenticated
             | ErrorKind::Forbidden
             | ErrorKind::Config
             | ErrorKind::Internal => false,
@@ -157,6 +165,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "UNAVAILABLE",
             ErrorKind::Timeout => "TIMEOUT",
             ErrorKind::Auth => "AUTH",
+            ErrorKind::Unauthenticated => "UNAUTHENTICATED",
             ErrorKind::Forbidden => "FORBIDDEN",
             ErrorKind::Config => "CONFIG",
             ErrorKind::Internal => "INTERNAL",

@@ -1,4 +1,4 @@
-//! The skyfuse command line: serve | index | search | ask | sources | eval | calibrate | route.
+//! The skyfuse command line: serve | index | search | ask | sources | eval | calibrate | route | keys.
 //!
 //! Without `--server`, `index`, `search`, `ask` and `eval` start the service from
 //! the config (or the embedded default) inside this process and talk to it over
@@ -24,6 +24,9 @@ struct Cli {
     /// Config file (TOML); without it, the embedded default: ./indexes/local, tantivy + MiniLM.
     #[arg(long, global = true, env = "SKYFUSE_CONFIG")]
     config: Option<PathBuf>,
+    /// Sent as `authorization: Bearer <token>` to a protected server: an API key or a JWT.
+    #[arg(long, global = true, env = "SKYFUSE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -130,6 +133,19 @@ enum Command {
         #[command(subcommand)]
         action: RouteAction,
     },
+    /// API keys for [[caller]]s: the config holds only their SHA-256.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Read a key from stdin and print its sha256 hex (for `api_key_sha256`).
+    Hash,
+    /// Print a fresh random key and its sha256 hex.
+    New,
 }
 
 #[derive(Subcommand)]
@@ -189,6 +205,10 @@ async fn main() -> Result<()> {
     };
     skyfuse::telemetry::init(log_level);
     match cli.command {
+        Command::Keys { action } => match action {
+            KeysAction::Hash => cli::keys::run_hash(),
+            KeysAction::New => cli::keys::run_new(),
+        },
         Command::Serve { listen } => cli::serve::run_serve(cli.config, listen).await,
         Command::Index {
             url,
@@ -198,7 +218,7 @@ async fn main() -> Result<()> {
             watch,
             server,
         } => {
-            let channel = cli::channel(server, cli.config).await?;
+            let channel = cli::channel(server, cli.config, cli.token.as_deref()).await?;
             let request = proto::IndexRequest {
                 url: cli::index::absolute_if_local(&url),
                 index,
@@ -220,7 +240,7 @@ async fn main() -> Result<()> {
             explain,
             server,
         } => {
-            let channel = cli::channel(server, cli.config).await?;
+            let channel = cli::channel(server, cli.config, cli.token.as_deref()).await?;
             let request = proto::SearchRequest {
                 query,
                 top_k,
@@ -237,11 +257,11 @@ async fn main() -> Result<()> {
             model,
             server,
         } => {
-            let channel = cli::channel(server, cli.config).await?;
+            let channel = cli::channel(server, cli.config, cli.token.as_deref()).await?;
             cli::query::run_ask(channel, question, top_k, model).await
         }
         Command::Sources { server } => {
-            let channel = cli::channel(server, cli.config).await?;
+            let channel = cli::channel(server, cli.config, cli.token.as_deref()).await?;
             cli::query::run_sources(channel).await
         }
         Command::Eval {

@@ -2,7 +2,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::convert;
 use super::proto::{self, admin_service_server::AdminService};
+use crate::auth::Credentials;
 use crate::service::Service;
 use crate::stores::StoreKind;
 
@@ -14,12 +16,18 @@ pub struct AdminApi {
 impl AdminService for AdminApi {
     async fn list_sources(
         &self,
-        _request: Request<proto::ListSourcesRequest>,
+        request: Request<proto::ListSourcesRequest>,
     ) -> Result<Response<proto::ListSourcesResponse>, Status> {
+        let principal = self
+            .service
+            .authenticate(&Credentials::from_grpc(&request))
+            .await
+            .map_err(convert::status)?;
         let sources = self
             .service
-            .list_sources()
+            .list_sources(&principal)
             .await
+            .map_err(convert::status)?
             .into_iter()
             .map(|source| proto::SourceDescription {
                 id: source.info.id,
@@ -42,12 +50,18 @@ impl AdminService for AdminApi {
 
     async fn list_indexes(
         &self,
-        _request: Request<proto::ListIndexesRequest>,
+        request: Request<proto::ListIndexesRequest>,
     ) -> Result<Response<proto::ListIndexesResponse>, Status> {
+        let principal = self
+            .service
+            .authenticate(&Credentials::from_grpc(&request))
+            .await
+            .map_err(convert::status)?;
         let indexes = self
             .service
-            .list_indexes()
-            .iter()
+            .list_indexes(&principal)
+            .map_err(convert::status)?
+            .into_iter()
             .map(|index| proto::IndexDescription {
                 id: index.id.clone(),
                 sources: index.sources.clone(),

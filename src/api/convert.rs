@@ -29,7 +29,9 @@ pub fn code(kind: ErrorKind) -> tonic::Code {
         ErrorKind::Throttled => tonic::Code::ResourceExhausted,
         ErrorKind::Unavailable => tonic::Code::Unavailable,
         ErrorKind::Timeout => tonic::Code::DeadlineExceeded,
-        ErrorKind::Auth => tonic::Code::Unauthenticated,
+        // An endpoint refused our own credentials: the service is at fault, not the caller.
+        ErrorKind::Auth => tonic::Code::Unavailable,
+        ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
         ErrorKind::Forbidden => tonic::Code::PermissionDenied,
         ErrorKind::Config => tonic::Code::FailedPrecondition,
         ErrorKind::Internal => tonic::Code::Internal,

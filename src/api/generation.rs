@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::proto::{self, answer_event::Event, generation_service_server::GenerationService};
-use crate::route::callers::bearer_token;
+use crate::auth::Credentials;
 use crate::route::{AttemptOutcome, RouteSummary};
 use crate::service::{AnswerEvent, AnswerRequest, AnswerSummary, EXTRACTIVE_MODEL, Service};
 
@@ -27,27 +27,28 @@ impl GenerationService for GenerationApi {
         request: Request<proto::AnswerRequest>,
     ) -> Result<Response<Self::AnswerStream>, Status> {
         let deadline = convert::deadline(&request);
-        let api_key = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(bearer_token)
-            .map(str::to_string);
+        let principal = self
+            .service
+            .authenticate(&Credentials::from_grpc(&request))
+            .await
+            .map_err(convert::status)?;
         let request = request.into_inner();
         let events = self
             .service
-            .answer(AnswerRequest {
-                question: request.question,
-                top_k: convert::optional(request.top_k),
-                sources: request.sources,
-                model: (!request.model.is_empty()).then_some(request.model),
-                tier: (!request.tier.is_empty()).then_some(request.tier),
-                allowed_clouds: request.allowed_clouds,
-                allowed_regions: request.allowed_regions,
-                max_output_tokens: convert::optional(request.max_output_tokens),
-                deadline,
-                api_key,
-            })
+            .answer(
+                &principal,
+                AnswerRequest {
+                    question: request.question,
+                    top_k: convert::optional(request.top_k),
+                    sources: request.sources,
+                    model: (!request.model.is_empty()).then_some(request.model),
+                    tier: (!request.tier.is_empty()).then_some(request.tier),
+                    allowed_clouds: request.allowed_clouds,
+                    allowed_regions: request.allowed_regions,
+                    max_output_tokens: convert::optional(request.max_output_tokens),
+                    deadline,
+                },
+            )
             .await
             .map_err(convert::status)?;
         let stream = ReceiverStream::new(events).map(|event| Ok(answer_event(event)));

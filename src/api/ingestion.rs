@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::proto::{self, ingestion_service_server::IngestionService};
+use crate::auth::Credentials;
 use crate::ingest::{IndexProgress, IndexReport, ObjectIssue};
 use crate::service::{IndexFilters, Service};
 
@@ -23,21 +24,28 @@ impl IngestionService for IngestionApi {
         &self,
         request: Request<proto::IndexRequest>,
     ) -> Result<Response<Self::IndexStream>, Status> {
+        let principal = self
+            .service
+            .authenticate(&Credentials::from_grpc(&request))
+            .await
+            .map_err(convert::status)?;
         let proto::IndexRequest {
             url,
             index,
             include,
             exclude,
         } = request.into_inner();
-        // Refuse an unknown index before the stream starts, as a plain status.
-        self.service.index_config(&index).map_err(convert::status)?;
+        // Refuse an unknown or forbidden index before the stream starts, as a plain status.
+        self.service
+            .index_config_for(&principal, &index, &url)
+            .map_err(convert::status)?;
         let (sender, receiver) = mpsc::channel(32);
         let service = self.service.clone();
         let filters = IndexFilters { include, exclude };
         tokio::spawn(async move {
             let progress_sender = sender.clone();
             let report = service
-                .index(&url, &index, &filters, move |progress| {
+                .index(&principal, &url, &index, &filters, move |progress| {
                     // Intermediate progress may be dropped when the client reads slowly;
                     // the final event is always delivered.
                     let _ = progress_sender.try_send(Ok(progress_message(progress)));

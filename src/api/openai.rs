@@ -4,7 +4,8 @@
 //!
 //! `model` is a model name, `tier:<name>` for a budget tier, or `auto` (or
 //! absent) for the default. `x-skyfuse-allowed-clouds: aws,azure` and
-//! `x-skyfuse-allowed-regions: eu-*,europe-*` narrow where the prompt may go; `Authorization: Bearer <key>` names the caller when `[[caller]]`s exist.
+//! `x-skyfuse-allowed-regions: eu-*,europe-*` narrow where the prompt may go; `Authorization: Bearer <api key or token>` (or an mTLS client certificate) names the
+//! caller when identities are configured; `/v1/models` lists only its models.
 //! Each response carries the route (`x-skyfuse-*` headers, and a `skyfuse` field).
 
 use std::convert::Infallible;
@@ -22,9 +23,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::auth::Credentials;
 use crate::error::{Error, ErrorKind, Result};
 use crate::llm::{ChatMessage, Role};
-use crate::route::callers::bearer_token;
 use crate::route::{AttemptOutcome, RouteEvent, RouteSummary};
 use crate::service::{ChatCall, Service};
 
@@ -63,24 +64,38 @@ struct WireMessage {
     content: Value,
 }
 
-async fn models(State(service): State<Arc<Service>>) -> Json<Value> {
-    let mut data: Vec<Value> = service
-        .chat_models()
+/// The models and tiers the caller may use; 401 without credentials.
+async fn models(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+) -> Response {
+    let principal = match service
+        .authenticate(&Credentials::from_http(&headers, &extensions))
+        .await
+    {
+        Ok(principal) => principal,
+        Err(error) => return error_response(&error),
+    };
+    let (models, tiers) = service.chat_models_for(&principal);
+    let mut data: Vec<Value> = models
         .into_iter()
         .map(|model| json!({"id": model, "object": "model", "created": 0, "owned_by": "skyfuse"}))
         .collect();
-    data.extend(service.chat_tiers().into_iter().map(|tier| {
+    data.extend(tiers.into_iter().map(|tier| {
         json!({"id": format!("tier:{tier}"), "object": "model", "created": 0, "owned_by": "skyfuse"})
     }));
-    Json(json!({"object": "list", "data": data}))
+    Json(json!({"object": "list", "data": data})).into_response()
 }
 
 async fn chat_completions(
     State(service): State<Arc<Service>>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: axum::body::Bytes,
 ) -> Response {
-    match start(&service, &headers, &body).await {
+    let credentials = Credentials::from_http(&headers, &extensions);
+    match start(&service, &credentials, &headers, &body).await {
         Ok((started, stream, include_usage, id)) => {
             if stream {
                 streamed(started, include_usage, id).into_response()
@@ -94,7 +109,14 @@ async fn chat_completions(
 
 type Started = (crate::route::Started, bool, bool, String);
 
-async fn start(service: &Service, headers: &HeaderMap, body: &[u8]) -> Result<Started> {
+async fn start(
+    service: &Service,
+    credentials: &Credentials,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Started> {
+    // Who is calling comes first: an anonymous caller learns nothing from the body's checks.
+    let principal = service.authenticate(credentials).await?;
     let request: CompletionRequest = serde_json::from_slice(body)
         .map_err(|error| Error::invalid(format!("invalid request body: {error}")))?;
     let messages = messages(&request)?;
@@ -118,19 +140,19 @@ async fn start(service: &Service, headers: &HeaderMap, body: &[u8]) -> Result<St
             .unwrap_or_default()
     };
     let started = service
-        .chat(ChatCall {
-            api_key: header("authorization")
-                .and_then(bearer_token)
-                .map(str::to_string),
-            model,
-            tier,
-            allowed_clouds: list("x-skyfuse-allowed-clouds"),
-            allowed_regions: list("x-skyfuse-allowed-regions"),
-            messages,
-            max_output_tokens: request.max_completion_tokens.or(request.max_tokens),
-            temperature: request.temperature,
-            deadline: None,
-        })
+        .chat(
+            &principal,
+            ChatCall {
+                model,
+                tier,
+                allowed_clouds: list("x-skyfuse-allowed-clouds"),
+                allowed_regions: list("x-skyfuse-allowed-regions"),
+                messages,
+                max_output_tokens: request.max_completion_tokens.or(request.max_tokens),
+                temperature: request.temperature,
+                deadline: None,
+            },
+        )
         .await?;
     let include_usage = request
         .stream_options
@@ -343,7 +365,9 @@ fn error_response(error: &Error) -> Response {
     let status = match error.kind {
         ErrorKind::InvalidArgument | ErrorKind::ContextLength => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::Auth => StatusCode::UNAUTHORIZED,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        // An endpoint refused our own credentials: not the caller's fault.
+        ErrorKind::Auth => StatusCode::BAD_GATEWAY,
         ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         ErrorKind::Throttled => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -351,6 +375,12 @@ fn error_response(error: &Error) -> Response {
         ErrorKind::Config | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let mut response = (status, Json(error_json(error))).into_response();
+    if error.kind == ErrorKind::Unauthenticated {
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+    }
     if let Some(wait) = error.retry_after
         && let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string())
     {
@@ -364,7 +394,8 @@ fn error_json(error: &Error) -> Value {
         ErrorKind::InvalidArgument => ("invalid_request_error", "invalid_request"),
         ErrorKind::ContextLength => ("invalid_request_error", "context_length_exceeded"),
         ErrorKind::NotFound => ("invalid_request_error", "model_not_found"),
-        ErrorKind::Auth => ("authentication_error", "invalid_api_key"),
+        ErrorKind::Unauthenticated => ("authentication_error", "invalid_api_key"),
+        ErrorKind::Auth => ("api_error", "upstream_unavailable"),
         ErrorKind::Forbidden => ("permission_error", "forbidden"),
         ErrorKind::Throttled => ("rate_limit_error", "rate_limit_exceeded"),
         ErrorKind::Unavailable => ("api_error", "upstream_unavailable"),

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::Connection as Channel;
 use anyhow::{Result, bail};
 use futures::StreamExt;
-use tonic::transport::Channel;
 
 use skyfuse::api::proto;
 use skyfuse::api::proto::admin_service_client::AdminServiceClient;
@@ -58,7 +58,7 @@ pub async fn run_eval(
         .iter()
         .map(|index| index.id.clone())
         .collect();
-    let channel = connect(None, config).await?;
+    let channel = super::with_token(connect(None, config).await?, None)?;
 
     // Every index of the config, so that sources of several spaces are all compared.
     for index in indexes {

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use super::Connection as Channel;
 use anyhow::{Result, bail};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use tonic::transport::Channel;
 
 use skyfuse::api::proto;
 use skyfuse::api::proto::ingestion_service_client::IngestionServiceClient;

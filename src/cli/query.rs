@@ -1,7 +1,7 @@
 //! `skyfuse search`, `ask` and `sources`: the read side, printed for people.
 
+use super::Connection as Channel;
 use anyhow::{Result, bail};
-use tonic::transport::Channel;
 
 use skyfuse::api::proto;
 use skyfuse::api::proto::admin_service_client::AdminServiceClient;

@@ -21,8 +21,8 @@ pub async fn run_serve(config: Option<PathBuf>, listen: Option<String>) -> Resul
     let service = Arc::new(Service::build(config, &process_env()).await?);
     let listeners = Listeners::bind(&service).await?;
     let sources: Vec<String> = service
-        .list_sources()
-        .await
+        .list_sources(&skyfuse::auth::Principal::operator())
+        .await?
         .into_iter()
         .map(|source| format!("{} ({} chunks)", source.info.id, source.chunks.unwrap_or(0)))
         .collect();

@@ -9,13 +9,16 @@ mod answer;
 mod aws;
 mod bucket;
 mod caller;
+mod client_cert;
 mod deployment;
 mod facade;
 mod glob;
 mod include;
 mod index;
+mod issuer;
 mod price;
 mod provider;
+mod role;
 mod routing;
 mod search;
 mod secret;
@@ -31,17 +34,20 @@ use serde::Deserialize;
 pub use answer::AnswerConfig;
 pub use aws::{AwsKeyLocations, AwsKeys};
 pub use bucket::{AZURE_SCHEMES, BucketConfig, BucketCredentialsConfig, GCS_SCHEMES, S3_SCHEMES};
-pub use caller::CallerConfig;
+pub use caller::{CallerConfig, is_sha256_hex};
+pub use client_cert::ClientCertConfig;
 pub use deployment::DeploymentConfig;
 pub use facade::FacadeConfig;
 pub use glob::{Glob, any_matches};
 pub use include::IndexDefinition;
 pub use index::IndexConfig;
+pub use issuer::IssuerConfig;
 pub use price::PriceConfig;
 pub use provider::{
     AzureOpenAiConfig, BedrockConfig, OciConfig, OpenAiCompatConfig, ProviderConfig, ProviderKind,
     ProviderSettings, VertexConfig,
 };
+pub use role::RoleConfig;
 pub use routing::{RouteRule, RoutingConfig, TierConfig};
 pub use search::{FusionMethod, SearchConfig};
 pub use secret::{Secret, SecretLocation};
@@ -99,6 +105,12 @@ pub struct Config {
     pub prices: Vec<PriceConfig>,
     #[serde(default, rename = "caller")]
     pub callers: Vec<CallerConfig>,
+    #[serde(default, rename = "role")]
+    pub roles: Vec<RoleConfig>,
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<IssuerConfig>,
+    #[serde(default, rename = "client_cert")]
+    pub client_certs: Vec<ClientCertConfig>,
     #[serde(default)]
     pub facade: FacadeConfig,
 }
@@ -169,7 +181,7 @@ impl Config {
     /// Whether callers must prove who they are (any identity is configured). Without
     /// identities the server is anonymous and may only listen on loopback.
     pub fn has_identities(&self) -> bool {
-        !self.callers.is_empty()
+        !self.callers.is_empty() || !self.issuers.is_empty() || !self.client_certs.is_empty()
     }
 
     /// Pure checks: every reference resolves, every limit is sane. The message
@@ -338,6 +350,7 @@ impl Config {
             }
             problems.extend(bucket.problems());
         }
+        role::identity_problems(self, &mut problems);
         if self.answer.context_budget_tokens < 16 {
             problems.push("answer.context_budget_tokens must be at least 16".into());
         }

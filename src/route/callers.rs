@@ -1,11 +1,8 @@
-//! Who is calling: `[[caller]]` keys, and what each caller may use. With no
-//! callers configured every call is anonymous and may use everything.
-
-use std::collections::HashMap;
-use std::sync::Arc;
+//! The router's view of a caller: which models, tiers, clouds and regions it may
+//! use and its daily budget. Built from an authenticated principal's roles
+//! (`auth::Permissions::chat_caller`); `Caller::anonymous` may use everything.
 
 use crate::config::{CallerConfig, Glob, any_matches};
-use crate::error::{Error, Result};
 
 /// A resolved caller and its permissions; an empty list allows everything.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,102 +58,19 @@ impl Caller {
     }
 }
 
-/// Callers by API key.
-#[derive(Debug, Default)]
-pub struct Callers {
-    by_key: HashMap<String, Arc<Caller>>,
-}
-
-impl Callers {
-    /// Resolves each caller's key (reads env variables or files; prints nothing).
-    pub fn load(configs: &[CallerConfig], env: &HashMap<String, String>) -> Result<Self> {
-        let mut by_key = HashMap::new();
-        for config in configs {
-            let key = config
-                .api_key
-                .resolve(env)
-                .map_err(|error| error.context(format!("caller {:?}: api_key", config.id)))?;
-            let caller = Arc::new(Caller::from_config(config));
-            if by_key.insert(key.expose().to_string(), caller).is_some() {
-                return Err(Error::config(format!(
-                    "caller {:?}: its api_key is another caller's too",
-                    config.id
-                )));
-            }
-        }
-        Ok(Self { by_key })
-    }
-
-    pub fn from_callers(callers: Vec<(String, Caller)>) -> Self {
-        Self {
-            by_key: callers
-                .into_iter()
-                .map(|(key, caller)| (key, Arc::new(caller)))
-                .collect(),
-        }
-    }
-
-    /// The caller presenting `bearer` (the token of an `authorization: Bearer`
-    /// header). Without configured callers everyone is anonymous.
-    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Arc<Caller>> {
-        if self.by_key.is_empty() {
-            return Ok(Arc::new(Caller::anonymous()));
-        }
-        let Some(key) = bearer else {
-            return Err(Error::new(
-                crate::error::ErrorKind::Auth,
-                "this service needs an api key: authorization: Bearer <key>",
-            ));
-        };
-        self.by_key
-            .get(key)
-            .cloned()
-            .ok_or_else(|| Error::new(crate::error::ErrorKind::Auth, "the api key is not valid"))
-    }
-}
-
-/// The token of an `Authorization: Bearer <token>` value.
-pub fn bearer_token(header: &str) -> Option<&str> {
-    let (scheme, token) = header.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|token| !token.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorKind;
 
     #[test]
-    fn keys_identify_callers_and_unknown_or_missing_keys_are_refused() {
-        let callers = Callers::from_callers(vec![(
-            "k1".into(),
-            Caller {
-                id: "team-a".into(),
-                models: vec![Glob::new("gpt-*").unwrap()],
-                ..Caller::anonymous()
-            },
-        )]);
-        assert_eq!(callers.authenticate(Some("k1")).unwrap().id, "team-a");
-        assert_eq!(
-            callers.authenticate(Some("k2")).unwrap_err().kind,
-            ErrorKind::Auth
-        );
-        assert_eq!(
-            callers.authenticate(None).unwrap_err().kind,
-            ErrorKind::Auth
-        );
-        let caller = callers.authenticate(Some("k1")).unwrap();
+    fn empty_lists_allow_everything_and_globs_narrow() {
+        let caller = Caller {
+            id: "team-a".into(),
+            models: vec![Glob::new("gpt-*").unwrap()],
+            ..Caller::anonymous()
+        };
         assert!(caller.may_use_model("gpt-4o") && !caller.may_use_model("claude-3.5-sonnet"));
-        assert!(
-            Callers::default()
-                .authenticate(None)
-                .unwrap()
-                .may_use_model("anything")
-        );
-        assert_eq!(bearer_token("Bearer  abc "), Some("abc"));
-        assert_eq!(bearer_token("Basic abc"), None);
+        assert!(Caller::anonymous().may_use_model("anything"));
+        assert!(Caller::anonymous().may_use_region("eu-west-1"));
     }
 }

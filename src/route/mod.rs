@@ -23,11 +23,10 @@ use std::time::Duration;
 
 use crate::breaker::{BreakerSettings, CircuitBreaker};
 use crate::config::{DeploymentConfig, RoutingConfig};
-use crate::error::Result;
 use crate::llm::{ChatProvider, ProviderInfo};
 
 pub use budget::BudgetLedger;
-pub use callers::{Caller, Callers};
+pub use callers::Caller;
 pub use catalog::{Catalog, Price};
 pub use failover::{Attempt, AttemptOutcome, RouteEvent, RouteFailure, RouteSummary, Started};
 pub use plan::{Candidate, Plan, RouteRequest, Skip};
@@ -109,17 +108,15 @@ impl RouteStats {
 pub struct Router {
     deployments: Vec<Arc<Deployment>>,
     settings: RoutingConfig,
-    callers: Callers,
     budgets: BudgetLedger,
     stats: RouteStats,
 }
 
 impl Router {
-    pub fn new(deployments: Vec<Deployment>, settings: RoutingConfig, callers: Callers) -> Self {
+    pub fn new(deployments: Vec<Deployment>, settings: RoutingConfig) -> Self {
         Self {
             deployments: deployments.into_iter().map(Arc::new).collect(),
             settings,
-            callers,
             budgets: BudgetLedger::default(),
             stats: RouteStats::default(),
         }
@@ -138,12 +135,6 @@ impl Router {
             window: settings.breaker_window,
             error_rate: settings.breaker_error_rate,
         }
-    }
-
-    /// The caller presenting `bearer` (the token of an `authorization: Bearer`
-    /// header); anonymous when no `[[caller]]`s are configured.
-    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Arc<Caller>> {
-        self.callers.authenticate(bearer)
     }
 
     /// Whether a request that names neither a model nor a tier has somewhere to go

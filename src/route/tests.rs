@@ -43,7 +43,7 @@ fn fixture(specs: Vec<(Scripted, f64, f64, Option<u64>)>, settings: RoutingConfi
         providers.push(provider);
     }
     Fixture {
-        router: Router::new(deployments, settings, Callers::default()),
+        router: Router::new(deployments, settings),
         providers,
     }
 }

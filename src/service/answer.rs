@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 
 use super::chat::{ChatCall, ChatFailure};
 use super::{SearchParams, Service};
+use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::llm::Usage;
 use crate::llm::extractive::extractive_answer;
@@ -31,8 +32,6 @@ pub struct AnswerRequest {
     pub allowed_regions: Vec<String>,
     pub max_output_tokens: Option<u32>,
     pub deadline: Option<Instant>,
-    /// The `authorization: Bearer` token, when `[[caller]]`s are configured.
-    pub api_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,9 +70,12 @@ impl Service {
     /// Retrieves, then streams the answer. Errors returned here (bad request,
     /// unknown model, no deployment could answer an explicit model) mean nothing
     /// was streamed.
-    pub async fn answer(&self, request: AnswerRequest) -> Result<mpsc::Receiver<AnswerEvent>> {
+    pub async fn answer(
+        &self,
+        principal: &Principal,
+        request: AnswerRequest,
+    ) -> Result<mpsc::Receiver<AnswerEvent>> {
         let mut call = ChatCall {
-            api_key: request.api_key.clone(),
             model: request.model.clone(),
             tier: request.tier.clone(),
             allowed_clouds: request.allowed_clouds.clone(),
@@ -87,16 +89,19 @@ impl Service {
             temperature: None,
             deadline: request.deadline,
         };
-        let routed = self.routed(&request, &call)?;
+        let routed = self.routed(principal, &request, &call)?;
         let search = self
-            .search(SearchParams {
-                query: request.question.clone(),
-                top_k: Some(request.top_k.unwrap_or(self.config.answer.top_k)),
-                sources: request.sources.clone(),
-                fusion: None,
-                deadline: request.deadline,
-                adapter_from: None,
-            })
+            .search(
+                principal,
+                SearchParams {
+                    query: request.question.clone(),
+                    top_k: Some(request.top_k.unwrap_or(self.config.answer.top_k)),
+                    sources: request.sources.clone(),
+                    fusion: None,
+                    deadline: request.deadline,
+                    adapter_from: None,
+                },
+            )
             .await?;
         let passages: Vec<Passage> = search
             .hits
@@ -130,7 +135,7 @@ impl Service {
         };
         call.messages = chat_request.messages;
         call.temperature = Some(chat_request.temperature);
-        let started = match self.chat(call).await {
+        let started = match self.chat(principal, call).await {
             Ok(started) => started,
             Err(ChatFailure { error, route: None }) => return Err(error),
             Err(ChatFailure { error, route: _ }) if explicit => return Err(error),
@@ -152,7 +157,12 @@ impl Service {
     /// Whether a model answers, and if so whether the request named its model or
     /// tier; None for an extractive answer. A model that cannot serve the caller is
     /// refused here, before retrieving.
-    fn routed(&self, request: &AnswerRequest, call: &ChatCall) -> Result<Option<bool>> {
+    fn routed(
+        &self,
+        principal: &Principal,
+        request: &AnswerRequest,
+        call: &ChatCall,
+    ) -> Result<Option<bool>> {
         if request.model.as_deref() == Some(EXTRACTIVE_MODEL) {
             return Ok(None);
         }
@@ -165,12 +175,11 @@ impl Service {
             }
             return Ok(None);
         };
-        if !explicit && !router.has_default() {
-            // Answered without a model, but a refused key is refused all the same.
-            router.authenticate(request.api_key.as_deref())?;
+        let may_chat = principal.permissions().chat_caller(principal.id()).is_ok();
+        if !explicit && (!router.has_default() || !may_chat) {
             return Ok(None);
         }
-        self.check_chat(call)?;
+        self.check_chat(principal, call)?;
         Ok(Some(explicit))
     }
 }

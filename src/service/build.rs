@@ -17,7 +17,7 @@ use crate::embed::space::{Serving, SpaceEmbedder};
 use crate::embed::{Embedder, EmbeddingProvider, EmbeddingSpace};
 use crate::error::{Error, Result};
 use crate::llm::ChatTarget;
-use crate::route::{Callers, Catalog, Deployment, Router};
+use crate::route::{Catalog, Deployment, Router};
 use crate::stores::open::OpenContext;
 use crate::stores::{self, Source};
 
@@ -140,6 +140,15 @@ pub(super) async fn sources(config: &Config, env: &HashMap<String, String>) -> R
 }
 
 /// One HTTP client for every cloud call of the service: one connection pool.
+/// Who may call: API keys (hashed), token issuers, client certificates, roles.
+pub(super) fn authenticator(
+    config: &Config,
+    env: &HashMap<String, String>,
+    http: &reqwest::Client,
+) -> Result<crate::auth::Authenticator> {
+    crate::auth::Authenticator::build(config, env, http)
+}
+
 pub(super) fn http_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
@@ -154,8 +163,7 @@ pub(super) fn router(
     env: &HashMap<String, String>,
     http: &reqwest::Client,
 ) -> Result<Option<Router>> {
-    let callers = Callers::load(&config.callers, env)?;
-    router_with(config, callers, |provider, target| {
+    router_with(config, |provider, target| {
         crate::llm::providers::build(provider, target, env, http.clone())
     })
 }
@@ -163,7 +171,7 @@ pub(super) fn router(
 /// The router as `route explain` sees it: every deployment described from the
 /// config alone, no credentials read, nothing callable.
 pub(super) fn planning_router(config: &Config) -> Result<Option<Router>> {
-    router_with(config, Callers::default(), |provider, target| {
+    router_with(config, |provider, target| {
         Ok(Arc::new(PlanningOnly(crate::llm::ProviderInfo {
             id: provider.id.clone(),
             model: target.model.clone(),
@@ -199,7 +207,6 @@ impl crate::llm::ChatProvider for PlanningOnly {
 
 fn router_with(
     config: &Config,
-    callers: Callers,
     build: impl Fn(&ProviderConfig, &ChatTarget) -> Result<Arc<dyn crate::llm::ChatProvider>>,
 ) -> Result<Option<Router>> {
     let deployments = config.chat_deployments();
@@ -237,5 +244,5 @@ fn router_with(
         default_model: config.default_chat_model(),
         ..config.routing.clone()
     };
-    Ok(Some(Router::new(built, settings, callers)))
+    Ok(Some(Router::new(built, settings)))
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Service;
+use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::llm::prompt::request_tokens;
 use crate::llm::{ChatMessage, ChatRequest};
@@ -17,8 +18,6 @@ pub const DEFAULT_TEMPERATURE: f32 = 0.2;
 /// A chat call as a caller states it, before authentication and routing.
 #[derive(Debug, Clone, Default)]
 pub struct ChatCall {
-    /// The `authorization: Bearer` token, when `[[caller]]`s are configured.
-    pub api_key: Option<String>,
     /// None: the tier's models, else `routing.default_model` (or `default_tier`).
     pub model: Option<String>,
     pub tier: Option<String>,
@@ -62,9 +61,14 @@ impl From<Error> for ChatFailure {
 impl Service {
     /// Authenticates the caller, plans the route and tries its candidates until one
     /// produces a first token; the rest of the answer streams from [`Started`].
-    pub async fn chat(&self, mut call: ChatCall) -> std::result::Result<Started, ChatFailure> {
+    pub async fn chat(
+        &self,
+        principal: &Principal,
+        mut call: ChatCall,
+    ) -> std::result::Result<Started, ChatFailure> {
+        // The caller's permission first: one without chat learns nothing about models.
+        let caller = principal.permissions().chat_caller(principal.id())?;
         let router = self.chat_router()?;
-        let caller = router.authenticate(call.api_key.as_deref())?;
         let request = ChatRequest {
             messages: std::mem::take(&mut call.messages),
             max_output_tokens: call
@@ -90,9 +94,10 @@ impl Service {
     /// Refuses what [`Service::chat`] would refuse before sending anything (the
     /// caller, an unknown or forbidden model or tier), without a prompt yet: so an
     /// `Answer` fails fast, before retrieving.
-    pub(super) fn check_chat(&self, call: &ChatCall) -> Result<()> {
+    pub(super) fn check_chat(&self, principal: &Principal, call: &ChatCall) -> Result<()> {
+        // The caller's permission first: one without chat learns nothing about models.
+        let caller = principal.permissions().chat_caller(principal.id())?;
         let router = self.chat_router()?;
-        let caller = router.authenticate(call.api_key.as_deref())?;
         let max_output_tokens = call
             .max_output_tokens
             .unwrap_or(self.config.answer.max_output_tokens);
@@ -106,6 +111,24 @@ impl Service {
             .as_ref()
             .map(|router| router.models())
             .unwrap_or_default()
+    }
+
+    /// Models and `tier:<name>`s the principal may name, for `/v1/models`.
+    pub fn chat_models_for(&self, principal: &Principal) -> (Vec<String>, Vec<String>) {
+        let Ok(caller) = principal.permissions().chat_caller(principal.id()) else {
+            return (Vec::new(), Vec::new());
+        };
+        let models = self
+            .chat_models()
+            .into_iter()
+            .filter(|model| caller.may_use_model(model))
+            .collect();
+        let tiers = self
+            .chat_tiers()
+            .into_iter()
+            .filter(|tier| caller.may_use_tier(tier))
+            .collect();
+        (models, tiers)
     }
 
     /// Budget tiers a chat call may name, in config order.

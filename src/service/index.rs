@@ -4,6 +4,7 @@ use sha2::{Digest, Sha256};
 
 use super::Service;
 use super::bucket_options::bucket_options;
+use crate::auth::Principal;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::{ChunkingConfig, IndexJob, IndexProgress, IndexReport, run_index};
 
@@ -20,6 +21,7 @@ impl Service {
     /// default index), reporting progress as it goes.
     pub async fn index(
         &self,
+        principal: &Principal,
         url: &str,
         index_id: &str,
         filters: &IndexFilters,
@@ -28,7 +30,7 @@ impl Service {
         if url.trim().is_empty() {
             return Err(Error::invalid("url must not be empty"));
         }
-        let index = self.index_config(index_id)?.clone();
+        let index = self.index_config_for(principal, index_id, url)?.clone();
         let lock = self.index_locks[&index.id].clone();
         let _running = lock.try_lock_owned().map_err(|_| {
             Error::new(
@@ -89,6 +91,29 @@ impl Service {
             "index run finished"
         );
         Ok(report)
+    }
+}
+
+impl Service {
+    /// The index a principal's `Index` request names, refused unless it may write
+    /// that index from that URL ([`crate::auth::Permissions::may_index`]). A
+    /// restricted principal gets the same refusal for an unknown index as for a
+    /// forbidden one.
+    pub fn index_config_for(
+        &self,
+        principal: &Principal,
+        index_id: &str,
+        url: &str,
+    ) -> Result<&crate::config::IndexConfig> {
+        let permissions = principal.permissions();
+        if permissions.is_all() {
+            return self.index_config(index_id);
+        }
+        let index = self
+            .index_config(index_id)
+            .map_err(|_| Error::forbidden("permission denied: index into the requested index"))?;
+        permissions.check_index(&index.id, url)?;
+        Ok(index)
     }
 }
 

@@ -15,6 +15,7 @@ pub use answer::{AnswerEvent, AnswerRequest, AnswerSummary, Citation, EXTRACTIVE
 pub use chat::{ChatCall, ChatFailure, DEFAULT_TEMPERATURE};
 pub use index::IndexFilters;
 
+use crate::auth::{Authenticator, Credentials, Principal};
 use crate::config::{Config, FusionMethod, IndexConfig};
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
@@ -51,6 +52,8 @@ pub struct Service {
     embedders: HashMap<String, Arc<dyn Embedder>>,
     /// Chat routing and failover; None when no model is configured.
     router: Option<Arc<Router>>,
+    /// Who may call, and with which permissions.
+    authenticator: Authenticator,
     /// One indexing run per index at a time: two runs would race on the manifest.
     index_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// Resolves bucket secrets (`env:NAME`) and gives bucket clients the standard
@@ -70,6 +73,7 @@ impl Service {
             .map(|(space, embedder)| (space, embedder as Arc<dyn Embedder>))
             .collect();
         let sources = build::sources(&config, env).await?;
+        let authenticator = build::authenticator(&config, env, &http)?;
         let router = build::router(&config, env, &http)?.map(Arc::new);
         if let Some(router) = &router {
             router.spawn_probe();
@@ -83,6 +87,7 @@ impl Service {
             retriever: Retriever::new(sources, query, config.search.clone()),
             embedders,
             router,
+            authenticator,
             index_locks,
             env: env.clone(),
             config,
@@ -91,6 +96,18 @@ impl Service {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The principal a request's credentials prove: the one step before every
+    /// entrance below. `UNAUTHENTICATED` when identities are configured and the
+    /// credentials prove none.
+    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Principal> {
+        self.authenticator.authenticate(credentials).await
+    }
+
+    /// The identities this service checks (for tests and startup logs).
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.authenticator
     }
 
     /// The router described by a config, for `route explain`: reads no
@@ -141,7 +158,13 @@ impl Service {
         })
     }
 
-    pub async fn search(&self, params: SearchParams) -> Result<SearchResult> {
+    /// Searches the sources the principal may search (the request can only narrow them).
+    pub async fn search(
+        &self,
+        principal: &Principal,
+        mut params: SearchParams,
+    ) -> Result<SearchResult> {
+        params.sources = self.permitted_sources(principal, &params.sources)?;
         let request = self.search_request(params)?;
         let result = self.retriever.search(&request).await?;
         tracing::debug!(
@@ -154,28 +177,61 @@ impl Service {
         Ok(result)
     }
 
-    pub async fn list_sources(&self) -> Vec<SourceDescription> {
-        let counts = futures::future::join_all(
-            self.retriever
-                .sources()
-                .iter()
-                .map(|source| source.backend.count()),
-        )
-        .await;
-        self.retriever
+    /// The sources a search by `principal` covers: `requested` when permitted, or
+    /// every source it may search when the request names none.
+    fn permitted_sources(
+        &self,
+        principal: &Principal,
+        requested: &[String],
+    ) -> Result<Vec<String>> {
+        let existing: Vec<&str> = self
+            .retriever
             .sources()
             .iter()
+            .map(|source| source.id())
+            .collect();
+        principal.permissions().search_sources(requested, &existing)
+    }
+
+    /// The sources the principal may search (Admin).
+    pub async fn list_sources(&self, principal: &Principal) -> Result<Vec<SourceDescription>> {
+        let permissions = principal.permissions();
+        permissions.check_admin()?;
+        let visible: Vec<_> = self
+            .retriever
+            .sources()
+            .iter()
+            .filter(|source| permissions.may_search(source.id()))
+            .collect();
+        let counts =
+            futures::future::join_all(visible.iter().map(|source| source.backend.count())).await;
+        Ok(visible
+            .into_iter()
             .zip(counts)
             .map(|(source, count)| SourceDescription {
                 info: source.info().clone(),
                 weight: source.weight,
                 chunks: count.ok(),
             })
-            .collect()
+            .collect())
     }
 
-    pub fn list_indexes(&self) -> &[IndexConfig] {
-        &self.config.indexes
+    /// The indexes the principal may write or search a source of (Admin).
+    pub fn list_indexes(&self, principal: &Principal) -> Result<Vec<&IndexConfig>> {
+        let permissions = principal.permissions();
+        permissions.check_admin()?;
+        Ok(self
+            .config
+            .indexes
+            .iter()
+            .filter(|index| {
+                permissions.may_index_into(&index.id)
+                    || index
+                        .sources
+                        .iter()
+                        .any(|source| permissions.may_search(source))
+            })
+            .collect())
     }
 
     /// The index a request names, or the default one.

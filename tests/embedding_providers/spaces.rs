@@ -84,6 +84,7 @@ async fn a_space_fails_over_to_the_same_model_elsewhere_and_embeds_each_query_on
     let service = Service::build(config, &HashMap::new()).await.unwrap();
     let report = service
         .index(
+            &skyfuse::auth::Principal::operator(),
             &docs.path().display().to_string(),
             "",
             &IndexFilters::default(),
@@ -101,10 +102,13 @@ async fn a_space_fails_over_to_the_same_model_elsewhere_and_embeds_each_query_on
     let before = up.count();
     for _ in 0..4 {
         let result = service
-            .search(SearchParams {
-                query: "where are archives replicated?".into(),
-                ..Default::default()
-            })
+            .search(
+                &skyfuse::auth::Principal::operator(),
+                SearchParams {
+                    query: "where are archives replicated?".into(),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert!(!result.degraded, "{:?}", result.outcomes);

@@ -692,8 +692,9 @@ async fn an_opensearch_index_with_both_roles_serves_two_sources() {
         .await
         .unwrap();
     let sources: Vec<(String, StoreKind)> = service
-        .list_sources()
+        .list_sources(&skyfuse::auth::Principal::operator())
         .await
+        .unwrap()
         .into_iter()
         .map(|source| (source.info.id, source.info.kind))
         .collect();
@@ -772,14 +773,17 @@ async fn search_harbour(
     seconds: u64,
 ) -> skyfuse::retrieve::SearchResult {
     service
-        .search(skyfuse::service::SearchParams {
-            query: "sunrise harbour".into(),
-            top_k: Some(3),
-            sources: sources.iter().map(|source| source.to_string()).collect(),
-            fusion: None,
-            deadline: Some(Instant::now() + Duration::from_secs(seconds)),
-            adapter_from: None,
-        })
+        .search(
+            &skyfuse::auth::Principal::operator(),
+            skyfuse::service::SearchParams {
+                query: "sunrise harbour".into(),
+                top_k: Some(3),
+                sources: sources.iter().map(|source| source.to_string()).collect(),
+                fusion: None,
+                deadline: Some(Instant::now() + Duration::from_secs(seconds)),
+                adapter_from: None,
+            },
+        )
         .await
         .unwrap()
 }
