@@ -3,13 +3,20 @@
 //! module sees tonic, axum or generated types.
 
 mod admin;
+mod browser_guard;
+mod connection;
 mod convert;
 mod generation;
+mod in_process;
 mod ingestion;
 pub mod openai;
 mod retrieval;
 mod server;
+mod tls;
+#[cfg(test)]
+mod transport_tests;
 
+pub use in_process::serve_in_process;
 pub use server::{Listeners, serve};
 
 /// Generated types and clients for `skyfuse.v1`.

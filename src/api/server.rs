@@ -1,18 +1,26 @@
 //! Server lifecycle: both edges (gRPC with health and reflection, and the
 //! OpenAI-compatible facade) with explicit limits, under one shutdown signal and
-//! one bounded drain.
+//! one bounded drain. Connections come from [`super::connection::accept`] (TLS,
+//! connection cap, keepalive); an anonymous server refuses to start on a
+//! non-loopback address unless `server.allow_anonymous` says so.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
+use tokio::sync::{mpsc, watch};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower::ServiceExt;
 
 use super::admin::AdminApi;
+use super::browser_guard::{self, BrowserGuard};
+use super::connection::{self, AcceptOptions, Connection, mark_grpc_request};
 use super::generation::GenerationApi;
 use super::ingestion::IngestionApi;
 use super::openai;
@@ -22,6 +30,8 @@ use super::proto::generation_service_server::GenerationServiceServer;
 use super::proto::ingestion_service_server::IngestionServiceServer;
 use super::proto::retrieval_service_server::RetrievalServiceServer;
 use super::retrieval::RetrievalApi;
+use super::tls::{self, ReloadingTls};
+use crate::config::{Config, anonymous_bind_problem};
 use crate::error::{Error, Result};
 use crate::service::Service;
 
@@ -55,21 +65,89 @@ async fn bind(address: &str, key: &str) -> Result<TcpListener> {
 }
 
 /// The limits `[server]` asks for.
-struct ServeOptions {
+#[derive(Debug, Clone)]
+pub(super) struct ServeOptions {
     max_message_bytes: usize,
     max_concurrent_requests: usize,
     shutdown_grace: Duration,
+    http2_keepalive_interval: Option<Duration>,
+    http2_keepalive_timeout: Duration,
+    header_read_timeout: Duration,
 }
 
 impl ServeOptions {
-    fn from_service(service: &Service) -> Self {
+    pub(super) fn from_service(service: &Service) -> Self {
         let server = &service.config().server;
         Self {
             max_message_bytes: server.max_message_bytes,
             max_concurrent_requests: server.max_concurrent_requests,
             shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
+            http2_keepalive_interval: (server.http2_keepalive_interval_ms > 0)
+                .then(|| Duration::from_millis(server.http2_keepalive_interval_ms)),
+            http2_keepalive_timeout: Duration::from_millis(server.http2_keepalive_timeout_ms),
+            header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
         }
     }
+}
+
+#[cfg(test)]
+impl ServeOptions {
+    /// The `[server]` defaults.
+    pub(super) fn for_tests() -> Self {
+        let server = crate::config::ServerConfig::default();
+        Self {
+            max_message_bytes: server.max_message_bytes,
+            max_concurrent_requests: server.max_concurrent_requests,
+            shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
+            http2_keepalive_interval: None,
+            http2_keepalive_timeout: Duration::from_millis(server.http2_keepalive_timeout_ms),
+            header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
+        }
+    }
+}
+
+/// How each listener accepts: `[server]`'s connection limits and, with `[tls]`,
+/// a certificate that follows its files (loaded now: bad files fail startup).
+fn accept_options(config: &Config, key: &'static str, alpn: &[&[u8]]) -> Result<AcceptOptions> {
+    let server = &config.server;
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(ReloadingTls::load(files, alpn)?)),
+        None => None,
+    };
+    Ok(AcceptOptions {
+        key,
+        max_connections: server.max_connections,
+        handshake_timeout: Duration::from_millis(server.handshake_timeout_ms),
+        tcp_keepalive: (server.tcp_keepalive_ms > 0)
+            .then(|| Duration::from_millis(server.tcp_keepalive_ms)),
+        tls,
+    })
+}
+
+/// The safe default: without identities only loopback may be bound, unless the
+/// operator wrote `server.allow_anonymous = true`. Checked on the bound sockets,
+/// so `serve --listen` and callers that bind themselves are held to it too. Without
+/// TLS, identities on a non-loopback address travel in clear text: a warning.
+fn check_exposure(config: &Config, listeners: &Listeners) -> Result<()> {
+    let mut bound = vec![("server.listen", listeners.grpc.local_addr()?)];
+    if let Some(openai) = &listeners.openai {
+        bound.push(("facade.listen", openai.local_addr()?));
+    }
+    for (key, address) in bound {
+        if address.ip().is_loopback() {
+            continue;
+        }
+        if !config.has_identities() && !config.server.allow_anonymous {
+            return Err(Error::config(anonymous_bind_problem(key, &address)));
+        }
+        if config.tls.is_none() {
+            tracing::warn!(
+                %address,
+                "{key} is not loopback and [tls] is not configured: keys and tokens cross the network in clear text"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Serves gRPC (every skyfuse service, `grpc.health.v1`, reflection) and, when its
@@ -87,7 +165,11 @@ pub async fn serve(
             "facade.listen is set but no chat model is configured ([[deployment]] or answer.provider)",
         ));
     }
+    let config = service.config();
+    check_exposure(config, &listeners)?;
     let options = ServeOptions::from_service(&service);
+    let grpc_accept = accept_options(config, "server.listen", tls::GRPC_ALPN)?;
+    let openai_accept = accept_options(config, "facade.listen", tls::HTTP_ALPN)?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::Serving).await;
 
@@ -96,21 +178,27 @@ pub async fn serve(
     let drained = |mut draining: watch::Receiver<bool>| async move {
         let _ = draining.wait_for(|draining| *draining).await;
     };
+    let grpc_connections =
+        connection::accept(listeners.grpc, grpc_accept, drained(draining.clone()));
     let grpc = grpc_server(
         service.clone(),
-        listeners.grpc,
-        &options,
+        tokio_stream::wrappers::ReceiverStream::new(grpc_connections).map(Ok::<_, std::io::Error>),
+        options.clone(),
         health,
         drained(draining.clone()),
     )?;
-    let openai = async move {
-        let Some(listener) = listeners.openai else {
-            return Ok(());
-        };
-        axum::serve(listener, openai::app(service))
-            .with_graceful_shutdown(drained(draining))
-            .await
-            .map_err(|error| Error::internal(format!("facade: {error}")))
+    let openai = match listeners.openai {
+        Some(listener) => {
+            let connections =
+                connection::accept(listener, openai_accept, drained(draining.clone()));
+            futures::future::Either::Left(serve_facade(
+                facade_app(service),
+                connections,
+                &options,
+                drained(draining),
+            ))
+        }
+        None => futures::future::Either::Right(async { Ok(()) }),
     };
     let servers = async move { tokio::try_join!(grpc, openai).map(|_| ()) };
     tokio::pin!(servers);
@@ -147,12 +235,75 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// The gRPC server on `listener`, stopping to accept when `drained` resolves and
-/// ending when its calls in flight are done.
-fn grpc_server(
-    service: Arc<Service>,
-    listener: TcpListener,
+/// The facade's routes behind the browser checks.
+fn facade_app(service: Arc<Service>) -> axum::Router {
+    let guard = BrowserGuard::new(service.config());
+    openai::app(service).layer(axum::middleware::from_fn_with_state(
+        guard,
+        browser_guard::guard,
+    ))
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on each connection (headers within
+/// `server.header_read_timeout_ms`, HTTP/2 keepalive pings) until `drained`
+/// resolves; then lets requests in flight finish and closes idle connections.
+pub(super) async fn serve_facade(
+    app: axum::Router,
+    mut connections: mpsc::Receiver<Connection>,
     options: &ServeOptions,
+    drained: impl Future<Output = ()>,
+) -> Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(options.http2_keepalive_interval)
+        .keep_alive_timeout(options.http2_keepalive_timeout);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(drained);
+    loop {
+        let connection = tokio::select! {
+            () = &mut drained => break,
+            connection = connections.recv() => match connection {
+                Some(connection) => connection,
+                None => break,
+            },
+        };
+        let info = connection.info().clone();
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                info.mark(request.extensions_mut());
+                app.clone().oneshot(request)
+            },
+        );
+        let served = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(connection), service)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = served.await {
+                tracing::debug!(%error, "facade connection ended with an error");
+            }
+        });
+    }
+    // Stops the accept loop; then waits for the connections (the caller bounds the wait).
+    drop(connections);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// The gRPC server over `incoming` connections, stopping to accept when `drained`
+/// resolves and ending when its calls in flight are done.
+pub(super) fn grpc_server(
+    service: Arc<Service>,
+    incoming: impl Stream<Item = std::io::Result<Connection>> + Send + 'static,
+    options: ServeOptions,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
@@ -184,19 +335,17 @@ fn grpc_server(
         .map_err(|error| Error::internal(format!("reflection: {error}")))?;
     let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(options.max_concurrent_requests)
+        .http2_keepalive_interval(options.http2_keepalive_interval)
+        .http2_keepalive_timeout(Some(options.http2_keepalive_timeout))
+        // The connection's peer certificate and in-process mark, for the auth layer.
+        .layer(tower::util::MapRequestLayer::new(mark_grpc_request))
         .add_service(health)
         .add_service(reflection)
         .add_service(retrieval)
         .add_service(generation)
         .add_service(ingestion)
         .add_service(admin)
-        // `Server::tcp_nodelay` applies only to sockets tonic binds itself; ours is bound by
-        // the caller, so say it here. Without it Nagle's algorithm meets delayed ACKs and a
-        // small response waits ~40 ms.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            drained,
-        );
+        .serve_with_incoming_shutdown(incoming, drained);
     Ok(async move {
         server
             .await

@@ -8,4 +8,7 @@ use serde::Deserialize;
 pub struct FacadeConfig {
     /// `host:port` to serve `/v1/chat/completions` and `/v1/models` on; off when unset.
     pub listen: Option<String>,
+    /// Host names (no port) the facade answers to besides loopback ones, when the
+    /// server is anonymous: a browser page on another name (DNS rebinding) is refused.
+    pub allowed_hosts: Vec<String>,
 }

@@ -25,6 +25,7 @@ mod secret;
 mod server;
 mod source;
 mod space;
+mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -52,12 +53,14 @@ pub use routing::{RouteRule, RoutingConfig, TierConfig};
 pub use search::{FusionMethod, SearchConfig};
 pub use secret::{Secret, SecretLocation};
 pub use server::ServerConfig;
+pub use server::anonymous_bind_problem;
 pub use source::{
     DenseConfig, LEXICAL_TWIN_SUFFIX, OpenSearchAuth, OpenSearchConfig, OpenSearchRole,
     QdrantConfig, RefreshPolicy, RemoteConfig, SourceConfig, SourceKind, StoreConfig,
     TantivyConfig,
 };
 pub use space::{LOCAL_PROVIDER, Metric, SpaceConfig};
+pub use tls::{ClientAuth, TlsConfig};
 
 use crate::error::{Error, Result};
 
@@ -113,6 +116,9 @@ pub struct Config {
     pub client_certs: Vec<ClientCertConfig>,
     #[serde(default)]
     pub facade: FacadeConfig,
+    /// TLS for both listeners; absent: plaintext.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 impl Config {
@@ -155,6 +161,9 @@ impl Config {
 
     fn anchor_paths(&mut self, base_dir: &Path) {
         self.server.data_dir = include::anchor(base_dir, &self.server.data_dir);
+        if let Some(tls) = &mut self.tls {
+            tls.anchor_paths(base_dir);
+        }
         include::anchor_tables(base_dir, &mut self.spaces, &mut self.sources);
     }
 
@@ -220,6 +229,10 @@ impl Config {
         }
         if server.max_concurrent_requests == 0 {
             problems.push("server.max_concurrent_requests must be at least 1".into());
+        }
+        problems.extend(server.problems(self.facade.listen.as_deref(), !self.has_identities()));
+        if let Some(tls) = &self.tls {
+            tls.problems(&mut problems);
         }
         if !(self.search.rrf_k.is_finite() && self.search.rrf_k > 0.0) {
             problems.push("search.rrf_k must be a positive number".into());
