@@ -14,6 +14,7 @@ mod facade;
 mod glob;
 mod include;
 mod index;
+mod ingest;
 mod price;
 mod provider;
 mod routing;
@@ -37,6 +38,7 @@ pub use facade::FacadeConfig;
 pub use glob::{Glob, any_matches};
 pub use include::IndexDefinition;
 pub use index::IndexConfig;
+pub use ingest::{ExtractionMode, IngestConfig};
 pub use price::PriceConfig;
 pub use provider::{
     AzureOpenAiConfig, BedrockConfig, OciConfig, OpenAiCompatConfig, ProviderConfig, ProviderKind,
@@ -101,6 +103,8 @@ pub struct Config {
     pub callers: Vec<CallerConfig>,
     #[serde(default)]
     pub facade: FacadeConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
 }
 
 impl Config {
@@ -143,6 +147,9 @@ impl Config {
 
     fn anchor_paths(&mut self, base_dir: &Path) {
         self.server.data_dir = include::anchor(base_dir, &self.server.data_dir);
+        if let Some(worker_path) = &self.ingest.worker_path {
+            self.ingest.worker_path = Some(include::anchor(base_dir, worker_path));
+        }
         include::anchor_tables(base_dir, &mut self.spaces, &mut self.sources);
     }
 
@@ -291,6 +298,15 @@ impl Config {
                     "{name}: chunk_overlap_words must be smaller than chunk_max_words, which must be at least 1"
                 ));
             }
+            if index.chunk_max_bytes < crate::ingest::chunk::MIN_CHUNK_MAX_BYTES {
+                problems.push(format!(
+                    "{name}: chunk_max_bytes must be at least {}",
+                    crate::ingest::chunk::MIN_CHUNK_MAX_BYTES
+                ));
+            }
+            if index.max_chunks_per_object == 0 {
+                problems.push(format!("{name}: max_chunks_per_object must be at least 1"));
+            }
             if index.embed_batch_size == 0 {
                 problems.push(format!("{name}: embed_batch_size must be at least 1"));
             }
@@ -299,6 +315,7 @@ impl Config {
             }
         }
 
+        self.ingest.problems(&mut problems);
         provider::provider_problems(&self.providers, &mut problems);
         let provider_ids: HashSet<&str> = self
             .providers
