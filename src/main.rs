@@ -133,6 +133,13 @@ enum Command {
         #[command(subcommand)]
         action: RouteAction,
     },
+    /// The extraction worker `serve` starts itself (frames on stdin/stdout).
+    #[command(hide = true)]
+    ExtractWorker {
+        /// CPU seconds per object.
+        #[arg(long, default_value_t = 30)]
+        cpu_seconds: u64,
+    },
     /// API keys for [[caller]]s: the config holds only their SHA-256.
     Keys {
         #[command(subcommand)]
@@ -195,9 +202,15 @@ impl Fusion {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::ExtractWorker { cpu_seconds } = cli.command {
+        return cli::extract_worker::run(cpu_seconds);
+    }
+    tokio::runtime::Runtime::new()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
     let log_level = if matches!(cli.command, Command::Serve { .. }) {
         "info"
     } else {
@@ -305,6 +318,9 @@ async fn main() -> Result<()> {
                 max_output_tokens,
             };
             cli::route::route_explain(cli.config, request, caller.as_deref())
+        }
+        Command::ExtractWorker { .. } => {
+            anyhow::bail!("extract-worker runs without the async runtime, from main")
         }
     }
 }

@@ -7,7 +7,13 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::proto::{self, ingestion_service_server::IngestionService};
 use crate::auth::Credentials;
-use crate::ingest::{IndexProgress, IndexReport, ObjectIssue};
+use crate::ingest::{IndexProgress, IndexReport, IssueList, ObjectIssue};
+
+/// The issues of a final message take at most about this many bytes of keys and reasons,
+/// so the message fits the 4 MiB limit whatever the keys look like.
+const MAX_ISSUE_BYTES: usize = 1024 * 1024;
+/// A reason longer than this is cut (at a char boundary).
+const MAX_REASON_BYTES: usize = 1024;
 use crate::service::{IndexFilters, Service};
 
 pub struct IngestionApi {
@@ -77,31 +83,111 @@ fn progress_message(progress: &IndexProgress) -> proto::IndexProgress {
         chunks_per_second: progress.chunks_per_second(),
         done: false,
         failures: Vec::new(),
+        known_bad: progress.known_bad,
+        ..Default::default()
     }
 }
 
 fn final_message(report: IndexReport) -> proto::IndexProgress {
     let mut message = progress_message(&report.progress);
     message.done = true;
-    let listing = report
-        .listing_errors
-        .into_iter()
-        .map(|reason| proto::ObjectFailure {
-            key: String::new(),
-            reason: format!("listing: {reason}"),
-            kind: proto::IssueKind::Listing as i32,
-        });
-    let issues = |issues: Vec<ObjectIssue>, kind: proto::IssueKind| {
-        issues.into_iter().map(move |issue| proto::ObjectFailure {
-            key: issue.object_key,
-            reason: issue.reason,
-            kind: kind as i32,
-        })
+    let mut budget = IssueBudget {
+        bytes_left: MAX_ISSUE_BYTES,
+        issues: Vec::new(),
     };
-    message.failures = listing
-        .chain(issues(report.failures, proto::IssueKind::Failed))
-        .chain(issues(report.skips, proto::IssueKind::Skipped))
-        .chain(issues(report.record_problems, proto::IssueKind::Record))
-        .collect();
+    let listing = IssueList {
+        entries: report
+            .listing_errors
+            .entries
+            .into_iter()
+            .map(|reason| ObjectIssue {
+                object_key: String::new(),
+                reason: format!("listing: {reason}"),
+            })
+            .collect(),
+        left_out: report.listing_errors.left_out,
+    };
+    message.listing_errors_left_out = budget.add(listing, proto::IssueKind::Listing);
+    message.failures_left_out = budget.add(report.failures, proto::IssueKind::Failed);
+    message.known_bad_left_out = budget.add(report.known_bad, proto::IssueKind::KnownBad);
+    message.skips_left_out = budget.add(report.skips, proto::IssueKind::Skipped);
+    message.record_problems_left_out = budget.add(report.record_problems, proto::IssueKind::Record);
+    message.failures = budget.issues;
     message
+}
+
+/// The issues of a final message, within [`MAX_ISSUE_BYTES`].
+struct IssueBudget {
+    bytes_left: usize,
+    issues: Vec<proto::ObjectFailure>,
+}
+
+impl IssueBudget {
+    /// Adds what fits of `list`; returns how many of its issues are left out.
+    fn add(&mut self, list: IssueList<ObjectIssue>, kind: proto::IssueKind) -> u64 {
+        let mut left_out = list.left_out;
+        for issue in list.entries {
+            let reason = cut_at_char_boundary(issue.reason, MAX_REASON_BYTES);
+            let size = issue.object_key.len() + reason.len();
+            if size > self.bytes_left {
+                left_out += 1;
+                continue;
+            }
+            self.bytes_left -= size;
+            self.issues.push(proto::ObjectFailure {
+                key: issue.object_key,
+                reason,
+                kind: kind as i32,
+            });
+        }
+        left_out
+    }
+}
+
+fn cut_at_char_boundary(mut text: String, max_bytes: usize) -> String {
+    if text.len() > max_bytes {
+        let mut end = max_bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn a_final_message_with_huge_issue_lists_fits_and_counts_what_it_left_out() {
+        let mut report = IndexReport::default();
+        for index in 0..5_000 {
+            let issue = ObjectIssue {
+                object_key: format!("{}/{index}.txt", "k".repeat(2_000)),
+                reason: "r".repeat(10_000),
+            };
+            report.failures.push(issue.clone());
+            report.skips.push(issue);
+        }
+        report.listing_errors.push("denied".to_owned());
+        let message = final_message(report);
+        assert!(
+            message.encoded_len() < 2 * MAX_ISSUE_BYTES,
+            "{}",
+            message.encoded_len()
+        );
+        let listed = message.failures.len() as u64;
+        let left_out = message.failures_left_out
+            + message.skips_left_out
+            + message.listing_errors_left_out
+            + message.record_problems_left_out
+            + message.known_bad_left_out;
+        assert_eq!(listed + left_out, 10_001);
+        assert_eq!(message.failures[0].kind, proto::IssueKind::Listing as i32);
+        assert!(message.failures[1].reason.len() <= MAX_REASON_BYTES);
+        assert!(message.skips_left_out > 0);
+    }
 }

@@ -24,7 +24,11 @@ pub async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result
     while let Some(progress) = stream.message().await? {
         bar.set_length(progress.listed);
         bar.set_position(
-            progress.indexed + progress.unchanged + progress.skipped + progress.failed,
+            progress.indexed
+                + progress.unchanged
+                + progress.skipped
+                + progress.failed
+                + progress.known_bad,
         );
         bar.set_message(format!(
             "{} fetched ({}), {} indexed, {} unchanged, {} skipped, {} failed, {} chunks ({:.0}/s)",
@@ -44,7 +48,7 @@ pub async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result
         bail!("indexing stream ended before the run finished");
     }
     println!(
-        "indexed {url}: {} listed, {} excluded, {} fetched, {} indexed, {} unchanged, {} deleted, {} skipped, {} failed, {} chunks, {} bytes in {:.1}s",
+        "indexed {url}: {} listed, {} excluded, {} fetched, {} indexed, {} unchanged, {} deleted, {} skipped, {} failed, {} known bad, {} chunks, {} bytes in {:.1}s",
         last.listed,
         last.excluded,
         last.fetched,
@@ -53,6 +57,7 @@ pub async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result
         last.deleted,
         last.skipped,
         last.failed,
+        last.known_bad,
         last.chunks,
         last.bytes,
         last.elapsed_millis as f64 / 1000.0
@@ -63,9 +68,21 @@ pub async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result
             Ok(proto::IssueKind::Skipped) => "skipped",
             Ok(proto::IssueKind::Record) => "bad record",
             Ok(proto::IssueKind::Listing) => "listing failed",
+            Ok(proto::IssueKind::KnownBad) => "known bad",
             Ok(proto::IssueKind::Unspecified) | Err(_) => "issue",
         };
         println!("  {kind}: {}: {}", failure.key, failure.reason);
+    }
+    for (left_out, what) in [
+        (last.listing_errors_left_out, "listing errors"),
+        (last.failures_left_out, "failed objects"),
+        (last.known_bad_left_out, "known-bad objects"),
+        (last.skips_left_out, "skipped objects"),
+        (last.record_problems_left_out, "bad records"),
+    ] {
+        if left_out > 0 {
+            println!("  ... and {left_out} more {what} not listed");
+        }
     }
     // An incomplete listing is an incomplete sync: say so in the exit status. Failed
     // objects do not change it: they are reported, and retried by the next run.

@@ -12,6 +12,7 @@ use skyfuse::client::{connect, load_config};
 
 pub mod calibrate;
 pub mod eval;
+pub mod extract_worker;
 pub mod index;
 pub mod keys;
 pub mod query;

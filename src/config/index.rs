@@ -13,6 +13,15 @@ pub struct IndexConfig {
     pub chunk_max_words: usize,
     #[serde(default = "default_chunk_overlap_words")]
     pub chunk_overlap_words: usize,
+    /// No chunk is longer than this many bytes, whatever its word count (a document
+    /// without whitespace is one "word"): a cited chunk must fit a gRPC message and an
+    /// embedding request.
+    #[serde(default = "default_chunk_max_bytes")]
+    pub chunk_max_bytes: usize,
+    /// An object that yields more chunks than this fails (a small `.gz` can expand into
+    /// hundreds of thousands of them).
+    #[serde(default = "default_max_chunks_per_object")]
+    pub max_chunks_per_object: usize,
     #[serde(default = "default_embed_batch_size")]
     pub embed_batch_size: usize,
     #[serde(default = "default_max_object_bytes")]
@@ -41,4 +50,12 @@ fn default_embed_batch_size() -> usize {
 
 fn default_max_object_bytes() -> u64 {
     64 * 1024 * 1024
+}
+
+fn default_chunk_max_bytes() -> usize {
+    crate::ingest::chunk::DEFAULT_CHUNK_MAX_BYTES
+}
+
+fn default_max_chunks_per_object() -> usize {
+    crate::ingest::pipeline::DEFAULT_MAX_CHUNKS_PER_OBJECT
 }

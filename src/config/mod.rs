@@ -16,6 +16,7 @@ mod glob;
 mod include;
 mod index;
 mod issuer;
+mod ingest;
 mod price;
 mod provider;
 mod role;
@@ -43,6 +44,7 @@ pub use glob::{Glob, any_matches};
 pub use include::IndexDefinition;
 pub use index::IndexConfig;
 pub use issuer::IssuerConfig;
+pub use ingest::{ExtractionMode, IngestConfig};
 pub use price::PriceConfig;
 pub use provider::{
     AzureOpenAiConfig, BedrockConfig, OciConfig, OpenAiCompatConfig, ProviderConfig, ProviderKind,
@@ -119,6 +121,8 @@ pub struct Config {
     /// TLS for both listeners; absent: plaintext.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub ingest: IngestConfig,
 }
 
 impl Config {
@@ -163,6 +167,9 @@ impl Config {
         self.server.data_dir = include::anchor(base_dir, &self.server.data_dir);
         if let Some(tls) = &mut self.tls {
             tls.anchor_paths(base_dir);
+        }
+        if let Some(worker_path) = &self.ingest.worker_path {
+            self.ingest.worker_path = Some(include::anchor(base_dir, worker_path));
         }
         include::anchor_tables(base_dir, &mut self.spaces, &mut self.sources);
     }
@@ -316,6 +323,15 @@ impl Config {
                     "{name}: chunk_overlap_words must be smaller than chunk_max_words, which must be at least 1"
                 ));
             }
+            if index.chunk_max_bytes < crate::ingest::chunk::MIN_CHUNK_MAX_BYTES {
+                problems.push(format!(
+                    "{name}: chunk_max_bytes must be at least {}",
+                    crate::ingest::chunk::MIN_CHUNK_MAX_BYTES
+                ));
+            }
+            if index.max_chunks_per_object == 0 {
+                problems.push(format!("{name}: max_chunks_per_object must be at least 1"));
+            }
             if index.embed_batch_size == 0 {
                 problems.push(format!("{name}: embed_batch_size must be at least 1"));
             }
@@ -324,6 +340,7 @@ impl Config {
             }
         }
 
+        self.ingest.problems(&mut problems);
         provider::provider_problems(&self.providers, &mut problems);
         let provider_ids: HashSet<&str> = self
             .providers

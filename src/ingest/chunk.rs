@@ -1,6 +1,11 @@
 //! Chunking: split a document into overlapping windows of words, preferring to end a window
 //! at a sentence or paragraph boundary. Chunk text is a slice of the original text, so line
 //! breaks and punctuation survive.
+//!
+//! Words are not enough of a bound: a document without whitespace is one "word". So every
+//! window is also cut to at most `max_bytes` (at whitespace when there is some in its second
+//! half, else at a char boundary), and titles are cut to [`MAX_TITLE_BYTES`]: a cited chunk
+//! must fit a gRPC message and an embedding request whatever the document looks like.
 
 use std::ops::Range;
 
@@ -10,13 +15,22 @@ use crate::document::Chunk;
 use crate::error::{Error, Result};
 use crate::ingest::extract::ExtractedDoc;
 
-/// Chunk sizes, in whitespace-separated words.
+/// The longest title a chunk carries, in bytes (cut at a char boundary).
+pub const MAX_TITLE_BYTES: usize = 1024;
+
+/// The default byte bound of a chunk: a cited chunk fits a 4 MiB gRPC message many times
+/// over, and an embedding request of any provider.
+pub const DEFAULT_CHUNK_MAX_BYTES: usize = 8 * 1024;
+
+/// Chunk sizes, in whitespace-separated words and in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChunkingConfig {
     pub max_words: usize,
     /// Words shared by consecutive chunks, so a sentence cut at a boundary is whole in one.
     pub overlap_words: usize,
+    /// No chunk's text is longer than this, whatever its word count.
+    pub max_bytes: usize,
 }
 
 impl Default for ChunkingConfig {
@@ -24,6 +38,7 @@ impl Default for ChunkingConfig {
         Self {
             max_words: 200,
             overlap_words: 40,
+            max_bytes: DEFAULT_CHUNK_MAX_BYTES,
         }
     }
 }
@@ -39,6 +54,11 @@ impl ChunkingConfig {
                 self.overlap_words, self.max_words
             )));
         }
+        if self.max_bytes < MIN_CHUNK_MAX_BYTES {
+            return Err(Error::config(format!(
+                "chunking max_bytes must be at least {MIN_CHUNK_MAX_BYTES}"
+            )));
+        }
         Ok(())
     }
 
@@ -48,6 +68,9 @@ impl ChunkingConfig {
         (max_words, self.overlap_words.min(max_words - 1))
     }
 }
+
+/// The smallest byte bound accepted: room for any char and a few words.
+pub const MIN_CHUNK_MAX_BYTES: usize = 64;
 
 /// One chunk's place in its text: which words, and the bytes they span.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,25 +87,75 @@ pub fn chunk_document(
     document: &ExtractedDoc,
     config: &ChunkingConfig,
 ) -> Vec<Chunk> {
+    chunks_of_document(object_key, document, config).collect()
+}
+
+/// [`chunk_document`] as an iterator, so a caller can stop after as many chunks as it allows.
+pub fn chunks_of_document<'a>(
+    object_key: &'a str,
+    document: &'a ExtractedDoc,
+    config: &ChunkingConfig,
+) -> impl Iterator<Item = Chunk> + 'a {
+    let max_bytes = config.max_bytes.max(MIN_CHUNK_MAX_BYTES);
+    let title = prefix_within(&document.title, MAX_TITLE_BYTES);
     word_windows(&document.text, config)
         .into_iter()
+        .flat_map(move |window| byte_bounded_pieces(&document.text, window.bytes, max_bytes))
         .enumerate()
-        .map(|(ordinal, window)| {
-            // u32 chunks of at least one word each cannot overflow for objects under 4 GiB.
+        .map(move |(ordinal, bytes)| {
+            // u32 chunks of at least one byte each cannot overflow for objects under 4 GiB.
             let ordinal = u32::try_from(ordinal).unwrap_or(u32::MAX);
             Chunk {
                 chunk_id: Chunk::make_id(&document.doc_id, ordinal),
                 doc_id: document.doc_id.clone(),
                 object_key: object_key.to_owned(),
-                title: document.title.clone(),
-                text: document.text[window.bytes].to_owned(),
+                title: title.to_owned(),
+                text: document.text[bytes].to_owned(),
                 ordinal,
                 // The pipeline stamps the bucket's location on every chunk.
                 cloud: String::new(),
                 region: String::new(),
             }
         })
-        .collect()
+}
+
+/// The longest prefix of `text` of at most `max_bytes` bytes that ends on a char boundary.
+fn prefix_within(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// `range` of `text` cut into pieces of at most `max_bytes` bytes (`max_bytes` >= 4, so every
+/// piece holds at least one char): at the last whitespace of a piece's second half when there
+/// is one, else at a char boundary. Whitespace at a cut is dropped, so no piece is blank.
+fn byte_bounded_pieces(text: &str, range: Range<usize>, max_bytes: usize) -> Vec<Range<usize>> {
+    let mut pieces = Vec::new();
+    let mut start = range.start;
+    while start < range.end {
+        if range.end - start <= max_bytes {
+            pieces.push(start..range.end);
+            break;
+        }
+        let hard_end = start + prefix_within(&text[start..range.end], max_bytes).len();
+        let candidate = &text[start..hard_end];
+        let end = candidate
+            .rfind(char::is_whitespace)
+            .filter(|&offset| offset >= max_bytes / 2)
+            .map_or(hard_end, |offset| start + offset);
+        pieces.push(start..end);
+        // Skip the whitespace at the cut so the next piece starts on a word.
+        start = end
+            + text[end..range.end]
+                .find(|character: char| !character.is_whitespace())
+                .unwrap_or(range.end - end);
+    }
+    pieces
 }
 
 /// The windows covering every word of `text`, each at most `max_words` long, consecutive
@@ -176,7 +249,69 @@ mod tests {
         ChunkingConfig {
             max_words,
             overlap_words,
+            ..ChunkingConfig::default()
         }
+    }
+
+    #[test]
+    fn a_document_without_whitespace_becomes_many_bounded_chunks() {
+        let text = "é".repeat(5_000_000 / 2);
+        let chunking = ChunkingConfig::default();
+        let chunks = chunk_document("k", &document(&text), &chunking);
+        assert!(
+            chunks.len() >= text.len() / chunking.max_bytes,
+            "{}",
+            chunks.len()
+        );
+        assert!(
+            chunks
+                .iter()
+                .all(|chunk| chunk.text.len() <= chunking.max_bytes)
+        );
+        let rejoined: String = chunks.iter().map(|chunk| chunk.text.as_str()).collect();
+        assert_eq!(rejoined, text);
+        let ordinals: Vec<u32> = chunks.iter().map(|chunk| chunk.ordinal).collect();
+        assert!(
+            ordinals
+                .iter()
+                .enumerate()
+                .all(|(index, &ordinal)| index as u32 == ordinal)
+        );
+    }
+
+    #[test]
+    fn long_windows_are_cut_at_whitespace_and_titles_are_bounded() {
+        let chunking = ChunkingConfig {
+            max_words: 1000,
+            overlap_words: 0,
+            max_bytes: 64,
+        };
+        let text = "abcdefghi ".repeat(40);
+        let mut long_title = document(&text);
+        long_title.title = "t".repeat(5000);
+        let chunks = chunk_document("k", &long_title, &chunking);
+        assert!(chunks.len() > 1);
+        for chunk in &chunks {
+            assert!(chunk.text.len() <= 64, "{:?}", chunk.text);
+            assert!(
+                chunk
+                    .text
+                    .split_whitespace()
+                    .all(|word| word == "abcdefghi")
+            );
+            assert_eq!(chunk.title.len(), MAX_TITLE_BYTES);
+        }
+        let words: usize = chunks
+            .iter()
+            .map(|c| c.text.split_whitespace().count())
+            .sum();
+        assert_eq!(words, 40);
+        assert!(config(10, 2).validate().is_ok());
+        let too_small = ChunkingConfig {
+            max_bytes: 8,
+            ..ChunkingConfig::default()
+        };
+        assert!(too_small.validate().is_err());
     }
 
     fn document(text: &str) -> ExtractedDoc {
@@ -285,6 +420,23 @@ mod tests {
                 prop_assert!(chunk_words.contains(word));
             }
             prop_assert_eq!(chunks.is_empty(), all_words.is_empty());
+        }
+
+        #[test]
+        fn chunks_respect_max_bytes_and_keep_every_word(
+            text in words_text(),
+            max_words in 1usize..40,
+            max_bytes in 64usize..200,
+        ) {
+            let chunking = ChunkingConfig { max_words, overlap_words: 0, max_bytes };
+            let chunks = chunk_document("k", &document(&text), &chunking);
+            for chunk in &chunks {
+                prop_assert!(!chunk.text.is_empty() && chunk.text.len() <= max_bytes);
+            }
+            let chunk_words: Vec<&str> =
+                chunks.iter().flat_map(|chunk| chunk.text.split_whitespace()).collect();
+            let all_words: Vec<&str> = text.split_whitespace().collect();
+            prop_assert_eq!(chunk_words, all_words);
         }
 
         #[test]

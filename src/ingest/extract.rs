@@ -2,18 +2,32 @@
 //!
 //! The format is chosen by the object key's extension. Content problems (binary data, invalid
 //! UTF-8, empty documents, malformed JSON) are errors for the object, never panics. Inside a
-//! JSON Lines file a bad line is reported as a [`RecordProblem`] and the good lines are kept.
+//! JSON Lines file a bad line is reported as a [`RecordProblem`] and the good lines are kept
+//! (the first [`MAX_RECORD_PROBLEMS`] of them; the rest are counted).
+//!
+//! Everything here is linear in the input, except what the PDF crates and html5ever do
+//! inside: HTML nested deeper than [`MAX_HTML_DEPTH`] is refused before html5ever sees it
+//! (its tree builder scans the open elements for each start tag), and PDF has no bound we
+//! can set from outside, which is why [`crate::ingest::isolate`] runs those parsers in a
+//! worker process.
 
 use std::collections::HashSet;
 
 use scraper::{Html, Node, Selector};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::ingest::gzip::{MAX_DECOMPRESSED_BYTES, gunzip, strip_gzip_suffix};
 use crate::ingest::pdf::{PdfError, pdf_text};
 
+/// Problems kept per multi-record object; the rest are counted.
+pub const MAX_RECORD_PROBLEMS: usize = 1000;
+
+/// HTML nested deeper than this is refused before parsing.
+pub const MAX_HTML_DEPTH: usize = 512;
+
 /// One document found in an object.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtractedDoc {
     /// The record's own id (BEIR `_id`, JSON `id`), else the object key (`key:N` for the
     /// N-th record of a multi-record file without ids).
@@ -23,7 +37,7 @@ pub struct ExtractedDoc {
 }
 
 /// A record inside a multi-record file that could not be used; the rest of the file was.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordProblem {
     /// `object_key:line` for JSON Lines, `object_key:index` (1-based) for JSON arrays.
     pub location: String,
@@ -31,14 +45,17 @@ pub struct RecordProblem {
 }
 
 /// Everything extracted from one object: its documents and the records that were left out.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Extraction {
     pub documents: Vec<ExtractedDoc>,
+    /// At most [`MAX_RECORD_PROBLEMS`].
     pub problems: Vec<RecordProblem>,
+    /// Problems beyond those kept.
+    pub problems_left_out: u64,
 }
 
 /// Why an object yielded no documents.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ExtractError {
     #[error("unsupported file type {extension:?}")]
     Unsupported { extension: String },
@@ -58,6 +75,15 @@ pub enum ExtractError {
     EncryptedPdf,
     #[error("unreadable pdf: {reason}")]
     Pdf { reason: String },
+    #[error("html nests deeper than {limit} elements")]
+    HtmlTooDeep { limit: usize },
+    /// The extraction worker crashed or hit a limit on this object ("extraction crashed
+    /// (signal 11)", "extraction exceeded 1024 MiB", "extraction exceeded 60 s").
+    #[error("{reason}")]
+    Isolated { reason: String },
+    /// No worker could be started: the object is not to blame.
+    #[error("extraction worker unavailable: {reason}")]
+    WorkerUnavailable { reason: String },
 }
 
 impl ExtractError {
@@ -71,8 +97,17 @@ impl ExtractError {
             | ExtractError::NoUsableRecords { .. }
             | ExtractError::Gzip { .. }
             | ExtractError::EncryptedPdf
-            | ExtractError::Pdf { .. } => false,
+            | ExtractError::Pdf { .. }
+            | ExtractError::HtmlTooDeep { .. }
+            | ExtractError::Isolated { .. }
+            | ExtractError::WorkerUnavailable { .. } => false,
         }
+    }
+
+    /// Whether the object's content is to blame, so it stays failed until it changes
+    /// (as opposed to a worker that could not start, which says nothing about the object).
+    pub fn blames_content(&self) -> bool {
+        !matches!(self, ExtractError::WorkerUnavailable { .. })
     }
 }
 
@@ -191,7 +226,7 @@ fn single_document(
             title,
             text: text.trim().to_owned(),
         }],
-        problems: Vec::new(),
+        ..Extraction::default()
     })
 }
 
@@ -347,6 +382,11 @@ const BLOCK_ELEMENTS: &[&str] = &[
 ];
 
 fn extract_html(object_key: &str, source: &str) -> Result<Extraction, ExtractError> {
+    if nests_deeper_than(source, MAX_HTML_DEPTH) {
+        return Err(ExtractError::HtmlTooDeep {
+            limit: MAX_HTML_DEPTH,
+        });
+    }
     let document = Html::parse_document(source);
     let title = html_title(&document).unwrap_or_else(|| file_stem(object_key));
     let text = html_visible_text(&document);
@@ -370,41 +410,130 @@ fn html_title(document: &Html) -> Option<String> {
 }
 
 /// The text a reader sees: text nodes outside invisible elements, one line per block.
+/// One walk over the tree, each node visited once with the nearest block around it
+/// (invisible subtrees are not entered), so the cost is linear in the page.
 fn html_visible_text(document: &Html) -> String {
     let mut lines: Vec<String> = Vec::new();
     let mut current_line = String::new();
     let mut current_block = None;
-    for node in document.tree.root().descendants() {
-        let Node::Text(text) = node.value() else {
-            continue;
-        };
-        let mut is_visible = true;
-        let mut nearest_block = None;
-        for ancestor in node.ancestors() {
-            let Node::Element(element) = ancestor.value() else {
+    let mut pending = vec![(document.tree.root(), None)];
+    while let Some((node, enclosing_block)) = pending.pop() {
+        let mut block = enclosing_block;
+        match node.value() {
+            Node::Text(text) => {
+                // A text node in another block than the previous one starts a new line.
+                if block != current_block {
+                    push_line(&mut lines, &mut current_line);
+                    current_block = block;
+                }
+                current_line.push_str(text);
                 continue;
-            };
-            let name = element.name();
-            if INVISIBLE_ELEMENTS.contains(&name) {
-                is_visible = false;
-                break;
             }
-            if nearest_block.is_none() && BLOCK_ELEMENTS.contains(&name) {
-                nearest_block = Some(ancestor.id());
+            Node::Element(element) => {
+                let name = element.name();
+                if INVISIBLE_ELEMENTS.contains(&name) {
+                    continue;
+                }
+                if BLOCK_ELEMENTS.contains(&name) {
+                    block = Some(node.id());
+                }
             }
+            _ => {}
         }
-        if !is_visible {
-            continue;
+        // Pushed last child first, so they come off the stack in document order.
+        let mut child = node.last_child();
+        while let Some(current) = child {
+            pending.push((current, block));
+            child = current.prev_sibling();
         }
-        // A text node in another block than the previous one starts a new line.
-        if nearest_block != current_block {
-            push_line(&mut lines, &mut current_line);
-            current_block = nearest_block;
-        }
-        current_line.push_str(text);
     }
     push_line(&mut lines, &mut current_line);
     lines.join("\n")
+}
+
+/// Elements that never have children.
+const VOID_ELEMENTS: &[&str] = &[
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track",
+    "wbr",
+];
+
+/// Elements whose end tag may be left out: the parser closes them itself, so an unclosed
+/// one does not nest.
+const OPTIONAL_END_ELEMENTS: &[&str] = &[
+    "html", "head", "body", "p", "li", "dt", "dd", "tr", "td", "th", "thead", "tbody", "tfoot",
+    "option", "optgroup", "colgroup", "caption", "rb", "rt", "rp", "rtc",
+];
+
+/// Elements whose content is raw text, not tags.
+const RAW_TEXT_ELEMENTS: &[&str] = &["script", "style", "textarea", "title", "xmp"];
+
+/// Whether the page opens more than `limit` elements inside each other, estimated in one
+/// pass over the tags (void and optional-end elements do not count). html5ever would
+/// build the same depth, at a cost that grows with the depth for every start tag.
+fn nests_deeper_than(source: &str, limit: usize) -> bool {
+    let bytes = source.as_bytes();
+    let mut depth = 0usize;
+    let mut position = 0;
+    while let Some(offset) = bytes[position..].iter().position(|&byte| byte == b'<') {
+        let tag_start = position + offset + 1;
+        let rest = &bytes[tag_start..];
+        if rest.starts_with(b"!--") {
+            position = find_from(bytes, tag_start, b"-->").map_or(bytes.len(), |end| end + 3);
+            continue;
+        }
+        let closing = rest.first() == Some(&b'/');
+        let name_start = tag_start + usize::from(closing);
+        let name_length = bytes[name_start..]
+            .iter()
+            .take_while(|byte| byte.is_ascii_alphanumeric())
+            .count();
+        if name_length == 0 {
+            position = tag_start;
+            continue;
+        }
+        let name = source[name_start..name_start + name_length].to_ascii_lowercase();
+        let Some(tag_end) = find_from(bytes, name_start + name_length, b">") else {
+            break;
+        };
+        position = tag_end + 1;
+        let counted = !VOID_ELEMENTS.contains(&name.as_str())
+            && !OPTIONAL_END_ELEMENTS.contains(&name.as_str());
+        if closing {
+            if counted {
+                depth = depth.saturating_sub(1);
+            }
+            continue;
+        }
+        let self_closing = bytes[..tag_end].ends_with(b"/");
+        if counted && !self_closing {
+            depth += 1;
+            if depth > limit {
+                return true;
+            }
+        }
+        if RAW_TEXT_ELEMENTS.contains(&name.as_str()) {
+            let end_tag = format!("</{name}");
+            let lowered_end = end_tag.as_bytes();
+            position = find_from_ignoring_case(bytes, position, lowered_end).unwrap_or(bytes.len());
+        }
+    }
+    false
+}
+
+fn find_from(haystack: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|window| window == needle)
+        .map(|offset| from + offset)
+}
+
+fn find_from_ignoring_case(haystack: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|window| window.eq_ignore_ascii_case(needle))
+        .map(|offset| from + offset)
 }
 
 fn push_line(lines: &mut Vec<String>, current_line: &mut String) {
@@ -438,7 +567,7 @@ fn extract_json(object_key: &str, source: &str) -> Result<Extraction, ExtractErr
                 .map_err(|first_problem| ExtractError::NoUsableRecords { first_problem })?;
             Ok(Extraction {
                 documents: vec![document],
-                problems: Vec::new(),
+                ..Extraction::default()
             })
         }
         Value::Array(items) => {
@@ -489,17 +618,27 @@ fn collect_records(
 ) -> Result<Extraction, ExtractError> {
     let mut extraction = Extraction::default();
     let mut seen_ids = HashSet::new();
+    let note_problem = |extraction: &mut Extraction, problem: RecordProblem| {
+        if extraction.problems.len() < MAX_RECORD_PROBLEMS {
+            extraction.problems.push(problem);
+        } else {
+            extraction.problems_left_out += 1;
+        }
+    };
     for (location, record) in records {
         match record {
             Ok(document) if seen_ids.insert(document.doc_id.clone()) => {
                 extraction.documents.push(document)
             }
             // A repeated id would produce colliding chunk ids; the first record wins.
-            Ok(document) => extraction.problems.push(RecordProblem {
-                location,
-                reason: format!("duplicate record id {:?}, kept the first", document.doc_id),
-            }),
-            Err(reason) => extraction.problems.push(RecordProblem { location, reason }),
+            Ok(document) => note_problem(
+                &mut extraction,
+                RecordProblem {
+                    location,
+                    reason: format!("duplicate record id {:?}, kept the first", document.doc_id),
+                },
+            ),
+            Err(reason) => note_problem(&mut extraction, RecordProblem { location, reason }),
         }
     }
     if extraction.documents.is_empty() {
@@ -631,6 +770,34 @@ mod tests {
         assert_eq!(document.title, "The Page");
         assert_eq!(document.text, "first bold\nsecond\ntail");
         assert!(!document.text.contains("hidden"));
+    }
+
+    #[test]
+    fn html_nested_too_deep_is_refused_quickly_and_normal_nesting_is_not() {
+        let attack = "<div>a".repeat(200_000);
+        assert_eq!(
+            extract("deep.html", attack.as_bytes()),
+            Err(ExtractError::HtmlTooDeep {
+                limit: MAX_HTML_DEPTH
+            })
+        );
+        let nested = format!("{}text{}", "<div>".repeat(100), "</div>".repeat(100));
+        assert_eq!(only_document("ok.html", &nested).text, "text");
+        let unclosed = format!("<ul>{}</ul>", "<li><p>item ".repeat(2_000));
+        assert!(only_document("list.html", &unclosed).text.contains("item"));
+        let closed = "<section><div>x</div><br><img src=a /></section>".repeat(5_000);
+        assert!(!nests_deeper_than(&closed, 4));
+        let scripted = format!("<script>{}</script><p>shown</p>", "<div>".repeat(1_000));
+        assert_eq!(only_document("s.html", &scripted).text, "shown");
+    }
+
+    #[test]
+    fn json_lines_keep_at_most_the_first_problems_and_count_the_rest() {
+        let mut source = String::from("{\"text\": \"good\"}\n");
+        source.push_str(&"{broken\n".repeat(MAX_RECORD_PROBLEMS + 5));
+        let extraction = extract_with_problems("many.jsonl", source.as_bytes()).unwrap();
+        assert_eq!(extraction.problems.len(), MAX_RECORD_PROBLEMS);
+        assert_eq!(extraction.problems_left_out, 5);
     }
 
     #[test]

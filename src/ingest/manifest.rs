@@ -54,6 +54,31 @@ pub struct ManifestEntry {
     /// space, chunk sizes, extractor version): when it changes the object is re-indexed.
     pub settings: String,
     pub chunk_ids: Vec<String>,
+    /// Set when the object failed extraction (a crash, a limit, broken content): it has no
+    /// chunks, and is not read again until its etag, size, content or the settings change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+impl ManifestEntry {
+    /// The record of an object that failed with `reason`: what it was, no chunks.
+    pub fn failed(
+        etag: Option<String>,
+        size: u64,
+        sha256: String,
+        settings: String,
+        reason: String,
+    ) -> Self {
+        Self {
+            etag,
+            version: None,
+            size,
+            sha256,
+            settings,
+            chunk_ids: Vec::new(),
+            failure: Some(reason),
+        }
+    }
 }
 
 impl Manifest {
@@ -111,20 +136,68 @@ impl Manifest {
         size: u64,
         settings: &str,
     ) -> bool {
-        let Some(entry) = self.objects.get(object_key) else {
-            return false;
-        };
-        let Some(etag) = normalized_etag else {
-            return false;
-        };
-        entry.settings == settings && entry.size == size && entry.etag.as_deref() == Some(etag)
+        self.same_by_etag(object_key, normalized_etag, size, settings)
+            .is_some_and(|entry| entry.failure.is_none())
     }
 
     /// Whether the fetched content is what was indexed, whatever its etag says.
     pub fn is_unchanged_by_content(&self, object_key: &str, sha256: &str, settings: &str) -> bool {
+        self.same_by_content(object_key, sha256, settings)
+            .is_some_and(|entry| entry.failure.is_none())
+    }
+
+    /// Why the object failed before, when the listing proves it is as it was then.
+    pub fn known_failure_by_etag(
+        &self,
+        object_key: &str,
+        normalized_etag: Option<&str>,
+        size: u64,
+        settings: &str,
+    ) -> Option<&str> {
+        self.same_by_etag(object_key, normalized_etag, size, settings)
+            .and_then(|entry| entry.failure.as_deref())
+    }
+
+    /// Why the object failed before, when the fetched content is what failed.
+    pub fn known_failure_by_content(
+        &self,
+        object_key: &str,
+        sha256: &str,
+        settings: &str,
+    ) -> Option<&str> {
+        self.same_by_content(object_key, sha256, settings)
+            .and_then(|entry| entry.failure.as_deref())
+    }
+
+    /// Whether the stores may hold chunks of the object (a failed object has none).
+    pub fn has_chunks(&self, object_key: &str) -> bool {
         self.objects
             .get(object_key)
-            .is_some_and(|entry| entry.settings == settings && entry.sha256 == sha256)
+            .is_some_and(|entry| entry.failure.is_none())
+    }
+
+    fn same_by_etag(
+        &self,
+        object_key: &str,
+        normalized_etag: Option<&str>,
+        size: u64,
+        settings: &str,
+    ) -> Option<&ManifestEntry> {
+        let entry = self.objects.get(object_key)?;
+        let etag = normalized_etag?;
+        (entry.settings == settings && entry.size == size && entry.etag.as_deref() == Some(etag))
+            .then_some(entry)
+    }
+
+    fn same_by_content(
+        &self,
+        object_key: &str,
+        sha256: &str,
+        settings: &str,
+    ) -> Option<&ManifestEntry> {
+        self.objects
+            .get(object_key)
+            .filter(|entry| entry.settings == settings && entry.sha256 == sha256)
     }
 
     pub fn to_json(&self) -> Result<Vec<u8>> {
@@ -266,7 +339,56 @@ mod tests {
             sha256: sha256.to_owned(),
             settings: "s1".to_owned(),
             chunk_ids: vec!["a#0".to_owned()],
+            failure: None,
         }
+    }
+
+    #[test]
+    fn a_failed_object_is_known_bad_until_it_changes() {
+        let mut manifest = Manifest::new("file:///data");
+        let failed = ManifestEntry::failed(
+            Some("e1".to_owned()),
+            10,
+            "h1".to_owned(),
+            "s1".to_owned(),
+            "extraction crashed (signal 11)".to_owned(),
+        );
+        manifest.objects.insert("bad.pdf".to_owned(), failed);
+        assert!(!manifest.is_unchanged_by_etag("bad.pdf", Some("e1"), 10, "s1"));
+        assert!(!manifest.is_unchanged_by_content("bad.pdf", "h1", "s1"));
+        assert!(!manifest.has_chunks("bad.pdf"));
+        assert_eq!(
+            manifest.known_failure_by_etag("bad.pdf", Some("e1"), 10, "s1"),
+            Some("extraction crashed (signal 11)")
+        );
+        assert_eq!(
+            manifest.known_failure_by_etag("bad.pdf", Some("e2"), 10, "s1"),
+            None
+        );
+        assert_eq!(
+            manifest.known_failure_by_etag("bad.pdf", Some("e1"), 11, "s1"),
+            None
+        );
+        assert_eq!(
+            manifest.known_failure_by_etag("bad.pdf", Some("e1"), 10, "s2"),
+            None
+        );
+        assert!(
+            manifest
+                .known_failure_by_content("bad.pdf", "h1", "s1")
+                .is_some()
+        );
+        assert_eq!(
+            manifest.known_failure_by_content("bad.pdf", "h2", "s1"),
+            None
+        );
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("m.json");
+        manifest.save(&path).unwrap();
+        assert_eq!(
+            Manifest::load_or_new(&path, "file:///data").unwrap(),
+            manifest
+        );
     }
 
     #[test]

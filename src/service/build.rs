@@ -246,3 +246,27 @@ fn router_with(
     };
     Ok(Some(Router::new(built, settings)))
 }
+
+/// The extractor `[ingest]` asks for: in process, or a pool of worker processes.
+pub(super) fn extractor(ingest: &crate::config::IngestConfig) -> Result<crate::ingest::Extractor> {
+    use crate::config::ExtractionMode;
+    use crate::ingest::isolate::{WorkerLimits, WorkerPool, default_worker_program};
+    if ingest.extraction == ExtractionMode::InProcess {
+        return Ok(crate::ingest::Extractor::InProcess);
+    }
+    let program = match &ingest.worker_path {
+        Some(path) => path.clone(),
+        None => default_worker_program().map_err(|error| {
+            Error::config(format!(
+                "ingest.worker_path: this executable cannot be found ({error}); set it"
+            ))
+        })?,
+    };
+    let limits = WorkerLimits {
+        memory_bytes: ingest.worker_memory_mib.saturating_mul(1024 * 1024),
+        cpu_seconds: ingest.worker_cpu_seconds,
+        wall: Duration::from_secs(ingest.worker_wall_seconds),
+    };
+    let pool = WorkerPool::new(program, ingest.extraction_workers, limits);
+    Ok(crate::ingest::Extractor::Isolated(Arc::new(pool)))
+}

@@ -67,7 +67,10 @@ impl Service {
         job.chunking = ChunkingConfig {
             max_words: index.chunk_max_words,
             overlap_words: index.chunk_overlap_words,
+            max_bytes: index.chunk_max_bytes,
         };
+        job.max_chunks_per_object = index.max_chunks_per_object;
+        job.extractor = self.extractor.clone();
         job.embed_batch_size = index.embed_batch_size;
         job.max_object_bytes = bucket_config
             .max_object_bytes

@@ -59,6 +59,8 @@ pub struct Service {
     /// Resolves bucket secrets (`env:NAME`) and gives bucket clients the standard
     /// `AWS_*`, `AZURE_*` and `GOOGLE_*` variables, at each run.
     env: HashMap<String, String>,
+    /// Where indexing runs parse untrusted formats (`[ingest] extraction`).
+    extractor: crate::ingest::Extractor,
 }
 
 impl Service {
@@ -83,7 +85,9 @@ impl Service {
             .iter()
             .map(|index| (index.id.clone(), Arc::default()))
             .collect();
+        let extractor = build::extractor(&config.ingest)?;
         Ok(Self {
+            extractor,
             retriever: Retriever::new(sources, query, config.search.clone()),
             embedders,
             router,

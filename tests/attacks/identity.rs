@@ -309,7 +309,7 @@ async fn a_reader_searching_a_forbidden_or_unknown_source_gets_one_answer() {
     assert!(
         own.sources
             .iter()
-            .all(|outcome| outcome.source_id != "secret"),
+            .all(|outcome| outcome.source != "secret"),
         "{:?}",
         own.sources
     );

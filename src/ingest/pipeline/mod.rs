@@ -37,6 +37,7 @@ use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::ingest::bucket::{BucketLocation, BucketOptions};
 use crate::ingest::chunk::ChunkingConfig;
+use crate::ingest::isolate::Extractor;
 use crate::ingest::manifest::{Manifest, sha256_hex};
 use crate::stores::{SearchBackend, StoreKind};
 use producer::{ListingCounters, ProducerContext, produce_events};
@@ -47,11 +48,17 @@ pub const DEFAULT_EMBED_BATCH_SIZE: usize = 32;
 pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_FETCH_CONCURRENCY: usize = 8;
 pub const DEFAULT_COMMIT_EVERY_CHUNKS: usize = 4096;
+/// Generous for any real document (100k chunks of 200 words is 20M words), small enough
+/// that a tiny `.gz` cannot expand into a million chunks held in memory at once.
+pub const DEFAULT_MAX_CHUNKS_PER_OBJECT: usize = 100_000;
+/// Each issue list of a report keeps at most this many entries; the rest are counted.
+pub const MAX_REPORTED_ISSUES: usize = 1000;
 
 /// Bumped when extraction, chunking or the embedded text change what an object yields, so
 /// that the next run re-indexes everything instead of keeping chunks made the old way.
 /// 2: chunks carry their bucket's cloud and region.
-const PIPELINE_VERSION: u32 = 2;
+/// 3: chunks are bounded in bytes; the manifest remembers objects that failed.
+const PIPELINE_VERSION: u32 = 3;
 
 /// One indexing run: where to read, where to write, how.
 pub struct IndexJob {
@@ -64,6 +71,11 @@ pub struct IndexJob {
     pub embedder: Option<Arc<dyn Embedder>>,
     pub manifest_path: PathBuf,
     pub chunking: ChunkingConfig,
+    /// An object that yields more chunks fails.
+    pub max_chunks_per_object: usize,
+    /// Where untrusted formats are parsed: in this process, or in a worker process that
+    /// may crash or run out of memory without taking the server along.
+    pub extractor: Extractor,
     /// Chunks per embedding call and per upsert.
     pub embed_batch_size: usize,
     /// Larger objects are skipped without being read.
@@ -95,6 +107,8 @@ impl IndexJob {
             embedder,
             manifest_path: manifest_path.into(),
             chunking: ChunkingConfig::default(),
+            max_chunks_per_object: DEFAULT_MAX_CHUNKS_PER_OBJECT,
+            extractor: Extractor::default(),
             embed_batch_size: DEFAULT_EMBED_BATCH_SIZE,
             max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
             fetch_concurrency: DEFAULT_FETCH_CONCURRENCY,
@@ -117,6 +131,7 @@ impl IndexJob {
             ("embed_batch_size", self.embed_batch_size),
             ("fetch_concurrency", self.fetch_concurrency),
             ("commit_every_chunks", self.commit_every_chunks),
+            ("max_chunks_per_object", self.max_chunks_per_object),
         ] {
             if value == 0 {
                 return Err(Error::config(format!("{name} must be at least 1")));
@@ -192,10 +207,11 @@ impl IndexJob {
             None => "none".to_owned(),
         };
         let description = format!(
-            "pipeline={PIPELINE_VERSION};stores={};space={space};max_words={};overlap_words={};cloud={};region={}",
+            "pipeline={PIPELINE_VERSION};stores={};space={space};max_words={};overlap_words={};max_bytes={};cloud={};region={}",
             store_ids.join(","),
             self.chunking.max_words,
             self.chunking.overlap_words,
+            self.chunking.max_bytes,
             location.cloud,
             location.region
         );
@@ -222,6 +238,9 @@ pub struct IndexProgress {
     pub skipped: u64,
     /// Objects that could not be read or extracted.
     pub failed: u64,
+    /// Objects that failed an earlier run as they are now (same etag and size, or same
+    /// content): not read again, reported, retried once they change.
+    pub known_bad: u64,
     /// Bad records inside otherwise indexed multi-record files.
     pub record_problems: u64,
     pub chunks_written: u64,
@@ -231,7 +250,7 @@ pub struct IndexProgress {
 
 impl IndexProgress {
     pub fn processed(&self) -> u64 {
-        self.indexed + self.unchanged + self.skipped + self.failed
+        self.indexed + self.unchanged + self.skipped + self.failed + self.known_bad
     }
 
     /// Chunks written per second of the run so far (0 before the first millisecond).
@@ -252,16 +271,66 @@ pub struct ObjectIssue {
     pub reason: String,
 }
 
-/// The outcome of a run that reached its end.
+/// At most [`MAX_REPORTED_ISSUES`] entries, and how many more there were.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueList<T> {
+    pub entries: Vec<T>,
+    pub left_out: u64,
+}
+
+impl<T> Default for IssueList<T> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            left_out: 0,
+        }
+    }
+}
+
+impl<T> IssueList<T> {
+    /// Keeps `issue` while there is room, else counts it.
+    pub fn push(&mut self, issue: T) {
+        if self.entries.len() < MAX_REPORTED_ISSUES {
+            self.entries.push(issue);
+        } else {
+            self.left_out += 1;
+        }
+    }
+
+    pub fn extend(&mut self, issues: impl IntoIterator<Item = T>) {
+        for issue in issues {
+            self.push(issue);
+        }
+    }
+
+    /// Entries kept plus those left out.
+    pub fn total(&self) -> u64 {
+        self.entries.len() as u64 + self.left_out
+    }
+}
+
+/// Reads as the entries kept (`len`, `iter`, indexing).
+impl<T> std::ops::Deref for IssueList<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        &self.entries
+    }
+}
+
+/// The outcome of a run that reached its end. Each issue list is capped
+/// ([`MAX_REPORTED_ISSUES`]) so the final message always fits; the rest are counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IndexReport {
     pub progress: IndexProgress,
-    pub failures: Vec<ObjectIssue>,
-    pub skips: Vec<ObjectIssue>,
-    pub record_problems: Vec<ObjectIssue>,
+    pub failures: IssueList<ObjectIssue>,
+    /// Objects not read because they failed before as they are now.
+    pub known_bad: IssueList<ObjectIssue>,
+    pub skips: IssueList<ObjectIssue>,
+    pub record_problems: IssueList<ObjectIssue>,
     /// Errors while listing. When there are any, objects missing from the listing were
     /// not deleted: they may only have been missed.
-    pub listing_errors: Vec<String>,
+    pub listing_errors: IssueList<String>,
     /// Where the bucket's data lives: stamped on every chunk, recorded in the manifest.
     pub location: BucketLocation,
 }
@@ -288,7 +357,9 @@ pub async fn run_index(
         settings: job.settings_fingerprint(&source.location),
         location: source.location.clone(),
         chunking: job.chunking,
+        max_chunks_per_object: job.max_chunks_per_object,
         max_object_bytes: job.max_object_bytes,
+        extractor: job.extractor.clone(),
     });
     let (sender, receiver) = mpsc::channel(job.fetch_concurrency);
     let counters = ListingCounters::default();

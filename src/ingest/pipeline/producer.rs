@@ -1,5 +1,8 @@
 //! The producer: list the bucket, then fetch, hash, extract and chunk objects with bounded
 //! concurrency, handing each result to the writer in the order they finish.
+//!
+//! An object that failed extraction before, as it is now, is not read again (the manifest
+//! remembers it); one that fails now carries the manifest entry that will remember it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +16,9 @@ use super::source::BucketSource;
 use super::{AbortOnDrop, ObjectIssue};
 use crate::document::Chunk;
 use crate::ingest::bucket::BucketLocation;
-use crate::ingest::chunk::{ChunkingConfig, chunk_document};
-use crate::ingest::extract::{ExtractedDoc, extract_with_problems, format_of};
+use crate::ingest::chunk::{ChunkingConfig, chunks_of_document};
+use crate::ingest::extract::{ExtractedDoc, Extraction, format_of};
+use crate::ingest::isolate::Extractor;
 use crate::ingest::listing::Listed;
 use crate::ingest::manifest::{Manifest, ManifestEntry, normalize_etag, sha256_hex};
 
@@ -23,7 +27,7 @@ const LISTING_LOOKAHEAD: usize = 10_000;
 
 /// What the producer tells the writer.
 pub(super) enum ProducerEvent {
-    Object(ProcessedObject),
+    Object(Box<ProcessedObject>),
     ListingFailed(String),
     /// The listing reached its end: objects not seen are really gone.
     ListingFinished,
@@ -44,26 +48,33 @@ pub(super) enum ObjectResult {
     Skipped {
         reason: String,
     },
-    /// `content_problem`: the bytes were read and are unusable (as opposed to unreadable).
+    /// `content_problem`: the bytes were read and are unusable (as opposed to unreadable);
+    /// `record` is then the manifest entry that keeps the next runs from reading it again.
     Failed {
         reason: String,
         content_problem: bool,
+        record: Option<Box<ManifestEntry>>,
+    },
+    /// Failed an earlier run as it is now: not read, not extracted.
+    KnownBad {
+        reason: String,
     },
     Prepared {
         entry: ManifestEntry,
         chunks: Vec<Chunk>,
         record_problems: Vec<ObjectIssue>,
+        /// Bad records beyond those listed.
+        record_problems_left_out: u64,
     },
 }
 
 /// A document named after its object (no record id of its own) takes the qualified
 /// key as its id, so same-named files in two buckets stay two documents.
 fn qualify_document_id(
-    document: &ExtractedDoc,
+    mut document: ExtractedDoc,
     object_key: &str,
     qualified_key: &str,
 ) -> ExtractedDoc {
-    let mut document = document.clone();
     if document.doc_id == object_key {
         document.doc_id = qualified_key.to_owned();
     }
@@ -78,7 +89,9 @@ pub(super) struct ProducerContext {
     pub(super) previous: Manifest,
     pub(super) settings: String,
     pub(super) chunking: ChunkingConfig,
+    pub(super) max_chunks_per_object: usize,
     pub(super) max_object_bytes: u64,
+    pub(super) extractor: Extractor,
     /// Stamped on every chunk.
     pub(super) location: BucketLocation,
 }
@@ -119,17 +132,18 @@ pub(super) async fn produce_events(
             async move {
                 match entry {
                     ListedEntry::Object(meta) => {
-                        ProducerEvent::Object(process_object(context, meta).await)
+                        ProducerEvent::Object(Box::new(process_object(context, meta).await))
                     }
                     ListedEntry::UnreadableKey { key, reason } => {
-                        ProducerEvent::Object(ProcessedObject {
+                        ProducerEvent::Object(Box::new(ProcessedObject {
                             object_key: key,
                             bytes_read: None,
                             result: ObjectResult::Failed {
                                 reason,
                                 content_problem: false,
+                                record: None,
                             },
-                        })
+                        }))
                     }
                     ListedEntry::Failed(reason) => ProducerEvent::ListingFailed(reason),
                     ListedEntry::Finished => ProducerEvent::ListingFinished,
@@ -215,6 +229,16 @@ pub(super) async fn process_object(
             refreshed_entry: None,
         });
     }
+    if let Some(reason) = context.previous.known_failure_by_etag(
+        &object_key,
+        etag.as_deref(),
+        meta.size,
+        &context.settings,
+    ) {
+        return not_read(ObjectResult::KnownBad {
+            reason: reason.to_owned(),
+        });
+    }
     let (bytes, revision) = match fetch_bytes(
         context.store.as_ref(),
         &meta.location,
@@ -230,27 +254,18 @@ pub(super) async fn process_object(
             return not_read(ObjectResult::Failed {
                 reason,
                 content_problem: false,
+                record: None,
             });
         }
     };
     let bytes_read = bytes.len() as u64;
-    // Hashing, parsing and chunking a large object is CPU work: keep it off the async workers.
-    let blocking_context = Arc::clone(&context);
-    let blocking_key = object_key.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        // The read's own etag names the bytes read, should the object have changed since
-        // the listing; the listing's is the fallback for stores whose reads carry none.
-        let revision = Revision {
-            etag: revision.etag.or(etag),
-            ..revision
-        };
-        prepare_object(&blocking_context, &blocking_key, revision, &bytes)
-    })
-    .await
-    .unwrap_or_else(|join_error| ObjectResult::Failed {
-        reason: format!("extraction crashed: {join_error}"),
-        content_problem: false,
-    });
+    // The read's own etag names the bytes read, should the object have changed since the
+    // listing; the listing's is the fallback for stores whose reads carry none.
+    let revision = Revision {
+        etag: revision.etag.or(etag),
+        ..revision
+    };
+    let result = prepare_object(context, &object_key, revision, bytes).await;
     ProcessedObject {
         object_key,
         bytes_read: Some(bytes_read),
@@ -310,46 +325,76 @@ fn describe_read_error(error: object_store::Error) -> String {
     }
 }
 
-fn prepare_object(
-    context: &ProducerContext,
+/// Hash, extract (where the extractor says) and chunk one object's bytes. Hashing and
+/// chunking are CPU work: they run on the blocking pool, off the async workers.
+async fn prepare_object(
+    context: Arc<ProducerContext>,
     object_key: &str,
     revision: Revision,
-    bytes: &[u8],
+    bytes: bytes::Bytes,
 ) -> ObjectResult {
-    let sha256 = sha256_hex(bytes);
     let size = bytes.len() as u64;
+    let hashed = bytes.clone();
+    let Ok(sha256) = tokio::task::spawn_blocking(move || sha256_hex(&hashed)).await else {
+        return ObjectResult::Failed {
+            reason: "hashing the object failed".to_owned(),
+            content_problem: false,
+            record: None,
+        };
+    };
     if context
         .previous
         .is_unchanged_by_content(object_key, &sha256, &context.settings)
     {
-        return unchanged_content(context, object_key, revision, size);
+        return unchanged_content(&context, object_key, revision, size);
     }
-    let extraction = match extract_with_problems(object_key, bytes) {
+    if let Some(reason) =
+        context
+            .previous
+            .known_failure_by_content(object_key, &sha256, &context.settings)
+    {
+        return ObjectResult::KnownBad {
+            reason: reason.to_owned(),
+        };
+    }
+    let failed = |reason: String| ObjectResult::Failed {
+        record: Some(Box::new(ManifestEntry::failed(
+            revision.etag.clone(),
+            size,
+            sha256.clone(),
+            context.settings.clone(),
+            reason.clone(),
+        ))),
+        reason,
+        content_problem: true,
+    };
+    let extraction = match context.extractor.extract(object_key, bytes).await {
         Ok(extraction) => extraction,
         Err(error) if error.is_skip() => {
             return ObjectResult::Skipped {
                 reason: error.to_string(),
             };
         }
-        Err(error) => {
+        Err(error) if !error.blames_content() => {
             return ObjectResult::Failed {
                 reason: error.to_string(),
-                content_problem: true,
+                content_problem: false,
+                record: None,
             };
         }
+        Err(error) => return failed(error.to_string()),
     };
-    let qualified_key = format!("{}{object_key}", context.key_prefix);
-    let chunks: Vec<Chunk> = extraction
-        .documents
-        .iter()
-        .map(|document| qualify_document_id(document, object_key, &qualified_key))
-        .flat_map(|document| chunk_document(&qualified_key, &document, &context.chunking))
-        .map(|chunk| Chunk {
-            cloud: context.location.cloud.clone(),
-            region: context.location.region.clone(),
-            ..chunk
-        })
-        .collect();
+    let chunking_context = Arc::clone(&context);
+    let chunking_key = object_key.to_owned();
+    let chunked = tokio::task::spawn_blocking(move || {
+        chunk_extraction(&chunking_context, &chunking_key, extraction)
+    })
+    .await;
+    let (chunks, extraction) = match chunked {
+        Ok(Ok(chunked)) => chunked,
+        Ok(Err(reason)) => return failed(reason),
+        Err(join_error) => return failed(format!("chunking crashed: {join_error}")),
+    };
     if chunks.is_empty() {
         return ObjectResult::Skipped {
             reason: "no text to index".to_owned(),
@@ -370,12 +415,42 @@ fn prepare_object(
         sha256,
         settings: context.settings.clone(),
         chunk_ids: chunks.iter().map(|chunk| chunk.chunk_id.clone()).collect(),
+        failure: None,
     };
     ObjectResult::Prepared {
         entry,
         chunks,
         record_problems,
+        record_problems_left_out: extraction.problems_left_out,
     }
+}
+
+/// The object's chunks, at most `max_chunks_per_object` of them (else why it failed); the
+/// extraction comes back without its documents, for its record problems.
+fn chunk_extraction(
+    context: &ProducerContext,
+    object_key: &str,
+    mut extraction: Extraction,
+) -> Result<(Vec<Chunk>, Extraction), String> {
+    let qualified_key = format!("{}{object_key}", context.key_prefix);
+    let limit = context.max_chunks_per_object;
+    let mut chunks = Vec::new();
+    for document in std::mem::take(&mut extraction.documents) {
+        let document = qualify_document_id(document, object_key, &qualified_key);
+        for chunk in chunks_of_document(&qualified_key, &document, &context.chunking) {
+            if chunks.len() == limit {
+                return Err(format!(
+                    "yields more than {limit} chunks (the index's max_chunks_per_object)"
+                ));
+            }
+            chunks.push(Chunk {
+                cloud: context.location.cloud.clone(),
+                region: context.location.region.clone(),
+                ..chunk
+            });
+        }
+    }
+    Ok((chunks, extraction))
 }
 
 /// Same content under a new etag (a touched file, a re-upload): only the manifest learns it.

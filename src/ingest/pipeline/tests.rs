@@ -18,6 +18,8 @@ use object_store::ObjectMeta;
 use object_store::path::Path as ObjectPath;
 
 const DIMS: usize = 8;
+/// Text the fake embedder refuses as invalid input.
+const REFUSED_BY_EMBEDDER: &str = "REFUSED-BY-EMBEDDER";
 
 /// Deterministic unit vectors derived from the text, counting its calls.
 struct FakeEmbedder {
@@ -61,6 +63,10 @@ impl Embedder for FakeEmbedder {
     async fn embed(&self, texts: &[String], purpose: Purpose) -> Result<Vec<Vec<f32>>> {
         assert_eq!(purpose, Purpose::Document);
         self.calls.fetch_add(1, Ordering::SeqCst);
+        // Like a provider refusing an input too long for its model.
+        if texts.iter().any(|text| text.contains(REFUSED_BY_EMBEDDER)) {
+            return Err(Error::invalid("input is too long for the model"));
+        }
         Ok(texts.iter().map(|text| fake_vector(text)).collect())
     }
 }
@@ -266,6 +272,7 @@ impl Fixture {
         job.chunking = ChunkingConfig {
             max_words: 8,
             overlap_words: 2,
+            ..ChunkingConfig::default()
         };
         job.embed_batch_size = 4;
         job.fetch_concurrency = 3;
@@ -460,7 +467,15 @@ async fn problem_files_are_counted_and_reported_while_the_rest_is_indexed() {
         BTreeSet::from(["good.txt".to_owned(), "mixed.jsonl".to_owned()])
     );
     assert_eq!(fixture.store.committed_chunks_of("mixed.jsonl").len(), 2);
-    assert_eq!(fixture.manifest().objects.len(), 2);
+    // The broken files are remembered as failed, with no chunks; skipped ones are not.
+    let manifest = fixture.manifest();
+    let (failed, indexed): (Vec<_>, Vec<_>) = manifest
+        .objects
+        .iter()
+        .partition(|(_, entry)| entry.failure.is_some());
+    assert_eq!(indexed.len(), 2);
+    let failed: BTreeSet<&str> = failed.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(failed, BTreeSet::from(["binary.txt", "latin1.txt"]));
 }
 
 #[tokio::test]
@@ -477,7 +492,15 @@ async fn indexed_object_that_becomes_unusable_loses_its_old_chunks() {
         fixture.store.committed_object_keys(),
         BTreeSet::from(["b.txt".to_owned()])
     );
-    assert!(!fixture.manifest().objects.contains_key("a.txt"));
+    let manifest = fixture.manifest();
+    assert!(!manifest.has_chunks("a.txt"));
+    assert!(
+        manifest.objects["a.txt"]
+            .failure
+            .as_deref()
+            .unwrap()
+            .contains("binary")
+    );
 }
 
 #[tokio::test]
@@ -760,7 +783,9 @@ async fn object_gone_between_listing_and_reading_is_a_read_failure() {
         previous: Manifest::new("memory"),
         settings: "s".to_owned(),
         chunking: ChunkingConfig::default(),
+        max_chunks_per_object: DEFAULT_MAX_CHUNKS_PER_OBJECT,
         max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
+        extractor: Extractor::InProcess,
         location: BucketLocation::default(),
     });
     let meta = ObjectMeta {
@@ -776,6 +801,7 @@ async fn object_gone_between_listing_and_reading_is_a_read_failure() {
     let ObjectResult::Failed {
         reason,
         content_problem,
+        record,
     } = processed.result
     else {
         panic!("expected a failure");
@@ -785,6 +811,7 @@ async fn object_gone_between_listing_and_reading_is_a_read_failure() {
         !content_problem,
         "an unreadable object keeps its old chunks"
     );
+    assert!(record.is_none(), "an unreadable object is retried");
 }
 
 #[test]
@@ -990,4 +1017,96 @@ async fn size_limit_gzip_and_pdf_with_broken_ones_reported_by_name() {
     );
     let pdf = fixture.store.committed_chunks_of("report.pdf");
     assert!(pdf[0].text.contains("Harbour tonnage rose"), "{pdf:?}");
+}
+
+#[tokio::test]
+async fn a_broken_object_is_remembered_and_not_read_again_until_it_changes() {
+    let fixture = Fixture::new();
+    fixture.write("good.txt", "alpha beta gamma");
+    fixture.write("bad.json", "{\"text\": ");
+    let first = fixture.run().await;
+    assert_eq!((first.progress.indexed, first.progress.failed), (1, 1));
+    assert!(
+        first.failures[0].reason.starts_with("malformed json"),
+        "{first:?}"
+    );
+    let entry = &fixture.manifest().objects["bad.json"];
+    assert!(
+        entry
+            .failure
+            .as_deref()
+            .unwrap()
+            .starts_with("malformed json")
+    );
+    assert!(entry.chunk_ids.is_empty());
+
+    let second = fixture.run().await;
+    assert_eq!(second.progress.known_bad, 1, "{second:?}");
+    assert_eq!((second.progress.failed, second.progress.fetched), (0, 0));
+    assert!(
+        second.known_bad[0].reason.contains("malformed json"),
+        "{second:?}"
+    );
+
+    fixture.write("bad.json", "{\"text\": \"fixed now\"}");
+    let third = fixture.run().await;
+    assert_eq!((third.progress.indexed, third.progress.known_bad), (1, 0));
+    assert!(fixture.manifest().objects["bad.json"].failure.is_none());
+}
+
+#[tokio::test]
+async fn an_indexed_object_that_breaks_loses_its_chunks_and_is_remembered() {
+    let fixture = Fixture::new();
+    fixture.write("doc.json", "{\"text\": \"first version\"}");
+    fixture.run().await;
+    assert_eq!(fixture.store.committed_object_keys().len(), 1);
+    fixture.write("doc.json", "{\"text\": ");
+    let report = fixture.run().await;
+    assert_eq!(report.progress.failed, 1);
+    assert!(fixture.store.committed_object_keys().is_empty());
+    assert!(fixture.manifest().objects["doc.json"].failure.is_some());
+    assert_eq!(fixture.run().await.progress.known_bad, 1);
+}
+
+#[tokio::test]
+async fn an_object_the_embedder_refuses_fails_alone_and_the_run_goes_on() {
+    let fixture = Fixture::new();
+    for index in 0..6 {
+        fixture.write(
+            &format!("ok{index}.txt"),
+            format!("ordinary text number {index}"),
+        );
+    }
+    fixture.write(
+        "refused.txt",
+        format!("fine words. {REFUSED_BY_EMBEDDER} and more"),
+    );
+    let report = fixture.run().await;
+    assert_eq!(
+        (report.progress.indexed, report.progress.failed),
+        (6, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.failures[0].object_key, "refused.txt");
+    assert!(report.failures[0].reason.contains("too long"), "{report:?}");
+    let committed = fixture.store.committed_object_keys();
+    assert_eq!(committed.len(), 6);
+    assert!(!committed.iter().any(|key| key.contains("refused")));
+    assert!(fixture.manifest().objects["refused.txt"].failure.is_some());
+    assert_eq!(fixture.run().await.progress.known_bad, 1);
+}
+
+#[tokio::test]
+async fn an_object_with_too_many_chunks_fails_with_the_limit_named() {
+    let fixture = Fixture::new();
+    fixture.write("huge.txt", "word ".repeat(1_000));
+    fixture.write("small.txt", "a few words");
+    let mut job = fixture.job();
+    job.max_chunks_per_object = 10;
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!((report.progress.indexed, report.progress.failed), (1, 1));
+    assert!(
+        report.failures[0].reason.contains("more than 10 chunks"),
+        "{report:?}"
+    );
 }

@@ -1,7 +1,13 @@
 //! The writer: embed, write to every store, commit, and only then let the manifest
 //! remember what the commit made durable.
+//!
+//! It also remembers failed objects, so the next runs do not read them again until they
+//! change. An embedding call refused as invalid (an input too long for the provider) costs
+//! the objects whose chunks it refuses, found one chunk at a time, not the run: the next
+//! call would refuse them again. Any other embedding failure (transport, credentials,
+//! throttling) would fail for every object, so it still stops the run.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +20,7 @@ use super::source::BucketSource;
 use super::{IndexJob, IndexProgress, IndexReport, ObjectIssue};
 use crate::document::{Chunk, EmbeddedChunk};
 use crate::embed::{Embedder, Purpose};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::manifest::{
     Manifest, ManifestEntry, WriteCancel, write_atomically_unless_called_off,
 };
@@ -49,6 +55,12 @@ pub(super) struct IndexRun<P> {
     unconfirmed_removals: Vec<String>,
     /// New etags over unchanged content: no store write needed.
     etag_refreshes: Vec<(String, ManifestEntry)>,
+    /// Failed objects to remember, with no chunks in the stores (or none after the
+    /// deletes already under way): recorded at the next commit.
+    failure_records: Vec<(String, ManifestEntry)>,
+    /// Failed objects that still have chunks from an earlier run: recorded once
+    /// [`Self::finish`] deleted those.
+    stale_failure_records: Vec<(String, ManifestEntry)>,
     stores_need_commit: bool,
     seen_keys: HashSet<String>,
     /// Indexed before, unusable now (too large, broken): their old chunks must go.
@@ -92,6 +104,8 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
             unconfirmed_chunk_count: 0,
             unconfirmed_removals: Vec::new(),
             etag_refreshes: Vec::new(),
+            failure_records: Vec::new(),
+            stale_failure_records: Vec::new(),
             stores_need_commit: false,
             seen_keys: HashSet::new(),
             stale_keys: Vec::new(),
@@ -113,7 +127,7 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
     ) -> Result<()> {
         while let Some(event) = receiver.recv().await {
             match event {
-                ProducerEvent::Object(object) => self.handle_object(object).await?,
+                ProducerEvent::Object(object) => self.handle_object(*object).await?,
                 ProducerEvent::ListingFailed(reason) => {
                     tracing::warn!(%reason, "listing the bucket failed");
                     self.report.listing_errors.push(reason);
@@ -157,6 +171,7 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
             ObjectResult::Failed {
                 reason,
                 content_problem,
+                record,
             } => {
                 tracing::warn!(%object_key, %reason, "object not indexed");
                 self.report.progress.failed += 1;
@@ -166,16 +181,33 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
                 });
                 // Unreadable now is not gone: keep the old chunks until the content is known.
                 if content_problem && was_indexed {
-                    self.stale_keys.push(object_key);
+                    self.stale_keys.push(object_key.clone());
+                    if let Some(entry) = record {
+                        self.stale_failure_records.push((object_key, *entry));
+                    }
+                } else if let Some(entry) = record {
+                    self.failure_records.push((object_key, *entry));
                 }
+            }
+            ObjectResult::KnownBad { reason } => {
+                self.report.progress.known_bad += 1;
+                self.report.known_bad.push(ObjectIssue {
+                    object_key,
+                    reason: format!(
+                        "failed before as it is now, not read again until it changes: {reason}"
+                    ),
+                });
             }
             ObjectResult::Prepared {
                 entry,
                 chunks,
                 record_problems,
+                record_problems_left_out,
             } => {
-                self.report.progress.record_problems += record_problems.len() as u64;
+                self.report.progress.record_problems +=
+                    record_problems.len() as u64 + record_problems_left_out;
                 self.report.record_problems.extend(record_problems);
+                self.report.record_problems.left_out += record_problems_left_out;
                 self.batch_chunk_count += chunks.len();
                 self.batch.push(PreparedObject {
                     object_key,
@@ -209,22 +241,32 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
         })
         .await?;
         let mut entries = Vec::with_capacity(objects.len());
+        // Each chunk with the index of its object in `entries`.
         let mut chunks = Vec::new();
-        for object in objects {
+        for (object_index, object) in objects.into_iter().enumerate() {
             entries.push((object.object_key, object.entry));
-            chunks.extend(object.chunks);
+            chunks.extend(object.chunks.into_iter().map(|chunk| (object_index, chunk)));
         }
-        let chunk_count = chunks.len();
+        // Objects whose chunks the embedder refused, with why.
+        let mut refused: BTreeMap<usize, String> = BTreeMap::new();
+        let mut chunk_count = 0;
         let mut remaining = chunks.into_iter();
         loop {
-            let group: Vec<Chunk> = remaining.by_ref().take(self.embed_batch_size).collect();
+            let group: Vec<(usize, Chunk)> = remaining
+                .by_ref()
+                .filter(|(object_index, _)| !refused.contains_key(object_index))
+                .take(self.embed_batch_size)
+                .collect();
             if group.is_empty() {
                 break;
             }
-            let group_size = group.len() as u64;
-            self.write_group(group).await?;
-            self.report.progress.chunks_written += group_size;
+            let written = self.write_group(group, &mut refused).await? as u64;
+            chunk_count += written as usize;
+            self.report.progress.chunks_written += written;
             self.report_progress();
+        }
+        if !refused.is_empty() {
+            self.drop_refused_objects(&mut entries, refused).await?;
         }
         self.report.progress.indexed += entries.len() as u64;
         self.unconfirmed.extend(entries);
@@ -236,34 +278,133 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
         Ok(())
     }
 
-    async fn write_group(&self, group: Vec<Chunk>) -> Result<()> {
-        let vectors = self.embed_group(&group).await?;
+    /// Removes the chunks of refused objects that earlier groups wrote, and reports and
+    /// remembers them as failed instead of indexed. Their old chunks went with the
+    /// deletes at the start of the batch, so they are recorded at the next commit.
+    async fn drop_refused_objects(
+        &mut self,
+        entries: &mut Vec<(String, ManifestEntry)>,
+        refused: BTreeMap<usize, String>,
+    ) -> Result<()> {
+        let refused_keys: Vec<String> = refused
+            .keys()
+            .map(|&object_index| entries[object_index].0.clone())
+            .collect();
+        let qualified_keys = self.qualified(&refused_keys);
+        on_every_store(&self.stores, "removing refused objects", |store| {
+            store.delete_objects(&qualified_keys)
+        })
+        .await?;
+        for (object_index, reason) in refused.into_iter().rev() {
+            let (object_key, entry) = entries.remove(object_index);
+            tracing::warn!(%object_key, %reason, "object not indexed");
+            self.report.progress.failed += 1;
+            self.report.failures.push(ObjectIssue {
+                object_key: object_key.clone(),
+                reason: reason.clone(),
+            });
+            let record =
+                ManifestEntry::failed(entry.etag, entry.size, entry.sha256, entry.settings, reason);
+            self.failure_records.push((object_key, record));
+        }
+        Ok(())
+    }
+
+    /// Embeds and upserts one group; returns how many chunks were written. When the
+    /// embedder refuses the group as invalid, each chunk is embedded alone to find the
+    /// objects it refuses (added to `refused`); the others are written.
+    async fn write_group(
+        &self,
+        group: Vec<(usize, Chunk)>,
+        refused: &mut BTreeMap<usize, String>,
+    ) -> Result<usize> {
+        let texts: Vec<String> = group
+            .iter()
+            .map(|(_, chunk)| embedding_text(chunk))
+            .collect();
+        let vectors = match self.embed_texts(&texts).await {
+            Ok(vectors) => vectors,
+            Err(error) if error.kind == ErrorKind::InvalidArgument => {
+                return self.write_one_at_a_time(group, texts, refused).await;
+            }
+            Err(error) => return Err(error),
+        };
         let embedded: Vec<EmbeddedChunk> = group
             .into_iter()
             .zip(vectors)
-            .map(|(chunk, vector)| EmbeddedChunk { chunk, vector })
+            .map(|((_, chunk), vector)| EmbeddedChunk { chunk, vector })
             .collect();
+        self.upsert(&embedded).await?;
+        Ok(embedded.len())
+    }
+
+    async fn write_one_at_a_time(
+        &self,
+        group: Vec<(usize, Chunk)>,
+        texts: Vec<String>,
+        refused: &mut BTreeMap<usize, String>,
+    ) -> Result<usize> {
+        let mut embedded = Vec::new();
+        let mut owners = Vec::new();
+        for ((object_index, chunk), text) in group.into_iter().zip(texts) {
+            if refused.contains_key(&object_index) {
+                continue;
+            }
+            match self.embed_texts(std::slice::from_ref(&text)).await {
+                Ok(mut vectors) => {
+                    owners.push(object_index);
+                    embedded.push(EmbeddedChunk {
+                        chunk,
+                        vector: vectors.remove(0),
+                    });
+                }
+                Err(error) if error.kind == ErrorKind::InvalidArgument => {
+                    refused.insert(
+                        object_index,
+                        format!(
+                            "the embedder refused chunk {}: {}",
+                            chunk.ordinal, error.message
+                        ),
+                    );
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        // A chunk embedded before its object's refusal is not written.
+        let embedded: Vec<EmbeddedChunk> = embedded
+            .into_iter()
+            .zip(owners)
+            .filter(|(_, object_index)| !refused.contains_key(object_index))
+            .map(|(chunk, _)| chunk)
+            .collect();
+        self.upsert(&embedded).await?;
+        Ok(embedded.len())
+    }
+
+    async fn upsert(&self, embedded: &[EmbeddedChunk]) -> Result<()> {
+        if embedded.is_empty() {
+            return Ok(());
+        }
         on_every_store(&self.stores, "writing chunks", |store| {
-            store.upsert(&embedded)
+            store.upsert(embedded)
         })
         .await
     }
 
-    /// One vector per chunk; empty vectors when only lexical stores are written.
-    async fn embed_group(&self, group: &[Chunk]) -> Result<Vec<Vec<f32>>> {
+    /// One vector per text; empty vectors when only lexical stores are written.
+    async fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         let Some(embedder) = &self.embedder else {
-            return Ok(vec![Vec::new(); group.len()]);
+            return Ok(vec![Vec::new(); texts.len()]);
         };
-        let texts: Vec<String> = group.iter().map(embedding_text).collect();
         let vectors = embedder
-            .embed(&texts, Purpose::Document)
+            .embed(texts, Purpose::Document)
             .await
             .map_err(|error| error.context("embedding chunks"))?;
-        if vectors.len() != group.len() {
+        if vectors.len() != texts.len() {
             return Err(Error::internal(format!(
                 "embedder returned {} vectors for {} chunks",
                 vectors.len(),
-                group.len()
+                texts.len()
             )));
         }
         Ok(vectors)
@@ -277,7 +418,8 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
         }
         let manifest_changed = !self.unconfirmed.is_empty()
             || !self.unconfirmed_removals.is_empty()
-            || !self.etag_refreshes.is_empty();
+            || !self.etag_refreshes.is_empty()
+            || !self.failure_records.is_empty();
         for (object_key, entry) in self.unconfirmed.drain(..) {
             self.manifest.objects.insert(object_key, entry);
         }
@@ -285,6 +427,10 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
             self.manifest.objects.remove(&object_key);
         }
         for (object_key, entry) in self.etag_refreshes.drain(..) {
+            self.manifest.objects.insert(object_key, entry);
+        }
+        // After the removals: a failed object with old chunks is removed, then remembered.
+        for (object_key, entry) in self.failure_records.drain(..) {
             self.manifest.objects.insert(object_key, entry);
         }
         self.unconfirmed_chunk_count = 0;
@@ -341,6 +487,7 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
             .await?;
         }
         self.unconfirmed_removals.extend(removals);
+        self.failure_records.append(&mut self.stale_failure_records);
         self.commit_and_save().await?;
         self.report.progress.deleted += absent_keys.len() as u64;
         self.report_progress();
