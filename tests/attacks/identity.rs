@@ -50,8 +50,6 @@ fn identity_config(base: &Path, extra: &str) -> String {
         [[index]]
         id = "secret-docs"
         sources = ["secret"]
-        [facade]
-        listen = "127.0.0.1:0"
         [[role]]
         id = "reader"
         search_indexes = ["public-docs"]
@@ -307,9 +305,7 @@ async fn a_reader_searching_a_forbidden_or_unknown_source_gets_one_answer() {
     assert_eq!(own.hits.len(), 1, "{:?}", own.hits);
     assert!(own.hits[0].text.contains("public ferry"), "{:?}", own.hits);
     assert!(
-        own.sources
-            .iter()
-            .all(|outcome| outcome.source != "secret"),
+        own.sources.iter().all(|outcome| outcome.source != "secret"),
         "{:?}",
         own.sources
     );
@@ -447,7 +443,19 @@ async fn admin_needs_the_admin_role_and_lists_only_what_the_caller_may_see() {
 #[tokio::test]
 async fn the_facade_answers_401_with_www_authenticate_and_403_without_a_model() {
     let dir = corpus();
-    let server = AttackServer::start(&identity_config(dir.path(), ""), dir.path()).await;
+    // A deployment nobody reaches: every call here is refused before routing.
+    let facade = r#"
+        [facade]
+        listen = "127.0.0.1:0"
+        [[provider]]
+        id = "local-llm"
+        kind = "openai_compat"
+        base_url = "http://127.0.0.1:9/v1"
+        [[deployment]]
+        provider = "local-llm"
+        model = "gpt-4o"
+    "#;
+    let server = AttackServer::start(&identity_config(dir.path(), facade), dir.path()).await;
     let base = format!("http://{}", server.http.expect("the facade listens"));
     let http = reqwest::Client::new();
     let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
@@ -562,13 +570,14 @@ impl TestKey {
 fn rsa_public_components(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
     fn read(der: &[u8]) -> (u8, &[u8], &[u8]) {
         let tag = der[0];
+        // Only what aws-lc writes: definite lengths, at most a few length bytes.
         let (length, header) = if der[1] & 0x80 == 0 {
             (der[1] as usize, 2)
         } else {
             let bytes = (der[1] & 0x7f) as usize;
             let length = der[2..2 + bytes]
                 .iter()
-                .fold(0usize, |acc, byte| acc << 8 | *byte as usize);
+                .fold(0usize, |acc, byte| (acc << 8) | usize::from(*byte));
             (length, 2 + bytes)
         };
         (tag, &der[header..header + length], &der[header + length..])
@@ -576,7 +585,7 @@ fn rsa_public_components(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let (_, sequence, _) = read(der);
     let (_, n, rest) = read(sequence);
     let (_, e, _) = read(rest);
-    let strip = |bytes: &[u8]| {
+    let strip = |bytes: &[u8]| -> Vec<u8> {
         bytes
             .iter()
             .skip_while(|byte| **byte == 0)
