@@ -235,13 +235,46 @@ mod tests {
         }
     }
 
+    /// Reproducers of findings not fixed yet (`<target>/<file>` under fuzz/regressions/),
+    /// owned by other code: kept out of the replay until their fix lands, and checked to
+    /// still fail so the fix is noticed and the file joins the replay.
+    const OPEN_FINDINGS: &[&str] = &[
+        // eventsource-stream 0.2.3 event_stream.rs:271 slices `&string[1..]` after a
+        // leading U+FEFF (3 bytes): a body that starts with a byte-order mark panics.
+        // Fixed when providers read SSE with the bounded parser.
+        "sse/bom-at-start",
+    ];
+
+    fn is_open_finding(target: &str, path: &Path) -> bool {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        OPEN_FINDINGS.contains(&format!("{target}/{name}").as_str())
+    }
+
     #[test]
     fn committed_corpus_and_regressions_replay_without_a_panic() {
         for (target, run) in TARGETS {
             for (path, bytes) in committed_inputs(target) {
+                if is_open_finding(target, &path) {
+                    continue;
+                }
                 eprintln!("{target}: {}", path.display());
                 run(&bytes);
             }
+        }
+    }
+
+    #[test]
+    fn open_findings_still_fail_until_fixed() {
+        for finding in OPEN_FINDINGS {
+            let (target, file) = finding.split_once('/').unwrap();
+            let run = TARGETS.iter().find(|(name, _)| *name == target).unwrap().1;
+            let bytes =
+                std::fs::read(fuzz_dir().join("regressions").join(target).join(file)).unwrap();
+            let outcome = std::panic::catch_unwind(|| run(&bytes));
+            assert!(
+                outcome.is_err(),
+                "{finding} no longer fails: remove it from OPEN_FINDINGS so it is replayed"
+            );
         }
     }
 
