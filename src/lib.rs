@@ -50,6 +50,8 @@ pub mod document;
 pub mod embed;
 pub mod error;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod llm;
 pub mod retrieve;

@@ -1,0 +1,6 @@
+#![no_main]
+//! libFuzzer target: see `skyfuse::fuzzing::extract_gzip`.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| skyfuse::fuzzing::extract_gzip(data));
