@@ -51,6 +51,7 @@ pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod ingest;
+pub mod limits;
 pub mod llm;
 pub mod retrieve;
 pub mod route;

@@ -159,6 +159,7 @@ fn grpc_server(
     drained: impl Future<Output = ()> + Send + 'static,
 ) -> Result<impl Future<Output = Result<()>>> {
     let limit = options.max_message_bytes;
+    let call_limit = service.call_limit().layer(crate::limits::Protocol::Grpc);
     let retrieval = RetrievalServiceServer::new(RetrievalApi {
         service: service.clone(),
     })
@@ -184,6 +185,7 @@ fn grpc_server(
         .map_err(|error| Error::internal(format!("reflection: {error}")))?;
     let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(options.max_concurrent_requests)
+        .layer(call_limit)
         .add_service(health)
         .add_service(reflection)
         .add_service(retrieval)

@@ -14,6 +14,7 @@ mod facade;
 mod glob;
 mod include;
 mod index;
+mod limits;
 mod price;
 mod provider;
 mod routing;
@@ -37,6 +38,7 @@ pub use facade::FacadeConfig;
 pub use glob::{Glob, any_matches};
 pub use include::IndexDefinition;
 pub use index::IndexConfig;
+pub use limits::{CallerLimitsConfig, LimitsConfig};
 pub use price::PriceConfig;
 pub use provider::{
     AzureOpenAiConfig, BedrockConfig, OciConfig, OpenAiCompatConfig, ProviderConfig, ProviderKind,
@@ -101,6 +103,8 @@ pub struct Config {
     pub callers: Vec<CallerConfig>,
     #[serde(default)]
     pub facade: FacadeConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 impl Config {
@@ -209,6 +213,18 @@ impl Config {
         if server.max_concurrent_requests == 0 {
             problems.push("server.max_concurrent_requests must be at least 1".into());
         }
+        if server.max_concurrent_calls == 0 {
+            problems.push("server.max_concurrent_calls must be at least 1".into());
+        }
+        if self.answer.max_output_tokens == 0
+            || self.answer.max_output_tokens > self.answer.max_output_tokens_limit
+        {
+            problems.push(format!(
+                "answer.max_output_tokens must be between 1 and answer.max_output_tokens_limit ({})",
+                self.answer.max_output_tokens_limit
+            ));
+        }
+        self.limits.problems(&mut problems);
         if !(self.search.rrf_k.is_finite() && self.search.rrf_k > 0.0) {
             problems.push("search.rrf_k must be a positive number".into());
         }

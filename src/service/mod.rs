@@ -12,14 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use answer::{AnswerEvent, AnswerRequest, AnswerSummary, Citation, EXTRACTIVE_MODEL};
-pub use chat::{ChatCall, ChatFailure, DEFAULT_TEMPERATURE};
+pub use chat::{ChatCall, ChatFailure, DEFAULT_TEMPERATURE, RatedChat};
 pub use index::IndexFilters;
 
 use crate::config::{Config, FusionMethod, IndexConfig};
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
+use crate::limits::{CallLimit, RateLimiter};
 use crate::retrieve::{Retriever, SearchRequest, SearchResult};
 use crate::route::Router;
+use crate::stores::lock::DataDirLock;
 use crate::stores::{SourceInfo, StoreKind};
 
 /// A search as a caller states it, before limits are applied.
@@ -56,6 +58,12 @@ pub struct Service {
     /// Resolves bucket secrets (`env:NAME`) and gives bucket clients the standard
     /// `AWS_*`, `AZURE_*` and `GOOGLE_*` variables, at each run.
     env: HashMap<String, String>,
+    /// Requests and tokens per minute, per caller (`[limits]`).
+    rate_limiter: RateLimiter,
+    /// Calls in flight on both edges (`server.max_concurrent_calls`).
+    call_limit: CallLimit,
+    /// This process is the one writer of its data dir; None: it writes nothing local.
+    _data_dir_lock: Option<DataDirLock>,
 }
 
 impl Service {
@@ -63,6 +71,8 @@ impl Service {
     /// problem is a startup error naming the config key.
     pub async fn build(config: Config, env: &HashMap<String, String>) -> Result<Self> {
         config.validate()?;
+        // Before any store opens: the dense store loads its snapshot at open.
+        let data_dir_lock = build::data_dir_lock(&config)?;
         let http = build::http_client()?;
         let build::Embedders { by_space, query } = build::embedders(&config, env, &http).await?;
         let embedders = by_space
@@ -85,12 +95,28 @@ impl Service {
             router,
             index_locks,
             env: env.clone(),
+            rate_limiter: RateLimiter::from_config(&config.limits),
+            call_limit: CallLimit::new(config.server.max_concurrent_calls),
+            _data_dir_lock: data_dir_lock,
             config,
         })
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The server-wide limit on calls in flight; each edge layers it
+    /// ([`CallLimit::layer`]) so both count together.
+    pub fn call_limit(&self) -> &CallLimit {
+        &self.call_limit
+    }
+
+    /// Per-caller rate limits. Today `Service::chat` admits every chat call (the
+    /// facade and `Answer` with a model); `Search`, `Index` and `Admin` are to
+    /// admit through it too once every entrance knows its caller (the principal).
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.rate_limiter
     }
 
     /// The router described by a config, for `route explain`: reads no
