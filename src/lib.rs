@@ -53,6 +53,7 @@ pub mod eval;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ingest;
+pub mod limits;
 pub mod llm;
 pub mod retrieve;
 pub mod route;

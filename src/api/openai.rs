@@ -25,18 +25,22 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::Credentials;
 use crate::error::{Error, ErrorKind, Result};
+use crate::limits::{Protocol, Quota, RateLimitStatus};
 use crate::llm::{ChatMessage, Role};
 use crate::route::{AttemptOutcome, RouteEvent, RouteSummary};
 use crate::service::{ChatCall, Service};
 
-/// The facade's routes over the service; the body limit is `server.max_message_bytes`.
+/// The facade's routes over the service; the body limit is `server.max_message_bytes`,
+/// and every call counts against the server-wide `server.max_concurrent_calls`.
 /// [`super::serve`] serves it beside gRPC.
 pub(super) fn app(service: Arc<Service>) -> axum::Router {
     let limit = service.config().server.max_message_bytes;
+    let call_limit = service.call_limit().layer(Protocol::Http);
     axum::Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(call_limit)
         .with_state(service)
 }
 
@@ -95,7 +99,8 @@ async fn chat_completions(
     body: axum::body::Bytes,
 ) -> Response {
     let credentials = Credentials::from_http(&headers, &extensions);
-    match start(&service, &credentials, &headers, &body).await {
+    let (rate, started) = start(&service, &credentials, &headers, &body).await;
+    let mut response = match started {
         Ok((started, stream, include_usage, id)) => {
             if stream {
                 streamed(started, include_usage, id).into_response()
@@ -104,22 +109,58 @@ async fn chat_completions(
             }
         }
         Err(error) => error_response(&error),
+    };
+    if let Some(rate) = rate {
+        rate_limit_headers(response.headers_mut(), &rate);
     }
+    response
 }
 
 type Started = (crate::route::Started, bool, bool, String);
 
+/// Starts the call; the rate status is known once the caller is, whether the call
+/// then starts or not.
 async fn start(
     service: &Service,
     credentials: &Credentials,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Started> {
+) -> (Option<RateLimitStatus>, Result<Started>) {
     // Who is calling comes first: an anonymous caller learns nothing from the body's checks.
-    let principal = service.authenticate(credentials).await?;
-    let request: CompletionRequest = serde_json::from_slice(body)
-        .map_err(|error| Error::invalid(format!("invalid request body: {error}")))?;
-    let messages = messages(&request)?;
+    let principal = match service.authenticate(credentials).await {
+        Ok(principal) => principal,
+        Err(error) => return (None, Err(error)),
+    };
+    let request: CompletionRequest = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(error) => {
+            let error = Error::invalid(format!("invalid request body: {error}"));
+            return (None, Err(error));
+        }
+    };
+    let call = match chat_call(service, headers, &request) {
+        Ok(call) => call,
+        Err(error) => return (None, Err(error)),
+    };
+    let rated = service.rated_chat(&principal, call).await;
+    let include_usage = request
+        .stream_options
+        .as_ref()
+        .is_some_and(|options| options.include_usage);
+    let started = rated
+        .result
+        .map(|started| (started, request.stream, include_usage, completion_id()))
+        .map_err(Error::from);
+    (rated.rate, started)
+}
+
+/// The request as a chat call, after the checks only the facade can make.
+fn chat_call(
+    service: &Service,
+    headers: &HeaderMap,
+    request: &CompletionRequest,
+) -> Result<ChatCall> {
+    let messages = messages(request)?;
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     let (model, tier) = match request.model.as_deref() {
         None | Some("" | "auto") => (None, None),
@@ -139,26 +180,28 @@ async fn start(
             })
             .unwrap_or_default()
     };
-    let started = service
-        .chat(
-            &principal,
-            ChatCall {
-                model,
-                tier,
-                allowed_clouds: list("x-skyfuse-allowed-clouds"),
-                allowed_regions: list("x-skyfuse-allowed-regions"),
-                messages,
-                max_output_tokens: request.max_completion_tokens.or(request.max_tokens),
-                temperature: request.temperature,
-                deadline: None,
-            },
-        )
-        .await?;
-    let include_usage = request
-        .stream_options
-        .as_ref()
-        .is_some_and(|options| options.include_usage);
-    Ok((started, request.stream, include_usage, completion_id()))
+    let (field, max_output_tokens) = match (request.max_completion_tokens, request.max_tokens) {
+        (Some(tokens), _) => ("max_completion_tokens", Some(tokens)),
+        (None, tokens) => ("max_tokens", tokens),
+    };
+    let cap = service.config().answer.max_output_tokens_limit;
+    if let Some(asked) = max_output_tokens
+        && asked > cap
+    {
+        return Err(Error::invalid(format!(
+            "{field} is {asked}, more than this server allows (answer.max_output_tokens_limit = {cap})"
+        )));
+    }
+    Ok(ChatCall {
+        model,
+        tier,
+        allowed_clouds: list("x-skyfuse-allowed-clouds"),
+        allowed_regions: list("x-skyfuse-allowed-regions"),
+        messages,
+        max_output_tokens,
+        temperature: request.temperature,
+        deadline: None,
+    })
 }
 
 fn messages(request: &CompletionRequest) -> Result<Vec<ChatMessage>> {
@@ -358,6 +401,48 @@ fn route_headers(headers: &mut HeaderMap, summary: &RouteSummary) {
         "x-skyfuse-failover-count",
         summary.failover_count().to_string(),
     );
+}
+
+/// OpenAI's `x-ratelimit-*` headers, for each limit the caller has.
+fn rate_limit_headers(headers: &mut HeaderMap, rate: &RateLimitStatus) {
+    for (noun, quota) in [("requests", rate.requests), ("tokens", rate.tokens)] {
+        let Some(quota) = quota else {
+            continue;
+        };
+        let Quota {
+            limit,
+            remaining,
+            reset,
+        } = quota;
+        for (name, value) in [
+            (format!("x-ratelimit-limit-{noun}"), limit.to_string()),
+            (
+                format!("x-ratelimit-remaining-{noun}"),
+                remaining.to_string(),
+            ),
+            (format!("x-ratelimit-reset-{noun}"), reset_text(reset)),
+        ] {
+            if let (Ok(name), Ok(value)) = (
+                axum::http::HeaderName::try_from(name),
+                HeaderValue::from_str(&value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+    }
+}
+
+/// A duration as OpenAI writes its resets: `20ms`, `1s`, `6m0s`.
+fn reset_text(reset: std::time::Duration) -> String {
+    let millis = reset.as_millis();
+    if millis < 1000 {
+        return format!("{millis}ms");
+    }
+    let seconds = millis.div_ceil(1000);
+    match seconds / 60 {
+        0 => format!("{seconds}s"),
+        minutes => format!("{minutes}m{}s", seconds % 60),
+    }
 }
 
 /// OpenAI's error shape, with the status its kind means.

@@ -310,6 +310,7 @@ pub(super) fn grpc_server(
     drained: impl Future<Output = ()> + Send + 'static,
 ) -> Result<impl Future<Output = Result<()>>> {
     let limit = options.max_message_bytes;
+    let call_limit = service.call_limit().layer(crate::limits::Protocol::Grpc);
     let retrieval = RetrievalServiceServer::new(RetrievalApi {
         service: service.clone(),
     })
@@ -339,6 +340,7 @@ pub(super) fn grpc_server(
         .http2_keepalive_timeout(Some(options.http2_keepalive_timeout))
         // The connection's peer certificate and in-process mark, for the auth layer.
         .layer(tower::util::MapRequestLayer::new(mark_grpc_request))
+        .layer(call_limit)
         .add_service(health)
         .add_service(reflection)
         .add_service(retrieval)

@@ -11,7 +11,11 @@ pub struct AnswerConfig {
     pub top_k: u32,
     /// Prompt budget for the passages, in tokens (estimated at 4 characters a token).
     pub context_budget_tokens: usize,
+    /// Output tokens a call gets when it asks for none.
     pub max_output_tokens: u32,
+    /// The most output tokens a call may ask for (`max_output_tokens` on gRPC,
+    /// `max_tokens` on the facade); more is refused as an invalid argument.
+    pub max_output_tokens_limit: u32,
 }
 
 impl Default for AnswerConfig {
@@ -21,6 +25,7 @@ impl Default for AnswerConfig {
             top_k: 5,
             context_budget_tokens: 3_000,
             max_output_tokens: 512,
+            max_output_tokens_limit: 8192,
         }
     }
 }

@@ -17,6 +17,7 @@ mod include;
 mod index;
 mod issuer;
 mod ingest;
+mod limits;
 mod price;
 mod provider;
 mod role;
@@ -45,6 +46,7 @@ pub use include::IndexDefinition;
 pub use index::IndexConfig;
 pub use issuer::IssuerConfig;
 pub use ingest::{ExtractionMode, IngestConfig};
+pub use limits::{CallerLimitsConfig, LimitsConfig};
 pub use price::PriceConfig;
 pub use provider::{
     AzureOpenAiConfig, BedrockConfig, OciConfig, OpenAiCompatConfig, ProviderConfig, ProviderKind,
@@ -123,6 +125,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub ingest: IngestConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 impl Config {
@@ -241,6 +245,18 @@ impl Config {
         if let Some(tls) = &self.tls {
             tls.problems(&mut problems);
         }
+        if server.max_concurrent_calls == 0 {
+            problems.push("server.max_concurrent_calls must be at least 1".into());
+        }
+        if self.answer.max_output_tokens == 0
+            || self.answer.max_output_tokens > self.answer.max_output_tokens_limit
+        {
+            problems.push(format!(
+                "answer.max_output_tokens must be between 1 and answer.max_output_tokens_limit ({})",
+                self.answer.max_output_tokens_limit
+            ));
+        }
+        self.limits.problems(&mut problems);
         if !(self.search.rrf_k.is_finite() && self.search.rrf_k > 0.0) {
             problems.push("search.rrf_k must be a positive number".into());
         }

@@ -20,6 +20,10 @@ pub struct ServerConfig {
     pub max_query_chars: usize,
     /// Requests served at once per connection; more wait.
     pub max_concurrent_requests: usize,
+    /// Calls served at once by the whole server, both edges together, each counted
+    /// until its response (a stream included) ends; more are refused at once with
+    /// `RESOURCE_EXHAUSTED` / HTTP 429. Health checks and reflection are not counted.
+    pub max_concurrent_calls: usize,
     /// Deadline for a call that sets none.
     pub default_timeout_ms: u64,
     /// How long in-flight calls may finish after shutdown is asked.
@@ -95,6 +99,7 @@ impl Default for ServerConfig {
             default_top_k: 10,
             max_query_chars: 4096,
             max_concurrent_requests: 256,
+            max_concurrent_calls: 1024,
             default_timeout_ms: 10_000,
             shutdown_grace_ms: 5_000,
             allow_anonymous: false,

@@ -4,11 +4,13 @@
 //! config key.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, LOCAL_PROVIDER, ProviderConfig, RoutingConfig, SpaceConfig};
+use crate::config::{
+    Config, LOCAL_PROVIDER, ProviderConfig, RoutingConfig, SpaceConfig, StoreConfig,
+};
 use crate::embed::adapter::LinearAdapter;
 use crate::embed::local::LocalEmbedder;
 use crate::embed::providers as embed_providers;
@@ -18,6 +20,7 @@ use crate::embed::{Embedder, EmbeddingProvider, EmbeddingSpace};
 use crate::error::{Error, Result};
 use crate::llm::ChatTarget;
 use crate::route::{Catalog, Deployment, Router};
+use crate::stores::lock::DataDirLock;
 use crate::stores::open::OpenContext;
 use crate::stores::{self, Source};
 
@@ -122,6 +125,40 @@ async fn load_local_model(space: &SpaceConfig) -> Result<LocalEmbedder> {
     tokio::task::spawn_blocking(move || LocalEmbedder::load_native(&id, &model_dir))
         .await
         .map_err(|error| Error::internal(format!("model loading panicked: {error}")))?
+}
+
+/// Locks the folders this service writes local data in, before anything is opened:
+/// the data dir (manifests, adapters, local stores) when an index or a local store
+/// is configured, and each local store folder outside it. None: nothing local.
+pub(super) fn data_dir_lock(config: &Config) -> Result<Option<DataDirLock>> {
+    let local_stores: Vec<PathBuf> = config
+        .sources
+        .iter()
+        .filter(|source| {
+            matches!(
+                source.store,
+                StoreConfig::Tantivy(_) | StoreConfig::Dense(_)
+            )
+        })
+        .map(|source| stores::open::local_dir(source, &config.server.data_dir))
+        .collect();
+    if local_stores.is_empty() && config.indexes.is_empty() {
+        return Ok(None);
+    }
+    let canonical = |folder: &Path| -> Result<PathBuf> {
+        std::fs::create_dir_all(folder)
+            .and_then(|()| folder.canonicalize())
+            .map_err(|error| Error::config(format!("cannot create {}: {error}", folder.display())))
+    };
+    let data_dir = canonical(&config.server.data_dir)?;
+    let mut folders = vec![data_dir.clone()];
+    for store in &local_stores {
+        let store = canonical(store)?;
+        if !store.starts_with(&data_dir) && !folders.contains(&store) {
+            folders.push(store);
+        }
+    }
+    DataDirLock::acquire(&folders).map(Some)
 }
 
 /// Every `[[source]]` opened by the store registry.

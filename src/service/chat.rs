@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Service;
-use crate::auth::Principal;
 use crate::error::{Error, Result};
+use crate::auth::Principal;
+use crate::limits::RateLimitStatus;
 use crate::llm::prompt::request_tokens;
 use crate::llm::{ChatMessage, ChatRequest};
-use crate::route::{RouteRequest, RouteSummary, Router, Started};
+use crate::route::{Caller, RouteRequest, RouteSummary, Router, Started};
 
 /// Sampling temperature when a call does not set one.
 pub const DEFAULT_TEMPERATURE: f32 = 0.2;
@@ -58,32 +59,82 @@ impl From<Error> for ChatFailure {
     }
 }
 
+/// A chat call and where its caller stands against its rate limits (for the
+/// facade's `x-ratelimit-*` headers, on success and refusal alike).
+pub struct RatedChat {
+    /// None when the call was refused before its caller was known.
+    pub rate: Option<RateLimitStatus>,
+    pub result: std::result::Result<Started, ChatFailure>,
+}
+
 impl Service {
     /// Authenticates the caller, plans the route and tries its candidates until one
     /// produces a first token; the rest of the answer streams from [`Started`].
     pub async fn chat(
         &self,
         principal: &Principal,
-        mut call: ChatCall,
+        call: ChatCall,
     ) -> std::result::Result<Started, ChatFailure> {
+        self.rated_chat(principal, call).await.result
+    }
+
+    /// [`Service::chat`], also saying where the caller stands against its rate
+    /// limits: each call counts one request and its tokens (the prompt estimate
+    /// plus the output it may produce), or is refused with `Throttled` and a
+    /// `retry_after` before anything is planned or sent.
+    pub async fn rated_chat(&self, principal: &Principal, mut call: ChatCall) -> RatedChat {
         // The caller's permission first: one without chat learns nothing about models.
-        let caller = principal.permissions().chat_caller(principal.id())?;
-        let router = self.chat_router()?;
+        let caller = match principal.permissions().chat_caller(principal.id()) {
+            Ok(caller) => caller,
+            Err(error) => return unrated(error),
+        };
+        let router = match self.chat_router() {
+            Ok(router) => router,
+            Err(error) => return unrated(error),
+        };
+        let max_output_tokens = match self.max_output_tokens(&call) {
+            Ok(tokens) => tokens,
+            Err(error) => return unrated(error),
+        };
         let request = ChatRequest {
             messages: std::mem::take(&mut call.messages),
-            max_output_tokens: call
-                .max_output_tokens
-                .unwrap_or(self.config.answer.max_output_tokens),
+            max_output_tokens,
             temperature: call.temperature.unwrap_or(DEFAULT_TEMPERATURE),
         };
-        let route_request =
-            route_request(&call, request_tokens(&request), request.max_output_tokens);
-        let plan = router.plan(&caller, &route_request)?;
+        let input_tokens = request_tokens(&request);
+        let tokens = input_tokens.saturating_add(u64::from(max_output_tokens));
+        let rate = match self.rate_limiter.admit(principal.id(), 1, tokens) {
+            Ok(status) => status,
+            Err(limited) => {
+                return RatedChat {
+                    rate: Some(limited.status),
+                    result: Err(limited.into_error().into()),
+                };
+            }
+        };
+        RatedChat {
+            rate: Some(rate),
+            result: self
+                .routed_chat(router, &caller, &call, &request, input_tokens)
+                .await,
+        }
+    }
+
+    async fn routed_chat(
+        &self,
+        router: &Router,
+        caller: &Caller,
+        call: &ChatCall,
+        request: &ChatRequest,
+        input_tokens: u64,
+    ) -> std::result::Result<Started, ChatFailure> {
+        let route_request = route_request(call, input_tokens, request.max_output_tokens);
+        let plan = router.plan(caller, &route_request)?;
         let deadline = call
             .deadline
             .unwrap_or_else(|| Instant::now() + router.attempt_timeout());
         router
-            .start(&caller, &plan, &request, deadline.into())
+            .start(caller, &plan, request, deadline.into())
             .await
             .map_err(|failure| ChatFailure {
                 error: failure.error,
@@ -98,11 +149,23 @@ impl Service {
         // The caller's permission first: one without chat learns nothing about models.
         let caller = principal.permissions().chat_caller(principal.id())?;
         let router = self.chat_router()?;
-        let max_output_tokens = call
-            .max_output_tokens
-            .unwrap_or(self.config.answer.max_output_tokens);
+        let max_output_tokens = self.max_output_tokens(call)?;
         router.plan(&caller, &route_request(call, 0, max_output_tokens))?;
         Ok(())
+    }
+
+    /// The output tokens a call may produce: what it asks for, at most
+    /// `answer.max_output_tokens_limit`, else `answer.max_output_tokens`.
+    fn max_output_tokens(&self, call: &ChatCall) -> Result<u32> {
+        let answer = &self.config.answer;
+        match call.max_output_tokens {
+            Some(asked) if asked > answer.max_output_tokens_limit => Err(Error::invalid(format!(
+                "max_output_tokens is {asked}, more than this server allows (answer.max_output_tokens_limit = {})",
+                answer.max_output_tokens_limit
+            ))),
+            Some(asked) => Ok(asked),
+            None => Ok(answer.max_output_tokens),
+        }
     }
 
     /// Models a chat call may name, sorted; empty when no model is configured.
@@ -150,6 +213,13 @@ impl Service {
                 "no language model is configured: add [[deployment]]s or answer.provider",
             )
         })
+    }
+}
+
+fn unrated(error: Error) -> RatedChat {
+    RatedChat {
+        rate: None,
+        result: Err(error.into()),
     }
 }
 

@@ -12,15 +12,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use answer::{AnswerEvent, AnswerRequest, AnswerSummary, Citation, EXTRACTIVE_MODEL};
-pub use chat::{ChatCall, ChatFailure, DEFAULT_TEMPERATURE};
+pub use chat::{ChatCall, ChatFailure, DEFAULT_TEMPERATURE, RatedChat};
 pub use index::IndexFilters;
 
 use crate::auth::{Authenticator, Credentials, Principal};
 use crate::config::{Config, FusionMethod, IndexConfig};
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
+use crate::limits::{CallLimit, RateLimiter};
 use crate::retrieve::{Retriever, SearchRequest, SearchResult};
 use crate::route::Router;
+use crate::stores::lock::DataDirLock;
 use crate::stores::{SourceInfo, StoreKind};
 
 /// A search as a caller states it, before limits are applied.
@@ -61,6 +63,12 @@ pub struct Service {
     env: HashMap<String, String>,
     /// Where indexing runs parse untrusted formats (`[ingest] extraction`).
     extractor: crate::ingest::Extractor,
+    /// Requests and tokens per minute, per caller (`[limits]`).
+    rate_limiter: RateLimiter,
+    /// Calls in flight on both edges (`server.max_concurrent_calls`).
+    call_limit: CallLimit,
+    /// This process is the one writer of its data dir; None: it writes nothing local.
+    _data_dir_lock: Option<DataDirLock>,
 }
 
 impl Service {
@@ -68,6 +76,8 @@ impl Service {
     /// problem is a startup error naming the config key.
     pub async fn build(config: Config, env: &HashMap<String, String>) -> Result<Self> {
         config.validate()?;
+        // Before any store opens: the dense store loads its snapshot at open.
+        let data_dir_lock = build::data_dir_lock(&config)?;
         let http = build::http_client()?;
         let build::Embedders { by_space, query } = build::embedders(&config, env, &http).await?;
         let embedders = by_space
@@ -94,6 +104,9 @@ impl Service {
             authenticator,
             index_locks,
             env: env.clone(),
+            rate_limiter: RateLimiter::from_config(&config.limits),
+            call_limit: CallLimit::new(config.server.max_concurrent_calls),
+            _data_dir_lock: data_dir_lock,
             config,
         })
     }
@@ -112,6 +125,18 @@ impl Service {
     /// The identities this service checks (for tests and startup logs).
     pub fn authenticator(&self) -> &Authenticator {
         &self.authenticator
+    }
+
+    /// The server-wide limit on calls in flight; each edge layers it
+    /// ([`CallLimit::layer`]) so both count together.
+    pub fn call_limit(&self) -> &CallLimit {
+        &self.call_limit
+    }
+
+    /// Per-caller rate limits, keyed by the principal's id: every chat call (the
+    /// facade and `Answer` with a model) is admitted through it.
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.rate_limiter
     }
 
     /// The router described by a config, for `route explain`: reads no

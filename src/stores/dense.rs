@@ -15,6 +15,10 @@
 //! which applies them to a copy of the published snapshot, writes it to disk, and
 //! then swaps it in. Searches hold an `Arc` to an immutable snapshot, so they never
 //! see a half-applied commit. Uncommitted writes are lost when the process stops.
+//! A failed commit puts its writes back for the next commit once, and drops those
+//! it had put back already, so the queue stays bounded however often commits fail.
+//! Only one process writes a data dir (`stores::lock`): a second writer would
+//! overwrite this snapshot with its own older one.
 //!
 //! ## On-disk format
 //!
@@ -93,11 +97,26 @@ enum PendingWrite {
     DeleteObjects(Vec<String>),
 }
 
+/// A write in the queue, and whether a failed commit already put it back once.
+struct QueuedWrite {
+    write: PendingWrite,
+    requeued: bool,
+}
+
+impl QueuedWrite {
+    fn new(write: PendingWrite) -> Self {
+        Self {
+            write,
+            requeued: false,
+        }
+    }
+}
+
 struct DenseInner {
     dimensions: usize,
     directory: PathBuf,
     published: RwLock<Arc<DenseSnapshot>>,
-    pending: Mutex<Vec<PendingWrite>>,
+    pending: Mutex<Vec<QueuedWrite>>,
     /// Serializes commits: each one builds on the snapshot the previous published.
     commit_lock: Mutex<()>,
 }
@@ -185,11 +204,22 @@ impl DenseInner {
         let next = match next {
             Ok(next) => next,
             Err(error) => {
-                // Put the writes back in front of any that arrived meanwhile, so a
-                // later commit can still make them durable.
+                // Put the writes back once, in front of any that arrived meanwhile:
+                // a run sharing this store may still commit them. Writes a failed
+                // commit already put back are dropped, so the queue cannot grow run
+                // after failed run (a full disk under `--watch`). Dropping is safe:
+                // a run records objects in its manifest only after its commit
+                // succeeds, so a failed run's objects are redone by the next run.
                 let mut pending = lock_ignoring_poison(&self.pending);
                 let arrived_meanwhile = std::mem::take(&mut *pending);
-                *pending = pending_writes;
+                *pending = pending_writes
+                    .into_iter()
+                    .filter(|queued| !queued.requeued)
+                    .map(|queued| QueuedWrite {
+                        requeued: true,
+                        ..queued
+                    })
+                    .collect();
                 pending.extend(arrived_meanwhile);
                 return Err(error);
             }
@@ -359,7 +389,7 @@ fn decode_snapshot(bytes: &[u8], dims: usize) -> Result<DenseSnapshot> {
 /// Build the next snapshot: the base plus the pending writes, in order.
 fn apply_writes(
     base: &DenseSnapshot,
-    writes: &[PendingWrite],
+    writes: &[QueuedWrite],
     dims: usize,
 ) -> Result<DenseSnapshot> {
     let mut chunks = base.chunks.clone();
@@ -370,7 +400,7 @@ fn apply_writes(
         .map(|(row, chunk)| (chunk.chunk_id.clone(), row))
         .collect();
     for write in writes {
-        match write {
+        match &write.write {
             PendingWrite::Upsert(items) => {
                 for (chunk, vector) in items {
                     // Replace in place so a re-upsert keeps its row and the count.
@@ -641,7 +671,8 @@ impl SearchBackend for DenseStore {
             )?;
             items.push((chunk.clone(), vector));
         }
-        lock_ignoring_poison(&self.inner.pending).push(PendingWrite::Upsert(items));
+        lock_ignoring_poison(&self.inner.pending)
+            .push(QueuedWrite::new(PendingWrite::Upsert(items)));
         Ok(())
     }
 
@@ -649,8 +680,9 @@ impl SearchBackend for DenseStore {
         if object_keys.is_empty() {
             return Ok(());
         }
-        lock_ignoring_poison(&self.inner.pending)
-            .push(PendingWrite::DeleteObjects(object_keys.to_vec()));
+        lock_ignoring_poison(&self.inner.pending).push(QueuedWrite::new(
+            PendingWrite::DeleteObjects(object_keys.to_vec()),
+        ));
         Ok(())
     }
 
@@ -1001,6 +1033,40 @@ mod tests {
         assert_eq!(store.count().await.expect("count"), 5);
         let reopened = DenseStore::open(source_info(), DIMS, &store_directory).expect("reopen");
         assert_eq!(reopened.count().await.expect("count"), 5);
+    }
+
+    #[tokio::test]
+    async fn failed_commits_put_writes_back_once_so_the_queue_does_not_grow() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let store_directory = directory.path().join("store");
+        let store = store_with_samples(&store_directory).await;
+        std::fs::remove_dir_all(&store_directory).expect("remove");
+        // Three runs on a disk that refuses every commit, each writing its chunk.
+        for run in ["west", "south", "down"] {
+            store
+                .upsert(&[chunk(run, 0, run, [-1.0, 0.0, 0.0, 0.0])])
+                .await
+                .expect("upsert");
+            store.commit().await.expect_err("nowhere to write");
+            assert!(
+                lock_ignoring_poison(&store.inner.pending).len() <= 2,
+                "at most this run's writes and the last failed run's"
+            );
+        }
+        std::fs::create_dir_all(&store_directory).expect("recreate");
+        store.commit().await.expect("commit");
+        let hits = store
+            .search(&query(&[-1.0, 0.0, 0.0, 0.0], 10))
+            .await
+            .expect("search");
+        let mut committed: Vec<&str> = chunk_ids(&hits)
+            .into_iter()
+            .filter(|id| !["east#0", "north#0", "north#1", "up#0"].contains(id))
+            .collect();
+        committed.sort_unstable();
+        // West and south failed two commits each and were dropped (their runs
+        // redo them); down failed one and is still queued.
+        assert_eq!(committed, ["down#0"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,6 +6,7 @@
 
 pub mod dense;
 pub mod local_bm25;
+pub mod lock;
 pub mod open;
 pub mod opensearch;
 pub mod qdrant;

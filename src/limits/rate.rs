@@ -1,0 +1,438 @@
+//! Per-caller rate limits: requests per minute and tokens per minute, each a GCRA
+//! cell (the "generic cell rate algorithm": one timestamp per caller and limit, the
+//! theoretical arrival time, instead of a token count refilled by a timer).
+//!
+//! A limit of `n` per minute lets a caller spend one unit every `60 s / n`, with a
+//! burst of the whole minute: an idle caller may use all `n` at once, then one more
+//! every `60 s / n`. Tokens are charged up front (the prompt estimate plus the
+//! output asked for) and the unused part can be given back when the call ends
+//! ([`RateLimiter::refund_tokens`]).
+//!
+//! Keyed by the caller's id. Anonymous callers share the one key `anonymous`: the
+//! server is anonymous only on loopback (or when the operator says so), a peer
+//! address is not known at the service seam, and one shared key keeps the map
+//! bounded. The map is swept of callers whose cells are full again when it grows
+//! past [`SWEEP_ABOVE_CALLERS`], so many distinct ids (OIDC subjects) cost memory
+//! only while they are active.
+//!
+//! Times come from tokio's clock, so tests drive it with a paused clock.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::LimitsConfig;
+use crate::error::Error;
+
+/// The window every limit is stated over.
+const PERIOD: Duration = Duration::from_secs(60);
+
+/// Above this many tracked callers, an admission first drops the idle ones.
+const SWEEP_ABOVE_CALLERS: usize = 4096;
+
+/// What one caller may use per minute; None: unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallerLimits {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// Where a caller stands against one limit, as OpenAI's `x-ratelimit-*` headers say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Units per minute.
+    pub limit: u64,
+    /// Units that could be used right now.
+    pub remaining: u64,
+    /// Until the caller is back to the whole `limit`.
+    pub reset: Duration,
+}
+
+/// Where a caller stands after an admission; a None part is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitStatus {
+    pub requests: Option<Quota>,
+    pub tokens: Option<Quota>,
+}
+
+/// Which limit refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateKind {
+    Requests,
+    Tokens,
+}
+
+impl RateKind {
+    fn noun(self) -> &'static str {
+        match self {
+            RateKind::Requests => "requests",
+            RateKind::Tokens => "tokens",
+        }
+    }
+}
+
+/// A refused admission: nothing was charged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limited {
+    pub kind: RateKind,
+    /// When the same call would fit; None: it never fits (it asks for more tokens
+    /// than a whole minute allows).
+    pub retry_after: Option<Duration>,
+    /// What the call asked for, and the limit it met.
+    pub asked: u64,
+    pub limit: u64,
+    /// Where the caller stands (unchanged by the refusal).
+    pub status: RateLimitStatus,
+}
+
+impl Limited {
+    /// `RESOURCE_EXHAUSTED` with `retry-after` (HTTP 429), or `INVALID_ARGUMENT` for
+    /// a call that can never fit.
+    pub fn into_error(self) -> Error {
+        let noun = self.kind.noun();
+        match self.retry_after {
+            Some(wait) => Error::throttled(
+                format!(
+                    "rate limit: over {} {noun} per minute (limits.{noun}_per_minute); retry in {} s",
+                    self.limit,
+                    wait.as_secs().max(1)
+                ),
+                Some(wait.max(Duration::from_secs(1))),
+            ),
+            None => Error::invalid(format!(
+                "this call may use {} {noun}, more than the {} per minute its caller is allowed (limits.{noun}_per_minute)",
+                self.asked, self.limit
+            )),
+        }
+    }
+}
+
+/// One GCRA cell: `tat` is when the cell would be full again, in nanoseconds
+/// since the limiter's epoch; at or before now means full.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cell {
+    tat: u128,
+}
+
+impl Cell {
+    /// Nanoseconds one unit costs under `limit` per minute (at least 1).
+    fn interval(limit: u64) -> u128 {
+        (PERIOD.as_nanos() / u128::from(limit.max(1))).max(1)
+    }
+
+    /// Where the next `units` would move `tat`, or the refusal.
+    fn check(&self, now: u128, units: u64, limit: u64) -> Result<u128, Option<Duration>> {
+        let period = PERIOD.as_nanos();
+        let cost = u128::from(units).saturating_mul(Self::interval(limit));
+        if cost > period {
+            return Err(None);
+        }
+        let next = self.tat.max(now).saturating_add(cost);
+        let ahead = next - now;
+        if ahead > period {
+            return Err(Some(nanos(ahead - period)));
+        }
+        Ok(next)
+    }
+
+    fn quota(&self, now: u128, limit: u64) -> Quota {
+        let ahead = self.tat.saturating_sub(now);
+        let free = PERIOD.as_nanos().saturating_sub(ahead);
+        let remaining = (free / Self::interval(limit)).min(u128::from(limit));
+        Quota {
+            limit,
+            remaining: u64::try_from(remaining).unwrap_or(limit),
+            reset: nanos(ahead),
+        }
+    }
+}
+
+fn nanos(value: u128) -> Duration {
+    Duration::from_nanos(u64::try_from(value).unwrap_or(u64::MAX))
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct CallerCells {
+    requests: Cell,
+    tokens: Cell,
+}
+
+/// Rate limits for every caller: a default and overrides by id.
+#[derive(Debug)]
+pub struct RateLimiter {
+    defaults: CallerLimits,
+    overrides: HashMap<String, CallerLimits>,
+    epoch: Instant,
+    cells: Mutex<HashMap<String, CallerCells>>,
+}
+
+impl RateLimiter {
+    /// The limits `[limits]` describes.
+    pub fn from_config(config: &LimitsConfig) -> Self {
+        let defaults = CallerLimits {
+            requests_per_minute: config.requests_per_minute.map(u64::from),
+            tokens_per_minute: config.tokens_per_minute,
+        };
+        let overrides = config
+            .callers
+            .iter()
+            .map(|caller| {
+                let limits = CallerLimits {
+                    requests_per_minute: caller
+                        .requests_per_minute
+                        .map(u64::from)
+                        .or(defaults.requests_per_minute),
+                    tokens_per_minute: caller.tokens_per_minute.or(defaults.tokens_per_minute),
+                };
+                (caller.id.clone(), limits)
+            })
+            .collect();
+        Self::new(defaults, overrides)
+    }
+
+    pub fn new(defaults: CallerLimits, overrides: HashMap<String, CallerLimits>) -> Self {
+        Self {
+            defaults,
+            overrides,
+            epoch: Instant::now(),
+            cells: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether any caller has a limit at all.
+    pub fn is_unlimited(&self) -> bool {
+        self.defaults == CallerLimits::default()
+            && self
+                .overrides
+                .values()
+                .all(|limits| *limits == CallerLimits::default())
+    }
+
+    /// The limits that apply to `caller_id`.
+    pub fn limits(&self, caller_id: &str) -> CallerLimits {
+        self.overrides
+            .get(caller_id)
+            .copied()
+            .unwrap_or(self.defaults)
+    }
+
+    /// Counts one request of `caller_id`, or refuses it.
+    pub fn admit_request(&self, caller_id: &str) -> Result<RateLimitStatus, Limited> {
+        self.admit(caller_id, 1, 0)
+    }
+
+    /// Charges `tokens` to `caller_id`, or refuses them.
+    pub fn admit_tokens(&self, caller_id: &str, tokens: u64) -> Result<RateLimitStatus, Limited> {
+        self.admit(caller_id, 0, tokens)
+    }
+
+    /// Counts `requests` and `tokens` together: both fit and are charged, or
+    /// neither is.
+    pub fn admit(
+        &self,
+        caller_id: &str,
+        requests: u64,
+        tokens: u64,
+    ) -> Result<RateLimitStatus, Limited> {
+        let limits = self.limits(caller_id);
+        let now = self.now();
+        let mut cells = self.lock();
+        if cells.len() > SWEEP_ABOVE_CALLERS {
+            cells.retain(|_, cell| cell.requests.tat > now || cell.tokens.tat > now);
+        }
+        let cell = cells.entry(caller_id.to_string()).or_default();
+        let refuse = |kind, retry_after, asked, limit, cell: &CallerCells| Limited {
+            kind,
+            retry_after,
+            asked,
+            limit,
+            status: status(cell, limits, now),
+        };
+        let mut next = *cell;
+        if let Some(limit) = limits.requests_per_minute
+            && requests > 0
+        {
+            next.requests.tat = cell
+                .requests
+                .check(now, requests, limit)
+                .map_err(|wait| refuse(RateKind::Requests, wait, requests, limit, cell))?;
+        }
+        if let Some(limit) = limits.tokens_per_minute
+            && tokens > 0
+        {
+            next.tokens.tat = cell
+                .tokens
+                .check(now, tokens, limit)
+                .map_err(|wait| refuse(RateKind::Tokens, wait, tokens, limit, cell))?;
+        }
+        *cell = next;
+        Ok(status(cell, limits, now))
+    }
+
+    /// Gives back tokens charged but not used (the output a call asked for and
+    /// did not produce).
+    pub fn refund_tokens(&self, caller_id: &str, tokens: u64) {
+        let Some(limit) = self.limits(caller_id).tokens_per_minute else {
+            return;
+        };
+        if let Some(cell) = self.lock().get_mut(caller_id) {
+            let back = u128::from(tokens).saturating_mul(Cell::interval(limit));
+            cell.tokens.tat = cell.tokens.tat.saturating_sub(back);
+        }
+    }
+
+    /// Where `caller_id` stands, charging nothing.
+    pub fn status(&self, caller_id: &str) -> RateLimitStatus {
+        let limits = self.limits(caller_id);
+        let now = self.now();
+        let cell = self.lock().get(caller_id).copied().unwrap_or_default();
+        status(&cell, limits, now)
+    }
+
+    fn now(&self) -> u128 {
+        Instant::now().duration_since(self.epoch).as_nanos()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CallerCells>> {
+        // Plain timestamps: a panic elsewhere cannot leave them half-written.
+        self.cells
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn status(cell: &CallerCells, limits: CallerLimits, now: u128) -> RateLimitStatus {
+    RateLimitStatus {
+        requests: limits
+            .requests_per_minute
+            .map(|limit| cell.requests.quota(now, limit)),
+        tokens: limits
+            .tokens_per_minute
+            .map(|limit| cell.tokens.quota(now, limit)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn limiter(requests: Option<u64>, tokens: Option<u64>) -> RateLimiter {
+        RateLimiter::new(
+            CallerLimits {
+                requests_per_minute: requests,
+                tokens_per_minute: tokens,
+            },
+            HashMap::new(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_gets_its_burst_then_one_request_per_interval() {
+        let limiter = limiter(Some(3), None);
+        for left in [2, 1, 0] {
+            let status = limiter.admit_request("a").unwrap();
+            assert_eq!(status.requests.unwrap().remaining, left);
+        }
+        let refused = limiter.admit_request("a").unwrap_err();
+        assert_eq!(refused.kind, RateKind::Requests);
+        // One request every 20 s: the next fits 20 s after the first.
+        assert_eq!(refused.retry_after, Some(Duration::from_secs(20)));
+        assert_eq!(
+            refused.status.requests.unwrap().reset,
+            Duration::from_secs(60)
+        );
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert!(limiter.admit_request("a").is_err());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(limiter.admit_request("a").is_ok());
+        assert!(limiter.admit_request("a").is_err());
+        // Idle for a minute: the whole burst is back.
+        tokio::time::advance(PERIOD).await;
+        assert_eq!(limiter.status("a").requests.unwrap().remaining, 3);
+        assert_eq!(limiter.status("a").requests.unwrap().reset, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_are_counted_apart_and_overrides_win() {
+        let limiter = RateLimiter::new(
+            CallerLimits {
+                requests_per_minute: Some(1),
+                tokens_per_minute: None,
+            },
+            HashMap::from([(
+                "big".to_string(),
+                CallerLimits {
+                    requests_per_minute: Some(100),
+                    tokens_per_minute: None,
+                },
+            )]),
+        );
+        assert!(limiter.admit_request("a").is_ok());
+        assert!(limiter.admit_request("a").is_err());
+        assert!(limiter.admit_request("b").is_ok(), "b is not a's");
+        for _ in 0..100 {
+            assert!(limiter.admit_request("big").is_ok());
+        }
+        assert!(limiter.admit_request("big").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_are_weighted_refunded_and_never_half_charged() {
+        let limiter = limiter(Some(10), Some(1000));
+        assert_eq!(
+            limiter
+                .admit("a", 1, 600)
+                .unwrap()
+                .tokens
+                .unwrap()
+                .remaining,
+            400
+        );
+        // 600 more tokens do not fit: the request is not counted either.
+        let refused = limiter.admit("a", 1, 600).unwrap_err();
+        assert_eq!(refused.kind, RateKind::Tokens);
+        assert_eq!(refused.retry_after, Some(Duration::from_secs(12)));
+        assert_eq!(limiter.status("a").requests.unwrap().remaining, 9);
+        // The call used 100 of its 600: 500 come back.
+        limiter.refund_tokens("a", 500);
+        assert_eq!(limiter.status("a").tokens.unwrap().remaining, 900);
+        assert!(limiter.admit("a", 1, 600).is_ok());
+        // More than a minute's worth never fits, and says so.
+        let never = limiter.admit_tokens("b", 1001).unwrap_err();
+        assert_eq!(never.retry_after, None);
+        let error = never.into_error();
+        assert_eq!(error.kind, ErrorKind::InvalidArgument);
+        assert!(
+            error.message.contains("1001") && error.message.contains("1000"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_throttled_with_a_whole_second_retry_hint() {
+        let limiter = limiter(Some(1), None);
+        limiter.admit_request("a").unwrap();
+        let error = limiter.admit_request("a").unwrap_err().into_error();
+        assert_eq!(error.kind, ErrorKind::Throttled);
+        assert_eq!(error.retry_after, Some(Duration::from_secs(60)));
+        assert!(
+            error.message.contains("limits.requests_per_minute"),
+            "{error}"
+        );
+        assert!(limiter.status("a").tokens.is_none(), "tokens are unlimited");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_callers_are_swept_when_the_map_grows() {
+        let limiter = limiter(Some(1), None);
+        for caller in 0..=SWEEP_ABOVE_CALLERS {
+            limiter.admit_request(&caller.to_string()).unwrap();
+        }
+        tokio::time::advance(PERIOD).await;
+        limiter.admit_request("last").unwrap();
+        assert_eq!(limiter.lock().len(), 1);
+    }
+}
