@@ -276,7 +276,11 @@ async fn grpc_and_the_facade_are_served_over_tls_and_plaintext_to_them_fails() {
         .unwrap()
         .connect_lazy();
     let refused = health(plain).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // The server closes the connection in the handshake: refused, or broken mid-call.
+    assert!(
+        matches!(refused.code(), tonic::Code::Unavailable | tonic::Code::Unknown),
+        "{refused:?}"
+    );
     // Plaintext HTTP to the TLS facade: no response.
     let plain_http = reqwest::get(format!("http://{}/v1/models", server.http.unwrap())).await;
     assert!(plain_http.is_err(), "{plain_http:?}");
@@ -469,7 +473,7 @@ fn get_models(host: &str) -> String {
 async fn the_facade_refuses_simple_cross_site_requests_and_foreign_hosts() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(
-        &format!("{FACADE}allowed_hosts = [\"rag.internal\"]\n"),
+        &FACADE.replace("[facade]\n", "[facade]\nallowed_hosts = [\"rag.internal\"]\n"),
         dir.path(),
     )
     .await;
@@ -575,7 +579,7 @@ async fn connections_over_the_cap_are_closed_and_the_server_still_serves() {
         let fresh = Endpoint::from_shared(format!("http://{}", server.grpc))
             .unwrap()
             .connect_lazy();
-        if matches!(health(fresh).await, Ok(SERVING)) {
+        if health(fresh).await.is_ok_and(|status| status == SERVING) {
             break;
         }
         assert!(
