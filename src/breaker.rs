@@ -127,7 +127,7 @@ impl CircuitBreaker {
             return;
         };
         let mut inner = self.lock();
-        let until = now + retry_after;
+        let until = crate::time_caps::later(now, retry_after);
         inner.not_before = Some(
             inner
                 .not_before

@@ -230,7 +230,7 @@ impl Error {
 
     pub fn throttled(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
         Self {
-            retry_after,
+            retry_after: retry_after.map(crate::time_caps::cap_retry_after),
             ..Self::new(ErrorKind::Throttled, message)
         }
     }

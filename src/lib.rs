@@ -60,3 +60,4 @@ pub mod route;
 pub mod service;
 pub mod stores;
 pub mod telemetry;
+pub mod time_caps;

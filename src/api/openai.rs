@@ -103,7 +103,10 @@ async fn chat_completions(
     let mut response = match started {
         Ok((started, stream, include_usage, id)) => {
             if stream {
-                streamed(started, include_usage, id).into_response()
+                let send_timeout = std::time::Duration::from_millis(
+                    service.config().routing.stream_send_timeout_ms,
+                );
+                streamed(started, include_usage, id, send_timeout).into_response()
             } else {
                 whole(started, id).await
             }
@@ -290,7 +293,12 @@ async fn whole(started: crate::route::Started, id: String) -> Response {
     error_response(&Error::internal("the answer ended without finishing"))
 }
 
-fn streamed(started: crate::route::Started, include_usage: bool, id: String) -> impl IntoResponse {
+fn streamed(
+    started: crate::route::Started,
+    include_usage: bool,
+    id: String,
+    send_timeout: std::time::Duration,
+) -> impl IntoResponse {
     let (sender, receiver) = mpsc::channel::<std::result::Result<Event, Infallible>>(64);
     let model = started.deployment().model.clone();
     let created = unix_now();
@@ -336,8 +344,12 @@ fn streamed(started: crate::route::Started, include_usage: bool, id: String) -> 
                 }
             };
             for data in out {
-                if sender.send(Ok(Event::default().data(data))).await.is_err() {
-                    return; // the client went away; dropping `events` cancels upstream
+                let send = sender.send(Ok(Event::default().data(data)));
+                match tokio::time::timeout(send_timeout, send).await {
+                    Ok(Ok(())) => {}
+                    // The client went away or stopped reading: dropping `events`
+                    // cancels upstream.
+                    _ => return,
                 }
             }
             if !more {
@@ -353,7 +365,7 @@ fn usage_json(summary: &RouteSummary) -> Value {
     json!({
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "total_tokens": usage.input_tokens.saturating_add(usage.output_tokens),
         "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
     })
 }

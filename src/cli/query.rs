@@ -87,6 +87,7 @@ pub async fn run_ask(
         .await?
         .into_inner();
     use std::io::Write;
+    let mut finish_reason = None;
     while let Some(event) = stream.message().await? {
         match event.event {
             Some(proto::answer_event::Event::Token(text)) => {
@@ -133,6 +134,10 @@ pub async fn run_ask(
                     done.cost.unwrap_or_default().usd
                 );
                 print_outcomes(&done.sources, done.degraded);
+                if done.finish_reason != "stop" {
+                    println!("finish reason: {}", done.finish_reason);
+                }
+                finish_reason = Some(done.finish_reason);
             }
             Some(proto::answer_event::Event::Error(error)) => {
                 println!();
@@ -141,7 +146,21 @@ pub async fn run_ask(
             None => {}
         }
     }
-    Ok(())
+    answer_outcome(finish_reason.as_deref())
+}
+
+/// Whether an answer stream ended as a whole answer: a stream without `done` was
+/// cut (the server's task died), and `length` means the text was truncated.
+fn answer_outcome(finish_reason: Option<&str>) -> Result<()> {
+    match finish_reason {
+        None => {
+            bail!("the answer stream ended without its final `done` event: the answer may be cut")
+        }
+        Some("length") => {
+            bail!("the answer was cut at max_output_tokens (finish reason: length)")
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 pub async fn run_sources(channel: Channel) -> Result<()> {
@@ -164,4 +183,19 @@ pub async fn run_sources(channel: Channel) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_without_done_or_cut_at_length_is_a_failure() {
+        assert!(answer_outcome(Some("stop")).is_ok());
+        assert!(answer_outcome(Some("content_filter")).is_ok());
+        let cut = answer_outcome(None).unwrap_err().to_string();
+        assert!(cut.contains("without its final `done`"), "{cut}");
+        let length = answer_outcome(Some("length")).unwrap_err().to_string();
+        assert!(length.contains("finish reason: length"), "{length}");
+    }
 }

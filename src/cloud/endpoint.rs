@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::cloud::auth::RequestAuth;
-use crate::cloud::http::{HttpReply, transport_error};
+use crate::cloud::http::{
+    EMBEDDINGS_BODY_LIMIT, HttpReply, read_error_body, read_limited, transport_error,
+};
 use crate::config::{ProviderConfig, ProviderKind, ProviderSettings};
 use crate::error::{Error, Result};
 
@@ -50,7 +52,8 @@ impl CloudEndpoint {
             .map_err(|error| Error::config(format!("bad request url for {path:?}: {error}")))
     }
 
-    /// POSTs a JSON body, authorized, and reads the whole answer. Only a request
+    /// POSTs a JSON body, authorized, and reads the whole answer (a success body up
+    /// to [`EMBEDDINGS_BODY_LIMIT`], an error body's start). Only a request
     /// that got no answer is an error here; the caller maps statuses.
     pub async fn post_json(
         &self,
@@ -77,10 +80,11 @@ impl CloudEndpoint {
             .map_err(|error| transport_error(service, &error))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|error| transport_error(service, &error))?;
+        let body = if response.status().is_success() {
+            read_limited(service, response, EMBEDDINGS_BODY_LIMIT).await?
+        } else {
+            read_error_body(response).await
+        };
         Ok(HttpReply {
             status,
             headers,

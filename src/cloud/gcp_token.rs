@@ -11,7 +11,9 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::cloud::http::{retry_after, transport_error};
+use crate::cloud::http::{
+    TOKEN_BODY_LIMIT, read_error_body, read_limited, retry_after, transport_error,
+};
 use crate::cloud::rsa_key::RsaPrivateKey;
 use crate::config::Secret;
 use crate::error::{Error, ErrorKind, Result};
@@ -87,7 +89,7 @@ impl MetadataTokens {
             .map_err(|error| transport_error("gce metadata server", &error))?;
         let (token, lifetime) = read_token("gce metadata server", response).await?;
         let keep = lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
-        *cached = Some((token.clone(), Instant::now() + keep));
+        *cached = Some((token.clone(), crate::time_caps::later(Instant::now(), keep)));
         Ok(token)
     }
 }
@@ -96,10 +98,11 @@ impl MetadataTokens {
 async fn read_token(service: &str, response: reqwest::Response) -> Result<(Secret, Duration)> {
     let status = response.status();
     let retry_after = retry_after(response.headers());
-    let body = response
-        .bytes()
-        .await
-        .map_err(|error| transport_error(service, &error))?;
+    let body = if status.is_success() {
+        read_limited(service, response, TOKEN_BODY_LIMIT).await?
+    } else {
+        read_error_body(response).await
+    };
     if !status.is_success() {
         // 400 invalid_grant / 401 invalid_client: the key is wrong or revoked;
         // 403 / 404 from a metadata server: no account attached or no scope.
@@ -123,7 +126,8 @@ async fn read_token(service: &str, response: reqwest::Response) -> Result<(Secre
     let token: TokenResponse = serde_json::from_slice(&body).map_err(|error| {
         Error::unavailable(format!("{service} sent an unreadable answer: {error}"))
     })?;
-    let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600));
+    let lifetime =
+        crate::time_caps::cap_token_lifetime(Duration::from_secs(token.expires_in.unwrap_or(3600)));
     Ok((Secret::new(token.access_token), lifetime))
 }
 
@@ -195,7 +199,7 @@ impl ServiceAccountTokens {
         }
         let (token, lifetime) = self.exchange().await?;
         let keep = lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
-        *cached = Some((token.clone(), Instant::now() + keep));
+        *cached = Some((token.clone(), crate::time_caps::later(Instant::now(), keep)));
         Ok(token)
     }
 

@@ -9,6 +9,7 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 
 use crate::error::{Error, ErrorKind};
+use crate::time_caps::cap_retry_after;
 
 /// A finished HTTP exchange, whatever its status.
 #[derive(Debug)]
@@ -33,24 +34,81 @@ pub fn transport_error(service: &str, error: &reqwest::Error) -> Error {
     Error::unavailable(format!("cannot reach {service}: {error}"))
 }
 
+/// The most of a non-2xx body read for its message; the rest is left unread.
+pub const ERROR_BODY_LIMIT: usize = 64 << 10;
+/// A whole chat answer (non-streaming).
+pub const CHAT_BODY_LIMIT: usize = 16 << 20;
+/// A whole embeddings answer (a batch of vectors as JSON numbers).
+pub const EMBEDDINGS_BODY_LIMIT: usize = 64 << 20;
+/// A token endpoint's answer.
+pub const TOKEN_BODY_LIMIT: usize = 1 << 20;
+
+/// Reads a success body whole, refusing one longer than `limit` bytes (before
+/// reading it when `content-length` says so, else as soon as it passes the limit).
+pub async fn read_limited(
+    service: &str,
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, Error> {
+    let too_long = || Error::unavailable(format!("{service} sent an answer over {limit} bytes"));
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_long());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|error| transport_error(service, &error))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_long());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
+}
+
+/// The start of an error body, at most `ERROR_BODY_LIMIT` bytes; a body that
+/// cannot be read is empty (the status still says what happened).
+pub async fn read_error_body(mut response: reqwest::Response) -> bytes::Bytes {
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = ERROR_BODY_LIMIT - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            _ => break,
+        }
+    }
+    body.into()
+}
+
 /// How long the server asked us to wait: `retry-after-ms` and `x-ms-retry-after-ms`
 /// (Azure, milliseconds) before `retry-after` (seconds or an HTTP date).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
         if let Some(millis) = text(name).and_then(|value| value.trim().parse::<u64>().ok()) {
-            return Some(Duration::from_millis(millis));
+            return Some(cap_retry_after(Duration::from_millis(millis)));
         }
     }
     let value = text("retry-after")?.trim();
     if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+        return Some(cap_retry_after(Duration::from_secs(seconds)));
+    }
+    // A number too large for u64 is still a (huge) number of seconds.
+    if !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Some(crate::time_caps::MAX_RETRY_AFTER);
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(
+    Some(cap_retry_after(
         at.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
-    )
+    ))
 }
 
 /// The error for a non-2xx answer. A service's own error code decides when it is

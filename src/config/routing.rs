@@ -31,6 +31,10 @@ pub struct RoutingConfig {
     pub first_token_timeout_ms: u64,
     /// Longest silence between two chunks once tokens flow.
     pub inter_chunk_timeout_ms: u64,
+    /// Longest wait to hand a chunk to a client that stopped reading: past it the
+    /// upstream call is dropped, the budget settled with what was produced, and
+    /// the stream ends.
+    pub stream_send_timeout_ms: u64,
     /// When every deployment is throttled or cooling down, wait at most this long
     /// for the earliest to come back (within the deadline) before giving up.
     pub max_retry_wait_ms: u64,
@@ -59,6 +63,7 @@ impl Default for RoutingConfig {
             attempt_timeout_ms: 60_000,
             first_token_timeout_ms: 15_000,
             inter_chunk_timeout_ms: 20_000,
+            stream_send_timeout_ms: 30_000,
             max_retry_wait_ms: 2_000,
             breaker_threshold: 3,
             breaker_cooldown_ms: 5_000,
@@ -217,6 +222,7 @@ pub fn routing_problems(
         ("attempt_timeout_ms", routing.attempt_timeout_ms),
         ("first_token_timeout_ms", routing.first_token_timeout_ms),
         ("inter_chunk_timeout_ms", routing.inter_chunk_timeout_ms),
+        ("stream_send_timeout_ms", routing.stream_send_timeout_ms),
         ("breaker_cooldown_ms", routing.breaker_cooldown_ms),
         ("breaker_threshold", u64::from(routing.breaker_threshold)),
         ("max_attempts", routing.max_attempts as u64),

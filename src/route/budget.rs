@@ -21,7 +21,9 @@ pub struct BudgetLedger {
     accounts: Arc<Mutex<HashMap<String, Account>>>,
 }
 
-/// Money held for one call. Dropping it unsettled releases it.
+/// Money held for one call. Dropping it unsettled charges the whole hold (a
+/// call whose end went unrecorded, say a panicking task, may have cost that
+/// much); [`Reservation::release`] is for calls that were never answered.
 #[derive(Debug)]
 pub struct Reservation {
     accounts: Arc<Mutex<HashMap<String, Account>>>,
@@ -96,12 +98,23 @@ impl Reservation {
         self.finish(cost_usd);
     }
 
+    /// The call cost nothing (it failed before the endpoint produced anything).
+    pub fn release(mut self) {
+        self.finish(0.0);
+    }
+
     fn finish(&mut self, cost_usd: f64) {
         if self.settled {
             return;
         }
         self.settled = true;
         let mut accounts = lock(&self.accounts);
+        // A cost that is not a number (a broken price or usage) counts as the hold.
+        let cost_usd = if cost_usd.is_finite() {
+            cost_usd.max(0.0)
+        } else {
+            self.amount_usd
+        };
         if let Some(account) = accounts.get_mut(&self.caller)
             && account.day == self.day
         {
@@ -113,7 +126,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.finish(0.0);
+        self.finish(self.amount_usd);
     }
 }
 
@@ -156,8 +169,14 @@ mod tests {
         first.settle(0.1);
         assert!((ledger.spent_today("a") - 0.1).abs() < 1e-12);
         let second = ledger.reserve("a", 1.0, 0.6).expect("0.1 spent, 0.6 fits");
-        drop(second);
+        second.release();
         assert!((ledger.spent_today("a") - 0.1).abs() < 1e-12, "released");
+        let lost = ledger.reserve("a", 1.0, 0.6).unwrap();
+        drop(lost);
+        assert!(
+            (ledger.spent_today("a") - 0.7).abs() < 1e-12,
+            "a hold dropped unsettled is charged whole, not $0"
+        );
         assert!(
             ledger.reserve("b", 1.0, 0.9).is_ok(),
             "callers are separate"

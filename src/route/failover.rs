@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::StreamExt;
+use std::panic::AssertUnwindSafe;
+
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
@@ -24,6 +26,7 @@ use crate::breaker::Permit;
 use crate::error::{Error, ErrorKind, Failover, Result};
 use crate::llm::prompt::{estimate_tokens, request_tokens};
 use crate::llm::{ChatEvent, ChatMessage, ChatRequest, ProviderInfo, Role, Usage};
+use crate::time_caps;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptOutcome {
@@ -138,6 +141,8 @@ pub struct Started {
     reservation: Option<Reservation>,
     request: ChatRequest,
     inter_chunk: Duration,
+    /// Longest wait for the client to take a chunk.
+    send_timeout: Duration,
     deadline: Instant,
 }
 
@@ -308,6 +313,9 @@ impl Attempts<'_> {
             }
         };
         let Some(permit) = deployment.breaker.try_acquire() else {
+            if let Some(reservation) = reservation {
+                reservation.release();
+            }
             self.summary.attempts.push(skipped(
                 deployment,
                 "circuit open: cooling down after failures".into(),
@@ -355,7 +363,10 @@ impl Attempts<'_> {
             }
             Err(error) => error,
         };
-        drop(reservation);
+        // Nothing was produced: the hold goes back whole.
+        if let Some(reservation) = reservation {
+            reservation.release();
+        }
         self.summary.attempts.push(attempt(
             deployment,
             AttemptOutcome::Failed(error.kind),
@@ -418,6 +429,7 @@ impl Attempts<'_> {
             reservation,
             request: self.request.clone(),
             inter_chunk: Duration::from_millis(self.router.settings.inter_chunk_timeout_ms),
+            send_timeout: Duration::from_millis(self.router.settings.stream_send_timeout_ms),
             deadline: self.deadline,
         }
     }
@@ -509,18 +521,23 @@ impl Started {
 
     async fn pump(mut self, sender: mpsc::Sender<RouteEvent>) {
         let mut generated = std::mem::take(&mut self.first);
-        if sender
-            .send(RouteEvent::Token(generated.clone()))
-            .await
-            .is_err()
+        let max_text = max_text_bytes(&self.request);
+        if !deliver(
+            &sender,
+            self.send_timeout,
+            RouteEvent::Token(generated.clone()),
+        )
+        .await
         {
-            // The caller went away; the deployment had answered.
+            // The caller went away (or stopped reading); the deployment had answered.
             self.report_success();
             self.settle_estimated(&generated);
             return;
         }
         loop {
-            let wait_until = self.deadline.min(Instant::now() + self.inter_chunk);
+            let wait_until = self
+                .deadline
+                .min(time_caps::later(Instant::now(), self.inter_chunk));
             let event = match timeout_at(wait_until, self.stream.next()).await {
                 Ok(event) => event,
                 Err(_) if wait_until == self.deadline => {
@@ -545,10 +562,18 @@ impl Started {
                     if text.is_empty() {
                         continue;
                     }
+                    if generated.len().saturating_add(text.len()) > max_text {
+                        let error = Error::unavailable(format!(
+                            "the model sent more than {max_text} bytes of text for {} output tokens",
+                            self.request.max_output_tokens
+                        ));
+                        return self.fail(error, &generated, &sender).await;
+                    }
                     generated.push_str(&text);
-                    if sender.send(RouteEvent::Token(text)).await.is_err() {
-                        // The caller went away: dropping the stream cancels upstream.
-                        // The deployment was producing: that is its verdict.
+                    if !deliver(&sender, self.send_timeout, RouteEvent::Token(text)).await {
+                        // The caller went away or stopped reading: dropping the
+                        // stream cancels upstream. The deployment was producing:
+                        // that is its verdict.
                         self.report_success();
                         self.settle_estimated(&generated);
                         return;
@@ -556,7 +581,10 @@ impl Started {
                 }
                 Some(Ok(ChatEvent::Finish { reason, usage })) => {
                     self.report_success();
-                    let usage = usage.unwrap_or_else(|| estimated_usage(&self.request, &generated));
+                    let usage = match usage {
+                        Some(reported) => self.believable(reported),
+                        None => estimated_usage(&self.request, &generated),
+                    };
                     let cost = self.cost(&usage);
                     if let Some(reservation) = self.reservation.take() {
                         reservation.settle(cost);
@@ -564,7 +592,8 @@ impl Started {
                     self.summary.usage = usage;
                     self.summary.cost_usd = cost;
                     self.summary.finish_reason = reason.as_str().to_string();
-                    let _ = sender.send(RouteEvent::Done(Box::new(self.summary))).await;
+                    let done = RouteEvent::Done(Box::new(self.summary.clone()));
+                    deliver(&sender, self.send_timeout, done).await;
                     return;
                 }
                 Some(Err(error)) => return self.fail(error, &generated, &sender).await,
@@ -573,6 +602,28 @@ impl Started {
                     return self.fail(error, &generated, &sender).await;
                 }
             }
+        }
+    }
+
+    /// Usage as reported, capped by what this request could have used: an
+    /// endpoint cannot charge a caller more than its prompt and `max_output_tokens`.
+    fn believable(&self, reported: Usage) -> Usage {
+        let ceiling = usage_ceiling(&self.request);
+        if reported.input_tokens > ceiling.input_tokens
+            || reported.output_tokens > ceiling.output_tokens
+        {
+            tracing::warn!(
+                deployment = %self.deployment.label(),
+                input_tokens = reported.input_tokens,
+                output_tokens = reported.output_tokens,
+                "the endpoint reported more usage than the request allows; capped"
+            );
+        }
+        Usage {
+            input_tokens: reported.input_tokens.min(ceiling.input_tokens),
+            output_tokens: reported.output_tokens.min(ceiling.output_tokens),
+            cached_input_tokens: reported.cached_input_tokens.min(ceiling.input_tokens),
+            estimated: reported.estimated,
         }
     }
 
@@ -589,9 +640,8 @@ impl Started {
         self.summary.cost_usd = self.cost(&usage);
         self.summary.usage = usage;
         self.settle_estimated(generated);
-        let _ = sender
-            .send(RouteEvent::Failed(error, Box::new(self.summary)))
-            .await;
+        let failed = RouteEvent::Failed(error, Box::new(self.summary.clone()));
+        deliver(sender, self.send_timeout, failed).await;
     }
 
     fn report_success(&mut self) {
@@ -612,6 +662,26 @@ impl Started {
         self.deployment
             .price
             .map_or(0.0, |price| price.cost_usd(usage))
+    }
+}
+
+/// Hands `event` to the client within `send_timeout`; false when it went away or
+/// stopped reading for that long (the caller then ends the stream).
+async fn deliver(
+    sender: &mpsc::Sender<RouteEvent>,
+    send_timeout: Duration,
+    event: RouteEvent,
+) -> bool {
+    let until = time_caps::later(Instant::now(), send_timeout);
+    match timeout_at(until, sender.send(event)).await {
+        Ok(sent) => sent.is_ok(),
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = send_timeout.as_millis() as u64,
+                "the client stopped reading; dropping the upstream call"
+            );
+            false
+        }
     }
 }
 
@@ -636,17 +706,38 @@ pub(super) async fn probe_open_deployments(router: &Router) {
         };
         let deadline =
             Instant::now() + Duration::from_millis(router.settings.first_token_timeout_ms);
-        let outcome = timeout_at(
+        // A probe that panics (an adapter's bug, a hostile answer) is that probe's
+        // failure: the loop, and the probes of the other deployments, go on.
+        let probe = timeout_at(
             deadline,
             first_token(deployment.clone(), &request, deadline),
-        )
-        .await
-        .unwrap_or_else(|_| Err(Error::timeout("the probe got no first token in time")));
+        );
+        let outcome = match AssertUnwindSafe(probe).catch_unwind().await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(Error::timeout("the probe got no first token in time")),
+            Err(panic) => {
+                tracing::error!(
+                    deployment = %deployment.label(),
+                    panic = panic_text(panic.as_ref()),
+                    "the probe panicked"
+                );
+                Err(Error::unavailable("the probe panicked"))
+            }
+        };
         match outcome {
             Ok(_) => permit.succeeded(),
             Err(error) => permit.failed(&error),
         }
     }
+}
+
+/// What a panic said, when it said it with a string.
+pub(super) fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 fn skipped(deployment: &Deployment, reason: String) -> Attempt {
@@ -669,6 +760,33 @@ fn attempt(
         outcome,
         message,
         took: began.elapsed(),
+    }
+}
+
+/// Text a model may send for `max_output_tokens`: a generous 64 bytes a token
+/// (no tokenizer gives more), plus a floor for tiny limits.
+const BYTES_PER_TOKEN: usize = 64;
+const MIN_TEXT_BYTES: usize = 64 << 10;
+
+/// The most text held for one answer.
+pub fn max_text_bytes(request: &ChatRequest) -> usize {
+    (request.max_output_tokens as usize)
+        .saturating_mul(BYTES_PER_TOKEN)
+        .max(MIN_TEXT_BYTES)
+}
+
+/// The most usage a request can truthfully be billed: its prompt at one token a
+/// character (the estimate counts four a token) plus a margin for the template,
+/// and `max_output_tokens` plus a margin.
+fn usage_ceiling(request: &ChatRequest) -> Usage {
+    const MARGIN_TOKENS: u64 = 1_024;
+    Usage {
+        input_tokens: request_tokens(request)
+            .saturating_mul(4)
+            .saturating_add(MARGIN_TOKENS),
+        output_tokens: u64::from(request.max_output_tokens).saturating_add(MARGIN_TOKENS),
+        cached_input_tokens: 0,
+        estimated: false,
     }
 }
 

@@ -186,7 +186,14 @@ impl Router {
                 let Some(router) = router.upgrade() else {
                     return;
                 };
-                failover::probe_open_deployments(&router).await;
+                // Whatever one round does, the next one runs.
+                let round = std::panic::AssertUnwindSafe(failover::probe_open_deployments(&router));
+                if let Err(panic) = futures::FutureExt::catch_unwind(round).await {
+                    tracing::error!(
+                        panic = failover::panic_text(panic.as_ref()),
+                        "a probe round panicked; probing goes on"
+                    );
+                }
             }
         }))
     }

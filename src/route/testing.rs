@@ -26,6 +26,8 @@ pub enum Script {
     /// `chat_stream` itself fails, after a wait.
     Refuse(Duration, Error),
     Stream(Vec<Step>),
+    /// `chat_stream` panics (a bug in a provider adapter).
+    Panic,
 }
 
 impl Script {
@@ -107,6 +109,7 @@ impl ChatProvider for Scripted {
             .pop_front()
             .unwrap_or_else(|| self.otherwise.clone());
         match script {
+            Script::Panic => panic!("scripted provider panic"),
             Script::Refuse(wait, error) => {
                 tokio::time::sleep(wait).await;
                 Err(error)

@@ -9,7 +9,7 @@ use super::testing::{Script, Scripted, Step};
 use super::*;
 use crate::config::{DeploymentConfig, Glob, RouteRule, RoutingConfig, TierConfig};
 use crate::error::{Error, ErrorKind, Failover};
-use crate::llm::{ChatMessage, ChatRequest, Role};
+use crate::llm::{ChatMessage, ChatRequest, Role, Usage};
 
 struct Fixture {
     router: Router,
@@ -658,6 +658,95 @@ async fn a_budget_skips_what_it_cannot_cover_and_settles_the_real_cost() {
     assert!((fixture.router.budgets.spent_today("team") - 0.0011).abs() < 1e-12);
 }
 
+fn budgeted(budget: f64) -> Caller {
+    Caller {
+        id: "team".into(),
+        budget_usd_per_day: Some(budget),
+        ..Caller::anonymous()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn absurd_reported_usage_is_capped_and_cannot_lock_a_caller_out() {
+    let absurd = Script::Stream(vec![
+        Step::Text("hi"),
+        Step::Finish(Some(Usage {
+            input_tokens: 200_000_000_000_000,
+            output_tokens: u64::MAX,
+            cached_input_tokens: 0,
+            estimated: false,
+        })),
+    ]);
+    let liar = Scripted::new("liar", "m", "aws", false, absurd);
+    let fixture = fixture(vec![(liar, 1.0, 1.0, None)], RoutingConfig::default());
+    let caller = budgeted(0.5);
+    let plan = fixture.router.plan(&caller, &ask("m")).unwrap();
+    for round in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let started = fixture
+            .router
+            .start(&caller, &plan, &chat(), deadline)
+            .await
+            .unwrap_or_else(|failure| panic!("round {round}: {}", failure.error.message));
+        let mut events = started.into_events();
+        let mut summary = None;
+        while let Some(event) = events.recv().await {
+            if let RouteEvent::Done(done) = event {
+                summary = Some(done);
+            }
+        }
+        let summary = summary.expect("done");
+        // chat() is 3 estimated prompt tokens: at most 3*4 + 1024 in, 100 + 1024 out.
+        assert_eq!(summary.usage.input_tokens, 1_036);
+        assert_eq!(summary.usage.output_tokens, 1_124);
+        assert!(summary.cost_usd < 0.01, "{}", summary.cost_usd);
+    }
+    assert!(fixture.router.budgets.spent_today("team") < 0.01);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_releases_the_upstream_call_and_the_budget() {
+    let mut steps: Vec<Step> = (0..500).map(|_| Step::Text("word ")).collect();
+    steps.push(Step::Finish(None));
+    let chatty = Scripted::new("chatty", "m", "aws", false, Script::Stream(steps));
+    let settings = RoutingConfig {
+        stream_send_timeout_ms: 5_000,
+        ..RoutingConfig::default()
+    };
+    let fixture = fixture(vec![(chatty, 1_000.0, 1_000.0, None)], settings);
+    let caller = budgeted(2.0);
+    let plan = fixture.router.plan(&caller, &ask("m")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let started = fixture
+        .router
+        .start(&caller, &plan, &chat(), deadline)
+        .await
+        .unwrap();
+    let mut events = started.into_events();
+    // The client reads nothing for a minute (well within the request deadline).
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let held = fixture.router.budgets.reserve("team", 2.0, 1.5);
+    assert!(
+        held.is_ok(),
+        "the stalled call's hold (${:.2}) was settled",
+        plan.candidates[0].max_cost_usd.unwrap()
+    );
+    held.unwrap().release();
+    let spent = fixture.router.budgets.spent_today("team");
+    assert!(spent > 0.0, "what was produced is charged");
+    let mut tokens = 0;
+    while let Some(event) = events.recv().await {
+        match event {
+            RouteEvent::Token(_) => tokens += 1,
+            other => panic!("a stalled stream ends without {other:?}"),
+        }
+    }
+    assert!(
+        tokens < 100,
+        "{tokens} tokens: the upstream call was dropped"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_half_open_probe_refused_for_its_input_still_closes_the_circuit() {
     let settings = RoutingConfig {
@@ -716,6 +805,51 @@ async fn the_active_probe_closes_a_recovered_deployments_circuit_without_live_tr
         !router.deployments[0].breaker.is_open(),
         "the probe closed it"
     );
+    probe.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_panics_does_not_stop_probing() {
+    let settings = RoutingConfig {
+        breaker_threshold: 1,
+        breaker_cooldown_ms: 5_000,
+        breaker_max_cooldown_ms: 5_000,
+        max_retry_wait_ms: 0,
+        probe_interval_ms: 1_000,
+        ..RoutingConfig::default()
+    };
+    let flaky = ok("flaky", "m", "aws")
+        .then(Script::refuse(Error::unavailable("503")))
+        .then(Script::Panic);
+    let Fixture { router, providers } = fixture(vec![(flaky, 1.0, 1.0, None)], settings);
+    let router = Arc::new(router);
+    let caller = Caller::anonymous();
+    let plan = router.plan(&caller, &ask("m")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    assert!(
+        router
+            .start(&caller, &plan, &chat(), deadline)
+            .await
+            .is_err()
+    );
+    let probe = router.spawn_probe().expect("probing is on");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        providers[0].calls(),
+        2,
+        "the first probe ran (and panicked)"
+    );
+    assert!(
+        router.deployments[0].breaker.is_open(),
+        "a panic is a failure"
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(providers[0].calls(), 3, "probing went on after the panic");
+    assert!(
+        !router.deployments[0].breaker.is_open(),
+        "the next probe closed it"
+    );
+    assert!(!probe.is_finished());
     probe.abort();
 }
 

@@ -1,7 +1,7 @@
 //! Answer: search, build the prompt within its budget, stream the model's text,
 //! finish with citations, usage, cost and the route taken.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -150,7 +150,13 @@ impl Service {
                 return Ok(receiver);
             }
         };
-        tokio::spawn(forward(started.into_events(), summary, sender));
+        let send_timeout = Duration::from_millis(self.config.routing.stream_send_timeout_ms);
+        tokio::spawn(forward(
+            started.into_events(),
+            summary,
+            sender,
+            send_timeout,
+        ));
         Ok(receiver)
     }
 
@@ -184,25 +190,39 @@ impl Service {
     }
 }
 
+/// Passes the route's events on as the answer's; a route that ends with neither
+/// `Done` nor `Failed` (its task died) still ends the answer with an error, and a
+/// client that takes no event for `send_timeout` is left (dropping `events`
+/// cancels upstream).
 async fn forward(
     mut events: mpsc::Receiver<RouteEvent>,
     mut summary: AnswerSummary,
     sender: mpsc::Sender<AnswerEvent>,
+    send_timeout: Duration,
 ) {
-    while let Some(event) = events.recv().await {
-        let event = match event {
-            RouteEvent::Token(text) => AnswerEvent::Token(text),
-            RouteEvent::Done(route) => {
+    loop {
+        let (event, last) = match events.recv().await {
+            Some(RouteEvent::Token(text)) => (AnswerEvent::Token(text), false),
+            Some(RouteEvent::Done(route)) => {
                 summary.usage = route.usage;
                 summary.cost_usd = route.cost_usd;
                 summary.finish_reason = route.finish_reason.clone();
                 summary.route = *route;
-                AnswerEvent::Done(Box::new(summary.clone()))
+                (AnswerEvent::Done(Box::new(summary.clone())), true)
             }
-            RouteEvent::Failed(error, _) => AnswerEvent::Failed(error),
+            Some(RouteEvent::Failed(error, _)) => (AnswerEvent::Failed(error), true),
+            None => {
+                let error = Error::internal("the answer ended without finishing");
+                (AnswerEvent::Failed(error), true)
+            }
         };
-        if sender.send(event).await.is_err() {
-            return; // the caller went away; dropping `events` cancels upstream
+        match tokio::time::timeout(send_timeout, sender.send(event)).await {
+            Ok(Ok(())) if !last => {}
+            Ok(_) => return,
+            Err(_) => {
+                tracing::warn!("the client stopped reading the answer; ending it");
+                return;
+            }
         }
     }
 }

@@ -176,7 +176,6 @@ pub(super) async fn sources(config: &Config, env: &HashMap<String, String>) -> R
     Ok(sources)
 }
 
-/// One HTTP client for every cloud call of the service: one connection pool.
 /// Who may call: API keys (hashed), token issuers, client certificates, roles.
 pub(super) fn authenticator(
     config: &Config,
@@ -186,9 +185,14 @@ pub(super) fn authenticator(
     crate::auth::Authenticator::build(config, env, http)
 }
 
+/// One HTTP client for every cloud call of the service: one connection pool. It
+/// follows no redirect: requests carry credentials (`api-key`,
+/// `x-amz-security-token`, signatures) that must not go to another host, so a 3xx
+/// is the endpoint's error, named by its status.
 pub(super) fn http_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|error| Error::config(format!("cannot build http client: {error}")))
 }

@@ -179,7 +179,7 @@ impl QdrantStore {
                 retry_after_seconds,
             } => Error::throttled(
                 format!("qdrant is throttling: {}", status.message()),
-                Some(std::time::Duration::from_secs(retry_after_seconds)),
+                Some(crate::time_caps::retry_after_secs(retry_after_seconds)),
             ),
             QdrantError::ResponseError { status } => status_error(&status, collection),
             other => Error::internal(format!("qdrant client: {other}")),

@@ -159,7 +159,7 @@ impl ResilientBackend {
                 .saturating_mul(1 << retries.min(16))
                 .min(self.settings.max_backoff);
             let wait = error.retry_after.unwrap_or(backoff);
-            if Instant::now() + wait >= deadline {
+            if crate::time_caps::later(Instant::now(), wait) >= deadline {
                 return Err(error);
             }
             retries += 1;
@@ -170,7 +170,7 @@ impl ResilientBackend {
     }
 
     fn write_deadline(&self) -> Instant {
-        Instant::now() + self.settings.write_timeout
+        crate::time_caps::later(Instant::now(), self.settings.write_timeout)
     }
 }
 

@@ -126,7 +126,7 @@ impl StreamDecoder {
     pub fn decode(
         &mut self,
         service: &str,
-        event: &eventsource_stream::Event,
+        event: &crate::llm::providers::sse::SseEvent,
         progress: &mut Progress,
     ) -> Result<String> {
         let data: Value = serde_json::from_str(&event.data)
@@ -191,10 +191,10 @@ mod tests {
     use crate::llm::providers::stream::drive;
 
     fn events(items: &[(&str, &str)]) -> Vec<Result<ChatEvent>> {
-        let units: Vec<Result<eventsource_stream::Event, Error>> = items
+        let units: Vec<Result<crate::llm::providers::sse::SseEvent, Error>> = items
             .iter()
             .map(|(name, data)| {
-                Ok(eventsource_stream::Event {
+                Ok(crate::llm::providers::sse::SseEvent {
                     event: name.to_string(),
                     data: data.to_string(),
                     ..Default::default()

@@ -17,6 +17,7 @@ pub mod bedrock;
 pub mod eventstream;
 pub mod oci;
 pub mod openai_compat;
+pub mod sse;
 mod stream;
 pub mod vertex;
 
@@ -27,7 +28,10 @@ use std::time::{Duration, Instant};
 use futures::{Stream, StreamExt};
 
 use crate::cloud::CloudEndpoint;
-use crate::cloud::http::{HttpReply, malformed, status_error, transport_error};
+use crate::cloud::http::{
+    CHAT_BODY_LIMIT, HttpReply, malformed, read_error_body, read_limited, status_error,
+    transport_error,
+};
 use crate::config::{ProviderConfig, ProviderSettings};
 use crate::error::{Error, Result};
 use crate::llm::{ChatProvider, ChatTarget, ProviderInfo};
@@ -137,7 +141,7 @@ impl Connection {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         // The body holds the message; a body that cannot be read still has a status.
-        let body = response.bytes().await.unwrap_or_default();
+        let body = read_error_body(response).await;
         Err(status_error(
             &self.service,
             &HttpReply {
@@ -168,10 +172,7 @@ impl Connection {
     ) -> Result<T> {
         let timeout = remaining(deadline).min(self.endpoint.timeout);
         let response = self.send(url, body, "application/json", timeout).await?;
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|error| transport_error(&self.service, &error))?;
+        let bytes = read_limited(&self.service, response, CHAT_BODY_LIMIT).await?;
         serde_json::from_slice(&bytes).map_err(|error| malformed(&self.service, error))
     }
 }
@@ -200,19 +201,10 @@ pub fn body_stream(
     })
 }
 
-/// The server-sent events of a response body.
+/// The server-sent events of a response body (our own bounded parser, [`sse`]).
 pub fn sse_events(
     service: &str,
     response: reqwest::Response,
-) -> impl Stream<Item = Result<eventsource_stream::Event>> + Send + Unpin + use<> {
-    use eventsource_stream::{EventStreamError, Eventsource};
-    let name = service.to_string();
-    body_stream(service, response)
-        .eventsource()
-        .map(move |event| {
-            event.map_err(|error| match error {
-                EventStreamError::Transport(error) => error,
-                other => malformed(&name, format!("unreadable event stream: {other}")),
-            })
-        })
+) -> impl Stream<Item = Result<sse::SseEvent>> + Send + Unpin + use<> {
+    sse::events(service, body_stream(service, response))
 }

@@ -83,7 +83,7 @@ impl OpenSearchIndex {
             .get("retry-after")
             .and_then(|value| value.to_str().ok())
             .and_then(|text| text.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .map(crate::time_caps::retry_after_secs);
         let text = response.text().await.map_err(|error| {
             Error::unavailable(format!(
                 "opensearch {}: reading the answer: {error}",
