@@ -93,14 +93,17 @@ impl Limited {
     pub fn into_error(self) -> Error {
         let noun = self.kind.noun();
         match self.retry_after {
-            Some(wait) => Error::throttled(
-                format!(
-                    "rate limit: over {} {noun} per minute (limits.{noun}_per_minute); retry in {} s",
-                    self.limit,
-                    wait.as_secs().max(1)
-                ),
-                Some(wait.max(Duration::from_secs(1))),
-            ),
+            Some(wait) => {
+                // Whole seconds, rounded up: retrying at the hint must succeed.
+                let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+                Error::throttled(
+                    format!(
+                        "rate limit: over {} {noun} per minute (limits.{noun}_per_minute); retry in {seconds} s",
+                        self.limit
+                    ),
+                    Some(Duration::from_secs(seconds)),
+                )
+            }
             None => Error::invalid(format!(
                 "this call may use {} {noun}, more than the {} per minute its caller is allowed (limits.{noun}_per_minute)",
                 self.asked, self.limit
