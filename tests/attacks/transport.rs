@@ -278,7 +278,10 @@ async fn grpc_and_the_facade_are_served_over_tls_and_plaintext_to_them_fails() {
     let refused = health(plain).await.unwrap_err();
     // The server closes the connection in the handshake: refused, or broken mid-call.
     assert!(
-        matches!(refused.code(), tonic::Code::Unavailable | tonic::Code::Unknown),
+        matches!(
+            refused.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown
+        ),
         "{refused:?}"
     );
     // Plaintext HTTP to the TLS facade: no response.
@@ -473,7 +476,10 @@ fn get_models(host: &str) -> String {
 async fn the_facade_refuses_simple_cross_site_requests_and_foreign_hosts() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(
-        &FACADE.replace("[facade]\n", "[facade]\nallowed_hosts = [\"rag.internal\"]\n"),
+        &FACADE.replace(
+            "[facade]\n",
+            "[facade]\nallowed_hosts = [\"rag.internal\"]\n",
+        ),
         dir.path(),
     )
     .await;
