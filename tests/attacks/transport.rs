@@ -568,9 +568,10 @@ async fn connections_over_the_cap_are_closed_and_the_server_still_serves() {
         let mut third = TcpStream::connect(server.grpc).await.unwrap();
         let _ = third.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
         let mut buffer = [0u8; 64];
-        match tokio::time::timeout(Duration::from_secs(2), third.read(&mut buffer)).await {
-            Ok(Ok(0) | Err(_)) => break, // closed by the server
-            _ => {}                      // the holder was not counted yet: try again
+        // Closed by the server: done; else the holder was not counted yet: try again.
+        let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buffer)).await;
+        if let Ok(Ok(0) | Err(_)) = read {
+            break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
