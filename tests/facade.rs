@@ -304,6 +304,7 @@ async fn models_are_listed_and_bad_requests_get_openai_shaped_errors() {
 
     let malformed = http
         .post(format!("{base}/v1/chat/completions"))
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await

@@ -278,7 +278,10 @@ async fn grpc_and_the_facade_are_served_over_tls_and_plaintext_to_them_fails() {
     let refused = health(plain).await.unwrap_err();
     // The server closes the connection in the handshake: refused, or broken mid-call.
     assert!(
-        matches!(refused.code(), tonic::Code::Unavailable | tonic::Code::Unknown),
+        matches!(
+            refused.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown
+        ),
         "{refused:?}"
     );
     // Plaintext HTTP to the TLS facade: no response.
@@ -473,7 +476,10 @@ fn get_models(host: &str) -> String {
 async fn the_facade_refuses_simple_cross_site_requests_and_foreign_hosts() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(
-        &FACADE.replace("[facade]\n", "[facade]\nallowed_hosts = [\"rag.internal\"]\n"),
+        &FACADE.replace(
+            "[facade]\n",
+            "[facade]\nallowed_hosts = [\"rag.internal\"]\n",
+        ),
         dir.path(),
     )
     .await;
@@ -562,9 +568,10 @@ async fn connections_over_the_cap_are_closed_and_the_server_still_serves() {
         let mut third = TcpStream::connect(server.grpc).await.unwrap();
         let _ = third.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
         let mut buffer = [0u8; 64];
-        match tokio::time::timeout(Duration::from_secs(2), third.read(&mut buffer)).await {
-            Ok(Ok(0) | Err(_)) => break, // closed by the server
-            _ => {}                      // the holder was not counted yet: try again
+        // Closed by the server: done; else the holder was not counted yet: try again.
+        let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buffer)).await;
+        if let Ok(Ok(0) | Err(_)) = read {
+            break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
