@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Service;
-use crate::error::{Error, Result};
 use crate::auth::Principal;
+use crate::error::{Error, Result};
 use crate::limits::RateLimitStatus;
 use crate::llm::prompt::request_tokens;
 use crate::llm::{ChatMessage, ChatRequest};

@@ -319,11 +319,15 @@ async fn a_caller_over_its_requests_per_minute_gets_429_with_headers_and_others_
     assert_eq!(other.headers()["x-ratelimit-limit-requests"], "1000");
     assert_eq!(other.headers()["x-ratelimit-remaining-requests"], "999");
     // And the server still serves everything else.
+    let mut search = tonic::Request::new(proto::SearchRequest {
+        query: "hello".into(),
+        ..Default::default()
+    });
+    search
+        .metadata_mut()
+        .insert("authorization", "Bearer key-b".parse().unwrap());
     RetrievalServiceClient::new(server.channel.clone())
-        .search(proto::SearchRequest {
-            query: "hello".into(),
-            ..Default::default()
-        })
+        .search(search)
         .await
         .expect("search still serves");
     server.stop().await;
