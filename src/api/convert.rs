@@ -11,7 +11,8 @@ use crate::retrieve::{FusedHit, SearchResult, SourceOutcome, SourceStatus};
 
 /// Every error kind maps to one status; retry hints travel as `retry-after` metadata.
 pub fn status(error: Error) -> Status {
-    let mut status = Status::new(code(error.kind), error.message);
+    let message = super::redact::client_message(error.kind, &error.message, None);
+    let mut status = Status::new(code(error.kind), message);
     if let Some(retry_after) = error.retry_after
         && let Ok(value) = retry_after.as_secs().max(1).to_string().parse()
     {
@@ -156,14 +157,26 @@ pub fn source_outcome(outcome: SourceOutcome) -> proto::SourceOutcome {
         SourceStatus::Timeout => proto::SourceStatus::Timeout,
         SourceStatus::Skipped => proto::SourceStatus::Skipped,
     };
+    let message = source_message(&outcome);
     proto::SourceOutcome {
         source: outcome.source,
         status: status as i32,
-        message: outcome.message,
+        message,
         hits: outcome.hits as u32,
         took_micros: outcome.took.as_micros() as u64,
         adapted_from: outcome.adapted_from.unwrap_or_default(),
     }
+}
+
+/// A source's message for the client: a failed remote store's detail (its URL,
+/// its error body) stays in the log.
+fn source_message(outcome: &SourceOutcome) -> String {
+    let kind = match outcome.status {
+        SourceStatus::Ok | SourceStatus::Skipped => return super::redact::scrub(&outcome.message),
+        SourceStatus::Error => ErrorKind::Unavailable,
+        SourceStatus::Timeout => ErrorKind::Timeout,
+    };
+    super::redact::client_message(kind, &outcome.message, Some(&outcome.source))
 }
 
 /// Treats 0 as "not set", as the proto documents for counts.

@@ -4,8 +4,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use super::proto::{self, answer_event::Event, generation_service_server::GenerationService};
+use super::{convert, redact};
 use crate::auth::Credentials;
 use crate::route::{AttemptOutcome, RouteSummary};
 use crate::service::{AnswerEvent, AnswerRequest, AnswerSummary, EXTRACTIVE_MODEL, Service};
@@ -51,7 +51,10 @@ impl GenerationService for GenerationApi {
             )
             .await
             .map_err(convert::status)?;
-        let stream = ReceiverStream::new(events).map(|event| Ok(answer_event(event)));
+        // The stream is polled after this call returns: keep its request id.
+        let request_id = redact::current().unwrap_or_else(redact::generate);
+        let stream = ReceiverStream::new(events)
+            .map(move |event| Ok(redact::with_id(&request_id, || answer_event(event))));
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -62,7 +65,7 @@ fn answer_event(event: AnswerEvent) -> proto::AnswerEvent {
         AnswerEvent::Done(summary) => Event::Done(answer_done(*summary)),
         AnswerEvent::Failed(error) => Event::Error(proto::AnswerError {
             code: convert::code_name(convert::code(error.kind)).to_string(),
-            message: error.message,
+            message: redact::client_message(error.kind, &error.message, None),
         }),
     };
     proto::AnswerEvent { event: Some(event) }
@@ -145,7 +148,11 @@ fn route(route: RouteSummary, extractive: bool) -> proto::Route {
                     provider: attempt.provider,
                     model: attempt.model,
                     outcome: outcome.to_string(),
-                    message: attempt.message,
+                    message: redact::attempt_message(
+                        &attempt.outcome,
+                        &attempt.message,
+                        &attempt.deployment,
+                    ),
                     took_micros: attempt.took.as_micros() as u64,
                     deployment: attempt.deployment,
                     cloud: attempt.cloud,
@@ -197,7 +204,13 @@ mod tests {
                 panic!("an error event");
             };
             assert_eq!(error.code, name);
-            assert_eq!(error.message, "broke");
+            // Upstream-ish kinds are withheld; the caller's own errors keep their text.
+            let expected = if crate::api::redact::is_upstream_kind(kind) {
+                "request id: none"
+            } else {
+                "broke"
+            };
+            assert!(error.message.contains(expected), "{}", error.message);
         }
     }
 }

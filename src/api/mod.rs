@@ -10,6 +10,7 @@ mod generation;
 mod in_process;
 mod ingestion;
 pub mod openai;
+pub mod redact;
 mod retrieval;
 mod server;
 mod tls;

@@ -41,6 +41,7 @@ pub(super) fn app(service: Arc<Service>) -> axum::Router {
         .route("/v1/models", get(models))
         .layer(DefaultBodyLimit::max(limit))
         .layer(call_limit)
+        .layer(super::redact::RequestIdLayer)
         .with_state(service)
 }
 
@@ -390,7 +391,7 @@ fn route_json(summary: &RouteSummary) -> Value {
                 AttemptOutcome::Failed(kind) => format!("error: {}", kind.as_str()),
                 AttemptOutcome::Skipped => "skipped".to_string(),
             },
-            "message": attempt.message,
+            "message": super::redact::attempt_message(&attempt.outcome, &attempt.message, &attempt.deployment),
             "took_ms": attempt.took.as_secs_f64() * 1e3,
         })).collect::<Vec<_>>(),
     })
@@ -499,7 +500,8 @@ fn error_json(error: &Error) -> Value {
         ErrorKind::Timeout => ("api_error", "timeout"),
         ErrorKind::Config | ErrorKind::Internal => ("api_error", "internal_error"),
     };
-    json!({"error": {"message": error.message, "type": kind, "code": code}})
+    let message = super::redact::client_message(error.kind, &error.message, None);
+    json!({"error": {"message": message, "type": kind, "code": code}})
 }
 
 fn completion_id() -> String {

@@ -341,6 +341,7 @@ pub(super) fn grpc_server(
         // The connection's peer certificate and in-process mark, for the auth layer.
         .layer(tower::util::MapRequestLayer::new(mark_grpc_request))
         .layer(call_limit)
+        .layer(super::redact::RequestIdLayer)
         .add_service(health)
         .add_service(reflection)
         .add_service(retrieval)

@@ -1,0 +1,273 @@
+//! What a client may read of an error: upstream detail stays in our logs.
+//!
+//! Upstream error bodies, reqwest's transport errors (which name the URL) and
+//! remote store errors can carry our endpoints' URLs and, when an upstream echoes
+//! the request, our own provider key. At the edge every error of an upstream-ish
+//! kind (Unavailable, Timeout, Throttled, Auth, Internal, Config) is replaced by a
+//! fixed message per kind plus the request id; the original is logged once at
+//! warn with that id. Errors the service writes about the caller's own request
+//! (InvalidArgument, NotFound, ContextLength, Unauthenticated, Forbidden) keep
+//! their text, minus any URL or absolute path, which are scrubbed from every
+//! client-visible message.
+//!
+//! Each call gets a request id: the caller's `x-request-id` when it is short and
+//! plain, else a fresh one. [`RequestIdLayer`] scopes it over the handler and
+//! returns it as the `x-request-id` response header (gRPC metadata too).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::error::{Error, ErrorKind};
+use crate::route::AttemptOutcome;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The header (and gRPC metadata key) carrying the request id.
+pub const HEADER: &str = "x-request-id";
+
+/// The longest caller-chosen request id we keep.
+const MAX_ID_LEN: usize = 64;
+
+/// The request id of the call being served, if any.
+pub fn current() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// Runs `future` with `id` as the current request id.
+pub async fn scope<F: Future>(id: String, future: F) -> F::Output {
+    REQUEST_ID.scope(id, future).await
+}
+
+/// Runs `f` with `id` as the current request id (for work polled outside the
+/// call, such as a response stream).
+pub fn with_id<T>(id: &str, f: impl FnOnce() -> T) -> T {
+    REQUEST_ID.sync_scope(id.to_string(), f)
+}
+
+/// An attempt's message in a route summary: a failed attempt's upstream detail
+/// is replaced ([`client_message`]), naming the deployment.
+pub fn attempt_message(outcome: &AttemptOutcome, message: &str, deployment: &str) -> String {
+    match outcome {
+        // Every attempt's failure came from (or about) an upstream.
+        AttemptOutcome::Failed(kind) => withheld(*kind, message, Some(deployment)),
+        AttemptOutcome::Ok | AttemptOutcome::Skipped => scrub(message),
+    }
+}
+
+/// The caller's id when it is at most 64 of `[A-Za-z0-9._-]`, else a fresh one.
+pub fn accept_or_generate(incoming: Option<&str>) -> String {
+    match incoming {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= MAX_ID_LEN
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) =>
+        {
+            id.to_string()
+        }
+        _ => generate(),
+    }
+}
+
+/// 16 random bytes, hex.
+pub fn generate() -> String {
+    let mut bytes = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        // Unreachable in practice; an id must still be unique enough to grep.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes = nanos.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether errors of `kind` may carry upstream detail, so clients get a fixed text.
+pub fn is_upstream_kind(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::Unavailable
+            | ErrorKind::Timeout
+            | ErrorKind::Throttled
+            | ErrorKind::Auth
+            | ErrorKind::Internal
+            | ErrorKind::Config
+    )
+}
+
+fn fixed_text(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Unavailable => "upstream unavailable",
+        ErrorKind::Timeout => "upstream timed out",
+        ErrorKind::Throttled => "upstream throttled the request",
+        ErrorKind::Auth => "upstream refused the service's credentials",
+        ErrorKind::Config => "service misconfigured",
+        ErrorKind::InvalidArgument => "upstream rejected the request",
+        ErrorKind::ContextLength => "prompt exceeds the model's context window",
+        ErrorKind::NotFound => "upstream does not know the model or index",
+        ErrorKind::Unauthenticated | ErrorKind::Forbidden => "upstream refused the request",
+        ErrorKind::Internal => "internal error",
+    }
+}
+
+/// The text a client may read for an error of `kind` with `message`, about
+/// `subject` (a deployment or source id) when known. Logs the original once
+/// when it is replaced.
+pub fn client_message(kind: ErrorKind, message: &str, subject: Option<&str>) -> String {
+    if is_upstream_kind(kind) {
+        withheld(kind, message, subject)
+    } else {
+        scrub(message)
+    }
+}
+
+/// The fixed text for `kind`, naming `subject` and the request id; logs `message`.
+fn withheld(kind: ErrorKind, message: &str, subject: Option<&str>) -> String {
+    let id = current().unwrap_or_else(|| "none".to_string());
+    tracing::warn!(request_id = %id, kind = kind.as_str(), subject, error = %message, "upstream error (detail withheld from the client)");
+    match subject {
+        Some(subject) => format!("{}: {subject} (request id: {id})", fixed_text(kind)),
+        None => format!("{} (request id: {id})", fixed_text(kind)),
+    }
+}
+
+/// `error` with its message made client-safe ([`client_message`]).
+pub fn for_client(mut error: Error) -> Error {
+    error.message = client_message(error.kind, &error.message, None);
+    error
+}
+
+/// Replaces URLs and absolute paths in `text` by placeholders.
+pub fn scrub(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_inclusive(char::is_whitespace) {
+        let trimmed = word.trim_end();
+        let trailing = &word[trimmed.len()..];
+        let core = trimmed.trim_start_matches(['"', '\'', '(', '[', '<', '`']);
+        let lead = &trimmed[..trimmed.len() - core.len()];
+        let lower = core.to_ascii_lowercase();
+        if lower.contains("://") {
+            out.push_str(lead);
+            out.push_str("<url>");
+        } else if core.starts_with('/') && core.len() > 1 {
+            out.push_str(lead);
+            out.push_str("<path>");
+        } else {
+            out.push_str(trimmed);
+        }
+        out.push_str(trailing);
+    }
+    out
+}
+
+/// A tower layer giving each call a request id ([`accept_or_generate`]), scoping
+/// it over the inner service and returning it as `x-request-id`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestIdLayer;
+
+impl<S> tower::Layer<S> for RequestIdLayer {
+    type Service = RequestId<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestId { inner }
+    }
+}
+
+/// The service [`RequestIdLayer`] wraps.
+#[derive(Clone, Debug)]
+pub struct RequestId<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for RequestId<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let incoming = request
+            .headers()
+            .get(HEADER)
+            .and_then(|value| value.to_str().ok());
+        let id = accept_or_generate(incoming);
+        if let Ok(value) = http::HeaderValue::from_str(&id) {
+            request.headers_mut().insert(HEADER, value);
+        }
+        let future = REQUEST_ID.sync_scope(id.clone(), || self.inner.call(request));
+        Box::pin(REQUEST_ID.scope(id.clone(), async move {
+            let mut response = future.await?;
+            if let Ok(value) = http::HeaderValue::from_str(&id) {
+                response.headers_mut().insert(HEADER, value);
+            }
+            Ok(response)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_detail_with_a_url_and_a_key_never_reaches_the_client() {
+        let message = "chat: status 401 from https://api.example.test/v1/chat/completions: \
+                       Incorrect API key provided: sk-secret-123";
+        for kind in [ErrorKind::Auth, ErrorKind::Unavailable, ErrorKind::Internal] {
+            let text = client_message(kind, message, Some("gpt-east"));
+            assert!(!text.contains("sk-secret"), "{text}");
+            assert!(!text.contains("https://"), "{text}");
+            assert!(text.contains("gpt-east"), "{text}");
+            assert!(text.contains("request id: none"), "{text}");
+        }
+    }
+
+    #[test]
+    fn caller_errors_keep_their_text_without_urls_or_paths() {
+        let text = client_message(
+            ErrorKind::InvalidArgument,
+            "top_k 0 out of range; see http://x.test/doc and (/etc/skyfuse/key.pem)",
+            None,
+        );
+        assert_eq!(text, "top_k 0 out of range; see <url> and (<path>");
+        assert_eq!(
+            client_message(ErrorKind::NotFound, "unknown model \"x\"", None),
+            "unknown model \"x\""
+        );
+    }
+
+    #[test]
+    fn request_ids_are_accepted_only_when_plain_and_short() {
+        assert_eq!(accept_or_generate(Some("abc-1.2_3")), "abc-1.2_3");
+        for bad in ["", "a b", "x\ny", &"a".repeat(65)] {
+            let id = accept_or_generate(Some(bad));
+            assert_ne!(id, bad);
+            assert_eq!(id.len(), 32);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_scoped_id_appears_in_client_messages() {
+        let text = scope("rid-7".into(), async {
+            client_message(
+                ErrorKind::Timeout,
+                "read timed out from http://10.0.0.1",
+                None,
+            )
+        })
+        .await;
+        assert_eq!(text, "upstream timed out (request id: rid-7)");
+    }
+}
