@@ -119,11 +119,17 @@ fn fixed_text(kind: ErrorKind) -> &'static str {
 /// `subject` (a deployment or source id) when known. Logs the original once
 /// when it is replaced.
 pub fn client_message(kind: ErrorKind, message: &str, subject: Option<&str>) -> String {
-    if is_upstream_kind(kind) {
+    if is_upstream_kind(kind) && !is_own_limit(message) {
         withheld(kind, message, subject)
     } else {
         scrub(message)
     }
+}
+
+/// Refusals written by skyfuse's own limits (`limits::rate`, `limits::concurrency`):
+/// they carry no upstream detail and tell the caller when to retry.
+fn is_own_limit(message: &str) -> bool {
+    message.starts_with("rate limit: ") || message.starts_with("the server is busy: ")
 }
 
 /// The fixed text for `kind`, naming `subject` and the request id; logs `message`.

@@ -298,7 +298,7 @@ async fn crafted_pdfs_and_deep_html_fail_alone_and_the_server_stays_up() {
         .find(|hit| hit.object_key.ends_with("no-spaces.txt"))
         .expect("the whitespace-free document is found");
     assert!(hit.text.len() <= 8 * 1024, "{} bytes", hit.text.len());
-    assert!(hit.text.starts_with("zebracorn"), "{}", &hit.text[..40]);
+    assert!(hit.text.contains("zebracorn"), "{}", &hit.text[..40]);
     assert!(!server.search("Harbour").await.unwrap().hits.is_empty());
 
     // The next run does not touch them: not read, so no worker sees them again.
