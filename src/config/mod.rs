@@ -14,6 +14,7 @@ mod facade;
 mod glob;
 mod include;
 mod index;
+mod ingest;
 mod price;
 mod provider;
 mod routing;
@@ -37,6 +38,7 @@ pub use facade::FacadeConfig;
 pub use glob::{Glob, any_matches};
 pub use include::IndexDefinition;
 pub use index::IndexConfig;
+pub use ingest::IngestConfig;
 pub use price::PriceConfig;
 pub use provider::{
     AzureOpenAiConfig, BedrockConfig, OciConfig, OpenAiCompatConfig, ProviderConfig, ProviderKind,
@@ -101,6 +103,8 @@ pub struct Config {
     pub callers: Vec<CallerConfig>,
     #[serde(default)]
     pub facade: FacadeConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
 }
 
 impl Config {
@@ -143,6 +147,11 @@ impl Config {
 
     fn anchor_paths(&mut self, base_dir: &Path) {
         self.server.data_dir = include::anchor(base_dir, &self.server.data_dir);
+        for root in &mut self.ingest.roots {
+            if !root.as_os_str().is_empty() {
+                *root = include::anchor(base_dir, root);
+            }
+        }
         include::anchor_tables(base_dir, &mut self.spaces, &mut self.sources);
     }
 
@@ -331,9 +340,14 @@ impl Config {
         if self.answer.top_k == 0 || self.answer.top_k > server.max_top_k {
             problems.push("answer.top_k must be between 1 and server.max_top_k".into());
         }
+        problems.extend(self.ingest.problems());
         let mut bucket_urls = HashSet::new();
         for bucket in &self.buckets {
-            if !bucket_urls.insert(bucket.url.trim_end_matches('/')) {
+            let name = crate::ingest::canonical::canonicalize(&bucket.url).map_or_else(
+                |_| bucket.url.trim_end_matches('/').to_owned(),
+                |url| url.full(),
+            );
+            if !bucket_urls.insert(name) {
                 problems.push(format!("bucket {:?} is defined twice", bucket.url));
             }
             problems.extend(bucket.problems());

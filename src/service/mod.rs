@@ -6,6 +6,8 @@ mod build;
 mod calibrate;
 mod chat;
 mod index;
+mod index_runs;
+mod index_target;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 pub use answer::{AnswerEvent, AnswerRequest, AnswerSummary, Citation, EXTRACTIVE_MODEL};
 pub use chat::{ChatCall, ChatFailure, DEFAULT_TEMPERATURE};
 pub use index::IndexFilters;
+pub use index_runs::{IndexRunState, IndexRunStatus, IndexRuns};
 
 use crate::config::{Config, FusionMethod, IndexConfig};
 use crate::embed::Embedder;
@@ -56,6 +59,10 @@ pub struct Service {
     /// Resolves bucket secrets (`env:NAME`) and gives bucket clients the standard
     /// `AWS_*`, `AZURE_*` and `GOOGLE_*` variables, at each run.
     env: HashMap<String, String>,
+    /// `[ingest] roots`, canonical: the only local folders `Index` may read.
+    ingest_roots: Vec<std::path::PathBuf>,
+    /// Detached `Index` runs, for `GetIndexRun`.
+    index_runs: Arc<IndexRuns>,
 }
 
 impl Service {
@@ -74,6 +81,11 @@ impl Service {
         if let Some(router) = &router {
             router.spawn_probe();
         }
+        let roots = config.ingest.roots.clone();
+        let ingest_roots =
+            tokio::task::spawn_blocking(move || index_target::canonical_roots(&roots))
+                .await
+                .map_err(|error| Error::internal(format!("resolving ingest.roots: {error}")))??;
         let index_locks = config
             .indexes
             .iter()
@@ -84,6 +96,8 @@ impl Service {
             embedders,
             router,
             index_locks,
+            ingest_roots,
+            index_runs: Arc::default(),
             env: env.clone(),
             config,
         })
@@ -91,6 +105,11 @@ impl Service {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Detached `Index` runs and their outcomes.
+    pub fn index_runs(&self) -> &Arc<IndexRuns> {
+        &self.index_runs
     }
 
     /// The router described by a config, for `route explain`: reads no
