@@ -77,7 +77,7 @@ impl Service {
         let bucket_config = match &target {
             IndexTarget::Bucket {
                 entry: Some(entry), ..
-            } => entry.clone(),
+            } => entry.as_ref().clone(),
             _ => BucketConfig::default(),
         };
         let mut job = IndexJob::new(

@@ -24,7 +24,8 @@ pub(super) enum IndexTarget {
     Bucket {
         canonical: CanonicalUrl,
         /// The longest matching entry; `None` when only a granted prefix allows the URL.
-        entry: Option<BucketConfig>,
+        /// Boxed: an entry is much larger than a local target.
+        entry: Option<Box<BucketConfig>>,
     },
 }
 
@@ -128,7 +129,7 @@ pub(super) fn resolve_bucket(
         .filter_map(|entry| Some((entry, entry.canonical()?)))
         .filter(|(_, own)| canonical.is_under(own))
         .max_by_key(|(_, own)| own.full().len())
-        .map(|(entry, _)| entry.clone());
+        .map(|(entry, _)| Box::new(entry.clone()));
     if entry.is_some() {
         return Ok(IndexTarget::Bucket { canonical, entry });
     }

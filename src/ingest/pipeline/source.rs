@@ -43,7 +43,17 @@ pub(super) struct BucketSource {
     /// What the run covers, and the operator's and the request's globs.
     pub(super) scope: RunScope,
     /// A local root folder: listed entries whose real path leaves it are reported, not read.
-    local: Option<Arc<LocalFileSystem>>,
+    local: Option<LocalRoot>,
+}
+
+/// A local root folder, as a store and as its real path.
+///
+/// The path is kept rather than asked of the store: `LocalFileSystem::path_to_filesystem`
+/// refuses the empty path, so the store cannot name its own root.
+#[derive(Clone)]
+struct LocalRoot {
+    store: Arc<LocalFileSystem>,
+    real_path: PathBuf,
 }
 
 /// What opening a source needs from a job, owned, so it can run on a blocking thread.
@@ -190,6 +200,10 @@ impl BucketSource {
         let store = Arc::new(LocalFileSystem::new_with_prefix(&root).map_err(|error| {
             Error::config(format!("cannot open folder {}: {error}", root.display()))
         })?);
+        let local = LocalRoot {
+            store: Arc::clone(&store),
+            real_path: std::fs::canonicalize(&root).unwrap_or_else(|_| root.clone()),
+        };
         Ok(Self {
             store: Arc::clone(&store) as Arc<dyn ObjectStore>,
             pages: None,
@@ -203,7 +217,7 @@ impl BucketSource {
                 region: "local".to_owned(),
             },
             scope,
-            local: Some(store),
+            local: Some(local),
         })
     }
 
@@ -214,7 +228,7 @@ impl BucketSource {
                 None => list_objects(self.store.as_ref(), self.list_prefix.as_ref()),
             };
             return match &self.local {
-                Some(local) => confined_to_root(listing, Arc::clone(local)),
+                Some(local) => confined_to_root(listing, local.clone()),
                 None => listing,
             };
         };
@@ -240,16 +254,16 @@ const ROOT_CHECK_BATCH: usize = 256;
 /// `object_store` lists a local folder following symlinks: an entry whose real path leaves
 /// the root (a link to `/etc`) or is no regular file is reported as unreadable and never
 /// fetched. The checks touch the disk, so they run on a blocking thread, a batch at a time.
-fn confined_to_root(listing: ListingStream, store: Arc<LocalFileSystem>) -> ListingStream {
+fn confined_to_root(listing: ListingStream, root: LocalRoot) -> ListingStream {
     listing
         .ready_chunks(ROOT_CHECK_BATCH)
         .then(move |entries| {
-            let store = Arc::clone(&store);
+            let root = root.clone();
             async move {
                 let checked = tokio::task::spawn_blocking(move || {
                     entries
                         .into_iter()
-                        .map(|entry| check_inside_root(&store, entry))
+                        .map(|entry| check_inside_root(&root, entry))
                         .collect::<Vec<_>>()
                 })
                 .await;
@@ -264,7 +278,7 @@ fn confined_to_root(listing: ListingStream, store: Arc<LocalFileSystem>) -> List
 }
 
 fn check_inside_root(
-    store: &LocalFileSystem,
+    root: &LocalRoot,
     entry: std::result::Result<Listed, String>,
 ) -> std::result::Result<Listed, String> {
     let Ok(Listed::Object(meta)) = &entry else {
@@ -277,16 +291,13 @@ fn check_inside_root(
             reason: reason.to_owned(),
         })
     };
-    let Ok(root) = store.path_to_filesystem(&ObjectPath::default()) else {
-        return refused("cannot resolve the indexing root");
-    };
-    let root = std::fs::canonicalize(&root).unwrap_or(root);
-    let real = store
+    let real = root
+        .store
         .path_to_filesystem(&meta.location)
         .ok()
         .and_then(|path| std::fs::canonicalize(path).ok());
     match real {
-        Some(real) if !real.starts_with(&root) => {
+        Some(real) if !real.starts_with(&root.real_path) => {
             tracing::warn!(%key, "a symlink leads outside the indexing root; not followed");
             refused("a symlink that leads outside the indexing root: not followed")
         }
