@@ -187,6 +187,9 @@ pub struct Error {
     pub message: String,
     /// Set when the backend told us how long to wait (HTTP `Retry-After`).
     pub retry_after: Option<Duration>,
+    /// Written by skyfuse's own limits about the caller's call: it carries no upstream
+    /// detail, so the edge shows it as is (see `api::redact`).
+    pub local_refusal: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -197,6 +200,15 @@ impl Error {
             kind,
             message: message.into(),
             retry_after: None,
+            local_refusal: false,
+        }
+    }
+
+    /// A caller over one of skyfuse's own limits: `Throttled`, shown to it as is.
+    pub fn rate_limited(message: impl Into<String>, retry_after: Duration) -> Self {
+        Self {
+            local_refusal: true,
+            ..Self::throttled(message, Some(retry_after))
         }
     }
 

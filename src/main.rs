@@ -61,6 +61,10 @@ enum Command {
         /// Keep syncing: start a new run this many seconds after each one ends (Ctrl-C stops).
         #[arg(long, value_name = "SECONDS")]
         watch: Option<u64>,
+        /// Delete the chunks of indexed objects that --include/--exclude leave out (each is
+        /// reported), and let an empty listing delete what was indexed from the URL.
+        #[arg(long)]
+        prune: bool,
         #[arg(long)]
         server: Option<String>,
     },
@@ -229,14 +233,19 @@ async fn run(cli: Cli) -> Result<()> {
             include,
             exclude,
             watch,
+            prune,
             server,
         } => {
-            let channel = cli::channel(server, cli.config, cli.token.as_deref()).await?;
+            let url = cli::index::absolute_if_local(&url);
+            let channel =
+                cli::index::channel_for(server, cli.config, &url, cli.token.as_deref()).await?;
             let request = proto::IndexRequest {
-                url: cli::index::absolute_if_local(&url),
+                url,
                 index,
                 include,
                 exclude,
+                prune,
+                detached: false,
             };
             match watch {
                 None => cli::index::run_index(channel, request).await,

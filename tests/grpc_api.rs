@@ -62,8 +62,11 @@ impl TestServer {
             sources = ["local-bm25", "local-dense"]
             chunk_max_words = 80
             chunk_overlap_words = 10
+            [ingest]
+            roots = ["{temp}"]
             {extra_config}
             "#,
+            temp = std::env::temp_dir().display(),
             data_dir = data_dir.display(),
             model = model_dir().display(),
         );

@@ -3,9 +3,10 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::ingestion::{final_message, progress_message};
 use super::proto::{self, admin_service_server::AdminService};
 use crate::auth::Credentials;
-use crate::service::Service;
+use crate::service::{IndexRunState, Service};
 use crate::stores::StoreKind;
 
 pub struct AdminApi {
@@ -71,5 +72,53 @@ impl AdminService for AdminApi {
             })
             .collect();
         Ok(Response::new(proto::ListIndexesResponse { indexes }))
+    }
+
+    async fn get_index_run(
+        &self,
+        request: Request<proto::GetIndexRunRequest>,
+    ) -> Result<Response<proto::IndexRunStatus>, Status> {
+        let principal = self
+            .service
+            .authenticate(&Credentials::from_grpc(&request))
+            .await
+            .map_err(convert::status)?;
+        let run_id = request.into_inner().run_id;
+        // Unknown, forgotten and other callers' ids read alike.
+        let run = self
+            .service
+            .index_runs()
+            .get(&run_id)
+            .filter(|run| run.owner == principal.id() || principal.permissions().may_admin());
+        let run = run.ok_or_else(|| {
+            Status::not_found(format!(
+                "no index run {run_id:?} (finished runs are kept for a while)"
+            ))
+        })?;
+        let (state, progress, error) = match run.state {
+            IndexRunState::Running(progress) => {
+                ("running", progress_message(&progress), String::new())
+            }
+            IndexRunState::Succeeded(report) => ("succeeded", final_message(report), String::new()),
+            IndexRunState::Failed(error) => {
+                let status = convert::status(error);
+                (
+                    "failed",
+                    proto::IndexProgress {
+                        done: true,
+                        ..Default::default()
+                    },
+                    status.message().to_owned(),
+                )
+            }
+        };
+        Ok(Response::new(proto::IndexRunStatus {
+            run_id: run.run_id,
+            state: state.to_owned(),
+            url: run.url,
+            index: run.index,
+            progress: Some(progress),
+            error,
+        }))
     }
 }

@@ -11,7 +11,7 @@ use crate::retrieve::{FusedHit, SearchResult, SourceOutcome, SourceStatus};
 
 /// Every error kind maps to one status; retry hints travel as `retry-after` metadata.
 pub fn status(error: Error) -> Status {
-    let message = super::redact::client_message(error.kind, &error.message, None);
+    let message = super::redact::error_text(&error);
     let mut status = Status::new(code(error.kind), message);
     if let Some(retry_after) = error.retry_after
         && let Ok(value) = retry_after.as_secs().max(1).to_string().parse()

@@ -65,7 +65,7 @@ fn answer_event(event: AnswerEvent) -> proto::AnswerEvent {
         AnswerEvent::Done(summary) => Event::Done(answer_done(*summary)),
         AnswerEvent::Failed(error) => Event::Error(proto::AnswerError {
             code: convert::code_name(convert::code(error.kind)).to_string(),
-            message: redact::client_message(error.kind, &error.message, None),
+            message: redact::error_text(&error),
         }),
     };
     proto::AnswerEvent { event: Some(event) }

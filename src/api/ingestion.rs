@@ -1,4 +1,7 @@
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -7,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::proto::{self, ingestion_service_server::IngestionService};
 use crate::auth::Credentials;
+use crate::error::{Error, ErrorKind};
 use crate::ingest::{IndexProgress, IndexReport, IssueList, ObjectIssue};
 
 /// The issues of a final message take at most about this many bytes of keys and reasons,
@@ -26,6 +30,9 @@ type ProgressStream = ReceiverStream<Result<proto::IndexProgress, Status>>;
 impl IngestionService for IngestionApi {
     type IndexStream = ProgressStream;
 
+    /// A run belongs to its call: it stops when the caller cancels (the stream is dropped)
+    /// or its `grpc-timeout` passes, and dropping it commits nothing the manifest would
+    /// hide (see `ingest::pipeline`). A `detached` run goes on alone under a run id.
     async fn index(
         &self,
         request: Request<proto::IndexRequest>,
@@ -35,39 +42,111 @@ impl IngestionService for IngestionApi {
             .authenticate(&Credentials::from_grpc(&request))
             .await
             .map_err(convert::status)?;
+        let deadline = grpc_timeout(request.metadata()).map(|timeout| Instant::now() + timeout);
         let proto::IndexRequest {
             url,
             index,
             include,
             exclude,
+            prune,
+            detached,
         } = request.into_inner();
         // Refuse an unknown or forbidden index before the stream starts, as a plain status.
         self.service
-            .index_config_for(&principal, &index, &url)
+            .index_config_for(&principal, &index)
             .map_err(convert::status)?;
         let (sender, receiver) = mpsc::channel(32);
         let service = self.service.clone();
-        let filters = IndexFilters { include, exclude };
+        let filters = IndexFilters {
+            include,
+            exclude,
+            prune,
+        };
+        if detached {
+            let runs = Arc::clone(service.index_runs());
+            let run_id = runs.start(principal.id(), &url, &index);
+            let first = proto::IndexProgress {
+                run_id: run_id.clone(),
+                ..proto::IndexProgress::default()
+            };
+            let _ = sender.try_send(Ok(first));
+            tokio::spawn(async move {
+                let progress_sender = sender.clone();
+                let progress_runs = Arc::clone(&runs);
+                let progress_id = run_id.clone();
+                let report = service
+                    .index(&principal, &url, &index, &filters, move |progress| {
+                        progress_runs.progress(&progress_id, progress);
+                        let _ = progress_sender.try_send(Ok(progress_message(progress)));
+                    })
+                    .await;
+                runs.finish(&run_id, report.clone());
+                let _ = sender.send(last_message(report)).await;
+            });
+            return Ok(Response::new(ReceiverStream::new(receiver)));
+        }
         tokio::spawn(async move {
             let progress_sender = sender.clone();
-            let report = service
-                .index(&principal, &url, &index, &filters, move |progress| {
-                    // Intermediate progress may be dropped when the client reads slowly;
-                    // the final event is always delivered.
-                    let _ = progress_sender.try_send(Ok(progress_message(progress)));
-                })
-                .await;
-            let last = match report {
-                Ok(report) => Ok(final_message(report)),
-                Err(error) => Err(convert::status(error)),
+            let run = service.index(&principal, &url, &index, &filters, move |progress| {
+                // Intermediate progress may be dropped when the client reads slowly;
+                // the final event is always delivered.
+                let _ = progress_sender.try_send(Ok(progress_message(progress)));
+            });
+            let run = async {
+                match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, run)
+                        .await
+                        .unwrap_or_else(|_| Err(deadline_passed())),
+                    None => run.await,
+                }
             };
-            let _ = sender.send(last).await;
+            tokio::select! {
+                report = run => {
+                    let _ = sender.send(last_message(report)).await;
+                }
+                () = sender.closed() => {
+                    // The caller went away: dropping the run stops it and frees the index.
+                    tracing::info!(url, "index run cancelled by its caller");
+                }
+            }
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
 
-fn progress_message(progress: &IndexProgress) -> proto::IndexProgress {
+fn deadline_passed() -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        "the Index call's deadline passed and the run was stopped; what it committed stays, \
+         and the next run goes on from there (set detached to run longer than a call)",
+    )
+}
+
+fn last_message(report: crate::error::Result<IndexReport>) -> Result<proto::IndexProgress, Status> {
+    match report {
+        Ok(report) => Ok(final_message(report)),
+        Err(error) => Err(convert::status(error)),
+    }
+}
+
+/// The `grpc-timeout` a client set (`<digits><H|M|S|m|u|n>`), if any.
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at(split);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+pub(super) fn progress_message(progress: &IndexProgress) -> proto::IndexProgress {
     proto::IndexProgress {
         listed: progress.listed,
         excluded: progress.excluded,
@@ -75,6 +154,9 @@ fn progress_message(progress: &IndexProgress) -> proto::IndexProgress {
         indexed: progress.indexed,
         unchanged: progress.unchanged,
         deleted: progress.deleted,
+        pruned: progress.pruned,
+        kept_not_pruned: progress.kept_not_pruned,
+        run_id: String::new(),
         skipped: progress.skipped,
         failed: progress.failed,
         chunks: progress.chunks_written,
@@ -88,7 +170,7 @@ fn progress_message(progress: &IndexProgress) -> proto::IndexProgress {
     }
 }
 
-fn final_message(report: IndexReport) -> proto::IndexProgress {
+pub(super) fn final_message(report: IndexReport) -> proto::IndexProgress {
     let mut message = progress_message(&report.progress);
     message.done = true;
     let mut budget = IssueBudget {
@@ -107,7 +189,21 @@ fn final_message(report: IndexReport) -> proto::IndexProgress {
             .collect(),
         left_out: report.listing_errors.left_out,
     };
+    let not_pruned = IssueList {
+        entries: report
+            .not_pruned
+            .entries
+            .into_iter()
+            .map(|reason| ObjectIssue {
+                object_key: String::new(),
+                reason,
+            })
+            .collect(),
+        left_out: report.not_pruned.left_out,
+    };
     message.listing_errors_left_out = budget.add(listing, proto::IssueKind::Listing);
+    message.not_pruned_left_out = budget.add(not_pruned, proto::IssueKind::NotPruned);
+    message.pruned_left_out = budget.add(report.pruned, proto::IssueKind::Pruned);
     message.failures_left_out = budget.add(report.failures, proto::IssueKind::Failed);
     message.known_bad_left_out = budget.add(report.known_bad, proto::IssueKind::KnownBad);
     message.skips_left_out = budget.add(report.skips, proto::IssueKind::Skipped);

@@ -500,7 +500,7 @@ fn error_json(error: &Error) -> Value {
         ErrorKind::Timeout => ("api_error", "timeout"),
         ErrorKind::Config | ErrorKind::Internal => ("api_error", "internal_error"),
     };
-    let message = super::redact::client_message(error.kind, &error.message, None);
+    let message = super::redact::error_text(error);
     json!({"error": {"message": message, "type": kind, "code": code}})
 }
 

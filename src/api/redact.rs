@@ -20,6 +20,8 @@ use std::task::{Context, Poll};
 
 use crate::error::{Error, ErrorKind};
 use crate::route::AttemptOutcome;
+#[cfg(test)]
+use std::time::Duration;
 
 tokio::task_local! {
     static REQUEST_ID: String;
@@ -119,17 +121,22 @@ fn fixed_text(kind: ErrorKind) -> &'static str {
 /// `subject` (a deployment or source id) when known. Logs the original once
 /// when it is replaced.
 pub fn client_message(kind: ErrorKind, message: &str, subject: Option<&str>) -> String {
-    if is_upstream_kind(kind) && !is_own_limit(message) {
+    if is_upstream_kind(kind) {
         withheld(kind, message, subject)
     } else {
         scrub(message)
     }
 }
 
-/// Refusals written by skyfuse's own limits (`limits::rate`, `limits::concurrency`):
-/// they carry no upstream detail and tell the caller when to retry.
-fn is_own_limit(message: &str) -> bool {
-    message.starts_with("rate limit: ") || message.starts_with("the server is busy: ")
+/// What a client may read of `error`: [`client_message`], except that skyfuse's own
+/// refusals (a rate limit: [`Error::local_refusal`]) keep their text, which tells the
+/// caller when to retry.
+pub fn error_text(error: &Error) -> String {
+    if error.local_refusal {
+        scrub(&error.message)
+    } else {
+        client_message(error.kind, &error.message, None)
+    }
 }
 
 /// The fixed text for `kind`, naming `subject` and the request id; logs `message`.
@@ -144,7 +151,7 @@ fn withheld(kind: ErrorKind, message: &str, subject: Option<&str>) -> String {
 
 /// `error` with its message made client-safe ([`client_message`]).
 pub fn for_client(mut error: Error) -> Error {
-    error.message = client_message(error.kind, &error.message, None);
+    error.message = error_text(&error);
     error
 }
 
@@ -275,5 +282,17 @@ mod tests {
         })
         .await;
         assert_eq!(text, "upstream timed out (request id: rid-7)");
+    }
+
+    #[test]
+    fn only_our_own_refusals_keep_their_throttled_text() {
+        let ours = Error::rate_limited(
+            "rate limit: over 2 requests per minute",
+            Duration::from_secs(3),
+        );
+        assert_eq!(error_text(&ours), "rate limit: over 2 requests per minute");
+        // An upstream 429 whose text merely looks like ours is still withheld.
+        let theirs = Error::throttled("rate limit: sk-secret-123", None);
+        assert!(!error_text(&theirs).contains("sk-secret"));
     }
 }

@@ -53,6 +53,8 @@ pub async fn run_eval(
     )?;
     // Every query asks for 100 hits per source and fused.
     config.search.candidates_per_source = config.search.candidates_per_source.max(100);
+    // The in-process service may read the dataset: its user is the operator.
+    config.ingest.roots.push(dataset.canonicalize()?);
     let indexes: Vec<String> = config
         .indexes
         .iter()

@@ -48,13 +48,15 @@ pub async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result
         bail!("indexing stream ended before the run finished");
     }
     println!(
-        "indexed {url}: {} listed, {} excluded, {} fetched, {} indexed, {} unchanged, {} deleted, {} skipped, {} failed, {} known bad, {} chunks, {} bytes in {:.1}s",
+        "indexed {url}: {} listed, {} excluded, {} fetched, {} indexed, {} unchanged, {} deleted, {} pruned, {} kept (not pruned), {} skipped, {} failed, {} known bad, {} chunks, {} bytes in {:.1}s",
         last.listed,
         last.excluded,
         last.fetched,
         last.indexed,
         last.unchanged,
         last.deleted,
+        last.pruned,
+        last.kept_not_pruned,
         last.skipped,
         last.failed,
         last.known_bad,
@@ -69,6 +71,8 @@ pub async fn run_index(channel: Channel, request: proto::IndexRequest) -> Result
             Ok(proto::IssueKind::Record) => "bad record",
             Ok(proto::IssueKind::Listing) => "listing failed",
             Ok(proto::IssueKind::KnownBad) => "known bad",
+            Ok(proto::IssueKind::Pruned) => "pruned",
+            Ok(proto::IssueKind::NotPruned) => "kept (not pruned)",
             Ok(proto::IssueKind::Unspecified) | Err(_) => "issue",
         };
         println!("  {kind}: {}: {}", failure.key, failure.reason);
@@ -114,6 +118,48 @@ pub async fn watch_index(
             () = tokio::time::sleep(interval) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
+    }
+}
+
+/// A connection to `--server`, or to an in-process service whose `[ingest] roots` also
+/// hold the folder `url` names (or a file's folder): the CLI's user is the operator, and
+/// may index what they point at. A running server only reads under its own roots.
+pub async fn channel_for(
+    server: Option<String>,
+    config_path: Option<std::path::PathBuf>,
+    url: &str,
+    token: Option<&str>,
+) -> Result<Channel> {
+    if server.is_some() {
+        return super::channel(server, config_path, token).await;
+    }
+    let mut config = skyfuse::client::load_config(config_path.as_deref())?;
+    if let Some(root) = local_root_for(url) {
+        config.ingest.roots.push(root);
+    } else if url.contains("://") && config.bucket_for(url).is_none() {
+        // A bucket the user names with their own credentials (the standard variables):
+        // an entry with no settings of its own lets the in-process service read it.
+        let entry = toml::from_str(&format!("url = {url:?}"));
+        if let Ok(entry) = entry {
+            config.buckets.push(entry);
+        }
+    }
+    super::with_token(skyfuse::client::connect(None, config).await?, token)
+}
+
+/// The folder a local `url` names, or a file's folder; `None` for bucket URLs and paths
+/// that do not exist (the service then reports them).
+fn local_root_for(url: &str) -> Option<std::path::PathBuf> {
+    let path = match url.strip_prefix("file://") {
+        Some(_) => url::Url::parse(url).ok()?.to_file_path().ok()?,
+        None if url.contains("://") => return None,
+        None => std::path::PathBuf::from(url),
+    };
+    let canonical = std::fs::canonicalize(path).ok()?;
+    if canonical.is_dir() {
+        Some(canonical)
+    } else {
+        canonical.parent().map(std::path::Path::to_path_buf)
     }
 }
 

@@ -116,6 +116,7 @@ async fn read_token(service: &str, response: reqwest::Response) -> Result<(Secre
             kind,
             message: format!("{service} answered {status}: {text}"),
             retry_after,
+            local_refusal: false,
         });
     }
     #[derive(Deserialize)]

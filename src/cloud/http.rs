@@ -131,6 +131,7 @@ pub fn status_error(service: &str, reply: &HttpReply) -> Error {
             ErrorKind::Throttled | ErrorKind::Unavailable => retry_after(&reply.headers),
             _ => None,
         },
+        local_refusal: false,
     }
 }
 

@@ -7,6 +7,7 @@
 use serde::Deserialize;
 
 use super::{AwsKeyLocations, SecretLocation};
+use crate::ingest::canonical::{CanonicalUrl, canonicalize};
 
 /// Settings for every index URL that starts with `url` (the longest match wins). The
 /// URL's scheme selects the credential keys the entry takes (`s3://`: an AWS key pair,
@@ -70,17 +71,32 @@ pub enum BucketCredentialsConfig {
 }
 
 /// The schemes `[[bucket]]` and the indexer understand, by cloud.
-pub const S3_SCHEMES: &[&str] = &["s3", "s3a"];
+pub const S3_SCHEMES: &[&str] = &["s3", "s3a", "s3n"];
 pub const AZURE_SCHEMES: &[&str] = &["az", "azure", "abfs", "abfss", "adl"];
 pub const GCS_SCHEMES: &[&str] = &["gs"];
 
 impl BucketConfig {
-    /// Whether this entry applies to `url`: a prefix ending at a path boundary.
+    /// The entry's URL in canonical form ([`canonicalize`]), with the storage account it
+    /// names for Azure; `None` when the URL is not a bucket URL (a config problem).
+    pub fn canonical(&self) -> Option<CanonicalUrl> {
+        let mut canonical = canonicalize(&self.url).ok()?;
+        if let BucketCredentialsConfig::Azure {
+            account: Some(account),
+            ..
+        } = &self.credentials
+        {
+            canonical.account = Some(account.to_ascii_lowercase());
+        }
+        Some(canonical)
+    }
+
+    /// Whether this entry applies to `url`, compared in canonical form (so `s3a://` and
+    /// the `https://` hosts of a bucket match an `s3://` entry): a prefix ending at a
+    /// path boundary.
     pub fn matches(&self, url: &str) -> bool {
-        let own = self.url.trim_end_matches('/');
-        match url.strip_prefix(own) {
-            Some(rest) => rest.is_empty() || rest.starts_with('/') || own.ends_with("://"),
-            None => false,
+        match (self.canonical(), canonicalize(url)) {
+            (Some(own), Ok(url)) => url.is_under(&own),
+            _ => false,
         }
     }
 
@@ -89,6 +105,9 @@ impl BucketConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let name = format!("bucket {:?}", self.url);
+        if let Err(error) = canonicalize(&self.url) {
+            problems.push(format!("{name}: url: {}", error.message));
+        }
         if let BucketCredentialsConfig::S3(keys) = &self.credentials
             && !keys.pair_is_whole()
         {
@@ -262,6 +281,14 @@ mod tests {
         let whole_bucket = bucket("url = \"s3://docs/\"");
         assert!(whole_bucket.matches("s3://docs/team"));
         assert!(!whole_bucket.matches("s3://docs2"));
+        // Aliases reach the same entry.
+        assert!(entry.matches("s3a://docs/team/x"));
+        assert!(entry.matches("https://docs.s3.eu-west-1.amazonaws.com/team"));
+        assert!(entry.matches("https://s3.amazonaws.com/docs/team/y"));
+        let azure = bucket("url = \"az://c/f\"\naccount = \"acct\"");
+        assert!(azure.matches("abfss://c@acct.dfs.core.windows.net/f/x"));
+        assert!(azure.matches("az://c/f"));
+        assert!(!azure.matches("https://other.blob.core.windows.net/c/f"));
     }
 
     #[test]

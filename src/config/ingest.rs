@@ -1,4 +1,5 @@
-//! `[ingest]`: how indexing runs treat what they read, server-wide.
+//! `[ingest]`: which local folders `Index` may read, and how indexing runs treat what
+//! they read, server-wide.
 
 use std::path::PathBuf;
 
@@ -16,10 +17,16 @@ pub enum ExtractionMode {
     InProcess,
 }
 
-/// `[ingest]`: extraction mode and the limits of the extraction workers.
+/// `[ingest]`: local roots, extraction mode and the limits of the extraction workers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
+    /// Local folders an `Index` request may read from (relative paths from the config
+    /// file's folder); canonicalized at startup, and a path is allowed only when its
+    /// canonical form lies under one of them. Empty (the default for `serve`): no local
+    /// path may be indexed over the API. The CLI's in-process mode adds the folder it was
+    /// given, since its user is the operator.
+    pub roots: Vec<PathBuf>,
     pub extraction: ExtractionMode,
     /// Worker processes at most (each extracts one object at a time).
     pub extraction_workers: usize,
@@ -36,6 +43,7 @@ pub struct IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         Self {
+            roots: Vec::new(),
             extraction: ExtractionMode::Isolated,
             extraction_workers: 4,
             worker_memory_mib: 1024,
@@ -49,6 +57,10 @@ impl Default for IngestConfig {
 impl IngestConfig {
     /// Problems with the values, each naming its key.
     pub fn problems(&self, problems: &mut Vec<String>) {
+        // An empty root would mean "the current directory" by accident.
+        if self.roots.iter().any(|root| root.as_os_str().is_empty()) {
+            problems.push("ingest.roots: an entry is empty".to_owned());
+        }
         if self.extraction_workers == 0 {
             problems.push("ingest.extraction_workers must be at least 1".to_owned());
         }

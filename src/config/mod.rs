@@ -175,6 +175,11 @@ impl Config {
         if let Some(worker_path) = &self.ingest.worker_path {
             self.ingest.worker_path = Some(include::anchor(base_dir, worker_path));
         }
+        for root in &mut self.ingest.roots {
+            if !root.as_os_str().is_empty() {
+                *root = include::anchor(base_dir, root);
+            }
+        }
         include::anchor_tables(base_dir, &mut self.spaces, &mut self.sources);
     }
 
@@ -391,7 +396,11 @@ impl Config {
         }
         let mut bucket_urls = HashSet::new();
         for bucket in &self.buckets {
-            if !bucket_urls.insert(bucket.url.trim_end_matches('/')) {
+            let name = crate::ingest::canonical::canonicalize(&bucket.url).map_or_else(
+                |_| bucket.url.trim_end_matches('/').to_owned(),
+                |url| url.full(),
+            );
+            if !bucket_urls.insert(name) {
                 problems.push(format!("bucket {:?} is defined twice", bucket.url));
             }
             problems.extend(bucket.problems());

@@ -41,8 +41,16 @@ pub struct BucketOptions {
     pub retry_timeout: Option<Duration>,
     /// First backoff; doubles per retry. Default 100 ms.
     pub initial_backoff: Option<Duration>,
+    /// The operator's globs (`[[bucket]]`): an object must match `include` (when given)
+    /// and no `exclude`, whatever a request asks.
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// The key prefix the operator's globs are relative to (the `[[bucket]]` entry's);
+    /// `None`: relative to the URL's prefix.
+    pub filter_base: Option<String>,
+    /// A request's globs, relative to the URL's prefix: they can only narrow.
+    pub request_include: Vec<String>,
+    pub request_exclude: Vec<String>,
 }
 
 impl std::fmt::Debug for BucketOptions {
@@ -62,6 +70,9 @@ impl std::fmt::Debug for BucketOptions {
             .field("initial_backoff", &self.initial_backoff)
             .field("include", &self.include)
             .field("exclude", &self.exclude)
+            .field("filter_base", &self.filter_base)
+            .field("request_include", &self.request_include)
+            .field("request_exclude", &self.request_exclude)
             .finish()
     }
 }

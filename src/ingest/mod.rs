@@ -4,6 +4,7 @@
 //! its pure parts, usable on their own.
 
 pub mod bucket;
+pub mod canonical;
 pub mod chunk;
 pub mod extract;
 pub mod filter;

@@ -96,12 +96,12 @@ impl Limited {
             Some(wait) => {
                 // Whole seconds, rounded up: retrying at the hint must succeed.
                 let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-                Error::throttled(
+                Error::rate_limited(
                     format!(
                         "rate limit: over {} {noun} per minute (limits.{noun}_per_minute); retry in {seconds} s",
                         self.limit
                     ),
-                    Some(Duration::from_secs(seconds)),
+                    Duration::from_secs(seconds),
                 )
             }
             None => Error::invalid(format!(

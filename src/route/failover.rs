@@ -144,7 +144,12 @@ pub struct Started {
     /// Longest wait for the client to take a chunk.
     send_timeout: Duration,
     deadline: Instant,
+    /// Told the usage once the call ends, finished or broken (see [`Started::on_finish`]).
+    finish_hook: Option<FinishHook>,
 }
+
+/// Called once with the usage a call ended with (reported, or estimated when it broke).
+pub type FinishHook = Box<dyn FnOnce(&Usage) + Send>;
 
 /// One request's way through its plan: what was tried, and what the next
 /// candidate's turn depends on.
@@ -431,6 +436,7 @@ impl Attempts<'_> {
             inter_chunk: Duration::from_millis(self.router.settings.inter_chunk_timeout_ms),
             send_timeout: Duration::from_millis(self.router.settings.stream_send_timeout_ms),
             deadline: self.deadline,
+            finish_hook: None,
         }
     }
 
@@ -511,6 +517,13 @@ impl Started {
         self.deployment.info()
     }
 
+    /// Runs `hook` with the usage the call ends with: the reported usage when it
+    /// finishes, our estimate of what was generated when it breaks or its client
+    /// leaves. Not run when `self` is dropped before [`Started::into_events`].
+    pub fn on_finish(&mut self, hook: impl FnOnce(&Usage) + Send + 'static) {
+        self.finish_hook = Some(Box::new(hook));
+    }
+
     /// Streams the first token and the rest on a task: tokens, then `Done` or
     /// `Failed`. Dropping the receiver cancels the upstream call.
     pub fn into_events(self) -> mpsc::Receiver<RouteEvent> {
@@ -589,6 +602,7 @@ impl Started {
                     if let Some(reservation) = self.reservation.take() {
                         reservation.settle(cost);
                     }
+                    self.finished(&usage);
                     self.summary.usage = usage;
                     self.summary.cost_usd = cost;
                     self.summary.finish_reason = reason.as_str().to_string();
@@ -652,9 +666,16 @@ impl Started {
 
     /// What was generated was billed upstream: charge our estimate of it.
     fn settle_estimated(&mut self, generated: &str) {
+        let usage = estimated_usage(&self.request, generated);
         if let Some(reservation) = self.reservation.take() {
-            let usage = estimated_usage(&self.request, generated);
             reservation.settle(self.cost(&usage));
+        }
+        self.finished(&usage);
+    }
+
+    fn finished(&mut self, usage: &Usage) {
+        if let Some(hook) = self.finish_hook.take() {
+            hook(usage);
         }
     }
 

@@ -89,9 +89,10 @@ impl Service {
             temperature: None,
             deadline: request.deadline,
         };
+        self.admit_call(principal)?;
         let routed = self.routed(principal, &request, &call)?;
         let search = self
-            .search(
+            .search_within_limits(
                 principal,
                 SearchParams {
                     query: request.question.clone(),
@@ -135,7 +136,8 @@ impl Service {
         };
         call.messages = chat_request.messages;
         call.temperature = Some(chat_request.temperature);
-        let started = match self.chat(principal, call).await {
+        // The call was counted above: the chat charges only its tokens.
+        let started = match self.metered_chat(principal, call, 0).await.result {
             Ok(started) => started,
             Err(ChatFailure { error, route: None }) => return Err(error),
             Err(ChatFailure { error, route: _ }) if explicit => return Err(error),

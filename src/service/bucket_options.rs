@@ -10,7 +10,8 @@ use crate::error::Result;
 use crate::ingest::{BucketCredentials, BucketOptions};
 
 /// A `[[bucket]]` entry (or none: all defaults) with its secrets resolved, plus the
-/// caller's globs and the standard cloud variables of the environment.
+/// caller's globs (kept apart from the entry's: they only narrow) and the standard cloud
+/// variables of the environment.
 pub(super) fn bucket_options(
     bucket: &BucketConfig,
     filters: &IndexFilters,
@@ -48,17 +49,9 @@ pub(super) fn bucket_options(
             credentials.bearer_token = resolve(bearer_token, "bearer_token")?;
         }
     }
-    let include = if filters.include.is_empty() {
-        bucket.include.clone()
-    } else {
-        filters.include.clone()
-    };
-    let exclude = bucket
-        .exclude
-        .iter()
-        .chain(&filters.exclude)
-        .cloned()
-        .collect();
+    // The operator's globs stay whole and relative to the entry's own prefix; the
+    // request's are matched on their own, so they can only narrow (see `RunScope`).
+    let filter_base = bucket.canonical().map(|canonical| canonical.prefix);
     Ok(BucketOptions {
         cloud: bucket.cloud.clone(),
         region: bucket.region.clone(),
@@ -69,8 +62,11 @@ pub(super) fn bucket_options(
         max_retries: bucket.max_retries,
         retry_timeout: bucket.retry_timeout_ms.map(Duration::from_millis),
         initial_backoff: None,
-        include,
-        exclude,
+        include: bucket.include.clone(),
+        exclude: bucket.exclude.clone(),
+        filter_base,
+        request_include: filters.include.clone(),
+        request_exclude: filters.exclude.clone(),
     })
 }
 
@@ -109,6 +105,7 @@ mod tests {
         let filters = IndexFilters {
             include: vec!["**/*.pdf".into()],
             exclude: vec!["old/**".into()],
+            ..IndexFilters::default()
         };
         let options = bucket_options(&bucket, &filters, &env).unwrap();
         assert_eq!(
@@ -121,8 +118,12 @@ mod tests {
             "very-secret"
         );
         assert!(!format!("{options:?}").contains("very-secret"));
-        assert_eq!(options.include, ["**/*.pdf"]);
-        assert_eq!(options.exclude, ["drafts/**", "old/**"]);
+        // The entry's globs stay whole; the request's are kept apart to narrow them.
+        assert_eq!(options.include, ["**/*.md"]);
+        assert_eq!(options.exclude, ["drafts/**"]);
+        assert_eq!(options.request_include, ["**/*.pdf"]);
+        assert_eq!(options.request_exclude, ["old/**"]);
+        assert_eq!(options.filter_base.as_deref(), Some(""));
 
         let error = bucket_options(&bucket, &IndexFilters::default(), &HashMap::new()).unwrap_err();
         assert!(error.message.contains("DOCS_KEY"), "{error}");

@@ -82,7 +82,19 @@ impl Service {
     /// limits: each call counts one request and its tokens (the prompt estimate
     /// plus the output it may produce), or is refused with `Throttled` and a
     /// `retry_after` before anything is planned or sent.
-    pub async fn rated_chat(&self, principal: &Principal, mut call: ChatCall) -> RatedChat {
+    pub async fn rated_chat(&self, principal: &Principal, call: ChatCall) -> RatedChat {
+        self.metered_chat(principal, call, 1).await
+    }
+
+    /// [`Service::rated_chat`] counting `requests` calls (0 when the entrance already
+    /// counted it). The tokens the call was charged beyond what it used are given back
+    /// when it ends, and all of them when no deployment answered.
+    pub(super) async fn metered_chat(
+        &self,
+        principal: &Principal,
+        mut call: ChatCall,
+        requests: u64,
+    ) -> RatedChat {
         // The caller's permission first: one without chat learns nothing about models.
         let caller = match principal.permissions().chat_caller(principal.id()) {
             Ok(caller) => caller,
@@ -103,7 +115,7 @@ impl Service {
         };
         let input_tokens = request_tokens(&request);
         let tokens = input_tokens.saturating_add(u64::from(max_output_tokens));
-        let rate = match self.rate_limiter.admit(principal.id(), 1, tokens) {
+        let rate = match self.rate_limiter.admit(principal.id(), requests, tokens) {
             Ok(status) => status,
             Err(limited) => {
                 return RatedChat {
@@ -112,11 +124,20 @@ impl Service {
                 };
             }
         };
+        let mut result = self
+            .routed_chat(router, &caller, &call, &request, input_tokens)
+            .await;
+        let (limiter, caller_id) = (Arc::clone(&self.rate_limiter), principal.id().to_owned());
+        match &mut result {
+            Ok(started) => started.on_finish(move |usage| {
+                let used = usage.input_tokens.saturating_add(usage.output_tokens);
+                limiter.refund_tokens(&caller_id, tokens.saturating_sub(used));
+            }),
+            Err(_) => limiter.refund_tokens(&caller_id, tokens),
+        }
         RatedChat {
             rate: Some(rate),
-            result: self
-                .routed_chat(router, &caller, &call, &request, input_tokens)
-                .await,
+            result,
         }
     }
 

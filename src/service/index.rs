@@ -1,24 +1,32 @@
 //! Index: sync a bucket or folder into an index's stores, one run per index at a time.
 
+use std::path::Path;
+
 use sha2::{Digest, Sha256};
 
 use super::Service;
 use super::bucket_options::bucket_options;
+use super::index_target::{self, IndexTarget};
 use crate::auth::Principal;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::{ChunkingConfig, IndexJob, IndexProgress, IndexReport, run_index};
 
-/// Globs a caller adds to a run: `include` replaces the bucket's includes when given,
-/// `exclude` adds to its excludes.
+/// What a caller adds to a run. Globs only narrow the `[[bucket]]` entry's (an object must
+/// match both; `exclude` adds), and `prune` says whether indexed objects the request's
+/// globs leave out (or an empty listing) may lose their chunks.
 #[derive(Debug, Clone, Default)]
 pub struct IndexFilters {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// Delete the chunks of indexed objects this request's globs leave out, and let an
+    /// empty listing delete what was indexed from the URL. Needs the role's `prune`.
+    pub prune: bool,
 }
 
 impl Service {
     /// Runs one incremental sync of `url` into the index `index_id` (empty: the
-    /// default index), reporting progress as it goes.
+    /// default index), reporting progress as it goes. Dropping the future stops the run
+    /// (nothing half-done is committed to the manifest) and releases the index.
     pub async fn index(
         &self,
         principal: &Principal,
@@ -30,7 +38,18 @@ impl Service {
         if url.trim().is_empty() {
             return Err(Error::invalid("url must not be empty"));
         }
-        let index = self.index_config_for(principal, index_id, url)?.clone();
+        self.admit_call(principal)?;
+        let index = self.index_config_for(principal, index_id)?.clone();
+        let target = self.index_target(url).await?;
+        // Roles grant URL prefixes of the canonical form, so `s3a://`, `../` or a symlink
+        // cannot reach around them.
+        let permissions = principal.permissions();
+        if !permissions.may_index(&index_target::job_url(&target)) {
+            return Err(index_target::not_found_or_not_allowed(url));
+        }
+        if filters.prune && !permissions.may_prune() {
+            return Err(Error::forbidden("permission denied: prune"));
+        }
         let lock = self.index_locks[&index.id].clone();
         let _running = lock.try_lock_owned().map_err(|_| {
             Error::new(
@@ -51,19 +70,28 @@ impl Service {
         let embedder = self
             .index_space(&index)
             .and_then(|space| self.embedders.get(&space).cloned());
-        let location = canonical_location(url);
-        // One manifest per (index, bucket): a run only deletes what it indexed itself.
+        // One manifest per (index, bucket or root): an object has one entry whichever URL
+        // reached it, and a run only judges the keys under its own URL.
         let manifest_path = self
             .config
             .manifest_path(&index)
             .with_extension("")
-            .join(format!("{}.json", short_hash(&location)));
-        let bucket_config = self
-            .config
-            .bucket_for(&location)
-            .cloned()
-            .unwrap_or_default();
-        let mut job = IndexJob::new(location, stores, embedder, manifest_path);
+            .join(format!(
+                "{}.json",
+                short_hash(&index_target::identity(&target))
+            ));
+        let bucket_config = match &target {
+            IndexTarget::Bucket { entry, .. } => entry.as_ref().clone(),
+            IndexTarget::Local { .. } => crate::config::BucketConfig::default(),
+        };
+        let mut job = IndexJob::new(
+            index_target::job_url(&target),
+            stores,
+            embedder,
+            manifest_path,
+        );
+        job.local_root = index_target::local_root(&target).map(Path::to_path_buf);
+        job.prune = filters.prune;
         job.chunking = ChunkingConfig {
             max_words: index.chunk_max_words,
             overlap_words: index.chunk_overlap_words,
@@ -88,6 +116,8 @@ impl Service {
             indexed = report.progress.indexed,
             unchanged = report.progress.unchanged,
             deleted = report.progress.deleted,
+            pruned = report.progress.pruned,
+            kept_not_pruned = report.progress.kept_not_pruned,
             failed = report.progress.failed,
             listing_errors = report.listing_errors.len(),
             chunks = report.progress.chunks_written,
@@ -95,39 +125,38 @@ impl Service {
         );
         Ok(report)
     }
-}
 
-impl Service {
     /// The index a principal's `Index` request names, refused unless it may write
-    /// that index from that URL ([`crate::auth::Permissions::may_index`]). A
-    /// restricted principal gets the same refusal for an unknown index as for a
-    /// forbidden one.
+    /// into it. A restricted principal gets the same refusal for an unknown index as
+    /// for a forbidden one. (The URL is checked once resolved, in [`Self::index`].)
     pub fn index_config_for(
         &self,
         principal: &Principal,
         index_id: &str,
-        url: &str,
     ) -> Result<&crate::config::IndexConfig> {
         let permissions = principal.permissions();
         if permissions.is_all() {
             return self.index_config(index_id);
         }
-        let index = self
-            .index_config(index_id)
-            .map_err(|_| Error::forbidden("permission denied: index into the requested index"))?;
-        permissions.check_index(&index.id, url)?;
+        let forbidden = || Error::forbidden("permission denied: index into the requested index");
+        let index = self.index_config(index_id).map_err(|_| forbidden())?;
+        if !permissions.may_index_into(&index.id) {
+            return Err(forbidden());
+        }
         Ok(index)
     }
-}
 
-/// Local paths are made absolute and resolved so that `./docs` and `/srv/docs`
-/// share one manifest; URLs are kept as given, without a trailing slash.
-fn canonical_location(url: &str) -> String {
-    let path = url.strip_prefix("file://").unwrap_or(url);
-    if url.contains("://") && !url.starts_with("file://") {
-        return url.trim_end_matches('/').to_string();
+    /// Where `url` may be read from, or the one refusal (see [`index_target`]). Local
+    /// paths are resolved on a blocking thread: the disk may hang (NFS).
+    async fn index_target(&self, url: &str) -> Result<IndexTarget> {
+        if !index_target::is_local(url) {
+            return index_target::resolve_bucket(url, &self.config.buckets);
+        }
+        let (url, roots) = (url.to_owned(), self.ingest_roots.clone());
+        tokio::task::spawn_blocking(move || index_target::resolve_local(&url, &roots))
+            .await
+            .map_err(|error| Error::internal(format!("resolving the path: {error}")))?
     }
-    std::fs::canonicalize(path).map_or_else(|_| url.to_string(), |path| path.display().to_string())
 }
 
 fn short_hash(text: &str) -> String {

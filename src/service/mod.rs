@@ -6,6 +6,8 @@ mod build;
 mod calibrate;
 mod chat;
 mod index;
+mod index_runs;
+mod index_target;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 pub use answer::{AnswerEvent, AnswerRequest, AnswerSummary, Citation, EXTRACTIVE_MODEL};
 pub use chat::{ChatCall, ChatFailure, DEFAULT_TEMPERATURE, RatedChat};
 pub use index::IndexFilters;
+pub use index_runs::{IndexRunState, IndexRunStatus, IndexRuns};
 
 use crate::auth::{Authenticator, Credentials, Principal};
 use crate::config::{Config, FusionMethod, IndexConfig};
@@ -64,11 +67,15 @@ pub struct Service {
     /// Where indexing runs parse untrusted formats (`[ingest] extraction`).
     extractor: crate::ingest::Extractor,
     /// Requests and tokens per minute, per caller (`[limits]`).
-    rate_limiter: RateLimiter,
+    rate_limiter: Arc<RateLimiter>,
     /// Calls in flight on both edges (`server.max_concurrent_calls`).
     call_limit: CallLimit,
     /// This process is the one writer of its data dir; None: it writes nothing local.
     _data_dir_lock: Option<DataDirLock>,
+    /// `[ingest] roots`, canonical: the only local folders `Index` may read.
+    ingest_roots: Vec<std::path::PathBuf>,
+    /// Detached `Index` runs, for `GetIndexRun`.
+    index_runs: Arc<IndexRuns>,
 }
 
 impl Service {
@@ -90,6 +97,11 @@ impl Service {
         if let Some(router) = &router {
             router.spawn_probe();
         }
+        let roots = config.ingest.roots.clone();
+        let ingest_roots =
+            tokio::task::spawn_blocking(move || index_target::canonical_roots(&roots))
+                .await
+                .map_err(|error| Error::internal(format!("resolving ingest.roots: {error}")))??;
         let index_locks = config
             .indexes
             .iter()
@@ -103,8 +115,10 @@ impl Service {
             router,
             authenticator,
             index_locks,
+            ingest_roots,
+            index_runs: Arc::default(),
             env: env.clone(),
-            rate_limiter: RateLimiter::from_config(&config.limits),
+            rate_limiter: Arc::new(RateLimiter::from_config(&config.limits)),
             call_limit: CallLimit::new(config.server.max_concurrent_calls),
             _data_dir_lock: data_dir_lock,
             config,
@@ -137,6 +151,11 @@ impl Service {
     /// facade and `Answer` with a model) is admitted through it.
     pub fn rate_limiter(&self) -> &RateLimiter {
         &self.rate_limiter
+    }
+
+    /// Detached `Index` runs and their outcomes.
+    pub fn index_runs(&self) -> &Arc<IndexRuns> {
+        &self.index_runs
     }
 
     /// The router described by a config, for `route explain`: reads no
@@ -191,6 +210,26 @@ impl Service {
     pub async fn search(
         &self,
         principal: &Principal,
+        params: SearchParams,
+    ) -> Result<SearchResult> {
+        self.admit_call(principal)?;
+        self.search_within_limits(principal, params).await
+    }
+
+    /// Counts one call of `principal` against its `requests_per_minute`, or refuses it
+    /// (`RESOURCE_EXHAUSTED` with a retry-after) before any work. Every entrance calls
+    /// it once; chat calls also charge their tokens ([`Service::rated_chat`]).
+    pub fn admit_call(&self, principal: &Principal) -> Result<()> {
+        self.rate_limiter
+            .admit_request(principal.id())
+            .map(drop)
+            .map_err(|limited| limited.into_error())
+    }
+
+    /// [`Service::search`] for a call already admitted (an `Answer`).
+    async fn search_within_limits(
+        &self,
+        principal: &Principal,
         mut params: SearchParams,
     ) -> Result<SearchResult> {
         params.sources = self.permitted_sources(principal, &params.sources)?;
@@ -224,6 +263,7 @@ impl Service {
 
     /// The sources the principal may search (Admin).
     pub async fn list_sources(&self, principal: &Principal) -> Result<Vec<SourceDescription>> {
+        self.admit_call(principal)?;
         let permissions = principal.permissions();
         permissions.check_admin()?;
         let visible: Vec<_> = self
@@ -247,6 +287,7 @@ impl Service {
 
     /// The indexes the principal may write or search a source of (Admin).
     pub fn list_indexes(&self, principal: &Principal) -> Result<Vec<&IndexConfig>> {
+        self.admit_call(principal)?;
         let permissions = principal.permissions();
         permissions.check_admin()?;
         Ok(self

@@ -64,6 +64,8 @@ fn identity_config(base: &Path, extra: &str) -> String {
         index = ["*"]
         index_prefixes = ["/"]
         prune = true
+        [ingest]
+        roots = ["{base}"]
         [[caller]]
         id = "reader"
         api_key_sha256 = "{reader}"
@@ -325,39 +327,20 @@ async fn index_outside_the_granted_prefix_or_index_is_permission_denied() {
     let channel = &server.channel;
     let public = dir.path().join("public").display().to_string();
     let secret = dir.path().join("secret").display().to_string();
-    let from_url = "permission denied: index from the requested url";
-    assert_status(
-        index(channel, Some(INDEXER_KEY), &secret, "public-docs").await,
-        tonic::Code::PermissionDenied,
-        from_url,
-    );
-    assert_status(
-        index(
-            channel,
-            Some(INDEXER_KEY),
-            &format!("{public}/../secret"),
-            "public-docs",
-        )
-        .await,
-        tonic::Code::PermissionDenied,
-        from_url,
-    );
-    assert_status(
-        index(
-            channel,
-            Some(INDEXER_KEY),
-            &format!("{public}-evil"),
-            "public-docs",
-        )
-        .await,
-        tonic::Code::PermissionDenied,
-        from_url,
-    );
-    assert_status(
-        index(channel, Some(INDEXER_KEY), "/etc", "public-docs").await,
-        tonic::Code::PermissionDenied,
-        from_url,
-    );
+    // Checked on the resolved path: `..`, a look-alike prefix and a path outside the
+    // roots all get the one refusal that does not say which server paths exist.
+    for url in [
+        secret.clone(),
+        format!("{public}/../secret"),
+        format!("{public}-evil"),
+        "/etc".to_owned(),
+    ] {
+        assert_status(
+            index(channel, Some(INDEXER_KEY), &url, "public-docs").await,
+            tonic::Code::PermissionDenied,
+            &format!("not found or not allowed: {url}"),
+        );
+    }
     let into = "permission denied: index into the requested index";
     assert_status(
         index(channel, Some(INDEXER_KEY), &public, "secret-docs").await,
@@ -379,6 +362,83 @@ async fn index_outside_the_granted_prefix_or_index_is_permission_denied() {
         .await
         .unwrap();
     assert_eq!(report.unchanged, 1, "{report:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn prune_needs_the_role_and_a_detached_run_is_seen_by_its_owner_and_admins_only() {
+    let dir = corpus();
+    let server = indexed_server(&dir, "").await;
+    let channel = &server.channel;
+    let public = dir.path().join("public").display().to_string();
+    let mut client = IngestionServiceClient::new(channel.clone());
+    let pruning = client
+        .index(with_bearer(
+            proto::IndexRequest {
+                url: public.clone(),
+                index: "public-docs".into(),
+                exclude: vec!["**".into()],
+                prune: true,
+                ..Default::default()
+            },
+            Some(INDEXER_KEY),
+        ))
+        .await;
+    let status = match pruning {
+        Ok(response) => response.into_inner().message().await.unwrap_err(),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert_eq!(status.message(), "permission denied: prune");
+
+    let mut stream = client
+        .index(with_bearer(
+            proto::IndexRequest {
+                url: public,
+                index: "public-docs".into(),
+                detached: true,
+                ..Default::default()
+            },
+            Some(INDEXER_KEY),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let run_id = stream.message().await.unwrap().unwrap().run_id;
+    // The stream ends when the detached run does.
+    while stream.message().await.unwrap().is_some() {}
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let get = |token: &'static str| {
+        let mut admin = admin.clone();
+        let run_id = run_id.clone();
+        async move {
+            admin
+                .get_index_run(with_bearer(
+                    proto::GetIndexRunRequest { run_id },
+                    Some(token),
+                ))
+                .await
+        }
+    };
+    let owner = get(INDEXER_KEY).await.unwrap().into_inner();
+    assert_eq!(owner.state, "succeeded", "{owner:?}");
+    assert_eq!(owner.progress.unwrap().unchanged, 1);
+    assert_eq!(get(OPS_KEY).await.unwrap().into_inner().state, "succeeded");
+    let other = get(READER_KEY).await.unwrap_err();
+    assert_eq!(other.code(), tonic::Code::NotFound, "{other:?}");
+    let unknown = admin
+        .get_index_run(with_bearer(
+            proto::GetIndexRunRequest {
+                run_id: "0".repeat(32),
+            },
+            Some(READER_KEY),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unknown.message().replace("0".repeat(32).as_str(), ""),
+        other.message().replace(run_id.as_str(), "")
+    );
     server.stop().await;
 }
 

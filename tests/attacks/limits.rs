@@ -19,10 +19,9 @@ use skyfuse::api::proto;
 use skyfuse::api::proto::admin_service_client::AdminServiceClient;
 use skyfuse::api::proto::generation_service_client::GenerationServiceClient;
 use skyfuse::api::proto::retrieval_service_client::RetrievalServiceClient;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::support::AttackServer;
+use crate::support::{AttackServer, serve_http};
 
 fn sse_data(event: &Value) -> String {
     format!("data: {event}\n\n")
@@ -66,10 +65,7 @@ async fn held_upstream() -> (String, watch::Sender<bool>, Arc<AtomicUsize>) {
             }
         }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, release, calls)
+    (serve_http(app).await, release, calls)
 }
 
 /// A chat model served by `upstream`, the default model, and the facade on.
@@ -313,6 +309,20 @@ async fn a_caller_over_its_requests_per_minute_gets_429_with_headers_and_others_
         "{status:?}"
     );
 
+    // Every entrance counts the call, not only chat: team-a's Search is refused too.
+    let mut search = tonic::Request::new(proto::SearchRequest {
+        query: "hello".into(),
+        ..Default::default()
+    });
+    search
+        .metadata_mut()
+        .insert("authorization", "Bearer key-a".parse().unwrap());
+    let status = RetrievalServiceClient::new(server.channel.clone())
+        .search(search)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+
     // team-b has its own allowance.
     let other = post(&http, &server, Some("key-b"), &completion(false, 16)).await;
     assert_eq!(other.status(), 200);
@@ -330,6 +340,34 @@ async fn a_caller_over_its_requests_per_minute_gets_429_with_headers_and_others_
         .search(search)
         .await
         .expect("search still serves");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn output_tokens_a_call_did_not_use_are_given_back_to_its_caller() {
+    let (upstream, release, calls) = held_upstream().await;
+    release.send(true).unwrap();
+    // Each call is charged its prompt plus the 600 output tokens it may use up front;
+    // the upstream reports 11 used. Without the refund the second call would not fit.
+    let extra = r#"
+        [limits]
+        tokens_per_minute = 1000
+        "#;
+    let directory = tempfile::tempdir().unwrap();
+    let server = AttackServer::start(&chat_config(&upstream, extra), directory.path()).await;
+    let http = reqwest::Client::new();
+    for call in 1..=3 {
+        let response = post(&http, &server, None, &completion(false, 600)).await;
+        assert_eq!(response.status(), 200, "call {call}");
+        let remaining: u64 = response.headers()["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // Charged up front: what remains right after admission is under 400.
+        assert!(remaining < 400, "call {call}: {remaining} remaining");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
     server.stop().await;
 }
 

@@ -81,3 +81,11 @@ impl AttackServer {
         }
     }
 }
+
+/// Serves `app` (a stand-in upstream) on a loopback port; returns its base URL.
+pub async fn serve_http(app: axum::Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}

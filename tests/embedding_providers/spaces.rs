@@ -80,7 +80,8 @@ async fn a_space_fails_over_to_the_same_model_elsewhere_and_embeds_each_query_on
         down = down.base_url,
         up = up.base_url,
     );
-    let config = Config::parse(&text, Path::new("/")).unwrap();
+    let mut config = Config::parse(&text, Path::new("/")).unwrap();
+    config.ingest.roots.push(docs.path().to_path_buf());
     let service = Service::build(config, &HashMap::new()).await.unwrap();
     let report = service
         .index(

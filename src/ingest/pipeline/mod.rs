@@ -23,6 +23,7 @@
 //! embeds, writes, commits and keeps the manifest.
 
 mod producer;
+mod scope;
 mod source;
 mod writer;
 
@@ -41,7 +42,8 @@ use crate::ingest::isolate::Extractor;
 use crate::ingest::manifest::{Manifest, sha256_hex};
 use crate::stores::{SearchBackend, StoreKind};
 use producer::{ListingCounters, ProducerContext, produce_events};
-use source::BucketSource;
+pub(crate) use source::local_identity;
+use source::{BucketSource, SourceSpec};
 use writer::IndexRun;
 
 pub const DEFAULT_EMBED_BATCH_SIZE: usize = 32;
@@ -91,6 +93,14 @@ pub struct IndexJob {
     /// Read from this store instead of opening `url`, which then only names the bucket
     /// (manifest identity, store keys). For embedding and tests.
     pub object_store: Option<Arc<dyn ObjectStore>>,
+    /// For a local path: the indexing root it lies under. Keys are then relative to the
+    /// root, so a file has one manifest entry whether its own path or a folder above it
+    /// was indexed, and entries that escape the root (symlinks) are reported, not read.
+    /// `None`: the folder itself (or a file's folder) is the root.
+    pub local_root: Option<PathBuf>,
+    /// Whether objects that only the request's globs leave out may lose their chunks, and
+    /// whether an empty listing may delete what was indexed from the URL.
+    pub prune: bool,
 }
 
 impl IndexJob {
@@ -115,6 +125,8 @@ impl IndexJob {
             commit_every_chunks: DEFAULT_COMMIT_EVERY_CHUNKS,
             bucket: BucketOptions::default(),
             object_store: None,
+            local_root: None,
+            prune: false,
         }
     }
 
@@ -234,6 +246,11 @@ pub struct IndexProgress {
     pub unchanged: u64,
     /// Objects gone from the bucket whose chunks were removed.
     pub deleted: u64,
+    /// Indexed objects that the request's globs left out, removed because it said `prune`.
+    pub pruned: u64,
+    /// Indexed objects left out of this run (by the request's globs, or by an empty
+    /// listing) and kept because the request did not say `prune`.
+    pub kept_not_pruned: u64,
     /// Objects not indexed by design: unsupported type, too large, empty.
     pub skipped: u64,
     /// Objects that could not be read or extracted.
@@ -331,6 +348,10 @@ pub struct IndexReport {
     /// Errors while listing. When there are any, objects missing from the listing were
     /// not deleted: they may only have been missed.
     pub listing_errors: IssueList<String>,
+    /// Each object pruned (see [`IndexProgress::pruned`]).
+    pub pruned: IssueList<ObjectIssue>,
+    /// Deletions held back for want of `prune` (an empty listing of an indexed URL).
+    pub not_pruned: IssueList<String>,
     /// Where the bucket's data lives: stamped on every chunk, recorded in the manifest.
     pub location: BucketLocation,
 }
@@ -346,8 +367,12 @@ pub async fn run_index(
 ) -> Result<IndexReport> {
     let started = Instant::now();
     job.validate()?;
-    let source = BucketSource::open(&job)?;
-    let mut manifest = Manifest::load_or_new(&job.manifest_path, &source.identity)?;
+    let source = BucketSource::open(SourceSpec::of(&job)).await?;
+    let (manifest_path, identity) = (job.manifest_path.clone(), source.identity.clone());
+    let mut manifest =
+        tokio::task::spawn_blocking(move || Manifest::load_or_new(&manifest_path, &identity))
+            .await
+            .map_err(|error| Error::internal(format!("reading the manifest: {error}")))??;
     manifest.cloud = Some(source.location.cloud.clone());
     manifest.region = Some(source.location.region.clone());
     let context = Arc::new(ProducerContext {

@@ -875,13 +875,23 @@ async fn same_named_files_in_two_folders_stay_apart_in_the_stores() {
             .all(|key| key.starts_with('/') && key.ends_with("/README.md"))
     );
     // Re-indexing the second folder after its file is gone deletes only its own chunks.
+    // Its listing is now empty, which without `prune` keeps what was indexed (an unmounted
+    // folder must not wipe the stores); with `prune` the chunks go.
     std::fs::remove_file(second.path().join("README.md")).unwrap();
-    let job = IndexJob::new(
-        second.path().display().to_string(),
-        stores.clone(),
-        embedder,
-        first.state_folder.path().join("two.json"),
-    );
+    let second_job = || {
+        IndexJob::new(
+            second.path().display().to_string(),
+            stores.clone(),
+            embedder.clone(),
+            first.state_folder.path().join("two.json"),
+        )
+    };
+    let report = run_index(second_job(), |_| {}).await.unwrap();
+    assert_eq!(report.progress.deleted, 0);
+    assert_eq!(report.progress.kept_not_pruned, 1);
+    assert_eq!(store.committed_object_keys().len(), 2);
+    let mut job = second_job();
+    job.prune = true;
     let report = run_index(job, |_| {}).await.unwrap();
     assert_eq!(report.progress.deleted, 1);
     let keys = store.committed_object_keys();

@@ -16,6 +16,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::producer::{ListingCounters, ObjectResult, ProcessedObject, ProducerEvent};
+use super::scope::{Disposition, RunScope};
 use super::source::BucketSource;
 use super::{IndexJob, IndexProgress, IndexReport, ObjectIssue};
 use crate::document::{Chunk, EmbeddedChunk};
@@ -68,6 +69,9 @@ pub(super) struct IndexRun<P> {
     listing_finished: bool,
     /// See [`BucketSource::key_prefix`]; the manifest's keys are short, the stores' qualified.
     key_prefix: String,
+    /// Which manifest keys this run's listing can judge, and by which globs.
+    scope: RunScope,
+    prune: bool,
     counters: ListingCounters,
     started: Instant,
     report: IndexReport,
@@ -111,6 +115,8 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
             stale_keys: Vec::new(),
             listing_finished: false,
             key_prefix: source.key_prefix.clone(),
+            scope: source.scope.clone(),
+            prune: job.prune,
             counters,
             started,
             report: IndexReport {
@@ -466,13 +472,8 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
                 .listing_errors
                 .push("the listing stopped before its end".to_owned());
         }
-        let absent_keys: Vec<String> = if listing_complete {
-            self.manifest
-                .objects
-                .keys()
-                .filter(|object_key| !self.seen_keys.contains(*object_key))
-                .cloned()
-                .collect()
+        let absent_keys = if listing_complete {
+            self.absent_keys_to_remove()
         } else {
             Vec::new()
         };
@@ -489,9 +490,54 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
         self.unconfirmed_removals.extend(removals);
         self.failure_records.append(&mut self.stale_failure_records);
         self.commit_and_save().await?;
-        self.report.progress.deleted += absent_keys.len() as u64;
+        self.report.progress.deleted += absent_keys.len() as u64 - self.report.progress.pruned;
         self.report_progress();
         Ok(())
+    }
+
+    /// Manifest keys of this run's scope that its complete listing did not give: gone, or
+    /// left out by the operator's globs (removed), or left out by the request's (removed
+    /// only with `prune`, and each reported). An empty listing of a URL with indexed
+    /// objects (an unmounted folder, a typo) removes nothing without `prune`.
+    fn absent_keys_to_remove(&mut self) -> Vec<String> {
+        let mut remove = Vec::new();
+        let mut pruned = Vec::new();
+        for object_key in self.manifest.objects.keys() {
+            if self.seen_keys.contains(object_key) {
+                continue;
+            }
+            match self.scope.disposition(object_key) {
+                Disposition::OutOfScope => {}
+                Disposition::OperatorExcluded | Disposition::Wanted => {
+                    remove.push(object_key.clone());
+                }
+                Disposition::RequestExcluded if self.prune => pruned.push(object_key.clone()),
+                Disposition::RequestExcluded => self.report.progress.kept_not_pruned += 1,
+            }
+        }
+        let listing_was_empty = self.counters.listed.load(Ordering::Relaxed) == 0
+            && self.counters.excluded.load(Ordering::Relaxed) == 0;
+        if listing_was_empty && !remove.is_empty() && !self.prune {
+            tracing::warn!(
+                kept = remove.len(),
+                "the listing was empty: indexed objects kept (prune deletes them)"
+            );
+            self.report.not_pruned.push(format!(
+                "the listing was empty, so the {} objects indexed from it were kept; index again with prune to delete them",
+                remove.len()
+            ));
+            self.report.progress.kept_not_pruned += remove.len() as u64;
+            remove.clear();
+        }
+        self.report.progress.pruned += pruned.len() as u64;
+        self.report
+            .pruned
+            .extend(pruned.iter().map(|object_key| ObjectIssue {
+                object_key: object_key.clone(),
+                reason: "left out by the request's globs; pruned".to_owned(),
+            }));
+        remove.extend(pruned);
+        remove
     }
 
     /// After a failed write: the objects being written or written but not committed must be
