@@ -45,7 +45,12 @@ impl Service {
         // cannot reach around them.
         let permissions = principal.permissions();
         if !permissions.may_index(&index_target::job_url(&target)) {
-            return Err(index_target::not_found_or_not_allowed(url));
+            tracing::info!(
+                url,
+                principal = principal.id(),
+                "index outside the caller's prefixes refused"
+            );
+            return Err(index_target::not_found_or_not_allowed());
         }
         if filters.prune && !permissions.may_prune() {
             return Err(Error::forbidden("permission denied: prune"));

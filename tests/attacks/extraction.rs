@@ -16,8 +16,8 @@ use skyfuse::api::proto::retrieval_service_client::RetrievalServiceClient;
 use tonic::transport::Channel;
 
 /// The server's config: BM25 only (the model is beside the point), its data in
-/// `data_dir`. The one place to add `[ingest] roots` for `docs`.
-fn server_config(data_dir: &Path, _docs: &Path) -> String {
+/// `data_dir`, and `docs` the one folder `Index` may read.
+fn server_config(data_dir: &Path, docs: &Path) -> String {
     format!(
         r#"
         [server]
@@ -28,8 +28,11 @@ fn server_config(data_dir: &Path, _docs: &Path) -> String {
         [[index]]
         id = "docs"
         sources = ["bm25"]
+        [ingest]
+        roots = ["{docs}"]
         "#,
         data_dir = data_dir.display(),
+        docs = docs.display(),
     )
 }
 
