@@ -14,7 +14,7 @@ pub const KEPT_FINISHED_RUNS: usize = 256;
 #[derive(Debug, Clone)]
 pub enum IndexRunState {
     Running(IndexProgress),
-    Succeeded(IndexReport),
+    Succeeded(Box<IndexReport>),
     Failed(Error),
 }
 
@@ -63,7 +63,7 @@ impl IndexRuns {
         let mut runs = self.lock();
         if let Some(run) = runs.iter_mut().find(|run| run.run_id == run_id) {
             run.state = match outcome {
-                Ok(report) => IndexRunState::Succeeded(report),
+                Ok(report) => IndexRunState::Succeeded(Box::new(report)),
                 Err(error) => IndexRunState::Failed(error),
             };
         }
