@@ -99,7 +99,9 @@ impl AdminService for AdminApi {
             IndexRunState::Running(progress) => {
                 ("running", progress_message(&progress), String::new())
             }
-            IndexRunState::Succeeded(report) => ("succeeded", final_message(*report), String::new()),
+            IndexRunState::Succeeded(report) => {
+                ("succeeded", final_message(*report), String::new())
+            }
             IndexRunState::Failed(error) => {
                 let status = convert::status(error);
                 (
