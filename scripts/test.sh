@@ -16,5 +16,16 @@ export SKYFUSE_MODEL_DIR="$root/models/all-MiniLM-L6-v2"
 source ./scripts/emulators.sh
 start_emulators
 
+# A real Prometheus (and promtool) for tests/facade.rs's scrape test, from Debian's
+# packages, installed once.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || {
+        $sudo apt-get update >/dev/null
+        $sudo apt-get install -y --no-install-recommends prometheus >/dev/null
+    }
+fi
+
 # Protobuf is compiled by protox inside build.rs: no system protoc needed.
 cargo test --locked "$@"

@@ -1200,6 +1200,7 @@ async fn grpc_server(
     let listeners = Listeners {
         grpc: listener,
         openai: None,
+        metrics: None,
     };
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {

@@ -87,6 +87,8 @@ struct Served {
     /// The facade's base URL.
     base: String,
     grpc: std::net::SocketAddr,
+    /// The operator's port: `/metrics`, `/healthz`, `/readyz`.
+    metrics: std::net::SocketAddr,
     serving: tokio::task::JoinHandle<skyfuse::error::Result<()>>,
 }
 
@@ -98,13 +100,17 @@ async fn serve(config: &str, shutdown: impl Future<Output = ()> + Send + 'static
     let openai = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", openai.local_addr().unwrap());
     let grpc_address = grpc.local_addr().unwrap();
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_address = metrics.local_addr().unwrap();
     let listeners = Listeners {
         grpc,
         openai: Some(openai),
+        metrics: Some(metrics),
     };
     Served {
         base,
         grpc: grpc_address,
+        metrics: metrics_address,
         serving: tokio::spawn(skyfuse::api::serve(service, listeners, shutdown)),
     }
 }
@@ -550,4 +556,200 @@ async fn a_facade_stream_in_flight_when_shutdown_starts_finishes_before_serve_re
         .collect();
     assert_eq!(content, "Hello world.");
     served.serving.await.unwrap().unwrap();
+}
+
+/// The lines of a scrape that start with `name{` and hold every `label="value"` given.
+fn samples<'a>(scrape: &'a str, name: &str, labels: &[(&str, &str)]) -> Vec<&'a str> {
+    scrape
+        .lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(label, value)| line.contains(&format!("{label}=\"{value}\"")))
+        })
+        .collect()
+}
+
+/// The value of the one sample of `name` with `labels`.
+fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = samples(scrape, name, labels);
+    assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}\n{scrape}");
+    found[0].rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn metrics_show_the_failover_its_attempts_cost_and_availability() {
+    let (primary, _) = upstream(vec![Upstream::Throttle { retry_after: "30" }]).await;
+    let (secondary, _) = upstream(vec![Upstream::Answer("Hello there.")]).await;
+    let served = serve(
+        &two_deployments(&primary, &secondary),
+        std::future::pending(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let response = complete(&http, &served.base, &completion("llama", false)).await;
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap();
+
+    let metrics = format!("http://{}", served.metrics);
+    // Prometheus asks for OpenMetrics; curl and promtool get the classic text.
+    let openmetrics = http
+        .get(format!("{metrics}/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    let content_type = openmetrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(openmetrics.text().await.unwrap().ends_with("# EOF\n"));
+    let scrape = http.get(format!("{metrics}/metrics")).send().await.unwrap();
+    let content_type = scrape.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let scrape = scrape.text().await.unwrap();
+    assert_eq!(value(&scrape, "skyfuse_failover_count_total", &[]), 1.0);
+    let primary_attempt = [("provider", "primary"), ("outcome", "THROTTLED")];
+    assert_eq!(
+        value(&scrape, "skyfuse_chat_attempts_total", &primary_attempt),
+        1.0
+    );
+    let secondary_ok = [
+        ("provider", "secondary"),
+        ("outcome", "ok"),
+        ("region", "eu-west-1"),
+    ];
+    assert_eq!(
+        value(&scrape, "skyfuse_chat_attempts_total", &secondary_ok),
+        1.0
+    );
+    // 1000 input at $1/M + 500 output at $2/M, under the deployment that answered.
+    let cost = value(
+        &scrape,
+        "skyfuse_cost_usd_total",
+        &[("provider", "secondary")],
+    );
+    assert!((cost - 0.002).abs() < 1e-12, "{cost}");
+    let first_token = [("provider", "secondary"), ("phase", "first_token")];
+    assert_eq!(
+        value(
+            &scrape,
+            "skyfuse_model_response_time_by_provider_seconds_count",
+            &first_token
+        ),
+        1.0
+    );
+    let output = [("provider", "secondary"), ("direction", "output")];
+    assert_eq!(value(&scrape, "skyfuse_chat_tokens_total", &output), 500.0);
+    // The throttled deployment asked for 30 s: it is held off (unavailable) meanwhile.
+    for (provider, available) in [("primary", 0.0), ("secondary", 1.0)] {
+        let availability = value(
+            &scrape,
+            "skyfuse_provider_availability",
+            &[("provider", provider)],
+        );
+        assert_eq!(availability, available, "{provider}");
+    }
+    assert_eq!(value(&scrape, "skyfuse_calls_in_flight", &[]), 0.0);
+    assert_eq!(
+        value(
+            &scrape,
+            "skyfuse_requests_total",
+            &[("entrance", "chat"), ("outcome", "ok")]
+        ),
+        1.0
+    );
+    // Nothing a caller sent becomes a label.
+    assert!(
+        !scrape.contains("be brief") && !scrape.contains("hi\""),
+        "{scrape}"
+    );
+
+    let health = http.get(format!("{metrics}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = http.get(format!("{metrics}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+
+    prometheus_scrapes(&scrape, served.metrics).await;
+}
+
+/// A real Prometheus (Debian's `prometheus`, installed by scripts/test.sh) scrapes the
+/// metrics port and answers a query over its HTTP API; `promtool` accepts the scrape.
+async fn prometheus_scrapes(scrape: &str, target: std::net::SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let scraped = dir.path().join("scrape.txt");
+    std::fs::write(&scraped, scrape).unwrap();
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&scraped).unwrap())
+        .output();
+    let checked = promtool.expect("promtool is installed (scripts/test.sh installs prometheus)");
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}\n{scrape}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: skyfuse\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        ),
+    )
+    .unwrap();
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let web_address = web.local_addr().unwrap();
+    drop(web);
+    let _prometheus = tokio::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web_address}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus is installed (scripts/test.sh installs it)");
+    let query = format!("http://{web_address}/api/v1/query?query=skyfuse_failover_count_total");
+    let http = reqwest::Client::new();
+    // Prometheus starts, scrapes every second, then answers; a minute covers a busy CI.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let answer = loop {
+        if let Ok(response) = http.get(&query).send().await
+            && let Ok(body) = response.json::<Value>().await
+            && body["data"]["result"]
+                .as_array()
+                .is_some_and(|result| !result.is_empty())
+        {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "prometheus never had the metric"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let sample = &answer["data"]["result"][0];
+    assert_eq!(sample["metric"]["job"], "skyfuse");
+    assert_eq!(sample["value"][1], "1");
 }

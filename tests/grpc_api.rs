@@ -77,6 +77,7 @@ impl TestServer {
         let listeners = Listeners {
             grpc: listener,
             openai: None,
+            metrics: None,
         };
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -13,6 +13,7 @@ pub mod openai;
 pub mod redact;
 mod retrieval;
 mod server;
+mod telemetry;
 mod tls;
 #[cfg(test)]
 mod transport_tests;

@@ -43,10 +43,13 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// The OpenAI-compatible facade; None: not served.
     pub openai: Option<TcpListener>,
+    /// `/metrics`, `/healthz` and `/readyz`; None: not served.
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
-    /// Binds `server.listen` and, when it is set, `facade.listen`.
+    /// Binds `server.listen` and, when they are set, `facade.listen` and
+    /// `telemetry.metrics_listen`.
     pub async fn bind(service: &Service) -> Result<Self> {
         let config = service.config();
         let grpc = bind(&config.server.listen, "server.listen").await?;
@@ -54,7 +57,15 @@ impl Listeners {
             Some(listen) => Some(bind(listen, "facade.listen").await?),
             None => None,
         };
-        Ok(Self { grpc, openai })
+        let metrics = match &config.telemetry.metrics_listen {
+            Some(listen) => Some(bind(listen, "telemetry.metrics_listen").await?),
+            None => None,
+        };
+        Ok(Self {
+            grpc,
+            openai,
+            metrics,
+        })
     }
 }
 
@@ -167,6 +178,7 @@ pub async fn serve(
     }
     let config = service.config();
     check_exposure(config, &listeners)?;
+    let service_for_metrics = service.clone();
     let options = ServeOptions::from_service(&service);
     let grpc_accept = accept_options(config, "server.listen", tls::GRPC_ALPN)?;
     let openai_accept = accept_options(config, "facade.listen", tls::HTTP_ALPN)?;
@@ -195,12 +207,20 @@ pub async fn serve(
                 facade_app(service),
                 connections,
                 &options,
-                drained(draining),
+                drained(draining.clone()),
             ))
         }
         None => futures::future::Either::Right(async { Ok(()) }),
     };
-    let servers = async move { tokio::try_join!(grpc, openai).map(|_| ()) };
+    let metrics = match listeners.metrics {
+        Some(listener) => futures::future::Either::Left(serve_metrics(
+            super::telemetry::app(service_for_metrics),
+            listener,
+            drained(draining.clone()),
+        )),
+        None => futures::future::Either::Right(async { Ok(()) }),
+    };
+    let servers = async move { tokio::try_join!(grpc, openai, metrics).map(|_| ()) };
     tokio::pin!(servers);
     tokio::select! {
         served = &mut servers => return served,
@@ -220,6 +240,18 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// The operator's port: plain HTTP/1, no TLS or identity (it carries no data).
+async fn serve_metrics(
+    app: axum::Router,
+    listener: TcpListener,
+    drained: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(drained)
+        .await
+        .map_err(|error| Error::internal(format!("metrics listener: {error}")))
 }
 
 /// The whole server ("") and each skyfuse service.

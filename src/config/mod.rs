@@ -27,6 +27,7 @@ mod secret;
 mod server;
 mod source;
 mod space;
+mod telemetry;
 mod tls;
 
 use std::collections::{HashMap, HashSet};
@@ -64,6 +65,7 @@ pub use source::{
     TantivyConfig,
 };
 pub use space::{LOCAL_PROVIDER, Metric, SpaceConfig};
+pub use telemetry::TelemetryConfig;
 pub use tls::{ClientAuth, TlsConfig};
 
 use crate::error::{Error, Result};
@@ -127,6 +129,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {

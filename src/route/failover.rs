@@ -144,12 +144,13 @@ pub struct Started {
     /// Longest wait for the client to take a chunk.
     send_timeout: Duration,
     deadline: Instant,
-    /// Told the usage once the call ends, finished or broken (see [`Started::on_finish`]).
+    /// Told how the call ended, finished or broken (see [`Started::on_finish`]).
     finish_hook: Option<FinishHook>,
 }
 
-/// Called once with the usage a call ended with (reported, or estimated when it broke).
-pub type FinishHook = Box<dyn FnOnce(&Usage) + Send>;
+/// Called once with the summary a call ended with: its attempts, and its usage as
+/// reported (or estimated when it broke).
+pub type FinishHook = Box<dyn FnOnce(&RouteSummary) + Send>;
 
 /// One request's way through its plan: what was tried, and what the next
 /// candidate's turn depends on.
@@ -517,10 +518,10 @@ impl Started {
         self.deployment.info()
     }
 
-    /// Runs `hook` with the usage the call ends with: the reported usage when it
-    /// finishes, our estimate of what was generated when it breaks or its client
-    /// leaves. Not run when `self` is dropped before [`Started::into_events`].
-    pub fn on_finish(&mut self, hook: impl FnOnce(&Usage) + Send + 'static) {
+    /// Runs `hook` with the summary the call ends with; its usage is the reported one
+    /// when it finishes, our estimate of what was generated when it breaks or its
+    /// client leaves. Not run when `self` is dropped before [`Started::into_events`].
+    pub fn on_finish(&mut self, hook: impl FnOnce(&RouteSummary) + Send + 'static) {
         self.finish_hook = Some(Box::new(hook));
     }
 
@@ -602,10 +603,10 @@ impl Started {
                     if let Some(reservation) = self.reservation.take() {
                         reservation.settle(cost);
                     }
-                    self.finished(&usage);
                     self.summary.usage = usage;
                     self.summary.cost_usd = cost;
                     self.summary.finish_reason = reason.as_str().to_string();
+                    self.finished();
                     let done = RouteEvent::Done(Box::new(self.summary.clone()));
                     deliver(&sender, self.send_timeout, done).await;
                     return;
@@ -667,15 +668,18 @@ impl Started {
     /// What was generated was billed upstream: charge our estimate of it.
     fn settle_estimated(&mut self, generated: &str) {
         let usage = estimated_usage(&self.request, generated);
+        let cost = self.cost(&usage);
         if let Some(reservation) = self.reservation.take() {
-            reservation.settle(self.cost(&usage));
+            reservation.settle(cost);
         }
-        self.finished(&usage);
+        self.summary.usage = usage;
+        self.summary.cost_usd = cost;
+        self.finished();
     }
 
-    fn finished(&mut self, usage: &Usage) {
+    fn finished(&mut self) {
         if let Some(hook) = self.finish_hook.take() {
-            hook(usage);
+            hook(&self.summary);
         }
     }
 

@@ -122,6 +122,11 @@ impl Router {
         }
     }
 
+    /// Every deployment, in config order (for metrics and health).
+    pub fn deployments(&self) -> &[Arc<Deployment>] {
+        &self.deployments
+    }
+
     /// The breaker settings `[routing]` asks for.
     pub fn breaker_settings(settings: &RoutingConfig) -> BreakerSettings {
         BreakerSettings {

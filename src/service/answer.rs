@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::chat::{ChatCall, ChatFailure};
+use super::chat::{ChatCall, ChatEntrance, ChatFailure};
 use super::{SearchParams, Service};
 use crate::auth::Principal;
 use crate::error::{Error, Result};
@@ -75,6 +75,17 @@ impl Service {
         principal: &Principal,
         request: AnswerRequest,
     ) -> Result<mpsc::Receiver<AnswerEvent>> {
+        let answer = self.start_answer(principal, request).await;
+        let outcome = if answer.is_ok() { "ok" } else { "error" };
+        self.metrics().record_request("answer", outcome);
+        answer
+    }
+
+    async fn start_answer(
+        &self,
+        principal: &Principal,
+        request: AnswerRequest,
+    ) -> Result<mpsc::Receiver<AnswerEvent>> {
         let mut call = ChatCall {
             model: request.model.clone(),
             tier: request.tier.clone(),
@@ -137,7 +148,11 @@ impl Service {
         call.messages = chat_request.messages;
         call.temperature = Some(chat_request.temperature);
         // The call was counted above: the chat charges only its tokens.
-        let started = match self.metered_chat(principal, call, 0).await.result {
+        let started = match self
+            .metered_chat(principal, call, ChatEntrance::Answer)
+            .await
+            .result
+        {
             Ok(started) => started,
             Err(ChatFailure { error, route: None }) => return Err(error),
             Err(ChatFailure { error, route: _ }) if explicit => return Err(error),

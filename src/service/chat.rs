@@ -83,18 +83,22 @@ impl Service {
     /// plus the output it may produce), or is refused with `Throttled` and a
     /// `retry_after` before anything is planned or sent.
     pub async fn rated_chat(&self, principal: &Principal, call: ChatCall) -> RatedChat {
-        self.metered_chat(principal, call, 1).await
+        self.metered_chat(principal, call, ChatEntrance::Chat).await
     }
 
-    /// [`Service::rated_chat`] counting `requests` calls (0 when the entrance already
-    /// counted it). The tokens the call was charged beyond what it used are given back
-    /// when it ends, and all of them when no deployment answered.
+    /// [`Service::rated_chat`] for `entrance`: a chat call counts one request, an
+    /// `Answer` was counted when it came in. The tokens the call was charged beyond what
+    /// it used are given back when it ends, and all of them when no deployment answered.
     pub(super) async fn metered_chat(
         &self,
         principal: &Principal,
         mut call: ChatCall,
-        requests: u64,
+        entrance: ChatEntrance,
     ) -> RatedChat {
+        let requests = match entrance {
+            ChatEntrance::Chat => 1,
+            ChatEntrance::Answer => 0,
+        };
         // The caller's permission first: one without chat learns nothing about models.
         let caller = match principal.permissions().chat_caller(principal.id()) {
             Ok(caller) => caller,
@@ -124,16 +128,38 @@ impl Service {
                 };
             }
         };
+        let start = Instant::now();
         let mut result = self
             .routed_chat(router, &caller, &call, &request, input_tokens)
             .await;
         let (limiter, caller_id) = (Arc::clone(&self.rate_limiter), principal.id().to_owned());
+        let metrics = Arc::clone(&self.metrics);
         match &mut result {
-            Ok(started) => started.on_finish(move |usage| {
-                let used = usage.input_tokens.saturating_add(usage.output_tokens);
-                limiter.refund_tokens(&caller_id, tokens.saturating_sub(used));
-            }),
-            Err(_) => limiter.refund_tokens(&caller_id, tokens),
+            Ok(started) => {
+                let first_token = start.elapsed();
+                started.on_finish(move |summary| {
+                    let used = summary
+                        .usage
+                        .input_tokens
+                        .saturating_add(summary.usage.output_tokens);
+                    limiter.refund_tokens(&caller_id, tokens.saturating_sub(used));
+                    metrics.record_attempts(&summary.attempts);
+                    metrics.record_answered(summary, first_token, start.elapsed());
+                    let outcome = if summary.finish_reason.is_empty() {
+                        "error"
+                    } else {
+                        "ok"
+                    };
+                    metrics.record_call("chat", outcome, first_token, attempts_time(summary));
+                });
+            }
+            Err(failure) => {
+                limiter.refund_tokens(&caller_id, tokens);
+                if let Some(route) = &failure.route {
+                    metrics.record_attempts(&route.attempts);
+                    metrics.record_call("chat", "error", start.elapsed(), attempts_time(route));
+                }
+            }
         }
         RatedChat {
             rate: Some(rate),
@@ -253,4 +279,18 @@ fn route_request(call: &ChatCall, input_tokens: u64, max_output_tokens: u32) -> 
         input_tokens,
         max_output_tokens: u64::from(max_output_tokens),
     }
+}
+
+/// Time spent waiting on deployments before the first token (or the failure).
+fn attempts_time(summary: &RouteSummary) -> std::time::Duration {
+    summary.attempts.iter().map(|attempt| attempt.took).sum()
+}
+
+/// Where a chat call came in.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ChatEntrance {
+    /// The facade or `Service::chat`: a call of its own.
+    Chat,
+    /// `Answer` with a model: counted (and its retrieval timed) when it came in.
+    Answer,
 }

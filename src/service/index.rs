@@ -114,7 +114,11 @@ impl Service {
         }
         job.bucket = bucket_options(&bucket_config, filters, &self.env)
             .map_err(|error| error.context(format!("bucket {:?}", bucket_config.url)))?;
-        let report = run_index(job, progress).await?;
+        let report = run_index(job, progress).await;
+        let outcome = if report.is_ok() { "ok" } else { "error" };
+        self.metrics.record_request("index", outcome);
+        let report = report?;
+        self.metrics.record_index_run(&index.id, &report.progress);
         tracing::info!(
             index = %index.id,
             url,

@@ -8,6 +8,7 @@ mod chat;
 mod index;
 mod index_runs;
 mod index_target;
+mod operations;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::retrieve::{Retriever, SearchRequest, SearchResult};
 use crate::route::Router;
 use crate::stores::lock::DataDirLock;
 use crate::stores::{SourceInfo, StoreKind};
+use crate::telemetry::Metrics;
 
 /// A search as a caller states it, before limits are applied.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +78,8 @@ pub struct Service {
     ingest_roots: Vec<std::path::PathBuf>,
     /// Detached `Index` runs, for `GetIndexRun`.
     index_runs: Arc<IndexRuns>,
+    /// What `/metrics` exports.
+    metrics: Arc<Metrics>,
 }
 
 impl Service {
@@ -117,6 +121,7 @@ impl Service {
             index_locks,
             ingest_roots,
             index_runs: Arc::default(),
+            metrics: Arc::default(),
             env: env.clone(),
             rate_limiter: Arc::new(RateLimiter::from_config(&config.limits)),
             call_limit: CallLimit::new(config.server.max_concurrent_calls),
@@ -156,6 +161,11 @@ impl Service {
     /// Detached `Index` runs and their outcomes.
     pub fn index_runs(&self) -> &Arc<IndexRuns> {
         &self.index_runs
+    }
+
+    /// The metrics this service records.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The router described by a config, for `route explain`: reads no
@@ -212,8 +222,17 @@ impl Service {
         principal: &Principal,
         params: SearchParams,
     ) -> Result<SearchResult> {
+        let start = Instant::now();
         self.admit_call(principal)?;
-        self.search_within_limits(principal, params).await
+        let result = self.search_within_limits(principal, params).await;
+        let (outcome, waited) = match &result {
+            Ok(result) if result.degraded => ("degraded", longest_source(result)),
+            Ok(result) => ("ok", longest_source(result)),
+            Err(_) => ("error", Duration::ZERO),
+        };
+        self.metrics
+            .record_call("search", outcome, start.elapsed(), waited);
+        result
     }
 
     /// Counts one call of `principal` against its `requests_per_minute`, or refuses it
@@ -235,6 +254,7 @@ impl Service {
         params.sources = self.permitted_sources(principal, &params.sources)?;
         let request = self.search_request(params)?;
         let result = self.retriever.search(&request).await?;
+        self.record_sources(&result);
         tracing::debug!(
             query_chars = request.query.len(),
             hits = result.hits.len(),
@@ -243,6 +263,20 @@ impl Service {
             "search"
         );
         Ok(result)
+    }
+
+    fn record_sources(&self, result: &SearchResult) {
+        for outcome in &result.outcomes {
+            let source = self
+                .retriever
+                .sources()
+                .iter()
+                .find(|source| source.id() == outcome.source);
+            let (cloud, region) = source.map_or(("", ""), |source| {
+                (source.info().cloud.as_str(), source.info().region.as_str())
+            });
+            self.metrics.record_source(outcome, cloud, region);
+        }
     }
 
     /// The sources a search by `principal` covers: `requested` when permitted, or
@@ -339,4 +373,15 @@ impl Service {
             .filter(|source| source.info().kind == StoreKind::Dense)
             .find_map(|source| source.info().space.clone())
     }
+}
+
+/// The longest a search waited on one source: sources are searched at once, so this is
+/// the part of its time spent outside skyfuse.
+fn longest_source(result: &SearchResult) -> Duration {
+    result
+        .outcomes
+        .iter()
+        .map(|outcome| outcome.took)
+        .max()
+        .unwrap_or_default()
 }

@@ -94,6 +94,12 @@ pub trait SearchBackend: Send + Sync {
     /// Number of chunks stored.
     async fn count(&self) -> Result<u64>;
 
+    /// Whether calls are being refused without reaching the store (an open circuit
+    /// breaker); only the resilience wrapper has one.
+    fn breaker_open(&self) -> bool {
+        false
+    }
+
     /// Up to `n` stored chunks spread over the store, as (title, text): the sample an
     /// adapter between embedding spaces is fitted on. Stores without text have none.
     async fn sample_texts(&self, _n: usize) -> Result<Vec<(String, String)>> {

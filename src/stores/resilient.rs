@@ -180,6 +180,10 @@ impl SearchBackend for ResilientBackend {
         self.inner.describe()
     }
 
+    fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
     async fn search(&self, query: &StoreQuery) -> Result<Vec<Hit>> {
         let started = Instant::now();
         let result = self

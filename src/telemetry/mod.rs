@@ -1,4 +1,9 @@
-//! Logging setup. Metrics and traces per provider and cloud come with the operate work.
+//! Logging setup and the Prometheus metrics ([`metrics`]). Traces come with the rest of
+//! the operate work.
+
+pub mod metrics;
+
+pub use metrics::Metrics;
 
 use tracing_subscriber::EnvFilter;
 

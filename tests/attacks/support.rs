@@ -49,6 +49,7 @@ impl AttackServer {
         let listeners = Listeners {
             grpc: grpc_listener,
             openai,
+            metrics: None,
         };
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -144,6 +144,7 @@ async fn try_start(toml: &str, dir: &Path, grpc_host: &str) -> skyfuse::error::R
             Listeners {
                 grpc: grpc_listener,
                 openai,
+                metrics: None,
             },
             async {
                 let _ = stopped.await;

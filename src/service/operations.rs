@@ -1,0 +1,87 @@
+//! What an operator reads: the metrics scrape and readiness.
+
+use super::Service;
+use crate::telemetry::metrics::{DeploymentLabels, EgressLabels, SourceLabels};
+
+impl Service {
+    /// Why this service should not take traffic now, if anything: a configured model
+    /// whose every deployment has an open circuit. (Stores that fail to open stop the
+    /// service at startup; a store whose breaker is open degrades searches instead.)
+    pub fn unready_reasons(&self) -> Vec<String> {
+        let Some(router) = &self.router else {
+            return Vec::new();
+        };
+        router
+            .models()
+            .into_iter()
+            .filter(|model| {
+                router
+                    .deployments()
+                    .iter()
+                    .filter(|deployment| &deployment.info().model == model)
+                    .all(|deployment| deployment.breaker.is_open())
+            })
+            .map(|model| format!("model {model:?}: every deployment's circuit is open"))
+            .collect()
+    }
+
+    /// The OpenMetrics text for a scrape: state kept elsewhere (breakers, calls in
+    /// flight) is copied into its gauges first.
+    pub fn render_metrics(&self) -> String {
+        let metrics = &self.metrics;
+        if let Some(router) = &self.router {
+            for deployment in router.deployments() {
+                let info = deployment.info();
+                let labels = DeploymentLabels {
+                    provider: info.id.clone(),
+                    deployment: deployment.label(),
+                    model: info.model.clone(),
+                    cloud: info.cloud.clone(),
+                    region: info.region.clone(),
+                };
+                let open = deployment.breaker.is_open();
+                metrics
+                    .breaker_open
+                    .get_or_create(&labels)
+                    .set(i64::from(open));
+                metrics
+                    .provider_availability
+                    .get_or_create(&labels)
+                    .set(if open { 0.0 } else { 1.0 });
+            }
+        }
+        for source in self.retriever.sources() {
+            let info = source.info();
+            let labels = SourceLabels {
+                source: info.id.clone(),
+                cloud: info.cloud.clone(),
+                region: info.region.clone(),
+            };
+            let open = source.backend.breaker_open();
+            metrics
+                .source_breaker_open
+                .get_or_create(&labels)
+                .set(i64::from(open));
+        }
+        // Zero until the egress policy prices what crosses: one series per pair of a
+        // source's cloud and a deployment's cloud that differ, so the pairs are visible.
+        if let Some(router) = &self.router {
+            for source in self.retriever.sources() {
+                for deployment in router.deployments() {
+                    let (from, to) = (&source.info().cloud, &deployment.info().cloud);
+                    if from != to {
+                        let pair = EgressLabels {
+                            from_cloud: from.clone(),
+                            to_cloud: to.clone(),
+                        };
+                        metrics.egress_cost_total.get_or_create(&pair).inc_by(0.0);
+                    }
+                }
+            }
+        }
+        metrics
+            .calls_in_flight
+            .set(i64::try_from(self.call_limit.in_flight()).unwrap_or(i64::MAX));
+        metrics.encode()
+    }
+}
