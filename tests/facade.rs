@@ -753,3 +753,83 @@ async fn prometheus_scrapes(scrape: &str, target: std::net::SocketAddr) {
     assert_eq!(sample["metric"]["job"], "skyfuse");
     assert_eq!(sample["value"][1], "1");
 }
+
+#[tokio::test]
+async fn health_and_readiness_follow_a_model_whose_only_deployment_is_held_off() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let (only, _) = upstream(vec![Upstream::Throttle { retry_after: "30" }]).await;
+    let config = format!(
+        r#"
+        [routing]
+        default_model = "llama"
+        [[provider]]
+        id = "only"
+        kind = "openai_compat"
+        base_url = "{only}"
+        [[deployment]]
+        provider = "only"
+        model = "llama"
+        "#
+    );
+    let served = serve(&config, std::future::pending()).await;
+    let http = reqwest::Client::new();
+    let metrics = format!("http://{}", served.metrics);
+    let ready = http.get(format!("{metrics}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // Its one deployment answers 429 with retry-after 30: it is held off for 30 s.
+    let response = complete(&http, &served.base, &completion("llama", false)).await;
+    assert_eq!(response.status(), 429);
+    let ready = http.get(format!("{metrics}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        ready.text().await.unwrap(),
+        "not ready:\nmodel \"llama\": every deployment's circuit is open\n"
+    );
+    assert_eq!(
+        http.get(format!("{metrics}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "alive all the same"
+    );
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", served.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let generation = "skyfuse.v1.GenerationService";
+    let mut statuses = health.watch(check(generation)).await.unwrap().into_inner();
+    // The watch follows the breakers (checked every second): it reaches NOT_SERVING.
+    let not_serving = async {
+        loop {
+            let status = statuses.message().await.unwrap().unwrap().status;
+            if status == ServingStatus::NotServing as i32 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), not_serving)
+        .await
+        .expect("health never said NOT_SERVING");
+    let retrieval = health
+        .check(check("skyfuse.v1.RetrievalService"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        retrieval.status,
+        ServingStatus::Serving as i32,
+        "no source is down"
+    );
+}

@@ -179,6 +179,7 @@ pub async fn serve(
     let config = service.config();
     check_exposure(config, &listeners)?;
     let service_for_metrics = service.clone();
+    let service_for_health = service.clone();
     let options = ServeOptions::from_service(&service);
     let grpc_accept = accept_options(config, "server.listen", tls::GRPC_ALPN)?;
     let openai_accept = accept_options(config, "facade.listen", tls::HTTP_ALPN)?;
@@ -220,7 +221,18 @@ pub async fn serve(
         )),
         None => futures::future::Either::Right(async { Ok(()) }),
     };
-    let servers = async move { tokio::try_join!(grpc, openai, metrics).map(|_| ()) };
+    let health_watch = watch_health(
+        service_for_health,
+        health_reporter.clone(),
+        drained(draining.clone()),
+    );
+    let servers = async move {
+        let watched = async {
+            health_watch.await;
+            Ok(())
+        };
+        tokio::try_join!(grpc, openai, metrics, watched).map(|_| ())
+    };
     tokio::pin!(servers);
     tokio::select! {
         served = &mut servers => return served,
@@ -252,6 +264,54 @@ async fn serve_metrics(
         .with_graceful_shutdown(drained)
         .await
         .map_err(|error| Error::internal(format!("metrics listener: {error}")))
+}
+
+/// How often health follows the breakers of stores and deployments.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps `grpc.health.v1` true to the service until the drain starts: Retrieval is
+/// NOT_SERVING while every source's circuit is open, Generation while some configured
+/// model has no closed deployment, the server ("") while either is.
+async fn watch_health(
+    service: Arc<Service>,
+    reporter: HealthReporter,
+    drained: impl Future<Output = ()>,
+) {
+    let status = |serving: bool| match serving {
+        true => ServingStatus::Serving,
+        false => ServingStatus::NotServing,
+    };
+    let watch = async {
+        let mut last = None;
+        let mut ticks = tokio::time::interval(HEALTH_INTERVAL);
+        loop {
+            ticks.tick().await;
+            let health = service.health();
+            if last == Some(health) {
+                continue;
+            }
+            last = Some(health);
+            let retrieval =
+                <RetrievalServiceServer<RetrievalApi> as tonic::server::NamedService>::NAME;
+            let generation =
+                <GenerationServiceServer<GenerationApi> as tonic::server::NamedService>::NAME;
+            reporter
+                .set_service_status(retrieval, status(health.retrieval))
+                .await;
+            reporter
+                .set_service_status(generation, status(health.generation))
+                .await;
+            reporter
+                .set_service_status("", status(health.retrieval && health.generation))
+                .await;
+        }
+    };
+    // Drained first: once shutdown has set NOT_SERVING, no tick may undo it.
+    tokio::select! {
+        biased;
+        () = drained => {}
+        () = watch => {}
+    }
 }
 
 /// The whole server ("") and each skyfuse service.

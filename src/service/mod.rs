@@ -18,6 +18,7 @@ pub use answer::{AnswerEvent, AnswerRequest, AnswerSummary, Citation, EXTRACTIVE
 pub use chat::{ChatCall, ChatFailure, DEFAULT_TEMPERATURE, RatedChat};
 pub use index::IndexFilters;
 pub use index_runs::{IndexRunState, IndexRunStatus, IndexRuns};
+pub use operations::Health;
 
 use crate::auth::{Authenticator, Credentials, Principal};
 use crate::config::{Config, FusionMethod, IndexConfig};

@@ -3,7 +3,26 @@
 use super::Service;
 use crate::telemetry::metrics::{DeploymentLabels, EgressLabels, SourceLabels};
 
+/// Whether each part of the service can do its job now (see [`Service::health`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// Some source can be searched: not every source's circuit is open.
+    pub retrieval: bool,
+    /// Every configured model has a deployment whose circuit is closed.
+    pub generation: bool,
+}
+
 impl Service {
+    /// The state health checks report, from the breakers of stores and deployments.
+    pub fn health(&self) -> Health {
+        let sources = self.retriever.sources();
+        Health {
+            retrieval: sources.is_empty()
+                || sources.iter().any(|source| !source.backend.breaker_open()),
+            generation: self.unready_reasons().is_empty(),
+        }
+    }
+
     /// Why this service should not take traffic now, if anything: a configured model
     /// whose every deployment has an open circuit. (Stores that fail to open stop the
     /// service at startup; a store whose breaker is open degrades searches instead.)
