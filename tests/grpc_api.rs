@@ -33,6 +33,7 @@ fn model_dir() -> PathBuf {
 
 struct TestServer {
     channel: Channel,
+    service: Arc<Service>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -80,8 +81,9 @@ impl TestServer {
             metrics: None,
         };
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = service.clone();
         let task = tokio::spawn(async move {
-            serve(service, listeners, async {
+            serve(served, listeners, async {
                 let _ = stopped.await;
             })
             .await
@@ -94,6 +96,7 @@ impl TestServer {
             .unwrap();
         Self {
             channel,
+            service,
             shutdown: Some(shutdown),
             task: Some(task),
         }
@@ -287,6 +290,21 @@ async fn index_then_search_fuses_both_sources_and_reindexing_is_incremental() {
             .iter()
             .all(|hit| !hit.object_key.ends_with("kubernetes.html"))
     );
+
+    // What an operator scrapes after these three runs and five searches.
+    let scrape = server.service.render_metrics();
+    for line in [
+        "skyfuse_index_objects_total{index=\"docs\",outcome=\"indexed\"} 5",
+        "skyfuse_index_objects_total{index=\"docs\",outcome=\"deleted\"} 1",
+        "skyfuse_index_objects_total{index=\"docs\",outcome=\"unchanged\"} 6",
+        "skyfuse_requests_total{entrance=\"index\",outcome=\"ok\"} 3",
+        "skyfuse_requests_total{entrance=\"search\",outcome=\"ok\"} 5",
+        "skyfuse_source_searches_total{source=\"local-dense\",cloud=\"local\",region=\"local\",outcome=\"ok\"} 5",
+        "skyfuse_cross_cloud_latency_seconds_count{source=\"local-bm25\",cloud=\"local\",region=\"local\"} 5",
+        "skyfuse_source_breaker_open{source=\"local-bm25\",cloud=\"local\",region=\"local\"} 0",
+    ] {
+        assert!(scrape.contains(line), "{line} not in\n{scrape}");
+    }
     server.stop().await;
 }
 

@@ -103,12 +103,6 @@ pub struct IndexVolumeLabels {
     pub index: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CallerLabels {
-    /// A configured caller, role holder or issuer subject's principal id.
-    pub caller: String,
-}
-
 type FloatCounter = Counter<f64, AtomicU64>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -148,8 +142,6 @@ pub struct Metrics {
     // State mirrored at scrape time.
     pub source_breaker_open: Family<SourceLabels, Gauge>,
     pub calls_in_flight: Gauge,
-    pub budget_spent: Family<CallerLabels, FloatGauge>,
-    pub budget_reserved: Family<CallerLabels, FloatGauge>,
 }
 
 impl Default for Metrics {
@@ -181,8 +173,6 @@ impl Metrics {
             index_bytes: Family::default(),
             source_breaker_open: Family::default(),
             calls_in_flight: Gauge::default(),
-            budget_spent: Family::default(),
-            budget_reserved: Family::default(),
         };
         metrics.register_all();
         metrics
@@ -285,16 +275,6 @@ impl Metrics {
             "calls_in_flight",
             "Calls being served on both edges (server.max_concurrent_calls is the cap)",
             m.calls_in_flight.clone(),
-        );
-        registry.register(
-            "budget_spent_usd",
-            "Spend settled today per caller with a budget",
-            m.budget_spent.clone(),
-        );
-        registry.register(
-            "budget_reserved_usd",
-            "Spend held by calls in flight per caller with a budget",
-            m.budget_reserved.clone(),
         );
         self.registry = registry;
     }
