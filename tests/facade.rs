@@ -833,3 +833,55 @@ async fn health_and_readiness_follow_a_model_whose_only_deployment_is_held_off()
         "no source is down"
     );
 }
+
+#[tokio::test]
+async fn a_provider_key_rewritten_in_its_file_is_sent_on_the_next_call_without_a_restart() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorder = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let authorization = headers
+                .get("authorization")
+                .map(|value| value.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            recorder.lock().unwrap().push(authorization);
+            async { sse(&[chunk("Hi."), finish(), usage()]) }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("upstream.key");
+    std::fs::write(&key_file, "sk-before-rotation\n").unwrap();
+    let base = facade(&format!(
+        r#"
+        [routing]
+        default_model = "llama"
+        [[provider]]
+        id = "only"
+        kind = "openai_compat"
+        base_url = "{upstream}"
+        api_key = "file:{}"
+        [[deployment]]
+        provider = "only"
+        model = "llama"
+        "#,
+        key_file.display()
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let first = complete(&http, &base, &completion("llama", false)).await;
+    assert_eq!(first.status(), 200);
+    // The secret manager (or the operator) rewrites the file atomically.
+    let staged = dir.path().join("upstream.key.new");
+    std::fs::write(&staged, "sk-after-rotation-2\n").unwrap();
+    std::fs::rename(&staged, &key_file).unwrap();
+    let second = complete(&http, &base, &completion("llama", false)).await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["Bearer sk-before-rotation", "Bearer sk-after-rotation-2"]
+    );
+}

@@ -8,18 +8,19 @@ use reqwest::header::{HeaderName, HeaderValue};
 
 use crate::cloud::gcp_token::{GcpTokenSource, MetadataTokens, ServiceAccountTokens};
 use crate::cloud::oci_signing::OciSigner;
+use crate::cloud::rotating_secret::RotatingSecret;
 use crate::cloud::rsa_key::RsaPrivateKey;
 use crate::cloud::sigv4::{AwsCredentials, SigV4Signer};
-use crate::config::{ProviderConfig, ProviderSettings, Secret, SecretLocation};
+use crate::config::{ProviderConfig, ProviderSettings, SecretLocation};
 use crate::error::{Error, Result};
 
 #[derive(Debug)]
 pub enum RequestAuth {
     None,
     /// `Authorization: Bearer` (OpenAI-compatible keys, Azure Entra tokens).
-    Bearer(Secret),
+    Bearer(RotatingSecret),
     /// Azure's `api-key` header.
-    AzureApiKey(Secret),
+    AzureApiKey(RotatingSecret),
     SigV4(SigV4Signer),
     Oci(OciSigner),
     /// `Authorization: Bearer` with a Google OAuth token, fetched and cached.
@@ -38,20 +39,29 @@ impl RequestAuth {
         let resolve = |location: &Option<SecretLocation>, key: &str| {
             SecretLocation::resolve_optional(location.as_ref(), key, env)
         };
+        // Keys and tokens sent as headers follow their file when it is rewritten.
+        let rotating = |location: &Option<SecretLocation>, key: &str| {
+            location
+                .as_ref()
+                .map(|location| {
+                    RotatingSecret::resolve(location, env).map_err(|error| error.context(key))
+                })
+                .transpose()
+        };
         let missing = |what: &str| Error::config(format!("{what} is not set"));
         let timeout = Duration::from_millis(config.timeout_ms);
         Ok(match &config.settings {
             ProviderSettings::OpenaiCompat(settings) => {
-                match resolve(&settings.api_key, "api_key")? {
+                match rotating(&settings.api_key, "api_key")? {
                     Some(key) => Self::Bearer(key),
                     None => Self::None,
                 }
             }
             ProviderSettings::AzureOpenai(settings) => {
-                if let Some(key) = resolve(&settings.api_key, "api_key")? {
+                if let Some(key) = rotating(&settings.api_key, "api_key")? {
                     Self::AzureApiKey(key)
                 } else {
-                    let token = resolve(&settings.access_token, "access_token")?
+                    let token = rotating(&settings.access_token, "access_token")?
                         .ok_or_else(|| missing("api_key or access_token"))?;
                     Self::Bearer(token)
                 }
@@ -107,8 +117,11 @@ impl RequestAuth {
     pub async fn authorize(&self, request: &mut reqwest::Request) -> Result<()> {
         let added: Vec<(&'static str, String)> = match self {
             Self::None => Vec::new(),
-            Self::Bearer(token) => vec![("authorization", format!("Bearer {}", token.expose()))],
-            Self::AzureApiKey(key) => vec![("api-key", key.expose().to_string())],
+            Self::Bearer(token) => vec![(
+                "authorization",
+                format!("Bearer {}", token.current().expose()),
+            )],
+            Self::AzureApiKey(key) => vec![("api-key", key.current().expose().to_string())],
             Self::Google(tokens) => {
                 let token = tokens.access_token().await?;
                 vec![("authorization", format!("Bearer {}", token.expose()))]

@@ -8,12 +8,14 @@
 //!   token, added to a built request.
 //! - [`sigv4`], [`oci_signing`], [`gcp_token`], [`rsa_key`]: the schemes themselves.
 //! - [`http`]: every cloud's error shape mapped to one `ErrorKind`, `Retry-After`.
+//! - [`rotating_secret`]: a key or token read again when its file is rewritten.
 
 pub mod auth;
 pub mod endpoint;
 pub mod gcp_token;
 pub mod http;
 pub mod oci_signing;
+pub mod rotating_secret;
 pub mod rsa_key;
 pub mod sigv4;
 
