@@ -592,6 +592,13 @@ async fn metrics_show_the_failover_its_attempts_cost_and_availability() {
     let http = reqwest::Client::new();
     let response = complete(&http, &served.base, &completion("llama", false)).await;
     assert_eq!(response.status(), 200);
+    // skyfuse's own share of the call, in milliseconds.
+    let overhead: f64 = response.headers()["x-skyfuse-overhead-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(overhead >= 0.0, "{overhead}");
     response.text().await.unwrap();
 
     let metrics = format!("http://{}", served.metrics);

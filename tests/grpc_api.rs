@@ -291,16 +291,35 @@ async fn index_then_search_fuses_both_sources_and_reindexing_is_incremental() {
             .all(|hit| !hit.object_key.ends_with("kubernetes.html"))
     );
 
-    // What an operator scrapes after these three runs and four searches.
+    // Each search says how much of it was skyfuse's own time.
+    let raw = server
+        .search()
+        .search(proto::SearchRequest {
+            query: "kubernetes node pool upgrades".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let overhead: f64 = raw
+        .metadata()
+        .get("x-skyfuse-overhead-ms")
+        .expect("the overhead in the response metadata")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(overhead >= 0.0, "{overhead}");
+
+    // What an operator scrapes after these three runs and five searches.
     let scrape = server.service.render_metrics();
     for line in [
         "skyfuse_index_objects_total{index=\"docs\",outcome=\"indexed\"} 5",
         "skyfuse_index_objects_total{index=\"docs\",outcome=\"deleted\"} 1",
         "skyfuse_index_objects_total{index=\"docs\",outcome=\"unchanged\"} 6",
         "skyfuse_requests_total{entrance=\"index\",outcome=\"ok\"} 3",
-        "skyfuse_requests_total{entrance=\"search\",outcome=\"ok\"} 4",
-        "skyfuse_source_searches_total{source=\"local-dense\",cloud=\"local\",region=\"local\",outcome=\"ok\"} 4",
-        "skyfuse_cross_cloud_latency_seconds_count{source=\"local-bm25\",cloud=\"local\",region=\"local\"} 4",
+        "skyfuse_requests_total{entrance=\"search\",outcome=\"ok\"} 5",
+        "skyfuse_source_searches_total{source=\"local-dense\",cloud=\"local\",region=\"local\",outcome=\"ok\"} 5",
+        "skyfuse_cross_cloud_latency_seconds_count{source=\"local-bm25\",cloud=\"local\",region=\"local\"} 5",
         "skyfuse_source_breaker_open{source=\"local-bm25\",cloud=\"local\",region=\"local\"} 0",
     ] {
         assert!(scrape.contains(line), "{line} not in\n{scrape}");

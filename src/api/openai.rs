@@ -99,8 +99,10 @@ async fn chat_completions(
     extensions: axum::http::Extensions,
     body: axum::body::Bytes,
 ) -> Response {
+    let call_start = std::time::Instant::now();
     let credentials = Credentials::from_http(&headers, &extensions);
     let (rate, started) = start(&service, &credentials, &headers, &body).await;
+    let to_first_token = call_start.elapsed();
     let mut response = match started {
         Ok((started, stream, include_usage, id)) => {
             if stream {
@@ -109,7 +111,7 @@ async fn chat_completions(
                 );
                 streamed(started, include_usage, id, send_timeout).into_response()
             } else {
-                whole(started, id).await
+                whole(started, id, to_first_token).await
             }
         }
         Err(error) => error_response(&error),
@@ -258,7 +260,15 @@ fn text_content(content: &Value) -> Result<String> {
     }
 }
 
-async fn whole(started: crate::route::Started, id: String) -> Response {
+/// The whole completion as one JSON body. `to_first_token`: the call's time until the
+/// route produced its first token, of which skyfuse's own share goes out as
+/// `x-skyfuse-overhead-ms` (the rest was spent in attempts, and what follows in the
+/// model's generation).
+async fn whole(
+    started: crate::route::Started,
+    id: String,
+    to_first_token: std::time::Duration,
+) -> Response {
     let mut events = started.into_events();
     let mut text = String::new();
     while let Some(event) = events.recv().await {
@@ -285,6 +295,14 @@ async fn whole(started: crate::route::Started, id: String) -> Response {
                 });
                 let mut response = Json(body).into_response();
                 route_headers(response.headers_mut(), &summary);
+                let attempts: std::time::Duration =
+                    summary.attempts.iter().map(|attempt| attempt.took).sum();
+                let overhead = to_first_token.saturating_sub(attempts);
+                if let Ok(value) =
+                    HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0))
+                {
+                    response.headers_mut().insert(OVERHEAD_HEADER, value);
+                }
                 return response;
             }
             // Nothing went out yet: a whole response can still be an error status.
@@ -396,6 +414,9 @@ fn route_json(summary: &RouteSummary) -> Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+/// skyfuse's own milliseconds in a call (see [`whole`]); gRPC `Search` sends the same.
+const OVERHEAD_HEADER: &str = super::retrieval::OVERHEAD_HEADER;
 
 fn route_headers(headers: &mut HeaderMap, summary: &RouteSummary) {
     let mut set = |name: &'static str, value: String| {

@@ -7,6 +7,10 @@ use super::proto::{self, retrieval_service_server::RetrievalService};
 use crate::auth::Credentials;
 use crate::service::{SearchParams, Service};
 
+/// Response metadata: the milliseconds of a call spent in skyfuse rather than waiting
+/// on its slowest source.
+pub const OVERHEAD_HEADER: &str = "x-skyfuse-overhead-ms";
+
 pub struct RetrievalApi {
     pub service: Arc<Service>,
 }
@@ -17,6 +21,7 @@ impl RetrievalService for RetrievalApi {
         &self,
         request: Request<proto::SearchRequest>,
     ) -> Result<Response<proto::SearchResponse>, Status> {
+        let started = std::time::Instant::now();
         let deadline = convert::deadline(&request);
         let principal = self
             .service
@@ -37,9 +42,13 @@ impl RetrievalService for RetrievalApi {
             .search(&principal, params)
             .await
             .map_err(convert::status)?;
-        Ok(Response::new(convert::search_response(
-            result,
-            request.include_text,
-        )))
+        let waited = result.longest_source();
+        let mut response = Response::new(convert::search_response(result, request.include_text));
+        // skyfuse's own share of the call, for clients that track gateway overhead.
+        let overhead = started.elapsed().saturating_sub(waited);
+        if let Ok(value) = format!("{:.3}", overhead.as_secs_f64() * 1000.0).parse() {
+            response.metadata_mut().insert(OVERHEAD_HEADER, value);
+        }
+        Ok(response)
     }
 }

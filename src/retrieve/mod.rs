@@ -39,6 +39,18 @@ pub struct SearchResult {
     pub took: Duration,
 }
 
+impl SearchResult {
+    /// The longest the search waited on one source: sources are searched at once, so
+    /// this is the part of its time spent outside skyfuse.
+    pub fn longest_source(&self) -> Duration {
+        self.outcomes
+            .iter()
+            .map(|outcome| outcome.took)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
 /// The sources and embedders search runs over.
 pub struct Retriever {
     sources: Vec<Source>,

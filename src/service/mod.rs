@@ -227,8 +227,8 @@ impl Service {
         self.admit_call(principal)?;
         let result = self.search_within_limits(principal, params).await;
         let (outcome, waited) = match &result {
-            Ok(result) if result.degraded => ("degraded", longest_source(result)),
-            Ok(result) => ("ok", longest_source(result)),
+            Ok(result) if result.degraded => ("degraded", result.longest_source()),
+            Ok(result) => ("ok", result.longest_source()),
             Err(_) => ("error", Duration::ZERO),
         };
         self.metrics
@@ -374,15 +374,4 @@ impl Service {
             .filter(|source| source.info().kind == StoreKind::Dense)
             .find_map(|source| source.info().space.clone())
     }
-}
-
-/// The longest a search waited on one source: sources are searched at once, so this is
-/// the part of its time spent outside skyfuse.
-fn longest_source(result: &SearchResult) -> Duration {
-    result
-        .outcomes
-        .iter()
-        .map(|outcome| outcome.took)
-        .max()
-        .unwrap_or_default()
 }
