@@ -892,3 +892,139 @@ async fn a_provider_key_rewritten_in_its_file_is_sent_on_the_next_call_without_a
         ["Bearer sk-before-rotation", "Bearer sk-after-rotation-2"]
     );
 }
+
+/// Calls moto's Secrets Manager (`target`: `CreateSecret`, `PutSecretValue`), signed as
+/// the SDKs sign it.
+async fn secrets_manager(endpoint: &str, target: &str, body: Value) {
+    use skyfuse::cloud::sigv4::{AwsCredentials, SigV4Signer};
+    use skyfuse::config::Secret;
+    let signer = SigV4Signer {
+        credentials: AwsCredentials {
+            access_key_id: Secret::new("testing"),
+            secret_access_key: Secret::new("testing"),
+            session_token: None,
+        },
+        region: "us-east-1".into(),
+        service: "secretsmanager".into(),
+    };
+    let url = url::Url::parse(endpoint).unwrap();
+    let body = serde_json::to_vec(&body).unwrap();
+    let target = format!("secretsmanager.{target}");
+    let headers = [
+        (
+            "content-type".to_owned(),
+            "application/x-amz-json-1.1".to_owned(),
+        ),
+        ("x-amz-target".to_owned(), target.clone()),
+    ];
+    let mut request = reqwest::Client::new()
+        .post(url.clone())
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amz-target", target);
+    for (name, value) in signer.sign("POST", &url, &headers, &body, std::time::SystemTime::now()) {
+        request = request.header(name, value);
+    }
+    let response = request.body(body).send().await.unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_provider_key_rotated_in_aws_secrets_manager_is_sent_on_the_next_call() {
+    let Ok(moto) = std::env::var("SKYFUSE_TEST_S3_ENDPOINT") else {
+        assert!(
+            std::env::var_os("SKYFUSE_REQUIRE_EMULATORS").is_none(),
+            "the emulators were required"
+        );
+        eprintln!(
+            "SKIPPED: SKYFUSE_TEST_S3_ENDPOINT is not set; ./scripts/test.sh starts moto and runs this test"
+        );
+        return;
+    };
+    let name = format!("skyfuse/upstream-key-{}", std::process::id());
+    secrets_manager(
+        &moto,
+        "CreateSecret",
+        json!({"Name": name, "SecretString": "sk-from-the-manager-v1"}),
+    )
+    .await;
+
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorder = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let authorization = headers
+                .get("authorization")
+                .map(|value| value.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            recorder.lock().unwrap().push(authorization);
+            async { sse(&[chunk("Hi."), finish(), usage()]) }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let config: Config = toml::from_str(&format!(
+        r#"{FACADE_SERVER}
+        [routing]
+        default_model = "llama"
+        [[provider]]
+        id = "only"
+        kind = "openai_compat"
+        base_url = "{upstream}"
+        api_key = "aws-sm:{name}"
+        [[deployment]]
+        provider = "only"
+        model = "llama"
+        "#
+    ))
+    .unwrap();
+    // Explicit loopback endpoint and keys: nothing falls back to a cloud address.
+    let env = HashMap::from(
+        [
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.as_str()),
+            ("SKYFUSE_SECRETS_CACHE_SECONDS", "0"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned())),
+    );
+    let service = Arc::new(Service::build(config, &env).await.unwrap());
+    let openai = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", openai.local_addr().unwrap());
+    let listeners = Listeners {
+        grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        openai: Some(openai),
+        metrics: None,
+    };
+    tokio::spawn(skyfuse::api::serve(
+        service,
+        listeners,
+        std::future::pending(),
+    ));
+
+    let http = reqwest::Client::new();
+    let first = complete(&http, &base, &completion("llama", false)).await;
+    assert_eq!(first.status(), 200);
+    secrets_manager(
+        &moto,
+        "PutSecretValue",
+        json!({"SecretId": name, "SecretString": "sk-from-the-manager-v2"}),
+    )
+    .await;
+    let second = complete(&http, &base, &completion("llama", false)).await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "Bearer sk-from-the-manager-v1",
+            "Bearer sk-from-the-manager-v2"
+        ]
+    );
+}

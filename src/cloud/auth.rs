@@ -44,7 +44,7 @@ impl RequestAuth {
             location
                 .as_ref()
                 .map(|location| {
-                    RotatingSecret::resolve(location, env).map_err(|error| error.context(key))
+                    RotatingSecret::resolve(location, env, http).map_err(|error| error.context(key))
                 })
                 .transpose()
         };
@@ -119,9 +119,9 @@ impl RequestAuth {
             Self::None => Vec::new(),
             Self::Bearer(token) => vec![(
                 "authorization",
-                format!("Bearer {}", token.current().expose()),
+                format!("Bearer {}", token.current().await?.expose()),
             )],
-            Self::AzureApiKey(key) => vec![("api-key", key.current().expose().to_string())],
+            Self::AzureApiKey(key) => vec![("api-key", key.current().await?.expose().to_string())],
             Self::Google(tokens) => {
                 let token = tokens.access_token().await?;
                 vec![("authorization", format!("Bearer {}", token.expose()))]

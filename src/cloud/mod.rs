@@ -8,9 +8,11 @@
 //!   token, added to a built request.
 //! - [`sigv4`], [`oci_signing`], [`gcp_token`], [`rsa_key`]: the schemes themselves.
 //! - [`http`]: every cloud's error shape mapped to one `ErrorKind`, `Retry-After`.
-//! - [`rotating_secret`]: a key or token read again when its file is rewritten.
+//! - [`rotating_secret`]: a key or token read again when its file is rewritten or its
+//!   secret manager's copy is older than the cache time ([`aws_secrets`]).
 
 pub mod auth;
+pub mod aws_secrets;
 pub mod endpoint;
 pub mod gcp_token;
 pub mod http;

@@ -1,5 +1,6 @@
-//! Secrets are written in config as locations (`env:NAME`, `file:PATH`), never as
-//! values, and resolve into a type that never prints its contents.
+//! Secrets are written in config as locations (`env:NAME`, `file:PATH`, and for
+//! provider keys and tokens `aws-sm:NAME`), never as values, and resolve into a type
+//! that never prints its contents.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -8,12 +9,15 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// Where a secret lives. Parsed from `env:NAME` or `file:PATH`.
+/// Where a secret lives. Parsed from `env:NAME`, `file:PATH` or `aws-sm:NAME`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum SecretLocation {
     Env(String),
     File(std::path::PathBuf),
+    /// A secret of AWS Secrets Manager (a name or an ARN), read over the network when
+    /// a provider needs it (`cloud::rotating_secret`).
+    AwsSecretsManager(String),
 }
 
 impl TryFrom<String> for SecretLocation {
@@ -26,7 +30,13 @@ impl TryFrom<String> for SecretLocation {
         if let Some(path) = text.strip_prefix("file:").filter(|path| !path.is_empty()) {
             return Ok(Self::File(path.into()));
         }
-        Err("a secret must be a location, `env:NAME` or `file:PATH`, not a literal value".into())
+        if let Some(name) = text.strip_prefix("aws-sm:").filter(|name| !name.is_empty()) {
+            return Ok(Self::AwsSecretsManager(name.to_string()));
+        }
+        Err(
+            "a secret must be a location, `env:NAME`, `file:PATH` or `aws-sm:NAME`, not a literal value"
+                .into(),
+        )
     }
 }
 
@@ -58,6 +68,9 @@ impl SecretLocation {
                         path.display()
                     ))
                 }),
+            Self::AwsSecretsManager(name) => Err(Error::config(format!(
+                "aws-sm:{name}: a secret manager is read only for a provider's api_key or access_token; use env: or file: here"
+            ))),
         }
     }
 }
