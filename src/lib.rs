@@ -26,7 +26,8 @@
 //!   (`include`), pure validation.
 //! - [`error`]: one error type and the one failure policy (retry, fail over, stop);
 //!   [`breaker`]: the circuit breaker every remote endpoint shares, with permits.
-//! - [`telemetry`]: logging setup. [`client`], [`document`], [`eval`]: the CLI's
+//! - [`telemetry`]: logging setup and the Prometheus metrics; [`ids`]: unguessable
+//!   ids. [`client`], [`document`], [`eval`]: the CLI's
 //!   gRPC client, the document model, the BEIR evaluation.
 //!
 //! A search: `api::retrieval` converts the request -> `Service::search` checks
@@ -52,6 +53,7 @@ pub mod error;
 pub mod eval;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod ids;
 pub mod ingest;
 pub mod limits;
 pub mod llm;

@@ -650,6 +650,33 @@ async fn answers_stream_from_an_openai_compatible_server_with_usage_cost_and_rou
     assert_eq!(done.finish_reason, "stop");
     assert!(done.citations[0].object_key.ends_with("archives.md"));
 
+    // The caller rates the answer by its id; the score lands on the provider.
+    assert_eq!(done.answer_id.len(), 32, "{done:?}");
+    let mut generation = GenerationServiceClient::new(server.channel.clone());
+    let rate = |answer_id: &str, score: f64| proto::FeedbackRequest {
+        answer_id: answer_id.into(),
+        score,
+    };
+    generation
+        .feedback(rate(&done.answer_id, 0.9))
+        .await
+        .expect("feedback on its own answer");
+    let unknown = generation.feedback(rate("nope", 0.5)).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    let out_of_range = generation
+        .feedback(rate(&done.answer_id, 2.0))
+        .await
+        .unwrap_err();
+    assert_eq!(out_of_range.code(), tonic::Code::InvalidArgument);
+    let scrape = server.service.render_metrics();
+    for line in [
+        "skyfuse_model_quality_score_by_provider_sum{provider=\"llama\",deployment=\"llama/qwen2.5-0.5b-instruct\",model=\"qwen2.5-0.5b-instruct\",cloud=\"local\",region=\"local\"} 0.9",
+        // "To a paired region [1]." cites the one passage it was sent.
+        "skyfuse_answer_citations_total{provider=\"llama\",deployment=\"llama/qwen2.5-0.5b-instruct\",model=\"qwen2.5-0.5b-instruct\",valid=\"true\"} 1",
+    ] {
+        assert!(scrape.contains(line), "{line} not in\n{scrape}");
+    }
+
     let request = requests.recv().await.unwrap();
     assert!(
         request.starts_with("POST /v1/chat/completions"),

@@ -57,6 +57,22 @@ impl GenerationService for GenerationApi {
             .map(move |event| Ok(redact::with_id(&request_id, || answer_event(event))));
         Ok(Response::new(Box::pin(stream)))
     }
+
+    async fn feedback(
+        &self,
+        request: Request<proto::FeedbackRequest>,
+    ) -> Result<Response<proto::FeedbackResponse>, Status> {
+        let principal = self
+            .service
+            .authenticate(&Credentials::from_grpc(&request))
+            .await
+            .map_err(convert::status)?;
+        let request = request.into_inner();
+        self.service
+            .feedback(&principal, &request.answer_id, request.score)
+            .map_err(convert::status)?;
+        Ok(Response::new(proto::FeedbackResponse {}))
+    }
 }
 
 fn answer_event(event: AnswerEvent) -> proto::AnswerEvent {
@@ -97,6 +113,7 @@ fn answer_done(summary: AnswerSummary) -> proto::AnswerDone {
         route: Some(route(summary.route, summary.extractive)),
         finish_reason: summary.finish_reason,
         degraded: summary.degraded,
+        answer_id: summary.answer_id,
         sources: summary
             .outcomes
             .into_iter()

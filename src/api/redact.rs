@@ -77,16 +77,7 @@ pub fn accept_or_generate(incoming: Option<&str>) -> String {
 
 /// 16 random bytes, hex.
 pub fn generate() -> String {
-    let mut bytes = [0u8; 16];
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        // Unreachable in practice; an id must still be unique enough to grep.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        bytes = nanos.to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::ids::random_id()
 }
 
 /// Whether errors of `kind` may carry upstream detail, so clients get a fixed text.

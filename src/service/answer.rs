@@ -1,11 +1,13 @@
 //! Answer: search, build the prompt within its budget, stream the model's text,
 //! finish with citations, usage, cost and the route taken.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use super::chat::{ChatCall, ChatEntrance, ChatFailure};
+use super::feedback::{AnswerLedger, citations_are_valid};
 use super::{SearchParams, Service};
 use crate::auth::Principal;
 use crate::error::{Error, Result};
@@ -14,6 +16,8 @@ use crate::llm::extractive::extractive_answer;
 use crate::llm::prompt::{Passage, build_prompt};
 use crate::retrieve::{FusedHit, SourceOutcome};
 use crate::route::{RouteEvent, RouteSummary};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::answered_by;
 
 /// Model name that asks for the extractive answer even when an LLM is configured.
 pub const EXTRACTIVE_MODEL: &str = "extractive";
@@ -56,6 +60,8 @@ pub struct AnswerSummary {
     pub finish_reason: String,
     pub degraded: bool,
     pub outcomes: Vec<SourceOutcome>,
+    /// What `Feedback` takes to rate a model's answer; empty for an extractive one.
+    pub answer_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +145,7 @@ impl Service {
             finish_reason: String::new(),
             degraded: search.degraded,
             outcomes: search.outcomes.clone(),
+            answer_id: String::new(),
         };
         let extractive = || extractive_answer(&request.question, &passages[..passages_used]);
         let Some(explicit) = routed else {
@@ -168,11 +175,22 @@ impl Service {
             }
         };
         let send_timeout = Duration::from_millis(self.config.routing.stream_send_timeout_ms);
+        let summary = AnswerSummary {
+            answer_id: crate::ids::random_id(),
+            ..summary
+        };
+        let witness = Witness {
+            answers: Arc::clone(&self.answers),
+            metrics: Arc::clone(&self.metrics),
+            principal: principal.id().to_owned(),
+            passages: passages_used,
+        };
         tokio::spawn(forward(
             started.into_events(),
             summary,
             sender,
             send_timeout,
+            witness,
         ));
         Ok(receiver)
     }
@@ -216,15 +234,22 @@ async fn forward(
     mut summary: AnswerSummary,
     sender: mpsc::Sender<AnswerEvent>,
     send_timeout: Duration,
+    witness: Witness,
 ) {
+    // The answer's text, to check its citations when it ends (bounded by its tokens).
+    let mut text = String::new();
     loop {
         let (event, last) = match events.recv().await {
-            Some(RouteEvent::Token(text)) => (AnswerEvent::Token(text), false),
+            Some(RouteEvent::Token(token)) => {
+                text.push_str(&token);
+                (AnswerEvent::Token(token), false)
+            }
             Some(RouteEvent::Done(route)) => {
                 summary.usage = route.usage;
                 summary.cost_usd = route.cost_usd;
                 summary.finish_reason = route.finish_reason.clone();
                 summary.route = *route;
+                witness.answered(&summary, &text);
                 (AnswerEvent::Done(Box::new(summary.clone())), true)
             }
             Some(RouteEvent::Failed(error, _)) => (AnswerEvent::Failed(error), true),
@@ -241,6 +266,27 @@ async fn forward(
                 return;
             }
         }
+    }
+}
+
+/// What the service keeps of a finished model answer: who may rate it and which
+/// deployment gave it, and whether it cited only passages it was sent.
+struct Witness {
+    answers: Arc<AnswerLedger>,
+    metrics: Arc<Metrics>,
+    principal: String,
+    passages: usize,
+}
+
+impl Witness {
+    fn answered(&self, summary: &AnswerSummary, text: &str) {
+        let Some(deployment) = answered_by(&summary.route) else {
+            return;
+        };
+        self.metrics
+            .record_citations(&deployment, citations_are_valid(text, self.passages));
+        self.answers
+            .remember(&summary.answer_id, &self.principal, deployment);
     }
 }
 

@@ -38,7 +38,8 @@ pub struct IndexRuns {
 impl IndexRuns {
     /// Registers a running run of `owner` under a fresh unguessable id.
     pub fn start(self: &Arc<Self>, owner: &str, url: &str, index: &str) -> String {
-        let run_id = new_run_id();
+        // Unguessable: a run id cannot be guessed to read another caller's report.
+        let run_id = crate::ids::random_id();
         self.lock().push_back(IndexRunStatus {
             run_id: run_id.clone(),
             owner: owner.to_owned(),
@@ -86,20 +87,6 @@ impl IndexRuns {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<IndexRunStatus>> {
         self.runs.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// 128 random bits, hex: a run id cannot be guessed to read another caller's report.
-fn new_run_id() -> String {
-    let mut bytes = [0u8; 16];
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        // Never expected; a time-based id still works, only guessable.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        bytes = nanos.to_le_bytes();
-    }
-    hex::encode(bytes)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod bucket_options;
 mod build;
 mod calibrate;
 mod chat;
+mod feedback;
 mod index;
 mod index_runs;
 mod index_target;
@@ -81,6 +82,8 @@ pub struct Service {
     index_runs: Arc<IndexRuns>,
     /// What `/metrics` exports.
     metrics: Arc<Metrics>,
+    /// Recent answers, for `Feedback`.
+    answers: Arc<feedback::AnswerLedger>,
 }
 
 impl Service {
@@ -123,6 +126,7 @@ impl Service {
             ingest_roots,
             index_runs: Arc::default(),
             metrics: Arc::default(),
+            answers: Arc::default(),
             env: env.clone(),
             rate_limiter: Arc::new(RateLimiter::from_config(&config.limits)),
             call_limit: CallLimit::new(config.server.max_concurrent_calls),

@@ -78,6 +78,15 @@ pub struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CitationLabels {
+    pub provider: String,
+    pub deployment: String,
+    pub model: String,
+    /// true | false
+    pub valid: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EgressLabels {
     pub from_cloud: String,
     pub to_cloud: String,
@@ -111,6 +120,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// Feedback scores in tenths.
+fn score_histogram() -> Histogram {
+    Histogram::new((1..=10).map(|tenth| f64::from(tenth) / 10.0))
+}
+
 /// Costs from a hundredth of a cent to ~$10 per request.
 fn cost_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 4.0, 10))
@@ -135,6 +149,8 @@ pub struct Metrics {
     pub cost_total: Family<DeploymentLabels, FloatCounter>,
     pub tokens: Family<TokenLabels, Counter>,
     pub egress_cost_total: Family<EgressLabels, FloatCounter>,
+    pub quality_score: Family<DeploymentLabels, Histogram>,
+    pub answer_citations: Family<CitationLabels, Counter>,
     // Ingestion.
     pub index_objects: Family<IndexLabels, Counter>,
     pub index_chunks: Family<IndexVolumeLabels, Counter>,
@@ -168,6 +184,8 @@ impl Metrics {
             cost_total: Family::default(),
             tokens: Family::default(),
             egress_cost_total: Family::default(),
+            quality_score: Family::new_with_constructor(score_histogram),
+            answer_citations: Family::default(),
             index_objects: Family::default(),
             index_chunks: Family::default(),
             index_bytes: Family::default(),
@@ -250,6 +268,16 @@ impl Metrics {
             "egress_cost_usd",
             "Data transfer cost in USD between clouds (filled by the residency and egress policy)",
             m.egress_cost_total.clone(),
+        );
+        registry.register(
+            "model_quality_score_by_provider",
+            "Scores callers gave answers with Feedback (0 to 1), by the deployment that answered",
+            m.quality_score.clone(),
+        );
+        registry.register(
+            "answer_citations",
+            "Model answers by whether every [n] they cite is a passage that was sent (valid) or not",
+            m.answer_citations.clone(),
         );
         registry.register(
             "index_objects",
@@ -374,15 +402,9 @@ impl Metrics {
     /// A chat call that produced tokens and ended: its first-token and total times,
     /// usage and cost, under the deployment that answered.
     pub fn record_answered(&self, summary: &RouteSummary, first_token: Duration, total: Duration) {
-        let Some(answered) = summary
-            .attempts
-            .iter()
-            .rev()
-            .find(|attempt| attempt.outcome == AttemptOutcome::Ok)
-        else {
+        let Some(deployment) = answered_by(summary) else {
             return;
         };
-        let deployment = deployment_of(answered);
         for (phase, took) in [("first_token", first_token), ("total", total)] {
             self.response_time
                 .get_or_create(&ResponseTimeLabels {
@@ -411,6 +433,18 @@ impl Metrics {
         self.cost_total
             .get_or_create(&deployment)
             .inc_by(summary.cost_usd);
+    }
+
+    /// Whether a model's answer cited only passages it was given.
+    pub fn record_citations(&self, deployment: &DeploymentLabels, valid: bool) {
+        self.answer_citations
+            .get_or_create(&CitationLabels {
+                provider: deployment.provider.clone(),
+                deployment: deployment.deployment.clone(),
+                model: deployment.model.clone(),
+                valid: if valid { "true" } else { "false" },
+            })
+            .inc();
     }
 
     /// The counts of one finished index run.
@@ -443,6 +477,16 @@ impl Metrics {
             .get_or_create(&labels)
             .inc_by(progress.bytes_read);
     }
+}
+
+/// The deployment that answered a call, if one did.
+pub fn answered_by(summary: &RouteSummary) -> Option<DeploymentLabels> {
+    summary
+        .attempts
+        .iter()
+        .rev()
+        .find(|attempt| attempt.outcome == AttemptOutcome::Ok)
+        .map(deployment_of)
 }
 
 fn deployment_of(attempt: &Attempt) -> DeploymentLabels {
