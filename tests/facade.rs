@@ -1028,3 +1028,43 @@ async fn a_provider_key_rotated_in_aws_secrets_manager_is_sent_on_the_next_call(
         ]
     );
 }
+
+#[tokio::test]
+async fn a_callers_budget_spend_is_a_metric() {
+    let (primary, _) = upstream(vec![Upstream::Throttle { retry_after: "30" }]).await;
+    let (secondary, _) = upstream(vec![Upstream::Answer("Hello there.")]).await;
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), "team-a-key\n").unwrap();
+    let config = format!(
+        "{}\n[[caller]]\nid = \"team-a\"\napi_key = \"file:{}\"\nbudget_usd_per_day = 1.0\n",
+        two_deployments(&primary, &secondary),
+        key_file.path().display()
+    );
+    let served = serve(&config, std::future::pending()).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", served.base))
+        .bearer_auth("team-a-key")
+        .json(&completion("llama", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap();
+    let scrape = reqwest::get(format!("http://{}/metrics", served.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // 1000 input at $1/M + 500 output at $2/M, settled; nothing held any more.
+    let spent = value(&scrape, "skyfuse_budget_spent_usd", &[("caller", "team-a")]);
+    assert!((spent - 0.002).abs() < 1e-12, "{spent}");
+    assert_eq!(
+        value(
+            &scrape,
+            "skyfuse_budget_reserved_usd",
+            &[("caller", "team-a")]
+        ),
+        0.0
+    );
+}

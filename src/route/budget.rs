@@ -77,6 +77,16 @@ impl BudgetLedger {
         })
     }
 
+    /// Every caller with an account today: (caller, spent, reserved) in USD.
+    pub fn today(&self) -> Vec<(String, f64, f64)> {
+        let day = today();
+        lock(&self.accounts)
+            .iter()
+            .filter(|(_, account)| account.day == day)
+            .map(|(caller, account)| (caller.clone(), account.spent_usd, account.reserved_usd))
+            .collect()
+    }
+
     /// Spent today, settled calls only.
     pub fn spent_today(&self, caller: &str) -> f64 {
         let day = today();

@@ -122,6 +122,11 @@ impl Router {
         }
     }
 
+    /// Today's spend and holds per caller with a budget (for metrics).
+    pub fn budgets_today(&self) -> Vec<(String, f64, f64)> {
+        self.budgets.today()
+    }
+
     /// Every deployment, in config order (for metrics and health).
     pub fn deployments(&self) -> &[Arc<Deployment>] {
         &self.deployments

@@ -1,7 +1,7 @@
 //! What an operator reads: the metrics scrape and readiness.
 
 use super::Service;
-use crate::telemetry::metrics::{DeploymentLabels, EgressLabels, SourceLabels};
+use crate::telemetry::metrics::{CallerLabels, DeploymentLabels, EgressLabels, SourceLabels};
 
 /// Whether each part of the service can do its job now (see [`Service::health`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,11 @@ impl Service {
     pub fn render_metrics(&self) -> String {
         let metrics = &self.metrics;
         if let Some(router) = &self.router {
+            for (caller, spent, reserved) in router.budgets_today() {
+                let labels = CallerLabels { caller };
+                metrics.budget_spent.get_or_create(&labels).set(spent);
+                metrics.budget_reserved.get_or_create(&labels).set(reserved);
+            }
             for deployment in router.deployments() {
                 let info = deployment.info();
                 let labels = DeploymentLabels {

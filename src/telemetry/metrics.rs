@@ -78,6 +78,12 @@ pub struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallerLabels {
+    /// The principal's id (a configured caller, `<issuer>:<subject>`, a certificate id).
+    pub caller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CitationLabels {
     pub provider: String,
     pub deployment: String,
@@ -158,6 +164,8 @@ pub struct Metrics {
     // State mirrored at scrape time.
     pub source_breaker_open: Family<SourceLabels, Gauge>,
     pub calls_in_flight: Gauge,
+    pub budget_spent: Family<CallerLabels, FloatGauge>,
+    pub budget_reserved: Family<CallerLabels, FloatGauge>,
 }
 
 impl Default for Metrics {
@@ -191,6 +199,8 @@ impl Metrics {
             index_bytes: Family::default(),
             source_breaker_open: Family::default(),
             calls_in_flight: Gauge::default(),
+            budget_spent: Family::default(),
+            budget_reserved: Family::default(),
         };
         metrics.register_all();
         metrics
@@ -303,6 +313,16 @@ impl Metrics {
             "calls_in_flight",
             "Calls being served on both edges (server.max_concurrent_calls is the cap)",
             m.calls_in_flight.clone(),
+        );
+        registry.register(
+            "budget_spent_usd",
+            "Spend settled today (UTC) per caller with a daily budget",
+            m.budget_spent.clone(),
+        );
+        registry.register(
+            "budget_reserved_usd",
+            "Spend held right now by calls in flight, per caller with a daily budget",
+            m.budget_reserved.clone(),
         );
         self.registry = registry;
     }
