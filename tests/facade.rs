@@ -599,7 +599,25 @@ async fn metrics_show_the_failover_its_attempts_cost_and_availability() {
         .parse()
         .unwrap();
     assert!(overhead >= 0.0, "{overhead}");
-    response.text().await.unwrap();
+    let completion_id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The caller rates the completion by its id.
+    let rated = http
+        .post(format!("{}/v1/feedback", served.base))
+        .json(&json!({"id": completion_id, "score": 0.75}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rated.status(), 204, "{}", rated.text().await.unwrap());
+    let unknown = http
+        .post(format!("{}/v1/feedback", served.base))
+        .json(&json!({"id": "chatcmpl-unknown", "score": 0.75}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
 
     let metrics = format!("http://{}", served.metrics);
     // Prometheus asks for OpenMetrics; curl and promtool get the classic text.
@@ -674,6 +692,15 @@ async fn metrics_show_the_failover_its_attempts_cost_and_availability() {
         assert_eq!(availability, available, "{provider}");
     }
     assert_eq!(value(&scrape, "skyfuse_calls_in_flight", &[]), 0.0);
+    let rated_by = [("provider", "secondary")];
+    assert_eq!(
+        value(
+            &scrape,
+            "skyfuse_model_quality_score_by_provider_sum",
+            &rated_by
+        ),
+        0.75
+    );
     assert_eq!(
         value(
             &scrape,

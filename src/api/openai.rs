@@ -39,6 +39,7 @@ pub(super) fn app(service: Arc<Service>) -> axum::Router {
     axum::Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/feedback", post(feedback))
         .layer(DefaultBodyLimit::max(limit))
         .layer(call_limit)
         .layer(super::redact::RequestIdLayer)
@@ -91,6 +92,39 @@ async fn models(
         json!({"id": format!("tier:{tier}"), "object": "model", "created": 0, "owned_by": "skyfuse"})
     }));
     Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `POST /v1/feedback {"id": "chatcmpl-...", "score": 0.8}`: the caller rates one of its
+/// completions (0 to 1); `204` when recorded.
+#[derive(Debug, Deserialize)]
+struct FeedbackRequest {
+    id: String,
+    score: f64,
+}
+
+async fn feedback(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    body: axum::body::Bytes,
+) -> Response {
+    let principal = match service
+        .authenticate(&Credentials::from_http(&headers, &extensions))
+        .await
+    {
+        Ok(principal) => principal,
+        Err(error) => return error_response(&error),
+    };
+    let request: FeedbackRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return error_response(&Error::invalid(format!("invalid request body: {error}")));
+        }
+    };
+    match service.feedback(&principal, &request.id, request.score) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => error_response(&error),
+    }
 }
 
 async fn chat_completions(
@@ -148,6 +182,7 @@ async fn start(
         Ok(call) => call,
         Err(error) => return (None, Err(error)),
     };
+    let id = call.id.clone();
     let rated = service.rated_chat(&principal, call).await;
     let include_usage = request
         .stream_options
@@ -155,7 +190,7 @@ async fn start(
         .is_some_and(|options| options.include_usage);
     let started = rated
         .result
-        .map(|started| (started, request.stream, include_usage, completion_id()))
+        .map(|started| (started, request.stream, include_usage, id))
         .map_err(Error::from);
     (rated.rate, started)
 }
@@ -207,6 +242,7 @@ fn chat_call(
         max_output_tokens,
         temperature: request.temperature,
         deadline: None,
+        id: completion_id(),
     })
 }
 
@@ -525,20 +561,9 @@ fn error_json(error: &Error) -> Value {
     json!({"error": {"message": message, "type": kind, "code": code}})
 }
 
+/// The completion's `id`, which `/v1/feedback` takes to rate it.
 fn completion_id() -> String {
-    format!("chatcmpl-{:x}", rand_u64())
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    hasher.finish()
+    format!("chatcmpl-{}", crate::ids::random_id())
 }
 
 fn unix_now() -> u64 {

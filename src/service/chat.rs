@@ -12,6 +12,7 @@ use crate::limits::RateLimitStatus;
 use crate::llm::prompt::request_tokens;
 use crate::llm::{ChatMessage, ChatRequest};
 use crate::route::{Caller, RouteRequest, RouteSummary, Router, Started};
+use crate::telemetry::metrics::answered_by;
 
 /// Sampling temperature when a call does not set one.
 pub const DEFAULT_TEMPERATURE: f32 = 0.2;
@@ -36,6 +37,9 @@ pub struct ChatCall {
     /// (the retrieval half of an `Answer` without a deadline has its own,
     /// `server.default_timeout_ms`).
     pub deadline: Option<Instant>,
+    /// The id its answer goes out with, which `Feedback` takes to rate it; empty: not
+    /// rateable.
+    pub id: String,
 }
 
 /// A chat call that produced nothing.
@@ -134,6 +138,7 @@ impl Service {
             .await;
         let (limiter, caller_id) = (Arc::clone(&self.rate_limiter), principal.id().to_owned());
         let metrics = Arc::clone(&self.metrics);
+        let (answers, answer_id) = (Arc::clone(&self.answers), call.id.clone());
         match &mut result {
             Ok(started) => {
                 let first_token = start.elapsed();
@@ -145,6 +150,11 @@ impl Service {
                     limiter.refund_tokens(&caller_id, tokens.saturating_sub(used));
                     metrics.record_attempts(&summary.attempts);
                     metrics.record_answered(summary, first_token, start.elapsed());
+                    if let Some(deployment) = answered_by(summary)
+                        && !answer_id.is_empty()
+                    {
+                        answers.remember(&answer_id, &caller_id, deployment);
+                    }
                     let outcome = if summary.finish_reason.is_empty() {
                         "error"
                     } else {
