@@ -328,6 +328,71 @@ async fn index_then_search_fuses_both_sources_and_reindexing_is_incremental() {
 }
 
 #[tokio::test]
+async fn a_corrupt_store_file_degrades_its_source_and_the_service_still_starts() {
+    let data = TempDir::new().unwrap();
+    let docs = TempDir::new().unwrap();
+    write_corpus(docs.path());
+    let server = TestServer::start(data.path(), "").await;
+    server.index(docs.path()).await;
+    server.stop().await;
+
+    // The dense store's file is damaged while the server is down.
+    let dense_file = data.path().join("local-dense").join("dense.bin");
+    let garbage = b"not a dense store".to_vec();
+    std::fs::write(&dense_file, &garbage).unwrap();
+
+    let server = TestServer::start(data.path(), "").await;
+    let response = server.search_for("volcano lava eruption").await;
+    assert!(response.degraded, "{:?}", response.sources);
+    assert_eq!(response.hits[0].doc_id, "d2", "BM25 still answers");
+    let dense = response
+        .sources
+        .iter()
+        .find(|outcome| outcome.source == "local-dense")
+        .unwrap();
+    assert_ne!(dense.status, proto::SourceStatus::Ok as i32, "{dense:?}");
+    assert_eq!(
+        server.service.health(),
+        skyfuse::service::Health {
+            retrieval: true,
+            generation: true
+        },
+        "one source still answers"
+    );
+    let scrape = server.service.render_metrics();
+    assert!(
+        scrape.contains(
+            "skyfuse_source_breaker_open{source=\"local-dense\",cloud=\"local\",region=\"local\"} 1"
+        ),
+        "{scrape}"
+    );
+    // Indexing a changed file into it fails, and leaves the damaged file for the operator.
+    std::fs::write(docs.path().join("new.md"), "Glaciers carve fjords over millennia.").unwrap();
+    let mut stream = IngestionServiceClient::new(server.channel.clone())
+        .index(proto::IndexRequest {
+            url: docs.path().display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut failed = false;
+    loop {
+        match stream.message().await {
+            Ok(Some(progress)) => failed |= progress.done && progress.failed > 0,
+            Ok(None) => break,
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "a run into the unopened store does not succeed");
+    assert_eq!(std::fs::read(&dense_file).unwrap(), garbage);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn stores_are_persisted_and_reopened_after_a_restart() {
     let data = TempDir::new().unwrap();
     let docs = TempDir::new().unwrap();

@@ -12,6 +12,7 @@ pub mod opensearch;
 pub mod qdrant;
 pub mod remote;
 pub mod resilient;
+pub mod unopened;
 
 use std::time::Instant;
 

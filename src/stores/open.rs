@@ -3,6 +3,7 @@
 //! Remote stores are checked against their space here: a collection or index of
 //! another dimension or metric stops startup with a message naming both.
 
+use crate::stores::unopened::UnopenedStore;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -86,7 +87,7 @@ async fn open_backends(
         StoreConfig::Tantivy(_) => {
             let info = source_info(source, source.id.clone(), StoreKind::Lexical, None);
             let dir = local_dir(source, context.data_dir);
-            open_local(dir, move |dir| {
+            open_local(dir, info, move |info, dir| {
                 Ok(Arc::new(LocalBm25Store::open(info, dir)?) as Arc<dyn SearchBackend>)
             })
             .await
@@ -97,7 +98,7 @@ async fn open_backends(
             let info = source_info(source, source.id.clone(), StoreKind::Dense, Some(space));
             let dims = space.dims;
             let dir = local_dir(source, context.data_dir);
-            open_local(dir, move |dir| {
+            open_local(dir, info, move |info, dir| {
                 Ok(Arc::new(DenseStore::open(info, dims, dir)?) as Arc<dyn SearchBackend>)
             })
             .await
@@ -170,14 +171,20 @@ fn source_info(
 
 /// Creates a local store's folder and opens it off the async workers: opening reads
 /// index files.
+/// Opens a local store in `dir` (created when missing: a folder that cannot be made is
+/// a config error). Files that are there but cannot be opened give an
+/// [`UnopenedStore`]: the service starts without this source instead of not at all.
 async fn open_local(
     dir: PathBuf,
-    open: impl FnOnce(&Path) -> Result<Arc<dyn SearchBackend>> + Send + 'static,
+    info: SourceInfo,
+    open: impl FnOnce(SourceInfo, &Path) -> Result<Arc<dyn SearchBackend>> + Send + 'static,
 ) -> Result<Arc<dyn SearchBackend>> {
     tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir)
             .map_err(|error| Error::config(format!("cannot create {}: {error}", dir.display())))?;
-        open(&dir)
+        Ok(open(info.clone(), &dir).unwrap_or_else(|error| {
+            Arc::new(UnopenedStore::new(info, error.message)) as Arc<dyn SearchBackend>
+        }))
     })
     .await
     .map_err(|error| Error::internal(format!("opening a store panicked: {error}")))?

@@ -181,7 +181,7 @@ impl SearchBackend for ResilientBackend {
     }
 
     fn breaker_open(&self) -> bool {
-        self.breaker.is_open()
+        self.breaker.is_open() || self.inner.breaker_open()
     }
 
     async fn search(&self, query: &StoreQuery) -> Result<Vec<Hit>> {
