@@ -367,7 +367,11 @@ async fn a_corrupt_store_file_degrades_its_source_and_the_service_still_starts()
         "{scrape}"
     );
     // Indexing a changed file into it fails, and leaves the damaged file for the operator.
-    std::fs::write(docs.path().join("new.md"), "Glaciers carve fjords over millennia.").unwrap();
+    std::fs::write(
+        docs.path().join("new.md"),
+        "Glaciers carve fjords over millennia.",
+    )
+    .unwrap();
     let mut stream = IngestionServiceClient::new(server.channel.clone())
         .index(proto::IndexRequest {
             url: docs.path().display().to_string(),
