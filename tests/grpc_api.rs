@@ -558,6 +558,33 @@ async fn health_and_reflection_are_served() {
     ] {
         assert!(names.contains(&expected), "{names:?}");
     }
+
+    // The older protocol, which grpcurl before 1.9 and most Python clients speak.
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(AlphaRequest::ListServices(String::new())),
+    };
+    let response = AlphaClient::new(server.channel.clone())
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(AlphaResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected v1alpha reflection answer: {response:?}");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|service| service.name == "skyfuse.v1.RetrievalService"),
+        "{list:?}"
+    );
     server.stop().await;
 }
 

@@ -421,11 +421,19 @@ pub(super) fn grpc_server(
     let admin = AdminServiceServer::new(AdminApi { service })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl before 1.9 and most Python clients still ask
+    // `grpc.reflection.v1alpha`.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
         .map_err(|error| Error::internal(format!("reflection: {error}")))?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(|error| Error::internal(format!("reflection v1alpha: {error}")))?;
     let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(options.max_concurrent_requests)
         .http2_keepalive_interval(options.http2_keepalive_interval)
@@ -436,6 +444,7 @@ pub(super) fn grpc_server(
         .layer(super::redact::RequestIdLayer)
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(retrieval)
         .add_service(generation)
         .add_service(ingestion)
