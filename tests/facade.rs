@@ -868,8 +868,8 @@ async fn health_and_readiness_follow_a_model_whose_only_deployment_is_held_off()
     );
 }
 
-#[tokio::test]
-async fn a_provider_key_rewritten_in_its_file_is_sent_on_the_next_call_without_a_restart() {
+/// An upstream that answers every call and records the `authorization` it was sent.
+async fn recording_upstream() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let recorder = seen.clone();
     let app = axum::Router::new().route(
@@ -886,6 +886,12 @@ async fn a_provider_key_rewritten_in_its_file_is_sent_on_the_next_call_without_a
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (upstream, seen)
+}
+
+#[tokio::test]
+async fn a_provider_key_rewritten_in_its_file_is_sent_on_the_next_call_without_a_restart() {
+    let (upstream, seen) = recording_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("upstream.key");
     std::fs::write(&key_file, "sk-before-rotation\n").unwrap();
@@ -979,22 +985,7 @@ async fn a_provider_key_rotated_in_aws_secrets_manager_is_sent_on_the_next_call(
     )
     .await;
 
-    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let recorder = seen.clone();
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |headers: axum::http::HeaderMap| {
-            let authorization = headers
-                .get("authorization")
-                .map(|value| value.to_str().unwrap().to_owned())
-                .unwrap_or_default();
-            recorder.lock().unwrap().push(authorization);
-            async { sse(&[chunk("Hi."), finish(), usage()]) }
-        }),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (upstream, seen) = recording_upstream().await;
 
     let config: Config = toml::from_str(&format!(
         r#"{FACADE_SERVER}

@@ -70,18 +70,27 @@ struct WireMessage {
     content: Value,
 }
 
+/// The caller a facade request's credentials prove, or the OpenAI-shaped refusal.
+async fn authenticate(
+    service: &Service,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> std::result::Result<crate::auth::Principal, Response> {
+    service
+        .authenticate(&Credentials::from_http(headers, extensions))
+        .await
+        .map_err(|error| error_response(&error))
+}
+
 /// The models and tiers the caller may use; 401 without credentials.
 async fn models(
     State(service): State<Arc<Service>>,
     headers: HeaderMap,
     extensions: axum::http::Extensions,
 ) -> Response {
-    let principal = match service
-        .authenticate(&Credentials::from_http(&headers, &extensions))
-        .await
-    {
+    let principal = match authenticate(&service, &headers, &extensions).await {
         Ok(principal) => principal,
-        Err(error) => return error_response(&error),
+        Err(response) => return response,
     };
     let (models, tiers) = service.chat_models_for(&principal);
     let mut data: Vec<Value> = models
@@ -108,12 +117,9 @@ async fn feedback(
     extensions: axum::http::Extensions,
     body: axum::body::Bytes,
 ) -> Response {
-    let principal = match service
-        .authenticate(&Credentials::from_http(&headers, &extensions))
-        .await
-    {
+    let principal = match authenticate(&service, &headers, &extensions).await {
         Ok(principal) => principal,
-        Err(error) => return error_response(&error),
+        Err(response) => return response,
     };
     let request: FeedbackRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
