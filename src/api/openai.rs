@@ -337,9 +337,7 @@ async fn whole(
                 });
                 let mut response = Json(body).into_response();
                 route_headers(response.headers_mut(), &summary);
-                let attempts: std::time::Duration =
-                    summary.attempts.iter().map(|attempt| attempt.took).sum();
-                let overhead = to_first_token.saturating_sub(attempts);
+                let overhead = to_first_token.saturating_sub(summary.attempts_time());
                 if let Ok(value) =
                     HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0))
                 {

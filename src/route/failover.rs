@@ -79,6 +79,11 @@ pub struct RouteSummary {
 }
 
 impl RouteSummary {
+    /// Time spent waiting on deployments until the first token (or the last failure).
+    pub fn attempts_time(&self) -> Duration {
+        self.attempts.iter().map(|attempt| attempt.took).sum()
+    }
+
     fn of(plan: &Plan) -> Self {
         Self {
             tier: plan.tier.clone(),

@@ -160,14 +160,14 @@ impl Service {
                     } else {
                         "ok"
                     };
-                    metrics.record_call("chat", outcome, first_token, attempts_time(summary));
+                    metrics.record_call("chat", outcome, first_token, summary.attempts_time());
                 });
             }
             Err(failure) => {
                 limiter.refund_tokens(&caller_id, tokens);
                 if let Some(route) = &failure.route {
                     metrics.record_attempts(&route.attempts);
-                    metrics.record_call("chat", "error", start.elapsed(), attempts_time(route));
+                    metrics.record_call("chat", "error", start.elapsed(), route.attempts_time());
                 }
             }
         }
@@ -291,16 +291,11 @@ fn route_request(call: &ChatCall, input_tokens: u64, max_output_tokens: u32) -> 
     }
 }
 
-/// Time spent waiting on deployments before the first token (or the failure).
-fn attempts_time(summary: &RouteSummary) -> std::time::Duration {
-    summary.attempts.iter().map(|attempt| attempt.took).sum()
-}
-
 /// Where a chat call came in.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum ChatEntrance {
     /// The facade or `Service::chat`: a call of its own.
     Chat,
-    /// `Answer` with a model: counted (and its retrieval timed) when it came in.
+    /// `Answer` with a model: its request was counted when it came in.
     Answer,
 }
