@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use skyfuse::config::{DeploymentConfig, Glob, RouteRule, RoutingConfig, TierConfig};
+use skyfuse::config::{OtlpProtocol, TracesConfig};
 use skyfuse::llm::{ChatMessage, ChatProvider, ChatRequest, Role};
 use skyfuse::route::testing::{Script, Scripted};
 use skyfuse::route::{Caller, Catalog, Deployment, RouteEvent, RouteRequest, Router};
+use skyfuse::telemetry::{Tracing, trace};
 
 fn router() -> Router {
     let models = [
@@ -108,22 +110,46 @@ fn bench(c: &mut Criterion) {
         max_output_tokens: 64,
         temperature: 0.0,
     };
-    c.bench_function("route/plan + attempt + stream, instant provider", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let plan = router.plan(&caller, &by_model).unwrap();
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-            let started = router
-                .start(&caller, &plan, &request, deadline)
-                .await
-                .unwrap();
-            let mut events = started.into_events();
-            while let Some(event) = events.recv().await {
-                if matches!(event, RouteEvent::Done(_) | RouteEvent::Failed(..)) {
-                    break;
-                }
+    let one_call = || async {
+        let plan = router.plan(&caller, &by_model).unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let started = router
+            .start(&caller, &plan, &request, deadline)
+            .await
+            .unwrap();
+        let mut events = started.into_events();
+        while let Some(event) = events.recv().await {
+            if matches!(event, RouteEvent::Done(_) | RouteEvent::Failed(..)) {
+                break;
             }
-        })
+        }
+    };
+    c.bench_function("route/plan + attempt + stream, instant provider", |b| {
+        b.to_async(&runtime).iter(one_call)
     });
+    // The same call inside a trace sampled at 100% (its spans go to a batch queue;
+    // the collector address answers nothing, so a full queue drops them).
+    let tracing = runtime.block_on(async {
+        Tracing::from_config(Some(&TracesConfig {
+            endpoint: "http://127.0.0.1:9".into(),
+            protocol: OtlpProtocol::Grpc,
+            sample_ratio: 1.0,
+            service_name: "skyfuse-bench".into(),
+            export_timeout_ms: 100,
+        }))
+        .unwrap()
+    });
+    let headers = http::HeaderMap::new();
+    c.bench_function(
+        "route/plan + attempt + stream, instant provider, traced 100%",
+        |b| {
+            b.to_async(&runtime).iter(|| async {
+                let call = tracing.http_call("POST", "/v1/chat/completions", &headers);
+                trace::within(call.as_ref(), one_call()).await
+            })
+        },
+    );
+    tracing.shutdown();
 }
 
 criterion_group!(benches, bench);

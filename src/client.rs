@@ -13,11 +13,12 @@ use crate::config::{Config, process_env};
 use crate::error::{Error, Result};
 use crate::service::Service;
 
-/// Loads `--config` or the embedded default (validated either way).
+/// Loads `--config` or the embedded default with its files in the skyfuse home
+/// (validated either way).
 pub fn load_config(path: Option<&Path>) -> Result<Config> {
     let config = match path {
         Some(path) => Config::load(path)?,
-        None => Config::embedded_default(),
+        None => Config::embedded_default_at_home(&process_env()),
     };
     config.validate()?;
     Ok(config)

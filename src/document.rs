@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 pub struct Chunk {
     /// Stable and unique within an index: `{doc_id}#{ordinal}`.
     pub chunk_id: String,
-    /// Stable document id used for deduplication: a record's own id (BEIR `_id`,
-    /// a JSON `id`) or else the object key.
+    /// Stable document id used for deduplication, unique in its index: the qualified
+    /// object key, or for a JSON(L) record `<qualified key>#<record id>` (the record id
+    /// alone with `record_ids = "global"`); see [`crate::ingest::doc_ids`].
     pub doc_id: String,
     /// The object the chunk was extracted from; deleting an object deletes its chunks.
     pub object_key: String,

@@ -20,13 +20,16 @@
 //! - [`embed`]: embedding spaces, query embedding, the in-process BERT runtime
 //!   (`embed::local`, all `unsafe` in its `kernels`) and cloud providers.
 //! - [`llm`]: the chat provider trait, prompts, the extractive answerer, providers.
+//! - [`policy`]: rules over the data a request moves (residency: which passages may
+//!   reach which regions' models).
 //! - [`ingest`]: list, fetch, extract, chunk, embed, write, remember (manifest).
 //! - [`cloud`]: credentials, request signing and error mapping the providers share.
 //! - [`config`]: one file per TOML table, per-kind tagged enums, index definitions
 //!   (`include`), pure validation.
 //! - [`error`]: one error type and the one failure policy (retry, fail over, stop);
 //!   [`breaker`]: the circuit breaker every remote endpoint shares, with permits.
-//! - [`telemetry`]: logging setup and the Prometheus metrics; [`ids`]: unguessable
+//! - [`telemetry`]: logging setup, the Prometheus metrics and OpenTelemetry traces;
+//!   [`ids`]: unguessable
 //!   ids. [`client`], [`document`], [`eval`]: the CLI's
 //!   gRPC client, the document model, the BEIR evaluation.
 //!
@@ -57,6 +60,7 @@ pub mod ids;
 pub mod ingest;
 pub mod limits;
 pub mod llm;
+pub mod policy;
 pub mod retrieve;
 pub mod route;
 pub mod service;

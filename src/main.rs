@@ -270,6 +270,7 @@ async fn run(cli: Cli) -> Result<()> {
                 fusion: Fusion::to_proto(fusion),
                 include_text: false,
                 adapter_from: String::new(),
+                ..Default::default()
             };
             cli::query::run_search(channel, request, explain).await
         }

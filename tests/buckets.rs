@@ -1364,20 +1364,23 @@ async fn cli_indexes_an_s3_url_with_only_the_standard_aws_variables() {
             ),
         ])
         .await;
-    // No --config: the embedded default (BM25 + MiniLM) under ./indexes/local, with the
-    // model where a user's checkout has it, ./models/all-MiniLM-L6-v2.
+    // No --config, run from a folder of its own: the embedded default (BM25 + MiniLM)
+    // keeps its data and finds its model in the skyfuse home.
+    let home = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let model = std::env::var_os("SKYFUSE_MODEL_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"),
         PathBuf::from,
     );
-    std::fs::create_dir(work.path().join("models")).unwrap();
-    std::os::unix::fs::symlink(&model, work.path().join("models/all-MiniLM-L6-v2")).unwrap();
+    std::fs::create_dir(home.path().join("models")).unwrap();
+    std::os::unix::fs::symlink(&model, home.path().join("models/all-MiniLM-L6-v2")).unwrap();
     let skyfuse = |arguments: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_skyfuse"))
             .args(arguments)
             .current_dir(work.path())
             .env_remove("SKYFUSE_CONFIG")
+            .env_remove("SKYFUSE_MODEL_DIR")
+            .env("SKYFUSE_HOME", home.path())
             .env("AWS_ENDPOINT_URL", &endpoint)
             .env("AWS_ALLOW_HTTP", "true")
             .env("AWS_REGION", "us-east-1")
@@ -1411,6 +1414,8 @@ async fn cli_indexes_an_s3_url_with_only_the_standard_aws_variables() {
         hits.contains("stored in s3-compatible / us-east-1"),
         "{hits}"
     );
+    assert!(home.path().join("indexes/local/manifests").is_dir());
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

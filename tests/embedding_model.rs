@@ -287,11 +287,37 @@ fn missing_model_dir_is_a_config_error_that_says_how_to_fix_it() {
     let missing = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/does-not-exist");
     let error = LocalEmbedder::load(minilm_space(), &missing).expect_err("load must fail");
     assert_eq!(error.kind, ErrorKind::Config);
+    // The exact command, with the folder it must fill.
+    let command = format!("SKYFUSE_MODEL_DIR={} ", missing.display());
     assert!(
-        error.message.contains("scripts/fetch-model.sh"),
+        error.message.contains(&command) && error.message.contains("scripts/fetch-model.sh"),
         "{}",
         error.message
     );
+}
+
+#[test]
+fn the_cli_from_any_folder_looks_for_the_model_in_the_skyfuse_home_and_says_how_to_fetch_it() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_skyfuse"))
+        .args(["search", "anything"])
+        .current_dir(elsewhere.path())
+        .env("SKYFUSE_HOME", home.path())
+        .env_remove(MODEL_DIR_ENV)
+        .env_remove("SKYFUSE_CONFIG")
+        .output()
+        .expect("skyfuse runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let model_dir = home.path().join(DEFAULT_MODEL_DIR);
+    let command = format!("SKYFUSE_MODEL_DIR={} ", model_dir.display());
+    assert!(
+        stderr.contains(&command) && stderr.contains("scripts/fetch-model.sh"),
+        "{stderr}"
+    );
+    // Nothing was written where the command ran.
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
 }
 
 #[test]

@@ -89,6 +89,7 @@ struct Served {
     grpc: std::net::SocketAddr,
     /// The operator's port: `/metrics`, `/healthz`, `/readyz`.
     metrics: std::net::SocketAddr,
+    service: Arc<Service>,
     serving: tokio::task::JoinHandle<skyfuse::error::Result<()>>,
 }
 
@@ -111,6 +112,7 @@ async fn serve(config: &str, shutdown: impl Future<Output = ()> + Send + 'static
         base,
         grpc: grpc_address,
         metrics: metrics_address,
+        service: service.clone(),
         serving: tokio::spawn(skyfuse::api::serve(service, listeners, shutdown)),
     }
 }
@@ -199,8 +201,20 @@ async fn a_throttled_dedicated_deployment_bursts_to_on_demand_with_route_and_cos
     assert_eq!(body["skyfuse"]["attempts"][0]["provider"], "primary");
 
     // The dedicated deployment asked for 30 s: the next request skips it.
+    let asked = std::time::Instant::now();
     let response = complete(&http, &base, &completion("auto", true)).await;
+    let waited_ms = asked.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(response.status(), 200);
+    // A stream's headers leave with its first token, skyfuse's share of the wait in them.
+    let overhead: f64 = response.headers()["x-skyfuse-overhead-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (0.0..=waited_ms).contains(&overhead),
+        "{overhead} of {waited_ms} ms"
+    );
     let text = response.text().await.unwrap();
     assert_eq!(
         primary_calls.load(Ordering::SeqCst),
@@ -936,7 +950,8 @@ async fn secrets_manager(endpoint: &str, target: &str, body: Value) {
             access_key_id: Secret::new("testing"),
             secret_access_key: Secret::new("testing"),
             session_token: None,
-        },
+        }
+        .into(),
         region: "us-east-1".into(),
         service: "secretsmanager".into(),
     };
@@ -954,7 +969,11 @@ async fn secrets_manager(endpoint: &str, target: &str, body: Value) {
         .post(url.clone())
         .header("content-type", "application/x-amz-json-1.1")
         .header("x-amz-target", target);
-    for (name, value) in signer.sign("POST", &url, &headers, &body, std::time::SystemTime::now()) {
+    let signed = signer
+        .sign("POST", &url, &headers, &body, std::time::SystemTime::now())
+        .await
+        .unwrap();
+    for (name, value) in signed {
         request = request.header(name, value);
     }
     let response = request.body(body).send().await.unwrap();
@@ -1047,6 +1066,113 @@ async fn a_provider_key_rotated_in_aws_secrets_manager_is_sent_on_the_next_call(
     );
 }
 
+/// A loopback cloud for the chain test: Key Vault answers 404 for every secret, the
+/// GCE metadata server hands out a token, and Secret Manager serves `value` (base64)
+/// to that token only.
+async fn secret_clouds(value: Arc<std::sync::Mutex<String>>) -> String {
+    use base64::Engine;
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+            let value = value.lock().unwrap().clone();
+            async move {
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                match uri.path() {
+                    "/vault/secrets/upstream-key" => (
+                        StatusCode::NOT_FOUND,
+                        axum::Json(json!({"error": {"code": "SecretNotFound", "message": "A secret with (name/id) upstream-key was not found in this key vault."}})),
+                    ),
+                    "/computeMetadata/v1/instance/service-accounts/default/token"
+                        if header("metadata-flavor") == "Google" =>
+                    {
+                        (
+                            StatusCode::OK,
+                            axum::Json(json!({"access_token": "gcp-token", "expires_in": 3600})),
+                        )
+                    }
+                    "/v1/projects/my-project/secrets/upstream-key/versions/latest:access"
+                        if header("authorization") == "Bearer gcp-token" =>
+                    {
+                        let data = base64::engine::general_purpose::STANDARD.encode(value);
+                        (StatusCode::OK, axum::Json(json!({"payload": {"data": data}})))
+                    }
+                    _ => (StatusCode::FORBIDDEN, axum::Json(json!({}))),
+                }
+            }
+        },
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
+#[tokio::test]
+async fn a_provider_key_from_a_chain_falls_back_to_gcp_secret_manager_and_follows_its_rotation() {
+    let value = Arc::new(std::sync::Mutex::new("sk-from-gcp-v1".to_owned()));
+    let clouds = secret_clouds(value.clone()).await;
+    let (upstream, seen) = recording_upstream().await;
+    let config: Config = toml::from_str(&format!(
+        r#"{FACADE_SERVER}
+        [routing]
+        default_model = "llama"
+        [[provider]]
+        id = "only"
+        kind = "openai_compat"
+        base_url = "{upstream}"
+        api_key = "chain:azure-kv:prod/upstream-key|gcp-sm:my-project/upstream-key"
+        [[deployment]]
+        provider = "only"
+        model = "llama"
+        "#
+    ))
+    .unwrap();
+    // Every endpoint explicit and on loopback: nothing reaches a cloud or metadata address.
+    let env = HashMap::from(
+        [
+            ("SKYFUSE_AZURE_KEYVAULT_TOKEN", "env:KV_TOKEN"),
+            ("KV_TOKEN", "kv-token"),
+            (
+                "SKYFUSE_AZURE_KEYVAULT_ENDPOINT",
+                &format!("{clouds}/vault"),
+            ),
+            ("SKYFUSE_GCP_METADATA_URL", &clouds),
+            ("SKYFUSE_GCP_SECRET_MANAGER_ENDPOINT", &clouds),
+            ("SKYFUSE_SECRETS_CACHE_SECONDS", "0"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned())),
+    );
+    let service = Arc::new(Service::build(config, &env).await.unwrap());
+    let openai = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", openai.local_addr().unwrap());
+    let listeners = Listeners {
+        grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        openai: Some(openai),
+        metrics: None,
+    };
+    tokio::spawn(skyfuse::api::serve(
+        service,
+        listeners,
+        std::future::pending(),
+    ));
+
+    let http = reqwest::Client::new();
+    let first = complete(&http, &base, &completion("llama", false)).await;
+    assert_eq!(first.status(), 200);
+    *value.lock().unwrap() = "sk-from-gcp-v2".to_owned();
+    let second = complete(&http, &base, &completion("llama", false)).await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["Bearer sk-from-gcp-v1", "Bearer sk-from-gcp-v2"]
+    );
+}
+
 #[tokio::test]
 async fn a_callers_budget_spend_is_a_metric() {
     let (primary, _) = upstream(vec![Upstream::Throttle { retry_after: "30" }]).await;
@@ -1085,4 +1211,66 @@ async fn a_callers_budget_spend_is_a_metric() {
         ),
         0.0
     );
+}
+
+#[tokio::test]
+async fn a_streamed_completion_is_one_trace_exported_over_otlp_http() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    // An OTLP/HTTP collector: protobuf bodies on /v1/traces.
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = received.clone();
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let request = ExportTraceServiceRequest::decode(body).unwrap();
+            kept.lock().unwrap().extend(
+                request
+                    .resource_spans
+                    .into_iter()
+                    .flat_map(|resource| resource.scope_spans)
+                    .flat_map(|scope| scope.spans),
+            );
+            async { StatusCode::OK }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, collector).await.unwrap() });
+    let (primary, _) = upstream(vec![Upstream::Answer("Hello there.")]).await;
+    let (secondary, _) = upstream(vec![Upstream::Answer("unused")]).await;
+    let config = format!(
+        "{}\n[telemetry.traces]\nendpoint = \"{endpoint}\"\nprotocol = \"http/protobuf\"\n",
+        two_deployments(&primary, &secondary)
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = serve(&config, async {
+        let _ = stopped.await;
+    })
+    .await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", served.base))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .json(&completion("llama", true))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    // Every span has ended once the server has drained; then export them.
+    stop.send(()).unwrap();
+    served.serving.await.unwrap().unwrap();
+    let service = served.service.clone();
+    tokio::task::spawn_blocking(move || service.traces().flush())
+        .await
+        .unwrap()
+        .unwrap();
+    let spans = received.lock().unwrap().clone();
+    let names: Vec<&str> = spans
+        .iter()
+        .filter(|span| hex::encode(&span.trace_id) == trace_id)
+        .map(|span| span.name.as_str())
+        .collect();
+    assert!(names.contains(&"POST /v1/chat/completions"), "{names:?}");
+    assert!(names.contains(&"chat llama"), "{names:?}");
 }

@@ -18,6 +18,9 @@ use skyfuse::api::{Listeners, serve};
 use skyfuse::config::Config;
 use skyfuse::service::Service;
 
+#[path = "grpc_api/grpcurl.rs"]
+mod grpcurl;
+
 fn model_dir() -> PathBuf {
     let dir = std::env::var_os("SKYFUSE_MODEL_DIR").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"),
@@ -32,7 +35,11 @@ fn model_dir() -> PathBuf {
 }
 
 struct TestServer {
+    /// Where the gRPC listener is, for clients other than `channel` (grpcurl).
+    address: std::net::SocketAddr,
     channel: Channel,
+    /// The OpenAI-compatible facade's base URL.
+    facade: String,
     service: Arc<Service>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -75,9 +82,11 @@ impl TestServer {
         let service = Arc::new(Service::build(config, &Default::default()).await.unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
+        let openai = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let facade = format!("http://{}", openai.local_addr().unwrap());
         let listeners = Listeners {
             grpc: listener,
-            openai: None,
+            openai: Some(openai),
             metrics: None,
         };
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -95,7 +104,9 @@ impl TestServer {
             .await
             .unwrap();
         Self {
+            address,
             channel,
+            facade,
             service,
             shutdown: Some(shutdown),
             task: Some(task),
@@ -256,7 +267,10 @@ async fn index_then_search_fuses_both_sources_and_reindexing_is_incremental() {
     let response = server
         .search_for("how do green leaves make sugar from light")
         .await;
-    assert_eq!(response.hits[0].doc_id, "d1", "{response:?}");
+    assert!(
+        response.hits[0].doc_id.ends_with("corpus.jsonl#d1"),
+        "{response:?}"
+    );
 
     // Unchanged folder: nothing re-written.
     let again = server.index(docs.path()).await;
@@ -344,7 +358,10 @@ async fn a_corrupt_store_file_degrades_its_source_and_the_service_still_starts()
     let server = TestServer::start(data.path(), "").await;
     let response = server.search_for("volcano lava eruption").await;
     assert!(response.degraded, "{:?}", response.sources);
-    assert_eq!(response.hits[0].doc_id, "d2", "BM25 still answers");
+    assert!(
+        response.hits[0].doc_id.ends_with("corpus.jsonl#d2"),
+        "BM25 still answers"
+    );
     let dense = response
         .sources
         .iter()
@@ -412,7 +429,7 @@ async fn stores_are_persisted_and_reopened_after_a_restart() {
         response.hits.iter().map(|hit| hit.doc_id.clone()).collect()
     };
     assert_eq!(ids(&before), ids(&after));
-    assert_eq!(after.hits[0].doc_id, "d2");
+    assert!(after.hits[0].doc_id.ends_with("corpus.jsonl#d2"));
     let sources = AdminServiceClient::new(server.channel.clone())
         .list_sources(proto::ListSourcesRequest {})
         .await
@@ -906,6 +923,132 @@ async fn live_openai_compatible_server_answers_with_tokens_and_usage() {
     server.stop().await;
 }
 
+/// Two exports that reuse record ids, as two systems numbering from 1 would.
+fn write_two_files_sharing_record_ids(dir: &Path) {
+    std::fs::write(
+        dir.join("plants.jsonl"),
+        concat!(
+            r#"{"id": "1", "title": "Photosynthesis", "text": "Plants convert sunlight, water and carbon dioxide into glucose and oxygen."}"#,
+            "\n",
+            r#"{"id": "2", "title": "Roots", "text": "Roots anchor a plant and draw water and minerals from the soil."}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("geology.json"),
+        r#"[{"id": "1", "title": "Volcanoes", "text": "Magma rises through the crust and erupts as lava at the surface."},
+            {"id": "2", "title": "Glaciers", "text": "Glaciers carve valleys as compacted snow slowly flows downhill."}]"#,
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn two_json_files_sharing_record_ids_are_both_searchable() {
+    let data = TempDir::new().unwrap();
+    let docs = TempDir::new().unwrap();
+    write_two_files_sharing_record_ids(docs.path());
+    let server = TestServer::start(data.path(), "").await;
+    let indexed = server.index(docs.path()).await;
+    assert_eq!(indexed.indexed, 2, "{indexed:?}");
+    assert!(indexed.failures.is_empty(), "{indexed:?}");
+
+    for (query, file, title) in [
+        (
+            "sunlight glucose oxygen",
+            "plants.jsonl#1",
+            "Photosynthesis",
+        ),
+        ("magma erupts as lava", "geology.json#1", "Volcanoes"),
+        (
+            "roots anchor a plant in the soil",
+            "plants.jsonl#2",
+            "Roots",
+        ),
+        ("glaciers carve valleys", "geology.json#2", "Glaciers"),
+    ] {
+        let response = server.search_for(query).await;
+        let top = &response.hits[0];
+        assert!(top.doc_id.ends_with(file), "{query}: {response:?}");
+        assert_eq!(top.title, title, "{query}");
+    }
+    // Re-syncing one file deletes its own documents only.
+    std::fs::remove_file(docs.path().join("geology.json")).unwrap();
+    let again = server.index(docs.path()).await;
+    assert_eq!(again.deleted, 1, "{again:?}");
+    let response = server.search_for("sunlight glucose oxygen").await;
+    assert!(response.hits[0].doc_id.ends_with("plants.jsonl#1"));
+    let response = server.search_for("magma erupts as lava").await;
+    assert!(
+        response
+            .hits
+            .iter()
+            .all(|hit| !hit.doc_id.contains("geology.json")),
+        "{response:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_global_record_id_reused_across_files_is_reported_and_the_first_kept() {
+    let data = TempDir::new().unwrap();
+    let docs = TempDir::new().unwrap();
+    write_two_files_sharing_record_ids(docs.path());
+    let global = r#"
+        [[index]]
+        id = "global"
+        sources = ["local-bm25"]
+        record_ids = "global"
+    "#;
+    let server = TestServer::start(data.path(), global).await;
+    let indexed = server.index_into(docs.path(), "global").await;
+    assert_eq!(indexed.indexed, 2, "{indexed:?}");
+    let collisions: Vec<&proto::ObjectFailure> = indexed
+        .failures
+        .iter()
+        .filter(|issue| issue.kind == proto::IssueKind::Record as i32)
+        .collect();
+    // Whichever file was written first keeps ids 1 and 2; the other is told, twice.
+    assert_eq!(collisions.len(), 2, "{indexed:?}");
+    let (second, first) = if collisions[0].key.ends_with("geology.json") {
+        ("geology.json", "plants.jsonl")
+    } else {
+        ("plants.jsonl", "geology.json")
+    };
+    for collision in &collisions {
+        assert!(collision.key.ends_with(second), "{collision:?}");
+        assert!(
+            collision.reason.contains("already used by") && collision.reason.contains(first),
+            "{collision:?}"
+        );
+    }
+    let response = server
+        .search()
+        .search(proto::SearchRequest {
+            query: "photosynthesis volcanoes roots glaciers".into(),
+            top_k: 10,
+            sources: vec!["local-bm25".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids: Vec<&str> = response
+        .hits
+        .iter()
+        .map(|hit| hit.doc_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["1", "2"], "{response:?}");
+    assert!(
+        response
+            .hits
+            .iter()
+            .all(|hit| hit.object_key.ends_with(first))
+    );
+    server.stop().await;
+}
+
 const TRUNCATED_SPACE: &str = r#"
     [[space]]
     id = "minilm-128"
@@ -991,4 +1134,862 @@ async fn a_smaller_dimension_of_a_model_that_is_not_matryoshka_is_refused_at_sta
         error.message.contains("minilm-128") && error.message.contains("set matryoshka = true"),
         "{error}"
     );
+}
+
+/// An OTLP/gRPC collector on loopback that keeps every span it is sent.
+async fn otlp_collector() -> (
+    String,
+    Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+) {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    type Spans = Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>;
+    struct Collector(Spans);
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let spans = request
+                .into_inner()
+                .resource_spans
+                .into_iter()
+                .flat_map(|resource| resource.scope_spans)
+                .flat_map(|scope| scope.spans);
+            self.0.lock().unwrap().extend(spans);
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+    let spans = Spans::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let collector = TraceServiceServer::new(Collector(spans.clone()));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(collector)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (url, spans)
+}
+
+/// An OpenAI-compatible upstream that answers with `status` (and SSE_ANSWER's events
+/// on 200), keeping the `traceparent` of each request.
+async fn traced_upstream(status: u16) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let traceparent = headers
+                .get("traceparent")
+                .map(|value| value.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            kept.lock().unwrap().push(traceparent);
+            async move {
+                let body = SSE_ANSWER.split_once("\r\n\r\n").unwrap().1;
+                let status = axum::http::StatusCode::from_u16(status).unwrap();
+                (status, [("content-type", "text/event-stream")], body)
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+fn attribute<'a>(
+    span: &'a opentelemetry_proto::tonic::trace::v1::Span,
+    key: &str,
+) -> Option<&'a opentelemetry_proto::tonic::common::v1::any_value::Value> {
+    span.attributes
+        .iter()
+        .find(|attribute| attribute.key == key)
+        .and_then(|attribute| attribute.value.as_ref()?.value.as_ref())
+}
+
+fn text_attribute(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match attribute(span, key) {
+        Some(Value::StringValue(text)) => text.clone(),
+        other => panic!("{key} of {}: {other:?}", span.name),
+    }
+}
+
+fn int_attribute(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> i64 {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match attribute(span, key) {
+        Some(Value::IntValue(number)) => *number,
+        other => panic!("{key} of {}: {other:?}", span.name),
+    }
+}
+
+#[tokio::test]
+async fn an_answer_is_one_trace_under_the_callers_traceparent_with_a_span_per_source_space_and_attempt()
+ {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+    let (collector, spans) = otlp_collector().await;
+    let (down, _) = traced_upstream(503).await;
+    let (up, traceparents) = traced_upstream(200).await;
+    let data = TempDir::new().unwrap();
+    let docs = TempDir::new().unwrap();
+    write_corpus(docs.path());
+    let config = format!(
+        r#"
+        [telemetry.traces]
+        endpoint = "{collector}"
+        protocol = "grpc"
+        [routing]
+        default_model = "qwen"
+        [[provider]]
+        id = "down"
+        kind = "openai_compat"
+        base_url = "{down}"
+        [[provider]]
+        id = "up"
+        kind = "openai_compat"
+        base_url = "{up}"
+        [[deployment]]
+        provider = "down"
+        model = "qwen"
+        [[deployment]]
+        provider = "up"
+        model = "qwen"
+        "#
+    );
+    let server = TestServer::start(data.path(), &config).await;
+    server.index(docs.path()).await;
+    let service = server.service.clone();
+
+    // The caller's own trace: skyfuse's spans join it.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut request = tonic::Request::new(proto::AnswerRequest {
+        question: "Where are cold archives replicated?".into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{caller_trace}-{caller_span}-01")
+            .parse()
+            .unwrap(),
+    );
+    let mut stream = GenerationServiceClient::new(server.channel.clone())
+        .answer(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(event) = stream.message().await.unwrap() {
+        last = event.event;
+    }
+    let Some(proto::answer_event::Event::Done(done)) = last else {
+        panic!("the answer ends with done: {last:?}");
+    };
+    assert_eq!(done.route.unwrap().failover_count, 1);
+    // Every span has ended once the server has stopped; then export them.
+    server.stop().await;
+    tokio::task::spawn_blocking(move || service.traces().flush())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let spans = spans.lock().unwrap().clone();
+    let hex = |bytes: &[u8]| hex::encode(bytes);
+    let answer: Vec<_> = spans
+        .iter()
+        .filter(|span| hex(&span.trace_id) == caller_trace)
+        .collect();
+    let root = answer
+        .iter()
+        .find(|span| span.name == "skyfuse.v1.GenerationService/Answer")
+        .unwrap_or_else(|| panic!("no Answer span in {spans:#?}"));
+    assert_eq!(root.kind, SpanKind::Server as i32);
+    assert_eq!(
+        hex(&root.parent_span_id),
+        caller_span,
+        "the caller's span is its parent"
+    );
+    let children = |name: &str| -> Vec<_> {
+        answer
+            .iter()
+            .filter(|span| span.name == name && span.parent_span_id == root.span_id)
+            .collect()
+    };
+    for source in ["local-bm25", "local-dense"] {
+        let retrieval = children(&format!("retrieval {source}"));
+        assert_eq!(
+            retrieval.len(),
+            1,
+            "one retrieval span for {source}: {answer:#?}"
+        );
+        assert_eq!(
+            text_attribute(retrieval[0], "gen_ai.operation.name"),
+            "retrieval"
+        );
+        assert_eq!(
+            text_attribute(retrieval[0], "gen_ai.data_source.id"),
+            source
+        );
+        assert!(int_attribute(retrieval[0], "skyfuse.hits") > 0);
+    }
+    let embeddings: Vec<_> = answer
+        .iter()
+        .filter(|span| span.name.starts_with("embeddings "))
+        .collect();
+    assert_eq!(embeddings.len(), 1, "one query embedding for the one space");
+    assert_eq!(embeddings[0].parent_span_id, root.span_id);
+    assert_eq!(text_attribute(embeddings[0], "skyfuse.space"), "minilm");
+    assert_eq!(
+        int_attribute(embeddings[0], "gen_ai.embeddings.dimension.count"),
+        384
+    );
+
+    // One chat span per attempt: the failed one and the one that answered.
+    let chats = children("chat qwen");
+    assert_eq!(chats.len(), 2, "{answer:#?}");
+    let (failed, answered) = if text_attribute(chats[0], "skyfuse.provider") == "down" {
+        (chats[0], chats[1])
+    } else {
+        (chats[1], chats[0])
+    };
+    assert_eq!(text_attribute(failed, "error.type"), "UNAVAILABLE");
+    assert_eq!(
+        failed.status.as_ref().unwrap().code,
+        StatusCode::Error as i32
+    );
+    assert_eq!(answered.kind, SpanKind::Client as i32);
+    assert_eq!(text_attribute(answered, "skyfuse.provider"), "up");
+    assert_eq!(int_attribute(answered, "gen_ai.usage.input_tokens"), 1200);
+    assert_eq!(int_attribute(answered, "gen_ai.usage.output_tokens"), 300);
+    assert!(failed.start_time_unix_nano < answered.start_time_unix_nano);
+    // The upstream that answered was told it is part of this trace, under its attempt.
+    let sent = traceparents.lock().unwrap().clone();
+    assert_eq!(
+        sent,
+        vec![format!("00-{caller_trace}-{}-01", hex(&answered.span_id))]
+    );
+}
+
+#[tokio::test]
+async fn embeddings_over_http_are_the_vectors_of_the_space_sources_were_indexed_in() {
+    let data = TempDir::new().unwrap();
+    let server = TestServer::start(data.path(), "").await;
+    let http = reqwest::Client::new();
+    let embed = |body: serde_json::Value| {
+        let request = http
+            .post(format!("{}/v1/embeddings", server.facade))
+            .json(&body)
+            .send();
+        async move {
+            let response = request.await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, floats) = embed(serde_json::json!({
+        "model": "minilm",
+        "input": ["Where are cold archives replicated?", "To a paired region."],
+    }))
+    .await;
+    assert_eq!(status, 200, "{floats}");
+    assert_eq!(floats["model"], "minilm");
+    assert!(floats["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let vector = |response: &serde_json::Value, index: usize| -> Vec<f32> {
+        assert_eq!(response["data"][index]["index"], index);
+        response["data"][index]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|value| value.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let (first, second) = (vector(&floats, 0), vector(&floats, 1));
+    assert_eq!((first.len(), second.len()), (384, 384));
+    let norm = first.iter().map(|value| value * value).sum::<f32>().sqrt();
+    assert!(
+        (norm - 1.0).abs() < 1e-3,
+        "cosine space vectors are unit length: {norm}"
+    );
+    assert_ne!(first, second);
+
+    // One string, base64: the same vector, as OpenAI's clients ask for it by default.
+    let (status, encoded) = embed(serde_json::json!({
+        "model": "minilm",
+        "input": "Where are cold archives replicated?",
+        "encoding_format": "base64",
+    }))
+    .await;
+    assert_eq!(status, 200, "{encoded}");
+    let bytes = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        encoded["data"][0]["embedding"].as_str().unwrap(),
+    )
+    .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|chunk| f32::from_le_bytes(chunk.try_into().unwrap()))
+        .collect();
+    assert_eq!(decoded, first);
+
+    // What cannot be served is refused, saying why.
+    for (body, status, says) in [
+        (
+            serde_json::json!({"model": "ada-002", "input": "x"}),
+            404,
+            "available: minilm",
+        ),
+        (
+            serde_json::json!({"model": "minilm", "input": [[101, 2054]]}),
+            400,
+            "array of strings",
+        ),
+        (
+            serde_json::json!({"model": "minilm", "input": []}),
+            400,
+            "1 to 2048 texts",
+        ),
+        (
+            serde_json::json!({"model": "minilm", "input": "x", "dimensions": 128}),
+            400,
+            "384 dimensions",
+        ),
+        (
+            serde_json::json!({"model": "minilm", "input": "x", "encoding_format": "int8"}),
+            400,
+            "float or base64",
+        ),
+    ] {
+        let (got, response) = embed(body.clone()).await;
+        let message = response["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(got, status, "{body}: {response}");
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    server.stop().await;
+}
+
+const SSE_CUT_SHORT: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n\
+data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Every night to a paired region [1], as [7] says, and\"},\"finish_reason\":null}]}\n\n\
+data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n\
+data: [DONE]\n\n";
+
+#[tokio::test]
+async fn a_conversation_is_answered_from_its_last_turn_and_the_answer_says_what_it_cites_and_that_it_was_cut()
+ {
+    let (base_url, mut requests) = fake_llm_server(SSE_CUT_SHORT.to_string()).await;
+    let data = TempDir::new().unwrap();
+    let docs = TempDir::new().unwrap();
+    write_corpus(docs.path());
+    let server = TestServer::start(data.path(), &provider_config(&base_url)).await;
+    server.index(docs.path()).await;
+    let turn = |role: &str, content: &str| proto::Turn {
+        role: role.into(),
+        content: content.into(),
+    };
+    let asked = std::time::Instant::now();
+    let events = server
+        .answer(proto::AnswerRequest {
+            messages: vec![
+                turn("system", "Answer in one sentence."),
+                turn("user", "When are invoices issued?"),
+                turn("assistant", "On the first business day of each month [1]."),
+                turn(
+                    "user",
+                    "How often are cold archives replicated, and where to?",
+                ),
+            ],
+            top_k: 1,
+            ..Default::default()
+        })
+        .await;
+    let Some(proto::answer_event::Event::Done(done)) = events.last() else {
+        panic!("the stream ends with done: {events:?}");
+    };
+    // Retrieval followed the last turn, not the invoices of the first.
+    assert!(
+        done.citations[0].object_key.ends_with("archives.md"),
+        "{done:?}"
+    );
+    assert_eq!(done.citations[0].chunk_ordinal, 0);
+    assert_eq!(done.cited, vec![1]);
+    assert_eq!(
+        done.invalid_citations,
+        vec![7],
+        "[7] names no passage that was sent"
+    );
+    assert_eq!(done.finish_reason, "length");
+    assert!(done.cut_short);
+    // skyfuse's own share of the wait for the first token: part of the call's time.
+    let waited_ms = asked.elapsed().as_secs_f64() * 1000.0;
+    assert!(
+        (0.0..=waited_ms).contains(&done.overhead_ms),
+        "{} of {waited_ms} ms",
+        done.overhead_ms
+    );
+
+    // The model saw the whole conversation, the passages beside its last turn.
+    let request = requests.recv().await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(request.lines().nth(1).unwrap()).unwrap();
+    let messages = body["messages"].as_array().unwrap();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|message| message["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"]);
+    assert!(
+        messages[0]["content"]
+            .as_str()
+            .unwrap()
+            .ends_with("Answer in one sentence.")
+    );
+    let last = messages[3]["content"].as_str().unwrap();
+    assert!(last.contains("[1] Cold archives"), "{last}");
+    assert!(
+        last.ends_with("Question: How often are cold archives replicated, and where to?"),
+        "{last}"
+    );
+
+    // A conversation that does not end with the user is refused before any work.
+    let refused = GenerationServiceClient::new(server.channel.clone())
+        .answer(proto::AnswerRequest {
+            messages: vec![turn("user", "hi"), turn("assistant", "hello")],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("last turn must be the user's"),
+        "{refused:?}"
+    );
+    server.stop().await;
+}
+
+/// The doc ids of a response, in order.
+fn doc_ids(response: &proto::SearchResponse) -> Vec<String> {
+    response.hits.iter().map(|hit| hit.doc_id.clone()).collect()
+}
+
+/// The corpus plus notes that share words, so lists are long enough to page.
+fn write_notes(dir: &Path) {
+    write_corpus(dir);
+    for (index, topic) in [
+        "tape", "disk", "glacier", "mirror", "snapshot", "offsite", "vault", "replica",
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::fs::write(
+            dir.join(format!("note-{index}.txt")),
+            format!(
+                "Backup note {index}: {topic} archives keep backups of the cold storage tier.\n"
+            ),
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn search_controls_weight_fuse_filter_page_and_snip_over_grpc_and_http() {
+    let data = TempDir::new().unwrap();
+    let docs = TempDir::new().unwrap();
+    write_notes(docs.path());
+    let server = TestServer::start(data.path(), "").await;
+    server.index(docs.path()).await;
+    let query = "where are cold archives replicated?";
+    let search = |request: proto::SearchRequest| {
+        let mut client = server.search();
+        async move {
+            client
+                .search(request)
+                .await
+                .map(|response| response.into_inner())
+        }
+    };
+    let asked = |extra: proto::SearchRequest| proto::SearchRequest {
+        query: query.into(),
+        ..extra
+    };
+
+    // Weights: muting a source gives the other source's order.
+    let only = |source: &str| {
+        asked(proto::SearchRequest {
+            top_k: 10,
+            sources: vec![source.into()],
+            ..Default::default()
+        })
+    };
+    let weighted = |bm25: f64, dense: f64| {
+        asked(proto::SearchRequest {
+            top_k: 10,
+            source_weights: [("local-bm25".into(), bm25), ("local-dense".into(), dense)].into(),
+            ..Default::default()
+        })
+    };
+    let bm25_only = doc_ids(&search(only("local-bm25")).await.unwrap());
+    let dense_only = doc_ids(&search(only("local-dense")).await.unwrap());
+    let lexical_first = doc_ids(&search(weighted(1.0, 0.0)).await.unwrap());
+    let dense_first = doc_ids(&search(weighted(0.0, 1.0)).await.unwrap());
+    assert_eq!(lexical_first[..bm25_only.len()], bm25_only[..]);
+    assert_eq!(dense_first[..dense_only.len().min(10)], dense_only[..]);
+    assert_ne!(lexical_first, dense_first, "the weights change the order");
+    let status = search(weighted(-1.0, 1.0)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let mut unknown = weighted(1.0, 1.0);
+    unknown.source_weights.insert("nowhere".into(), 1.0);
+    let status = search(unknown).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("nowhere"), "{}", status.message());
+
+    // rrf_k sets the score of a rank; min_score drops the fused hits below it.
+    for rrf_k in [1.0, 1000.0] {
+        let mut request = only("local-bm25");
+        request.rrf_k = rrf_k;
+        let response = search(request).await.unwrap();
+        let top = response.hits[0].score;
+        assert!((top - 1.0 / (rrf_k + 1.0)).abs() < 1e-9, "{rrf_k}: {top}");
+    }
+    let mut out_of_range = only("local-bm25");
+    out_of_range.rrf_k = 5000.0;
+    assert_eq!(
+        search(out_of_range).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    let mut above = only("local-bm25");
+    above.min_score = Some(1.0 / 62.0 - 1e-9);
+    let response = search(above).await.unwrap();
+    assert_eq!(response.hits.len(), 2, "ranks 1 and 2 score 1/61 and 1/62");
+
+    // Pages: disjoint, in order, together the whole list; a changed query is stale.
+    let whole = doc_ids(
+        &search(asked(proto::SearchRequest {
+            top_k: 100,
+            ..Default::default()
+        }))
+        .await
+        .unwrap(),
+    );
+    assert!(whole.len() > 6, "{whole:?}");
+    let page = |token: String| {
+        asked(proto::SearchRequest {
+            page_size: 3,
+            page_token: token,
+            ..Default::default()
+        })
+    };
+    let mut pages: Vec<Vec<String>> = Vec::new();
+    let mut tokens = Vec::new();
+    let mut token = String::new();
+    loop {
+        let response = search(page(token.clone())).await.unwrap();
+        assert!(response.hits.len() <= 3);
+        let first_rank = 3 * pages.len() as u32 + 1;
+        let ranks: Vec<u32> = response.hits.iter().map(|hit| hit.rank).collect();
+        assert_eq!(ranks, (first_rank..).take(ranks.len()).collect::<Vec<_>>());
+        pages.push(doc_ids(&response));
+        if response.next_page_token.is_empty() {
+            break;
+        }
+        token = response.next_page_token;
+        tokens.push(token.clone());
+    }
+    assert_eq!(
+        pages.concat(),
+        whole,
+        "pages cover the list in order: {pages:?}"
+    );
+    let mut other_query = page(tokens[0].clone());
+    other_query.query = "kubernetes node pools".into();
+    let status = search(other_query).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("page token is stale"),
+        "{}",
+        status.message()
+    );
+    let mut with_top_k = page(String::new());
+    with_top_k.top_k = 5;
+    assert_eq!(
+        search(with_top_k).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+
+    // Snippets: a passage of the chunk text, its offsets in chars, its marks on query terms.
+    let full = search(asked(proto::SearchRequest {
+        top_k: 5,
+        include_text: true,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let snipped = search(asked(proto::SearchRequest {
+        top_k: 5,
+        include_text: true,
+        snippets: true,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    assert_eq!(doc_ids(&full), doc_ids(&snipped));
+    let chars = |text: &str, start: u32, end: u32| -> String {
+        text.chars()
+            .skip(start as usize)
+            .take((end - start) as usize)
+            .collect()
+    };
+    for (whole_hit, hit) in full.hits.iter().zip(&snipped.hits) {
+        assert!(hit.text.is_empty(), "a snippet replaces the text");
+        let snippet = hit.snippet.as_ref().expect("a snippet per hit");
+        assert_eq!(
+            chars(&whole_hit.text, snippet.start, snippet.end),
+            snippet.text
+        );
+        for range in &snippet.highlights {
+            let marked = chars(&whole_hit.text, range.start, range.end).to_lowercase();
+            assert!(
+                ["cold", "archives", "replicated"]
+                    .iter()
+                    .any(|term| term.starts_with(&marked) || marked.starts_with(term)),
+                "{marked:?} is a query term"
+            );
+        }
+    }
+    let top = snipped.hits[0].snippet.as_ref().unwrap();
+    assert!(top.highlights.len() >= 2, "{top:?}");
+
+    // POST /v1/search: the same request as JSON gives the same hits.
+    let http = reqwest::Client::new();
+    let post = |body: serde_json::Value| {
+        let request = http
+            .post(format!("{}/v1/search", server.facade))
+            .json(&body)
+            .send();
+        async move {
+            let response = request.await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, json) = post(serde_json::json!({
+        "query": query, "top_k": 5, "include_text": true, "snippets": true,
+        "source_weights": {"local-dense": 1.5},
+    }))
+    .await;
+    assert_eq!(status, 200, "{json}");
+    let grpc = search(asked(proto::SearchRequest {
+        top_k: 5,
+        include_text: true,
+        snippets: true,
+        source_weights: [("local-dense".into(), 1.5)].into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let hits = json["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), grpc.hits.len());
+    for (json_hit, hit) in hits.iter().zip(&grpc.hits) {
+        assert_eq!(json_hit["doc_id"], hit.doc_id.as_str());
+        assert_eq!(json_hit["chunk_id"], hit.chunk_id.as_str());
+        assert_eq!(json_hit["rank"], hit.rank);
+        assert!((json_hit["score"].as_f64().unwrap() - hit.score).abs() < 1e-12);
+        let snippet = hit.snippet.as_ref().unwrap();
+        assert_eq!(json_hit["snippet"]["text"], snippet.text.as_str());
+        assert_eq!(json_hit["snippet"]["start"], snippet.start);
+    }
+    assert_eq!(json["fusion"], "FUSION_METHOD_RRF");
+    assert_eq!(json["sources"][0]["status"], "SOURCE_STATUS_OK");
+    for (body, status, says) in [
+        (
+            serde_json::json!({"query": query, "source_weights": {"nowhere": 1.0}}),
+            400,
+            "nowhere",
+        ),
+        (
+            serde_json::json!({"query": query, "topk": 3}),
+            400,
+            "unknown field",
+        ),
+        (
+            serde_json::json!({"query": ""}),
+            400,
+            "query must not be empty",
+        ),
+    ] {
+        let (got, response) = post(body.clone()).await;
+        assert_eq!(got, status, "{body}: {response}");
+        let message = response["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{body}: {message}");
+        assert_eq!(response["error"]["type"], "invalid_request_error");
+    }
+
+    // The served OpenAPI document is the checked-in one, and its search example works.
+    let served: serde_json::Value = http
+        .get(format!("{}/v1/openapi.json", server.facade))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let checked_in: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(served, checked_in);
+    let operation = &served["paths"]["/v1/search"]["post"];
+    let example = operation["requestBody"]["content"]["application/json"]["example"].clone();
+    let (status, json) = post(example).await;
+    assert_eq!(status, 200, "{json}");
+    assert!(!json["hits"].as_array().unwrap().is_empty());
+    let required = &served["components"]["schemas"]["SearchResponse"]["required"];
+    for field in required.as_array().unwrap() {
+        assert!(
+            json.get(field.as_str().unwrap()).is_some(),
+            "{field} in {json}"
+        );
+    }
+
+    // A new document ahead of the second page makes its token stale.
+    std::fs::write(
+        docs.path().join("first.md"),
+        "Cold archives are replicated: where cold archives are replicated, cold archives replicated.\n",
+    )
+    .unwrap();
+    server.index(docs.path()).await;
+    let status = search(page(tokens[0].clone())).await.unwrap_err();
+    assert!(status.message().contains("stale"), "{}", status.message());
+    server.stop().await;
+}
+
+/// Two deployments of one model, the first in the US and the second in the EU, and a
+/// rule that keeps data of the local folder (`local/local`) on EU endpoints.
+fn residency_config(us: &str, eu: Option<&str>, on_conflict: &str) -> String {
+    let eu_deployment = eu.map_or(String::new(), |eu| {
+        format!(
+            r#"
+        [[provider]]
+        id = "eu"
+        kind = "openai_compat"
+        base_url = "{eu}"
+        cloud = "azure"
+        region = "westeurope"
+        [[deployment]]
+        provider = "eu"
+        model = "qwen"
+        "#
+        )
+    });
+    format!(
+        r#"
+        [routing]
+        default_model = "qwen"
+        [[provider]]
+        id = "us"
+        kind = "openai_compat"
+        base_url = "{us}"
+        cloud = "aws"
+        region = "us-east-1"
+        [[deployment]]
+        provider = "us"
+        model = "qwen"
+        {eu_deployment}
+        [[residency]]
+        id = "eu"
+        data = {{ clouds = ["local"], regions = ["local"] }}
+        inference_regions = ["eu-*", "westeurope"]
+        reason = "GDPR - data stays in EU"
+        [residency_policy]
+        on_conflict = "{on_conflict}"
+        "#
+    )
+}
+
+#[tokio::test]
+async fn residency_keeps_the_prompt_where_its_passages_may_go_and_says_what_it_withheld() {
+    let docs = TempDir::new().unwrap();
+    write_corpus(docs.path());
+    let question = || proto::AnswerRequest {
+        question: "Where are cold archives replicated?".into(),
+        ..Default::default()
+    };
+
+    // An EU deployment exists: the prompt goes there, though the US one comes first.
+    let (us, us_calls) = traced_upstream(200).await;
+    let (eu, eu_calls) = traced_upstream(200).await;
+    let data = TempDir::new().unwrap();
+    let server =
+        TestServer::start(data.path(), &residency_config(&us, Some(&eu), "withhold")).await;
+    server.index(docs.path()).await;
+    let events = server.answer(question()).await;
+    let Some(proto::answer_event::Event::Done(done)) = events.last() else {
+        panic!("the stream ends with done: {events:?}");
+    };
+    assert_eq!(done.residency_regions, vec!["westeurope"]);
+    assert!(done.withheld.is_empty());
+    assert!(!done.citations.is_empty());
+    assert_eq!(done.route.as_ref().unwrap().provider, "eu");
+    assert_eq!(
+        (
+            us_calls.lock().unwrap().len(),
+            eu_calls.lock().unwrap().len()
+        ),
+        (0, 1)
+    );
+    server.stop().await;
+
+    // Only a US deployment: no passage may go there, so each is withheld and listed.
+    let (us, us_calls) = traced_upstream(200).await;
+    let data = TempDir::new().unwrap();
+    let server = TestServer::start(data.path(), &residency_config(&us, None, "withhold")).await;
+    server.index(docs.path()).await;
+    let events = server.answer(question()).await;
+    let Some(proto::answer_event::Event::Done(done)) = events.last() else {
+        panic!("the stream ends with done: {events:?}");
+    };
+    assert!(
+        done.citations.is_empty(),
+        "nothing reached the prompt: {done:?}"
+    );
+    assert!(!done.withheld.is_empty());
+    for passage in &done.withheld {
+        assert_eq!(
+            (passage.cloud.as_str(), passage.region.as_str()),
+            ("local", "local")
+        );
+        assert!(
+            passage
+                .reason
+                .contains("residency \"eu\" (GDPR - data stays in EU)")
+                && passage.reason.contains("us-east-1"),
+            "{}",
+            passage.reason
+        );
+    }
+    assert_eq!(
+        us_calls.lock().unwrap().len(),
+        1,
+        "answered without the passages"
+    );
+    server.stop().await;
+
+    // The same with on_conflict = "fail": refused before any model is called.
+    let (us, us_calls) = traced_upstream(200).await;
+    let data = TempDir::new().unwrap();
+    let server = TestServer::start(data.path(), &residency_config(&us, None, "fail")).await;
+    server.index(docs.path()).await;
+    let refused = GenerationServiceClient::new(server.channel.clone())
+        .answer(question())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("GDPR"), "{}", refused.message());
+    assert!(us_calls.lock().unwrap().is_empty());
+    server.stop().await;
 }

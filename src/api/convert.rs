@@ -7,7 +7,9 @@ use tonic::Status;
 use super::proto;
 use crate::config::FusionMethod;
 use crate::error::{Error, ErrorKind};
+use crate::retrieve::snippet::Snippet;
 use crate::retrieve::{FusedHit, SearchResult, SourceOutcome, SourceStatus};
+use crate::service::{SearchControls, SearchParams};
 
 /// Every error kind maps to one status; retry hints travel as `retry-after` metadata.
 pub fn status(error: Error) -> Status {
@@ -88,15 +90,38 @@ fn parse_grpc_timeout(header: &str) -> Option<Duration> {
     })
 }
 
-pub fn fusion_method(method: i32) -> Result<Option<FusionMethod>, Status> {
+fn fusion_method(method: i32) -> Result<Option<FusionMethod>, Error> {
     match proto::FusionMethod::try_from(method) {
         Ok(proto::FusionMethod::Unspecified) => Ok(None),
         Ok(proto::FusionMethod::Rrf) => Ok(Some(FusionMethod::Rrf)),
         Ok(proto::FusionMethod::Dbsf) => Ok(Some(FusionMethod::Dbsf)),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "unknown fusion method {method}"
-        ))),
+        Err(_) => Err(Error::invalid(format!("unknown fusion method {method}"))),
     }
+}
+
+/// A `SearchRequest`, from gRPC or its JSON form on the facade, as the service takes it.
+pub fn search_params(
+    request: &proto::SearchRequest,
+    deadline: Option<Instant>,
+) -> Result<SearchParams, Error> {
+    Ok(SearchParams {
+        query: request.query.clone(),
+        top_k: optional(request.top_k),
+        sources: request.sources.clone(),
+        fusion: fusion_method(request.fusion)?,
+        deadline,
+        adapter_from: (!request.adapter_from.is_empty()).then(|| request.adapter_from.clone()),
+        controls: SearchControls {
+            source_weights: request.source_weights.clone().into_iter().collect(),
+            // 0 is proto3's unset: k must be at least 1 anyway.
+            rrf_k: (request.rrf_k != 0.0).then_some(request.rrf_k),
+            candidates_per_source: optional(request.candidates_per_source),
+            min_score: request.min_score,
+            page_size: optional(request.page_size),
+            page_token: (!request.page_token.is_empty()).then(|| request.page_token.clone()),
+            snippets: request.snippets,
+        },
+    })
 }
 
 fn fusion_to_proto(method: FusionMethod) -> proto::FusionMethod {
@@ -112,12 +137,26 @@ pub fn search_response(result: SearchResult, include_text: bool) -> proto::Searc
             .hits
             .into_iter()
             .enumerate()
-            .map(|(index, hit)| search_hit(index, hit, include_text))
+            .map(|(index, hit)| search_hit(result.offset + index, hit, include_text))
             .collect(),
         sources: result.outcomes.into_iter().map(source_outcome).collect(),
         degraded: result.degraded,
         took_micros: result.took.as_micros() as u64,
         fusion: fusion_to_proto(result.fusion) as i32,
+        next_page_token: result.next_page_token.unwrap_or_default(),
+    }
+}
+
+fn snippet(snippet: Snippet) -> proto::Snippet {
+    let range = |range: crate::retrieve::snippet::TextRange| proto::TextRange {
+        start: range.start as u32,
+        end: range.end as u32,
+    };
+    proto::Snippet {
+        start: snippet.range.start as u32,
+        end: snippet.range.end as u32,
+        highlights: snippet.highlights.into_iter().map(range).collect(),
+        text: snippet.text,
     }
 }
 
@@ -128,11 +167,13 @@ fn search_hit(index: usize, fused: FusedHit, include_text: bool) -> proto::Searc
         chunk_id: fused.hit.chunk_id,
         score: fused.score,
         title: fused.hit.title,
-        text: if include_text {
+        // A snippet stands in for the whole text.
+        text: if include_text && fused.snippet.is_none() {
             fused.hit.text
         } else {
             String::new()
         },
+        snippet: fused.snippet.map(snippet),
         object_key: fused.hit.object_key,
         cloud: fused.hit.cloud,
         region: fused.hit.region,

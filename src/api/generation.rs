@@ -7,8 +7,10 @@ use tonic::{Request, Response, Status};
 use super::proto::{self, answer_event::Event, generation_service_server::GenerationService};
 use super::{convert, redact};
 use crate::auth::Credentials;
+use crate::llm::{ChatMessage, Role};
 use crate::route::{AttemptOutcome, RouteSummary};
 use crate::service::{AnswerEvent, AnswerRequest, AnswerSummary, EXTRACTIVE_MODEL, Service};
+use crate::telemetry::trace;
 
 pub struct GenerationApi {
     pub service: Arc<Service>,
@@ -26,35 +28,31 @@ impl GenerationService for GenerationApi {
         &self,
         request: Request<proto::AnswerRequest>,
     ) -> Result<Response<Self::AnswerStream>, Status> {
-        let deadline = convert::deadline(&request);
-        let principal = self
+        let trace = self
             .service
-            .authenticate(&Credentials::from_grpc(&request))
-            .await
-            .map_err(convert::status)?;
-        let request = request.into_inner();
-        let events = self
-            .service
-            .answer(
-                &principal,
-                AnswerRequest {
-                    question: request.question,
-                    top_k: convert::optional(request.top_k),
-                    sources: request.sources,
-                    model: (!request.model.is_empty()).then_some(request.model),
-                    tier: (!request.tier.is_empty()).then_some(request.tier),
-                    allowed_clouds: request.allowed_clouds,
-                    allowed_regions: request.allowed_regions,
-                    max_output_tokens: convert::optional(request.max_output_tokens),
-                    deadline,
-                },
-            )
-            .await
-            .map_err(convert::status)?;
-        // The stream is polled after this call returns: keep its request id.
+            .traces()
+            .grpc_call("skyfuse.v1.GenerationService/Answer", &request);
+        let events = match trace::within(trace.as_ref(), self.start_answer(request)).await {
+            Ok(events) => events,
+            Err(status) => {
+                if let Some(trace) = &trace {
+                    trace.fail(convert::code_name(status.code()), status.message());
+                }
+                return Err(status);
+            }
+        };
+        // The stream is polled after this call returns: keep its request id, and the
+        // trace, whose span ends when the stream does.
         let request_id = redact::current().unwrap_or_else(redact::generate);
-        let stream = ReceiverStream::new(events)
-            .map(move |event| Ok(redact::with_id(&request_id, || answer_event(event))));
+        let stream = ReceiverStream::new(events).map(move |event| {
+            if let (Some(trace), AnswerEvent::Failed(error)) = (&trace, &event) {
+                trace.fail(
+                    convert::code_name(convert::code(error.kind)),
+                    &error.message,
+                );
+            }
+            Ok(redact::with_id(&request_id, || answer_event(event)))
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -75,6 +73,63 @@ impl GenerationService for GenerationApi {
     }
 }
 
+impl GenerationApi {
+    /// Authenticates and starts the answer: its events, or why nothing will stream.
+    async fn start_answer(
+        &self,
+        request: Request<proto::AnswerRequest>,
+    ) -> Result<tokio::sync::mpsc::Receiver<AnswerEvent>, Status> {
+        let deadline = convert::deadline(&request);
+        let principal = self
+            .service
+            .authenticate(&Credentials::from_grpc(&request))
+            .await
+            .map_err(convert::status)?;
+        let request = request.into_inner();
+        let messages = request
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(index, turn)| {
+                let role = match turn.role.as_str() {
+                    "system" => Role::System,
+                    "user" => Role::User,
+                    "assistant" => Role::Assistant,
+                    other => {
+                        return Err(Status::invalid_argument(format!(
+                            "messages[{index}].role must be system, user or assistant, not {other:?}"
+                        )));
+                    }
+                };
+                Ok(ChatMessage {
+                    role,
+                    content: turn.content,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let events = self
+            .service
+            .answer(
+                &principal,
+                AnswerRequest {
+                    question: request.question,
+                    top_k: convert::optional(request.top_k),
+                    sources: request.sources,
+                    model: (!request.model.is_empty()).then_some(request.model),
+                    tier: (!request.tier.is_empty()).then_some(request.tier),
+                    allowed_clouds: request.allowed_clouds,
+                    allowed_regions: request.allowed_regions,
+                    max_output_tokens: convert::optional(request.max_output_tokens),
+                    deadline,
+                    messages,
+                },
+            )
+            .await
+            .map_err(convert::status)?;
+        Ok(events)
+    }
+}
+
 fn answer_event(event: AnswerEvent) -> proto::AnswerEvent {
     let event = match event {
         AnswerEvent::Token(text) => Event::Token(text),
@@ -88,7 +143,25 @@ fn answer_event(event: AnswerEvent) -> proto::AnswerEvent {
 }
 
 fn answer_done(summary: AnswerSummary) -> proto::AnswerDone {
+    let cut_short = summary.cut_short();
     proto::AnswerDone {
+        withheld: summary
+            .residency
+            .withheld
+            .into_iter()
+            .map(|passage| proto::WithheldPassage {
+                chunk_id: passage.chunk_id,
+                object_key: passage.object_key,
+                cloud: passage.cloud,
+                region: passage.region,
+                reason: passage.reason,
+            })
+            .collect(),
+        residency_regions: summary.residency.regions,
+        overhead_ms: summary.overhead.as_secs_f64() * 1000.0,
+        cited: summary.cited.cited,
+        invalid_citations: summary.cited.invalid,
+        cut_short,
         citations: summary
             .citations
             .into_iter()
@@ -99,6 +172,7 @@ fn answer_done(summary: AnswerSummary) -> proto::AnswerDone {
                 title: citation.title,
                 object_key: citation.object_key,
                 text: citation.text,
+                chunk_ordinal: citation.chunk_ordinal,
             })
             .collect(),
         usage: Some(proto::Usage {

@@ -1,6 +1,8 @@
 //! The OpenAI-compatible HTTP facade: `POST /v1/chat/completions` (whole or
 //! streamed) and `GET /v1/models`, through the same [`Service::chat`] as `Answer`,
-//! so OpenAI SDKs, LangChain and LlamaIndex can use skyfuse as their LLM endpoint.
+//! so OpenAI SDKs, LangChain and LlamaIndex can use skyfuse as their LLM endpoint;
+//! beside them `/v1/embeddings`, `/v1/feedback`, `POST /v1/search`
+//! ([`super::http_search`]) and the OpenAPI document at `GET /v1/openapi.json`.
 //!
 //! `model` is a model name, `tier:<name>` for a budget tier, or `auto` (or
 //! absent) for the default. `x-skyfuse-allowed-clouds: aws,azure` and
@@ -14,21 +16,40 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::Credentials;
+use crate::embed::Purpose;
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits::{Protocol, Quota, RateLimitStatus};
 use crate::llm::{ChatMessage, Role};
 use crate::route::{AttemptOutcome, RouteEvent, RouteSummary};
-use crate::service::{ChatCall, Service};
+use crate::service::{ChatCall, EmbeddingsRequest, Service};
+use crate::telemetry::trace::{self, CallTrace};
+
+/// Every route the facade serves, with its method: the router is built from this list,
+/// and a test holds `docs/openapi.json` to it.
+pub(super) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Service>>)> {
+    vec![
+        (Method::POST, "/v1/chat/completions", post(chat_completions)),
+        (Method::GET, "/v1/models", get(models)),
+        (Method::POST, "/v1/feedback", post(feedback)),
+        (Method::POST, "/v1/embeddings", post(embeddings)),
+        (Method::POST, "/v1/search", post(super::http_search::search)),
+        (
+            Method::GET,
+            "/v1/openapi.json",
+            get(super::openapi::document),
+        ),
+    ]
+}
 
 /// The facade's routes over the service; the body limit is `server.max_message_bytes`,
 /// and every call counts against the server-wide `server.max_concurrent_calls`.
@@ -36,10 +57,11 @@ use crate::service::{ChatCall, Service};
 pub(super) fn app(service: Arc<Service>) -> axum::Router {
     let limit = service.config().server.max_message_bytes;
     let call_limit = service.call_limit().layer(Protocol::Http);
-    axum::Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/models", get(models))
-        .route("/v1/feedback", post(feedback))
+    routes()
+        .into_iter()
+        .fold(axum::Router::new(), |router, (_, path, handler)| {
+            router.route(path, handler)
+        })
         .layer(DefaultBodyLimit::max(limit))
         .layer(call_limit)
         .layer(super::redact::RequestIdLayer)
@@ -71,7 +93,7 @@ struct WireMessage {
 }
 
 /// The caller a facade request's credentials prove, or the OpenAI-shaped refusal.
-async fn authenticate(
+pub(super) async fn authenticate(
     service: &Service,
     headers: &HeaderMap,
     extensions: &axum::http::Extensions,
@@ -80,6 +102,24 @@ async fn authenticate(
         .authenticate(&Credentials::from_http(headers, extensions))
         .await
         .map_err(|error| error_response(&error))
+}
+
+/// The caller, then its JSON body: who is calling comes first, so an anonymous caller
+/// learns nothing from the body's checks. `hint` follows a parse error's message.
+async fn authenticated_body<T: serde::de::DeserializeOwned>(
+    service: &Service,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+    body: &[u8],
+    hint: &str,
+) -> std::result::Result<(crate::auth::Principal, T), Response> {
+    let principal = authenticate(service, headers, extensions).await?;
+    let parsed = serde_json::from_slice(body).map_err(|error| {
+        error_response(&Error::invalid(format!(
+            "invalid request body: {error}{hint}"
+        )))
+    })?;
+    Ok((principal, parsed))
 }
 
 /// The models and tiers the caller may use; 401 without credentials.
@@ -117,20 +157,110 @@ async fn feedback(
     extensions: axum::http::Extensions,
     body: axum::body::Bytes,
 ) -> Response {
-    let principal = match authenticate(&service, &headers, &extensions).await {
-        Ok(principal) => principal,
-        Err(response) => return response,
-    };
-    let request: FeedbackRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(error) => {
-            return error_response(&Error::invalid(format!("invalid request body: {error}")));
-        }
-    };
+    let (principal, request): (_, FeedbackRequest) =
+        match authenticated_body(&service, &headers, &extensions, &body, "").await {
+            Ok(call) => call,
+            Err(response) => return response,
+        };
     match service.feedback(&principal, &request.id, request.score) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(error) => error_response(&error),
     }
+}
+
+/// `POST /v1/embeddings`, OpenAI's shape: `model` is an embedding space's id (or the
+/// model of exactly one space), `input` a string or an array of strings. skyfuse adds
+/// `input_type` (`"document"`, the default, or `"query"`) for models that embed the two
+/// differently.
+#[derive(Debug, Deserialize)]
+struct EmbeddingsBody {
+    model: String,
+    input: EmbeddingsInput,
+    #[serde(default)]
+    dimensions: Option<usize>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    input_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EmbeddingsInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+async fn embeddings(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    body: axum::body::Bytes,
+) -> Response {
+    let hint = " (input must be a string or an array of strings)";
+    let (principal, body): (_, EmbeddingsBody) =
+        match authenticated_body(&service, &headers, &extensions, &body, hint).await {
+            Ok(call) => call,
+            Err(response) => return response,
+        };
+    let base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            let message = format!("encoding_format must be float or base64, not {other:?}");
+            return error_response(&Error::invalid(message));
+        }
+    };
+    let purpose = match body.input_type.as_deref() {
+        None | Some("document") => Purpose::Document,
+        Some("query") => Purpose::Query,
+        Some(other) => {
+            let message = format!("input_type must be document or query, not {other:?}");
+            return error_response(&Error::invalid(message));
+        }
+    };
+    let texts = match body.input {
+        EmbeddingsInput::One(text) => vec![text],
+        EmbeddingsInput::Many(texts) => texts,
+    };
+    let request = EmbeddingsRequest {
+        model: body.model,
+        texts,
+        purpose,
+        dimensions: body.dimensions,
+    };
+    let embedded = match service.embeddings(&principal, request).await {
+        Ok(embedded) => embedded,
+        Err(error) => return error_response(&error),
+    };
+    let data: Vec<Value> = embedded
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                // OpenAI's base64 form: the little-endian f32 bytes.
+                let bytes: Vec<u8> = vector
+                    .iter()
+                    .flat_map(|value| value.to_le_bytes())
+                    .collect();
+                json!(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    bytes
+                ))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": embedded.space,
+        "usage": {"prompt_tokens": embedded.input_tokens, "total_tokens": embedded.input_tokens},
+    }))
+    .into_response()
 }
 
 async fn chat_completions(
@@ -140,8 +270,15 @@ async fn chat_completions(
     body: axum::body::Bytes,
 ) -> Response {
     let call_start = std::time::Instant::now();
+    let trace = service
+        .traces()
+        .http_call("POST", "/v1/chat/completions", &headers);
     let credentials = Credentials::from_http(&headers, &extensions);
-    let (rate, started) = start(&service, &credentials, &headers, &body).await;
+    let (rate, started) = trace::within(
+        trace.as_ref(),
+        start(&service, &credentials, &headers, &body),
+    )
+    .await;
     let to_first_token = call_start.elapsed();
     let mut response = match started {
         Ok((started, stream, include_usage, id)) => {
@@ -149,12 +286,22 @@ async fn chat_completions(
                 let send_timeout = std::time::Duration::from_millis(
                     service.config().routing.stream_send_timeout_ms,
                 );
-                streamed(started, include_usage, id, send_timeout).into_response()
+                // The headers leave with the first token: skyfuse's share is known.
+                let overhead = to_first_token.saturating_sub(started.attempts_time());
+                let mut response =
+                    streamed(started, include_usage, id, send_timeout, trace).into_response();
+                overhead_header(response.headers_mut(), overhead);
+                response
             } else {
                 whole(started, id, to_first_token).await
             }
         }
-        Err(error) => error_response(&error),
+        Err(error) => {
+            if let Some(trace) = &trace {
+                trace.fail(error.kind.as_str(), &error.message);
+            }
+            error_response(&error)
+        }
     };
     if let Some(rate) = rate {
         rate_limit_headers(response.headers_mut(), &rate);
@@ -302,6 +449,13 @@ fn text_content(content: &Value) -> Result<String> {
     }
 }
 
+/// `x-skyfuse-overhead-ms`: skyfuse's own share of the call until its first token.
+fn overhead_header(headers: &mut HeaderMap, overhead: std::time::Duration) {
+    if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)) {
+        headers.insert(OVERHEAD_HEADER, value);
+    }
+}
+
 /// The whole completion as one JSON body. `to_first_token`: the call's time until the
 /// route produced its first token, of which skyfuse's own share goes out as
 /// `x-skyfuse-overhead-ms` (the rest was spent in attempts, and what follows in the
@@ -338,11 +492,7 @@ async fn whole(
                 let mut response = Json(body).into_response();
                 route_headers(response.headers_mut(), &summary);
                 let overhead = to_first_token.saturating_sub(summary.attempts_time());
-                if let Ok(value) =
-                    HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0))
-                {
-                    response.headers_mut().insert(OVERHEAD_HEADER, value);
-                }
+                overhead_header(response.headers_mut(), overhead);
                 return response;
             }
             // Nothing went out yet: a whole response can still be an error status.
@@ -357,11 +507,14 @@ fn streamed(
     include_usage: bool,
     id: String,
     send_timeout: std::time::Duration,
+    trace: Option<CallTrace>,
 ) -> impl IntoResponse {
     let (sender, receiver) = mpsc::channel::<std::result::Result<Event, Infallible>>(64);
     let model = started.deployment().model.clone();
     let created = unix_now();
     tokio::spawn(async move {
+        // The call's span ends with its stream.
+        let _trace = trace;
         let chunk = |delta: Value, finish: Value| {
             json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -520,7 +673,7 @@ fn reset_text(reset: std::time::Duration) -> String {
 }
 
 /// OpenAI's error shape, with the status its kind means.
-fn error_response(error: &Error) -> Response {
+pub(super) fn error_response(error: &Error) -> Response {
     let status = match error.kind {
         ErrorKind::InvalidArgument | ErrorKind::ContextLength => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,

@@ -5,7 +5,8 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::proto::{self, retrieval_service_server::RetrievalService};
 use crate::auth::Credentials;
-use crate::service::{SearchParams, Service};
+use crate::service::Service;
+use crate::telemetry::trace;
 
 /// Response metadata: the milliseconds of a call spent in skyfuse rather than waiting
 /// on its slowest source.
@@ -21,6 +22,23 @@ impl RetrievalService for RetrievalApi {
         &self,
         request: Request<proto::SearchRequest>,
     ) -> Result<Response<proto::SearchResponse>, Status> {
+        let trace = self
+            .service
+            .traces()
+            .grpc_call("skyfuse.v1.RetrievalService/Search", &request);
+        let response = trace::within(trace.as_ref(), self.search_call(request)).await;
+        if let (Some(trace), Err(status)) = (&trace, &response) {
+            trace.fail(convert::code_name(status.code()), status.message());
+        }
+        response
+    }
+}
+
+impl RetrievalApi {
+    async fn search_call(
+        &self,
+        request: Request<proto::SearchRequest>,
+    ) -> Result<Response<proto::SearchResponse>, Status> {
         let started = std::time::Instant::now();
         let deadline = convert::deadline(&request);
         let principal = self
@@ -29,14 +47,7 @@ impl RetrievalService for RetrievalApi {
             .await
             .map_err(convert::status)?;
         let request = request.into_inner();
-        let params = SearchParams {
-            query: request.query,
-            top_k: convert::optional(request.top_k),
-            sources: request.sources,
-            fusion: convert::fusion_method(request.fusion)?,
-            deadline,
-            adapter_from: (!request.adapter_from.is_empty()).then_some(request.adapter_from),
-        };
+        let params = convert::search_params(&request, deadline).map_err(convert::status)?;
         let result = self
             .service
             .search(&principal, params)

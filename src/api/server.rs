@@ -171,11 +171,6 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    if listeners.openai.is_some() && !service.has_chat() {
-        return Err(Error::config(
-            "facade.listen is set but no chat model is configured ([[deployment]] or answer.provider)",
-        ));
-    }
     let config = service.config();
     check_exposure(config, &listeners)?;
     let service_for_metrics = service.clone();

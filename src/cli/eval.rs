@@ -12,6 +12,8 @@ use skyfuse::api::proto;
 use skyfuse::api::proto::admin_service_client::AdminServiceClient;
 use skyfuse::api::proto::retrieval_service_client::RetrievalServiceClient;
 use skyfuse::client::{connect, load_config};
+use skyfuse::config::home::skyfuse_home;
+use skyfuse::config::{RecordIdScope, process_env};
 use skyfuse::eval::{Benchmark, score_run};
 
 use super::index::run_index;
@@ -48,11 +50,19 @@ pub async fn run_eval(
         .map_or("dataset".to_string(), |name| {
             name.to_string_lossy().into_owned()
         });
-    config.server.data_dir = std::path::absolute(
-        data_dir.unwrap_or_else(|| PathBuf::from("indexes").join(format!("eval-{dataset_name}"))),
-    )?;
+    // By default beside the embedded default's data, in the skyfuse home: the same index
+    // whatever folder eval runs from.
+    config.server.data_dir = std::path::absolute(data_dir.unwrap_or_else(|| {
+        skyfuse_home(&process_env())
+            .join("indexes")
+            .join(format!("eval-{dataset_name}"))
+    }))?;
     // Every query asks for 100 hits per source and fused.
     config.search.candidates_per_source = config.search.candidates_per_source.max(100);
+    // BEIR ids are corpus-wide and the judgements name them as they are.
+    for index in &mut config.indexes {
+        index.record_ids = RecordIdScope::Global;
+    }
     // The in-process service may read the dataset: its user is the operator.
     config.ingest.roots.push(dataset.canonicalize()?);
     let indexes: Vec<String> = config
@@ -164,6 +174,7 @@ async fn search_all(
                 fusion,
                 include_text: false,
                 adapter_from: adapter_from.to_string(),
+                ..Default::default()
             };
             async move {
                 let started = Instant::now();

@@ -134,6 +134,17 @@ pub async fn run_ask(
                     done.cost.unwrap_or_default().usd
                 );
                 print_outcomes(&done.sources, done.degraded);
+                if !done.invalid_citations.is_empty() {
+                    let numbers: Vec<String> = done
+                        .invalid_citations
+                        .iter()
+                        .map(|number| format!("[{number}]"))
+                        .collect();
+                    eprintln!(
+                        "warning: the answer cites passages that were not sent: {}",
+                        numbers.join(" ")
+                    );
+                }
                 if done.finish_reason != "stop" {
                     println!("finish reason: {}", done.finish_reason);
                 }
@@ -158,6 +169,11 @@ fn answer_outcome(finish_reason: Option<&str>) -> Result<()> {
         }
         Some("length") => {
             bail!("the answer was cut at max_output_tokens (finish reason: length)")
+        }
+        Some("content_filter") => {
+            bail!(
+                "the answer was cut by the provider's content filter (finish reason: content_filter)"
+            )
         }
         Some(_) => Ok(()),
     }
@@ -190,12 +206,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stream_without_done_or_cut_at_length_is_a_failure() {
+    fn a_stream_without_done_or_cut_short_is_a_failure() {
         assert!(answer_outcome(Some("stop")).is_ok());
-        assert!(answer_outcome(Some("content_filter")).is_ok());
         let cut = answer_outcome(None).unwrap_err().to_string();
         assert!(cut.contains("without its final `done`"), "{cut}");
         let length = answer_outcome(Some("length")).unwrap_err().to_string();
         assert!(length.contains("finish reason: length"), "{length}");
+        let filtered = answer_outcome(Some("content_filter"))
+            .unwrap_err()
+            .to_string();
+        assert!(filtered.contains("content filter"), "{filtered}");
     }
 }

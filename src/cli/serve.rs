@@ -35,7 +35,9 @@ pub async fn run_serve(config: Option<PathBuf>, listen: Option<String>) -> Resul
     if let Some(listener) = &listeners.openai {
         tracing::info!(address = %listener.local_addr()?, models = %service.chat_models().join(", "), "OpenAI-compatible facade listening");
     }
-    serve(service, listeners, shutdown_signal()).await?;
+    serve(Arc::clone(&service), listeners, shutdown_signal()).await?;
+    // The last traces go out before the process does (the exporter blocks).
+    tokio::task::spawn_blocking(move || service.traces().shutdown()).await?;
     Ok(())
 }
 

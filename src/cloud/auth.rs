@@ -6,11 +6,13 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderName, HeaderValue};
 
+use crate::cloud::aws_credentials::AwsCredentialsProvider;
+use crate::cloud::azure_token::AzureTokenSource;
 use crate::cloud::gcp_token::{GcpTokenSource, MetadataTokens, ServiceAccountTokens};
 use crate::cloud::oci_signing::OciSigner;
 use crate::cloud::rotating_secret::RotatingSecret;
 use crate::cloud::rsa_key::RsaPrivateKey;
-use crate::cloud::sigv4::{AwsCredentials, SigV4Signer};
+use crate::cloud::sigv4::SigV4Signer;
 use crate::config::{ProviderConfig, ProviderSettings, SecretLocation};
 use crate::error::{Error, Result};
 
@@ -25,7 +27,13 @@ pub enum RequestAuth {
     Oci(OciSigner),
     /// `Authorization: Bearer` with a Google OAuth token, fetched and cached.
     Google(GcpTokenSource),
+    /// `Authorization: Bearer` with an Entra token from the managed identity endpoint,
+    /// fetched and renewed before it expires.
+    Entra(AzureTokenSource),
 }
+
+/// The Entra resource Azure OpenAI tokens are issued for.
+const COGNITIVE_SERVICES: &str = "https://cognitiveservices.azure.com";
 
 impl RequestAuth {
     /// The credentials `config` names, resolved with `env` (secret files are read
@@ -60,14 +68,29 @@ impl RequestAuth {
             ProviderSettings::AzureOpenai(settings) => {
                 if let Some(key) = rotating(&settings.api_key, "api_key")? {
                     Self::AzureApiKey(key)
-                } else {
-                    let token = rotating(&settings.access_token, "access_token")?
-                        .ok_or_else(|| missing("api_key or access_token"))?;
+                } else if let Some(token) = rotating(&settings.access_token, "access_token")? {
                     Self::Bearer(token)
+                } else {
+                    // Neither configured: the managed identity of App Service,
+                    // Functions or Container Apps, when the environment has one.
+                    let identity =
+                        AzureTokenSource::from_env(None, COGNITIVE_SERVICES, env, http)?
+                            .ok_or_else(|| {
+                                missing(
+                                    "api_key or access_token (and no managed identity: IDENTITY_ENDPOINT and IDENTITY_HEADER)",
+                                )
+                            })?;
+                    Self::Entra(identity)
                 }
             }
             ProviderSettings::Bedrock(settings) => Self::SigV4(SigV4Signer {
-                credentials: AwsCredentials::resolve(&settings.aws, "aws_", env)?,
+                credentials: AwsCredentialsProvider::from_env(
+                    &settings.aws,
+                    "aws_",
+                    Some(region),
+                    env,
+                    http,
+                )?,
                 region: region.to_string(),
                 service: "bedrock".into(),
             }),
@@ -126,6 +149,10 @@ impl RequestAuth {
                 let token = tokens.access_token().await?;
                 vec![("authorization", format!("Bearer {}", token.expose()))]
             }
+            Self::Entra(tokens) => {
+                let token = tokens.access_token().await?;
+                vec![("authorization", format!("Bearer {}", token.expose()))]
+            }
             Self::SigV4(signer) => {
                 let headers: Vec<(String, String)> = request
                     .headers()
@@ -135,13 +162,15 @@ impl RequestAuth {
                     })
                     .collect();
                 let body = body_bytes(request)?.unwrap_or_default();
-                signer.sign(
-                    request.method().as_str(),
-                    request.url(),
-                    &headers,
-                    &body,
-                    SystemTime::now(),
-                )
+                signer
+                    .sign(
+                        request.method().as_str(),
+                        request.url(),
+                        &headers,
+                        &body,
+                        SystemTime::now(),
+                    )
+                    .await?
             }
             Self::Oci(signer) => {
                 let content_type = request

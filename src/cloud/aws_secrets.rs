@@ -2,7 +2,8 @@
 //! protocol (`X-Amz-Target: secretsmanager.GetSecretValue`) signed with SigV4.
 //!
 //! Configured the way the AWS SDKs are, from the environment skyfuse was given:
-//! `AWS_REGION` (or `AWS_DEFAULT_REGION`), the access key variables, and the endpoint
+//! `AWS_REGION` (or `AWS_DEFAULT_REGION`), credentials from the chain of
+//! [`crate::cloud::aws_credentials`] (keys, web identity, container, IMDS), and the endpoint
 //! from `AWS_ENDPOINT_URL_SECRETS_MANAGER` or `AWS_ENDPOINT_URL` (a VPC endpoint, or
 //! moto in tests), else `https://secretsmanager.<region>.amazonaws.com`.
 
@@ -11,11 +12,12 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
+use crate::cloud::aws_credentials::AwsCredentialsProvider;
 use crate::cloud::http::{
-    HttpReply, TOKEN_BODY_LIMIT, malformed, read_error_body, read_limited, status_error,
+    HttpReply, TOKEN_BODY_LIMIT, malformed, read_error_body, read_limited, secret_store_error,
     transport_error,
 };
-use crate::cloud::sigv4::{AwsCredentials, SigV4Signer};
+use crate::cloud::sigv4::SigV4Signer;
 use crate::config::{AwsKeyLocations, Secret};
 use crate::error::{Error, Result};
 
@@ -54,8 +56,14 @@ impl AwsSecretsManager {
             .unwrap_or_else(|| format!("https://secretsmanager.{region}.amazonaws.com"));
         let endpoint = url::Url::parse(&endpoint)
             .map_err(|error| Error::config(format!("aws-sm: endpoint {endpoint:?}: {error}")))?;
-        let credentials = AwsCredentials::resolve(&AwsKeyLocations::default(), "", env)
-            .map_err(|error| error.context("aws-sm"))?;
+        let credentials = AwsCredentialsProvider::from_env(
+            &AwsKeyLocations::default(),
+            "",
+            Some(&region),
+            env,
+            http,
+        )
+        .map_err(|error| error.context("aws-sm"))?;
         Ok(Self {
             endpoint,
             signer: SigV4Signer {
@@ -79,7 +87,9 @@ impl AwsSecretsManager {
         ];
         let signed = self
             .signer
-            .sign("POST", &self.endpoint, &headers, &body, SystemTime::now());
+            .sign("POST", &self.endpoint, &headers, &body, SystemTime::now())
+            .await
+            .map_err(|error| error.context(format!("aws-sm:{secret_id}")))?;
         let mut request = self
             .http
             .post(self.endpoint.clone())
@@ -108,10 +118,24 @@ impl AwsSecretsManager {
             body,
         };
         if !success {
-            return Err(status_error(SERVICE, &reply).context(format!("aws-sm:{secret_id}")));
+            return Err(secret_store_error(
+                SERVICE,
+                format!("aws-sm:{secret_id}"),
+                &reply,
+            ));
         }
         let value: SecretValue = serde_json::from_slice(&reply.body)
-            .map_err(|error| malformed(SERVICE, format!("GetSecretValue answer: {error}")))?;
+            // Not the decoder's message: it may quote part of the value.
+            .map_err(|error| {
+                malformed(
+                    SERVICE,
+                    format!(
+                        "aws-sm:{secret_id}: GetSecretValue answer is not the expected JSON (line {}, column {})",
+                        error.line(),
+                        error.column()
+                    ),
+                )
+            })?;
         value
             .secret_string
             .map(Secret::new)

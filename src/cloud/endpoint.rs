@@ -6,9 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::cloud::auth::RequestAuth;
-use crate::cloud::http::{
-    EMBEDDINGS_BODY_LIMIT, HttpReply, read_error_body, read_limited, transport_error,
-};
+use crate::cloud::http::{EMBEDDINGS_BODY_LIMIT, HttpReply, read_reply, transport_error};
 use crate::config::{ProviderConfig, ProviderKind, ProviderSettings};
 use crate::error::{Error, Result};
 
@@ -72,24 +70,14 @@ impl CloudEndpoint {
             .timeout(self.timeout)
             .build()
             .map_err(|error| Error::internal(format!("cannot build request: {error}")))?;
+        crate::telemetry::trace::inject_traceparent(request.headers_mut());
         self.auth.authorize(&mut request).await?;
         let response = self
             .http
             .execute(request)
             .await
             .map_err(|error| transport_error(service, &error))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = if response.status().is_success() {
-            read_limited(service, response, EMBEDDINGS_BODY_LIMIT).await?
-        } else {
-            read_error_body(response).await
-        };
-        Ok(HttpReply {
-            status,
-            headers,
-            body,
-        })
+        read_reply(service, response, EMBEDDINGS_BODY_LIMIT).await
     }
 }
 

@@ -200,6 +200,77 @@ fn is_context_overflow(code: Option<&str>, message: &str) -> bool {
     .any(|phrase| message.contains(phrase))
 }
 
+/// Sends a request and reads its answer whatever the status: a success body whole
+/// (at most `limit` bytes), an error body's start.
+pub async fn send_and_read(
+    service: &str,
+    request: reqwest::RequestBuilder,
+    limit: usize,
+) -> Result<HttpReply, Error> {
+    let response = request
+        .send()
+        .await
+        .map_err(|error| transport_error(service, &error))?;
+    read_reply(service, response, limit).await
+}
+
+/// An answer whatever its status: a success body whole (at most `limit` bytes), an
+/// error body's start.
+pub async fn read_reply(
+    service: &str,
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<HttpReply, Error> {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = if response.status().is_success() {
+        read_limited(service, response, limit).await?
+    } else {
+        read_error_body(response).await
+    };
+    Ok(HttpReply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Reads a secret manager's JSON answer for `location`: a refusal becomes
+/// [`secret_store_error`], and no message quotes the body (it holds the value).
+pub async fn secret_store_json(
+    service: &str,
+    location: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<serde_json::Value, Error> {
+    let reply = send_and_read(service, request, TOKEN_BODY_LIMIT)
+        .await
+        .map_err(|error| error.context(location))?;
+    if !reply.is_success() {
+        return Err(secret_store_error(service, location, &reply));
+    }
+    serde_json::from_slice(&reply.body)
+        .map_err(|_| malformed(service, format!("{location}: the answer is not JSON")))
+}
+
+/// A secret manager's refusal, led by the location (never a value) and what it
+/// means for the operator: not found, or refused to this identity.
+pub fn secret_store_error(
+    service: &str,
+    location: impl std::fmt::Display,
+    reply: &HttpReply,
+) -> Error {
+    let error = status_error(service, reply);
+    let what = match error.kind {
+        ErrorKind::NotFound => "secret not found",
+        ErrorKind::Auth => "access refused (check the identity's permission to read it)",
+        _ => "cannot be read",
+    };
+    Error {
+        message: format!("{location}: {what}: {}", error.message),
+        ..error
+    }
+}
+
 /// An answer with a success status whose body is not what the protocol says: the
 /// endpoint is misbehaving, another one serving the same model may not be.
 pub fn malformed(service: &str, what: impl std::fmt::Display) -> Error {

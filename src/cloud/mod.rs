@@ -6,17 +6,28 @@
 //!   `[[provider]]`, with `post_json`.
 //! - [`auth::RequestAuth`]: bearer / Azure `api-key` / SigV4 / OCI signature / Google
 //!   token, added to a built request.
+//! - [`aws_credentials`]: AWS keys that renew themselves (web identity, container
+//!   endpoint, IMDSv2; fetched by [`aws_credential_sources`]), read by every SigV4 signer.
 //! - [`sigv4`], [`oci_signing`], [`gcp_token`], [`rsa_key`]: the schemes themselves.
 //! - [`http`]: every cloud's error shape mapped to one `ErrorKind`, `Retry-After`.
 //! - [`rotating_secret`]: a key or token read again when its file is rewritten or its
-//!   secret manager's copy is older than the cache time ([`aws_secrets`]).
+//!   secret manager's copy is older than the cache time; [`managed_secret`] picks the
+//!   manager: [`aws_secrets`], [`azure_key_vault`] (tokens from [`azure_token`]),
+//!   [`gcp_secret_manager`], [`oci_vault`].
 
 pub mod auth;
+pub mod aws_credential_sources;
+pub mod aws_credentials;
 pub mod aws_secrets;
+pub mod azure_key_vault;
+pub mod azure_token;
 pub mod endpoint;
+pub mod gcp_secret_manager;
 pub mod gcp_token;
 pub mod http;
+pub mod managed_secret;
 pub mod oci_signing;
+pub mod oci_vault;
 pub mod rotating_secret;
 pub mod rsa_key;
 pub mod sigv4;

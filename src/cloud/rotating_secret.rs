@@ -1,52 +1,73 @@
 //! A provider credential that follows its source: Kubernetes secrets, Vault agents and
 //! `az account get-access-token > token` rotate a key or token by rewriting a file, and
-//! AWS Secrets Manager rotates it in place; the next call sends the new value, without
-//! a restart.
+//! the secret managers (AWS Secrets Manager, Azure Key Vault, Google Secret Manager,
+//! OCI Vault) rotate it in place; the next call sends the new value, without a restart.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::cloud::aws_secrets::AwsSecretsManager;
-use crate::config::{Secret, SecretLocation};
-use crate::error::{Error, Result};
+use crate::cloud::managed_secret::ManagedSecret;
+use crate::config::{Secret, SecretLocation, chain_failure, labeled};
+use crate::error::{Error, ErrorKind, Result};
 
 /// How long a value read from a secret manager is used before it is read again, unless
 /// the environment sets `SKYFUSE_SECRETS_CACHE_SECONDS`.
 const DEFAULT_CACHE: Duration = Duration::from_secs(300);
 
 /// A secret from `env:` (fixed for the process), `file:` (read again whenever the
-/// file's modification time or size changes) or `aws-sm:` (read on first use, then
-/// again once the cached value is older than the cache time).
+/// file's modification time or size changes), a secret manager (read on first use,
+/// then again once the cached value is older than the cache time), or a `chain:` of
+/// those (each member follows its own source).
 #[derive(Debug)]
 pub struct RotatingSecret {
     source: Source,
     current: Mutex<Current>,
+    /// Held while a managed secret is fetched: callers that find it stale together
+    /// wait for one fetch instead of each sending their own.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug)]
 enum Source {
     Fixed,
     File(PathBuf),
-    AwsSecretsManager {
-        client: Box<AwsSecretsManager>,
-        secret_id: String,
+    Managed {
+        secret: Box<ManagedSecret>,
         cache: Duration,
     },
+    Chain {
+        location: SecretLocation,
+        members: Vec<ChainMember>,
+        cache: Duration,
+    },
+}
+
+/// One location of a chain: set up at startup, or why it could not be (an unset
+/// variable, a manager with no region), kept for the chain's error.
+#[derive(Debug)]
+struct ChainMember {
+    location: SecretLocation,
+    secret: std::result::Result<RotatingSecret, Error>,
+    /// The last failure and when: a member that failed is skipped for the cache time,
+    /// so a chain whose first manager lacks the secret costs no round trip per call.
+    failed: Mutex<Option<(Instant, Error)>>,
 }
 
 #[derive(Debug)]
 struct Current {
     value: Option<Secret>,
-    /// A file's (modification time, size), or when a managed secret was read.
+    /// A file's (modification time, size).
     file_stamp: Option<(SystemTime, u64)>,
+    /// When a managed secret was read.
     fetched: Option<Instant>,
 }
 
 impl RotatingSecret {
     /// Reads an `env:` or `file:` secret at once (unreadable: a startup error); sets up
-    /// the client of an `aws-sm:` one, which is read on first use.
+    /// the client of a secret manager, which is read on first use. A chain is set up
+    /// member by member and fails here only when none of them could be.
     pub fn resolve(
         location: &SecretLocation,
         env: &HashMap<String, String>,
@@ -57,22 +78,45 @@ impl RotatingSecret {
             SecretLocation::File(path) => {
                 (Source::File(path.clone()), Some(location.resolve(env)?))
             }
-            SecretLocation::AwsSecretsManager(secret_id) => {
-                let cache = env
-                    .get("SKYFUSE_SECRETS_CACHE_SECONDS")
-                    .map(|seconds| {
-                        seconds.parse().map(Duration::from_secs).map_err(|_| {
-                            Error::config(format!(
-                                "SKYFUSE_SECRETS_CACHE_SECONDS={seconds:?} is not a number of seconds"
-                            ))
-                        })
+            SecretLocation::Chain(locations) => {
+                let members: Vec<ChainMember> = locations
+                    .iter()
+                    .map(|member| {
+                        let secret = Self::resolve(member, env, http)
+                            .map_err(|error| labeled(error, member));
+                        if let Err(error) = &secret {
+                            tracing::warn!(chain = %location, %error, "secret chain member cannot be read: it will be skipped");
+                        }
+                        ChainMember {
+                            location: member.clone(),
+                            secret,
+                            failed: Mutex::new(None),
+                        }
                     })
-                    .transpose()?
-                    .unwrap_or(DEFAULT_CACHE);
-                let source = Source::AwsSecretsManager {
-                    client: Box::new(AwsSecretsManager::from_env(env, http)?),
-                    secret_id: secret_id.clone(),
-                    cache,
+                    .collect();
+                if members.iter().all(|member| member.secret.is_err()) {
+                    let attempts: Vec<String> = members
+                        .iter()
+                        .filter_map(|member| member.secret.as_ref().err())
+                        .map(|error| error.message.clone())
+                        .collect();
+                    return Err(Error::config(chain_failure(location, &attempts)));
+                }
+                let source = Source::Chain {
+                    location: location.clone(),
+                    members,
+                    cache: cache_time(env)?,
+                };
+                (source, None)
+            }
+            managed => {
+                let secret =
+                    ManagedSecret::from_location(managed, env, http)?.ok_or_else(|| {
+                        Error::internal(format!("{managed}: not a secret manager location"))
+                    })?;
+                let source = Source::Managed {
+                    secret: Box::new(secret),
+                    cache: cache_time(env)?,
                 };
                 (source, None)
             }
@@ -83,6 +127,7 @@ impl RotatingSecret {
         };
         Ok(Self {
             source,
+            fetching: tokio::sync::Mutex::new(()),
             current: Mutex::new(Current {
                 value,
                 file_stamp,
@@ -94,42 +139,73 @@ impl RotatingSecret {
     /// The value to send now. A file that changed is read again (one `stat` per call;
     /// secret files live on local disk or tmpfs); a managed secret past its cache time
     /// is fetched again. A source that fails mid-rotation (a file empty or unreadable,
-    /// the manager unreachable) keeps the last good value; with none yet, the error.
+    /// the manager unreachable or failing) keeps the last good value; with none yet,
+    /// the error. A manager that answers the secret is gone or refused (404, 401/403)
+    /// ends its use: revoking a key takes effect on the next fetch.
     pub async fn current(&self) -> Result<Secret> {
+        match &self.source {
+            Source::Fixed | Source::File(_) => self.current_local(),
+            Source::Managed { secret, cache } => self.current_managed(secret, *cache).await,
+            Source::Chain {
+                location,
+                members,
+                cache,
+            } => current_of_chain(location, members, *cache).await,
+        }
+    }
+
+    /// The value of an `env:` or `file:` secret, without waiting on anything (for a
+    /// token that is itself needed to read a secret manager).
+    pub fn current_local(&self) -> Result<Secret> {
         match &self.source {
             Source::Fixed => self.last().ok_or_else(unread),
             Source::File(path) => self.current_file(path).ok_or_else(unread),
-            Source::AwsSecretsManager {
-                client,
-                secret_id,
-                cache,
-            } => {
-                let fresh = {
-                    let current = self.lock();
-                    current
-                        .fetched
-                        .filter(|fetched| fetched.elapsed() < *cache)
-                        .and(current.value.clone())
-                };
-                if let Some(value) = fresh {
-                    return Ok(value);
-                }
-                match client.get(secret_id).await {
-                    Ok(value) => {
-                        let mut current = self.lock();
-                        current.value = Some(value.clone());
-                        current.fetched = Some(Instant::now());
-                        Ok(value)
-                    }
-                    Err(error) => match self.last() {
-                        Some(value) => {
-                            tracing::warn!(secret = %secret_id, %error, "secret manager unreachable: keeping the last value");
-                            Ok(value)
-                        }
-                        None => Err(error),
-                    },
-                }
+            Source::Managed { .. } | Source::Chain { .. } => Err(Error::internal(
+                "a secret manager's value was asked for without waiting on it",
+            )),
+        }
+    }
+
+    async fn current_managed(&self, secret: &ManagedSecret, cache: Duration) -> Result<Secret> {
+        let fresh = || {
+            let current = self.lock();
+            current
+                .fetched
+                .filter(|fetched| fetched.elapsed() < cache)
+                .and(current.value.clone())
+        };
+        if let Some(value) = fresh() {
+            return Ok(value);
+        }
+        let _fetching = self.fetching.lock().await;
+        // Another caller may have fetched it while this one waited.
+        if let Some(value) = fresh() {
+            return Ok(value);
+        }
+        match secret.fetch().await {
+            Ok(value) => {
+                let mut current = self.lock();
+                current.value = Some(value.clone());
+                current.fetched = Some(Instant::now());
+                Ok(value)
             }
+            // The manager answered that the secret is gone or no longer ours to read:
+            // a deleted or revoked secret stops being used at once.
+            Err(error) if matches!(error.kind, ErrorKind::NotFound | ErrorKind::Auth) => {
+                let mut current = self.lock();
+                if current.value.take().is_some() {
+                    tracing::warn!(secret = %secret.location(), %error, "secret deleted or access revoked: no longer used");
+                }
+                current.fetched = None;
+                Err(error)
+            }
+            Err(error) => match self.last() {
+                Some(value) => {
+                    tracing::warn!(secret = %secret.location(), %error, "secret manager unreachable: keeping the last value");
+                    Ok(value)
+                }
+                None => Err(error),
+            },
         }
     }
 
@@ -161,6 +237,73 @@ impl RotatingSecret {
     fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The first member that gives a value, in order; else every member's failure (the
+/// failures name locations and kinds of trouble, never values). The error's kind is
+/// the last member's, so a chain ending in a refused manager reads as `Auth`.
+async fn current_of_chain(
+    location: &SecretLocation,
+    members: &[ChainMember],
+    cache: Duration,
+) -> Result<Secret> {
+    let mut attempts = Vec::new();
+    let mut kind = ErrorKind::Config;
+    for member in members {
+        let secret = match &member.secret {
+            Ok(secret) => secret,
+            Err(error) => {
+                attempts.push(error.message.clone());
+                kind = error.kind;
+                continue;
+            }
+        };
+        let recent = {
+            let failed = member.failed.lock().unwrap_or_else(PoisonError::into_inner);
+            failed
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < cache)
+                .map(|(_, error)| error.clone())
+        };
+        if let Some(error) = recent {
+            attempts.push(format!("{} (not tried again yet)", error.message));
+            kind = error.kind;
+            continue;
+        }
+        // Boxed: a member is itself a RotatingSecret, so this future contains its own type.
+        match Box::pin(secret.current())
+            .await
+            .map_err(|error| labeled(error, &member.location))
+        {
+            Ok(value) => {
+                *member.failed.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                return Ok(value);
+            }
+            Err(error) => {
+                tracing::info!(chain = %location, %error, "secret chain member failed: trying the next");
+                attempts.push(error.message.clone());
+                kind = error.kind;
+                *member.failed.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((Instant::now(), error));
+            }
+        }
+    }
+    Err(Error::new(kind, chain_failure(location, &attempts)))
+}
+
+/// `SKYFUSE_SECRETS_CACHE_SECONDS`, else [`DEFAULT_CACHE`].
+fn cache_time(env: &HashMap<String, String>) -> Result<Duration> {
+    Ok(env
+        .get("SKYFUSE_SECRETS_CACHE_SECONDS")
+        .map(|seconds| {
+            seconds.parse().map(Duration::from_secs).map_err(|_| {
+                Error::config(format!(
+                    "SKYFUSE_SECRETS_CACHE_SECONDS={seconds:?} is not a number of seconds"
+                ))
+            })
+        })
+        .transpose()?
+        .unwrap_or(DEFAULT_CACHE))
 }
 
 /// Unreachable: `env:` and `file:` secrets are read in [`RotatingSecret::resolve`].

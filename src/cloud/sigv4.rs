@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use aws_lc_rs::hmac;
 use sha2::{Digest, Sha256};
 
+use crate::cloud::aws_credentials::AwsCredentialsProvider;
 use crate::config::{AwsKeyLocations, Secret, SecretLocation};
 use crate::error::{Error, Result};
 
@@ -53,10 +54,11 @@ impl AwsCredentials {
     }
 }
 
-/// Signs requests for one service in one region.
+/// Signs requests for one service in one region, with the credentials its provider
+/// holds at the time of each request (renewed temporary keys included).
 #[derive(Debug, Clone)]
 pub struct SigV4Signer {
-    pub credentials: AwsCredentials,
+    pub credentials: AwsCredentialsProvider,
     pub region: String,
     /// The signing name, which is not always the host prefix: Bedrock Runtime is
     /// served by `bedrock-runtime.{region}` but signed as `bedrock`.
@@ -67,9 +69,24 @@ impl SigV4Signer {
     /// The headers to add to a request: `x-amz-date`, `x-amz-security-token` with
     /// temporary credentials, and `authorization`. `headers` are the ones already on
     /// the request (`content-type` and any `x-amz-*` among them are signed); `host`
-    /// is taken from the URL, as the HTTP client will send it.
-    pub fn sign(
+    /// is taken from the URL, as the HTTP client will send it. Fails only when the
+    /// provider has no valid credentials (an auth or unavailable error naming it).
+    pub async fn sign(
         &self,
+        method: &str,
+        url: &url::Url,
+        headers: &[(String, String)],
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<Vec<(&'static str, String)>> {
+        let credentials = self.credentials.current().await?;
+        Ok(self.sign_with(&credentials, method, url, headers, body, now))
+    }
+
+    /// [`Self::sign`] with the given credentials: pure (test servers check with it).
+    pub fn sign_with(
+        &self,
+        credentials: &AwsCredentials,
         method: &str,
         url: &url::Url,
         headers: &[(String, String)],
@@ -86,7 +103,7 @@ impl SigV4Signer {
         }
         signed.insert("host".into(), host_header(url));
         signed.insert("x-amz-date".into(), amz_date.clone());
-        if let Some(token) = &self.credentials.session_token {
+        if let Some(token) = &credentials.session_token {
             signed.insert("x-amz-security-token".into(), token.expose().to_string());
         }
         let payload_hash = hex::encode(Sha256::digest(body));
@@ -101,21 +118,21 @@ impl SigV4Signer {
         let scope = format!("{date}/{}/{}/aws4_request", self.region, self.service);
         let to_sign = string_to_sign(&amz_date, &scope, &canonical);
         let key = signing_key(
-            self.credentials.secret_access_key.expose(),
+            credentials.secret_access_key.expose(),
             date,
             &self.region,
             &self.service,
         );
         let signature = signature(&key, &to_sign);
         let mut added = vec![("x-amz-date", amz_date)];
-        if let Some(token) = &self.credentials.session_token {
+        if let Some(token) = &credentials.session_token {
             added.push(("x-amz-security-token", token.expose().to_string()));
         }
         added.push((
             "authorization",
             format!(
                 "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
-                self.credentials.access_key_id.expose()
+                credentials.access_key_id.expose()
             ),
         ));
         added
@@ -278,7 +295,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let year = if month <= 2 { year - 1 } else { year };
     let era = year.div_euclid(400);
     let year_of_era = year.rem_euclid(400);
@@ -350,16 +367,17 @@ mod tests {
     /// once on the wire and twice in the canonical request, signing name `bedrock`.
     #[test]
     fn bedrock_reference_vector_through_the_signer() {
+        let credentials = AwsCredentials {
+            access_key_id: SecretLocation::Env("ID".into())
+                .resolve(&HashMap::from([("ID".into(), "AKIDEXAMPLE".into())]))
+                .unwrap(),
+            secret_access_key: SecretLocation::Env("KEY".into())
+                .resolve(&HashMap::from([("KEY".into(), SECRET.into())]))
+                .unwrap(),
+            session_token: None,
+        };
         let signer = SigV4Signer {
-            credentials: AwsCredentials {
-                access_key_id: SecretLocation::Env("ID".into())
-                    .resolve(&HashMap::from([("ID".into(), "AKIDEXAMPLE".into())]))
-                    .unwrap(),
-                secret_access_key: SecretLocation::Env("KEY".into())
-                    .resolve(&HashMap::from([("KEY".into(), SECRET.into())]))
-                    .unwrap(),
-                session_token: None,
-            },
+            credentials: credentials.clone().into(),
             region: "us-east-1".into(),
             service: "bedrock".into(),
         };
@@ -374,7 +392,7 @@ mod tests {
         let body = br#"{"messages":[{"role":"user","content":[{"text":"ping"}]}],"inferenceConfig":{"maxTokens":16}}"#;
         let at = parse_amz_date("20250101T000000Z").unwrap();
         let headers = vec![("Content-Type".to_string(), "application/json".to_string())];
-        let added = signer.sign("POST", &url, &headers, body, at);
+        let added = signer.sign_with(&credentials, "POST", &url, &headers, body, at);
         assert_eq!(added[0], ("x-amz-date", "20250101T000000Z".to_string()));
         assert_eq!(
             added[1].1,
@@ -384,8 +402,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn session_token_is_sent_and_signed() {
+    #[tokio::test]
+    async fn session_token_is_sent_and_signed() {
         let env = HashMap::from([
             ("AWS_ACCESS_KEY_ID".to_string(), "AKIDEXAMPLE".to_string()),
             ("AWS_SECRET_ACCESS_KEY".to_string(), SECRET.to_string()),
@@ -397,12 +415,15 @@ mod tests {
         let credentials =
             AwsCredentials::resolve(&AwsKeyLocations::default(), "aws_", &env).unwrap();
         let signer = SigV4Signer {
-            credentials,
+            credentials: credentials.into(),
             region: "eu-west-1".into(),
             service: "bedrock".into(),
         };
         let url = url::Url::parse("http://127.0.0.1:9000/model/x/invoke").unwrap();
-        let added = signer.sign("POST", &url, &[], b"{}", SystemTime::UNIX_EPOCH);
+        let added = signer
+            .sign("POST", &url, &[], b"{}", SystemTime::UNIX_EPOCH)
+            .await
+            .unwrap();
         assert_eq!(
             added[1],
             ("x-amz-security-token", "token/with+chars".to_string())

@@ -16,6 +16,20 @@ pub struct AnswerConfig {
     /// The most output tokens a call may ask for (`max_output_tokens` on gRPC,
     /// `max_tokens` on the facade); more is refused as an invalid argument.
     pub max_output_tokens_limit: u32,
+    /// What a conversation's answer retrieves with.
+    pub retrieval_query: RetrievalQuery,
+}
+
+/// The search query of an answer asked as a conversation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrievalQuery {
+    /// The last user turn alone.
+    #[default]
+    LastUserTurn,
+    /// The last three user turns, oldest first: follow-ups like "and in Europe?"
+    /// keep the subject of the turns before them.
+    RecentUserTurns,
 }
 
 impl Default for AnswerConfig {
@@ -26,6 +40,7 @@ impl Default for AnswerConfig {
             context_budget_tokens: 3_000,
             max_output_tokens: 512,
             max_output_tokens_limit: 8192,
+            retrieval_query: RetrievalQuery::default(),
         }
     }
 }

@@ -30,6 +30,32 @@ pub struct IndexConfig {
     /// work a crash can make the next run redo.
     #[serde(default = "default_commit_every_chunks")]
     pub commit_every_chunks: usize,
+    /// Whether a JSON(L) record's own `_id`/`id` names it within its object (the default,
+    /// so two files may reuse ids) or within the whole index (BEIR corpora, whose qrels
+    /// name the raw ids).
+    #[serde(default)]
+    pub record_ids: RecordIdScope,
+}
+
+/// How far a record id reaches: see [`IndexConfig::record_ids`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordIdScope {
+    /// `<object>#<record id>`: records of different objects never collide.
+    #[default]
+    PerObject,
+    /// The record id as it is: a second object reusing one is reported and not written.
+    Global,
+}
+
+impl RecordIdScope {
+    /// The config spelling, for fingerprints and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordIdScope::PerObject => "per_object",
+            RecordIdScope::Global => "global",
+        }
+    }
 }
 
 fn default_commit_every_chunks() -> usize {

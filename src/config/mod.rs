@@ -13,6 +13,7 @@ mod client_cert;
 mod deployment;
 mod facade;
 mod glob;
+pub mod home;
 mod include;
 mod index;
 mod ingest;
@@ -20,6 +21,7 @@ mod issuer;
 mod limits;
 mod price;
 mod provider;
+mod residency;
 mod role;
 mod routing;
 mod search;
@@ -35,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use answer::AnswerConfig;
+pub use answer::{AnswerConfig, RetrievalQuery};
 pub use aws::{AwsKeyLocations, AwsKeys};
 pub use bucket::{AZURE_SCHEMES, BucketConfig, BucketCredentialsConfig, GCS_SCHEMES, S3_SCHEMES};
 pub use caller::{CallerConfig, is_sha256_hex};
@@ -44,7 +46,7 @@ pub use deployment::DeploymentConfig;
 pub use facade::FacadeConfig;
 pub use glob::{Glob, any_matches};
 pub use include::IndexDefinition;
-pub use index::IndexConfig;
+pub use index::{IndexConfig, RecordIdScope};
 pub use ingest::{ExtractionMode, IngestConfig};
 pub use issuer::IssuerConfig;
 pub use limits::{CallerLimitsConfig, LimitsConfig};
@@ -53,10 +55,11 @@ pub use provider::{
     AzureOpenAiConfig, BedrockConfig, OciConfig, OpenAiCompatConfig, ProviderConfig, ProviderKind,
     ProviderSettings, VertexConfig,
 };
+pub use residency::{DataPlace, OnConflict, ResidencyPolicy, ResidencyRule, UnmatchedData};
 pub use role::RoleConfig;
 pub use routing::{RouteRule, RoutingConfig, TierConfig};
 pub use search::{FusionMethod, SearchConfig};
-pub use secret::{Secret, SecretLocation};
+pub use secret::{Secret, SecretLocation, SecretPath, chain_failure, labeled};
 pub use server::ServerConfig;
 pub use server::anonymous_bind_problem;
 pub use source::{
@@ -65,7 +68,7 @@ pub use source::{
     TantivyConfig,
 };
 pub use space::{LOCAL_PROVIDER, Metric, SpaceConfig};
-pub use telemetry::TelemetryConfig;
+pub use telemetry::{OtlpProtocol, TelemetryConfig, TracesConfig};
 pub use tls::{ClientAuth, TlsConfig};
 
 use crate::error::{Error, Result};
@@ -131,12 +134,33 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Where data of each kind may be processed (`[[residency]]`).
+    #[serde(default)]
+    pub residency: Vec<ResidencyRule>,
+    #[serde(default)]
+    pub residency_policy: ResidencyPolicy,
 }
 
 impl Config {
-    /// The embedded default, relative paths taken from the current directory.
+    /// The embedded default, relative paths left as they are (see
+    /// [`Self::embedded_default_at_home`] for the one the CLI runs).
     pub fn embedded_default() -> Self {
         toml::from_str(DEFAULT_CONFIG_TOML).expect("the embedded default config parses")
+    }
+
+    /// The embedded default as the CLI runs it: its relative paths taken from the skyfuse
+    /// home, and the model from `SKYFUSE_MODEL_DIR` when set (see [`home`]), so it
+    /// behaves the same from any folder.
+    pub fn embedded_default_at_home(env: &HashMap<String, String>) -> Self {
+        let mut config = Self::embedded_default();
+        let model_dir = home::default_model_dir(env);
+        for space in &mut config.spaces {
+            if space.provider == LOCAL_PROVIDER && space.model == home::DEFAULT_MODEL_DIR {
+                space.model = model_dir.display().to_string();
+            }
+        }
+        config.anchor_paths(&home::skyfuse_home(env));
+        config
     }
 
     /// Parses TOML text and the index definitions it includes; `base_dir` anchors
@@ -413,6 +437,18 @@ impl Config {
         if self.answer.context_budget_tokens < 16 {
             problems.push("answer.context_budget_tokens must be at least 16".into());
         }
+        let mut residency_ids = HashSet::new();
+        for rule in &self.residency {
+            if !residency_ids.insert(rule.id.as_str()) {
+                problems.push(format!("residency {:?} is defined twice", rule.id));
+            }
+            if rule.data.regions.is_empty() {
+                problems.push(format!(
+                    "residency {:?}: data.regions is empty, so it covers no data",
+                    rule.id
+                ));
+            }
+        }
         problems
     }
 }
@@ -562,6 +598,27 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config> {
         Config::parse(text, Path::new("/base"))
+    }
+
+    #[test]
+    fn the_cli_default_keeps_its_model_and_data_in_the_skyfuse_home() {
+        let env: HashMap<String, String> = [("SKYFUSE_HOME", "/srv/skyfuse")]
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .into();
+        let config = Config::embedded_default_at_home(&env);
+        assert_eq!(
+            config.server.data_dir,
+            Path::new("/srv/skyfuse/indexes/local")
+        );
+        assert_eq!(
+            config.spaces[0].model,
+            "/srv/skyfuse/models/all-MiniLM-L6-v2"
+        );
+        let mut env = env;
+        env.insert("SKYFUSE_MODEL_DIR".to_owned(), "/cache/minilm".to_owned());
+        let config = Config::embedded_default_at_home(&env);
+        assert_eq!(config.spaces[0].model, "/cache/minilm");
+        config.validate().unwrap();
     }
 
     #[test]

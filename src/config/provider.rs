@@ -405,9 +405,10 @@ pub fn provider_problems(providers: &[ProviderConfig], problems: &mut Vec<String
                     provider.base_url.is_some() || azure.resource.is_some(),
                     "resource (or base_url)",
                 );
+                // Neither: the managed identity of the environment (checked at build).
                 require(
-                    azure.api_key.is_some() != azure.access_token.is_some(),
-                    "exactly one of api_key and access_token",
+                    !(azure.api_key.is_some() && azure.access_token.is_some()),
+                    "at most one of api_key and access_token (neither: the managed identity)",
                 );
             }
             ProviderSettings::Bedrock(bedrock) => require(
@@ -548,7 +549,7 @@ mod tests {
             access_token = "env:B"
             "#,
         );
-        assert!(message.contains("provider \"azure\": kind azure_openai needs exactly one of api_key and access_token"), "{message}");
+        assert!(message.contains("provider \"azure\": kind azure_openai needs at most one of api_key and access_token"), "{message}");
         let message = parse_error(
             r#"
             [[provider]]

@@ -176,15 +176,18 @@ impl QueryEmbedder {
         let embedder = family.embedder.clone();
         let (dims, query) = (family.dims, query.to_string());
         self.cache
-            .get_or_embed(key, async move {
-                let mut vectors = embedder.embed_at(&[query], Purpose::Query, dims).await?;
-                match vectors.len() {
-                    1 => Ok(Arc::new(vectors.remove(0))),
-                    n => Err(Error::unavailable(format!(
-                        "the embedder returned {n} vectors for one query"
-                    ))),
-                }
-            })
+            .get_or_embed(
+                key,
+                crate::telemetry::trace::carry(async move {
+                    let mut vectors = embedder.embed_at(&[query], Purpose::Query, dims).await?;
+                    match vectors.len() {
+                        1 => Ok(Arc::new(vectors.remove(0))),
+                        n => Err(Error::unavailable(format!(
+                            "the embedder returned {n} vectors for one query"
+                        ))),
+                    }
+                }),
+            )
             .await
     }
 

@@ -15,6 +15,7 @@ use crate::config::Metric;
 use crate::embed::normalize::shape_vector;
 use crate::embed::{EmbedRequest, Embedder, EmbeddingProvider, EmbeddingSpace, Purpose};
 use crate::error::{Error, ErrorKind, Failover, Result};
+use crate::telemetry::{spans, trace};
 
 /// A provider of the space's model, with the model's id there.
 pub struct Serving {
@@ -125,7 +126,12 @@ impl SpaceEmbedder {
                 purpose,
                 dims: self.matryoshka.then_some(dims),
             };
-            let error = match serving.provider.embed(request).await {
+            let span = spans::embeddings(&self.space.id, &serving.model, provider, dims);
+            let embedded = trace::run_in(span.as_ref(), serving.provider.embed(request)).await;
+            if let Some(span) = span {
+                spans::end_with(span, &embedded);
+            }
+            let error = match embedded {
                 Ok(vectors) => {
                     permit.succeeded();
                     return Ok(vectors);

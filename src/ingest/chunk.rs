@@ -319,6 +319,7 @@ mod tests {
             doc_id: "doc".to_owned(),
             title: "Title".to_owned(),
             text: text.to_owned(),
+            id_from_record: false,
         }
     }
 

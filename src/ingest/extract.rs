@@ -30,10 +30,16 @@ pub const MAX_HTML_DEPTH: usize = 512;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtractedDoc {
     /// The record's own id (BEIR `_id`, JSON `id`), else the object key (`key:N` for the
-    /// N-th record of a multi-record file without ids).
+    /// N-th record of a multi-record file without ids). Unique within the object only:
+    /// the pipeline makes it unique in the index ([`crate::ingest::doc_ids`]).
     pub doc_id: String,
     pub title: String,
     pub text: String,
+    /// Whether `doc_id` is the record's own `_id`/`id` rather than named after the object
+    /// or the record's place in it: only such ids may repeat across objects, so only they
+    /// are qualified by the index's `record_ids` setting.
+    #[serde(default)]
+    pub id_from_record: bool,
 }
 
 /// A record inside a multi-record file that could not be used; the rest of the file was.
@@ -225,6 +231,7 @@ fn single_document(
             doc_id: object_key.to_owned(),
             title,
             text: text.trim().to_owned(),
+            id_from_record: false,
         }],
         ..Extraction::default()
     })
@@ -656,10 +663,10 @@ fn record_to_document(
     record: &Map<String, Value>,
     fallback_id: &str,
 ) -> Result<ExtractedDoc, String> {
-    let doc_id = match first_field(record, ID_FIELDS) {
-        Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
-        Some(Value::Number(id)) => id.to_string(),
-        Some(Value::String(_)) | None => fallback_id.to_owned(),
+    let (doc_id, id_from_record) = match first_field(record, ID_FIELDS) {
+        Some(Value::String(id)) if !id.trim().is_empty() => (id.clone(), true),
+        Some(Value::Number(id)) => (id.to_string(), true),
+        Some(Value::String(_)) | None => (fallback_id.to_owned(), false),
         Some(_) => return Err("record id is neither a string nor a number".to_owned()),
     };
     let title = match record.get("title") {
@@ -680,6 +687,7 @@ fn record_to_document(
         doc_id,
         title,
         text,
+        id_from_record,
     })
 }
 
@@ -823,6 +831,7 @@ mod tests {
         let documents = extract("scifact/corpus.jsonl", source.as_bytes()).unwrap();
         assert_eq!(documents.len(), 2);
         assert_eq!(documents[0].doc_id, "4983");
+        assert!(documents[0].id_from_record);
         assert_eq!(documents[0].title, "Microstructural development");
         assert_eq!(documents[0].text, "Alterations of the architecture.");
         assert_eq!(documents[1].doc_id, "5836");

@@ -6,6 +6,7 @@
 pub mod bucket;
 pub mod canonical;
 pub mod chunk;
+pub mod doc_ids;
 pub mod extract;
 pub mod filter;
 pub mod gzip;

@@ -27,14 +27,81 @@ pub fn request_tokens(request: &super::ChatRequest) -> u64 {
         .sum()
 }
 
-/// Builds the request and returns how many passages fit the budget: passages are
-/// taken in order, and the last one that does not fit whole is cut to fit.
+/// The prompt for `question` over `passages`: the passages that fit
+/// `context_budget_tokens`, numbered from 1, and how many of them it holds.
 pub fn build_prompt(
     question: &str,
     passages: &[Passage],
     context_budget_tokens: usize,
     max_output_tokens: u32,
 ) -> (ChatRequest, usize) {
+    let conversation = [ChatMessage {
+        role: Role::User,
+        content: question.to_string(),
+    }];
+    build_conversation_prompt(
+        &conversation,
+        passages,
+        context_budget_tokens,
+        max_output_tokens,
+    )
+}
+
+/// The prompt for a conversation whose last turn is the user's: our instructions
+/// first (the application's system turns after them), the earlier turns as they
+/// were (the oldest left out beyond `context_budget_tokens`), and the passages beside
+/// the last turn. Returns how many passages it holds.
+pub fn build_conversation_prompt(
+    conversation: &[ChatMessage],
+    passages: &[Passage],
+    context_budget_tokens: usize,
+    max_output_tokens: u32,
+) -> (ChatRequest, usize) {
+    let (context, used) = numbered_passages(passages, context_budget_tokens);
+    let (question, earlier) = match conversation.split_last() {
+        Some((last, earlier)) => (last.content.as_str(), earlier),
+        None => ("", &[][..]),
+    };
+    let mut system = SYSTEM_PROMPT.to_string();
+    for turn in earlier.iter().filter(|turn| turn.role == Role::System) {
+        system.push_str("\n\n");
+        system.push_str(&turn.content);
+    }
+    let mut room = context_budget_tokens.saturating_mul(4);
+    let mut history: Vec<ChatMessage> = earlier
+        .iter()
+        .rev()
+        .filter(|turn| turn.role != Role::System)
+        .take_while(|turn| {
+            let needed = turn.content.chars().count();
+            let fits = needed <= room;
+            room = room.saturating_sub(needed);
+            fits
+        })
+        .cloned()
+        .collect();
+    history.reverse();
+    let mut messages = Vec::with_capacity(history.len() + 2);
+    messages.push(ChatMessage {
+        role: Role::System,
+        content: system,
+    });
+    messages.extend(history);
+    messages.push(ChatMessage {
+        role: Role::User,
+        content: format!("Passages:\n\n{context}Question: {question}"),
+    });
+    let request = ChatRequest {
+        messages,
+        max_output_tokens,
+        temperature: 0.2,
+    };
+    (request, used)
+}
+
+/// The passages that fit the budget, each headed `[n] title`; the last one may be
+/// cut to fit (when at least 64 characters of it do).
+fn numbered_passages(passages: &[Passage], context_budget_tokens: usize) -> (String, usize) {
     let mut context = String::new();
     let mut used = 0;
     let mut remaining_chars = context_budget_tokens.saturating_mul(4);
@@ -53,7 +120,6 @@ pub fn build_prompt(
             used += 1;
             continue;
         }
-        // Room for the header and a useful part of the text: cut at a char boundary.
         let room_for_text = remaining_chars.saturating_sub(header.chars().count() + 2);
         if room_for_text >= 64 {
             context.push_str(&header);
@@ -63,21 +129,7 @@ pub fn build_prompt(
         }
         break;
     }
-    let request = ChatRequest {
-        messages: vec![
-            ChatMessage {
-                role: Role::System,
-                content: SYSTEM_PROMPT.to_string(),
-            },
-            ChatMessage {
-                role: Role::User,
-                content: format!("Passages:\n\n{context}Question: {question}"),
-            },
-        ],
-        max_output_tokens,
-        temperature: 0.2,
-    };
-    (request, used)
+    (context, used)
 }
 
 #[cfg(test)]
@@ -113,5 +165,56 @@ mod tests {
         let long = "é".repeat(5000);
         let (_, used) = build_prompt("q", &[passage(&long)], 100, 64);
         assert_eq!(used, 1);
+    }
+
+    #[test]
+    fn a_conversation_keeps_its_turns_and_puts_the_passages_beside_the_last() {
+        let turn = |role, content: &str| ChatMessage {
+            role,
+            content: content.into(),
+        };
+        let conversation = [
+            turn(Role::System, "Answer in French."),
+            turn(Role::User, "Where are cold archives kept?"),
+            turn(Role::Assistant, "In Dublin [1]."),
+            turn(Role::User, "And their replicas?"),
+        ];
+        let (request, used) =
+            build_conversation_prompt(&conversation, &[passage("paired region")], 1000, 64);
+        assert_eq!(used, 1);
+        let roles: Vec<Role> = request.messages.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            vec![Role::System, Role::User, Role::Assistant, Role::User]
+        );
+        assert!(request.messages[0].content.starts_with(SYSTEM_PROMPT));
+        assert!(request.messages[0].content.ends_with("Answer in French."));
+        assert_eq!(request.messages[2].content, "In Dublin [1].");
+        let last = &request.messages[3].content;
+        assert!(last.contains("[1] t\npaired region"));
+        assert!(last.ends_with("Question: And their replicas?"));
+    }
+
+    #[test]
+    fn the_oldest_turns_are_left_out_beyond_the_budget() {
+        let turn = |role, content: String| ChatMessage { role, content };
+        let long = "word ".repeat(100);
+        let conversation = [
+            turn(Role::User, format!("first {long}")),
+            turn(Role::Assistant, format!("second {long}")),
+            turn(Role::User, "third".into()),
+        ];
+        let (request, _) = build_conversation_prompt(&conversation, &[], 150, 64);
+        let contents: Vec<&str> = request
+            .messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect();
+        assert_eq!(
+            contents.len(),
+            3,
+            "system, the newest earlier turn, the question"
+        );
+        assert!(contents[1].starts_with("second"));
     }
 }

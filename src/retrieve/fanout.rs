@@ -11,6 +11,7 @@ use crate::error::ErrorKind;
 use crate::retrieve::SearchRequest;
 use crate::retrieve::plan::Plan;
 use crate::stores::{Source, StoreQuery};
+use crate::telemetry::{spans, trace};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceStatus {
@@ -19,6 +20,18 @@ pub enum SourceStatus {
     Timeout,
     /// Not searched: its query embedding could not be made.
     Skipped,
+}
+
+impl SourceStatus {
+    /// The name metrics and traces use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+            Self::Skipped => "skipped",
+        }
+    }
 }
 
 /// What happened at one source.
@@ -226,8 +239,12 @@ async fn search_one<'a>(
         deadline: source_deadline,
         filter: Default::default(),
     };
-    let searched =
-        tokio::time::timeout_at(source_deadline.into(), source.backend.search(&store_query)).await;
+    let span = spans::retrieval(source.info(), candidates);
+    let searched = trace::run_in(
+        span.as_ref(),
+        tokio::time::timeout_at(source_deadline.into(), source.backend.search(&store_query)),
+    )
+    .await;
     let (status, message, hits) = match searched {
         Ok(Ok(hits)) => (SourceStatus::Ok, String::new(), hits),
         Ok(Err(error)) if error.kind == ErrorKind::Timeout => {
@@ -248,16 +265,20 @@ async fn search_one<'a>(
     if status != SourceStatus::Ok {
         tracing::warn!(source = source.id(), ?status, %message, "source did not answer");
     }
+    let outcome = SourceOutcome {
+        source: source.id().to_string(),
+        status,
+        message,
+        hits: hits.len(),
+        took: started.elapsed(),
+        adapted_from: None,
+    };
+    if let Some(span) = span {
+        spans::end_retrieval(span, &outcome);
+    }
     SourceResult {
         source,
-        outcome: SourceOutcome {
-            source: source.id().to_string(),
-            status,
-            message,
-            hits: hits.len(),
-            took: started.elapsed(),
-            adapted_from: None,
-        },
+        outcome,
         hits,
     }
 }

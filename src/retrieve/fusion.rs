@@ -37,6 +37,8 @@ pub struct FusedHit {
     pub score: f64,
     /// In the order of the input lists.
     pub contributions: Vec<Contribution>,
+    /// The passage of `hit` that matches the query, when the caller asked for snippets.
+    pub snippet: Option<crate::retrieve::snippet::Snippet>,
 }
 
 /// Fuses the lists and returns the best `top_k` documents, deterministic for equal
@@ -130,6 +132,7 @@ pub fn fuse(lists: &[RankedList], method: FusionMethod, rrf_k: f64, top_k: usize
                     chunk_id: part.hit.chunk_id.clone(),
                 })
                 .collect(),
+            snippet: None,
         })
         .collect()
 }

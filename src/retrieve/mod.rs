@@ -3,8 +3,11 @@
 
 pub mod fanout;
 pub mod fusion;
+pub mod page;
 pub mod plan;
+pub mod snippet;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +30,21 @@ pub struct SearchRequest {
     pub deadline: Instant,
     /// Embed only in this space; reach other spaces through adapters.
     pub adapter_from: Option<String>,
+    pub controls: Controls,
+}
+
+/// A caller's overrides of the configured search settings; the defaults change nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Controls {
+    /// Source id -> weight, replacing the configured weight of the sources named.
+    pub weights: HashMap<String, f64>,
+    /// RRF's k; None: `search.rrf_k`.
+    pub rrf_k: Option<f64>,
+    /// Hits asked of each source, exactly; None: at least top_k and
+    /// `search.candidates_per_source`.
+    pub candidates: Option<usize>,
+    /// Fused hits scoring below this are dropped.
+    pub min_score: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +55,10 @@ pub struct SearchResult {
     pub degraded: bool,
     pub fusion: FusionMethod,
     pub took: Duration,
+    /// The next page's token, when the caller asked for pages and more hits follow.
+    pub next_page_token: Option<String>,
+    /// Position in the fused list of `hits[0]`: 0, or a page's offset.
+    pub offset: usize,
 }
 
 impl SearchResult {
@@ -74,7 +96,10 @@ impl Retriever {
     pub async fn search(&self, request: &SearchRequest) -> Result<SearchResult> {
         let started = Instant::now();
         let plan = plan::plan(&self.sources, &request.sources)?;
-        let candidates = request.top_k.max(self.settings.candidates_per_source);
+        let controls = &request.controls;
+        let candidates = controls
+            .candidates
+            .unwrap_or_else(|| request.top_k.max(self.settings.candidates_per_source));
         let results = fanout::fan_out(&plan, &self.embedder, request, candidates).await;
         let degraded = results
             .iter()
@@ -85,18 +110,29 @@ impl Retriever {
             outcomes.push(result.outcome);
             lists.push(fusion::RankedList {
                 source: result.source.id().to_string(),
-                weight: result.source.weight,
+                weight: controls
+                    .weights
+                    .get(result.source.id())
+                    .copied()
+                    .unwrap_or(result.source.weight),
                 hits: result.hits,
             });
         }
         let method = request.fusion.unwrap_or(self.settings.fusion);
-        let hits = fusion::fuse(&lists, method, self.settings.rrf_k, request.top_k);
+        let rrf_k = controls.rrf_k.unwrap_or(self.settings.rrf_k);
+        let mut hits = fusion::fuse(&lists, method, rrf_k, request.top_k);
+        if let Some(min_score) = controls.min_score {
+            // The list is best first: what falls below the bar is its tail.
+            hits.retain(|hit| hit.score >= min_score);
+        }
         Ok(SearchResult {
             hits,
             outcomes,
             degraded,
             fusion: method,
             took: started.elapsed(),
+            next_page_token: None,
+            offset: 0,
         })
     }
 }
@@ -231,6 +267,7 @@ mod tests {
             fusion: None,
             deadline: Instant::now() + Duration::from_secs(5),
             adapter_from: None,
+            controls: Controls::default(),
         }
     }
 

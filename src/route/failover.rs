@@ -26,6 +26,8 @@ use crate::breaker::Permit;
 use crate::error::{Error, ErrorKind, Failover, Result};
 use crate::llm::prompt::{estimate_tokens, request_tokens};
 use crate::llm::{ChatEvent, ChatMessage, ChatRequest, ProviderInfo, Role, Usage};
+use crate::telemetry::spans;
+use crate::telemetry::trace::{self, ChildSpan};
 use crate::time_caps;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +153,8 @@ pub struct Started {
     deadline: Instant,
     /// Told how the call ended, finished or broken (see [`Started::on_finish`]).
     finish_hook: Option<FinishHook>,
+    /// The answering attempt's trace span, ended with the stream.
+    span: Option<ChildSpan>,
 }
 
 /// Called once with the summary a call ended with: its attempts, and its usage as
@@ -194,6 +198,8 @@ struct FirstToken {
     deployment: Arc<Deployment>,
     permit: Permit,
     reservation: Option<Reservation>,
+    /// The attempt's trace span, ended with the stream.
+    span: Option<ChildSpan>,
 }
 
 impl Router {
@@ -345,9 +351,17 @@ impl Attempts<'_> {
             .min(began + Duration::from_millis(settings.attempt_timeout_ms));
         let first_token_by =
             attempt_deadline.min(began + Duration::from_millis(settings.first_token_timeout_ms));
-        let outcome = timeout_at(
-            first_token_by,
-            first_token(deployment.clone(), self.request, attempt_deadline),
+        let span = spans::chat(
+            deployment.info(),
+            self.request.max_output_tokens,
+            self.request.temperature,
+        );
+        let outcome = trace::run_in(
+            span.as_ref(),
+            timeout_at(
+                first_token_by,
+                first_token(deployment.clone(), self.request, attempt_deadline),
+            ),
         )
         .await
         .unwrap_or_else(|_| {
@@ -370,10 +384,15 @@ impl Attempts<'_> {
                     deployment: deployment.clone(),
                     permit,
                     reservation,
+                    span,
                 });
             }
             Err(error) => error,
         };
+        if let Some(span) = span {
+            span.fail(error.kind.as_str(), &error.message);
+            span.end();
+        }
         // Nothing was produced: the hold goes back whole.
         if let Some(reservation) = reservation {
             reservation.release();
@@ -429,6 +448,7 @@ impl Attempts<'_> {
             deployment,
             permit,
             reservation,
+            span,
         } = first_token;
         self.summary.chosen = Some(deployment.info().clone());
         Started {
@@ -443,6 +463,7 @@ impl Attempts<'_> {
             send_timeout: Duration::from_millis(self.router.settings.stream_send_timeout_ms),
             deadline: self.deadline,
             finish_hook: None,
+            span,
         }
     }
 
@@ -521,6 +542,11 @@ async fn first_token(
 impl Started {
     pub fn deployment(&self) -> &ProviderInfo {
         self.deployment.info()
+    }
+
+    /// The time spent on the attempts until this first token.
+    pub fn attempts_time(&self) -> Duration {
+        self.summary.attempts_time()
     }
 
     /// Runs `hook` with the summary the call ends with; its usage is the reported one
@@ -683,6 +709,9 @@ impl Started {
     }
 
     fn finished(&mut self) {
+        if let Some(span) = self.span.take() {
+            spans::end_chat(span, &self.summary);
+        }
         if let Some(hook) = self.finish_hook.take() {
             hook(&self.summary);
         }

@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::chat::{ChatCall, ChatEntrance, ChatFailure};
-use super::feedback::citations_are_valid;
+use super::feedback::CitedPassages;
+use super::residency::ResidencyOutcome;
 use super::{SearchParams, Service};
 use crate::auth::Principal;
+use crate::config::RetrievalQuery;
 use crate::error::{Error, Result};
-use crate::llm::Usage;
 use crate::llm::extractive::extractive_answer;
-use crate::llm::prompt::{Passage, build_prompt};
+use crate::llm::prompt::{Passage, build_conversation_prompt};
+use crate::llm::{ChatMessage, Role, Usage};
 use crate::retrieve::{FusedHit, SourceOutcome};
 use crate::route::{RouteEvent, RouteSummary};
 use crate::telemetry::Metrics;
@@ -25,6 +27,8 @@ pub const EXTRACTIVE_MODEL: &str = "extractive";
 #[derive(Debug, Clone, Default)]
 pub struct AnswerRequest {
     pub question: String,
+    /// A conversation instead of `question`, ending with the user's turn.
+    pub messages: Vec<ChatMessage>,
     pub top_k: Option<u32>,
     pub sources: Vec<String>,
     /// None: the tier's models, else the default model, else extractive.
@@ -46,6 +50,8 @@ pub struct Citation {
     pub title: String,
     pub object_key: String,
     pub text: String,
+    /// The chunk's position within its document, from 0.
+    pub chunk_ordinal: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +68,20 @@ pub struct AnswerSummary {
     pub outcomes: Vec<SourceOutcome>,
     /// What `Feedback` takes to rate a model's answer; empty for an extractive one.
     pub answer_id: String,
+    /// The passage numbers the answer cites, those sent and those invented.
+    pub cited: CitedPassages,
+    /// Where residency kept the prompt, and the passages it withheld.
+    pub residency: ResidencyOutcome,
+    /// skyfuse's own time until the first token: the call's time so far minus the
+    /// slowest source and the model attempts.
+    pub overhead: Duration,
+}
+
+impl AnswerSummary {
+    /// The answer stopped before it was complete: its output limit, or a filter.
+    pub fn cut_short(&self) -> bool {
+        matches!(self.finish_reason.as_str(), "length" | "content_filter")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +112,7 @@ impl Service {
         principal: &Principal,
         request: AnswerRequest,
     ) -> Result<mpsc::Receiver<AnswerEvent>> {
+        let entered = Instant::now();
         let mut call = ChatCall {
             model: request.model.clone(),
             tier: request.tier.clone(),
@@ -108,20 +129,27 @@ impl Service {
             id: crate::ids::random_id(),
         };
         self.admit_call(principal)?;
+        let conversation = conversation(&request)?;
+        let query = retrieval_query(&conversation, self.config.answer.retrieval_query);
         let routed = self.routed(principal, &request, &call)?;
-        let search = self
+        let mut search = self
             .search_within_limits(
                 principal,
                 SearchParams {
-                    query: request.question.clone(),
+                    query: query.clone(),
                     top_k: Some(request.top_k.unwrap_or(self.config.answer.top_k)),
                     sources: request.sources.clone(),
                     fusion: None,
                     deadline: request.deadline,
                     adapter_from: None,
+                    controls: Default::default(),
                 },
             )
             .await?;
+        let residency = match routed {
+            Some(_) => self.apply_residency(principal, &mut call, &mut search.hits)?,
+            None => ResidencyOutcome::default(),
+        };
         let passages: Vec<Passage> = search
             .hits
             .iter()
@@ -130,8 +158,8 @@ impl Service {
                 text: hit.hit.text.clone(),
             })
             .collect();
-        let (chat_request, passages_used) = build_prompt(
-            &request.question,
+        let (chat_request, passages_used) = build_conversation_prompt(
+            &conversation,
             &passages,
             self.config.answer.context_budget_tokens,
             call.max_output_tokens.unwrap_or_default(),
@@ -147,9 +175,17 @@ impl Service {
             degraded: search.degraded,
             outcomes: search.outcomes.clone(),
             answer_id: String::new(),
+            cited: CitedPassages::default(),
+            residency,
+            overhead: Duration::ZERO,
         };
-        let extractive = || extractive_answer(&request.question, &passages[..passages_used]);
+        let waited_on_sources = search.longest_source();
+        let extractive = || extractive_answer(&query, &passages[..passages_used]);
         let Some(explicit) = routed else {
+            let summary = AnswerSummary {
+                overhead: entered.elapsed().saturating_sub(waited_on_sources),
+                ..summary
+            };
             send_extractive(&sender, extractive(), summary, RouteSummary::default()).await;
             return Ok(receiver);
         };
@@ -172,13 +208,24 @@ impl Service {
                 // No text was produced yet: an extractive answer, labelled as such
                 // and with the failed attempts in the route, beats no answer.
                 tracing::warn!(%error, "no model could answer, answering extractively");
+                let overhead = entered
+                    .elapsed()
+                    .saturating_sub(waited_on_sources + route.attempts_time());
+                let summary = AnswerSummary {
+                    overhead,
+                    ..summary
+                };
                 send_extractive(&sender, extractive(), summary, *route).await;
                 return Ok(receiver);
             }
         };
         let send_timeout = Duration::from_millis(self.config.routing.stream_send_timeout_ms);
+        let overhead = entered
+            .elapsed()
+            .saturating_sub(waited_on_sources + started.attempts_time());
         let summary = AnswerSummary {
             answer_id,
+            overhead,
             ..summary
         };
         let witness = Witness {
@@ -249,7 +296,8 @@ async fn forward(
                 summary.cost_usd = route.cost_usd;
                 summary.finish_reason = route.finish_reason.clone();
                 summary.route = *route;
-                witness.answered(&summary, &text);
+                summary.cited = CitedPassages::of(&text, witness.passages);
+                witness.answered(&summary);
                 (AnswerEvent::Done(Box::new(summary.clone())), true)
             }
             Some(RouteEvent::Failed(error, _)) => (AnswerEvent::Failed(error), true),
@@ -276,10 +324,10 @@ struct Witness {
 }
 
 impl Witness {
-    fn answered(&self, summary: &AnswerSummary, text: &str) {
+    fn answered(&self, summary: &AnswerSummary) {
         if let Some(deployment) = answered_by(&summary.route) {
             self.metrics
-                .record_citations(&deployment, citations_are_valid(text, self.passages));
+                .record_citations(&deployment, summary.cited.all_valid());
         }
     }
 }
@@ -294,6 +342,7 @@ fn citations(hits: &[FusedHit]) -> Vec<Citation> {
             title: hit.hit.title.clone(),
             object_key: hit.hit.object_key.clone(),
             text: hit.hit.text.clone(),
+            chunk_ordinal: chunk_ordinal(&hit.hit.chunk_id),
         })
         .collect()
 }
@@ -307,8 +356,134 @@ async fn send_extractive(
     summary.extractive = true;
     summary.route = route;
     summary.finish_reason = "stop".into();
+    summary.cited = CitedPassages::of(&text, summary.citations.len());
     if !text.is_empty() {
         let _ = sender.send(AnswerEvent::Token(text)).await;
     }
     let _ = sender.send(AnswerEvent::Done(Box::new(summary))).await;
+}
+
+/// Chunk ids are `{doc_id}#{ordinal}`: the position of the chunk in its document.
+fn chunk_ordinal(chunk_id: &str) -> u32 {
+    chunk_id
+        .rsplit_once('#')
+        .and_then(|(_, ordinal)| ordinal.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The most turns a conversation may have.
+const MAX_TURNS: usize = 200;
+
+/// The request as a conversation: its turns, or its question as the one user turn.
+fn conversation(request: &AnswerRequest) -> Result<Vec<ChatMessage>> {
+    if request.messages.is_empty() {
+        return Ok(vec![ChatMessage {
+            role: Role::User,
+            content: request.question.clone(),
+        }]);
+    }
+    if !request.question.is_empty() {
+        return Err(Error::invalid(
+            "set question or messages, not both: a conversation's question is its last user turn",
+        ));
+    }
+    if request.messages.len() > MAX_TURNS {
+        return Err(Error::invalid(format!(
+            "messages: at most {MAX_TURNS} turns, got {}",
+            request.messages.len()
+        )));
+    }
+    if let Some(index) = request
+        .messages
+        .iter()
+        .position(|turn| turn.content.trim().is_empty())
+    {
+        return Err(Error::invalid(format!("messages[{index}] is empty")));
+    }
+    match request.messages.last() {
+        Some(last) if last.role == Role::User => Ok(request.messages.clone()),
+        _ => Err(Error::invalid(
+            "messages: the last turn must be the user's (the question to answer)",
+        )),
+    }
+}
+
+/// What an answer searches for: the last user turn, or the recent user turns.
+fn retrieval_query(conversation: &[ChatMessage], policy: RetrievalQuery) -> String {
+    let turns = match policy {
+        RetrievalQuery::LastUserTurn => 1,
+        RetrievalQuery::RecentUserTurns => 3,
+    };
+    let mut recent: Vec<&str> = conversation
+        .iter()
+        .rev()
+        .filter(|turn| turn.role == Role::User)
+        .take(turns)
+        .map(|turn| turn.content.as_str())
+        .collect();
+    recent.reverse();
+    recent.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(role: Role, content: &str) -> ChatMessage {
+        ChatMessage {
+            role,
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn the_retrieval_query_is_the_last_user_turn_or_the_recent_ones() {
+        let conversation = [
+            turn(Role::User, "Where are cold archives kept?"),
+            turn(Role::Assistant, "In Dublin [1]."),
+            turn(Role::User, "And their replicas?"),
+        ];
+        assert_eq!(
+            retrieval_query(&conversation, RetrievalQuery::LastUserTurn),
+            "And their replicas?"
+        );
+        assert_eq!(
+            retrieval_query(&conversation, RetrievalQuery::RecentUserTurns),
+            "Where are cold archives kept?\nAnd their replicas?"
+        );
+    }
+
+    #[test]
+    fn a_conversation_must_end_with_the_user_and_not_repeat_the_question() {
+        let request = |question: &str, messages: Vec<ChatMessage>| AnswerRequest {
+            question: question.into(),
+            messages,
+            ..AnswerRequest::default()
+        };
+        let ends_with_assistant = request("", vec![turn(Role::Assistant, "hi")]);
+        let error = conversation(&ends_with_assistant).unwrap_err();
+        assert!(error.message.contains("last turn must be the user's"));
+        let both = request("q", vec![turn(Role::User, "q")]);
+        assert!(
+            conversation(&both)
+                .unwrap_err()
+                .message
+                .contains("not both")
+        );
+        let blank = request("", vec![turn(Role::User, "  ")]);
+        assert!(
+            conversation(&blank)
+                .unwrap_err()
+                .message
+                .contains("messages[0]")
+        );
+        assert_eq!(conversation(&request("q", vec![])).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_chunk_ordinal_comes_from_the_chunk_id() {
+        assert_eq!(chunk_ordinal("docs/a.md#3"), 3);
+        assert_eq!(chunk_ordinal("a#b#12"), 12);
+        assert_eq!(chunk_ordinal("no-ordinal"), 0);
+    }
 }

@@ -211,6 +211,27 @@ impl Service {
         Ok(())
     }
 
+    /// The regions of the deployments a call would be planned onto, best first, each
+    /// once: where its prompt could go.
+    pub(super) fn candidate_regions(
+        &self,
+        principal: &Principal,
+        call: &ChatCall,
+    ) -> Result<Vec<String>> {
+        let caller = principal.permissions().chat_caller(principal.id())?;
+        let router = self.chat_router()?;
+        let max_output_tokens = self.max_output_tokens(call)?;
+        let plan = router.plan(&caller, &route_request(call, 0, max_output_tokens))?;
+        let mut regions: Vec<String> = Vec::new();
+        for candidate in &plan.candidates {
+            let region = &candidate.deployment.info().region;
+            if !regions.contains(region) {
+                regions.push(region.clone());
+            }
+        }
+        Ok(regions)
+    }
+
     /// The output tokens a call may produce: what it asks for, at most
     /// `answer.max_output_tokens_limit`, else `answer.max_output_tokens`.
     fn max_output_tokens(&self, call: &ChatCall) -> Result<u32> {
@@ -257,11 +278,6 @@ impl Service {
             .as_ref()
             .map(|router| router.tiers())
             .unwrap_or_default()
-    }
-
-    /// Whether a chat model is configured (`[[deployment]]`s or `answer.provider`).
-    pub fn has_chat(&self) -> bool {
-        self.router.is_some()
     }
 
     pub(super) fn chat_router(&self) -> Result<&Arc<Router>> {

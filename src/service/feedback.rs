@@ -82,23 +82,50 @@ impl Service {
     }
 }
 
-/// Whether every `[n]` in `text` names one of the `passages` given (1-based). An answer
-/// that cites nothing is valid.
-pub fn citations_are_valid(text: &str, passages: usize) -> bool {
-    let mut rest = text;
-    while let Some(open) = rest.find('[') {
-        rest = &rest[open + 1..];
-        let Some(close) = rest.find(']') else {
-            break;
-        };
-        if let Ok(number) = rest[..close].trim().parse::<usize>()
-            && !(1..=passages).contains(&number)
-        {
-            return false;
+/// The passage numbers an answer cites, split by whether a passage of that number was
+/// sent (1-based, each number once, in order of first mention).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CitedPassages {
+    pub cited: Vec<u32>,
+    pub invalid: Vec<u32>,
+}
+
+impl CitedPassages {
+    /// Reads `[1]`, `[2][3]` and `[1, 2]` in `text`; brackets holding anything but
+    /// numbers (`[note]`, `[a]`) are not citations.
+    pub fn of(text: &str, passages: usize) -> Self {
+        let mut found = Self::default();
+        let mut rest = text;
+        while let Some(open) = rest.find('[') {
+            rest = &rest[open + 1..];
+            let Some(close) = rest.find(']') else {
+                break;
+            };
+            let inside = &rest[..close];
+            let numbers: Option<Vec<u32>> = inside
+                .split(',')
+                .map(|number| number.trim().parse::<u32>().ok())
+                .collect();
+            for number in numbers.unwrap_or_default() {
+                let sent = (1..=passages).contains(&(number as usize));
+                let list = if sent {
+                    &mut found.cited
+                } else {
+                    &mut found.invalid
+                };
+                if !list.contains(&number) {
+                    list.push(number);
+                }
+            }
+            rest = &rest[close + 1..];
         }
-        rest = &rest[close + 1..];
+        found
     }
-    true
+
+    /// Every citation names a passage that was sent (citing nothing is valid).
+    pub fn all_valid(&self) -> bool {
+        self.invalid.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -107,10 +134,18 @@ mod tests {
 
     #[test]
     fn citations_must_name_a_passage_that_was_sent() {
-        assert!(citations_are_valid("To a paired region [1].", 2));
-        assert!(citations_are_valid("Both [1][2], see [note].", 2));
-        assert!(citations_are_valid("No citation at all.", 0));
-        assert!(!citations_are_valid("Invented [3].", 2));
-        assert!(!citations_are_valid("Zero [0].", 2));
+        let of = CitedPassages::of;
+        assert!(of("To a paired region [1].", 2).all_valid());
+        assert!(of("Both [1][2], see [note].", 2).all_valid());
+        assert!(of("No citation at all.", 0).all_valid());
+        assert!(!of("Invented [3].", 2).all_valid());
+        assert!(!of("Zero [0].", 2).all_valid());
+    }
+
+    #[test]
+    fn cited_numbers_are_listed_once_in_order_split_by_validity() {
+        let found = CitedPassages::of("See [2], [1, 2] and [7][1]; not [a] or [1 and 2].", 3);
+        assert_eq!(found.cited, vec![2, 1]);
+        assert_eq!(found.invalid, vec![7]);
     }
 }

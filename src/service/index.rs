@@ -103,6 +103,7 @@ impl Service {
             max_bytes: index.chunk_max_bytes,
         };
         job.max_chunks_per_object = index.max_chunks_per_object;
+        job.record_ids = index.record_ids;
         job.extractor = self.extractor.clone();
         job.embed_batch_size = index.embed_batch_size;
         job.max_object_bytes = bucket_config

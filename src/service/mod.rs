@@ -5,11 +5,14 @@ mod bucket_options;
 mod build;
 mod calibrate;
 mod chat;
+mod embeddings;
 mod feedback;
 mod index;
 mod index_runs;
 mod index_target;
 mod operations;
+mod residency;
+mod search_controls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,20 +20,24 @@ use std::time::{Duration, Instant};
 
 pub use answer::{AnswerEvent, AnswerRequest, AnswerSummary, Citation, EXTRACTIVE_MODEL};
 pub use chat::{ChatCall, ChatFailure, DEFAULT_TEMPERATURE, RatedChat};
+pub use embeddings::{Embeddings, EmbeddingsRequest, MAX_EMBEDDING_INPUTS};
 pub use index::IndexFilters;
 pub use index_runs::{IndexRunState, IndexRunStatus, IndexRuns};
 pub use operations::Health;
+pub use residency::{ResidencyOutcome, WithheldPassage};
+pub use search_controls::{RRF_K_RANGE, SearchControls};
 
 use crate::auth::{Authenticator, Credentials, Principal};
 use crate::config::{Config, FusionMethod, IndexConfig};
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::limits::{CallLimit, RateLimiter};
+use crate::policy::residency::Residency;
 use crate::retrieve::{Retriever, SearchRequest, SearchResult};
 use crate::route::Router;
 use crate::stores::lock::DataDirLock;
 use crate::stores::{SourceInfo, StoreKind};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Tracing};
 
 /// A search as a caller states it, before limits are applied.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +51,16 @@ pub struct SearchParams {
     pub deadline: Option<Instant>,
     /// Embed only in this space and reach the others through adapters.
     pub adapter_from: Option<String>,
+    /// Weights, RRF k, candidates, minimum score, pages and snippets; defaults change nothing.
+    pub controls: SearchControls,
+}
+
+/// A search checked against the server's limits, ready to run.
+pub struct CheckedSearch {
+    pub request: SearchRequest,
+    /// Which page of the fused list to return; None: the top `request.top_k`.
+    pub page: Option<crate::retrieve::page::PageRequest>,
+    pub snippets: bool,
 }
 
 /// A source as the admin API shows it.
@@ -84,6 +101,10 @@ pub struct Service {
     metrics: Arc<Metrics>,
     /// Recent answers, for `Feedback`.
     answers: Arc<feedback::AnswerLedger>,
+    /// Where traces go (`[telemetry.traces]`); off by default.
+    traces: Tracing,
+    /// Where each kind of data may be processed (`[[residency]]`).
+    residency: Residency,
 }
 
 impl Service {
@@ -116,7 +137,11 @@ impl Service {
             .map(|index| (index.id.clone(), Arc::default()))
             .collect();
         let extractor = build::extractor(&config.ingest)?;
+        let traces = Tracing::from_config(config.telemetry.traces.as_ref())?;
+        let residency = Residency::new(config.residency.clone(), config.residency_policy);
         Ok(Self {
+            traces,
+            residency,
             extractor,
             retriever: Retriever::new(sources, query, config.search.clone()),
             embedders,
@@ -173,6 +198,11 @@ impl Service {
         &self.metrics
     }
 
+    /// The traces this service exports; each entrance opens its call's trace here.
+    pub fn traces(&self) -> &Tracing {
+        &self.traces
+    }
+
     /// The router described by a config, for `route explain`: reads no
     /// credentials, and its deployments cannot be called. Callers are anonymous.
     pub fn planning_router(config: &Config) -> Result<Option<Router>> {
@@ -181,7 +211,7 @@ impl Service {
     }
 
     /// Checks the caller's request against the server limits.
-    pub fn search_request(&self, params: SearchParams) -> Result<SearchRequest> {
+    pub fn search_request(&self, params: SearchParams) -> Result<CheckedSearch> {
         let limits = &self.config.server;
         let query = params.query.trim();
         if query.is_empty() {
@@ -211,13 +241,36 @@ impl Service {
                 "adapter_from: unknown space {space:?}"
             )));
         }
-        Ok(SearchRequest {
-            query: query.to_string(),
-            top_k: top_k as usize,
-            sources: params.sources,
-            fusion: params.fusion,
-            deadline,
-            adapter_from: params.adapter_from,
+        let known_sources: Vec<&str> = self
+            .retriever
+            .sources()
+            .iter()
+            .map(|source| source.id())
+            .collect();
+        let checked = search_controls::check(
+            &self.config,
+            &params.controls,
+            params.fusion,
+            &known_sources,
+            top_k as usize,
+            params.top_k.is_some(),
+        )?;
+        let top_k = checked
+            .page
+            .as_ref()
+            .map_or(top_k as usize, |page| page.depth());
+        Ok(CheckedSearch {
+            request: SearchRequest {
+                query: query.to_string(),
+                top_k,
+                sources: params.sources,
+                fusion: params.fusion,
+                deadline,
+                adapter_from: params.adapter_from,
+                controls: checked.controls,
+            },
+            page: checked.page,
+            snippets: params.controls.snippets,
         })
     }
 
@@ -257,8 +310,26 @@ impl Service {
         mut params: SearchParams,
     ) -> Result<SearchResult> {
         params.sources = self.permitted_sources(principal, &params.sources)?;
-        let request = self.search_request(params)?;
-        let result = self.retriever.search(&request).await?;
+        let CheckedSearch {
+            request,
+            page,
+            snippets,
+        } = self.search_request(params)?;
+        let mut result = self.retriever.search(&request).await?;
+        if let Some(page) = &page {
+            let (hits, next) = crate::retrieve::page::page(&request, page, result.hits)?;
+            result.hits = hits;
+            result.next_page_token = next;
+            result.offset = page.offset();
+        }
+        if snippets {
+            for hit in &mut result.hits {
+                hit.snippet = Some(crate::retrieve::snippet::best_passage(
+                    &hit.hit.text,
+                    &request.query,
+                ));
+            }
+        }
         self.record_sources(&result);
         tracing::debug!(
             query_chars = request.query.len(),

@@ -16,7 +16,8 @@ use super::qdrant::QdrantStore;
 use super::remote::RemoteSettings;
 use super::resilient::{ResilienceSettings, ResilientBackend};
 use super::{SearchBackend, Source, SourceInfo, StoreKind};
-use crate::cloud::sigv4::{AwsCredentials, SigV4Signer};
+use crate::cloud::aws_credentials::AwsCredentialsProvider;
+use crate::cloud::sigv4::SigV4Signer;
 use crate::config::{
     LEXICAL_TWIN_SUFFIX, OpenSearchAuth, OpenSearchConfig, OpenSearchRole, RemoteConfig,
     SecretLocation, SourceConfig, SpaceConfig, StoreConfig,
@@ -227,16 +228,27 @@ fn opensearch_credentials(
                 password,
             }
         }
-        OpenSearchAuth::Sigv4 => OpenSearchCredentials::SigV4(SigV4Signer {
-            credentials: AwsCredentials::resolve(&opensearch.aws, "aws_", env)?,
-            region: opensearch
+        OpenSearchAuth::Sigv4 => {
+            let region = opensearch
                 .sigv4_region
                 .clone()
-                .unwrap_or_else(|| region.to_string()),
-            service: opensearch
-                .sigv4_service
-                .clone()
-                .unwrap_or_else(|| "es".into()),
-        }),
+                .unwrap_or_else(|| region.to_string());
+            // Temporary credentials are fetched over this client (STS, container, IMDS).
+            let http = reqwest::Client::new();
+            OpenSearchCredentials::SigV4(SigV4Signer {
+                credentials: AwsCredentialsProvider::from_env(
+                    &opensearch.aws,
+                    "aws_",
+                    Some(&region),
+                    env,
+                    &http,
+                )?,
+                region,
+                service: opensearch
+                    .sigv4_service
+                    .clone()
+                    .unwrap_or_else(|| "es".into()),
+            })
+        }
     })
 }

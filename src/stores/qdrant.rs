@@ -120,7 +120,28 @@ impl QdrantStore {
             usize::try_from(vector.size).unwrap_or(usize::MAX),
             metric,
             &distance_text,
-        )
+        )?;
+        // A collection someone else made (or a create cut short) may lack them, and
+        // under Qdrant's strict mode filtered searches and deletes then fail.
+        self.ensure_payload_indexes().await
+    }
+
+    /// The keyword payload indexes searches and deletes filter by; creating one that
+    /// exists is a no-op for Qdrant, so this runs on every check.
+    async fn ensure_payload_indexes(&self) -> Result<()> {
+        for field in fields::KEYWORDS {
+            self.client
+                .create_field_index(CreateFieldIndexCollection {
+                    collection_name: self.settings.name.clone(),
+                    wait: Some(true),
+                    field_name: field.to_string(),
+                    field_type: Some(FieldType::Keyword.into()),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|error| self.error("creating a payload index", error))?;
+        }
+        Ok(())
     }
 
     /// Creates the collection for the source's space, with keyword payload indexes
@@ -136,7 +157,8 @@ impl QdrantStore {
             Metric::L2 => qdrant::Distance::Euclid,
         };
         let name = &self.settings.name;
-        self.client
+        let created = self
+            .client
             .create_collection(CreateCollection {
                 collection_name: name.clone(),
                 vectors_config: Some(VectorsConfig {
@@ -148,20 +170,18 @@ impl QdrantStore {
                 }),
                 ..Default::default()
             })
-            .await
-            .map_err(|error| self.error("creating the collection", error))?;
-        for field in fields::KEYWORDS {
-            self.client
-                .create_field_index(CreateFieldIndexCollection {
-                    collection_name: name.clone(),
-                    wait: Some(true),
-                    field_name: field.to_string(),
-                    field_type: Some(FieldType::Keyword.into()),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|error| self.error("creating a payload index", error))?;
+            .await;
+        match created {
+            Ok(_) => {}
+            // Another replica created it first: its space is checked next, as any.
+            Err(QdrantError::ResponseError { status })
+                if status.code() == tonic::Code::AlreadyExists =>
+            {
+                return Ok(());
+            }
+            Err(error) => return Err(self.error("creating the collection", error)),
         }
+        self.ensure_payload_indexes().await?;
         tracing::info!(
             source = self.settings.info.id,
             collection = name,
@@ -217,6 +237,27 @@ impl QdrantStore {
     }
 }
 
+/// Qdrant's Euclid score is a distance (lower is better); skyfuse's scores are
+/// higher-is-better on every store, so an `l2` distance `d` becomes `1 / (1 + d²)`,
+/// the score OpenSearch's k-NN gives the same pair.
+fn higher_is_better(metric: Metric, score: f32) -> f32 {
+    match metric {
+        Metric::L2 => 1.0 / (1.0 + score * score),
+        Metric::Cosine | Metric::Dot => score,
+    }
+}
+
+/// A `score_threshold` (in skyfuse's higher-is-better scores) as Qdrant's: for `l2`
+/// the largest distance whose score reaches it; None when every distance does.
+fn qdrant_threshold(metric: Metric, threshold: f32) -> Option<f32> {
+    match metric {
+        Metric::L2 if threshold <= 0.0 => None,
+        Metric::L2 if threshold >= 1.0 => Some(0.0),
+        Metric::L2 => Some((1.0 / threshold - 1.0).sqrt()),
+        Metric::Cosine | Metric::Dot => Some(threshold),
+    }
+}
+
 /// One gRPC status as our error, by code.
 fn status_error(status: &tonic::Status, collection: &str) -> Error {
     let message = status.message();
@@ -235,11 +276,16 @@ fn status_error(status: &tonic::Status, collection: &str) -> Error {
         tonic::Code::Unavailable => ErrorKind::Unavailable,
         // qdrant-client reports a failed connection as `internal`.
         tonic::Code::Internal if message.starts_with("Failed to connect") => ErrorKind::Unavailable,
+        // An HTTP/1 server (Qdrant's REST port) answering a gRPC call.
+        tonic::Code::Internal if message.contains("h2 protocol error") => ErrorKind::Config,
         _ => ErrorKind::Internal,
     };
     let message = match kind {
         ErrorKind::Auth => format!("the api key was refused: {message}"),
         ErrorKind::Unavailable => format!("unreachable: {message}"),
+        ErrorKind::Config => format!(
+            "{message}: wrong port? skyfuse speaks Qdrant's gRPC API, usually on port 6334 (6333 is its REST API)"
+        ),
         _ => message.to_string(),
     };
     Error::new(kind, message)
@@ -296,7 +342,10 @@ impl SearchBackend for QdrantStore {
                         true,
                     )),
                 }),
-                score_threshold: self.settings.score_threshold,
+                score_threshold: self
+                    .settings
+                    .score_threshold
+                    .and_then(|threshold| qdrant_threshold(self.settings.metric, threshold)),
                 timeout: Some(timeout),
                 ..Default::default()
             })
@@ -319,7 +368,8 @@ impl SearchBackend for QdrantStore {
                 .into_iter()
                 .filter_map(|key| Some((key, payload_text(&payload, key)?)))
                 .collect();
-                remote::hit_from_fields(point.score, |key| texts.get(key).map(String::as_str))
+                let score = higher_is_better(self.settings.metric, point.score);
+                remote::hit_from_fields(score, |key| texts.get(key).map(String::as_str))
             })
             .collect())
     }
@@ -425,5 +475,36 @@ impl SearchBackend for QdrantStore {
             "source {:?}: sampling a qdrant collection is not supported yet",
             self.settings.info.id
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l2_distances_become_higher_is_better_scores_and_thresholds_follow() {
+        let near = higher_is_better(Metric::L2, 0.5);
+        let far = higher_is_better(Metric::L2, 2.0);
+        assert!(near > far && far > 0.0 && near <= 1.0);
+        assert_eq!(higher_is_better(Metric::Cosine, 0.25), 0.25);
+        // A score of 0.5 is a distance of 1.
+        assert_eq!(qdrant_threshold(Metric::L2, 0.5), Some(1.0));
+        assert_eq!(qdrant_threshold(Metric::L2, 0.0), None);
+        assert_eq!(qdrant_threshold(Metric::Dot, 0.3), Some(0.3));
+        let distance = qdrant_threshold(Metric::L2, near).unwrap();
+        assert!((distance - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_grpc_call_answered_by_the_rest_port_says_which_port_to_use() {
+        let status = tonic::Status::internal("h2 protocol error: http2 error");
+        let error = status_error(&status, "docs");
+        assert_eq!(error.kind, ErrorKind::Config);
+        assert!(
+            error.message.contains("usually on port 6334"),
+            "{}",
+            error.message
+        );
     }
 }

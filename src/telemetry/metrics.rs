@@ -365,12 +365,7 @@ impl Metrics {
             cloud: cloud.to_owned(),
             region: region.to_owned(),
         };
-        let status = match outcome.status {
-            SourceStatus::Ok => "ok",
-            SourceStatus::Error => "error",
-            SourceStatus::Timeout => "timeout",
-            SourceStatus::Skipped => "skipped",
-        };
+        let status = outcome.status.as_str();
         if outcome.status != SourceStatus::Skipped {
             self.source_latency
                 .get_or_create(&labels)

@@ -1,9 +1,12 @@
-//! Logging setup and the Prometheus metrics ([`metrics`]). Traces come with the rest of
-//! the operate work.
+//! Logging setup, the Prometheus metrics ([`metrics`]) and OpenTelemetry traces
+//! ([`trace`] the mechanics, [`spans`] what each span of a RAG turn records).
 
 pub mod metrics;
+pub mod spans;
+pub mod trace;
 
 pub use metrics::Metrics;
+pub use trace::Tracing;
 
 use tracing_subscriber::EnvFilter;
 

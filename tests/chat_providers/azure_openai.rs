@@ -152,6 +152,63 @@ async fn v1_path_with_an_entra_token_and_a_filtered_completion() {
 }
 
 #[tokio::test]
+async fn without_a_key_or_token_the_managed_identity_is_asked_for_a_cached_entra_token() {
+    let server = serve(|received| {
+        if received.path() == "/msi/token" {
+            let query = received.query().unwrap_or_default();
+            expect(
+                query.contains("resource=https%3A%2F%2Fcognitiveservices.azure.com"),
+                format!("resource: {query}"),
+            )?;
+            expect(
+                received.header("x-identity-header") == Some("identity-secret"),
+                "x-identity-header",
+            )?;
+            let expires_on = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 3600;
+            return Ok(Reply::json(
+                200,
+                json!({"access_token": "mi-token", "expires_on": expires_on.to_string(),
+                       "resource": "https://cognitiveservices.azure.com", "token_type": "Bearer"}),
+            ));
+        }
+        expect(
+            received.header("authorization") == Some("Bearer mi-token"),
+            "the managed identity's token",
+        )?;
+        Ok(Reply::stream(
+            "text/event-stream",
+            vec![
+                Part::Bytes(chunk("Yes")),
+                Part::Bytes(finish()),
+                Part::Bytes(sse(None, "[DONE]")),
+            ],
+        ))
+    })
+    .await;
+    let config = format!(
+        "[[provider]]\nid = \"azure-mi\"\nkind = \"azure_openai\"\nbase_url = \"{}\"\nregion = \"swedencentral\"\n",
+        server.base_url
+    );
+    let env = HashMap::from([
+        (
+            "IDENTITY_ENDPOINT".to_string(),
+            format!("{}/msi/token", server.base_url),
+        ),
+        ("IDENTITY_HEADER".to_string(), "identity-secret".to_string()),
+    ]);
+    let provider = build(&config, &target("gpt-4o", "gpt4o-se", false), &env);
+    for _ in 0..2 {
+        let outcome = drain(provider.as_ref(), soon(5000)).await.unwrap();
+        assert_eq!(outcome.deltas, ["Yes"]);
+    }
+    assert_eq!(server.count(), 3, "one token for two calls");
+}
+
+#[tokio::test]
 async fn whole_completion() {
     let server = serve(|received| {
         classic_checks(received)?;

@@ -400,3 +400,73 @@ async fn live_bedrock_chat() {
     );
     crate::live_check(provider.as_ref()).await;
 }
+
+/// Temporary keys from the container credentials endpoint (ECS, EKS Pod Identity),
+/// each handed out two minutes before it expires: inside the renewal margin, so every
+/// call renews them and the next request is signed with the new key, no restart.
+#[tokio::test]
+async fn converse_is_signed_with_temporary_keys_renewed_before_they_expire() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counter = fetches.clone();
+    let credentials = serve(move |received| {
+        expect(received.path() == "/creds", received.path())?;
+        let fetch = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let expires = skyfuse::cloud::sigv4::amz_date(
+            std::time::SystemTime::now() + Duration::from_secs(120),
+        );
+        let expiration = format!(
+            "{}-{}-{}T{}:{}:{}Z",
+            &expires[0..4],
+            &expires[4..6],
+            &expires[6..8],
+            &expires[9..11],
+            &expires[11..13],
+            &expires[13..15]
+        );
+        Ok(Reply::json(
+            200,
+            json!({
+                "AccessKeyId": format!("ASIAPOD{fetch}"),
+                "SecretAccessKey": format!("pod/secret+{fetch}"),
+                "Token": format!("pod-session-{fetch}"),
+                "Expiration": expiration,
+            }),
+        ))
+    })
+    .await;
+    let seen = fetches.clone();
+    let server = serve(move |received| {
+        let fetch = seen.load(Ordering::SeqCst);
+        verify_sigv4(
+            received,
+            &format!("ASIAPOD{fetch}"),
+            &format!("pod/secret+{fetch}"),
+            "us-east-1",
+            Some(&format!("pod-session-{fetch}")),
+        )?;
+        Ok(Reply::json(
+            200,
+            json!({
+                "output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}},
+                "stopReason": "end_turn",
+                "usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2}
+            }),
+        ))
+    })
+    .await;
+    let env = HashMap::from([(
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI".to_string(),
+        format!("{}/creds", credentials.base_url),
+    )]);
+    let provider = build(
+        &config(&server.base_url),
+        &target("claude-3-5-sonnet", PROFILE, false),
+        &env,
+    );
+    for call in 1..=2 {
+        let response = provider.chat(&request(), soon(5000)).await.unwrap();
+        assert_eq!(response.text, "ok");
+        assert_eq!(fetches.load(Ordering::SeqCst), call);
+    }
+}

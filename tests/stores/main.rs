@@ -244,7 +244,8 @@ fn sigv4_credentials(service: &'static str) -> OpenSearchCredentials {
             access_key_id: Secret::new("AKIDEXAMPLE"),
             secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
             session_token: None,
-        },
+        }
+        .into(),
         region: "us-east-1".into(),
         service: service.into(),
     })
@@ -317,6 +318,69 @@ async fn qdrant_creates_payload_indexes_and_sends_the_deadline_as_its_timeout() 
     };
     store.search(&query).await.unwrap();
     assert_eq!(*fake.state.last_search_timeout.lock().unwrap(), Some(3));
+}
+
+#[tokio::test]
+async fn qdrant_indexes_a_collection_made_elsewhere_and_two_replicas_may_create_one_at_once() {
+    let harness = QdrantHarness::in_process(None).await;
+    let fake = harness.fake.as_ref().unwrap();
+    // Made by someone else, without the payload indexes filtered searches need.
+    fake.create("theirs", 4, qdrant_client::qdrant::Distance::Cosine);
+    harness.connect("theirs", 4, false).await.unwrap();
+    let mut indexes = fake.field_indexes("theirs");
+    indexes.sort();
+    assert_eq!(indexes, vec!["cloud", "doc_id", "object_key", "source"]);
+    // Two replicas starting together with create_missing: both start.
+    let (first, second) = tokio::join!(
+        harness.connect("shared", 4, true),
+        harness.connect("shared", 4, true)
+    );
+    first.unwrap();
+    second.unwrap();
+    assert_eq!(fake.field_indexes("shared").len(), 4);
+}
+
+#[tokio::test]
+async fn qdrant_l2_scores_are_higher_is_better_like_every_store() {
+    let harness = QdrantHarness::in_process(None).await;
+    let connect = |threshold: Option<f32>| {
+        let mut settings = remote_settings(
+            "l2",
+            "qdrant",
+            StoreKind::Dense,
+            &harness.url,
+            "l2",
+            Some(4),
+        );
+        settings.metric = Metric::L2;
+        settings.score_threshold = threshold;
+        QdrantStore::connect(settings, None)
+    };
+    let store = connect(None).await.unwrap();
+    store.upsert(&conformance::sample()).await.unwrap();
+    let query = skyfuse::stores::StoreQuery {
+        text: String::new(),
+        vector: Some(Arc::new(vec![0.0, 1.0, 0.0, 0.0])),
+        top_k: 10,
+        deadline: Instant::now() + Duration::from_secs(5),
+        filter: Default::default(),
+    };
+    let hits = store.search(&query).await.unwrap();
+    assert_eq!(hits[0].chunk_id, "north#0", "the nearest first");
+    assert!((hits[0].score - 1.0).abs() < 1e-6, "distance 0 scores 1");
+    assert!(
+        hits.windows(2).all(|pair| pair[0].score >= pair[1].score),
+        "best first, higher is better: {hits:?}"
+    );
+    // score_threshold in the same scores: 0.5 keeps distances up to 1.
+    let within = connect(Some(0.5))
+        .await
+        .unwrap()
+        .search(&query)
+        .await
+        .unwrap();
+    assert!(!within.is_empty() && within.len() < hits.len());
+    assert!(within.iter().all(|hit| hit.score >= 0.5), "{within:?}");
 }
 
 #[tokio::test]
@@ -782,6 +846,7 @@ async fn search_harbour(
                 fusion: None,
                 deadline: Some(Instant::now() + Duration::from_secs(seconds)),
                 adapter_from: None,
+                controls: Default::default(),
             },
         )
         .await

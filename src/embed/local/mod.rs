@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::config::home::fetch_model_command;
 use crate::embed::{EmbedRequest, Embedder, EmbeddingProvider, EmbeddingSpace, Purpose};
 use crate::error::{Error, Result};
 
@@ -63,10 +64,9 @@ mod forward;
 mod kernels;
 mod weights;
 
-/// Where `scripts/fetch-model.sh` puts the model, relative to the working directory.
-pub const DEFAULT_MODEL_DIR: &str = "models/all-MiniLM-L6-v2";
-/// Environment variable that overrides [`DEFAULT_MODEL_DIR`] (tests, deployments).
-pub const MODEL_DIR_ENV: &str = "SKYFUSE_MODEL_DIR";
+/// Where `scripts/fetch-model.sh` puts the model, relative to the skyfuse home
+/// ([`crate::config::home`]); `SKYFUSE_MODEL_DIR` ([`MODEL_DIR_ENV`]) overrides it.
+pub use crate::config::home::{DEFAULT_MODEL_DIR, MODEL_DIR_ENV};
 /// sentence-transformers' `max_seq_length` for all-MiniLM-L6-v2, special tokens included.
 pub const MAX_SEQUENCE_TOKENS: usize = 256;
 
@@ -78,12 +78,10 @@ const TEXTS_PER_TOKENIZER_CALL: usize = 256;
 /// Work buffers kept for reuse; more concurrent callers than this allocate their own.
 const POOLED_WORKSPACES: usize = 2;
 
-/// The directory the model is loaded from: `SKYFUSE_MODEL_DIR` if set, else the default.
+/// The directory the model is loaded from: `SKYFUSE_MODEL_DIR` if set, else the one in
+/// the skyfuse home.
 pub fn model_dir_from_env() -> PathBuf {
-    match std::env::var_os(MODEL_DIR_ENV) {
-        Some(directory) if !directory.is_empty() => PathBuf::from(directory),
-        _ => PathBuf::from(DEFAULT_MODEL_DIR),
-    }
+    crate::config::home::default_model_dir(&crate::config::process_env())
 }
 
 /// all-MiniLM-L6-v2 in-process. Cheap to clone: everything lives behind one `Arc`.
@@ -115,8 +113,9 @@ impl LocalEmbedder {
     pub fn load(space: EmbeddingSpace, model_dir: &Path) -> Result<Self> {
         if !model_dir.is_dir() {
             return Err(Error::config(format!(
-                "embedding model directory {} does not exist; run scripts/fetch-model.sh",
-                model_dir.display()
+                "embedding model directory {} does not exist; fetch the model with: {}",
+                model_dir.display(),
+                fetch_model_command(model_dir)
             )));
         }
         let config_path = model_dir.join("config.json");
@@ -125,8 +124,9 @@ impl LocalEmbedder {
         for required in [&config_path, &weights_path, &tokenizer_path] {
             if !required.is_file() {
                 return Err(Error::config(format!(
-                    "embedding model file {} is missing; run scripts/fetch-model.sh",
-                    required.display()
+                    "embedding model file {} is missing; fetch the model with: {}",
+                    required.display(),
+                    fetch_model_command(model_dir)
                 )));
             }
         }

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use object_store::ObjectStore;
 use tokio::sync::mpsc;
 
+use crate::config::RecordIdScope;
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::ingest::bucket::{BucketLocation, BucketOptions};
@@ -60,7 +61,9 @@ pub const MAX_REPORTED_ISSUES: usize = 1000;
 /// that the next run re-indexes everything instead of keeping chunks made the old way.
 /// 2: chunks carry their bucket's cloud and region.
 /// 3: chunks are bounded in bytes; the manifest remembers objects that failed.
-const PIPELINE_VERSION: u32 = 3;
+/// 4: record ids are qualified by their object (unless `record_ids = "global"`), and
+///    records without an id by their bucket.
+const PIPELINE_VERSION: u32 = 4;
 
 /// One indexing run: where to read, where to write, how.
 pub struct IndexJob {
@@ -101,6 +104,8 @@ pub struct IndexJob {
     /// Whether objects that only the request's globs leave out may lose their chunks, and
     /// whether an empty listing may delete what was indexed from the URL.
     pub prune: bool,
+    /// Whether JSON(L) record ids name documents per object (the default) or index-wide.
+    pub record_ids: RecordIdScope,
 }
 
 impl IndexJob {
@@ -127,6 +132,7 @@ impl IndexJob {
             object_store: None,
             local_root: None,
             prune: false,
+            record_ids: RecordIdScope::default(),
         }
     }
 
@@ -219,13 +225,14 @@ impl IndexJob {
             None => "none".to_owned(),
         };
         let description = format!(
-            "pipeline={PIPELINE_VERSION};stores={};space={space};max_words={};overlap_words={};max_bytes={};cloud={};region={}",
+            "pipeline={PIPELINE_VERSION};stores={};space={space};max_words={};overlap_words={};max_bytes={};cloud={};region={};record_ids={}",
             store_ids.join(","),
             self.chunking.max_words,
             self.chunking.overlap_words,
             self.chunking.max_bytes,
             location.cloud,
-            location.region
+            location.region,
+            self.record_ids.as_str()
         );
         sha256_hex(description.as_bytes())[..16].to_owned()
     }
@@ -385,6 +392,7 @@ pub async fn run_index(
         max_chunks_per_object: job.max_chunks_per_object,
         max_object_bytes: job.max_object_bytes,
         extractor: job.extractor.clone(),
+        record_ids: job.record_ids,
     });
     let (sender, receiver) = mpsc::channel(job.fetch_concurrency);
     let counters = ListingCounters::default();

@@ -14,9 +14,11 @@ use tokio::sync::mpsc;
 
 use super::source::BucketSource;
 use super::{AbortOnDrop, ObjectIssue};
+use crate::config::RecordIdScope;
 use crate::document::Chunk;
 use crate::ingest::bucket::BucketLocation;
 use crate::ingest::chunk::{ChunkingConfig, chunks_of_document};
+use crate::ingest::doc_ids::document_id;
 use crate::ingest::extract::{ExtractedDoc, Extraction, format_of};
 use crate::ingest::isolate::Extractor;
 use crate::ingest::listing::Listed;
@@ -68,19 +70,6 @@ pub(super) enum ObjectResult {
     },
 }
 
-/// A document named after its object (no record id of its own) takes the qualified
-/// key as its id, so same-named files in two buckets stay two documents.
-fn qualify_document_id(
-    mut document: ExtractedDoc,
-    object_key: &str,
-    qualified_key: &str,
-) -> ExtractedDoc {
-    if document.doc_id == object_key {
-        document.doc_id = qualified_key.to_owned();
-    }
-    document
-}
-
 pub(super) struct ProducerContext {
     /// See [`BucketSource::key_prefix`].
     pub(super) key_prefix: String,
@@ -94,6 +83,8 @@ pub(super) struct ProducerContext {
     pub(super) extractor: Extractor,
     /// Stamped on every chunk.
     pub(super) location: BucketLocation,
+    /// How far a JSON(L) record's own id reaches (see [`document_id`]).
+    pub(super) record_ids: RecordIdScope,
 }
 
 /// What the lister counts for the progress report.
@@ -436,7 +427,15 @@ fn chunk_extraction(
     let limit = context.max_chunks_per_object;
     let mut chunks = Vec::new();
     for document in std::mem::take(&mut extraction.documents) {
-        let document = qualify_document_id(document, object_key, &qualified_key);
+        let document = ExtractedDoc {
+            doc_id: document_id(
+                &document,
+                object_key,
+                &context.key_prefix,
+                context.record_ids,
+            ),
+            ..document
+        };
         for chunk in chunks_of_document(&qualified_key, &document, &context.chunking) {
             if chunks.len() == limit {
                 return Err(format!(

@@ -293,6 +293,82 @@ fn words(count: usize, prefix: &str) -> String {
         .join(" ")
 }
 
+/// Two files reusing record ids, as two exports of one system would.
+fn write_two_files_sharing_ids(fixture: &Fixture) {
+    fixture.write(
+        "a.jsonl",
+        "{\"id\": \"1\", \"text\": \"alpha one\"}\n{\"id\": \"2\", \"text\": \"alpha two\"}\n",
+    );
+    fixture.write(
+        "b.json",
+        r#"[{"id": "1", "text": "beta one"}, {"id": "3", "text": "beta three"}]"#,
+    );
+}
+
+#[tokio::test]
+async fn record_ids_shared_by_two_files_stay_two_documents_by_default() {
+    let fixture = Fixture::new();
+    write_two_files_sharing_ids(&fixture);
+    let report = fixture.run().await;
+    assert_eq!(report.progress.indexed, 2);
+    assert!(
+        report.record_problems.is_empty(),
+        "{:?}",
+        report.record_problems
+    );
+    let doc_ids: BTreeSet<String> = fixture
+        .store
+        .state()
+        .committed
+        .values()
+        .map(|embedded| embedded.chunk.doc_id.clone())
+        .collect();
+    let expected = ["a.jsonl#1", "a.jsonl#2", "b.json#1", "b.json#3"];
+    assert_eq!(doc_ids, expected.map(str::to_owned).into());
+
+    // Re-syncing one object deletes exactly its own chunks.
+    fixture.remove("b.json");
+    fixture.run().await;
+    assert_eq!(fixture.store.committed_chunks_of("a.jsonl").len(), 2);
+    assert!(fixture.store.committed_chunks_of("b.json").is_empty());
+}
+
+#[tokio::test]
+async fn a_global_record_id_reused_by_another_object_is_reported_and_the_first_kept() {
+    let fixture = Fixture::new();
+    fixture.write("a.jsonl", "{\"id\": \"1\", \"text\": \"alpha one\"}\n");
+    let mut job = fixture.job();
+    job.record_ids = RecordIdScope::Global;
+    run_index(job, |_| {}).await.unwrap();
+    fixture.write(
+        "b.json",
+        r#"[{"id": "1", "text": "beta one"}, {"id": "3", "text": "beta three"}]"#,
+    );
+    let mut job = fixture.job();
+    job.record_ids = RecordIdScope::Global;
+    let report = run_index(job, |_| {}).await.unwrap();
+
+    assert_eq!(report.progress.record_problems, 1);
+    let problem = &report.record_problems[0];
+    assert_eq!(problem.object_key, "b.json");
+    assert!(
+        problem.reason.contains("\"1\" is already used by a.jsonl"),
+        "{problem:?}"
+    );
+    let first = &fixture.store.committed_chunks_of("a.jsonl");
+    assert_eq!((first.len(), first[0].text.as_str()), (1, "alpha one"));
+    let second = fixture.store.committed_chunks_of("b.json");
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].doc_id, "3");
+    // The manifest gives b.json only what it wrote, so its re-sync never touches "1".
+    assert_eq!(fixture.manifest().objects["b.json"].chunk_ids, ["3#0"]);
+    fixture.remove("b.json");
+    let mut job = fixture.job();
+    job.record_ids = RecordIdScope::Global;
+    run_index(job, |_| {}).await.unwrap();
+    assert_eq!(fixture.store.committed_chunks_of("a.jsonl").len(), 1);
+}
+
 #[tokio::test]
 async fn beir_corpus_gives_one_document_per_line_with_its_id() {
     let fixture = Fixture::new();
@@ -312,10 +388,13 @@ async fn beir_corpus_gives_one_document_per_line_with_its_id() {
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     let chunks = fixture.store.committed_chunks_of("scifact/corpus.jsonl");
     let doc_ids: BTreeSet<_> = chunks.iter().map(|chunk| chunk.doc_id.as_str()).collect();
-    assert_eq!(doc_ids, BTreeSet::from(["4983", "5836"]));
+    assert_eq!(
+        doc_ids,
+        BTreeSet::from(["scifact/corpus.jsonl#4983", "scifact/corpus.jsonl#5836"])
+    );
     let first = chunks
         .iter()
-        .find(|chunk| chunk.chunk_id == "4983#0")
+        .find(|chunk| chunk.chunk_id == "scifact/corpus.jsonl#4983#0")
         .unwrap();
     assert_eq!(first.title, "Microstructural development");
     assert!(first.text.starts_with("Alterations of the"));
@@ -787,6 +866,7 @@ async fn object_gone_between_listing_and_reading_is_a_read_failure() {
         max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
         extractor: Extractor::InProcess,
         location: BucketLocation::default(),
+        record_ids: RecordIdScope::PerObject,
     });
     let meta = ObjectMeta {
         location: ObjectPath::from("gone.txt"),

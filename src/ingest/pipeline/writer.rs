@@ -19,9 +19,11 @@ use super::producer::{ListingCounters, ObjectResult, ProcessedObject, ProducerEv
 use super::scope::{Disposition, RunScope};
 use super::source::BucketSource;
 use super::{IndexJob, IndexProgress, IndexReport, ObjectIssue};
+use crate::config::RecordIdScope;
 use crate::document::{Chunk, EmbeddedChunk};
 use crate::embed::{Embedder, Purpose};
 use crate::error::{Error, ErrorKind, Result};
+use crate::ingest::doc_ids::DocumentOwners;
 use crate::ingest::manifest::{
     Manifest, ManifestEntry, WriteCancel, write_atomically_unless_called_off,
 };
@@ -71,6 +73,8 @@ pub(super) struct IndexRun<P> {
     key_prefix: String,
     /// Which manifest keys this run's listing can judge, and by which globs.
     scope: RunScope,
+    /// With `record_ids = "global"`: which object holds each document id.
+    owners: Option<DocumentOwners>,
     prune: bool,
     counters: ListingCounters,
     started: Instant,
@@ -94,6 +98,8 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
         started: Instant,
         on_progress: P,
     ) -> Self {
+        let owners = (job.record_ids == RecordIdScope::Global)
+            .then(|| DocumentOwners::from_manifest(&manifest));
         Self {
             stores: job.stores.clone(),
             embedder: job.embedder_in_use(),
@@ -116,6 +122,7 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
             listing_finished: false,
             key_prefix: source.key_prefix.clone(),
             scope: source.scope.clone(),
+            owners,
             prune: job.prune,
             counters,
             started,
@@ -205,11 +212,13 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
                 });
             }
             ObjectResult::Prepared {
-                entry,
+                mut entry,
                 chunks,
-                record_problems,
+                mut record_problems,
                 record_problems_left_out,
             } => {
+                let chunks =
+                    self.keep_unclaimed(&object_key, &mut entry, &mut record_problems, chunks);
                 self.report.progress.record_problems +=
                     record_problems.len() as u64 + record_problems_left_out;
                 self.report.record_problems.extend(record_problems);
@@ -226,6 +235,41 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
             }
         }
         Ok(())
+    }
+
+    /// With global record ids, leaves out the documents another object already holds
+    /// (reported as record problems, never overwritten) and drops them from the entry.
+    fn keep_unclaimed(
+        &mut self,
+        object_key: &str,
+        entry: &mut ManifestEntry,
+        record_problems: &mut Vec<ObjectIssue>,
+        chunks: Vec<Chunk>,
+    ) -> Vec<Chunk> {
+        let Some(owners) = &mut self.owners else {
+            return chunks;
+        };
+        let previous_chunk_ids = self
+            .manifest
+            .objects
+            .get(object_key)
+            .map_or(&[][..], |previous| &previous.chunk_ids[..]);
+        let (kept, collisions) = owners.claim(object_key, previous_chunk_ids, chunks);
+        if collisions.is_empty() {
+            return kept;
+        }
+        for collision in collisions {
+            tracing::warn!(%object_key, doc_id = %collision.doc_id, owner = %collision.owner, "record id already used");
+            record_problems.push(ObjectIssue {
+                object_key: object_key.to_owned(),
+                reason: format!(
+                    "record id {:?} is already used by {} (record_ids = \"global\"): not indexed, the first keeps it",
+                    collision.doc_id, collision.owner
+                ),
+            });
+        }
+        entry.chunk_ids = kept.iter().map(|chunk| chunk.chunk_id.clone()).collect();
+        kept
     }
 
     /// Delete the batch's objects from every store (whatever an earlier or interrupted run
@@ -303,6 +347,10 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
         .await?;
         for (object_index, reason) in refused.into_iter().rev() {
             let (object_key, entry) = entries.remove(object_index);
+            // Not written: its global ids are free for the objects after it.
+            if let Some(owners) = &mut self.owners {
+                owners.release(&object_key, &entry.chunk_ids);
+            }
             tracing::warn!(%object_key, %reason, "object not indexed");
             self.report.progress.failed += 1;
             self.report.failures.push(ObjectIssue {

@@ -128,6 +128,7 @@ impl Connection {
             .timeout(timeout)
             .build()
             .map_err(|error| Error::internal(format!("cannot build request: {error}")))?;
+        crate::telemetry::trace::inject_traceparent(request.headers_mut());
         self.endpoint.auth.authorize(&mut request).await?;
         let response = self
             .endpoint

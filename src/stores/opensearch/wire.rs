@@ -43,13 +43,16 @@ impl OpenSearchIndex {
                 ("content-type".to_string(), content_type.to_string()),
                 ("x-amz-content-sha256".to_string(), payload_hash.clone()),
             ];
-            let added = signer.sign(
-                method_name(method),
-                &url,
-                &signed_headers,
-                body_bytes,
-                SystemTime::now(),
-            );
+            let added = signer
+                .sign(
+                    method_name(method),
+                    &url,
+                    &signed_headers,
+                    body_bytes,
+                    SystemTime::now(),
+                )
+                .await
+                .map_err(|error| error.context(format!("opensearch {}", self.settings.url)))?;
             headers.insert(
                 HeaderName::from_static("x-amz-content-sha256"),
                 header_value(&payload_hash)?,

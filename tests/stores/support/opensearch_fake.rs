@@ -249,12 +249,13 @@ impl FakeOpenSearch {
                         "x-amz-content-sha256 does not match the body",
                     ));
                 }
+                let credentials = AwsCredentials {
+                    access_key_id: Secret::new(access_key.clone()),
+                    secret_access_key: Secret::new(secret_key.clone()),
+                    session_token: None,
+                };
                 let signer = SigV4Signer {
-                    credentials: AwsCredentials {
-                        access_key_id: Secret::new(access_key.clone()),
-                        secret_access_key: Secret::new(secret_key.clone()),
-                        session_token: None,
-                    },
+                    credentials: credentials.clone().into(),
                     region: region.clone(),
                     service: service.clone(),
                 };
@@ -274,7 +275,14 @@ impl FakeOpenSearch {
                         "bad x-amz-date",
                     )
                 })?;
-                let expected = signer.sign(method.as_str(), &url, &signed_headers, body, time);
+                let expected = signer.sign_with(
+                    &credentials,
+                    method.as_str(),
+                    &url,
+                    &signed_headers,
+                    body,
+                    time,
+                );
                 let expected = expected
                     .iter()
                     .find(|(name, _)| *name == "authorization")

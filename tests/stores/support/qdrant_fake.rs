@@ -532,7 +532,10 @@ impl Points for FakeQdrant {
             ));
         }
         self.with_collection(&request.collection_name, |collection| {
-            collection.field_indexes.push(request.field_name.clone());
+            // Qdrant answers ok for an index that exists, and keeps one.
+            if !collection.field_indexes.contains(&request.field_name) {
+                collection.field_indexes.push(request.field_name.clone());
+            }
             Ok(())
         })?;
         Ok(done())

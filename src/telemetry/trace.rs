@@ -1,0 +1,411 @@
+//! OpenTelemetry traces: one trace per call at an entrance, exported over OTLP.
+//!
+//! Each [`Service`](crate::service::Service) owns its tracer (no global provider, so
+//! two services in one process, as in tests, never mix their traces). The entrance
+//! opens a server span and runs the call within its [`Context`]; that context also
+//! carries the tracer, so the code below it (fan-out, embeddings, chat attempts, the
+//! HTTP calls to clouds) opens child spans and sends `traceparent` on without any
+//! parameter threaded through. With tracing off there is no such context: a child
+//! span is one thread-local lookup that finds nothing.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::future::Either;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{FutureExt, SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+};
+
+use crate::config::{OtlpProtocol, TracesConfig};
+use crate::error::{Error, Result};
+
+/// The traces of one service: off, or a provider exporting to a collector.
+#[derive(Debug, Default)]
+pub struct Tracing {
+    exporting: Option<(SdkTracerProvider, SdkTracer)>,
+}
+
+/// The tracer a trace's spans come from, carried in its [`Context`].
+#[derive(Clone, Debug)]
+struct ActiveTracer(SdkTracer);
+
+impl Tracing {
+    /// Tracing as `[telemetry.traces]` says; off when absent.
+    pub fn from_config(config: Option<&TracesConfig>) -> Result<Self> {
+        let Some(config) = config else {
+            return Ok(Self::default());
+        };
+        if !(0.0..=1.0).contains(&config.sample_ratio) {
+            return Err(Error::config(format!(
+                "telemetry.traces.sample_ratio must be between 0 and 1, got {}",
+                config.sample_ratio
+            )));
+        }
+        let exporter = OwnRuntimeExporter::new(config)?;
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(BatchSpanProcessor::builder(exporter).build())
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                config.sample_ratio,
+            ))))
+            .with_resource(
+                Resource::builder_empty()
+                    .with_service_name(config.service_name.clone())
+                    .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+                    .build(),
+            )
+            .build();
+        let tracer = provider.tracer("skyfuse");
+        Ok(Self {
+            exporting: Some((provider, tracer)),
+        })
+    }
+
+    /// The server span of one gRPC call (`rpc` as `skyfuse.v1.GenerationService/Answer`),
+    /// child of the caller's `traceparent` when its metadata has one. None when
+    /// tracing is off (and then the metadata is not even read).
+    pub fn grpc_call<T>(
+        &self,
+        rpc: &'static str,
+        request: &tonic::Request<T>,
+    ) -> Option<CallTrace> {
+        self.exporting.as_ref()?;
+        let headers = request.metadata().clone().into_headers();
+        self.entrance(
+            rpc.to_owned(),
+            vec![
+                KeyValue::new("rpc.system.name", "grpc"),
+                KeyValue::new("rpc.method", rpc),
+            ],
+            &headers,
+        )
+    }
+
+    /// The server span of one HTTP call (`POST /v1/chat/completions`).
+    pub fn http_call(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        headers: &http::HeaderMap,
+    ) -> Option<CallTrace> {
+        self.exporting.as_ref()?;
+        self.entrance(
+            format!("{method} {route}"),
+            vec![
+                KeyValue::new("http.request.method", method),
+                KeyValue::new("http.route", route),
+            ],
+            headers,
+        )
+    }
+
+    fn entrance(
+        &self,
+        name: String,
+        attributes: Vec<KeyValue>,
+        headers: &http::HeaderMap,
+    ) -> Option<CallTrace> {
+        let (_, tracer) = self.exporting.as_ref()?;
+        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+        let span = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        Some(CallTrace(
+            parent
+                .with_span(span)
+                .with_value(ActiveTracer(tracer.clone())),
+        ))
+    }
+
+    /// Sends every finished span now; waits for the collector (call off the runtime's
+    /// worker threads, e.g. in `spawn_blocking`).
+    pub fn flush(&self) -> Result<()> {
+        match &self.exporting {
+            Some((provider, _)) => provider
+                .force_flush()
+                .map_err(|error| Error::unavailable(format!("exporting traces: {error}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes and stops the exporter (at shutdown).
+    pub fn shutdown(&self) {
+        if let Some((provider, _)) = &self.exporting
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "traces: the last batch was not exported");
+        }
+    }
+}
+
+/// One call's trace at an entrance: its server span, which ends when this drops (a
+/// streamed answer keeps it until its stream ends).
+#[derive(Debug)]
+pub struct CallTrace(Context);
+
+impl CallTrace {
+    /// Marks the call failed with its status code name (`NOT_FOUND`, `429`...).
+    pub fn fail(&self, code: &str, message: &str) {
+        let span = self.0.span();
+        span.set_attribute(KeyValue::new("error.type", code.to_owned()));
+        span.set_status(Status::error(message.to_owned()));
+    }
+}
+
+/// Runs `call` within `trace` when there is one: the spans it opens hang under it.
+pub fn within<F: Future>(trace: Option<&CallTrace>, call: F) -> impl Future<Output = F::Output> {
+    match trace {
+        Some(trace) => Either::Left(call.with_context(trace.0.clone())),
+        None => Either::Right(call),
+    }
+}
+
+/// A span under the current trace; ends when [`ChildSpan::end`] is called or it drops.
+#[derive(Debug)]
+pub struct ChildSpan {
+    context: Context,
+}
+
+/// Opens a span under the current one, named and described by `describe` (called
+/// only when the span will be recorded). None outside a trace, or when the trace
+/// is not sampled: then nothing is built at all.
+pub fn child(
+    kind: SpanKind,
+    describe: impl FnOnce() -> (String, Vec<KeyValue>),
+) -> Option<ChildSpan> {
+    let parent = Context::map_current(|current| {
+        let sampled =
+            current.get::<ActiveTracer>().is_some() && current.span().span_context().is_sampled();
+        sampled.then(|| current.clone())
+    })?;
+    let tracer = &parent.get::<ActiveTracer>()?.0;
+    let (name, attributes) = describe();
+    let span = tracer
+        .span_builder(name)
+        .with_kind(kind)
+        .with_attributes(attributes)
+        .start_with_context(tracer, &parent);
+    Some(ChildSpan {
+        context: parent.with_span(span),
+    })
+}
+
+impl ChildSpan {
+    /// Runs `work` with this span current: its own children and cloud calls hang
+    /// under it.
+    pub fn run<F: Future>(&self, work: F) -> impl Future<Output = F::Output> {
+        work.with_context(self.context.clone())
+    }
+
+    pub fn set(&self, attribute: KeyValue) {
+        self.context.span().set_attribute(attribute);
+    }
+
+    /// Marks the span failed: `error.type` (a stable, low-cardinality kind) and the
+    /// message as its status.
+    pub fn fail(&self, error_type: &str, message: &str) {
+        let span = self.context.span();
+        span.set_attribute(KeyValue::new("error.type", error_type.to_owned()));
+        span.set_status(Status::error(message.to_owned()));
+    }
+
+    pub fn end(self) {
+        self.context.span().end();
+    }
+}
+
+/// Runs `work` under `span` when there is one.
+pub fn run_in<F: Future>(span: Option<&ChildSpan>, work: F) -> impl Future<Output = F::Output> {
+    match span {
+        Some(span) => Either::Left(span.run(work)),
+        None => Either::Right(work),
+    }
+}
+
+/// `work`, carrying the current trace along when it is handed to another task
+/// (`tokio::spawn` does not): its spans stay in the trace that started it.
+pub fn carry<F: Future>(work: F) -> impl Future<Output = F::Output> {
+    let current = Context::map_current(|current| {
+        current
+            .get::<ActiveTracer>()
+            .is_some()
+            .then(|| current.clone())
+    });
+    match current {
+        Some(context) => Either::Left(work.with_context(context)),
+        None => Either::Right(work),
+    }
+}
+
+/// Adds `traceparent` (W3C Trace Context) for the current span to a cloud call, so
+/// the provider's own traces join ours. Nothing outside a trace.
+pub fn inject_traceparent(headers: &mut http::HeaderMap) {
+    Context::map_current(|current| {
+        if current.get::<ActiveTracer>().is_some() && current.span().span_context().is_valid() {
+            TraceContextPropagator::new().inject_context(current, &mut HeaderInjector(headers));
+        }
+    });
+}
+
+/// The OTLP exporters speak tonic and async reqwest, which need a Tokio reactor, while
+/// the SDK's batch processor exports from a plain thread of its own: each export runs
+/// on this exporter's own small runtime, whatever runtime the service is on.
+#[derive(Debug)]
+struct OwnRuntimeExporter {
+    exporter: opentelemetry_otlp::SpanExporter,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl OwnRuntimeExporter {
+    fn new(config: &TracesConfig) -> Result<Self> {
+        let timeout = Duration::from_millis(config.export_timeout_ms);
+        let endpoint = url::Url::parse(&config.endpoint).map_err(|error| {
+            Error::config(format!(
+                "telemetry.traces.endpoint {:?}: {error}",
+                config.endpoint
+            ))
+        })?;
+        if !matches!(endpoint.scheme(), "http" | "https") {
+            return Err(Error::config(format!(
+                "telemetry.traces.endpoint {:?}: an http:// or https:// URL, such as http://127.0.0.1:4317",
+                config.endpoint
+            )));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| Error::internal(format!("traces: cannot start a runtime: {error}")))?;
+        // tonic's channel starts its tasks on the runtime it is built in.
+        let _entered = runtime.enter();
+        let built = match config.protocol {
+            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.as_str())
+                .with_timeout(timeout)
+                .build(),
+            OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(
+                    reqwest::Client::builder()
+                        .timeout(timeout)
+                        .build()
+                        .map_err(|error| {
+                            Error::internal(format!("traces: cannot build a client: {error}"))
+                        })?,
+                )
+                .with_endpoint(http_traces_url(endpoint))
+                .with_timeout(timeout)
+                .build(),
+        };
+        drop(_entered);
+        match built {
+            Ok(exporter) => Ok(Self { exporter, runtime }),
+            Err(error) => {
+                // Built from async code (Service::build): a runtime may not be dropped
+                // there the ordinary way.
+                runtime.shutdown_background();
+                Err(Error::config(format!(
+                    "telemetry.traces: cannot build the exporter: {error}"
+                )))
+            }
+        }
+    }
+}
+
+/// OTLP/HTTP posts traces to `/v1/traces`; a bare collector address gets that path.
+fn http_traces_url(mut endpoint: url::Url) -> String {
+    if endpoint.path() == "/" || endpoint.path().is_empty() {
+        endpoint.set_path("/v1/traces");
+    }
+    endpoint.to_string()
+}
+
+impl SpanExporter for OwnRuntimeExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.runtime.block_on(self.exporter.export(batch))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.exporter.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.exporter.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.exporter.set_resource(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_collector_address_gets_the_traces_path() {
+        let url = |text: &str| url::Url::parse(text).unwrap();
+        assert_eq!(
+            http_traces_url(url("http://127.0.0.1:4318")),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!(
+            http_traces_url(url("http://127.0.0.1:4318/custom/v1/traces")),
+            "http://127.0.0.1:4318/custom/v1/traces"
+        );
+    }
+
+    #[test]
+    fn outside_a_trace_nothing_is_opened_or_sent() {
+        assert!(child(SpanKind::Client, || panic!("not asked")).is_none());
+        let mut headers = http::HeaderMap::new();
+        inject_traceparent(&mut headers);
+        assert!(headers.is_empty());
+        assert!(
+            Tracing::default()
+                .http_call("POST", "/v1/chat/completions", &headers)
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_collector_address_is_a_config_error_at_startup() {
+        for endpoint in ["127.0.0.1:4317", "localhost:4317", "not a url"] {
+            let config = TracesConfig {
+                endpoint: endpoint.into(),
+                protocol: OtlpProtocol::Grpc,
+                sample_ratio: 1.0,
+                service_name: "skyfuse".into(),
+                export_timeout_ms: 1000,
+            };
+            let error = Tracing::from_config(Some(&config)).unwrap_err();
+            assert!(
+                error.message.contains("telemetry.traces"),
+                "{}",
+                error.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_sample_ratio_outside_zero_to_one_is_a_config_error() {
+        let config = TracesConfig {
+            endpoint: "http://127.0.0.1:4317".into(),
+            protocol: OtlpProtocol::Grpc,
+            sample_ratio: 1.5,
+            service_name: "skyfuse".into(),
+            export_timeout_ms: 1000,
+        };
+        let error = Tracing::from_config(Some(&config)).unwrap_err();
+        assert!(error.message.contains("sample_ratio"), "{}", error.message);
+    }
+}
