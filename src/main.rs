@@ -326,6 +326,7 @@ async fn run(cli: Cli) -> Result<()> {
                 regions,
                 input_tokens: prompt_tokens,
                 max_output_tokens,
+                egress_usd_by_cloud: Vec::new(),
             };
             cli::route::route_explain(cli.config, request, caller.as_deref())
         }

@@ -1868,6 +1868,71 @@ async fn search_controls_weight_fuse_filter_page_and_snip_over_grpc_and_http() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn an_answer_prices_the_context_it_moves_between_clouds() {
+    let docs = TempDir::new().unwrap();
+    write_corpus(docs.path());
+    // The local folder's passages are priced as data in GCP (skyfuse runs there), and
+    // the model runs in AWS: GCP -> AWS is the seed's $0.12 per GB.
+    let (upstream, _calls) = traced_upstream(200).await;
+    let config = format!(
+        r#"
+        [routing]
+        default_model = "qwen"
+        [[provider]]
+        id = "us"
+        kind = "openai_compat"
+        base_url = "{upstream}"
+        cloud = "aws"
+        region = "us-east-1"
+        [[deployment]]
+        provider = "us"
+        model = "qwen"
+        [egress]
+        home_cloud = "gcp"
+        "#
+    );
+    let data = TempDir::new().unwrap();
+    let server = TestServer::start(data.path(), &config).await;
+    server.index(docs.path()).await;
+    let events = server
+        .answer(proto::AnswerRequest {
+            question: "Where are cold archives replicated?".into(),
+            ..Default::default()
+        })
+        .await;
+    let Some(proto::answer_event::Event::Done(done)) = events.last() else {
+        panic!("the stream ends with done: {events:?}");
+    };
+    assert!(!done.citations.is_empty());
+    let cost = done.cost.as_ref().unwrap();
+    assert_eq!(
+        cost.egress.len(),
+        1,
+        "one crossing, home to model: {cost:?}"
+    );
+    let leg = &cost.egress[0];
+    assert_eq!(
+        (leg.from_cloud.as_str(), leg.to_cloud.as_str()),
+        ("gcp", "aws")
+    );
+    let cited_bytes: usize = done
+        .citations
+        .iter()
+        .map(|citation| citation.title.len() + citation.text.len())
+        .sum();
+    assert!(
+        leg.bytes as usize > cited_bytes,
+        "the prompt carries the passages and the question: {} <= {cited_bytes}",
+        leg.bytes
+    );
+    let expected_usd = leg.bytes as f64 / (1u64 << 30) as f64 * 0.12;
+    assert!((leg.usd - expected_usd).abs() < 1e-15, "{leg:?}");
+    assert!((cost.egress_usd - leg.usd).abs() < 1e-15);
+    assert!((cost.total_usd - (cost.usd + cost.egress_usd)).abs() < 1e-15);
+    server.stop().await;
+}
+
 /// Two deployments of one model, the first in the US and the second in the EU, and a
 /// rule that keeps data of the local folder (`local/local`) on EU endpoints.
 fn residency_config(us: &str, eu: Option<&str>, on_conflict: &str) -> String {

@@ -8,6 +8,7 @@ use super::proto::{self, answer_event::Event, generation_service_server::Generat
 use super::{convert, redact};
 use crate::auth::Credentials;
 use crate::llm::{ChatMessage, Role};
+use crate::policy::egress::EgressLeg;
 use crate::route::{AttemptOutcome, RouteSummary};
 use crate::service::{AnswerEvent, AnswerRequest, AnswerSummary, EXTRACTIVE_MODEL, Service};
 use crate::telemetry::trace;
@@ -144,6 +145,7 @@ fn answer_event(event: AnswerEvent) -> proto::AnswerEvent {
 
 fn answer_done(summary: AnswerSummary) -> proto::AnswerDone {
     let cut_short = summary.cut_short();
+    let total_usd = summary.total_cost_usd();
     proto::AnswerDone {
         withheld: summary
             .residency
@@ -183,6 +185,9 @@ fn answer_done(summary: AnswerSummary) -> proto::AnswerDone {
         }),
         cost: Some(proto::Cost {
             usd: summary.cost_usd,
+            egress_usd: summary.egress.total_usd(),
+            total_usd,
+            egress: summary.egress.legs.iter().map(egress_leg).collect(),
         }),
         route: Some(route(summary.route, summary.extractive)),
         finish_reason: summary.finish_reason,
@@ -274,6 +279,18 @@ fn route(route: RouteSummary, extractive: bool) -> proto::Route {
                 reason: skip.reason,
             })
             .collect(),
+    }
+}
+
+fn egress_leg(leg: &EgressLeg) -> proto::EgressLeg {
+    proto::EgressLeg {
+        from_cloud: leg.from_cloud.clone(),
+        to_cloud: leg.to_cloud.clone(),
+        bytes: leg.bytes,
+        usd: leg.usd,
+        link: leg.link.clone().unwrap_or_default(),
+        cheaper_via: leg.cheaper_via.clone().unwrap_or_default(),
+        saving_usd: leg.saving_usd,
     }
 }
 

@@ -396,6 +396,7 @@ fn chat_call(
         temperature: request.temperature,
         deadline: None,
         id: completion_id(),
+        egress_usd_by_cloud: Vec::new(),
     })
 }
 

@@ -11,6 +11,7 @@ mod bucket;
 mod caller;
 mod client_cert;
 mod deployment;
+mod egress;
 mod facade;
 mod glob;
 pub mod home;
@@ -43,6 +44,7 @@ pub use bucket::{AZURE_SCHEMES, BucketConfig, BucketCredentialsConfig, GCS_SCHEM
 pub use caller::{CallerConfig, is_sha256_hex};
 pub use client_cert::ClientCertConfig;
 pub use deployment::DeploymentConfig;
+pub use egress::{EgressConfig, EgressLink, SEED_DEFAULT_USD_PER_GB, SEED_USD_PER_GB};
 pub use facade::FacadeConfig;
 pub use glob::{Glob, any_matches};
 pub use include::IndexDefinition;
@@ -139,6 +141,9 @@ pub struct Config {
     pub residency: Vec<ResidencyRule>,
     #[serde(default)]
     pub residency_policy: ResidencyPolicy,
+    /// What moving data between clouds costs (`[egress]`).
+    #[serde(default)]
+    pub egress: EgressConfig,
 }
 
 impl Config {
@@ -449,6 +454,7 @@ impl Config {
                 ));
             }
         }
+        problems.extend(self.egress.problems());
         problems
     }
 }

@@ -1,4 +1,6 @@
 //! Policy over the data a request moves: which passages may reach which model
-//! endpoints ([`residency`]).
+//! endpoints ([`residency`]), and what moving them between clouds costs
+//! ([`egress`]).
 
+pub mod egress;
 pub mod residency;

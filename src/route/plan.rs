@@ -24,11 +24,22 @@ pub struct RouteRequest {
     /// Estimated prompt tokens.
     pub input_tokens: u64,
     pub max_output_tokens: u64,
+    /// What moving this request's retrieved context to each cloud would cost in USD
+    /// (the egress policy's figure); a cloud not listed costs nothing to reach.
+    pub egress_usd_by_cloud: Vec<(String, f64)>,
 }
 
 impl RouteRequest {
     fn total_tokens(&self) -> u64 {
         self.input_tokens + self.max_output_tokens
+    }
+
+    /// The context's transfer cost to `cloud`.
+    pub fn egress_usd_to(&self, cloud: &str) -> f64 {
+        self.egress_usd_by_cloud
+            .iter()
+            .find(|(known, _)| known == cloud)
+            .map_or(0.0, |(_, usd)| *usd)
     }
 }
 
@@ -44,6 +55,8 @@ pub struct Candidate {
     pub deployment: Arc<Deployment>,
     /// The most this request can cost there (whole prompt, every output token).
     pub max_cost_usd: Option<f64>,
+    /// What moving the request's context to its cloud costs (0 when it stays put).
+    pub egress_usd: f64,
     /// Why it is in the list, in this place.
     pub why: String,
 }
@@ -307,9 +320,13 @@ impl Router {
             ranked.push((rank, max_cost, deployment.clone()));
         }
         let cost_optimize = self.settings.cost_optimize;
+        // By cost, a deployment's cost is its tokens' and the transfer of the context.
+        let total = |cost: Option<f64>, deployment: &Deployment| {
+            cost.map(|cost| cost + request.egress_usd_to(&deployment.info().cloud))
+        };
         ranked.sort_by(|(rank_a, cost_a, a), (rank_b, cost_b, b)| {
             let by_cost = if cost_optimize {
-                cost_or_max(*cost_a).total_cmp(&cost_or_max(*cost_b))
+                cost_or_max(total(*cost_a, a)).total_cmp(&cost_or_max(total(*cost_b, b)))
             } else {
                 std::cmp::Ordering::Equal
             };
@@ -329,9 +346,19 @@ impl Router {
                 } else {
                     "on demand"
                 };
+                let egress_usd = request.egress_usd_to(&deployment.info().cloud);
+                let moved = if egress_usd > 0.0 {
+                    format!(
+                        "; moving the context to {} costs ${egress_usd:.6}",
+                        deployment.info().cloud
+                    )
+                } else {
+                    String::new()
+                };
                 Candidate {
-                    why: format!("{why}; {capacity}"),
+                    why: format!("{why}; {capacity}{moved}"),
                     max_cost_usd,
+                    egress_usd,
                     deployment,
                 }
             })

@@ -213,6 +213,42 @@ fn dedicated_capacity_comes_first_and_cost_orders_the_on_demand_rest() {
 }
 
 #[test]
+fn by_cost_moving_the_context_counts_beside_the_tokens() {
+    let settings = RoutingConfig {
+        cost_optimize: true,
+        ..RoutingConfig::default()
+    };
+    let fixture = fixture(
+        vec![
+            (ok("far", "m", "aws"), 1.0, 5.0, None),
+            (ok("near", "m", "gcp"), 2.0, 5.0, None),
+        ],
+        settings,
+    );
+    // Tokens alone: far costs $0.0015, near $0.0025.
+    let plan = fixture
+        .router
+        .plan(&Caller::anonymous(), &ask("m"))
+        .unwrap();
+    assert_eq!(labels(&plan), ["far/m", "near/m"]);
+    // The passages live in GCP: reaching AWS costs $0.002 more, so near wins.
+    let request = RouteRequest {
+        egress_usd_by_cloud: vec![("aws".into(), 0.002), ("gcp".into(), 0.0)],
+        ..ask("m")
+    };
+    let plan = fixture.router.plan(&Caller::anonymous(), &request).unwrap();
+    assert_eq!(labels(&plan), ["near/m", "far/m"]);
+    assert_eq!(plan.candidates[1].egress_usd, 0.002);
+    assert!(
+        plan.candidates[1]
+            .why
+            .contains("moving the context to aws costs $0.002000"),
+        "{}",
+        plan.candidates[1].why
+    );
+}
+
+#[test]
 fn tiers_hold_models_to_their_price_and_callers_to_their_permissions() {
     let settings = RoutingConfig {
         cost_optimize: true,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::chat::{ChatCall, ChatEntrance, ChatFailure};
+use super::egress::{self, AnswerTransfer};
 use super::feedback::CitedPassages;
 use super::residency::ResidencyOutcome;
 use super::{SearchParams, Service};
@@ -16,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::llm::extractive::extractive_answer;
 use crate::llm::prompt::{Passage, build_conversation_prompt};
 use crate::llm::{ChatMessage, Role, Usage};
+use crate::policy::egress::{EgressBill, LOCAL_CLOUD};
 use crate::retrieve::{FusedHit, SourceOutcome};
 use crate::route::{RouteEvent, RouteSummary};
 use crate::telemetry::Metrics;
@@ -75,12 +77,19 @@ pub struct AnswerSummary {
     /// skyfuse's own time until the first token: the call's time so far minus the
     /// slowest source and the model attempts.
     pub overhead: Duration,
+    /// What moving the context (and the prompt) between clouds cost.
+    pub egress: EgressBill,
 }
 
 impl AnswerSummary {
     /// The answer stopped before it was complete: its output limit, or a filter.
     pub fn cut_short(&self) -> bool {
         matches!(self.finish_reason.as_str(), "length" | "content_filter")
+    }
+
+    /// Tokens and transfer together.
+    pub fn total_cost_usd(&self) -> f64 {
+        self.cost_usd + self.egress.total_usd()
     }
 }
 
@@ -127,6 +136,7 @@ impl Service {
             temperature: None,
             deadline: request.deadline,
             id: crate::ids::random_id(),
+            egress_usd_by_cloud: Vec::new(),
         };
         self.admit_call(principal)?;
         let conversation = conversation(&request)?;
@@ -178,12 +188,15 @@ impl Service {
             cited: CitedPassages::default(),
             residency,
             overhead: Duration::ZERO,
+            egress: EgressBill::default(),
         };
+        let transfer = AnswerTransfer::of(Arc::clone(&self.egress), &search.hits[..passages_used]);
         let waited_on_sources = search.longest_source();
         let extractive = || extractive_answer(&query, &passages[..passages_used]);
         let Some(explicit) = routed else {
             let summary = AnswerSummary {
                 overhead: entered.elapsed().saturating_sub(waited_on_sources),
+                egress: self.extractive_egress(&transfer),
                 ..summary
             };
             send_extractive(&sender, extractive(), summary, RouteSummary::default()).await;
@@ -191,6 +204,15 @@ impl Service {
         };
         call.messages = chat_request.messages;
         call.temperature = Some(chat_request.temperature);
+        if let Some(router) = &self.router {
+            let clouds = router.deployments().iter().map(|d| d.info().cloud.as_str());
+            call.egress_usd_by_cloud = transfer.usd_by_cloud(clouds);
+        }
+        let prompt_bytes = call
+            .messages
+            .iter()
+            .map(|message| message.content.len() as u64)
+            .sum();
         let answer_id = call.id.clone();
         // The call was counted above: the chat charges only its tokens.
         let started = match self
@@ -213,6 +235,7 @@ impl Service {
                     .saturating_sub(waited_on_sources + route.attempts_time());
                 let summary = AnswerSummary {
                     overhead,
+                    egress: self.extractive_egress(&transfer),
                     ..summary
                 };
                 send_extractive(&sender, extractive(), summary, *route).await;
@@ -231,6 +254,8 @@ impl Service {
         let witness = Witness {
             metrics: Arc::clone(&self.metrics),
             passages: passages_used,
+            transfer,
+            prompt_bytes,
         };
         tokio::spawn(forward(
             started.into_events(),
@@ -240,6 +265,13 @@ impl Service {
             witness,
         ));
         Ok(receiver)
+    }
+
+    /// An extractive answer's transfers: its passages reach skyfuse and go no further.
+    fn extractive_egress(&self, transfer: &AnswerTransfer) -> EgressBill {
+        let bill = transfer.bill(LOCAL_CLOUD, 0);
+        egress::record(&self.metrics, &bill);
+        bill
     }
 
     /// Whether a model answers, and if so whether the request named its model or
@@ -297,6 +329,7 @@ async fn forward(
                 summary.finish_reason = route.finish_reason.clone();
                 summary.route = *route;
                 summary.cited = CitedPassages::of(&text, witness.passages);
+                summary.egress = witness.moved(&summary.route);
                 witness.answered(&summary);
                 (AnswerEvent::Done(Box::new(summary.clone())), true)
             }
@@ -321,9 +354,23 @@ async fn forward(
 struct Witness {
     metrics: Arc<Metrics>,
     passages: usize,
+    /// The context's bytes, priced once the answering deployment's cloud is known.
+    transfer: AnswerTransfer,
+    prompt_bytes: u64,
 }
 
 impl Witness {
+    /// What the context and prompt cost to move to the deployment that answered.
+    fn moved(&self, route: &RouteSummary) -> EgressBill {
+        let model_cloud = route
+            .chosen
+            .as_ref()
+            .map_or(LOCAL_CLOUD, |chosen| chosen.cloud.as_str());
+        let bill = self.transfer.bill(model_cloud, self.prompt_bytes);
+        egress::record(&self.metrics, &bill);
+        bill
+    }
+
     fn answered(&self, summary: &AnswerSummary) {
         if let Some(deployment) = answered_by(&summary.route) {
             self.metrics

@@ -40,6 +40,9 @@ pub struct ChatCall {
     /// The id its answer goes out with, which `Feedback` takes to rate it; empty: not
     /// rateable.
     pub id: String,
+    /// What moving the call's retrieved context to each cloud costs, for routing by
+    /// total cost; empty for a call with no retrieved context.
+    pub egress_usd_by_cloud: Vec<(String, f64)>,
 }
 
 /// A chat call that produced nothing.
@@ -304,6 +307,7 @@ fn route_request(call: &ChatCall, input_tokens: u64, max_output_tokens: u32) -> 
         regions: call.allowed_regions.clone(),
         input_tokens,
         max_output_tokens: u64::from(max_output_tokens),
+        egress_usd_by_cloud: call.egress_usd_by_cloud.clone(),
     }
 }
 

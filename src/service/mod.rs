@@ -5,6 +5,7 @@ mod bucket_options;
 mod build;
 mod calibrate;
 mod chat;
+mod egress;
 mod embeddings;
 mod feedback;
 mod index;
@@ -32,6 +33,7 @@ use crate::config::{Config, FusionMethod, IndexConfig};
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::limits::{CallLimit, RateLimiter};
+use crate::policy::egress::EgressPrices;
 use crate::policy::residency::Residency;
 use crate::retrieve::{Retriever, SearchRequest, SearchResult};
 use crate::route::Router;
@@ -105,6 +107,8 @@ pub struct Service {
     traces: Tracing,
     /// Where each kind of data may be processed (`[[residency]]`).
     residency: Residency,
+    /// What moving data between clouds costs (`[egress]`).
+    egress: Arc<EgressPrices>,
 }
 
 impl Service {
@@ -142,6 +146,7 @@ impl Service {
         Ok(Self {
             traces,
             residency,
+            egress: Arc::new(EgressPrices::from_config(&config.egress)),
             extractor,
             retriever: Retriever::new(sources, query, config.search.clone()),
             embedders,
