@@ -137,6 +137,41 @@ enum Command {
         #[command(subcommand)]
         action: RouteAction,
     },
+    /// Where a workload should run and why: the seed's capability tables (which cloud
+    /// offers which model family, private deployment, reserved capacity, fine-tuning,
+    /// embedding sizes) weighed with this config's deployments, residency rules and
+    /// egress prices. Reads the config; sends nothing.
+    Placement {
+        /// A model (gpt-4o, claude-3-5-sonnet) or family (claude, llama, gemini).
+        #[arg(long)]
+        model: Option<String>,
+        /// The data must be processed on private, dedicated hardware.
+        #[arg(long)]
+        sovereignty: bool,
+        /// Reserved capacity at a flat rate (Azure PTU, OCI DAC).
+        #[arg(long)]
+        predictable_cost: bool,
+        #[arg(long)]
+        fine_tuning: bool,
+        /// As close to the data as possible.
+        #[arg(long)]
+        lowest_latency: bool,
+        /// Many model families behind one API.
+        #[arg(long)]
+        multi_model: bool,
+        /// microsoft, oracle, google or aws.
+        #[arg(long)]
+        ecosystem: Option<String>,
+        /// The embedding dimension the vectors need.
+        #[arg(long)]
+        embedding_dims: Option<u32>,
+        /// The cloud the workload's data lives in.
+        #[arg(long)]
+        data_cloud: Option<String>,
+        /// The region the workload's data lives in (with --data-cloud).
+        #[arg(long)]
+        data_region: Option<String>,
+    },
     /// The extraction worker `serve` starts itself (frames on stdin/stdout).
     #[command(hide = true)]
     ExtractWorker {
@@ -329,6 +364,32 @@ async fn run(cli: Cli) -> Result<()> {
                 egress_usd_by_cloud: Vec::new(),
             };
             cli::route::route_explain(cli.config, request, caller.as_deref())
+        }
+        Command::Placement {
+            model,
+            sovereignty,
+            predictable_cost,
+            fine_tuning,
+            lowest_latency,
+            multi_model,
+            ecosystem,
+            embedding_dims,
+            data_cloud,
+            data_region,
+        } => {
+            let requirements = skyfuse::policy::placement::Requirements {
+                model,
+                sovereignty,
+                predictable_cost,
+                fine_tuning,
+                lowest_latency,
+                multi_model,
+                ecosystem,
+                embedding_dims,
+                data_cloud,
+                data_region,
+            };
+            cli::placement::placement(cli.config, requirements)
         }
         Command::ExtractWorker { .. } => {
             anyhow::bail!("extract-worker runs without the async runtime, from main")

@@ -15,6 +15,7 @@ pub mod eval;
 pub mod extract_worker;
 pub mod index;
 pub mod keys;
+pub mod placement;
 pub mod query;
 pub mod route;
 pub mod serve;

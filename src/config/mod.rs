@@ -9,6 +9,7 @@ mod answer;
 mod aws;
 mod bucket;
 mod caller;
+mod capability;
 mod client_cert;
 mod deployment;
 mod egress;
@@ -42,6 +43,7 @@ pub use answer::{AnswerConfig, RetrievalQuery};
 pub use aws::{AwsKeyLocations, AwsKeys};
 pub use bucket::{AZURE_SCHEMES, BucketConfig, BucketCredentialsConfig, GCS_SCHEMES, S3_SCHEMES};
 pub use caller::{CallerConfig, is_sha256_hex};
+pub use capability::{CloudCapability, Offer};
 pub use client_cert::ClientCertConfig;
 pub use deployment::DeploymentConfig;
 pub use egress::{EgressConfig, EgressLink, SEED_DEFAULT_USD_PER_GB, SEED_USD_PER_GB};
@@ -144,6 +146,9 @@ pub struct Config {
     /// What moving data between clouds costs (`[egress]`).
     #[serde(default)]
     pub egress: EgressConfig,
+    /// What clouds' model services offer, over the shipped catalog (`[[capability]]`).
+    #[serde(default, rename = "capability")]
+    pub capabilities: Vec<CloudCapability>,
 }
 
 impl Config {

@@ -1,6 +1,7 @@
 //! Policy over the data a request moves: which passages may reach which model
-//! endpoints ([`residency`]), and what moving them between clouds costs
-//! ([`egress`]).
+//! endpoints ([`residency`]), what moving them between clouds costs ([`egress`]),
+//! and where a workload should run ([`placement`]).
 
 pub mod egress;
+pub mod placement;
 pub mod residency;
