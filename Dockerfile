@@ -26,6 +26,8 @@ RUN SKYFUSE_MODEL_DIR=/models/all-MiniLM-L6-v2 bash /fetch-model.sh
 
 FROM debian:bookworm-slim AS runtime
 # ca-certificates: TLS to clouds, Qdrant Cloud, OpenSearch; curl: the HEALTHCHECK.
+# Unpinned on purpose (DL3008): bookworm's security updates replace the pinned versions.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
