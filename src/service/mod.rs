@@ -5,6 +5,7 @@ mod bucket_options;
 mod build;
 mod calibrate;
 mod chat;
+pub mod config_check;
 mod embeddings;
 mod feedback;
 mod index;
