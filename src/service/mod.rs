@@ -5,7 +5,6 @@ mod bucket_options;
 mod build;
 mod calibrate;
 mod chat;
-pub mod config_check;
 mod embeddings;
 mod feedback;
 mod index;
@@ -14,6 +13,9 @@ mod index_target;
 mod operations;
 mod residency;
 mod search_controls;
+
+/// Validating a config without serving it (`skyfuse config check`).
+pub mod config_check;
 
 use std::collections::HashMap;
 use std::sync::Arc;
