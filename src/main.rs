@@ -1,4 +1,5 @@
-//! The skyfuse command line: serve | index | search | ask | sources | eval | calibrate | route | keys.
+//! The skyfuse command line: serve | index | search | ask | sources | eval | calibrate | route | keys
+//! | config.
 //!
 //! Without `--server`, `index`, `search`, `ask` and `eval` start the service from
 //! the config (or the embedded default) inside this process and talk to it over
@@ -184,6 +185,19 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Work with a config file without serving it.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Load and validate the config (--config, else the embedded default) as `serve`
+    /// does, without opening a store, loading a model, resolving a secret or contacting
+    /// anything; print what it would serve, or the problem naming the key (exit 1).
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -257,6 +271,9 @@ async fn run(cli: Cli) -> Result<()> {
     };
     skyfuse::telemetry::init(log_level);
     match cli.command {
+        Command::Config {
+            action: ConfigAction::Check,
+        } => cli::config::run_check(cli.config),
         Command::Keys { action } => match action {
             KeysAction::Hash => cli::keys::run_hash(),
             KeysAction::New => cli::keys::run_new(),

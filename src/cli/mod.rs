@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 use skyfuse::client::{connect, load_config};
 
 pub mod calibrate;
+pub mod config;
 pub mod eval;
 pub mod extract_worker;
 pub mod index;

@@ -15,6 +15,9 @@ mod operations;
 mod residency;
 mod search_controls;
 
+/// Validating a config without serving it (`skyfuse config check`).
+pub mod config_check;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
