@@ -852,3 +852,21 @@ async fn search_harbour(
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn opensearch_replicas_starting_together_with_create_missing_both_start() {
+    let fake = FakeOpenSearch::start(FakeAuth::None).await;
+    let harness = OpenSearchHarness {
+        url: fake.url(),
+        kind: StoreKind::Dense,
+        fake: Some(fake),
+        credentials: || OpenSearchCredentials::None,
+    };
+    let (first, second) = tokio::join!(harness.open("shared", 4), harness.open("shared", 4));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    // Either replica's writes are searchable through the other: one index.
+    first.upsert(&conformance::sample()).await.unwrap();
+    first.commit().await.unwrap();
+    assert_eq!(second.count().await.unwrap(), first.count().await.unwrap());
+    assert!(second.count().await.unwrap() > 0);
+}

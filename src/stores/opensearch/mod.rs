@@ -100,7 +100,14 @@ impl OpenSearchIndex {
             Ok(()) => {}
             Err(error) if error.kind == ErrorKind::Config => return Err(error),
             Err(error) if error.kind == ErrorKind::NotFound && index.settings.create_missing => {
-                index.create_index().await?;
+                if let Err(create_error) = index.create_index().await {
+                    // A replica starting at the same moment may have created it between
+                    // our check and our create (`resource_already_exists_exception`):
+                    // then it checks out now, and only a real failure stops startup.
+                    if index.ensure_checked().await.is_err() {
+                        return Err(create_error);
+                    }
+                }
                 index.ensure_checked().await?;
             }
             Err(error) => tracing::warn!(
