@@ -128,7 +128,7 @@ impl Service {
             deadline: request.deadline,
             id: crate::ids::random_id(),
         };
-        self.admit_call(principal)?;
+        self.admit_call(principal).await?;
         let conversation = conversation(&request)?;
         let query = retrieval_query(&conversation, self.config.answer.retrieval_query);
         let routed = self.routed(principal, &request, &call)?;
