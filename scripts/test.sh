@@ -44,5 +44,27 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     }
 fi
 
+# A real Redis for tests/shared_state.rs (three replicas sharing budgets, rate limits and
+# cooldowns), from Debian's packages, installed once; started on a free 127.0.0.1 port
+# without persistence and stopped on exit with the emulators.
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get install -y --no-install-recommends redis-server >/dev/null 2>&1 || {
+        $sudo apt-get update >/dev/null
+        $sudo apt-get install -y --no-install-recommends redis-server >/dev/null
+    }
+fi
+redis_port=$(free_port)
+redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
+    >"$emulators_root/logs/redis.log" 2>&1 &
+emulator_pids+=($!)
+for _ in $(seq 1 100); do
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+done
+redis-cli -p "$redis_port" ping >/dev/null
+export SKYFUSE_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+
 # Protobuf is compiled by protox inside build.rs: no system protoc needed.
 cargo test --locked "$@"

@@ -145,6 +145,19 @@ impl CircuitBreaker {
         }
     }
 
+    /// Refuses calls until `until` without counting a failure: another replica saw
+    /// this endpoint throttled or its breaker open (`[shared_state]` cooldowns). Like
+    /// a throttle's `retry-after`, it ends without a probe; a later one never
+    /// shortens an earlier one.
+    pub fn hold_open_until(&self, until: Instant) {
+        let mut inner = self.lock();
+        inner.not_before = Some(
+            inner
+                .not_before
+                .map_or(until, |not_before| not_before.max(until)),
+        );
+    }
+
     /// A permit dropped without a verdict: only a probe's loss changes the state.
     fn record_lost(&self, probe: bool) {
         if !probe {
@@ -486,6 +499,25 @@ mod tests {
         assert!(!breaker.is_open());
         // A lost call that was not the probe says nothing about the endpoint.
         drop(breaker.try_acquire().unwrap());
+        assert!(!breaker.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_from_another_replica_refuses_calls_until_it_ends_without_a_probe() {
+        let breaker = Arc::new(breaker());
+        let until = Instant::now() + Duration::from_secs(30);
+        breaker.hold_open_until(until);
+        breaker.hold_open_until(until - Duration::from_secs(20));
+        assert!(breaker.is_open());
+        assert_eq!(
+            breaker.reopens_at(),
+            Some(until),
+            "a shorter hold does not shorten it"
+        );
+        assert!(breaker.try_acquire().is_none());
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let permit = breaker.try_acquire().expect("the hold ended");
+        assert!(!permit.probe, "no failure was counted: no probe needed");
         assert!(!breaker.is_open());
     }
 }

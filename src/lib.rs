@@ -64,6 +64,7 @@ pub mod policy;
 pub mod retrieve;
 pub mod route;
 pub mod service;
+pub mod state;
 pub mod stores;
 pub mod telemetry;
 pub mod time_caps;

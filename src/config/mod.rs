@@ -29,6 +29,7 @@ mod routing;
 mod search;
 mod secret;
 mod server;
+mod shared_state;
 mod source;
 mod space;
 mod telemetry;
@@ -66,6 +67,7 @@ pub use search::{FusionMethod, SearchConfig};
 pub use secret::{Secret, SecretLocation, SecretPath, chain_failure, labeled};
 pub use server::ServerConfig;
 pub use server::anonymous_bind_problem;
+pub use shared_state::{FailMode, MAX_SHARED_STATE_TIMEOUT_MS, OnUnavailable, SharedStateConfig};
 pub use source::{
     DenseConfig, LEXICAL_TWIN_SUFFIX, OpenSearchAuth, OpenSearchConfig, OpenSearchRole,
     QdrantConfig, RefreshPolicy, RemoteConfig, SourceConfig, SourceKind, StoreConfig,
@@ -138,6 +140,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Budgets, rate limits and cooldowns shared by replicas (Redis); absent: in-process.
+    #[serde(default)]
+    pub shared_state: Option<SharedStateConfig>,
     /// Where data of each kind may be processed (`[[residency]]`).
     #[serde(default)]
     pub residency: Vec<ResidencyRule>,
@@ -300,6 +305,9 @@ impl Config {
             ));
         }
         self.limits.problems(&mut problems);
+        if let Some(shared_state) = &self.shared_state {
+            shared_state.problems(&mut problems);
+        }
         if !(self.search.rrf_k.is_finite() && self.search.rrf_k > 0.0) {
             problems.push("search.rrf_k must be a positive number".into());
         }

@@ -16,15 +16,21 @@
 //! only while they are active.
 //!
 //! Times come from tokio's clock, so tests drive it with a paused clock.
+//!
+//! With `[shared_state]`, [`RateLimiter::admit_shared`] runs the same cells in
+//! Redis (timed by Redis's clock) so every replica counts against one limit; the
+//! in-process cells then serve only while Redis is unreachable and rate limits
+//! fail open.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::LimitsConfig;
+use crate::config::{FailMode, LimitsConfig};
 use crate::error::Error;
+use crate::state::{RateCell, SharedState, StateKind};
 
 /// The window every limit is stated over.
 const PERIOD: Duration = Duration::from_secs(60);
@@ -169,6 +175,34 @@ pub struct RateLimiter {
     overrides: HashMap<String, CallerLimits>,
     epoch: Instant,
     cells: Mutex<HashMap<String, CallerCells>>,
+    /// Where replicas count together; in process: these cells alone.
+    shared: SharedState,
+}
+
+/// Why a call was not admitted.
+#[derive(Debug, Clone)]
+pub enum RateRefusal {
+    /// Over a limit.
+    Limited(Limited),
+    /// Redis did not answer and rate limits fail closed (`UNAVAILABLE`).
+    Unavailable(Error),
+}
+
+impl RateRefusal {
+    /// Where the caller stands, when known.
+    pub fn status(&self) -> Option<RateLimitStatus> {
+        match self {
+            RateRefusal::Limited(limited) => Some(limited.status),
+            RateRefusal::Unavailable(_) => None,
+        }
+    }
+
+    pub fn into_error(self) -> Error {
+        match self {
+            RateRefusal::Limited(limited) => limited.into_error(),
+            RateRefusal::Unavailable(error) => error,
+        }
+    }
 }
 
 impl RateLimiter {
@@ -201,6 +235,109 @@ impl RateLimiter {
             overrides,
             epoch: Instant::now(),
             cells: Mutex::new(HashMap::new()),
+            shared: SharedState::InProcess,
+        }
+    }
+
+    /// Counts across replicas through `shared` ([`RateLimiter::admit_shared`]).
+    pub fn sharing(mut self, shared: SharedState) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// [`RateLimiter::admit`] across every replica when the state is shared (one
+    /// Redis round trip, skipped for unlimited callers); in process otherwise, and
+    /// while Redis is unreachable and rate limits fail open.
+    pub async fn admit_shared(
+        &self,
+        caller_id: &str,
+        requests: u64,
+        tokens: u64,
+    ) -> Result<RateLimitStatus, RateRefusal> {
+        let limits = self.limits(caller_id);
+        let Some(store) = self.shared.redis() else {
+            return self
+                .admit(caller_id, requests, tokens)
+                .map_err(RateRefusal::Limited);
+        };
+        if limits == CallerLimits::default() {
+            return Ok(RateLimitStatus::default());
+        }
+        let cells = [
+            shared_cell(limits.requests_per_minute, requests),
+            shared_cell(limits.tokens_per_minute, tokens),
+        ];
+        let verdict = match store.admit_rate(caller_id, cells, PERIOD).await {
+            Ok(verdict) => verdict,
+            Err(error) => {
+                return match store.fail_mode(StateKind::RateLimits) {
+                    FailMode::Open => self
+                        .admit(caller_id, requests, tokens)
+                        .map_err(RateRefusal::Limited),
+                    FailMode::Closed => Err(RateRefusal::Unavailable(
+                        store.unavailable(StateKind::RateLimits, &error),
+                    )),
+                };
+            }
+        };
+        let quota = |limit: Option<u64>, ahead: Duration| {
+            limit.map(|limit| {
+                let interval =
+                    Duration::from_nanos(u64::try_from(Cell::interval(limit)).unwrap_or(u64::MAX));
+                let free = PERIOD.saturating_sub(ahead);
+                Quota {
+                    limit,
+                    remaining: u64::try_from(free.as_nanos() / interval.as_nanos().max(1))
+                        .unwrap_or(limit)
+                        .min(limit),
+                    reset: ahead,
+                }
+            })
+        };
+        let status = RateLimitStatus {
+            requests: quota(limits.requests_per_minute, verdict.ahead[0]),
+            tokens: quota(limits.tokens_per_minute, verdict.ahead[1]),
+        };
+        if verdict.admitted {
+            return Ok(status);
+        }
+        let (kind, asked, limit) = match verdict.refused_cell {
+            Some(1) => (RateKind::Tokens, tokens, limits.tokens_per_minute),
+            _ => (RateKind::Requests, requests, limits.requests_per_minute),
+        };
+        Err(RateRefusal::Limited(Limited {
+            kind,
+            retry_after: verdict.retry_after,
+            asked,
+            limit: limit.unwrap_or(0),
+            status,
+        }))
+    }
+
+    /// [`RateLimiter::refund_tokens_shared`] from code that cannot wait (the end of an
+    /// answer's stream): at once in process, on a task when it is a Redis round trip.
+    pub fn refund_tokens_soon(self: &Arc<Self>, caller_id: &str, tokens: u64) {
+        if self.shared.redis().is_none() {
+            return self.refund_tokens(caller_id, tokens);
+        }
+        let (limiter, caller_id) = (Arc::clone(self), caller_id.to_string());
+        tokio::spawn(async move { limiter.refund_tokens_shared(&caller_id, tokens).await });
+    }
+
+    /// [`RateLimiter::refund_tokens`] where [`RateLimiter::admit_shared`] charged them.
+    pub async fn refund_tokens_shared(&self, caller_id: &str, tokens: u64) {
+        let Some(store) = self.shared.redis() else {
+            return self.refund_tokens(caller_id, tokens);
+        };
+        let Some(limit) = self.limits(caller_id).tokens_per_minute else {
+            return;
+        };
+        let back = shared_cell(Some(limit), tokens);
+        let refund = Duration::from_micros(back.units.saturating_mul(back.interval_us));
+        if let Err(error) = store.refund_rate_tokens(caller_id, refund).await {
+            // Not given back: the caller waits a little longer than it should.
+            tracing::debug!(%error, "could not refund rate-limit tokens");
+            self.refund_tokens(caller_id, tokens);
         }
     }
 
@@ -303,6 +440,18 @@ impl RateLimiter {
         self.cells
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A cell of the Redis script: `units` against `limit` per minute (None: unlimited).
+fn shared_cell(limit: Option<u64>, units: u64) -> RateCell {
+    RateCell {
+        units,
+        interval_us: limit.map_or(0, |limit| {
+            u64::try_from(PERIOD.as_micros() / u128::from(limit.max(1)))
+                .unwrap_or(u64::MAX)
+                .max(1)
+        }),
     }
 }
 

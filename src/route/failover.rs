@@ -19,13 +19,13 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
-use super::budget::{Reservation, until_next_day};
 use super::plan::{Plan, Skip};
 use super::{Caller, Candidate, Deployment, Router};
 use crate::breaker::Permit;
 use crate::error::{Error, ErrorKind, Failover, Result};
 use crate::llm::prompt::{estimate_tokens, request_tokens};
 use crate::llm::{ChatEvent, ChatMessage, ChatRequest, ProviderInfo, Role, Usage};
+use crate::state::{BudgetRefusal, Reservation, until_next_day};
 use crate::telemetry::spans;
 use crate::telemetry::trace::{self, ChildSpan};
 use crate::time_caps;
@@ -259,30 +259,44 @@ impl Router {
         }
     }
 
-    /// Holds the most this call can cost when the caller has a budget.
-    fn reserve(
+    /// Holds the most this call can cost when the caller has a budget: Err(Ok) says
+    /// why this candidate does not fit, Err(Err) stops the request (the shared
+    /// budgets are unreachable and fail closed).
+    async fn reserve(
         &self,
         caller: &Caller,
         max_cost_usd: Option<f64>,
-    ) -> std::result::Result<Option<Reservation>, String> {
+    ) -> std::result::Result<Option<Reservation>, std::result::Result<String, Error>> {
         let Some(budget) = caller.budget_usd_per_day else {
             return Ok(None);
         };
         let Some(cost) = max_cost_usd else {
-            return Err(format!(
+            return Err(Ok(format!(
                 "no known price, and caller {:?} has a budget",
                 caller.id
-            ));
+            )));
         };
-        self.budgets
-            .reserve(&caller.id, budget, cost)
-            .map(Some)
-            .map_err(|balance| {
-                format!(
-                    "over budget: ${:.4} spent and ${:.4} held of ${:.2} today; this call may cost ${cost:.4}",
-                    balance.spent_usd, balance.reserved_usd, balance.budget_usd
-                )
-            })
+        match self.budgets.reserve(&caller.id, budget, cost).await {
+            Ok(reservation) => Ok(Some(reservation)),
+            Err(BudgetRefusal::Over(balance)) => Err(Ok(format!(
+                "over budget: ${:.4} spent and ${:.4} held of ${:.2} today; this call may cost ${cost:.4}",
+                balance.spent_usd, balance.reserved_usd, balance.budget_usd
+            ))),
+            Err(BudgetRefusal::Unavailable(error)) => Err(Err(error)),
+        }
+    }
+
+    /// Tells the other replicas to hold off `deployment` while its breaker does (a
+    /// throttle's retry-after, or the breaker just opened).
+    fn share_cooldown(&self, deployment: &Deployment) {
+        let Some(store) = self.shared.redis() else {
+            return;
+        };
+        if let Some(until) = deployment.breaker.reopens_at()
+            && until > Instant::now()
+        {
+            store.publish_cooldown(&deployment.label(), until);
+        }
     }
 
     /// When a failed candidate may be tried again: its breaker's reopening, or a
@@ -321,13 +335,18 @@ impl Attempts<'_> {
             ));
             return Turn::Next;
         }
-        let reservation = match self.router.reserve(self.caller, candidate.max_cost_usd) {
+        let reservation = match self
+            .router
+            .reserve(self.caller, candidate.max_cost_usd)
+            .await
+        {
             Ok(reservation) => reservation,
-            Err(reason) => {
+            Err(Ok(reason)) => {
                 self.over_budget = true;
                 self.summary.attempts.push(skipped(deployment, reason));
                 return Turn::Next;
             }
+            Err(Err(unavailable)) => return Turn::Stop(unavailable),
         };
         let Some(permit) = deployment.breaker.try_acquire() else {
             if let Some(reservation) = reservation {
@@ -405,6 +424,7 @@ impl Attempts<'_> {
         ));
         tracing::warn!(deployment = %deployment.label(), %error, "attempt failed");
         permit.failed(&error);
+        self.router.share_cooldown(deployment);
         let turn = match error.kind.failover() {
             Failover::Next => Turn::RetryLater,
             Failover::NextLongerContext => {

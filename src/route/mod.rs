@@ -6,7 +6,6 @@
 //! [`failover`] tries the candidates in order until one produces a first token,
 //! and streams the rest with its timers, budget settlement and cost.
 
-pub mod budget;
 pub mod callers;
 pub mod catalog;
 pub mod failover;
@@ -24,8 +23,9 @@ use std::time::Duration;
 use crate::breaker::{BreakerSettings, CircuitBreaker};
 use crate::config::{DeploymentConfig, RoutingConfig};
 use crate::llm::{ChatProvider, ProviderInfo};
+use crate::state::{Budgets, SharedState};
 
-pub use budget::BudgetLedger;
+pub use crate::state::BudgetLedger;
 pub use callers::Caller;
 pub use catalog::{Catalog, Price};
 pub use failover::{Attempt, AttemptOutcome, RouteEvent, RouteFailure, RouteSummary, Started};
@@ -108,7 +108,9 @@ impl RouteStats {
 pub struct Router {
     deployments: Vec<Arc<Deployment>>,
     settings: RoutingConfig,
-    budgets: BudgetLedger,
+    budgets: Budgets,
+    /// Where cooldowns are shared with the other replicas.
+    shared: SharedState,
     stats: RouteStats,
 }
 
@@ -117,9 +119,24 @@ impl Router {
         Self {
             deployments: deployments.into_iter().map(Arc::new).collect(),
             settings,
-            budgets: BudgetLedger::default(),
+            budgets: Budgets::default(),
+            shared: SharedState::InProcess,
             stats: RouteStats::default(),
         }
+    }
+
+    /// Keeps budgets in `shared` and shares every cooldown this router learns (a
+    /// throttle's retry-after, a breaker opening) with the other replicas, which apply
+    /// them to their breakers ([`SharedState::spawn_cooldown_listener`]).
+    pub fn share_state(&mut self, shared: SharedState) {
+        self.budgets = shared.budgets();
+        shared.spawn_cooldown_listener(
+            self.deployments
+                .iter()
+                .map(|deployment| (deployment.label(), Arc::clone(&deployment.breaker)))
+                .collect(),
+        );
+        self.shared = shared;
     }
 
     /// Today's spend and holds per caller with a budget (for metrics).

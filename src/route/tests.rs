@@ -761,7 +761,7 @@ async fn a_client_that_stops_reading_releases_the_upstream_call_and_the_budget()
     let mut events = started.into_events();
     // The client reads nothing for a minute (well within the request deadline).
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let held = fixture.router.budgets.reserve("team", 2.0, 1.5);
+    let held = fixture.router.budgets.reserve("team", 2.0, 1.5).await;
     assert!(
         held.is_ok(),
         "the stalled call's hold (${:.2}) was settled",

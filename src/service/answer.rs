@@ -138,7 +138,7 @@ impl Service {
             id: crate::ids::random_id(),
             egress_usd_by_cloud: Vec::new(),
         };
-        self.admit_call(principal)?;
+        self.admit_call(principal).await?;
         let conversation = conversation(&request)?;
         let query = retrieval_query(&conversation, self.config.answer.retrieval_query);
         let routed = self.routed(principal, &request, &call)?;

@@ -126,12 +126,16 @@ impl Service {
         };
         let input_tokens = request_tokens(&request);
         let tokens = input_tokens.saturating_add(u64::from(max_output_tokens));
-        let rate = match self.rate_limiter.admit(principal.id(), requests, tokens) {
+        let rate = match self
+            .rate_limiter
+            .admit_shared(principal.id(), requests, tokens)
+            .await
+        {
             Ok(status) => status,
-            Err(limited) => {
+            Err(refusal) => {
                 return RatedChat {
-                    rate: Some(limited.status),
-                    result: Err(limited.into_error().into()),
+                    rate: refusal.status(),
+                    result: Err(refusal.into_error().into()),
                 };
             }
         };
@@ -150,7 +154,8 @@ impl Service {
                         .usage
                         .input_tokens
                         .saturating_add(summary.usage.output_tokens);
-                    limiter.refund_tokens(&caller_id, tokens.saturating_sub(used));
+                    let unused = tokens.saturating_sub(used);
+                    limiter.refund_tokens_soon(&caller_id, unused);
                     metrics.record_attempts(&summary.attempts);
                     metrics.record_answered(summary, first_token, start.elapsed());
                     if let Some(deployment) = answered_by(summary)
@@ -167,7 +172,7 @@ impl Service {
                 });
             }
             Err(failure) => {
-                limiter.refund_tokens(&caller_id, tokens);
+                limiter.refund_tokens_shared(&caller_id, tokens).await;
                 if let Some(route) = &failure.route {
                     metrics.record_attempts(&route.attempts);
                     metrics.record_call("chat", "error", start.elapsed(), route.attempts_time());

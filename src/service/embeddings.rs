@@ -39,7 +39,7 @@ impl Service {
         principal: &Principal,
         request: EmbeddingsRequest,
     ) -> Result<Embeddings> {
-        self.admit_call(principal)?;
+        self.admit_call(principal).await?;
         let result = self.embed_for(principal, request).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics.record_request("embeddings", outcome);

@@ -57,7 +57,7 @@ impl Service {
     /// Records `principal`'s `score` (0 to 1) for its answer `answer_id`. Unknown,
     /// forgotten and other callers' answers read alike.
     pub fn feedback(&self, principal: &Principal, answer_id: &str, score: f64) -> Result<()> {
-        self.admit_call(principal)?;
+        self.admit_call_in_process(principal)?;
         if !(0.0..=1.0).contains(&score) {
             return Err(Error::invalid(format!(
                 "score must be between 0 and 1, got {score}"

@@ -38,7 +38,7 @@ impl Service {
         if url.trim().is_empty() {
             return Err(Error::invalid("url must not be empty"));
         }
-        self.admit_call(principal)?;
+        self.admit_call(principal).await?;
         let index = self.index_config_for(principal, index_id)?.clone();
         let target = self.index_target(url).await?;
         // Roles grant URL prefixes of the canonical form, so `s3a://`, `../` or a symlink

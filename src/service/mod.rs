@@ -40,6 +40,7 @@ use crate::policy::egress::EgressPrices;
 use crate::policy::residency::Residency;
 use crate::retrieve::{Retriever, SearchRequest, SearchResult};
 use crate::route::Router;
+use crate::state::SharedState;
 use crate::stores::lock::DataDirLock;
 use crate::stores::{SourceInfo, StoreKind};
 use crate::telemetry::{Metrics, Tracing};
@@ -112,6 +113,8 @@ pub struct Service {
     residency: Residency,
     /// What moving data between clouds costs (`[egress]`).
     egress: Arc<EgressPrices>,
+    /// Budgets, rate limits and cooldowns: in process, or shared by replicas (Redis).
+    shared_state: SharedState,
 }
 
 impl Service {
@@ -129,7 +132,13 @@ impl Service {
             .collect();
         let sources = build::sources(&config, env).await?;
         let authenticator = build::authenticator(&config, env, &http)?;
-        let router = build::router(&config, env, &http)?.map(Arc::new);
+        let metrics: Arc<Metrics> = Arc::default();
+        let shared_state =
+            SharedState::from_config(config.shared_state.as_ref(), env, Arc::clone(&metrics))?;
+        let router = build::router(&config, env, &http)?.map(|mut router| {
+            router.share_state(shared_state.clone());
+            Arc::new(router)
+        });
         if let Some(router) = &router {
             router.spawn_probe();
         }
@@ -158,10 +167,13 @@ impl Service {
             index_locks,
             ingest_roots,
             index_runs: Arc::default(),
-            metrics: Arc::default(),
+            metrics,
             answers: Arc::default(),
             env: env.clone(),
-            rate_limiter: Arc::new(RateLimiter::from_config(&config.limits)),
+            rate_limiter: Arc::new(
+                RateLimiter::from_config(&config.limits).sharing(shared_state.clone()),
+            ),
+            shared_state,
             call_limit: CallLimit::new(config.server.max_concurrent_calls),
             _data_dir_lock: data_dir_lock,
             config,
@@ -289,7 +301,7 @@ impl Service {
         params: SearchParams,
     ) -> Result<SearchResult> {
         let start = Instant::now();
-        self.admit_call(principal)?;
+        self.admit_call(principal).await?;
         let result = self.search_within_limits(principal, params).await;
         let (outcome, waited) = match &result {
             Ok(result) if result.degraded => ("degraded", result.longest_source()),
@@ -304,7 +316,17 @@ impl Service {
     /// Counts one call of `principal` against its `requests_per_minute`, or refuses it
     /// (`RESOURCE_EXHAUSTED` with a retry-after) before any work. Every entrance calls
     /// it once; chat calls also charge their tokens ([`Service::rated_chat`]).
-    pub fn admit_call(&self, principal: &Principal) -> Result<()> {
+    pub async fn admit_call(&self, principal: &Principal) -> Result<()> {
+        self.rate_limiter
+            .admit_shared(principal.id(), 1, 0)
+            .await
+            .map(drop)
+            .map_err(|refusal| refusal.into_error())
+    }
+
+    /// [`Service::admit_call`] for the two synchronous entrances (`Feedback`,
+    /// `ListIndexes`): counted by this replica alone, even with `[shared_state]`.
+    pub fn admit_call_in_process(&self, principal: &Principal) -> Result<()> {
         self.rate_limiter
             .admit_request(principal.id())
             .map(drop)
@@ -381,7 +403,7 @@ impl Service {
 
     /// The sources the principal may search (Admin).
     pub async fn list_sources(&self, principal: &Principal) -> Result<Vec<SourceDescription>> {
-        self.admit_call(principal)?;
+        self.admit_call(principal).await?;
         let permissions = principal.permissions();
         permissions.check_admin()?;
         let visible: Vec<_> = self
@@ -405,7 +427,7 @@ impl Service {
 
     /// The indexes the principal may write or search a source of (Admin).
     pub fn list_indexes(&self, principal: &Principal) -> Result<Vec<&IndexConfig>> {
-        self.admit_call(principal)?;
+        self.admit_call_in_process(principal)?;
         let permissions = principal.permissions();
         permissions.check_admin()?;
         Ok(self

@@ -1,6 +1,7 @@
 //! What an operator reads: the metrics scrape and readiness.
 
 use super::Service;
+use crate::state::SharedState;
 use crate::telemetry::metrics::{CallerLabels, DeploymentLabels, EgressLabels, SourceLabels};
 
 /// Whether each part of the service can do its job now (see [`Service::health`]).
@@ -27,10 +28,12 @@ impl Service {
     /// whose every deployment has an open circuit. (Stores that fail to open stop the
     /// service at startup; a store whose breaker is open degrades searches instead.)
     pub fn unready_reasons(&self) -> Vec<String> {
+        // Redis unreachable while a kind fails closed: calls of that kind fail.
+        let mut reasons = self.shared_state.unready_reasons();
         let Some(router) = &self.router else {
-            return Vec::new();
+            return reasons;
         };
-        router
+        let cooling = router
             .models()
             .into_iter()
             .filter(|model| {
@@ -40,8 +43,14 @@ impl Service {
                     .filter(|deployment| &deployment.info().model == model)
                     .all(|deployment| deployment.breaker.is_open())
             })
-            .map(|model| format!("model {model:?}: every deployment's circuit is open"))
-            .collect()
+            .map(|model| format!("model {model:?}: every deployment's circuit is open"));
+        reasons.extend(cooling);
+        reasons
+    }
+
+    /// Where budgets, rate limits and cooldowns are kept.
+    pub fn shared_state(&self) -> &SharedState {
+        &self.shared_state
     }
 
     /// The OpenMetrics text for a scrape: state kept elsewhere (breakers, calls in

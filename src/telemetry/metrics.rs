@@ -118,6 +118,13 @@ pub struct IndexVolumeLabels {
     pub index: String,
 }
 
+/// A kind of state replicas share (`[shared_state]`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SharedStateLabels {
+    /// budgets | rate_limits | cooldowns
+    pub kind: &'static str,
+}
+
 type FloatCounter = Counter<f64, AtomicU64>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -166,6 +173,9 @@ pub struct Metrics {
     pub calls_in_flight: Gauge,
     pub budget_spent: Family<CallerLabels, FloatGauge>,
     pub budget_reserved: Family<CallerLabels, FloatGauge>,
+    // Shared state (Redis), recorded as calls fail and as the subscriber probes.
+    pub shared_state_errors: Family<SharedStateLabels, Counter>,
+    pub shared_state_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -201,7 +211,11 @@ impl Metrics {
             calls_in_flight: Gauge::default(),
             budget_spent: Family::default(),
             budget_reserved: Family::default(),
+            shared_state_errors: Family::default(),
+            shared_state_up: Gauge::default(),
         };
+        // In process until a Redis store says otherwise.
+        metrics.shared_state_up.set(1);
         metrics.register_all();
         metrics
     }
@@ -323,6 +337,16 @@ impl Metrics {
             "budget_reserved_usd",
             "Spend held right now by calls in flight, per caller with a daily budget",
             m.budget_reserved.clone(),
+        );
+        registry.register(
+            "shared_state_errors",
+            "Redis calls of the shared state that failed or timed out, by kind (each then failed open or closed as configured)",
+            m.shared_state_errors.clone(),
+        );
+        registry.register(
+            "shared_state_up",
+            "1 while the shared state answers: always in process; with Redis, whether its last call or probe got an answer",
+            m.shared_state_up.clone(),
         );
         self.registry = registry;
     }

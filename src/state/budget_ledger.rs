@@ -1,6 +1,7 @@
-//! Per-caller daily budgets with reservation: a call reserves the most it can cost
-//! before it is sent and settles the real cost when it ends, so concurrent calls
-//! cannot together spend past the budget. In memory, per replica.
+//! Per-caller daily budgets with reservation, in process: a call reserves the most
+//! it can cost before it is sent and settles the real cost when it ends, so
+//! concurrent calls cannot together spend past the budget. The default, and what a
+//! replica falls back to when Redis is unreachable and budgets fail open.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,9 +24,9 @@ pub struct BudgetLedger {
 
 /// Money held for one call. Dropping it unsettled charges the whole hold (a
 /// call whose end went unrecorded, say a panicking task, may have cost that
-/// much); [`Reservation::release`] is for calls that were never answered.
+/// much); [`LocalReservation::release`] is for calls that were never answered.
 #[derive(Debug)]
-pub struct Reservation {
+pub struct LocalReservation {
     accounts: Arc<Mutex<HashMap<String, Account>>>,
     caller: String,
     day: u64,
@@ -48,7 +49,7 @@ impl BudgetLedger {
         caller: &str,
         budget_usd: f64,
         amount_usd: f64,
-    ) -> Result<Reservation, Balance> {
+    ) -> Result<LocalReservation, Balance> {
         let day = today();
         let mut accounts = lock(&self.accounts);
         let account = accounts.entry(caller.to_string()).or_default();
@@ -68,7 +69,7 @@ impl BudgetLedger {
             });
         }
         account.reserved_usd += amount_usd;
-        Ok(Reservation {
+        Ok(LocalReservation {
             accounts: self.accounts.clone(),
             caller: caller.to_string(),
             day,
@@ -97,7 +98,7 @@ impl BudgetLedger {
     }
 }
 
-impl Reservation {
+impl LocalReservation {
     pub fn amount_usd(&self) -> f64 {
         self.amount_usd
     }
@@ -134,7 +135,7 @@ impl Reservation {
     }
 }
 
-impl Drop for Reservation {
+impl Drop for LocalReservation {
     fn drop(&mut self) {
         self.finish(self.amount_usd);
     }
@@ -147,6 +148,11 @@ pub fn until_next_day() -> Duration {
         .unwrap_or_default()
         .as_secs();
     Duration::from_secs(DAY_SECONDS - now % DAY_SECONDS)
+}
+
+/// Days since the Unix epoch (UTC): the day a reservation counts against.
+pub fn utc_day() -> u64 {
+    today()
 }
 
 fn today() -> u64 {
