@@ -103,6 +103,7 @@ fn synthetic_chunks(count: usize, with_vectors: bool, vocabulary: &[String]) -> 
                     ordinal,
                     cloud: "aws".to_owned(),
                     region: "us-east-1".to_owned(),
+                    metadata: Default::default(),
                 },
                 vector: if with_vectors {
                     unit_vector(&mut random)

@@ -81,6 +81,7 @@ fn bench(criterion: &mut Criterion) {
                     ordinal: 0,
                     cloud: "aws".into(),
                     region: "us-east-1".into(),
+                    metadata: Default::default(),
                 },
                 vector,
             })

@@ -24,6 +24,33 @@ pub struct Chunk {
     pub cloud: String,
     #[serde(default)]
     pub region: String,
+    /// What the object store and the record said about the object; empty in data
+    /// written before chunks kept it, and such chunks match no metadata filter.
+    #[serde(default, skip_serializing_if = "ChunkMetadata::is_empty")]
+    pub metadata: ChunkMetadata,
+}
+
+/// A chunk's object metadata, for filters; every part is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// The JSON(L) record fields an `[[index]]` names in `metadata_fields`, as text.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
+impl ChunkMetadata {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Chunk {

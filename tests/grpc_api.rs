@@ -70,6 +70,7 @@ impl TestServer {
             sources = ["local-bm25", "local-dense"]
             chunk_max_words = 80
             chunk_overlap_words = 10
+            metadata_fields = ["topic"]
             [ingest]
             roots = ["{temp}"]
             {extra_config}
@@ -2056,5 +2057,266 @@ async fn residency_keeps_the_prompt_where_its_passages_may_go_and_says_what_it_w
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("GDPR"), "{}", refused.message());
     assert!(us_calls.lock().unwrap().is_empty());
+    server.stop().await;
+}
+
+/// The corpus plus JSONL records tagged with a `topic`, at the top level or in `metadata`.
+fn write_tagged_corpus(dir: &Path) {
+    write_corpus(dir);
+    std::fs::write(
+        dir.join("tagged.jsonl"),
+        concat!(
+            r#"{"id": "t1", "title": "Backup tapes", "text": "Cold archives of the backups are written to tape every week.", "topic": "storage"}"#,
+            "\n",
+            r#"{"id": "t2", "title": "Backup invoices", "text": "Invoices for cold archives and backups are issued every month.", "metadata": {"topic": "billing"}}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn condition(field: &str, test: proto::field_condition::Test) -> proto::Filter {
+    proto::Filter {
+        kind: Some(proto::filter::Kind::Condition(proto::FieldCondition {
+            field: field.into(),
+            test: Some(test),
+        })),
+    }
+}
+
+#[tokio::test]
+async fn a_filtered_search_and_answer_see_only_the_matching_chunks() {
+    use proto::field_condition::Test;
+    let data = TempDir::new().unwrap();
+    let docs = TempDir::new().unwrap();
+    write_tagged_corpus(docs.path());
+    let server = TestServer::start(data.path(), "").await;
+    server.index(docs.path()).await;
+    let query = "cold archives backups invoices";
+    let search = |filter: Option<proto::Filter>| {
+        let mut client = server.search();
+        async move {
+            client
+                .search(proto::SearchRequest {
+                    query: query.into(),
+                    top_k: 20,
+                    filter,
+                    ..Default::default()
+                })
+                .await
+                .map(|response| response.into_inner())
+        }
+    };
+    let sorted_ids = |response: &proto::SearchResponse| {
+        let mut ids = doc_ids(response);
+        ids.sort();
+        ids
+    };
+    let unfiltered = search(None).await.unwrap();
+    let tagged_key = unfiltered
+        .hits
+        .iter()
+        .find(|hit| hit.object_key.ends_with("tagged.jsonl"))
+        .map(|hit| hit.object_key.clone())
+        .expect("the tagged records are found unfiltered");
+    assert!(
+        unfiltered
+            .hits
+            .iter()
+            .any(|hit| hit.object_key.ends_with("archives.md")),
+        "{:?}",
+        doc_ids(&unfiltered)
+    );
+
+    // A record field named in metadata_fields: only that record, found by both sources.
+    let storage = search(Some(condition(
+        "metadata.topic",
+        Test::Eq("storage".into()),
+    )))
+    .await
+    .unwrap();
+    assert_eq!(doc_ids(&storage).len(), 1, "{:?}", doc_ids(&storage));
+    assert!(doc_ids(&storage)[0].ends_with("tagged.jsonl#t1"));
+    assert_eq!(
+        storage.hits[0].explain.len(),
+        2,
+        "both sources filtered alike"
+    );
+    assert!(!storage.degraded);
+
+    // Object key prefix, and its negation.
+    let tagged = search(Some(condition(
+        "object_key",
+        Test::Prefix(tagged_key.clone()),
+    )))
+    .await
+    .unwrap();
+    let ids = sorted_ids(&tagged);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(
+        ids[0].ends_with("#t1") && ids[1].ends_with("#t2"),
+        "{ids:?}"
+    );
+    let not_tagged = search(Some(proto::Filter {
+        kind: Some(proto::filter::Kind::Not(Box::new(condition(
+            "object_key",
+            Test::Prefix(tagged_key.clone()),
+        )))),
+    }))
+    .await
+    .unwrap();
+    assert!(!not_tagged.hits.is_empty());
+    assert!(
+        not_tagged
+            .hits
+            .iter()
+            .all(|hit| hit.object_key != tagged_key),
+        "{:?}",
+        doc_ids(&not_tagged)
+    );
+
+    // Object metadata: the content type a local file's name gives, its size and mtime.
+    let markdown = search(Some(condition(
+        "content_type",
+        Test::Eq("text/markdown".into()),
+    )))
+    .await
+    .unwrap();
+    assert!(!markdown.hits.is_empty());
+    assert!(
+        markdown
+            .hits
+            .iter()
+            .all(|hit| hit.object_key.ends_with("archives.md"))
+    );
+    let range = |field: &str, bounds: proto::Range| condition(field, Test::Range(bounds));
+    let since_2000 = search(Some(range(
+        "last_modified",
+        proto::Range {
+            gte: "2000-01-01".into(),
+            ..Default::default()
+        },
+    )))
+    .await
+    .unwrap();
+    assert_eq!(sorted_ids(&since_2000), sorted_ids(&unfiltered));
+    let before_2000 = search(Some(range(
+        "last_modified",
+        proto::Range {
+            lt: "2000-01-01T00:00:00Z".into(),
+            ..Default::default()
+        },
+    )))
+    .await
+    .unwrap();
+    assert!(before_2000.hits.is_empty() && !before_2000.degraded);
+    let empty_files = search(Some(range(
+        "size_bytes",
+        proto::Range {
+            lte: "0".into(),
+            ..Default::default()
+        },
+    )))
+    .await
+    .unwrap();
+    assert!(empty_files.hits.is_empty());
+
+    // `source` is decided per store: the other one answers ok with nothing.
+    let lexical = search(Some(condition("source", Test::Eq("local-bm25".into()))))
+        .await
+        .unwrap();
+    assert!(!lexical.hits.is_empty() && !lexical.degraded);
+    assert!(lexical.hits.iter().all(|hit| {
+        hit.explain
+            .iter()
+            .all(|contribution| contribution.source == "local-bm25")
+    }));
+
+    // Bad filters are INVALID_ARGUMENT naming what is wrong.
+    for (filter, says) in [
+        (condition("colour", Test::Eq("red".into())), "\"colour\""),
+        (
+            condition("metadata.owner", Test::Eq("x".into())),
+            "unknown metadata field \"owner\"",
+        ),
+        (
+            range("cloud", proto::Range::default()),
+            "range applies to size_bytes and last_modified",
+        ),
+        (
+            range(
+                "size_bytes",
+                proto::Range {
+                    gte: "big".into(),
+                    ..Default::default()
+                },
+            ),
+            "must be an integer",
+        ),
+        (proto::Filter { kind: None }, "sets none of"),
+    ] {
+        let status = search(Some(filter)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains(says), "{}", status.message());
+    }
+
+    // POST /v1/search: the same filter as JSON gives the same hits.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/search", server.facade))
+        .json(&serde_json::json!({
+            "query": query,
+            "top_k": 20,
+            "filter": { "or": { "filters": [
+                { "condition": { "field": "metadata.topic", "eq": "storage" } },
+                { "condition": { "field": "size_bytes", "range": { "lte": 0 } } },
+            ] } },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let json: serde_json::Value = response.json().await.unwrap();
+    let http_ids: Vec<&str> = json["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|hit| hit["doc_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(http_ids, doc_ids(&storage));
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/search", server.facade))
+        .json(&serde_json::json!({
+            "query": query,
+            "filter": { "condition": { "field": "cloud", "eq": "aws", "prefix": "a" } },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+
+    // An answer cites only passages that match its filter.
+    let events = server
+        .answer(proto::AnswerRequest {
+            question: "When are invoices for cold archives issued?".into(),
+            filter: Some(condition(
+                "metadata.topic",
+                Test::In(proto::StringList {
+                    values: vec!["billing".into()],
+                }),
+            )),
+            ..Default::default()
+        })
+        .await;
+    let Some(proto::answer_event::Event::Done(done)) = events.last() else {
+        panic!("the stream ends with done: {events:?}");
+    };
+    assert!(!done.citations.is_empty());
+    assert!(
+        done.citations
+            .iter()
+            .all(|citation| citation.doc_id.ends_with("tagged.jsonl#t2")),
+        "{:?}",
+        done.citations
+    );
     server.stop().await;
 }

@@ -10,6 +10,7 @@ use crate::error::{Error, ErrorKind};
 use crate::retrieve::snippet::Snippet;
 use crate::retrieve::{FusedHit, SearchResult, SourceOutcome, SourceStatus};
 use crate::service::{SearchControls, SearchParams};
+use crate::stores::filter::{FilterRequest, RangeBounds};
 
 /// Every error kind maps to one status; retry hints travel as `retry-after` metadata.
 pub fn status(error: Error) -> Status {
@@ -121,7 +122,57 @@ pub fn search_params(
             page_token: (!request.page_token.is_empty()).then(|| request.page_token.clone()),
             snippets: request.snippets,
         },
+        filter: request.filter.as_ref().map(filter_request).transpose()?,
     })
+}
+
+/// A proto filter as the service checks it; only its shape is checked here.
+pub fn filter_request(filter: &proto::Filter) -> Result<FilterRequest, Error> {
+    use proto::field_condition::Test;
+    use proto::filter::Kind;
+    let list = |list: &proto::FilterList| -> Result<Vec<FilterRequest>, Error> {
+        list.filters.iter().map(filter_request).collect()
+    };
+    match &filter.kind {
+        None => Err(Error::invalid(
+            "filter: a filter sets none of and, or, not, condition",
+        )),
+        Some(Kind::And(filters)) => Ok(FilterRequest::And(list(filters)?)),
+        Some(Kind::Or(filters)) => Ok(FilterRequest::Or(list(filters)?)),
+        Some(Kind::Not(inner)) => Ok(FilterRequest::Not(Box::new(filter_request(inner)?))),
+        Some(Kind::Condition(condition)) => {
+            let field = condition.field.clone();
+            match &condition.test {
+                None => Err(Error::invalid(format!(
+                    "filter: the condition on {field:?} sets none of eq, in, prefix, range"
+                ))),
+                Some(Test::Eq(value)) => Ok(FilterRequest::Eq {
+                    field,
+                    value: value.clone(),
+                }),
+                Some(Test::In(values)) => Ok(FilterRequest::In {
+                    field,
+                    values: values.values.clone(),
+                }),
+                Some(Test::Prefix(prefix)) => Ok(FilterRequest::Prefix {
+                    field,
+                    prefix: prefix.clone(),
+                }),
+                Some(Test::Range(range)) => {
+                    let bound = |text: &String| (!text.is_empty()).then(|| text.clone());
+                    Ok(FilterRequest::Range {
+                        field,
+                        bounds: RangeBounds {
+                            gte: bound(&range.gte),
+                            gt: bound(&range.gt),
+                            lte: bound(&range.lte),
+                            lt: bound(&range.lt),
+                        },
+                    })
+                }
+            }
+        }
+    }
 }
 
 fn fusion_to_proto(method: FusionMethod) -> proto::FusionMethod {

@@ -108,6 +108,12 @@ impl GenerationApi {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
+        let filter = request
+            .filter
+            .as_ref()
+            .map(convert::filter_request)
+            .transpose()
+            .map_err(convert::status)?;
         let events = self
             .service
             .answer(
@@ -123,6 +129,7 @@ impl GenerationApi {
                     max_output_tokens: convert::optional(request.max_output_tokens),
                     deadline,
                     messages,
+                    filter,
                 },
             )
             .await

@@ -48,6 +48,141 @@ struct SearchBody {
     page_token: String,
     #[serde(default)]
     snippets: bool,
+    #[serde(default)]
+    filter: Option<FilterBody>,
+}
+
+/// `Filter` in JSON, as gRPC's JSON mapping spells it: exactly one of the four keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterBody {
+    #[serde(default)]
+    and: Option<FilterListBody>,
+    #[serde(default)]
+    or: Option<FilterListBody>,
+    #[serde(default)]
+    not: Option<Box<FilterBody>>,
+    #[serde(default)]
+    condition: Option<ConditionBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterListBody {
+    filters: Vec<FilterBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConditionBody {
+    field: String,
+    #[serde(default)]
+    eq: Option<String>,
+    #[serde(default, rename = "in")]
+    one_of: Option<StringListBody>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    range: Option<RangeBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StringListBody {
+    values: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeBody {
+    #[serde(default)]
+    gte: Option<BoundBody>,
+    #[serde(default)]
+    gt: Option<BoundBody>,
+    #[serde(default)]
+    lte: Option<BoundBody>,
+    #[serde(default)]
+    lt: Option<BoundBody>,
+}
+
+/// A bound as the proto's text, or (for sizes) a JSON integer.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum BoundBody {
+    Integer(i64),
+    Text(String),
+}
+
+impl BoundBody {
+    fn into_text(self) -> String {
+        match self {
+            Self::Integer(number) => number.to_string(),
+            Self::Text(text) => text,
+        }
+    }
+}
+
+impl FilterBody {
+    fn into_proto(self) -> Result<proto::Filter> {
+        use proto::field_condition::Test;
+        use proto::filter::Kind;
+        let list = |list: FilterListBody| -> Result<proto::FilterList> {
+            Ok(proto::FilterList {
+                filters: list
+                    .filters
+                    .into_iter()
+                    .map(FilterBody::into_proto)
+                    .collect::<Result<_>>()?,
+            })
+        };
+        let kind = match (self.and, self.or, self.not, self.condition) {
+            (Some(filters), None, None, None) => Kind::And(list(filters)?),
+            (None, Some(filters), None, None) => Kind::Or(list(filters)?),
+            (None, None, Some(inner), None) => Kind::Not(Box::new(inner.into_proto()?)),
+            (None, None, None, Some(condition)) => {
+                let field = condition.field;
+                let test = match (
+                    condition.eq,
+                    condition.one_of,
+                    condition.prefix,
+                    condition.range,
+                ) {
+                    (Some(value), None, None, None) => Test::Eq(value),
+                    (None, Some(list), None, None) => Test::In(proto::StringList {
+                        values: list.values,
+                    }),
+                    (None, None, Some(prefix), None) => Test::Prefix(prefix),
+                    (None, None, None, Some(range)) => {
+                        let text = |bound: Option<BoundBody>| {
+                            bound.map(BoundBody::into_text).unwrap_or_default()
+                        };
+                        Test::Range(proto::Range {
+                            gte: text(range.gte),
+                            gt: text(range.gt),
+                            lte: text(range.lte),
+                            lt: text(range.lt),
+                        })
+                    }
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "filter: the condition on {field:?} must set exactly one of eq, in, \
+                             prefix, range"
+                        )));
+                    }
+                };
+                Kind::Condition(proto::FieldCondition {
+                    field,
+                    test: Some(test),
+                })
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "filter: a filter must set exactly one of and, or, not, condition",
+                ));
+            }
+        };
+        Ok(proto::Filter { kind: Some(kind) })
+    }
 }
 
 impl SearchBody {
@@ -74,6 +209,7 @@ impl SearchBody {
             page_size: self.page_size,
             page_token: self.page_token,
             snippets: self.snippets,
+            filter: self.filter.map(FilterBody::into_proto).transpose()?,
         })
     }
 }

@@ -35,6 +35,10 @@ pub struct IndexConfig {
     /// name the raw ids).
     #[serde(default)]
     pub record_ids: RecordIdScope,
+    /// Fields of each JSON(L) record kept on its chunks as user metadata (text, numbers
+    /// and booleans as text), so searches can filter on `metadata.<name>`.
+    #[serde(default)]
+    pub metadata_fields: Vec<String>,
 }
 
 /// How far a record id reaches: see [`IndexConfig::record_ids`].

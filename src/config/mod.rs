@@ -242,6 +242,19 @@ impl Config {
             .max_by_key(|bucket| bucket.url.trim_end_matches('/').len())
     }
 
+    /// Every user metadata field some index keeps: what filters may name as
+    /// `metadata.<name>`.
+    pub fn filterable_metadata_fields(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .indexes
+            .iter()
+            .flat_map(|index| index.metadata_fields.iter().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     pub fn default_index(&self) -> Option<&IndexConfig> {
         self.indexes.first()
     }
@@ -404,6 +417,13 @@ impl Config {
             }
             if index.commit_every_chunks == 0 {
                 problems.push(format!("{name}: commit_every_chunks must be at least 1"));
+            }
+            for field in &index.metadata_fields {
+                if !crate::stores::filter::valid_metadata_name(field) {
+                    problems.push(format!(
+                        "{name}: metadata_fields: {field:?} must be 1 to 64 letters, digits, _ or -"
+                    ));
+                }
             }
         }
 

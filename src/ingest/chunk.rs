@@ -115,6 +115,7 @@ pub fn chunks_of_document<'a>(
                 // The pipeline stamps the bucket's location on every chunk.
                 cloud: String::new(),
                 region: String::new(),
+                metadata: Default::default(),
             }
         })
 }
@@ -320,6 +321,7 @@ mod tests {
             title: "Title".to_owned(),
             text: text.to_owned(),
             id_from_record: false,
+            fields: Default::default(),
         }
     }
 

@@ -125,6 +125,7 @@ mod tests {
             title: String::new(),
             text: "text".to_owned(),
             id_from_record,
+            fields: Default::default(),
         }
     }
 
@@ -138,6 +139,7 @@ mod tests {
             ordinal,
             cloud: String::new(),
             region: String::new(),
+            metadata: Default::default(),
         }
     }
 

@@ -11,7 +11,7 @@
 //! can set from outside, which is why [`crate::ingest::isolate`] runs those parsers in a
 //! worker process.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use scraper::{Html, Node, Selector};
 use serde::{Deserialize, Serialize};
@@ -40,7 +40,16 @@ pub struct ExtractedDoc {
     /// are qualified by the index's `record_ids` setting.
     #[serde(default)]
     pub id_from_record: bool,
+    /// A JSON(L) record's other short scalar fields (top level, and inside its
+    /// `metadata` object) as text: the index keeps those its `metadata_fields` name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
 }
+
+/// A record keeps at most this many fields, each value at most this long: enough for
+/// tags and categories, never a copy of the text.
+const MAX_RECORD_FIELDS: usize = 32;
+const MAX_RECORD_FIELD_BYTES: usize = 256;
 
 /// A record inside a multi-record file that could not be used; the rest of the file was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +241,7 @@ fn single_document(
             title,
             text: text.trim().to_owned(),
             id_from_record: false,
+            fields: BTreeMap::new(),
         }],
         ..Extraction::default()
     })
@@ -688,7 +698,43 @@ fn record_to_document(
         title,
         text,
         id_from_record,
+        fields: record_fields(record),
     })
+}
+
+/// The record's short scalar fields other than its id, title and text; a top-level
+/// field wins over one of the same name in `metadata`.
+fn record_fields(record: &Map<String, Value>) -> BTreeMap<String, String> {
+    let as_text = |value: &Value| match value {
+        Value::String(text) if text.len() <= MAX_RECORD_FIELD_BYTES => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        Value::Bool(flag) => Some(flag.to_string()),
+        _ => None,
+    };
+    let taken = |name: &str| {
+        name == "title"
+            || name == "metadata"
+            || ID_FIELDS.contains(&name)
+            || TEXT_FIELDS.contains(&name)
+    };
+    let nested = record.get("metadata").and_then(Value::as_object);
+    let mut fields = BTreeMap::new();
+    for (name, value) in record
+        .iter()
+        .filter(|(name, _)| !taken(name))
+        .chain(nested.into_iter().flatten())
+    {
+        if fields.len() == MAX_RECORD_FIELDS {
+            break;
+        }
+        if fields.contains_key(name) {
+            continue;
+        }
+        if let Some(text) = as_text(value) {
+            fields.insert(name.clone(), text);
+        }
+    }
+    fields
 }
 
 fn first_field<'a>(record: &'a Map<String, Value>, names: &[&str]) -> Option<&'a Value> {

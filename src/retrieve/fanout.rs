@@ -10,6 +10,7 @@ use crate::embed::query::{Family, QueryEmbedder};
 use crate::error::ErrorKind;
 use crate::retrieve::SearchRequest;
 use crate::retrieve::plan::Plan;
+use crate::stores::filter::Filter;
 use crate::stores::{Source, StoreQuery};
 use crate::telemetry::{spans, trace};
 
@@ -65,11 +66,17 @@ pub async fn fan_out<'a>(
     let (query, deadline) = (request.query.as_str(), request.deadline);
     let adapter_from = request.adapter_from.as_deref();
     let started = Instant::now();
-    let lexical = join_all(
-        plan.lexical
-            .iter()
-            .map(|source| search_one(source, query, None, candidates, started, deadline)),
-    );
+    let lexical = join_all(plan.lexical.iter().map(|source| {
+        search_one(
+            source,
+            query,
+            None,
+            request.filter.as_ref(),
+            candidates,
+            started,
+            deadline,
+        )
+    }));
     let (families, missing) = embedder.families(plan.by_space.keys().copied());
     let dense = join_all(families.iter().map(|family| {
         let search = Search {
@@ -77,6 +84,7 @@ pub async fn fan_out<'a>(
             embedder,
             query,
             adapter_from,
+            filter: request.filter.as_ref(),
             candidates,
             started,
             deadline,
@@ -104,6 +112,7 @@ struct Search<'p, 'a> {
     embedder: &'p QueryEmbedder,
     query: &'p str,
     adapter_from: Option<&'p str>,
+    filter: Option<&'p Filter>,
     candidates: usize,
     started: Instant,
     deadline: Instant,
@@ -154,6 +163,7 @@ impl<'a> Search<'_, 'a> {
                             source,
                             self.query,
                             Some(vector.clone()),
+                            self.filter,
                             self.candidates,
                             self.started,
                             self.deadline,
@@ -227,6 +237,7 @@ async fn search_one<'a>(
     source: &'a Source,
     query: &str,
     vector: Option<Arc<Vec<f32>>>,
+    filter: Option<&Filter>,
     candidates: usize,
     started: Instant,
     deadline: Instant,
@@ -237,7 +248,7 @@ async fn search_one<'a>(
         vector,
         top_k: candidates,
         deadline: source_deadline,
-        filter: Default::default(),
+        filter: filter.cloned(),
     };
     let span = spans::retrieval(source.info(), candidates);
     let searched = trace::run_in(

@@ -31,6 +31,8 @@ pub struct SearchRequest {
     /// Embed only in this space; reach other spaces through adapters.
     pub adapter_from: Option<String>,
     pub controls: Controls,
+    /// Only chunks that match, at every source; None: every chunk.
+    pub filter: Option<crate::stores::filter::Filter>,
 }
 
 /// A caller's overrides of the configured search settings; the defaults change nothing.
@@ -268,6 +270,7 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(5),
             adapter_from: None,
             controls: Controls::default(),
+            filter: None,
         }
     }
 

@@ -74,6 +74,8 @@ fn fingerprint(request: &SearchRequest, earlier: &[FusedHit]) -> [u8; FINGERPRIN
             request.controls.rrf_k,
             request.controls.candidates,
             request.controls.min_score,
+            // A page of another filter's list is another list.
+            &request.filter,
         )
     );
     let mut hash = Sha256::new();
@@ -169,6 +171,7 @@ mod tests {
             deadline: Instant::now(),
             adapter_from: None,
             controls: Default::default(),
+            filter: None,
         }
     }
 

@@ -42,6 +42,8 @@ pub struct AnswerRequest {
     pub allowed_regions: Vec<String>,
     pub max_output_tokens: Option<u32>,
     pub deadline: Option<Instant>,
+    /// Only passages that match are retrieved, as in Search.
+    pub filter: Option<crate::stores::filter::FilterRequest>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +155,7 @@ impl Service {
                     deadline: request.deadline,
                     adapter_from: None,
                     controls: Default::default(),
+                    filter: request.filter.clone(),
                 },
             )
             .await?;

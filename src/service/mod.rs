@@ -59,6 +59,8 @@ pub struct SearchParams {
     pub adapter_from: Option<String>,
     /// Weights, RRF k, candidates, minimum score, pages and snippets; defaults change nothing.
     pub controls: SearchControls,
+    /// Only chunks that match; checked against the fields the config makes filterable.
+    pub filter: Option<crate::stores::filter::FilterRequest>,
 }
 
 /// A search checked against the server's limits, ready to run.
@@ -279,6 +281,11 @@ impl Service {
             .page
             .as_ref()
             .map_or(top_k as usize, |page| page.depth());
+        let filter = params
+            .filter
+            .as_ref()
+            .map(|filter| filter.check(&self.config.filterable_metadata_fields()))
+            .transpose()?;
         Ok(CheckedSearch {
             request: SearchRequest {
                 query: query.to_string(),
@@ -288,6 +295,7 @@ impl Service {
                 deadline,
                 adapter_from: params.adapter_from,
                 controls: checked.controls,
+                filter,
             },
             page: checked.page,
             snippets: params.controls.snippets,

@@ -56,7 +56,8 @@ use rayon::prelude::*;
 
 use crate::document::{Chunk, EmbeddedChunk, Hit};
 use crate::error::{Error, Result};
-use crate::stores::{SearchBackend, SourceInfo, StoreFilter, StoreQuery};
+use crate::stores::filter::{Filter, Pushdown};
+use crate::stores::{SearchBackend, SourceInfo, StoreQuery};
 
 const DATA_FILE_NAME: &str = "dense.bin";
 const TEMPORARY_FILE_NAME: &str = "dense.bin.tmp";
@@ -568,13 +569,12 @@ fn search_snapshot(
     snapshot: &DenseSnapshot,
     query_vector: &[f32],
     top_k: usize,
-    filter: &StoreFilter,
+    filter: Option<&Filter>,
 ) -> Vec<Hit> {
     let query = ArrayView1::from(query_vector);
-    let scored_rows = if filter.is_empty() {
-        top_rows(snapshot.vectors.view(), query, top_k, ROWS_PER_BLOCK)
-    } else {
-        filtered_top_rows(snapshot, query, top_k, filter)
+    let scored_rows = match filter {
+        None => top_rows(snapshot.vectors.view(), query, top_k, ROWS_PER_BLOCK),
+        Some(filter) => filtered_top_rows(snapshot, query, top_k, filter),
     };
     scored_rows
         .into_iter()
@@ -594,19 +594,21 @@ fn search_snapshot(
         .collect()
 }
 
-/// The best `top_k` of the rows whose chunk passes `filter`: a filter usually keeps a
-/// few rows, so they are scored one by one rather than in parallel blocks.
+/// The best `top_k` of the rows whose chunk passes `filter`, which is checked before a
+/// row is scored (a pre-filter: the top_k are the best matching rows, never fewer
+/// because unmatched rows took their places). A filter usually keeps a few rows, so
+/// they are scored one by one rather than in parallel blocks.
 fn filtered_top_rows(
     snapshot: &DenseSnapshot,
     query: ArrayView1<'_, f32>,
     top_k: usize,
-    filter: &StoreFilter,
+    filter: &Filter,
 ) -> Vec<ScoredRow> {
     let mut scored_rows: Vec<ScoredRow> = snapshot
         .chunks
         .iter()
         .enumerate()
-        .filter(|(_, chunk)| filter.matches(&chunk.doc_id, &chunk.cloud))
+        .filter(|(_, chunk)| filter.matches(chunk))
         .map(|(row, _)| ScoredRow {
             score: row_score(snapshot.vectors.row(row), query),
             row,
@@ -649,8 +651,24 @@ impl SearchBackend for DenseStore {
             return Ok(Vec::new());
         }
         let top_k = query.top_k;
-        let filter = query.filter.clone();
-        run_blocking(move || Ok(search_snapshot(&snapshot, &query_vector, top_k, &filter))).await
+        let filter = match query
+            .filter
+            .as_ref()
+            .map(|filter| filter.for_source(&self.info.id))
+        {
+            None | Some(Pushdown::All) => None,
+            Some(Pushdown::Nothing) => return Ok(Vec::new()),
+            Some(Pushdown::Only(filter)) => Some(filter),
+        };
+        run_blocking(move || {
+            Ok(search_snapshot(
+                &snapshot,
+                &query_vector,
+                top_k,
+                filter.as_ref(),
+            ))
+        })
+        .await
     }
 
     async fn upsert(&self, chunks: &[EmbeddedChunk]) -> Result<()> {
@@ -732,6 +750,7 @@ mod tests {
                 ordinal,
                 cloud: "azure".to_string(),
                 region: "westeurope".to_string(),
+                metadata: Default::default(),
             },
             vector: vector.to_vec(),
         }
@@ -743,7 +762,7 @@ mod tests {
             vector: Some(Arc::new(vector.to_vec())),
             top_k,
             deadline: Instant::now() + Duration::from_secs(10),
-            filter: Default::default(),
+            filter: None,
         }
     }
 

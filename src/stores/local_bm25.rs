@@ -29,9 +29,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use std::ops::Bound;
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
-use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, TermQuery};
+
+use tantivy::query::{
+    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, Occur, Query, RangeQuery,
+    RegexQuery, TermQuery,
+};
 use tantivy::schema::{
     Field, IndexRecordOption, NumericOptions, STORED, STRING, Schema, TantivyDocument,
     TextFieldIndexing, TextOptions, Value,
@@ -41,9 +46,10 @@ use tantivy::tokenizer::{
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
-use crate::document::{Chunk, EmbeddedChunk, Hit};
+use crate::document::{Chunk, ChunkMetadata, EmbeddedChunk, Hit};
 use crate::error::{Error, Result};
-use crate::stores::{SearchBackend, SourceInfo, StoreFilter, StoreQuery};
+use crate::stores::filter::{Condition, Filter, FilterField, Pushdown};
+use crate::stores::{SearchBackend, SourceInfo, StoreQuery};
 
 /// Tokenizer for title and text: tantivy's built-in English stemming analyzer.
 const STEMMING_TOKENIZER_NAME: &str = "en_stem";
@@ -69,9 +75,67 @@ struct Bm25Fields {
     region: Field,
     /// Title and text together: the only field searched.
     body: Field,
+    /// Filter-only fields, absent from indexes written before chunks kept metadata:
+    /// there no chunk matches a condition on them.
+    metadata: Option<MetadataFields>,
+}
+
+/// Indexed, never stored: hits do not carry metadata, filters only test it.
+#[derive(Debug, Clone, Copy)]
+struct MetadataFields {
+    content_type: Field,
+    size_bytes: Field,
+    last_modified: Field,
+    /// One `name<US>value` term per user metadata field (US = the unit separator, which
+    /// field names cannot hold).
+    user_pairs: Field,
+}
+
+const METADATA_PAIR_SEPARATOR: char = '\u{1f}';
+
+fn metadata_pair(name: &str, value: &str) -> String {
+    format!("{name}{METADATA_PAIR_SEPARATOR}{value}")
 }
 
 impl Bm25Fields {
+    /// The fields of an existing index's schema; the metadata ones may be missing.
+    fn resolve(schema: &Schema) -> std::result::Result<Self, String> {
+        let field = |name: &str| {
+            schema
+                .get_field(name)
+                .map_err(|_| format!("it has no {name:?} field"))
+        };
+        let optional = |name: &str| schema.get_field(name).ok();
+        let metadata = match (
+            optional("content_type"),
+            optional("size_bytes"),
+            optional("last_modified"),
+            optional("metadata_pairs"),
+        ) {
+            (Some(content_type), Some(size_bytes), Some(last_modified), Some(user_pairs)) => {
+                Some(MetadataFields {
+                    content_type,
+                    size_bytes,
+                    last_modified,
+                    user_pairs,
+                })
+            }
+            _ => None,
+        };
+        Ok(Self {
+            chunk_id: field("chunk_id")?,
+            doc_id: field("doc_id")?,
+            object_key: field("object_key")?,
+            title: field("title")?,
+            text: field("text")?,
+            ordinal: field("ordinal")?,
+            cloud: field("cloud")?,
+            region: field("region")?,
+            body: field("body")?,
+            metadata,
+        })
+    }
+
     fn build_schema() -> (Schema, Self) {
         let mut schema_builder = Schema::builder();
         // Term frequencies are needed for BM25; positions are not, since queries
@@ -94,6 +158,14 @@ impl Bm25Fields {
         let cloud = schema_builder.add_text_field("cloud", STRING | STORED);
         let region = schema_builder.add_text_field("region", STRING | STORED);
         let body = schema_builder.add_text_field("body", searched_not_stored);
+        // Fast as well as indexed: tantivy runs numeric ranges on fast fields.
+        let filter_number = NumericOptions::default().set_indexed().set_fast();
+        let metadata = MetadataFields {
+            content_type: schema_builder.add_text_field("content_type", STRING),
+            size_bytes: schema_builder.add_i64_field("size_bytes", filter_number.clone()),
+            last_modified: schema_builder.add_i64_field("last_modified", filter_number),
+            user_pairs: schema_builder.add_text_field("metadata_pairs", STRING),
+        };
         let fields = Self {
             chunk_id,
             doc_id,
@@ -104,6 +176,7 @@ impl Bm25Fields {
             cloud,
             region,
             body,
+            metadata: Some(metadata),
         };
         (schema_builder.build(), fields)
     }
@@ -137,22 +210,38 @@ impl LocalBm25Store {
                 directory.display()
             ))
         })?;
-        let (schema, fields) = Bm25Fields::build_schema();
+        let (schema, _) = Bm25Fields::build_schema();
         let mmap_directory = MmapDirectory::open(directory).map_err(|error| {
             Error::internal(format!(
                 "cannot open bm25 index directory {}: {error}",
                 directory.display()
             ))
         })?;
-        let index = Index::open_or_create(mmap_directory, schema).map_err(|error| match error {
-            tantivy::TantivyError::SchemaError(_) => Error::config(format!(
-                "the bm25 index at {} was built with a different schema; remove it and reindex",
+        let exists = Index::exists(&mmap_directory).map_err(|error| {
+            Error::internal(format!(
+                "cannot open bm25 index at {}: {error}",
                 directory.display()
-            )),
-            other => Error::internal(format!(
-                "cannot open bm25 index at {}: {other}",
+            ))
+        })?;
+        // An existing index opens with the schema it was written with, so one written
+        // before the metadata fields still answers (unfiltered, and on the old fields).
+        let opened = if exists {
+            Index::open(mmap_directory)
+        } else {
+            Index::create(mmap_directory, schema, tantivy::IndexSettings::default())
+        };
+        let index = opened.map_err(|error| {
+            Error::internal(format!(
+                "cannot open bm25 index at {}: {error}",
                 directory.display()
-            )),
+            ))
+        })?;
+        let fields = Bm25Fields::resolve(&index.schema()).map_err(|why| {
+            Error::config(format!(
+                "the bm25 index at {} was built with a different schema ({why}); \
+                 remove it and reindex",
+                directory.display()
+            ))
         })?;
         // Reloaded by hand after each commit, so searches see exactly the
         // committed state and never a half-applied one.
@@ -251,41 +340,101 @@ impl Bm25Inner {
 
     /// The text query, restricted to the chunks `filter` keeps. The restriction scores
     /// nothing, so BM25 scores are the same with and without it.
-    fn filtered_query(&self, text_query: BooleanQuery, filter: &StoreFilter) -> Box<dyn Query> {
-        if filter.is_empty() {
-            return Box::new(text_query);
-        }
-        let any_of = |field: Field, values: &[String]| -> Box<dyn Query> {
-            let clauses: Vec<(Occur, Box<dyn Query>)> = values
-                .iter()
-                .map(|value| {
-                    let term = TermQuery::new(
-                        Term::from_field_text(field, value),
-                        IndexRecordOption::Basic,
-                    );
-                    (Occur::Should, Box::new(term) as Box<dyn Query>)
-                })
-                .collect();
-            Box::new(ConstScoreQuery::new(
-                Box::new(BooleanQuery::new(clauses)),
-                0.0,
-            ))
+    fn filtered_query(
+        &self,
+        text_query: BooleanQuery,
+        filter: Option<&Filter>,
+    ) -> Result<Box<dyn Query>> {
+        let Some(filter) = filter else {
+            return Ok(Box::new(text_query));
         };
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, Box::new(text_query))];
-        if !filter.doc_ids.is_empty() {
-            clauses.push((Occur::Must, any_of(self.fields.doc_id, &filter.doc_ids)));
+        let restriction = ConstScoreQuery::new(self.filter_query(filter)?, 0.0);
+        Ok(Box::new(BooleanQuery::new(vec![
+            (Occur::Must, Box::new(text_query) as Box<dyn Query>),
+            (Occur::Must, Box::new(restriction)),
+        ])))
+    }
+
+    /// The filter as tantivy clauses: terms on the STRING fields, a regex for the object
+    /// key prefix, ranges on the fast numeric fields.
+    fn filter_query(&self, filter: &Filter) -> Result<Box<dyn Query>> {
+        let combine = |children: &[Filter], occur: Occur| -> Result<Box<dyn Query>> {
+            let clauses = children
+                .iter()
+                .map(|child| Ok((occur, self.filter_query(child)?)))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Box::new(BooleanQuery::new(clauses)))
+        };
+        match filter {
+            Filter::And(children) => combine(children, Occur::Must),
+            Filter::Or(children) => combine(children, Occur::Should),
+            Filter::Not(inner) => Ok(Box::new(BooleanQuery::new(vec![
+                (Occur::Must, Box::new(AllQuery) as Box<dyn Query>),
+                (Occur::MustNot, self.filter_query(inner)?),
+            ]))),
+            Filter::Condition(Condition::ObjectKeyPrefix(prefix)) => {
+                let pattern = format!("{}(?s:.*)", escape_regex(prefix));
+                let query = RegexQuery::from_pattern(&pattern, self.fields.object_key)
+                    .map_err(|error| Error::internal(format!("object key prefix: {error}")))?;
+                Ok(Box::new(query))
+            }
+            Filter::Condition(Condition::In { field, values }) => {
+                let term = |value: &String| -> Option<Term> {
+                    let metadata = self.fields.metadata;
+                    let (field, text) = match field {
+                        FilterField::ObjectKey => (self.fields.object_key, value.clone()),
+                        FilterField::Cloud => (self.fields.cloud, value.clone()),
+                        FilterField::Region => (self.fields.region, value.clone()),
+                        FilterField::DocId => (self.fields.doc_id, value.clone()),
+                        FilterField::ContentType => (metadata?.content_type, value.clone()),
+                        FilterField::Metadata(name) => {
+                            (metadata?.user_pairs, metadata_pair(name, value))
+                        }
+                        // Decided before the query is built; numbers take ranges.
+                        FilterField::Source
+                        | FilterField::LastModified
+                        | FilterField::SizeBytes => return None,
+                    };
+                    Some(Term::from_field_text(field, &text))
+                };
+                let clauses: Vec<(Occur, Box<dyn Query>)> = values
+                    .iter()
+                    .filter_map(term)
+                    .map(|term| {
+                        let query = TermQuery::new(term, IndexRecordOption::Basic);
+                        (Occur::Should, Box::new(query) as Box<dyn Query>)
+                    })
+                    .collect();
+                if clauses.is_empty() {
+                    return Ok(Box::new(EmptyQuery));
+                }
+                Ok(Box::new(BooleanQuery::new(clauses)))
+            }
+            Filter::Condition(Condition::Range { field, min, max }) => {
+                let number_field = match (field, self.fields.metadata) {
+                    (FilterField::SizeBytes, Some(metadata)) => metadata.size_bytes,
+                    (FilterField::LastModified, Some(metadata)) => metadata.last_modified,
+                    _ => return Ok(Box::new(EmptyQuery)),
+                };
+                let bound = |value: Option<i64>, unbounded: i64| {
+                    Bound::Included(Term::from_field_i64(
+                        number_field,
+                        value.unwrap_or(unbounded),
+                    ))
+                };
+                Ok(Box::new(RangeQuery::new(
+                    bound(*min, i64::MIN),
+                    bound(*max, i64::MAX),
+                )))
+            }
         }
-        if !filter.clouds.is_empty() {
-            clauses.push((Occur::Must, any_of(self.fields.cloud, &filter.clouds)));
-        }
-        Box::new(BooleanQuery::new(clauses))
     }
 
     fn search_blocking(
         &self,
         query_text: &str,
         top_k: usize,
-        filter: &StoreFilter,
+        filter: Option<&Filter>,
     ) -> Result<Vec<Hit>> {
         if top_k == 0 {
             return Ok(Vec::new());
@@ -301,7 +450,7 @@ impl Bm25Inner {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let query = self.filtered_query(self.build_query(&query_terms), filter);
+        let query = self.filtered_query(self.build_query(&query_terms), filter)?;
         let scored_addresses = searcher
             .search(query.as_ref(), &TopDocs::with_limit(limit).order_by_score())
             .map_err(|error| Error::internal(format!("bm25 search failed: {error}")))?;
@@ -405,6 +554,9 @@ impl Bm25Inner {
                 document.add_text(self.fields.region, &chunk.region);
                 document.add_text(self.fields.body, format!("{}\n{}", chunk.title, chunk.text));
                 document.add_u64(self.fields.ordinal, u64::from(chunk.ordinal));
+                if let Some(fields) = self.fields.metadata {
+                    add_metadata(&mut document, fields, &chunk.metadata);
+                }
                 writer.add_document(document).map_err(|error| {
                     Error::internal(format!(
                         "cannot add chunk {} to the bm25 index: {error}",
@@ -442,6 +594,36 @@ impl Bm25Inner {
     }
 }
 
+fn add_metadata(document: &mut TantivyDocument, fields: MetadataFields, metadata: &ChunkMetadata) {
+    if let Some(content_type) = &metadata.content_type {
+        document.add_text(fields.content_type, content_type);
+    }
+    if let Some(size) = metadata
+        .size_bytes
+        .and_then(|size| i64::try_from(size).ok())
+    {
+        document.add_i64(fields.size_bytes, size);
+    }
+    if let Some(last_modified) = metadata.last_modified {
+        document.add_i64(fields.last_modified, last_modified);
+    }
+    for (name, value) in &metadata.fields {
+        document.add_text(fields.user_pairs, metadata_pair(name, value));
+    }
+}
+
+/// `text` as a regex matching itself.
+fn escape_regex(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if "\\.+*?()|[]{}^$".contains(character) {
+            escaped.push('\\');
+        }
+        escaped.push(character);
+    }
+    escaped
+}
+
 fn validate_chunks(chunks: &[EmbeddedChunk]) -> Result<()> {
     for embedded_chunk in chunks {
         if embedded_chunk.chunk.chunk_id.is_empty() {
@@ -473,8 +655,16 @@ impl SearchBackend for LocalBm25Store {
         let inner = Arc::clone(&self.inner);
         let query_text = query.text.clone();
         let top_k = query.top_k;
-        let filter = query.filter.clone();
-        run_blocking(move || inner.search_blocking(&query_text, top_k, &filter)).await
+        let filter = match query
+            .filter
+            .as_ref()
+            .map(|filter| filter.for_source(&self.info.id))
+        {
+            None | Some(Pushdown::All) => None,
+            Some(Pushdown::Nothing) => return Ok(Vec::new()),
+            Some(Pushdown::Only(filter)) => Some(filter),
+        };
+        run_blocking(move || inner.search_blocking(&query_text, top_k, filter.as_ref())).await
     }
 
     async fn upsert(&self, chunks: &[EmbeddedChunk]) -> Result<()> {
@@ -552,6 +742,7 @@ mod tests {
                 ordinal,
                 cloud: "oci".to_string(),
                 region: "eu-frankfurt-1".to_string(),
+                metadata: Default::default(),
             },
             vector: Vec::new(),
         }
@@ -563,7 +754,7 @@ mod tests {
             vector: None,
             top_k,
             deadline: Instant::now() + Duration::from_secs(10),
-            filter: Default::default(),
+            filter: None,
         }
     }
 
@@ -605,6 +796,72 @@ mod tests {
         store.upsert(&sample_chunks()).await.expect("upsert");
         store.commit().await.expect("commit");
         store
+    }
+
+    /// The schema before chunks kept metadata: what indexes written then hold.
+    fn schema_before_metadata() -> Schema {
+        let mut builder = Schema::builder();
+        let indexing = TextFieldIndexing::default()
+            .set_tokenizer(STEMMING_TOKENIZER_NAME)
+            .set_index_option(IndexRecordOption::WithFreqs);
+        for name in ["chunk_id", "doc_id", "object_key"] {
+            builder.add_text_field(name, STRING | STORED);
+        }
+        builder.add_text_field("title", TextOptions::default().set_stored());
+        builder.add_text_field("text", TextOptions::default().set_stored());
+        builder.add_u64_field("ordinal", NumericOptions::default().set_stored());
+        builder.add_text_field("cloud", STRING | STORED);
+        builder.add_text_field("region", STRING | STORED);
+        builder.add_text_field(
+            "body",
+            TextOptions::default().set_indexing_options(indexing),
+        );
+        builder.build()
+    }
+
+    fn filtered(text: &str, filter: crate::stores::filter::FilterRequest) -> StoreQuery {
+        StoreQuery {
+            filter: Some(filter.check(&["team".to_string()]).expect("a valid filter")),
+            ..query(text, 10)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_index_written_before_metadata_opens_answers_and_matches_no_metadata_condition() {
+        use crate::stores::filter::FilterRequest;
+        let directory = tempfile::tempdir().expect("tempdir");
+        Index::create_in_dir(directory.path(), schema_before_metadata()).expect("old index");
+        let store = LocalBm25Store::open(source_info(), directory.path()).expect("opens");
+        store.upsert(&sample_chunks()).await.expect("upsert");
+        store.commit().await.expect("commit");
+        let hits = store.search(&query("dog", 10)).await.expect("search");
+        assert_eq!(hits.len(), 2);
+        let pdf = FilterRequest::Eq {
+            field: "content_type".into(),
+            value: "application/pdf".into(),
+        };
+        let hits = store
+            .search(&filtered("dog", pdf.clone()))
+            .await
+            .expect("search");
+        assert!(hits.is_empty(), "no chunk there has a content type");
+        let not_pdf = FilterRequest::Not(Box::new(pdf));
+        let hits = store
+            .search(&filtered("dog", not_pdf))
+            .await
+            .expect("search");
+        assert_eq!(hits.len(), 2);
+        let prefix = FilterRequest::Prefix {
+            field: "object_key".into(),
+            prefix: "pets/d".into(),
+        };
+        let hits = store
+            .search(&filtered("cat dog", prefix))
+            .await
+            .expect("search");
+        let mut ids: Vec<&str> = hits.iter().map(|hit| hit.chunk_id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec!["dogs#0", "dogs#1"], "the cat is not under pets/d");
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! whichever store served them.
 
 pub mod dense;
+pub mod filter;
 pub mod local_bm25;
 pub mod lock;
 pub mod open;
@@ -31,27 +32,10 @@ pub struct StoreQuery {
     pub top_k: usize,
     /// Remote stores pass this on as their own timeout.
     pub deadline: Instant,
-    /// Only chunks that match; the default matches every chunk.
-    pub filter: StoreFilter,
-}
-
-/// Restricts a search to some chunks. Each non-empty list must contain the chunk's
-/// value (any of the list); an empty list places no restriction.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StoreFilter {
-    pub doc_ids: Vec<String>,
-    pub clouds: Vec<String>,
-}
-
-impl StoreFilter {
-    pub fn is_empty(&self) -> bool {
-        self.doc_ids.is_empty() && self.clouds.is_empty()
-    }
-
-    pub fn matches(&self, doc_id: &str, cloud: &str) -> bool {
-        (self.doc_ids.is_empty() || self.doc_ids.iter().any(|id| id == doc_id))
-            && (self.clouds.is_empty() || self.clouds.iter().any(|wanted| wanted == cloud))
-    }
+    /// Only chunks that match; None matches every chunk. A store that cannot apply
+    /// part of it fails the search with [`filter::unsupported`] rather than answer
+    /// unfiltered.
+    pub filter: Option<filter::Filter>,
 }
 
 /// Whether a store matches words or vectors.

@@ -22,10 +22,13 @@ use qdrant_client::{Qdrant, QdrantError};
 use tokio::sync::OnceCell;
 
 use crate::config::{Metric, Secret};
-use crate::document::{EmbeddedChunk, Hit};
+use crate::document::{ChunkMetadata, EmbeddedChunk, Hit};
 use crate::error::{Error, ErrorKind, Result};
+use crate::stores::filter::{
+    self, Condition as FilterCondition, Filter as StoreFilter, FilterField, Pushdown,
+};
 use crate::stores::remote::{self, RemoteSettings, fields};
-use crate::stores::{SearchBackend, SourceInfo, StoreFilter, StoreQuery};
+use crate::stores::{SearchBackend, SourceInfo, StoreQuery};
 
 pub struct QdrantStore {
     settings: RemoteSettings,
@@ -129,13 +132,20 @@ impl QdrantStore {
     /// The keyword payload indexes searches and deletes filter by; creating one that
     /// exists is a no-op for Qdrant, so this runs on every check.
     async fn ensure_payload_indexes(&self) -> Result<()> {
-        for field in fields::KEYWORDS {
+        let keywords = fields::KEYWORDS
+            .into_iter()
+            .chain(fields::FILTER_KEYWORDS)
+            .map(|field| (field, FieldType::Keyword));
+        let integers = fields::FILTER_INTEGERS
+            .into_iter()
+            .map(|field| (field, FieldType::Integer));
+        for (field, field_type) in keywords.chain(integers) {
             self.client
                 .create_field_index(CreateFieldIndexCollection {
                     collection_name: self.settings.name.clone(),
                     wait: Some(true),
                     field_name: field.to_string(),
-                    field_type: Some(FieldType::Keyword.into()),
+                    field_type: Some(field_type.into()),
                     ..Default::default()
                 })
                 .await
@@ -207,33 +217,86 @@ impl QdrantStore {
         error.context(format!("qdrant {}: {what}", self.settings.url))
     }
 
-    /// The store filter as Qdrant's: every chunk of the collection is the source's.
-    fn filter(&self, filter: &StoreFilter) -> Option<Filter> {
-        let any_of = |key: &str, values: &[String]| Condition {
-            condition_one_of: Some(qdrant::condition::ConditionOneOf::Field(FieldCondition {
-                key: key.to_string(),
-                r#match: Some(Match {
-                    match_value: Some(qdrant::r#match::MatchValue::Keywords(RepeatedStrings {
-                        strings: values.to_vec(),
-                    })),
+    /// The filter as Qdrant's (every chunk of the collection is the source's):
+    /// `Some(None)` searches unfiltered, `None` means no chunk can match, and Err that
+    /// Qdrant cannot express a part of it.
+    fn filter(&self, filter: Option<&StoreFilter>) -> Result<Option<Option<Filter>>> {
+        match filter.map(|filter| filter.for_source(&self.settings.info.id)) {
+            None | Some(Pushdown::All) => Ok(Some(None)),
+            Some(Pushdown::Nothing) => Ok(None),
+            Some(Pushdown::Only(filter)) => Ok(Some(Some(Filter {
+                must: vec![qdrant_condition(&filter)?],
+                ..Default::default()
+            }))),
+        }
+    }
+}
+
+/// One node of a filter as a Qdrant condition: `and` / `or` / `not` as a nested
+/// filter's must / should / must_not, a condition as a `FieldCondition`.
+fn qdrant_condition(filter: &StoreFilter) -> Result<Condition> {
+    use qdrant::condition::ConditionOneOf;
+    let nested = |filter: Filter| Condition {
+        condition_one_of: Some(ConditionOneOf::Filter(filter)),
+    };
+    let all = |children: &[StoreFilter]| {
+        children
+            .iter()
+            .map(qdrant_condition)
+            .collect::<Result<Vec<_>>>()
+    };
+    let field_condition = |field: &FilterField, condition: FieldCondition| -> Result<Condition> {
+        let key = remote::filter_key(field).ok_or_else(|| filter::unsupported("source"))?;
+        Ok(Condition {
+            condition_one_of: Some(ConditionOneOf::Field(FieldCondition { key, ..condition })),
+        })
+    };
+    match filter {
+        StoreFilter::And(children) => Ok(nested(Filter {
+            must: all(children)?,
+            ..Default::default()
+        })),
+        StoreFilter::Or(children) => Ok(nested(Filter {
+            should: all(children)?,
+            ..Default::default()
+        })),
+        StoreFilter::Not(inner) => Ok(nested(Filter {
+            must_not: vec![qdrant_condition(inner)?],
+            ..Default::default()
+        })),
+        StoreFilter::Condition(FilterCondition::ObjectKeyPrefix(_)) => Err(filter::unsupported(
+            "prefix on object_key (qdrant matches whole keywords only)",
+        )),
+        StoreFilter::Condition(FilterCondition::In { field, values }) => {
+            let match_value = match values.as_slice() {
+                [value] => qdrant::r#match::MatchValue::Keyword(value.clone()),
+                _ => qdrant::r#match::MatchValue::Keywords(RepeatedStrings {
+                    strings: values.clone(),
+                }),
+            };
+            field_condition(
+                field,
+                FieldCondition {
+                    r#match: Some(Match {
+                        match_value: Some(match_value),
+                    }),
+                    ..Default::default()
+                },
+            )
+        }
+        StoreFilter::Condition(FilterCondition::Range { field, min, max }) => field_condition(
+            field,
+            FieldCondition {
+                // Qdrant ranges are doubles: exact for integers below 2^53 (sizes up to 8
+                // PiB, any date).
+                range: Some(qdrant::Range {
+                    gte: min.map(|min| min as f64),
+                    lte: max.map(|max| max as f64),
+                    ..Default::default()
                 }),
                 ..Default::default()
-            })),
-        };
-        let mut must = Vec::new();
-        if !filter.doc_ids.is_empty() {
-            must.push(any_of(fields::DOC_ID, &filter.doc_ids));
-        }
-        if !filter.clouds.is_empty() {
-            must.push(any_of(fields::CLOUD, &filter.clouds));
-        }
-        if must.is_empty() {
-            return None;
-        }
-        Some(Filter {
-            must,
-            ..Default::default()
-        })
+            },
+        ),
     }
 }
 
@@ -297,6 +360,44 @@ fn text_value(text: &str) -> qdrant::Value {
     }
 }
 
+/// The chunk's metadata as payload: only the parts it has, so a missing one matches
+/// no condition, as on every store.
+fn add_metadata(payload: &mut HashMap<String, qdrant::Value>, metadata: &ChunkMetadata) {
+    let integer = |value: i64| qdrant::Value {
+        kind: Some(qdrant::value::Kind::IntegerValue(value)),
+    };
+    if let Some(content_type) = &metadata.content_type {
+        payload.insert(fields::CONTENT_TYPE.into(), text_value(content_type));
+    }
+    if let Some(etag) = &metadata.etag {
+        payload.insert(fields::ETAG.into(), text_value(etag));
+    }
+    if let Some(size) = metadata
+        .size_bytes
+        .and_then(|size| i64::try_from(size).ok())
+    {
+        payload.insert(fields::SIZE_BYTES.into(), integer(size));
+    }
+    if let Some(last_modified) = metadata.last_modified {
+        payload.insert(fields::LAST_MODIFIED.into(), integer(last_modified));
+    }
+    if !metadata.fields.is_empty() {
+        let user_fields = metadata
+            .fields
+            .iter()
+            .map(|(name, value)| (name.clone(), text_value(value)))
+            .collect();
+        payload.insert(
+            fields::METADATA.into(),
+            qdrant::Value {
+                kind: Some(qdrant::value::Kind::StructValue(qdrant::Struct {
+                    fields: user_fields,
+                })),
+            },
+        );
+    }
+}
+
 fn payload_text(payload: &HashMap<String, qdrant::Value>, key: &str) -> Option<String> {
     match payload.get(key)?.kind.as_ref()? {
         qdrant::value::Kind::StringValue(text) => Some(text.clone()),
@@ -329,13 +430,16 @@ impl SearchBackend for QdrantStore {
         }
         let timeout = remote::seconds_left(query.deadline)
             .ok_or_else(|| Error::timeout("the deadline passed before qdrant was asked"))?;
+        let Some(filter) = self.filter(query.filter.as_ref())? else {
+            return Ok(Vec::new());
+        };
         self.ensure_checked().await?;
         let response = self
             .client
             .search_points(SearchPoints {
                 collection_name: self.settings.name.clone(),
                 vector: vector.to_vec(),
-                filter: self.filter(&query.filter),
+                filter,
                 limit: query.top_k as u64,
                 with_payload: Some(WithPayloadSelector {
                     selector_options: Some(qdrant::with_payload_selector::SelectorOptions::Enable(
@@ -397,6 +501,7 @@ impl SearchBackend for QdrantStore {
                             kind: Some(qdrant::value::Kind::IntegerValue(i64::from(chunk.ordinal))),
                         },
                     );
+                    add_metadata(&mut payload, &chunk.metadata);
                     PointStruct {
                         id: Some(PointId::from(remote::point_id(&chunk.chunk_id))),
                         payload,

@@ -27,6 +27,36 @@ pub mod fields {
     pub const VECTOR: &str = "embedding";
     /// Fields that are filtered on and get keyword indexes.
     pub const KEYWORDS: [&str; 4] = [DOC_ID, OBJECT_KEY, CLOUD, SOURCE];
+    /// Object metadata, present only on chunks that have it.
+    pub const CONTENT_TYPE: &str = "content_type";
+    pub const ETAG: &str = "etag";
+    /// Integers: bytes, and unix seconds.
+    pub const SIZE_BYTES: &str = "size_bytes";
+    pub const LAST_MODIFIED: &str = "last_modified";
+    /// An object of the user metadata fields, text values: `metadata.<name>`.
+    pub const METADATA: &str = "metadata";
+    /// Metadata fields filtered by equality, beside [`KEYWORDS`].
+    pub const FILTER_KEYWORDS: [&str; 2] = [REGION, CONTENT_TYPE];
+    /// Metadata fields filtered by range.
+    pub const FILTER_INTEGERS: [&str; 2] = [SIZE_BYTES, LAST_MODIFIED];
+}
+
+/// The stored field a filter field is kept in (`metadata.<name>` for user fields);
+/// None for `source`, which each store decides for itself.
+pub fn filter_key(field: &crate::stores::filter::FilterField) -> Option<String> {
+    use crate::stores::filter::FilterField;
+    let key = match field {
+        FilterField::ObjectKey => fields::OBJECT_KEY,
+        FilterField::Cloud => fields::CLOUD,
+        FilterField::Region => fields::REGION,
+        FilterField::DocId => fields::DOC_ID,
+        FilterField::ContentType => fields::CONTENT_TYPE,
+        FilterField::LastModified => fields::LAST_MODIFIED,
+        FilterField::SizeBytes => fields::SIZE_BYTES,
+        FilterField::Metadata(name) => return Some(format!("{}.{name}", fields::METADATA)),
+        FilterField::Source => return None,
+    };
+    Some(key.to_string())
 }
 
 /// What a remote adapter needs to know about its source, besides credentials.

@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use skyfuse::document::{Chunk, EmbeddedChunk, Hit};
+use std::collections::BTreeMap;
+
+use skyfuse::document::{Chunk, ChunkMetadata, EmbeddedChunk, Hit};
 use skyfuse::error::{ErrorKind, Result};
+use skyfuse::stores::filter::{Filter, FilterRequest, RangeBounds};
 use skyfuse::stores::resilient::{ResilienceSettings, ResilientBackend};
-use skyfuse::stores::{SearchBackend, StoreFilter, StoreKind, StoreQuery};
+use skyfuse::stores::{SearchBackend, StoreKind, StoreQuery};
 
 pub const DIMS: usize = 4;
 
@@ -22,6 +25,11 @@ pub trait Harness: Send + Sync {
     /// Makes every later search stall for `delay`; false when the backend cannot.
     fn stall_searches(&self, _delay: Duration) -> bool {
         false
+    }
+
+    /// Whether the backend can filter by object key prefix (Qdrant cannot).
+    fn supports_object_key_prefix(&self) -> bool {
+        true
     }
 
     /// Whether stores have a vector dimension to check.
@@ -41,13 +49,35 @@ fn chunk(doc: &str, ordinal: u32, text: &str, cloud: &str, vector: [f32; DIMS]) 
             ordinal,
             cloud: cloud.to_string(),
             region: format!("{cloud}-region-1"),
+            metadata: Default::default(),
         },
         vector: vector.to_vec(),
     }
 }
 
+/// Object metadata of the sample's documents; `between` has none, as a chunk indexed
+/// before chunks kept metadata.
+fn metadata_of(doc: &str) -> ChunkMetadata {
+    let (content_type, size_bytes, last_modified, team) = match doc {
+        // 2024-01-01, 2024-06-01 and 2024-03-01 at midnight UTC.
+        "east" => ("text/plain", 100, 1_704_067_200, Some("search")),
+        "north" => ("application/pdf", 5_000, 1_717_200_000, Some("ingest")),
+        "west" => ("text/plain", 300, 1_709_251_200, None),
+        _ => return ChunkMetadata::default(),
+    };
+    ChunkMetadata {
+        content_type: Some(content_type.to_string()),
+        size_bytes: Some(size_bytes),
+        last_modified: Some(last_modified),
+        etag: Some(format!("etag-{doc}")),
+        fields: team
+            .map(|team| BTreeMap::from([("team".to_string(), team.to_string())]))
+            .unwrap_or_default(),
+    }
+}
+
 pub fn sample() -> Vec<EmbeddedChunk> {
-    vec![
+    let mut chunks = vec![
         chunk(
             "east",
             0,
@@ -83,7 +113,11 @@ pub fn sample() -> Vec<EmbeddedChunk> {
             "aws",
             [0.7, 0.0, 0.7, 0.0],
         ),
-    ]
+    ];
+    for embedded in &mut chunks {
+        embedded.chunk.metadata = metadata_of(&embedded.chunk.doc_id);
+    }
+    chunks
 }
 
 /// A query a lexical or dense store understands: the text for the one, the vector
@@ -93,7 +127,7 @@ fn query(
     text: &str,
     vector: [f32; DIMS],
     top_k: usize,
-    filter: StoreFilter,
+    filter: Option<Filter>,
 ) -> StoreQuery {
     StoreQuery {
         text: text.to_string(),
@@ -146,7 +180,7 @@ async fn nearest_first_with_whole_chunks(harness: &dyn Harness, name: &str) {
             "sunrise harbour",
             [1.0, 0.0, 0.2, 0.0],
             2,
-            StoreFilter::default(),
+            None,
         ))
         .await
         .unwrap();
@@ -168,13 +202,7 @@ async fn nearest_first_with_whole_chunks(harness: &dyn Harness, name: &str) {
     );
     if store.describe().kind == StoreKind::Dense {
         let all = store
-            .search(&query(
-                store,
-                "",
-                [1.0, 0.0, 0.2, 0.0],
-                10,
-                StoreFilter::default(),
-            ))
+            .search(&query(store, "", [1.0, 0.0, 0.2, 0.0], 10, None))
             .await
             .unwrap();
         assert_eq!(
@@ -184,57 +212,166 @@ async fn nearest_first_with_whole_chunks(harness: &dyn Harness, name: &str) {
         );
     }
     let none = store
-        .search(&query(
-            store,
-            "sunrise",
-            [1.0, 0.0, 0.0, 0.0],
-            0,
-            StoreFilter::default(),
-        ))
+        .search(&query(store, "sunrise", [1.0, 0.0, 0.0, 0.0], 0, None))
         .await
         .unwrap();
     assert!(none.is_empty(), "{name}: top_k 0 is empty");
 }
 
+fn eq(field: &str, value: &str) -> FilterRequest {
+    FilterRequest::Eq {
+        field: field.into(),
+        value: value.into(),
+    }
+}
+
+fn range(field: &str, bounds: [Option<&str>; 4]) -> FilterRequest {
+    let [gte, gt, lte, lt] = bounds.map(|bound| bound.map(str::to_string));
+    FilterRequest::Range {
+        field: field.into(),
+        bounds: RangeBounds { gte, gt, lte, lt },
+    }
+}
+
+fn not(inner: FilterRequest) -> FilterRequest {
+    FilterRequest::Not(Box::new(inner))
+}
+
+fn prefix(prefix: &str) -> FilterRequest {
+    FilterRequest::Prefix {
+        field: "object_key".into(),
+        prefix: prefix.into(),
+    }
+}
+
+/// The filter cases every backend answers alike: (what, filter, the chunks that match).
+/// `store_id` is the source the store serves, for the `source` cases.
+pub fn filter_cases(store_id: &str) -> Vec<(&'static str, FilterRequest, Vec<&'static str>)> {
+    vec![
+        ("cloud eq", eq("cloud", "aws"), vec!["between#0", "east#0"]),
+        (
+            "not cloud in",
+            not(FilterRequest::In {
+                field: "cloud".into(),
+                values: vec!["aws".into(), "azure".into()],
+            }),
+            vec!["north#0", "north#1"],
+        ),
+        (
+            "or of doc_id and region",
+            FilterRequest::Or(vec![eq("doc_id", "west"), eq("region", "gcp-region-1")]),
+            vec!["north#0", "north#1", "west#0"],
+        ),
+        (
+            "content_type eq",
+            eq("content_type", "text/plain"),
+            vec!["east#0", "west#0"],
+        ),
+        (
+            "not content_type: a chunk without one matches",
+            not(eq("content_type", "application/pdf")),
+            vec!["between#0", "east#0", "west#0"],
+        ),
+        (
+            "size_bytes inclusive range",
+            range("size_bytes", [Some("300"), None, Some("5000"), None]),
+            vec!["north#0", "north#1", "west#0"],
+        ),
+        (
+            "size_bytes exclusive range",
+            range("size_bytes", [None, Some("100"), None, Some("5000")]),
+            vec!["west#0"],
+        ),
+        (
+            "last_modified since a date",
+            range("last_modified", [Some("2024-02-01"), None, None, None]),
+            vec!["north#0", "north#1", "west#0"],
+        ),
+        (
+            "last_modified before a timestamp",
+            range(
+                "last_modified",
+                [None, None, None, Some("2024-03-01T00:00:00Z")],
+            ),
+            vec!["east#0"],
+        ),
+        (
+            "metadata in",
+            FilterRequest::In {
+                field: "metadata.team".into(),
+                values: vec!["search".into(), "ingest".into()],
+            },
+            vec!["east#0", "north#0", "north#1"],
+        ),
+        (
+            "and of metadata and cloud",
+            FilterRequest::And(vec![eq("metadata.team", "search"), eq("cloud", "aws")]),
+            vec!["east#0"],
+        ),
+        (
+            "this source",
+            eq("source", store_id),
+            vec!["between#0", "east#0", "north#0", "north#1", "west#0"],
+        ),
+        ("another source", eq("source", "elsewhere"), vec![]),
+        (
+            "object_key prefix",
+            prefix("compass/n"),
+            vec!["north#0", "north#1"],
+        ),
+        (
+            "prefix and not",
+            FilterRequest::And(vec![prefix("compass/"), not(eq("cloud", "gcp"))]),
+            vec!["between#0", "east#0", "west#0"],
+        ),
+    ]
+}
+
+fn uses_prefix(request: &FilterRequest) -> bool {
+    match request {
+        FilterRequest::Prefix { .. } => true,
+        FilterRequest::And(children) | FilterRequest::Or(children) => {
+            children.iter().any(uses_prefix)
+        }
+        FilterRequest::Not(inner) => uses_prefix(inner),
+        _ => false,
+    }
+}
+
+/// The same filter cases on every backend, with a query that reaches every chunk, so
+/// the hits are exactly the chunks the filter keeps. A backend that cannot express a
+/// case must refuse it ("filter not supported") rather than answer unfiltered.
 async fn filters_restrict_the_hits(harness: &dyn Harness, name: &str) {
     let store = filled(harness, name).await;
     let store = store.as_ref();
-    let by_doc = StoreFilter {
-        doc_ids: vec!["west".into(), "north".into()],
-        clouds: Vec::new(),
-    };
-    let hits = store
-        .search(&query(
+    let metadata_fields = ["team".to_string()];
+    for (case, request, expected) in filter_cases(&store.describe().id) {
+        let filter = request.check(&metadata_fields).expect(case);
+        let mut search = query(
             store,
-            "sunset lights",
-            [1.0, 0.0, 0.2, 0.0],
+            "sunrise sunset northern lights harbour hills",
+            [0.5, 0.5, 0.5, 0.5],
             10,
-            by_doc,
-        ))
-        .await
-        .unwrap();
-    assert!(!hits.is_empty(), "{name}");
-    assert!(
-        hits.iter()
-            .all(|hit| hit.doc_id == "west" || hit.doc_id == "north"),
-        "{name}: {:?}",
-        ids(&hits)
-    );
-    let by_cloud = StoreFilter {
-        doc_ids: Vec::new(),
-        clouds: vec!["azure".into()],
-    };
-    let hits = store
-        .search(&query(
-            store,
-            "sunrise sunset",
-            [1.0, 0.0, 0.0, 0.0],
-            10,
-            by_cloud,
-        ))
-        .await
-        .unwrap();
-    assert_eq!(ids(&hits), vec!["west#0"], "{name}");
+            None,
+        );
+        search.filter = Some(filter);
+        let uses_prefix = uses_prefix(&request);
+        let result = store.search(&search).await;
+        if uses_prefix && !harness.supports_object_key_prefix() {
+            let error = result.expect_err(case);
+            assert_eq!(error.kind, ErrorKind::InvalidArgument, "{name}: {case}");
+            assert!(
+                error.message.contains("filter not supported: prefix"),
+                "{name}: {case}: {}",
+                error.message
+            );
+            continue;
+        }
+        let hits = result.unwrap_or_else(|error| panic!("{name}: {case}: {error}"));
+        let mut found = ids(&hits);
+        found.sort_unstable();
+        assert_eq!(found, expected, "{name}: {case}");
+    }
 }
 
 async fn delete_removes_exactly_the_objects_chunks(harness: &dyn Harness, name: &str) {
@@ -252,7 +389,7 @@ async fn delete_removes_exactly_the_objects_chunks(harness: &dyn Harness, name: 
             "northern lights polar sunrise",
             [0.0, 1.0, 0.0, 0.0],
             10,
-            StoreFilter::default(),
+            None,
         ))
         .await
         .unwrap();
@@ -285,7 +422,7 @@ async fn re_upserting_replaces_in_place(harness: &dyn Harness, name: &str) {
             "sunrise harbour",
             [1.0, 0.0, 0.0, 0.0],
             1,
-            StoreFilter::default(),
+            None,
         ))
         .await
         .unwrap();
@@ -319,13 +456,7 @@ async fn the_deadline_is_honoured(harness: &dyn Harness, name: &str) {
     let store = filled(harness, name).await;
     let stalled = harness.stall_searches(Duration::from_secs(5));
     let wrapped = ResilientBackend::new(store, ResilienceSettings::default());
-    let mut search = query(
-        &wrapped,
-        "sunrise",
-        [1.0, 0.0, 0.0, 0.0],
-        3,
-        StoreFilter::default(),
-    );
+    let mut search = query(&wrapped, "sunrise", [1.0, 0.0, 0.0, 0.0], 3, None);
     search.deadline = Instant::now() + Duration::from_millis(300);
     let started = Instant::now();
     let result = wrapped.search(&search).await;

@@ -130,6 +130,10 @@ impl Harness for QdrantHarness {
         Ok(Arc::new(self.connect(name, dims, true).await?))
     }
 
+    fn supports_object_key_prefix(&self) -> bool {
+        false
+    }
+
     fn stall_searches(&self, delay: Duration) -> bool {
         let Some(fake) = &self.fake else {
             return false;
@@ -307,7 +311,19 @@ async fn qdrant_creates_payload_indexes_and_sends_the_deadline_as_its_timeout() 
     let fake = harness.fake.as_ref().unwrap();
     let mut indexes = fake.field_indexes("made");
     indexes.sort();
-    assert_eq!(indexes, vec!["cloud", "doc_id", "object_key", "source"]);
+    assert_eq!(
+        indexes,
+        vec![
+            "cloud",
+            "content_type",
+            "doc_id",
+            "last_modified",
+            "object_key",
+            "region",
+            "size_bytes",
+            "source"
+        ]
+    );
     store.upsert(&conformance::sample()).await.unwrap();
     let query = skyfuse::stores::StoreQuery {
         text: String::new(),
@@ -329,7 +345,19 @@ async fn qdrant_indexes_a_collection_made_elsewhere_and_two_replicas_may_create_
     harness.connect("theirs", 4, false).await.unwrap();
     let mut indexes = fake.field_indexes("theirs");
     indexes.sort();
-    assert_eq!(indexes, vec!["cloud", "doc_id", "object_key", "source"]);
+    assert_eq!(
+        indexes,
+        vec![
+            "cloud",
+            "content_type",
+            "doc_id",
+            "last_modified",
+            "object_key",
+            "region",
+            "size_bytes",
+            "source"
+        ]
+    );
     // Two replicas starting together with create_missing: both start.
     let (first, second) = tokio::join!(
         harness.connect("shared", 4, true),
@@ -337,7 +365,7 @@ async fn qdrant_indexes_a_collection_made_elsewhere_and_two_replicas_may_create_
     );
     first.unwrap();
     second.unwrap();
-    assert_eq!(fake.field_indexes("shared").len(), 4);
+    assert_eq!(fake.field_indexes("shared").len(), 8);
 }
 
 #[tokio::test]
@@ -847,6 +875,7 @@ async fn search_harbour(
                 deadline: Some(Instant::now() + Duration::from_secs(seconds)),
                 adapter_from: None,
                 controls: Default::default(),
+                filter: None,
             },
         )
         .await

@@ -63,7 +63,9 @@ pub const MAX_REPORTED_ISSUES: usize = 1000;
 /// 3: chunks are bounded in bytes; the manifest remembers objects that failed.
 /// 4: record ids are qualified by their object (unless `record_ids = "global"`), and
 ///    records without an id by their bucket.
-const PIPELINE_VERSION: u32 = 4;
+/// 5: chunks carry object metadata (content type, size, last modified, etag) and the
+///    record fields the index names, for filters.
+const PIPELINE_VERSION: u32 = 5;
 
 /// One indexing run: where to read, where to write, how.
 pub struct IndexJob {
@@ -106,6 +108,8 @@ pub struct IndexJob {
     pub prune: bool,
     /// Whether JSON(L) record ids name documents per object (the default) or index-wide.
     pub record_ids: RecordIdScope,
+    /// JSON(L) record fields kept on chunks as user metadata, for filters.
+    pub metadata_fields: Vec<String>,
 }
 
 impl IndexJob {
@@ -133,6 +137,7 @@ impl IndexJob {
             local_root: None,
             prune: false,
             record_ids: RecordIdScope::default(),
+            metadata_fields: Vec::new(),
         }
     }
 
@@ -225,14 +230,15 @@ impl IndexJob {
             None => "none".to_owned(),
         };
         let description = format!(
-            "pipeline={PIPELINE_VERSION};stores={};space={space};max_words={};overlap_words={};max_bytes={};cloud={};region={};record_ids={}",
+            "pipeline={PIPELINE_VERSION};stores={};space={space};max_words={};overlap_words={};max_bytes={};cloud={};region={};record_ids={};metadata_fields={}",
             store_ids.join(","),
             self.chunking.max_words,
             self.chunking.overlap_words,
             self.chunking.max_bytes,
             location.cloud,
             location.region,
-            self.record_ids.as_str()
+            self.record_ids.as_str(),
+            self.metadata_fields.join(",")
         );
         sha256_hex(description.as_bytes())[..16].to_owned()
     }
@@ -393,6 +399,7 @@ pub async fn run_index(
         max_object_bytes: job.max_object_bytes,
         extractor: job.extractor.clone(),
         record_ids: job.record_ids,
+        metadata_fields: job.metadata_fields.clone(),
     });
     let (sender, receiver) = mpsc::channel(job.fetch_concurrency);
     let counters = ListingCounters::default();

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::source::BucketSource;
 use super::{AbortOnDrop, ObjectIssue};
 use crate::config::RecordIdScope;
-use crate::document::Chunk;
+use crate::document::{Chunk, ChunkMetadata};
 use crate::ingest::bucket::BucketLocation;
 use crate::ingest::chunk::{ChunkingConfig, chunks_of_document};
 use crate::ingest::doc_ids::document_id;
@@ -85,6 +85,8 @@ pub(super) struct ProducerContext {
     pub(super) location: BucketLocation,
     /// How far a JSON(L) record's own id reaches (see [`document_id`]).
     pub(super) record_ids: RecordIdScope,
+    /// The record fields kept on chunks as user metadata (`[[index]] metadata_fields`).
+    pub(super) metadata_fields: Vec<String>,
 }
 
 /// What the lister counts for the progress report.
@@ -276,6 +278,10 @@ struct Revision {
     etag: Option<String>,
     /// The store's object version (S3 `x-amz-version-id`), when versioning is on.
     version: Option<String>,
+    /// Unix seconds, as the store says.
+    last_modified: Option<i64>,
+    /// The store's `Content-Type`, when it keeps one.
+    content_type: Option<String>,
 }
 
 enum Fetched {
@@ -302,6 +308,11 @@ async fn fetch_bytes(
     let revision = Revision {
         etag: response.meta.e_tag.as_deref().map(normalize_etag),
         version: response.meta.version.clone(),
+        last_modified: Some(response.meta.last_modified.timestamp()),
+        content_type: response
+            .attributes
+            .get(&object_store::Attribute::ContentType)
+            .map(|value| value.to_string()),
     };
     let bytes = response.bytes().await.map_err(describe_read_error)?;
     Ok(Fetched::Bytes { bytes, revision })
@@ -377,8 +388,23 @@ async fn prepare_object(
     };
     let chunking_context = Arc::clone(&context);
     let chunking_key = object_key.to_owned();
+    let object_metadata = ChunkMetadata {
+        content_type: revision
+            .content_type
+            .clone()
+            .or_else(|| content_type_of(object_key).map(str::to_owned)),
+        size_bytes: Some(size),
+        last_modified: revision.last_modified,
+        etag: revision.etag.clone(),
+        fields: Default::default(),
+    };
     let chunked = tokio::task::spawn_blocking(move || {
-        chunk_extraction(&chunking_context, &chunking_key, extraction)
+        chunk_extraction(
+            &chunking_context,
+            &chunking_key,
+            &object_metadata,
+            extraction,
+        )
     })
     .await;
     let (chunks, extraction) = match chunked {
@@ -421,12 +447,18 @@ async fn prepare_object(
 fn chunk_extraction(
     context: &ProducerContext,
     object_key: &str,
+    object_metadata: &ChunkMetadata,
     mut extraction: Extraction,
 ) -> Result<(Vec<Chunk>, Extraction), String> {
     let qualified_key = format!("{}{object_key}", context.key_prefix);
     let limit = context.max_chunks_per_object;
     let mut chunks = Vec::new();
-    for document in std::mem::take(&mut extraction.documents) {
+    for mut document in std::mem::take(&mut extraction.documents) {
+        let mut metadata = object_metadata.clone();
+        metadata.fields = std::mem::take(&mut document.fields)
+            .into_iter()
+            .filter(|(name, _)| context.metadata_fields.contains(name))
+            .collect();
         let document = ExtractedDoc {
             doc_id: document_id(
                 &document,
@@ -445,11 +477,28 @@ fn chunk_extraction(
             chunks.push(Chunk {
                 cloud: context.location.cloud.clone(),
                 region: context.location.region.clone(),
+                metadata: metadata.clone(),
                 ..chunk
             });
         }
     }
     Ok((chunks, extraction))
+}
+
+/// The content type an object's name says, for stores that keep none (local folders).
+fn content_type_of(object_key: &str) -> Option<&'static str> {
+    let name = object_key.rsplit('/').next().unwrap_or(object_key);
+    let name = name.strip_suffix(".gz").unwrap_or(name);
+    let extension = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match extension.as_str() {
+        "txt" => "text/plain",
+        "md" | "markdown" => "text/markdown",
+        "html" | "htm" => "text/html",
+        "json" => "application/json",
+        "jsonl" | "ndjson" => "application/x-ndjson",
+        "pdf" => "application/pdf",
+        _ => return None,
+    })
 }
 
 /// Same content under a new etag (a touched file, a re-upload): only the manifest learns it.

@@ -867,6 +867,7 @@ async fn object_gone_between_listing_and_reading_is_a_read_failure() {
         extractor: Extractor::InProcess,
         location: BucketLocation::default(),
         record_ids: RecordIdScope::PerObject,
+        metadata_fields: Vec::new(),
     });
     let meta = ObjectMeta {
         location: ObjectPath::from("gone.txt"),

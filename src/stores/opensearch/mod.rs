@@ -25,10 +25,11 @@ use wire::{bulk_errors, json_error};
 
 use crate::cloud::sigv4::SigV4Signer;
 use crate::config::{Metric, RefreshPolicy, Secret};
-use crate::document::{EmbeddedChunk, Hit};
+use crate::document::{ChunkMetadata, EmbeddedChunk, Hit};
 use crate::error::{Error, ErrorKind, Result};
+use crate::stores::filter::{Condition, Filter, Pushdown};
 use crate::stores::remote::{self, RemoteSettings, fields};
-use crate::stores::{SearchBackend, SourceInfo, StoreFilter, StoreKind, StoreQuery};
+use crate::stores::{SearchBackend, SourceInfo, StoreKind, StoreQuery};
 
 /// The text field BM25 searches: title and text copied into one, as the local store does.
 const BODY_FIELD: &str = "body";
@@ -205,6 +206,22 @@ impl OpenSearchIndex {
             json!({ "type": "text", "analyzer": "english" }),
         );
         properties.insert(fields::ORDINAL.into(), json!({ "type": "integer" }));
+        for field in [fields::CONTENT_TYPE, fields::ETAG] {
+            properties.insert(field.into(), json!({ "type": "keyword" }));
+        }
+        for field in fields::FILTER_INTEGERS {
+            properties.insert(field.into(), json!({ "type": "long" }));
+        }
+        properties.insert(fields::METADATA.into(), json!({ "type": "object" }));
+        // User metadata names vary by index config: every text under `metadata` is a
+        // keyword, so term filters match it whole (dynamic mapping would analyse it).
+        let dynamic_templates = json!([{
+            "metadata_as_keywords": {
+                "path_match": format!("{}.*", fields::METADATA),
+                "match_mapping_type": "string",
+                "mapping": { "type": "keyword" },
+            }
+        }]);
         let mut settings = json!({});
         if self.dense {
             let dims = self
@@ -225,7 +242,10 @@ impl OpenSearchIndex {
             );
             settings = json!({ "index": { "knn": true } });
         }
-        let body = json!({ "settings": settings, "mappings": { "properties": properties } });
+        let body = json!({
+            "settings": settings,
+            "mappings": { "dynamic_templates": dynamic_templates, "properties": properties },
+        });
         self.request(
             Method::Put,
             &format!("/{}", self.settings.name),
@@ -252,15 +272,13 @@ impl OpenSearchIndex {
         }
     }
 
-    fn filter_clauses(filter: &StoreFilter) -> Vec<Value> {
-        let mut clauses = Vec::new();
-        if !filter.doc_ids.is_empty() {
-            clauses.push(json!({ "terms": { fields::DOC_ID: filter.doc_ids } }));
+    /// The filter as `bool` filter clauses: None when no chunk can match.
+    fn filter_clauses(filter: Option<&Filter>, source_id: &str) -> Option<Vec<Value>> {
+        match filter.map(|filter| filter.for_source(source_id)) {
+            None | Some(Pushdown::All) => Some(Vec::new()),
+            Some(Pushdown::Nothing) => None,
+            Some(Pushdown::Only(filter)) => Some(vec![filter_clause(&filter)]),
         }
-        if !filter.clouds.is_empty() {
-            clauses.push(json!({ "terms": { fields::CLOUD: filter.clouds } }));
-        }
-        clauses
     }
 
     async fn search(
@@ -274,7 +292,9 @@ impl OpenSearchIndex {
             .checked_duration_since(Instant::now())
             .filter(|left| !left.is_zero())
             .ok_or_else(|| Error::timeout("the deadline passed before opensearch was asked"))?;
-        let filters = Self::filter_clauses(&query.filter);
+        let Some(filters) = Self::filter_clauses(query.filter.as_ref(), source_id) else {
+            return Ok(Vec::new());
+        };
         let search = match kind {
             StoreKind::Dense => {
                 let Some(vector) = query.vector.as_ref() else {
@@ -363,6 +383,7 @@ impl OpenSearchIndex {
                         .map(|(key, value)| (key.to_string(), Value::from(value)))
                         .collect();
                 document.insert(fields::ORDINAL.into(), Value::from(chunk.ordinal));
+                add_metadata(&mut document, &chunk.metadata);
                 if self.dense {
                     document.insert(fields::VECTOR.into(), json!(embedded.vector));
                 }
@@ -511,5 +532,69 @@ impl SearchBackend for OpenSearchStore {
 
     async fn count(&self) -> Result<u64> {
         self.index.count().await
+    }
+}
+
+/// One node of a filter in OpenSearch's query DSL: `and` / `or` / `not` as `bool`
+/// filter / should / must_not, conditions as term(s), prefix and range on the keyword
+/// and long fields of the mapping.
+fn filter_clause(filter: &Filter) -> Value {
+    let all = |children: &[Filter]| children.iter().map(filter_clause).collect::<Vec<_>>();
+    // `source` conditions were decided before translation; should one remain, it
+    // matches nothing rather than everything.
+    let matches_nothing = json!({ "bool": { "must_not": [{ "match_all": {} }] } });
+    match filter {
+        Filter::And(children) => json!({ "bool": { "filter": all(children) } }),
+        Filter::Or(children) => {
+            json!({ "bool": { "should": all(children), "minimum_should_match": 1 } })
+        }
+        Filter::Not(inner) => json!({ "bool": { "must_not": [filter_clause(inner)] } }),
+        Filter::Condition(Condition::ObjectKeyPrefix(prefix)) => {
+            json!({ "prefix": { fields::OBJECT_KEY: { "value": prefix } } })
+        }
+        Filter::Condition(Condition::In { field, values }) => {
+            let Some(key) = remote::filter_key(field) else {
+                return matches_nothing;
+            };
+            match values.as_slice() {
+                [value] => json!({ "term": { key: { "value": value } } }),
+                _ => json!({ "terms": { key: values } }),
+            }
+        }
+        Filter::Condition(Condition::Range { field, min, max }) => {
+            let Some(key) = remote::filter_key(field) else {
+                return matches_nothing;
+            };
+            let mut bounds = serde_json::Map::new();
+            if let Some(min) = min {
+                bounds.insert("gte".into(), Value::from(*min));
+            }
+            if let Some(max) = max {
+                bounds.insert("lte".into(), Value::from(*max));
+            }
+            json!({ "range": { key: bounds } })
+        }
+    }
+}
+
+/// The chunk's metadata as document fields: only the parts it has.
+fn add_metadata(document: &mut serde_json::Map<String, Value>, metadata: &ChunkMetadata) {
+    if let Some(content_type) = &metadata.content_type {
+        document.insert(
+            fields::CONTENT_TYPE.into(),
+            Value::from(content_type.as_str()),
+        );
+    }
+    if let Some(etag) = &metadata.etag {
+        document.insert(fields::ETAG.into(), Value::from(etag.as_str()));
+    }
+    if let Some(size) = metadata.size_bytes {
+        document.insert(fields::SIZE_BYTES.into(), Value::from(size));
+    }
+    if let Some(last_modified) = metadata.last_modified {
+        document.insert(fields::LAST_MODIFIED.into(), Value::from(last_modified));
+    }
+    if !metadata.fields.is_empty() {
+        document.insert(fields::METADATA.into(), json!(metadata.fields));
     }
 }

@@ -77,6 +77,37 @@ fn bad(reason: impl Into<String>) -> (StatusCode, Value) {
     error(StatusCode::BAD_REQUEST, "parsing_exception", reason)
 }
 
+/// The document's values at the one field a leaf query names, and that field's condition.
+fn single_field<'a>(
+    document: &'a Value,
+    body: &'a Value,
+    what: &str,
+) -> Result<(Vec<&'a Value>, &'a Value), (StatusCode, Value)> {
+    let fields = body
+        .as_object()
+        .filter(|fields| fields.len() == 1)
+        .ok_or_else(|| bad(format!("[{what}] query takes one field")))?;
+    let (field, condition) = fields.iter().next().ok_or_else(|| bad("no field"))?;
+    Ok((field_values(document, field), condition))
+}
+
+/// A document's values at a dotted field path (objects nested as `metadata.team`);
+/// an array contributes each element, a missing field none.
+fn field_values<'a>(document: &'a Value, path: &str) -> Vec<&'a Value> {
+    let mut value = document;
+    for part in path.split('.') {
+        match value.get(part) {
+            Some(inner) => value = inner,
+            None => return Vec::new(),
+        }
+    }
+    match value {
+        Value::Null => Vec::new(),
+        Value::Array(items) => items.iter().collect(),
+        single => vec![single],
+    }
+}
+
 fn only_keys(value: &Value, allowed: &[&str], what: &str) -> Result<(), (StatusCode, Value)> {
     let Some(object) = value.as_object() else {
         return Err(bad(format!("{what} must be an object")));
@@ -364,14 +395,36 @@ impl FakeOpenSearch {
 
     fn create_index(&self, name: &str, body: Value) -> Reply {
         only_keys(&body, &["settings", "mappings"], "index creation")?;
-        only_keys(&body["mappings"], &["properties"], "mappings")?;
+        only_keys(
+            &body["mappings"],
+            &["properties", "dynamic_templates"],
+            "mappings",
+        )?;
+        for template in body["mappings"]["dynamic_templates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let definition = template
+                .as_object()
+                .filter(|template| template.len() == 1)
+                .and_then(|template| template.values().next())
+                .ok_or_else(|| bad("a dynamic template is one named object"))?;
+            only_keys(
+                definition,
+                &["path_match", "match_mapping_type", "mapping"],
+                "dynamic template",
+            )?;
+        }
         let properties = body["mappings"]["properties"]
             .as_object()
             .ok_or_else(|| bad("mappings.properties must be an object"))?;
         let mut has_knn = false;
         for (field, definition) in properties {
             match definition["type"].as_str() {
-                Some("keyword") | Some("integer") => only_keys(definition, &["type"], field)?,
+                Some("keyword") | Some("integer") | Some("long") | Some("object") => {
+                    only_keys(definition, &["type"], field)?
+                }
                 Some("text") => {
                     only_keys(definition, &["type", "analyzer", "copy_to"], field)?;
                     if definition["analyzer"] != "english" {
@@ -501,25 +554,122 @@ impl FakeOpenSearch {
         Ok(json!({ "took": 1, "errors": errors, "items": items }))
     }
 
+    /// Whether the document passes every clause of a `filter` array.
     fn matching_filter(document: &Value, filters: &Value) -> Result<bool, (StatusCode, Value)> {
         let Some(filters) = filters.as_array() else {
             return Err(bad("filter must be an array of clauses"));
         };
         for clause in filters {
-            only_keys(clause, &["terms"], "filter clause")?;
-            let terms = clause["terms"]
-                .as_object()
-                .ok_or_else(|| bad("terms must be an object"))?;
-            for (field, wanted) in terms {
-                let wanted = wanted
-                    .as_array()
-                    .ok_or_else(|| bad("terms values must be an array"))?;
-                if !wanted.contains(&document[field.as_str()]) {
-                    return Ok(false);
-                }
+            if !Self::matching_clause(document, clause)? {
+                return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    /// One query-DSL clause in filter context, as OpenSearch documents it: `bool`
+    /// (filter / must / should / must_not, `minimum_should_match`), `term`, `terms`,
+    /// `prefix`, `range`, `match_all`. A clause on a field the document lacks is false.
+    fn matching_clause(document: &Value, clause: &Value) -> Result<bool, (StatusCode, Value)> {
+        let object = clause
+            .as_object()
+            .filter(|object| object.len() == 1)
+            .ok_or_else(|| bad("a query clause must be an object with one key"))?;
+        let (kind, body) = object.iter().next().ok_or_else(|| bad("empty clause"))?;
+        let single_field = |what: &str| single_field(document, body, what);
+        match kind.as_str() {
+            "match_all" => Ok(true),
+            "bool" => {
+                only_keys(
+                    body,
+                    &[
+                        "filter",
+                        "must",
+                        "should",
+                        "must_not",
+                        "minimum_should_match",
+                    ],
+                    "bool",
+                )?;
+                let list = |key: &str| -> Result<Vec<Value>, (StatusCode, Value)> {
+                    match &body[key] {
+                        Value::Null => Ok(Vec::new()),
+                        Value::Array(items) => Ok(items.clone()),
+                        single @ Value::Object(_) => Ok(vec![single.clone()]),
+                        _ => Err(bad(format!("bool.{key} must be a clause or an array"))),
+                    }
+                };
+                for clause in list("filter")?.iter().chain(list("must")?.iter()) {
+                    if !Self::matching_clause(document, clause)? {
+                        return Ok(false);
+                    }
+                }
+                for clause in &list("must_not")? {
+                    if Self::matching_clause(document, clause)? {
+                        return Ok(false);
+                    }
+                }
+                let should = list("should")?;
+                let wanted = body["minimum_should_match"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .max(u64::from(
+                        !should.is_empty()
+                            && list("filter")?.is_empty()
+                            && list("must")?.is_empty(),
+                    ));
+                let mut matched = 0;
+                for clause in &should {
+                    if Self::matching_clause(document, clause)? {
+                        matched += 1;
+                    }
+                }
+                Ok(matched >= wanted)
+            }
+            "term" => {
+                let (values, condition) = single_field("term")?;
+                let wanted = match condition.get("value") {
+                    Some(wanted) => wanted,
+                    None => condition,
+                };
+                Ok(values.iter().any(|value| *value == wanted))
+            }
+            "terms" => {
+                let (values, wanted) = single_field("terms")?;
+                let wanted = wanted
+                    .as_array()
+                    .ok_or_else(|| bad("terms values must be an array"))?;
+                Ok(values.iter().any(|value| wanted.contains(value)))
+            }
+            "prefix" => {
+                let (values, condition) = single_field("prefix")?;
+                let prefix = condition
+                    .get("value")
+                    .unwrap_or(condition)
+                    .as_str()
+                    .ok_or_else(|| bad("prefix value must be a string"))?;
+                Ok(values
+                    .iter()
+                    .any(|value| value.as_str().is_some_and(|text| text.starts_with(prefix))))
+            }
+            "range" => {
+                let (values, bounds) = single_field("range")?;
+                only_keys(bounds, &["gte", "gt", "lte", "lt"], "range")?;
+                let bound = |key: &str| bounds[key].as_f64();
+                Ok(values
+                    .iter()
+                    .filter_map(|value| value.as_f64())
+                    .any(|number| {
+                        bound("gte").is_none_or(|bound| number >= bound)
+                            && bound("gt").is_none_or(|bound| number > bound)
+                            && bound("lte").is_none_or(|bound| number <= bound)
+                            && bound("lt").is_none_or(|bound| number < bound)
+                    }))
+            }
+            other => Err(bad(format!(
+                "the fake does not serve [{other}] in a filter"
+            ))),
+        }
     }
 
     fn search(&self, name: &str, body: Value) -> Reply {

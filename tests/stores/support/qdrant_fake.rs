@@ -92,37 +92,97 @@ fn keyword(value: &Value) -> Option<&str> {
     }
 }
 
-/// Whether the payload passes every `must` condition (keyword matches only).
+/// The payload value at a key, `a.b` reaching into nested objects, as Qdrant reads
+/// payload keys.
+fn payload_value<'a>(payload: &'a HashMap<String, Value>, key: &str) -> Option<&'a Value> {
+    let mut parts = key.split('.');
+    let mut value = payload.get(parts.next()?)?;
+    for part in parts {
+        let Some(value::Kind::StructValue(object)) = value.kind.as_ref() else {
+            return None;
+        };
+        value = object.fields.get(part)?;
+    }
+    Some(value)
+}
+
+fn number(value: &Value) -> Option<f64> {
+    match value.kind.as_ref()? {
+        value::Kind::IntegerValue(number) => Some(*number as f64),
+        value::Kind::DoubleValue(number) => Some(*number),
+        _ => None,
+    }
+}
+
+/// Whether the payload passes the filter as Qdrant documents it: every `must`
+/// condition, at least one `should` when there are any, no `must_not`; a condition on
+/// a missing key is false. Keyword matches and numeric ranges on fields, and nested
+/// filters; anything else is refused as unimplemented.
 fn passes(filter: &Option<Filter>, payload: &HashMap<String, Value>) -> Result<bool, Status> {
     let Some(filter) = filter else {
         return Ok(true);
     };
-    if !filter.should.is_empty() || !filter.must_not.is_empty() {
-        return Err(Status::unimplemented("only `must` filters are served here"));
+    filter_passes(filter, payload)
+}
+
+fn filter_passes(filter: &Filter, payload: &HashMap<String, Value>) -> Result<bool, Status> {
+    if filter.min_should.is_some() {
+        return Err(Status::unimplemented("min_should is not served here"));
     }
     for condition in &filter.must {
-        let Some(condition::ConditionOneOf::Field(field)) = &condition.condition_one_of else {
-            return Err(Status::unimplemented(
-                "only field conditions are served here",
-            ));
-        };
-        let value = payload.get(&field.key).and_then(keyword);
-        let matched = match field.r#match.as_ref().and_then(|m| m.match_value.as_ref()) {
-            Some(r#match::MatchValue::Keyword(wanted)) => value == Some(wanted.as_str()),
-            Some(r#match::MatchValue::Keywords(wanted)) => {
-                value.is_some_and(|value| wanted.strings.iter().any(|w| w == value))
-            }
-            _ => {
-                return Err(Status::unimplemented(
-                    "only keyword matches are served here",
-                ));
-            }
-        };
-        if !matched {
+        if !condition_passes(condition, payload)? {
             return Ok(false);
         }
     }
-    Ok(true)
+    for condition in &filter.must_not {
+        if condition_passes(condition, payload)? {
+            return Ok(false);
+        }
+    }
+    if filter.should.is_empty() {
+        return Ok(true);
+    }
+    for condition in &filter.should {
+        if condition_passes(condition, payload)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn condition_passes(
+    condition: &Condition,
+    payload: &HashMap<String, Value>,
+) -> Result<bool, Status> {
+    let field = match &condition.condition_one_of {
+        Some(condition::ConditionOneOf::Filter(nested)) => return filter_passes(nested, payload),
+        Some(condition::ConditionOneOf::Field(field)) => field,
+        _ => {
+            return Err(Status::unimplemented(
+                "only field conditions and nested filters are served here",
+            ));
+        }
+    };
+    let value = payload_value(payload, &field.key);
+    if let Some(range) = &field.range {
+        let Some(number) = value.and_then(number) else {
+            return Ok(false);
+        };
+        return Ok(range.gte.is_none_or(|bound| number >= bound)
+            && range.gt.is_none_or(|bound| number > bound)
+            && range.lte.is_none_or(|bound| number <= bound)
+            && range.lt.is_none_or(|bound| number < bound));
+    }
+    let value = value.and_then(keyword);
+    match field.r#match.as_ref().and_then(|m| m.match_value.as_ref()) {
+        Some(r#match::MatchValue::Keyword(wanted)) => Ok(value == Some(wanted.as_str())),
+        Some(r#match::MatchValue::Keywords(wanted)) => {
+            Ok(value.is_some_and(|value| wanted.strings.iter().any(|w| w == value)))
+        }
+        _ => Err(Status::unimplemented(
+            "only keyword matches and ranges are served here",
+        )),
+    }
 }
 
 impl FakeQdrant {
@@ -526,9 +586,11 @@ impl Points for FakeQdrant {
         request: Request<CreateFieldIndexCollection>,
     ) -> Result<Response<PointsOperationResponse>, Status> {
         let request = request.into_inner();
-        if request.field_type != Some(FieldType::Keyword.into()) {
+        if request.field_type != Some(FieldType::Keyword.into())
+            && request.field_type != Some(FieldType::Integer.into())
+        {
             return Err(Status::unimplemented(
-                "only keyword payload indexes are served here",
+                "only keyword and integer payload indexes are served here",
             ));
         }
         self.with_collection(&request.collection_name, |collection| {
