@@ -632,7 +632,7 @@ impl FakeOpenSearch {
                     Some(wanted) => wanted,
                     None => condition,
                 };
-                Ok(values.iter().any(|value| *value == wanted))
+                Ok(values.contains(&wanted))
             }
             "terms" => {
                 let (values, wanted) = single_field("terms")?;
