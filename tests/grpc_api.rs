@@ -120,6 +120,23 @@ impl TestServer {
         self.task.take().unwrap().await.unwrap();
     }
 
+    /// [`Self::stop`], then waits until nothing holds the service, so the next
+    /// server may open the same data dir.
+    async fn stop_releasing_data_dir(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+        // A detached task of a finished call (an index run's last bookkeeping) may
+        // still hold the service for a moment after `serve` returns; the next server
+        // on the same data dir needs its lock, so wait for the last holder to let go.
+        for _ in 0..3_000 {
+            if Arc::strong_count(&self.service) == 1 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the service is still held 30 s after serve returned");
+    }
+
     fn search(&self) -> RetrievalServiceClient<Channel> {
         RetrievalServiceClient::new(self.channel.clone())
     }
@@ -422,7 +439,7 @@ async fn stores_are_persisted_and_reopened_after_a_restart() {
     let server = TestServer::start(data.path(), "").await;
     server.index(docs.path()).await;
     let before = server.search_for("volcano lava eruption").await;
-    server.stop().await;
+    server.stop_releasing_data_dir().await;
 
     let server = TestServer::start(data.path(), "").await;
     let after = server.search_for("volcano lava eruption").await;
