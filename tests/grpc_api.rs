@@ -1951,6 +1951,49 @@ async fn an_answer_prices_the_context_it_moves_between_clouds() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn placement_recommends_a_cloud_from_the_catalog_and_this_config() {
+    let (upstream, _calls) = traced_upstream(200).await;
+    let config = format!(
+        r#"
+        [[provider]]
+        id = "claude-eu"
+        kind = "openai_compat"
+        base_url = "{upstream}"
+        cloud = "aws"
+        region = "eu-west-1"
+        [[deployment]]
+        provider = "claude-eu"
+        model = "claude-3-5-sonnet"
+        "#
+    );
+    let data = TempDir::new().unwrap();
+    let server = TestServer::start(data.path(), &config).await;
+    let clouds = AdminServiceClient::new(server.channel.clone())
+        .placement(proto::PlacementRequest {
+            model: "claude".into(),
+            data_cloud: "aws".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .clouds;
+    let fitting: Vec<&str> = clouds
+        .iter()
+        .filter(|cloud| cloud.fits)
+        .map(|cloud| cloud.cloud.as_str())
+        .collect();
+    assert_eq!(fitting, ["aws", "gcp"], "{clouds:?}");
+    assert_eq!(
+        clouds[0].deployments,
+        ["claude-eu/claude-3-5-sonnet (eu-west-1)"]
+    );
+    let azure = clouds.iter().find(|cloud| cloud.cloud == "azure").unwrap();
+    assert_eq!(azure.reasons_against[0], "does not offer claude models");
+    server.stop().await;
+}
+
 /// Two deployments of one model, the first in the US and the second in the EU, and a
 /// rule that keeps data of the local folder (`local/local`) on EU endpoints.
 fn residency_config(us: &str, eu: Option<&str>, on_conflict: &str) -> String {

@@ -6,6 +6,7 @@ use super::convert;
 use super::ingestion::{final_message, progress_message};
 use super::proto::{self, admin_service_server::AdminService};
 use crate::auth::Credentials;
+use crate::policy::placement::Requirements;
 use crate::service::{IndexRunState, Service};
 use crate::stores::StoreKind;
 
@@ -72,6 +73,47 @@ impl AdminService for AdminApi {
             })
             .collect();
         Ok(Response::new(proto::ListIndexesResponse { indexes }))
+    }
+
+    async fn placement(
+        &self,
+        request: Request<proto::PlacementRequest>,
+    ) -> Result<Response<proto::PlacementResponse>, Status> {
+        let principal = self
+            .service
+            .authenticate(&Credentials::from_grpc(&request))
+            .await
+            .map_err(convert::status)?;
+        let asked = request.into_inner();
+        let text = |value: String| Some(value).filter(|value| !value.is_empty());
+        let requirements = Requirements {
+            model: text(asked.model),
+            sovereignty: asked.sovereignty,
+            predictable_cost: asked.predictable_cost,
+            fine_tuning: asked.fine_tuning,
+            lowest_latency: asked.lowest_latency,
+            multi_model: asked.multi_model,
+            ecosystem: text(asked.ecosystem),
+            embedding_dims: Some(asked.embedding_dims).filter(|dims| *dims > 0),
+            data_cloud: text(asked.data_cloud),
+            data_region: text(asked.data_region),
+        };
+        let clouds = self
+            .service
+            .placement(&principal, &requirements)
+            .map_err(convert::status)?
+            .into_iter()
+            .map(|verdict| proto::CloudRecommendation {
+                cloud: verdict.cloud,
+                service: verdict.service,
+                fits: verdict.fits,
+                score: verdict.score,
+                reasons_for: verdict.reasons_for,
+                reasons_against: verdict.reasons_against,
+                deployments: verdict.deployments,
+            })
+            .collect();
+        Ok(Response::new(proto::PlacementResponse { clouds }))
     }
 
     async fn get_index_run(

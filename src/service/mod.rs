@@ -37,6 +37,7 @@ use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::limits::{CallLimit, RateLimiter};
 use crate::policy::egress::EgressPrices;
+use crate::policy::placement;
 use crate::policy::residency::Residency;
 use crate::retrieve::{Retriever, SearchRequest, SearchResult};
 use crate::route::Router;
@@ -434,6 +435,18 @@ impl Service {
     }
 
     /// The indexes the principal may write or search a source of (Admin).
+    /// Where a workload should run, from the capability catalog and this config.
+    pub fn placement(
+        &self,
+        principal: &Principal,
+        requirements: &placement::Requirements,
+    ) -> Result<Vec<placement::Recommendation>> {
+        self.admit_call_in_process(principal)?;
+        principal.permissions().check_admin()?;
+        let landscape = placement::Landscape::from_config(&self.config);
+        Ok(placement::advise(&landscape, requirements))
+    }
+
     pub fn list_indexes(&self, principal: &Principal) -> Result<Vec<&IndexConfig>> {
         self.admit_call_in_process(principal)?;
         let permissions = principal.permissions();
