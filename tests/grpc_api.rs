@@ -141,6 +141,18 @@ impl TestServer {
         RetrievalServiceClient::new(self.channel.clone())
     }
 
+    /// POSTs `body` as JSON to the facade's `path`: the status and the JSON answer.
+    async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", self.facade))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
     async fn index(&self, url: &Path) -> proto::IndexProgress {
         self.index_into(url, "").await
     }
@@ -1399,18 +1411,7 @@ async fn an_answer_is_one_trace_under_the_callers_traceparent_with_a_span_per_so
 async fn embeddings_over_http_are_the_vectors_of_the_space_sources_were_indexed_in() {
     let data = TempDir::new().unwrap();
     let server = TestServer::start(data.path(), "").await;
-    let http = reqwest::Client::new();
-    let embed = |body: serde_json::Value| {
-        let request = http
-            .post(format!("{}/v1/embeddings", server.facade))
-            .json(&body)
-            .send();
-        async move {
-            let response = request.await.unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<serde_json::Value>().await.unwrap())
-        }
-    };
+    let embed = |body: serde_json::Value| server.post_json("/v1/embeddings", body);
     let (status, floats) = embed(serde_json::json!({
         "model": "minilm",
         "input": ["Where are cold archives replicated?", "To a paired region."],
@@ -1782,18 +1783,7 @@ async fn search_controls_weight_fuse_filter_page_and_snip_over_grpc_and_http() {
     assert!(top.highlights.len() >= 2, "{top:?}");
 
     // POST /v1/search: the same request as JSON gives the same hits.
-    let http = reqwest::Client::new();
-    let post = |body: serde_json::Value| {
-        let request = http
-            .post(format!("{}/v1/search", server.facade))
-            .json(&body)
-            .send();
-        async move {
-            let response = request.await.unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<serde_json::Value>().await.unwrap())
-        }
-    };
+    let post = |body: serde_json::Value| server.post_json("/v1/search", body);
     let (status, json) = post(serde_json::json!({
         "query": query, "top_k": 5, "include_text": true, "snippets": true,
         "source_weights": {"local-dense": 1.5},
@@ -1847,7 +1837,7 @@ async fn search_controls_weight_fuse_filter_page_and_snip_over_grpc_and_http() {
     }
 
     // The served OpenAPI document is the checked-in one, and its search example works.
-    let served: serde_json::Value = http
+    let served: serde_json::Value = reqwest::Client::new()
         .get(format!("{}/v1/openapi.json", server.facade))
         .send()
         .await
@@ -2321,21 +2311,20 @@ async fn a_filtered_search_and_answer_see_only_the_matching_chunks() {
     }
 
     // POST /v1/search: the same filter as JSON gives the same hits.
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/search", server.facade))
-        .json(&serde_json::json!({
-            "query": query,
-            "top_k": 20,
-            "filter": { "or": { "filters": [
-                { "condition": { "field": "metadata.topic", "eq": "storage" } },
-                { "condition": { "field": "size_bytes", "range": { "lte": 0 } } },
-            ] } },
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let json: serde_json::Value = response.json().await.unwrap();
+    let (status, json) = server
+        .post_json(
+            "/v1/search",
+            serde_json::json!({
+                "query": query,
+                "top_k": 20,
+                "filter": { "or": { "filters": [
+                    { "condition": { "field": "metadata.topic", "eq": "storage" } },
+                    { "condition": { "field": "size_bytes", "range": { "lte": 0 } } },
+                ] } },
+            }),
+        )
+        .await;
+    assert_eq!(status, 200);
     let http_ids: Vec<&str> = json["hits"]
         .as_array()
         .unwrap()
@@ -2343,16 +2332,16 @@ async fn a_filtered_search_and_answer_see_only_the_matching_chunks() {
         .map(|hit| hit["doc_id"].as_str().unwrap())
         .collect();
     assert_eq!(http_ids, doc_ids(&storage));
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/search", server.facade))
-        .json(&serde_json::json!({
-            "query": query,
-            "filter": { "condition": { "field": "cloud", "eq": "aws", "prefix": "a" } },
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 400);
+    let (status, _) = server
+        .post_json(
+            "/v1/search",
+            serde_json::json!({
+                "query": query,
+                "filter": { "condition": { "field": "cloud", "eq": "aws", "prefix": "a" } },
+            }),
+        )
+        .await;
+    assert_eq!(status, 400);
 
     // An answer cites only passages that match its filter.
     let events = server

@@ -195,18 +195,32 @@ async fn read_json_credentials(service: &str, response: reqwest::Response) -> Re
     })
 }
 
-/// A non-2xx from a credentials endpoint: 4xx says this identity gets nothing here.
-fn endpoint_refusal(service: &str, what: &str, status: u16, body: &[u8]) -> Error {
-    let text: String = String::from_utf8_lossy(body).chars().take(300).collect();
+/// Sends `request` to a credentials endpoint; a non-2xx answer to `what` is an error
+/// (a 4xx says this identity gets nothing here).
+async fn send_to_endpoint(
+    service: &str,
+    what: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response> {
+    let response = request
+        .send()
+        .await
+        .map_err(|error| transport_error(service, &error))?;
+    let status = response.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(response);
+    }
+    let body = read_error_body(response).await;
+    let text: String = String::from_utf8_lossy(&body).chars().take(300).collect();
     let kind = match status {
         429 => ErrorKind::Throttled,
         400..=499 => ErrorKind::Auth,
         _ => ErrorKind::Unavailable,
     };
-    Error::new(
+    Err(Error::new(
         kind,
         format!("{service} answered {status} to {what}: {text}"),
-    )
+    ))
 }
 
 impl ContainerEndpoint {
@@ -232,20 +246,7 @@ impl ContainerEndpoint {
                 request = request.header("authorization", token.trim());
             }
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| transport_error(Self::NAME, &error))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = read_error_body(response).await;
-            return Err(endpoint_refusal(
-                Self::NAME,
-                "the credentials request",
-                status.as_u16(),
-                &body,
-            ));
-        }
+        let response = send_to_endpoint(Self::NAME, "the credentials request", request).await?;
         read_json_credentials(Self::NAME, response).await
     }
 }
@@ -255,27 +256,20 @@ impl InstanceMetadata {
 
     pub async fn fetch(&self) -> Result<Expiring> {
         let base = self.endpoint.trim_end_matches('/');
-        let response = self
+        let token_request = self
             .http
             .put(format!("{base}/latest/api/token"))
             .header(
                 "x-aws-ec2-metadata-token-ttl-seconds",
                 IMDS_TOKEN_TTL_SECONDS,
             )
-            .timeout(IMDS_TIMEOUT)
-            .send()
-            .await
-            .map_err(|error| transport_error(Self::NAME, &error))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = read_error_body(response).await;
-            return Err(endpoint_refusal(
-                Self::NAME,
-                "the session token request (PUT /latest/api/token; IMDSv1 is never used)",
-                status.as_u16(),
-                &body,
-            ));
-        }
+            .timeout(IMDS_TIMEOUT);
+        let response = send_to_endpoint(
+            Self::NAME,
+            "the session token request (PUT /latest/api/token; IMDSv1 is never used)",
+            token_request,
+        )
+        .await?;
         let token = read_limited(Self::NAME, response, TOKEN_BODY_LIMIT).await?;
         let token = String::from_utf8_lossy(&token).trim().to_string();
         let roles_url = format!("{base}/latest/meta-data/iam/security-credentials/");
@@ -304,20 +298,12 @@ impl InstanceMetadata {
     }
 
     async fn get(&self, url: &str, token: &str, what: &str) -> Result<reqwest::Response> {
-        let response = self
+        let request = self
             .http
             .get(url)
             .header("x-aws-ec2-metadata-token", token)
-            .timeout(IMDS_TIMEOUT)
-            .send()
-            .await
-            .map_err(|error| transport_error(Self::NAME, &error))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = read_error_body(response).await;
-            return Err(endpoint_refusal(Self::NAME, what, status.as_u16(), &body));
-        }
-        Ok(response)
+            .timeout(IMDS_TIMEOUT);
+        send_to_endpoint(Self::NAME, what, request).await
     }
 }
 
