@@ -903,13 +903,10 @@ async fn recording_upstream() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     (upstream, seen)
 }
 
-#[tokio::test]
-async fn a_provider_key_rewritten_in_its_file_is_sent_on_the_next_call_without_a_restart() {
-    let (upstream, seen) = recording_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("upstream.key");
-    std::fs::write(&key_file, "sk-before-rotation\n").unwrap();
-    let base = facade(&format!(
+/// One model, `llama`, served by one OpenAI-compatible upstream whose key is read
+/// from the secret location `api_key`: the config of the key-rotation tests.
+fn one_keyed_upstream(upstream: &str, api_key: &str) -> String {
+    format!(
         r#"
         [routing]
         default_model = "llama"
@@ -917,12 +914,23 @@ async fn a_provider_key_rewritten_in_its_file_is_sent_on_the_next_call_without_a
         id = "only"
         kind = "openai_compat"
         base_url = "{upstream}"
-        api_key = "file:{}"
+        api_key = "{api_key}"
         [[deployment]]
         provider = "only"
         model = "llama"
-        "#,
-        key_file.display()
+        "#
+    )
+}
+
+#[tokio::test]
+async fn a_provider_key_rewritten_in_its_file_is_sent_on_the_next_call_without_a_restart() {
+    let (upstream, seen) = recording_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("upstream.key");
+    std::fs::write(&key_file, "sk-before-rotation\n").unwrap();
+    let base = facade(&one_keyed_upstream(
+        &upstream,
+        &format!("file:{}", key_file.display()),
     ))
     .await;
     let http = reqwest::Client::new();
@@ -1007,18 +1015,8 @@ async fn a_provider_key_rotated_in_aws_secrets_manager_is_sent_on_the_next_call(
     let (upstream, seen) = recording_upstream().await;
 
     let config: Config = toml::from_str(&format!(
-        r#"{FACADE_SERVER}
-        [routing]
-        default_model = "llama"
-        [[provider]]
-        id = "only"
-        kind = "openai_compat"
-        base_url = "{upstream}"
-        api_key = "aws-sm:{name}"
-        [[deployment]]
-        provider = "only"
-        model = "llama"
-        "#
+        "{FACADE_SERVER}\n{}",
+        one_keyed_upstream(&upstream, &format!("aws-sm:{name}"))
     ))
     .unwrap();
     // Explicit loopback endpoint and keys: nothing falls back to a cloud address.
@@ -1118,18 +1116,11 @@ async fn a_provider_key_from_a_chain_falls_back_to_gcp_secret_manager_and_follow
     let clouds = secret_clouds(value.clone()).await;
     let (upstream, seen) = recording_upstream().await;
     let config: Config = toml::from_str(&format!(
-        r#"{FACADE_SERVER}
-        [routing]
-        default_model = "llama"
-        [[provider]]
-        id = "only"
-        kind = "openai_compat"
-        base_url = "{upstream}"
-        api_key = "chain:azure-kv:prod/upstream-key|gcp-sm:my-project/upstream-key"
-        [[deployment]]
-        provider = "only"
-        model = "llama"
-        "#
+        "{FACADE_SERVER}\n{}",
+        one_keyed_upstream(
+            &upstream,
+            "chain:azure-kv:prod/upstream-key|gcp-sm:my-project/upstream-key"
+        )
     ))
     .unwrap();
     // Every endpoint explicit and on loopback: nothing reaches a cloud or metadata address.
