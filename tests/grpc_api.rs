@@ -116,6 +116,10 @@ impl TestServer {
 
     /// Stops the server and waits until its stores are closed.
     async fn stop(mut self) {
+        self.stop_serving().await;
+    }
+
+    async fn stop_serving(&mut self) {
         let _ = self.shutdown.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap();
     }
@@ -123,8 +127,7 @@ impl TestServer {
     /// [`Self::stop`], then waits until nothing holds the service, so the next
     /// server may open the same data dir.
     async fn stop_releasing_data_dir(mut self) {
-        let _ = self.shutdown.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
+        self.stop_serving().await;
         // A detached task of a finished call (an index run's last bookkeeping) may
         // still hold the service for a moment after `serve` returns; the next server
         // on the same data dir needs its lock, so wait for the last holder to let go.
