@@ -350,6 +350,16 @@ async fn failure(text: &str, env: &HashMap<String, String>) -> skyfuse::error::E
     secret.current().await.unwrap_err()
 }
 
+/// The failure is of `kind` and its message starts with `prefix` (the location first).
+fn refused(error: skyfuse::error::Error, kind: ErrorKind, prefix: impl AsRef<str>) {
+    assert_eq!(error.kind, kind, "{}", error.message);
+    assert!(
+        error.message.starts_with(prefix.as_ref()),
+        "{}",
+        error.message
+    );
+}
+
 #[tokio::test]
 async fn not_found_and_refused_name_the_location() {
     let vault = answering(
@@ -358,14 +368,10 @@ async fn not_found_and_refused_name_the_location() {
                "message": "A secret with (name/id) missing was not found in this key vault."}}),
     )
     .await;
-    let error = failure("azure-kv:prod/missing", &azure_env(&vault)).await;
-    assert_eq!(error.kind, ErrorKind::NotFound);
-    assert!(
-        error
-            .message
-            .starts_with("azure-kv:prod/missing: secret not found"),
-        "{}",
-        error.message
+    refused(
+        failure("azure-kv:prod/missing", &azure_env(&vault)).await,
+        ErrorKind::NotFound,
+        "azure-kv:prod/missing: secret not found",
     );
 
     let metadata = metadata_server().await;
@@ -375,14 +381,10 @@ async fn not_found_and_refused_name_the_location() {
                "message": "Secret [projects/1/secrets/missing] not found or has no versions."}}),
     )
     .await;
-    let error = failure("gcp-sm:my-project/missing", &gcp_env(&metadata, &manager)).await;
-    assert_eq!(error.kind, ErrorKind::NotFound);
-    assert!(
-        error
-            .message
-            .starts_with("gcp-sm:my-project/missing: secret not found"),
-        "{}",
-        error.message
+    refused(
+        failure("gcp-sm:my-project/missing", &gcp_env(&metadata, &manager)).await,
+        ErrorKind::NotFound,
+        "gcp-sm:my-project/missing: secret not found",
     );
 
     let (pem, _) = rsa_key();
@@ -401,14 +403,10 @@ async fn not_found_and_refused_name_the_location() {
         ("OCI_CLI_KEY_FILE", &key_file.path().display().to_string()),
         ("SKYFUSE_OCI_SECRETS_ENDPOINT", &oci.base_url),
     ]);
-    let error = failure(&format!("oci-vault:{OCID}"), &oci_env).await;
-    assert_eq!(error.kind, ErrorKind::NotFound);
-    assert!(
-        error
-            .message
-            .starts_with(&format!("oci-vault:{OCID}: secret not found")),
-        "{}",
-        error.message
+    refused(
+        failure(&format!("oci-vault:{OCID}"), &oci_env).await,
+        ErrorKind::NotFound,
+        format!("oci-vault:{OCID}: secret not found"),
     );
 
     let forbidden = answering(
@@ -417,14 +415,10 @@ async fn not_found_and_refused_name_the_location() {
                "message": "The user, group or application does not have secrets get permission on key vault 'prod'."}}),
     )
     .await;
-    let error = failure("azure-kv:prod/openai-key", &azure_env(&forbidden)).await;
-    assert_eq!(error.kind, ErrorKind::Auth);
-    assert!(
-        error
-            .message
-            .starts_with("azure-kv:prod/openai-key: access refused"),
-        "{}",
-        error.message
+    refused(
+        failure("azure-kv:prod/openai-key", &azure_env(&forbidden)).await,
+        ErrorKind::Auth,
+        "azure-kv:prod/openai-key: access refused",
     );
 }
 
