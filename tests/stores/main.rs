@@ -309,21 +309,7 @@ async fn qdrant_creates_payload_indexes_and_sends_the_deadline_as_its_timeout() 
     let harness = QdrantHarness::in_process(None).await;
     let store = harness.connect("made", 4, true).await.unwrap();
     let fake = harness.fake.as_ref().unwrap();
-    let mut indexes = fake.field_indexes("made");
-    indexes.sort();
-    assert_eq!(
-        indexes,
-        vec![
-            "cloud",
-            "content_type",
-            "doc_id",
-            "last_modified",
-            "object_key",
-            "region",
-            "size_bytes",
-            "source"
-        ]
-    );
+    assert_eq!(sorted_field_indexes(fake, "made"), FILTERED_FIELDS);
     store.upsert(&conformance::sample()).await.unwrap();
     let query = skyfuse::stores::StoreQuery {
         text: String::new(),
@@ -336,6 +322,24 @@ async fn qdrant_creates_payload_indexes_and_sends_the_deadline_as_its_timeout() 
     assert_eq!(*fake.state.last_search_timeout.lock().unwrap(), Some(3));
 }
 
+/// The payload fields a Qdrant collection must index for filtered search.
+const FILTERED_FIELDS: [&str; 8] = [
+    "cloud",
+    "content_type",
+    "doc_id",
+    "last_modified",
+    "object_key",
+    "region",
+    "size_bytes",
+    "source",
+];
+
+fn sorted_field_indexes(fake: &FakeQdrant, collection: &str) -> Vec<String> {
+    let mut indexes = fake.field_indexes(collection);
+    indexes.sort();
+    indexes
+}
+
 #[tokio::test]
 async fn qdrant_indexes_a_collection_made_elsewhere_and_two_replicas_may_create_one_at_once() {
     let harness = QdrantHarness::in_process(None).await;
@@ -343,21 +347,7 @@ async fn qdrant_indexes_a_collection_made_elsewhere_and_two_replicas_may_create_
     // Made by someone else, without the payload indexes filtered searches need.
     fake.create("theirs", 4, qdrant_client::qdrant::Distance::Cosine);
     harness.connect("theirs", 4, false).await.unwrap();
-    let mut indexes = fake.field_indexes("theirs");
-    indexes.sort();
-    assert_eq!(
-        indexes,
-        vec![
-            "cloud",
-            "content_type",
-            "doc_id",
-            "last_modified",
-            "object_key",
-            "region",
-            "size_bytes",
-            "source"
-        ]
-    );
+    assert_eq!(sorted_field_indexes(fake, "theirs"), FILTERED_FIELDS);
     // Two replicas starting together with create_missing: both start.
     let (first, second) = tokio::join!(
         harness.connect("shared", 4, true),
