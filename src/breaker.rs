@@ -292,8 +292,9 @@ impl Permit {
     /// policy says it is its failure, and a throttle's `retry_after` is honoured.
     pub fn failed(mut self, error: &Error) {
         self.reported = true;
-        if !error.kind.counts_against_endpoint() {
-            // It answered, if only to refuse this request: it is up.
+        if error.local_refusal || !error.kind.counts_against_endpoint() {
+            // It answered, if only to refuse this request (or skyfuse itself refused it
+            // for its own load, which says nothing of the endpoint): it is up.
             self.breaker.record_success();
             return;
         }

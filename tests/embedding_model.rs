@@ -282,6 +282,41 @@ async fn async_embed_matches_blocking_and_reports_the_space() {
     );
 }
 
+/// Queries that arrive together share forward passes (`embed/local/batcher.rs`); each
+/// must get the vector it gets alone, in its own reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_queries_each_get_the_vector_they_get_alone() {
+    let embedder = embedder().clone();
+    let queries: Vec<String> = (0..24)
+        .map(|index| match index % 3 {
+            0 => format!("does protein {index} regulate cell growth?"),
+            1 => format!("vitamin D deficiency and risk number {index}"),
+            _ => String::new(),
+        })
+        .collect();
+    let tasks: Vec<_> = queries
+        .iter()
+        .map(|query| {
+            let (embedder, query) = (embedder.clone(), query.clone());
+            tokio::spawn(async move { embedder.embed(&[query], Purpose::Query).await })
+        })
+        .collect();
+    for (query, task) in queries.iter().zip(tasks) {
+        let batched = task.await.expect("task").expect("query embedded");
+        let alone = embed(&[query.as_str()]);
+        assert_eq!(batched.len(), 1);
+        let largest_difference = batched[0]
+            .iter()
+            .zip(&alone[0])
+            .map(|(left, right)| (left - right).abs())
+            .fold(0.0_f32, f32::max);
+        assert!(
+            largest_difference < 1e-5,
+            "{query:?}: batched and alone differ by {largest_difference}"
+        );
+    }
+}
+
 #[test]
 fn missing_model_dir_is_a_config_error_that_says_how_to_fix_it() {
     let missing = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/does-not-exist");

@@ -114,10 +114,14 @@ impl SpaceEmbedder {
         let mut failures = Vec::new();
         let mut last_kind = ErrorKind::Unavailable;
         let mut retry_after = None;
+        // Whether every provider tried refused for skyfuse's own load (the local model's
+        // queue is full): then the call is refused as overloaded, not as a provider outage.
+        let mut only_local_refusals = true;
         for serving in &self.servings {
             let provider = serving.provider.id();
             let Some(permit) = serving.breaker.try_acquire() else {
                 failures.push(format!("{provider}: circuit open"));
+                only_local_refusals = false;
                 continue;
             };
             let request = EmbedRequest {
@@ -145,6 +149,7 @@ impl SpaceEmbedder {
                     failures.push(format!("{provider}: {error}"));
                     last_kind = error.kind;
                     retry_after = error.retry_after.or(retry_after);
+                    only_local_refusals &= error.local_refusal;
                 }
                 // The input is at fault: another provider of the same model would
                 // refuse it too (every serving has the same model, so none has a
@@ -164,6 +169,7 @@ impl SpaceEmbedder {
             ),
         );
         error.retry_after = retry_after;
+        error.local_refusal = only_local_refusals && !failures.is_empty();
         Err(error)
     }
 }

@@ -7,7 +7,7 @@ use futures::future::join_all;
 
 use crate::document::Hit;
 use crate::embed::query::{Family, QueryEmbedder};
-use crate::error::ErrorKind;
+use crate::error::{ErrorKind, Result};
 use crate::retrieve::SearchRequest;
 use crate::retrieve::plan::Plan;
 use crate::stores::filter::Filter;
@@ -56,13 +56,15 @@ pub struct SourceResult<'a> {
 
 /// Searches every planned source concurrently. Lexical sources start at once; each
 /// family of spaces embeds the query once, then searches the sources of its spaces.
-/// Nothing here fails the call: failures become outcomes.
+/// A source's failure becomes its outcome; only skyfuse's own refusal of the query
+/// (the local model's queue is full: the server is overloaded) fails the call, so the
+/// caller backs off instead of getting lexical-only results under load.
 pub async fn fan_out<'a>(
     plan: &Plan<'a>,
     embedder: &QueryEmbedder,
     request: &SearchRequest,
     candidates: usize,
-) -> Vec<SourceResult<'a>> {
+) -> Result<Vec<SourceResult<'a>>> {
     let (query, deadline) = (request.query.as_str(), request.deadline);
     let adapter_from = request.adapter_from.as_deref();
     let started = Instant::now();
@@ -99,11 +101,12 @@ pub async fn fan_out<'a>(
             started,
         )
     });
-    lexical
-        .into_iter()
-        .chain(dense.into_iter().flatten())
-        .chain(unembeddable)
-        .collect()
+    let mut results = lexical;
+    for family in dense {
+        results.extend(family?);
+    }
+    results.extend(unembeddable);
+    Ok(results)
 }
 
 /// What the searches of one request share.
@@ -126,7 +129,7 @@ impl<'a> Search<'_, 'a> {
     /// Embeds the query once for the family, then searches the sources of each member
     /// space. A member the native vector cannot serve (its providers are down, or the
     /// caller asked for an adapter) gets a vector through an adapter, or is skipped.
-    async fn family(self, family: &Family<'_>) -> Vec<SourceResult<'a>> {
+    async fn family(self, family: &Family<'_>) -> Result<Vec<SourceResult<'a>>> {
         let wants_adapter = |space: &str| self.adapter_from.is_some_and(|from| from != space);
         let native = if family.members.iter().all(|space| wants_adapter(space)) {
             Err("the caller asked for an adapter".to_string())
@@ -138,6 +141,7 @@ impl<'a> Search<'_, 'a> {
             .await
             {
                 Err(_elapsed) => Err("query embedding timed out".to_string()),
+                Ok(Err(error)) if error.local_refusal => return Err(error),
                 Ok(Err(error)) => Err(format!("query embedding failed: {error}")),
                 Ok(Ok(vector)) => Ok(vector),
             }
@@ -185,7 +189,7 @@ impl<'a> Search<'_, 'a> {
             }
         }
         results.extend(join_all(searches).await);
-        results
+        Ok(results)
     }
 
     /// A query vector for `space` through an adapter; the note says which and why.

@@ -102,7 +102,7 @@ impl Retriever {
         let candidates = controls
             .candidates
             .unwrap_or_else(|| request.top_k.max(self.settings.candidates_per_source));
-        let results = fanout::fan_out(&plan, &self.embedder, request, candidates).await;
+        let results = fanout::fan_out(&plan, &self.embedder, request, candidates).await?;
         let degraded = results
             .iter()
             .any(|result| result.outcome.status != SourceStatus::Ok);
@@ -436,5 +436,38 @@ mod tests {
         let error = retriever.search(&request(&["nope"])).await.unwrap_err();
         assert_eq!(error.kind, crate::error::ErrorKind::NotFound);
         assert!(error.message.contains("nope") && error.message.contains("lexical"));
+    }
+
+    #[tokio::test]
+    async fn an_overloaded_local_model_refuses_the_search_but_a_throttled_cloud_only_degrades_it() {
+        let sources = || {
+            vec![
+                source("lexical", None, Behaviour::Answer(vec!["a"]), 1000),
+                source("dense", Some("space"), Behaviour::Answer(vec!["b"]), 1000),
+            ]
+        };
+        let (overloaded, embedder) = retriever(sources());
+        embedder.fail_with(Some(Error::rate_limited(
+            "the server is busy",
+            Duration::from_millis(40),
+        )));
+        let error = overloaded.search(&request(&[])).await.unwrap_err();
+        assert_eq!(error.kind, crate::error::ErrorKind::Throttled);
+        assert!(
+            error.local_refusal,
+            "shown to the caller as skyfuse's own refusal"
+        );
+        assert_eq!(error.retry_after, Some(Duration::from_millis(40)));
+        assert!(
+            error.message.contains("the server is busy"),
+            "{}",
+            error.message
+        );
+
+        let (throttled, embedder) = retriever(sources());
+        embedder.fail_with(Some(Error::throttled("429 from the cloud", None)));
+        let result = throttled.search(&request(&[])).await.unwrap();
+        assert!(result.degraded);
+        assert_eq!(result.hits.len(), 1, "the lexical source still answers");
     }
 }

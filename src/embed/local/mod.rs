@@ -49,10 +49,12 @@ use crate::config::home::fetch_model_command;
 use crate::embed::{EmbedRequest, Embedder, EmbeddingProvider, EmbeddingSpace, Purpose};
 use crate::error::{Error, Result};
 
+use batcher::QueryBatcher;
 use config::ModelShape;
 use forward::Workspace;
 use weights::BertWeights;
 
+mod batcher;
 mod config;
 mod forward;
 // The one place `unsafe` is allowed: the `deny` at the top of this file holds for every
@@ -88,6 +90,7 @@ pub fn model_dir_from_env() -> PathBuf {
 #[derive(Clone)]
 pub struct LocalEmbedder {
     inner: Arc<LocalEmbedderInner>,
+    queries: Arc<QueryBatcher>,
 }
 
 struct LocalEmbedderInner {
@@ -151,6 +154,7 @@ impl LocalEmbedder {
                 model,
                 workspaces: Mutex::new(Vec::new()),
             }),
+            queries: Arc::default(),
         })
     }
 
@@ -172,6 +176,12 @@ impl LocalEmbedder {
 
     /// Blocking: one L2-normalized vector per text, in order. Empty input -> empty output.
     pub fn embed_blocking(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.inner.embed_blocking(texts)
+    }
+}
+
+impl LocalEmbedderInner {
+    fn embed_blocking(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -216,7 +226,7 @@ impl LocalEmbedder {
                 batch_end += 1;
             }
             let batch = &token_ids[batch_start..batch_end];
-            vectors.extend(self.inner.model.embed_sequences(batch, workspace));
+            vectors.extend(self.model.embed_sequences(batch, workspace));
             batch_start = batch_end;
         }
         Ok(())
@@ -224,17 +234,16 @@ impl LocalEmbedder {
 
     fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
         let encodings = self
-            .inner
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|error| Error::invalid(format!("could not tokenize text: {error}")))?;
-        let vocabulary_size = self.inner.model.shape.vocab_size;
+        let vocabulary_size = self.model.shape.vocab_size;
         let mut token_ids = Vec::with_capacity(encodings.len());
         for encoding in encodings {
             let mut ids = encoding.get_ids().to_vec();
             // The tokenizer truncates already; this guards a tokenizer.json whose
             // truncation we could not configure from indexing past the position table.
-            ids.truncate(self.inner.model.max_sequence_tokens);
+            ids.truncate(self.model.max_sequence_tokens);
             if let Some(bad_id) = ids.iter().find(|&&id| id as usize >= vocabulary_size) {
                 return Err(Error::config(format!(
                     "tokenizer produced token id {bad_id} but the model vocabulary has {vocabulary_size} entries; tokenizer.json and model.safetensors do not match"
@@ -247,7 +256,6 @@ impl LocalEmbedder {
 
     fn take_workspace(&self) -> Workspace {
         let mut pool = self
-            .inner
             .workspaces
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -256,7 +264,6 @@ impl LocalEmbedder {
 
     fn return_workspace(&self, workspace: Workspace) {
         let mut pool = self
-            .inner
             .workspaces
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -273,10 +280,14 @@ impl Embedder for LocalEmbedder {
     }
 
     /// all-MiniLM-L6-v2 was trained without instruction prefixes: queries and documents
-    /// are embedded the same way.
-    async fn embed(&self, texts: &[String], _purpose: Purpose) -> Result<Vec<Vec<f32>>> {
+    /// are embedded the same way. A single query joins the batch of concurrent queries
+    /// (`batcher.rs`); anything else runs as its own batch.
+    async fn embed(&self, texts: &[String], purpose: Purpose) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
+        }
+        if let (Purpose::Query, [query]) = (purpose, texts) {
+            return Ok(vec![self.queries.embed(&self.inner, query).await?]);
         }
         let embedder = self.clone();
         let owned_texts = texts.to_vec();
