@@ -1,5 +1,6 @@
-//! In-process all-MiniLM-L6-v2 speed: one short query (search latency) and a batch of 32
-//! SciFact-like abstracts (indexing throughput).
+//! In-process all-MiniLM-L6-v2 speed: one short query (search latency), eight queries in
+//! one pass (the query batcher under load) and a batch of 32 SciFact-like abstracts
+//! (indexing throughput).
 //!
 //! Run: `cargo bench --bench embed`. Needs the model (`scripts/fetch-model.sh`, or
 //! `SKYFUSE_MODEL_DIR`); uses `../shared/datasets/scifact/corpus.jsonl` when present
@@ -16,6 +17,7 @@ use skyfuse::embed::local::{DEFAULT_MODEL_DIR, LocalEmbedder, MODEL_DIR_ENV};
 
 const QUERY: &str = "0-dimensional biomaterials show inductive properties.";
 const ABSTRACTS_PER_BATCH: usize = 32;
+const QUERIES_PER_BATCH: usize = 8;
 
 fn model_dir() -> PathBuf {
     match std::env::var_os(MODEL_DIR_ENV) {
@@ -78,6 +80,25 @@ fn abstracts(count: usize) -> Vec<String> {
         .collect()
 }
 
+/// The first SciFact test queries, or the one query repeated with a counter.
+fn scifact_queries(count: usize) -> Vec<String> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/scifact/queries.jsonl");
+    let from_file: Vec<String> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|query| query["text"].as_str().map(str::to_string))
+        .take(count)
+        .collect();
+    if from_file.len() == count {
+        return from_file;
+    }
+    (0..count)
+        .map(|index| format!("{QUERY} ({index})"))
+        .collect()
+}
+
 fn bench_embedding(criterion: &mut Criterion) {
     let embedder = load_embedder();
 
@@ -85,6 +106,19 @@ fn bench_embedding(criterion: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("single_short_query", |bencher| {
         bencher.iter(|| embedder.embed_blocking(&[QUERY]).expect("query embeds"))
+    });
+
+    // What the query batcher does under load: eight concurrent queries in one pass
+    // (throughput per query, to compare with the single query above).
+    let queries = scifact_queries(QUERIES_PER_BATCH);
+    let borrowed_queries: Vec<&str> = queries.iter().map(String::as_str).collect();
+    group.throughput(Throughput::Elements(QUERIES_PER_BATCH as u64));
+    group.bench_function("batch_8_queries", |bencher| {
+        bencher.iter(|| {
+            embedder
+                .embed_blocking(&borrowed_queries)
+                .expect("queries embed")
+        })
     });
 
     let documents = abstracts(ABSTRACTS_PER_BATCH);

@@ -5,11 +5,16 @@
 # Also the skyfuse server's resident memory, idle and after the load.
 #
 #   QPS=200 SECONDS_=15 LITELLM=/tmp/litellm-venv/bin/litellm ./scripts/measure-facade.sh
+#
+# With wrk and nginx installed (apt-get install wrk nginx-light), a second part
+# measures closed-loop throughput and latency: nginx answers every completion with
+# the same SSE body, and wrk drives it directly and through the facade at 1, 8, 32
+# and 128 connections (CONNECTIONS overrides the list).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QPS=${QPS:-200}
 DURATION=${SECONDS_:-15}
-UPSTREAM=18081 FACADE=18082 GRPC=18083 LITELLM_PORT=18084
+UPSTREAM=18081 FACADE=18082 GRPC=18083 LITELLM_PORT=18084 NGINX=18085 NGINX_FACADE=18086 NGINX_GRPC=18087
 work=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -69,4 +74,45 @@ YAML
     "$bench" load --label "litellm  @${rate}/s" --target "http://127.0.0.1:$LITELLM_PORT" --qps "$rate" --seconds "$DURATION"
   done
   echo "litellm after load: RSS $(rss $litellm VmRSS), peak $(rss $litellm VmHWM)"
+fi
+
+if command -v wrk > /dev/null && command -v nginx > /dev/null; then
+  # The completion the router asks for (it always streams upstream), as nginx returns it.
+  sse='data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"bench-model","choices":[{"index":0,"delta":{"role":"assistant","content":"Paris is the capital of France."},"finish_reason":null}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","created":0,"model":"bench-model","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","created":0,"model":"bench-model","choices":[],"usage":{"prompt_tokens":20,"completion_tokens":8,"total_tokens":28}}\n\ndata: [DONE]\n\n'
+  mkdir -p "$work/nginx"
+  cat > "$work/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+error_log $work/nginx/error.log;
+pid $work/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$NGINX;
+    location / { default_type text/event-stream; return 200 '$sse'; }
+  }
+}
+NGINX
+  nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
+  wait_port $NGINX
+  sed -e "s/:$UPSTREAM/:$NGINX/" -e "s/:$FACADE/:$NGINX_FACADE/" -e "s/:$GRPC/:$NGINX_GRPC/" \
+    -e "s#$work/data#$work/data-nginx#" "$work/skyfuse.toml" > "$work/skyfuse-nginx.toml"
+  ./target/release/skyfuse --config "$work/skyfuse-nginx.toml" serve 2> "$work/skyfuse-nginx.log" & facade=$!; pids+=($facade)
+  wait_port $NGINX_FACADE
+  cat > "$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"What is the capital of France?"}]}'
+LUA
+  for connections in ${CONNECTIONS:-1 8 32 128}; do
+    for target in "direct:$NGINX" "skyfuse:$NGINX_FACADE"; do
+      echo "== ${target%%:*} at $connections connections"
+      wrk -t1 -c"$connections" -d"${DURATION}s" --latency -s "$work/post.lua" \
+        "http://127.0.0.1:${target##*:}/v1/chat/completions" | grep -E "Requests/sec|50%|90%|99%|Non-2xx|errors"
+    done
+  done
+  echo "skyfuse (facade only) after wrk: RSS $(rss $facade VmRSS), peak $(rss $facade VmHWM)"
 fi
