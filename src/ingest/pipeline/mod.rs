@@ -20,8 +20,10 @@
 //! at worst the stores are then ahead of the manifest, which a crash may always leave.
 //!
 //! [`source`] opens what a run reads, [`producer`] lists and prepares objects, [`writer`]
-//! embeds, writes, commits and keeps the manifest.
+//! embeds, writes, commits and keeps the manifest; [`documents`] writes documents sent over
+//! the API with the same chunking, embedding and store writes.
 
+pub mod documents;
 mod producer;
 mod scope;
 mod source;
