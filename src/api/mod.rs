@@ -6,6 +6,7 @@ mod admin;
 mod browser_guard;
 mod connection;
 mod convert;
+mod documents;
 mod generation;
 mod http_search;
 mod in_process;
