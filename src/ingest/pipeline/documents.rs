@@ -154,6 +154,13 @@ impl DocumentsManifest {
     }
 }
 
+impl DocumentsManifest {
+    /// The object keys (and document ids) of the listed documents.
+    pub fn object_keys(&self) -> Vec<String> {
+        self.documents.keys().map(|id| object_key_of(id)).collect()
+    }
+}
+
 async fn load(path: &Path) -> Result<DocumentsManifest> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || DocumentsManifest::load_or_new(&path))
@@ -374,6 +381,11 @@ pub async fn delete_documents(
 /// Where the API documents' manifest of an index lives, given a bucket manifest's folder.
 pub fn documents_manifest_path(manifest_folder: &Path) -> PathBuf {
     manifest_folder.join(DOCUMENTS_MANIFEST_FILE)
+}
+
+/// The API documents' manifest beside the bucket manifest at `bucket_manifest`.
+pub fn documents_manifest_path_beside(bucket_manifest: &Path) -> PathBuf {
+    bucket_manifest.with_file_name(DOCUMENTS_MANIFEST_FILE)
 }
 
 async fn delete_keys(job: &IndexJob, keys: &[String], what: &str) -> Result<()> {
