@@ -1,6 +1,6 @@
 //! Documents over the API: upsert and delete single documents of an index without a
-//! bucket. How they live beside bucket objects (keys `api/<id>`, their own manifest) is in
-//! [`crate::ingest::pipeline::documents`].
+//! bucket. How they live beside bucket objects (keys `api/<index>/<id>`, their own
+//! manifest) is in [`crate::ingest::pipeline::documents`].
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,7 +9,7 @@ use crate::auth::Principal;
 use crate::config::{IndexConfig, RecordIdScope};
 use crate::error::{Error, Result};
 use crate::ingest::pipeline::documents::{
-    API_KEY_PREFIX, bucket_held_document_ids, documents_manifest_path,
+    bucket_held_document_ids, documents_manifest_path, key_prefix_of,
 };
 use crate::ingest::{
     DeleteReport, DocumentSelection, NewDocument, UpsertReport, delete_documents, upsert_documents,
@@ -37,7 +37,7 @@ pub const MAX_DELETE_IDS: usize = 1000;
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeleteSelection {
     Ids(Vec<String>),
-    /// Over object keys (`api/<id>`).
+    /// Over object keys (`api/<index>/<id>`).
     ObjectKeyPrefix(String),
     Filter(FilterRequest),
 }
@@ -55,7 +55,7 @@ impl Service {
         self.admit_call(principal).await?;
         let index = self.documents_index_for(principal, index_id)?;
         check_documents(&documents, index)?;
-        let _writing = self.document_locks[&index.id].lock().await;
+        let _writing = self.document_lock(index)?.lock().await;
         let folder = self.manifest_folder(index);
         let held_by_buckets = if index.record_ids == RecordIdScope::Global {
             let folder = folder.clone();
@@ -66,12 +66,9 @@ impl Service {
             // Other record ids are qualified by their bucket: none is under `api/`.
             HashMap::new()
         };
-        let job = self.index_job(
-            index,
-            format!("{API_KEY_PREFIX}{}", index.id),
-            documents_manifest_path(&folder),
-        );
-        let report = upsert_documents(&job, documents, &held_by_buckets).await;
+        let key_prefix = key_prefix_of(&index.id);
+        let job = self.index_job(index, key_prefix.clone(), documents_manifest_path(&folder));
+        let report = upsert_documents(&job, &key_prefix, documents, &held_by_buckets).await;
         let outcome = if report.is_ok() { "ok" } else { "error" };
         self.metrics.record_request("upsert_documents", outcome);
         let report = report?;
@@ -98,13 +95,14 @@ impl Service {
         self.admit_call(principal).await?;
         let index = self.documents_index_for(principal, index_id)?;
         let selection = check_selection(selection, index)?;
-        let _writing = self.document_locks[&index.id].lock().await;
+        let _writing = self.document_lock(index)?.lock().await;
+        let key_prefix = key_prefix_of(&index.id);
         let job = self.index_job(
             index,
-            format!("{API_KEY_PREFIX}{}", index.id),
+            key_prefix.clone(),
             documents_manifest_path(&self.manifest_folder(index)),
         );
-        let report = delete_documents(&job, &selection).await;
+        let report = delete_documents(&job, &key_prefix, &selection).await;
         let outcome = if report.is_ok() { "ok" } else { "error" };
         self.metrics.record_request("delete_documents", outcome);
         let report = report?;
@@ -116,6 +114,13 @@ impl Service {
             "documents deleted"
         );
         Ok(report)
+    }
+
+    /// Built with the service for every configured index; an error, not a panic, if not.
+    fn document_lock(&self, index: &IndexConfig) -> Result<&tokio::sync::Mutex<()>> {
+        self.document_locks
+            .get(&index.id)
+            .ok_or_else(|| Error::internal(format!("index {:?} has no documents lock", index.id)))
     }
 
     /// The index a documents call names, refused unless the principal may write its
@@ -235,11 +240,12 @@ fn check_selection(selection: DeleteSelection, index: &IndexConfig) -> Result<Do
             Ok(DocumentSelection::Ids(ids))
         }
         DeleteSelection::ObjectKeyPrefix(prefix) => {
-            if !prefix.starts_with(API_KEY_PREFIX) {
+            let own_prefix = key_prefix_of(&index.id);
+            if !prefix.starts_with(&own_prefix) {
                 return Err(Error::invalid(format!(
-                    "object_key_prefix must start with {API_KEY_PREFIX:?}: only documents \
-                     sent over the API are deleted here; bucket objects go when they leave \
-                     their bucket and it is indexed again"
+                    "object_key_prefix must start with {own_prefix:?}: only documents \
+                     sent over the API to this index are deleted here; bucket objects go \
+                     when they leave their bucket and it is indexed again"
                 )));
             }
             Ok(DocumentSelection::ObjectKeyPrefix(prefix))
@@ -321,12 +327,16 @@ mod tests {
     fn deletes_reach_only_api_documents_and_never_test_the_source() {
         let index = index();
         assert!(
-            check_selection(DeleteSelection::ObjectKeyPrefix("api/team-".into()), &index).is_ok()
+            check_selection(
+                DeleteSelection::ObjectKeyPrefix("api/docs/team-".into()),
+                &index
+            )
+            .is_ok()
         );
         let error = check_selection(DeleteSelection::ObjectKeyPrefix("s3://b/".into()), &index)
             .unwrap_err();
         assert!(
-            error.message.contains("must start with \"api/\""),
+            error.message.contains("must start with \"api/docs/\""),
             "{error}"
         );
         let by_source = FilterRequest::Not(Box::new(FilterRequest::Eq {

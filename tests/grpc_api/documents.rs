@@ -139,8 +139,8 @@ async fn upserted_documents_are_searched_replaced_whole_and_deleted_by_id_prefix
     // Found by both sources under its API key, with its title.
     let found = search_text(&server, "zeppelin hangar on the northern pier").await;
     let top = &found.hits[0];
-    assert_eq!(top.doc_id, "api/kb-1");
-    assert_eq!(top.object_key, "api/kb-1");
+    assert_eq!(top.doc_id, "api/docs/kb-1");
+    assert_eq!(top.object_key, "api/docs/kb-1");
     assert_eq!(top.title, "Harbour guide");
     assert_eq!(top.explain.len(), 2, "{found:?}");
 
@@ -195,12 +195,19 @@ async fn upserted_documents_are_searched_replaced_whole_and_deleted_by_id_prefix
     .await;
     assert_eq!((by_id.documents, by_id.chunks), (1, 1));
     let harbour = search_text(&server, "harbour sunrise").await;
-    assert!(!hit_ids(&harbour).contains(&"api/kb-1"), "{harbour:?}");
+    assert!(!hit_ids(&harbour).contains(&"api/docs/kb-1"), "{harbour:?}");
 
-    let by_prefix = delete(&server, Selection::ObjectKeyPrefix("api/team-a/".into())).await;
+    let by_prefix = delete(
+        &server,
+        Selection::ObjectKeyPrefix("api/docs/team-a/".into()),
+    )
+    .await;
     assert_eq!(by_prefix.documents, 1);
     let tapes = search_text(&server, "backups written to tape").await;
-    assert!(!hit_ids(&tapes).contains(&"api/team-a/tapes"), "{tapes:?}");
+    assert!(
+        !hit_ids(&tapes).contains(&"api/docs/team-a/tapes"),
+        "{tapes:?}"
+    );
 
     let by_filter = delete(
         &server,
@@ -228,7 +235,7 @@ async fn upserted_documents_are_searched_replaced_whole_and_deleted_by_id_prefix
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["written"], 1);
     let ships = search_text(&server, "lighthouse keeper ships").await;
-    assert_eq!(ships.hits[0].doc_id, "api/web-1");
+    assert_eq!(ships.hits[0].doc_id, "api/docs/web-1");
     let (status, body) = server
         .post_json("/v1/documents/delete", json!({"ids": {"ids": ["web-1"]}}))
         .await;
@@ -269,10 +276,10 @@ async fn api_documents_survive_a_restart_and_a_bucket_sync_and_never_take_a_buck
     let data = TempDir::new().unwrap();
     let docs = TempDir::new().unwrap();
     super::write_corpus(docs.path());
-    // A global-id index whose bucket records already hold `api/shared`.
+    // A global-id index whose bucket records already hold `api/global/shared`.
     std::fs::write(
         docs.path().join("records.jsonl"),
-        r#"{"_id": "api/shared", "title": "Shared", "text": "A record whose id looks like an API document."}"#,
+        r#"{"_id": "api/global/shared", "title": "Shared", "text": "A record whose id looks like an API document."}"#,
     )
     .unwrap();
     let global = r#"
@@ -299,13 +306,13 @@ async fn api_documents_survive_a_restart_and_a_bucket_sync_and_never_take_a_buck
 
     let server = TestServer::start(data.path(), global).await;
     let rota = search_text(&server, "pager rota handover Monday").await;
-    assert_eq!(rota.hits[0].doc_id, "api/ops-1", "{rota:?}");
+    assert_eq!(rota.hits[0].doc_id, "api/docs/ops-1", "{rota:?}");
     // A bucket sync that removes an object deletes that object only.
     std::fs::remove_file(docs.path().join("billing.txt")).unwrap();
     let synced = server.index(docs.path()).await;
     assert_eq!(synced.deleted, 1, "{synced:?}");
     let rota = search_text(&server, "pager rota handover Monday").await;
-    assert_eq!(rota.hits[0].doc_id, "api/ops-1", "{rota:?}");
+    assert_eq!(rota.hits[0].doc_id, "api/docs/ops-1", "{rota:?}");
     // Upserting the same text after the restart is known, not rewritten.
     let again = upsert(
         &server,
@@ -321,7 +328,7 @@ async fn api_documents_survive_a_restart_and_a_bucket_sync_and_never_take_a_buck
     .unwrap();
     assert_eq!(again.unchanged, 1);
 
-    // In the global-id index, a bucket record holds `api/shared`: refused, not overwritten.
+    // In the global-id index, a bucket record holds `api/global/shared`: refused, not overwritten.
     server.index_into(docs.path(), "global").await;
     let taken = upsert(
         &server,
@@ -344,7 +351,7 @@ async fn api_documents_survive_a_restart_and_a_bucket_sync_and_never_take_a_buck
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(shared.hits[0].doc_id, "api/shared");
+    assert_eq!(shared.hits[0].doc_id, "api/global/shared");
     assert!(
         shared.hits[0].text.contains("A record whose id"),
         "{shared:?}"
@@ -365,7 +372,7 @@ async fn api_documents_survive_a_restart_and_a_bucket_sync_and_never_take_a_buck
     .unwrap();
     std::fs::write(
         docs.path().join("later.jsonl"),
-        r#"{"_id": "api/later", "title": "Record", "text": "A bucket record about lanterns."}"#,
+        r#"{"_id": "api/global/later", "title": "Record", "text": "A bucket record about lanterns."}"#,
     )
     .unwrap();
     let synced = server.index_into(docs.path(), "global").await;
@@ -374,7 +381,7 @@ async fn api_documents_survive_a_restart_and_a_bucket_sync_and_never_take_a_buck
             .failures
             .iter()
             .any(|issue| issue.kind == proto::IssueKind::Record as i32
-                && issue.reason.contains("already used by api/later")),
+                && issue.reason.contains("already used by api/global/later")),
         "{synced:?}"
     );
     let lanterns = server
@@ -392,10 +399,43 @@ async fn api_documents_survive_a_restart_and_a_bucket_sync_and_never_take_a_buck
     let later: Vec<&proto::SearchHit> = lanterns
         .hits
         .iter()
-        .filter(|hit| hit.doc_id == "api/later")
+        .filter(|hit| hit.doc_id == "api/global/later")
         .collect();
     assert_eq!(later.len(), 1, "{lanterns:?}");
     assert_eq!(later[0].title, "Lamplighters");
+
+    // Two indexes sharing a store keep the same id apart.
+    upsert(
+        &server,
+        "global",
+        vec![document(
+            "ops-1",
+            "Global rota",
+            "The global pager rota is kept in the wiki.",
+            None,
+        )],
+    )
+    .await
+    .unwrap();
+    let removed = documents_client(&server)
+        .delete_documents(proto::DeleteDocumentsRequest {
+            index: "global".into(),
+            selection: Some(proto::delete_documents_request::Selection::Ids(
+                proto::DocumentIds {
+                    ids: vec!["ops-1".into()],
+                },
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(removed.documents, 1);
+    let rota = search_text(&server, "pager rota handover Monday").await;
+    assert_eq!(rota.hits[0].doc_id, "api/docs/ops-1", "{rota:?}");
+    assert!(
+        rota.hits.iter().all(|hit| hit.doc_id != "api/global/ops-1"),
+        "{rota:?}"
+    );
     server.stop().await;
 }
 
@@ -559,6 +599,6 @@ async fn documents_calls_are_authorized_and_bounded_with_clear_errors() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(found.hits[0].doc_id, "api/a");
+    assert_eq!(found.hits[0].doc_id, "api/docs/a");
     server.stop().await;
 }

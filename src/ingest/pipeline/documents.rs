@@ -2,8 +2,9 @@
 //! a bucket: chunked, embedded and written by the bucket sync's own code, and remembered
 //! in a manifest of their own beside the index's bucket manifests.
 //!
-//! They have their own key namespace: a document `<id>` is the object `api/<id>`, and that
-//! is also its document id. Bucket keys are qualified by their bucket (`s3://bucket/...`)
+//! They have their own key namespace: a document `<id>` of the index `<index>` is the
+//! object `api/<index>/<id>`, and that is also its document id (the index is part of it
+//! because two indexes may share a store). Bucket keys are qualified by their bucket (`s3://bucket/...`)
 //! or their root (`/srv/docs/...`), so no bucket object has such a key, and a bucket sync
 //! only judges the keys of its own manifest: it never deletes an API document as a removed
 //! object. The one overlap is an index with `record_ids = "global"`, whose record ids are
@@ -14,7 +15,7 @@
 //! committed on every store, and only then the manifest records it. So the manifest never
 //! lists a document whose chunks may be missing: a crash or a failed call at any point
 //! leaves the documents it was writing unlisted, a retry writes them again, and chunk ids
-//! are `api/<id>#<n>`, so nothing is duplicated.
+//! are `api/<index>/<id>#<n>`, so nothing is duplicated.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -31,7 +32,7 @@ use crate::ingest::extract::ExtractedDoc;
 use crate::ingest::manifest::{Manifest, sha256_hex};
 use crate::stores::filter::Filter;
 
-/// The object key (and document id) prefix of every API document.
+/// The object key (and document id) prefix of every API document: `api/<index>/<id>`.
 pub const API_KEY_PREFIX: &str = "api/";
 /// The API documents' manifest, in the folder of the index's bucket manifests.
 pub const DOCUMENTS_MANIFEST_FILE: &str = "api-documents.json";
@@ -40,9 +41,14 @@ const DOCUMENTS_MANIFEST_VERSION: u32 = 1;
 /// Object keys per `delete_objects` call.
 const DELETE_BATCH_KEYS: usize = 1000;
 
-/// The object key (and document id) of the API document `id`.
-pub fn object_key_of(id: &str) -> String {
-    format!("{API_KEY_PREFIX}{id}")
+/// The key prefix of the API documents of the index `index_id`: `api/<index>/`.
+pub fn key_prefix_of(index_id: &str) -> String {
+    format!("{API_KEY_PREFIX}{index_id}/")
+}
+
+/// The object key (and document id) of the API document `id` under `key_prefix`.
+pub fn object_key_of(key_prefix: &str, id: &str) -> String {
+    format!("{key_prefix}{id}")
 }
 
 /// Where API documents live, for residency and egress rules: on this server, like a
@@ -57,7 +63,7 @@ fn api_location() -> BucketLocation {
 /// A document as a caller sends it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NewDocument {
-    /// Unique in the index; the document is `api/<id>`.
+    /// Unique in the index; the document is `api/<index>/<id>`.
     pub id: String,
     pub title: String,
     pub text: String,
@@ -79,7 +85,7 @@ pub struct UpsertReport {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DocumentSelection {
     Ids(Vec<String>),
-    /// Over object keys, so it starts with [`API_KEY_PREFIX`] to match anything.
+    /// Over object keys, so it starts with the index's [`key_prefix_of`] to match anything.
     ObjectKeyPrefix(String),
     Filter(Filter),
 }
@@ -96,6 +102,9 @@ pub struct DeleteReport {
 #[serde(deny_unknown_fields)]
 pub struct DocumentsManifest {
     pub format_version: u32,
+    /// `api/<index>/`: with an id, a document's object key.
+    #[serde(default)]
+    pub key_prefix: String,
     pub documents: BTreeMap<String, DocumentEntry>,
 }
 
@@ -103,6 +112,7 @@ impl Default for DocumentsManifest {
     fn default() -> Self {
         Self {
             format_version: DOCUMENTS_MANIFEST_VERSION,
+            key_prefix: String::new(),
             documents: BTreeMap::new(),
         }
     }
@@ -157,7 +167,10 @@ impl DocumentsManifest {
 impl DocumentsManifest {
     /// The object keys (and document ids) of the listed documents.
     pub fn object_keys(&self) -> Vec<String> {
-        self.documents.keys().map(|id| object_key_of(id)).collect()
+        self.documents
+            .keys()
+            .map(|id| object_key_of(&self.key_prefix, id))
+            .collect()
     }
 }
 
@@ -217,11 +230,13 @@ pub fn bucket_held_document_ids(folder: &Path) -> Result<HashMap<String, String>
     Ok(held)
 }
 
-/// Writes `documents` into `job.stores` (replacing each one's previous chunks), recording
-/// them in the manifest at `job.manifest_path`. `held_by_buckets` maps document ids bucket
-/// objects hold to those objects: such an id is refused, never overwritten.
+/// Writes `documents` into `job.stores` under `key_prefix` ([`key_prefix_of`]), replacing
+/// each one's previous chunks, and records them in the manifest at `job.manifest_path`.
+/// `held_by_buckets` maps document ids bucket objects hold to those objects: such an id
+/// is refused, never overwritten.
 pub async fn upsert_documents(
     job: &IndexJob,
+    key_prefix: &str,
     documents: Vec<NewDocument>,
     held_by_buckets: &HashMap<String, String>,
 ) -> Result<UpsertReport> {
@@ -229,6 +244,7 @@ pub async fn upsert_documents(
     let location = api_location();
     let settings = job.settings_fingerprint(&location);
     let mut manifest = load(&job.manifest_path).await?;
+    manifest.key_prefix = key_prefix.to_owned();
     let mut report = UpsertReport::default();
     let mut seen_ids = HashSet::new();
     let mut prepared: Vec<(String, DocumentEntry, Vec<Chunk>)> = Vec::new();
@@ -240,7 +256,7 @@ pub async fn upsert_documents(
                 document.id
             )));
         }
-        let object_key = object_key_of(&document.id);
+        let object_key = object_key_of(key_prefix, &document.id);
         if let Some(owner) = held_by_buckets.get(&object_key) {
             return Err(Error::invalid(format!(
                 "document id {:?} is taken: the bucket object {owner:?} holds a record with \
@@ -287,7 +303,7 @@ pub async fn upsert_documents(
     }
     let keys: Vec<String> = prepared
         .iter()
-        .map(|(id, _, _)| object_key_of(id))
+        .map(|(id, _, _)| object_key_of(key_prefix, id))
         .collect();
     delete_keys(job, &keys, "removing previous chunks").await?;
     let embedder = job.embedder_in_use();
@@ -324,6 +340,7 @@ pub async fn upsert_documents(
 /// also clears what a failed upsert left; only listed documents are counted.
 pub async fn delete_documents(
     job: &IndexJob,
+    key_prefix: &str,
     selection: &DocumentSelection,
 ) -> Result<DeleteReport> {
     job.validate()?;
@@ -335,26 +352,34 @@ pub async fn delete_documents(
                 .filter(|id| manifest.documents.contains_key(*id))
                 .cloned()
                 .collect(),
-            ids.iter().map(|id| object_key_of(id)).collect(),
+            ids.iter().map(|id| object_key_of(key_prefix, id)).collect(),
         ),
         DocumentSelection::ObjectKeyPrefix(prefix) => {
             let listed: Vec<String> = manifest
                 .documents
                 .keys()
-                .filter(|id| object_key_of(id).starts_with(prefix.as_str()))
+                .filter(|id| object_key_of(key_prefix, id).starts_with(prefix.as_str()))
                 .cloned()
                 .collect();
-            let keys = listed.iter().map(|id| object_key_of(id)).collect();
+            let keys = listed
+                .iter()
+                .map(|id| object_key_of(key_prefix, id))
+                .collect();
             (listed, keys)
         }
         DocumentSelection::Filter(filter) => {
             let listed: Vec<String> = manifest
                 .documents
                 .iter()
-                .filter(|(id, entry)| filter.matches(&representative_chunk(id, entry, &location)))
+                .filter(|(id, entry)| {
+                    filter.matches(&representative_chunk(key_prefix, id, entry, &location))
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
-            let keys = listed.iter().map(|id| object_key_of(id)).collect();
+            let keys = listed
+                .iter()
+                .map(|id| object_key_of(key_prefix, id))
+                .collect();
             (listed, keys)
         }
     };
@@ -436,8 +461,13 @@ fn chunk(
 }
 
 /// What every chunk of a listed document carries, for a filter to test.
-fn representative_chunk(id: &str, entry: &DocumentEntry, location: &BucketLocation) -> Chunk {
-    let object_key = object_key_of(id);
+fn representative_chunk(
+    key_prefix: &str,
+    id: &str,
+    entry: &DocumentEntry,
+    location: &BucketLocation,
+) -> Chunk {
+    let object_key = object_key_of(key_prefix, id);
     Chunk {
         chunk_id: Chunk::make_id(&object_key, 0),
         doc_id: object_key.clone(),

@@ -237,8 +237,8 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
         Ok(())
     }
 
-    /// With global record ids, API documents (`api/<id>`) keep their ids: a record whose
-    /// raw id is one is reported, never written over the API document's chunks.
+    /// With global record ids, API documents (`api/<index>/<id>`) keep their ids: a record
+    /// whose raw id is one is reported, never written over the API document's chunks.
     pub(super) fn reserve_api_documents(&mut self, object_keys: Vec<String>) {
         if let Some(owners) = &mut self.owners {
             for object_key in object_keys {
