@@ -27,7 +27,7 @@ use super::writer::{embed_texts, embedding_text, on_every_store, save_unless_dro
 use crate::document::{Chunk, ChunkMetadata, EmbeddedChunk};
 use crate::error::{Error, Result};
 use crate::ingest::bucket::BucketLocation;
-use crate::ingest::chunk::chunks_of_document;
+use crate::ingest::chunk::{ChunkingConfig, chunks_of_document};
 use crate::ingest::extract::ExtractedDoc;
 use crate::ingest::manifest::{Manifest, sha256_hex};
 use crate::stores::filter::Filter;
@@ -245,50 +245,23 @@ pub async fn upsert_documents(
     let settings = job.settings_fingerprint(&location);
     let mut manifest = load(&job.manifest_path).await?;
     manifest.key_prefix = key_prefix.to_owned();
-    let mut report = UpsertReport::default();
-    let mut seen_ids = HashSet::new();
-    let mut prepared: Vec<(String, DocumentEntry, Vec<Chunk>)> = Vec::new();
-    let upserted_at = unix_now();
-    for document in documents {
-        if !seen_ids.insert(document.id.clone()) {
-            return Err(Error::invalid(format!(
-                "document id {:?} appears twice in the request",
-                document.id
-            )));
-        }
-        let object_key = object_key_of(key_prefix, &document.id);
-        if let Some(owner) = held_by_buckets.get(&object_key) {
-            return Err(Error::invalid(format!(
-                "document id {:?} is taken: the bucket object {owner:?} holds a record with \
-                 the document id {object_key:?}; choose another id",
-                document.id
-            )));
-        }
-        let sha256 = content_hash(&document);
-        let unchanged = manifest
+    // Hashing and chunking megabytes of text is blocking work.
+    let preparation = Preparation {
+        key_prefix: key_prefix.to_owned(),
+        settings,
+        location,
+        chunking: job.chunking,
+        max_chunks: job.max_chunks_per_object,
+        known: manifest
             .documents
-            .get(&document.id)
-            .is_some_and(|entry| entry.sha256 == sha256 && entry.settings == settings);
-        if unchanged {
-            report.unchanged += 1;
-            continue;
-        }
-        let metadata = ChunkMetadata {
-            content_type: Some("text/plain".to_owned()),
-            size_bytes: Some(document.text.len() as u64),
-            last_modified: Some(upserted_at),
-            etag: None,
-            fields: document.metadata.clone(),
-        };
-        let chunks = chunk(job, &document, &object_key, &location, &metadata)?;
-        let entry = DocumentEntry {
-            sha256,
-            settings: settings.clone(),
-            chunk_ids: chunks.iter().map(|chunk| chunk.chunk_id.clone()).collect(),
-            metadata,
-        };
-        prepared.push((document.id, entry, chunks));
-    }
+            .iter()
+            .map(|(id, entry)| (id.clone(), (entry.sha256.clone(), entry.settings.clone())))
+            .collect(),
+        held_by_buckets: held_by_buckets.clone(),
+    };
+    let (prepared, mut report) = tokio::task::spawn_blocking(move || preparation.run(documents))
+        .await
+        .map_err(|error| Error::internal(format!("preparing the documents: {error}")))??;
     if prepared.is_empty() {
         return Ok(report);
     }
@@ -333,6 +306,72 @@ pub async fn upsert_documents(
     manifest.documents.extend(entries);
     save(&job.manifest_path, &manifest).await?;
     Ok(report)
+}
+
+/// What [`upsert_documents`] needs to turn documents into chunks off the async workers.
+struct Preparation {
+    key_prefix: String,
+    settings: String,
+    location: BucketLocation,
+    chunking: ChunkingConfig,
+    max_chunks: usize,
+    /// The content hash and settings of each listed document, by id.
+    known: HashMap<String, (String, String)>,
+    held_by_buckets: HashMap<String, String>,
+}
+
+/// A document to write: its id, its manifest entry once written, its chunks.
+type PreparedDocument = (String, DocumentEntry, Vec<Chunk>);
+
+impl Preparation {
+    /// The documents to write (the others are counted unchanged), or the first refusal.
+    fn run(self, documents: Vec<NewDocument>) -> Result<(Vec<PreparedDocument>, UpsertReport)> {
+        let mut report = UpsertReport::default();
+        let mut seen_ids = HashSet::new();
+        let mut prepared = Vec::new();
+        let upserted_at = unix_now();
+        for document in documents {
+            if !seen_ids.insert(document.id.clone()) {
+                return Err(Error::invalid(format!(
+                    "document id {:?} appears twice in the request",
+                    document.id
+                )));
+            }
+            let object_key = object_key_of(&self.key_prefix, &document.id);
+            if let Some(owner) = self.held_by_buckets.get(&object_key) {
+                return Err(Error::invalid(format!(
+                    "document id {:?} is taken: the bucket object {owner:?} holds a record with \
+                     the document id {object_key:?}; choose another id",
+                    document.id
+                )));
+            }
+            let sha256 = content_hash(&document);
+            let unchanged = self
+                .known
+                .get(&document.id)
+                .is_some_and(|(hash, settings)| *hash == sha256 && *settings == self.settings);
+            if unchanged {
+                report.unchanged += 1;
+                continue;
+            }
+            let metadata = ChunkMetadata {
+                content_type: Some("text/plain".to_owned()),
+                size_bytes: Some(document.text.len() as u64),
+                last_modified: Some(upserted_at),
+                etag: None,
+                fields: document.metadata.clone(),
+            };
+            let chunks = chunk(&self, &document, &object_key, &metadata)?;
+            let entry = DocumentEntry {
+                sha256,
+                settings: self.settings.clone(),
+                chunk_ids: chunks.iter().map(|chunk| chunk.chunk_id.clone()).collect(),
+                metadata,
+            };
+            prepared.push((document.id, entry, chunks));
+        }
+        Ok((prepared, report))
+    }
 }
 
 /// Deletes the API documents `selection` picks from `job.stores`, then from the manifest.
@@ -423,12 +462,12 @@ async fn delete_keys(job: &IndexJob, keys: &[String], what: &str) -> Result<()> 
 /// The document's chunks as a bucket object's would be, stamped with its location and
 /// metadata; more than the index's `max_chunks_per_object` is refused.
 fn chunk(
-    job: &IndexJob,
+    preparation: &Preparation,
     document: &NewDocument,
     object_key: &str,
-    location: &BucketLocation,
     metadata: &ChunkMetadata,
 ) -> Result<Vec<Chunk>> {
+    let (location, max_chunks) = (&preparation.location, preparation.max_chunks);
     let extracted = ExtractedDoc {
         doc_id: object_key.to_owned(),
         title: document.title.clone(),
@@ -437,11 +476,11 @@ fn chunk(
         fields: BTreeMap::new(),
     };
     let mut chunks = Vec::new();
-    for chunk in chunks_of_document(object_key, &extracted, &job.chunking) {
-        if chunks.len() == job.max_chunks_per_object {
+    for chunk in chunks_of_document(object_key, &extracted, &preparation.chunking) {
+        if chunks.len() == max_chunks {
             return Err(Error::invalid(format!(
-                "document {:?} yields more than {} chunks (the index's max_chunks_per_object)",
-                document.id, job.max_chunks_per_object
+                "document {:?} yields more than {max_chunks} chunks (the index's max_chunks_per_object)",
+                document.id
             )));
         }
         chunks.push(Chunk {
