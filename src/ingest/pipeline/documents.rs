@@ -124,7 +124,8 @@ impl Default for DocumentsManifest {
 pub struct DocumentEntry {
     /// Of the title, text and metadata: an identical upsert is not rewritten.
     pub sha256: String,
-    /// As a bucket object's ([`IndexJob::settings_fingerprint`]).
+    /// What the chunks depend on besides the content, as for a bucket object: chunking,
+    /// stores, embedding space; a change rewrites the document on its next upsert.
     pub settings: String,
     pub chunk_ids: Vec<String>,
     /// What its chunks carry, so a delete by filter can match without the stores.
