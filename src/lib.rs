@@ -9,7 +9,7 @@
 //!   ([`api::serve`]: one shutdown signal, one bounded drain).
 //! - [`service`]: the domain seam the API, the CLI and tests call; one entrance per
 //!   capability: search, chat (plain and RAG answer share `Service::chat`), index,
-//!   admin. `service::build` turns a valid config into the running parts by calling
+//!   documents (upsert and delete over the API), admin. `service::build` turns a valid config into the running parts by calling
 //!   each module's registry.
 //! - [`retrieve`]: plan the sources, embed the query once per space, fan out under
 //!   one deadline, fuse by rank ([`retrieve::fusion`]).
@@ -22,7 +22,9 @@
 //! - [`llm`]: the chat provider trait, prompts, the extractive answerer, providers.
 //! - [`policy`]: rules over the data a request moves (residency: which passages may
 //!   reach which regions' models).
-//! - [`ingest`]: list, fetch, extract, chunk, embed, write, remember (manifest).
+//! - [`ingest`]: list, fetch, extract, chunk, embed, write, remember (manifest); documents
+//!   sent over the API go through the same chunk, embed and write steps
+//!   (`ingest::pipeline::documents`).
 //! - [`cloud`]: credentials, request signing and error mapping the providers share.
 //! - [`config`]: one file per TOML table, per-kind tagged enums, index definitions
 //!   (`include`), pure validation.

@@ -18,6 +18,8 @@ use skyfuse::api::{Listeners, serve};
 use skyfuse::config::Config;
 use skyfuse::service::Service;
 
+#[path = "grpc_api/documents.rs"]
+mod documents;
 #[path = "grpc_api/grpcurl.rs"]
 mod grpcurl;
 

@@ -55,7 +55,7 @@ struct SearchBody {
 /// `Filter` in JSON, as gRPC's JSON mapping spells it: exactly one of the four keys.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FilterBody {
+pub(super) struct FilterBody {
     #[serde(default)]
     and: Option<FilterListBody>,
     #[serde(default)]
@@ -123,7 +123,7 @@ impl BoundBody {
 }
 
 impl FilterBody {
-    fn into_proto(self) -> Result<proto::Filter> {
+    pub(super) fn into_proto(self) -> Result<proto::Filter> {
         use proto::field_condition::Test;
         use proto::filter::Kind;
         let list = |list: FilterListBody| -> Result<proto::FilterList> {

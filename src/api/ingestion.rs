@@ -7,8 +7,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use super::proto::{self, ingestion_service_server::IngestionService};
+use super::{convert, documents};
 use crate::auth::Credentials;
 use crate::error::{Error, ErrorKind};
 use crate::ingest::{IndexProgress, IndexReport, IssueList, ObjectIssue};
@@ -111,6 +111,46 @@ impl IngestionService for IngestionApi {
             }
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    /// Unary: the call returns once the stores committed. A cancelled call stops where it
+    /// is, and the manifest never lists what was not committed (see `ingest::pipeline`).
+    async fn upsert_documents(
+        &self,
+        request: Request<proto::UpsertDocumentsRequest>,
+    ) -> Result<Response<proto::UpsertDocumentsResponse>, Status> {
+        let principal = self
+            .service
+            .authenticate(&Credentials::from_grpc(&request))
+            .await
+            .map_err(convert::status)?;
+        let proto::UpsertDocumentsRequest { index, documents } = request.into_inner();
+        let documents = documents.into_iter().map(documents::new_document).collect();
+        let report = self
+            .service
+            .upsert_documents(&principal, &index, documents)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(documents::upsert_response(&report)))
+    }
+
+    async fn delete_documents(
+        &self,
+        request: Request<proto::DeleteDocumentsRequest>,
+    ) -> Result<Response<proto::DeleteDocumentsResponse>, Status> {
+        let principal = self
+            .service
+            .authenticate(&Credentials::from_grpc(&request))
+            .await
+            .map_err(convert::status)?;
+        let proto::DeleteDocumentsRequest { index, selection } = request.into_inner();
+        let selection = documents::delete_selection(selection).map_err(convert::status)?;
+        let report = self
+            .service
+            .delete_documents(&principal, &index, selection)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(documents::delete_response(&report)))
     }
 }
 

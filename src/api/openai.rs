@@ -44,6 +44,16 @@ pub(super) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Service>>)
         (Method::POST, "/v1/embeddings", post(embeddings)),
         (Method::POST, "/v1/search", post(super::http_search::search)),
         (
+            Method::POST,
+            "/v1/documents",
+            post(super::http_documents::upsert),
+        ),
+        (
+            Method::POST,
+            "/v1/documents/delete",
+            post(super::http_documents::delete),
+        ),
+        (
             Method::GET,
             "/v1/openapi.json",
             get(super::openapi::document),

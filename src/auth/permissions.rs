@@ -25,6 +25,8 @@ pub struct Permissions {
     index: Vec<Glob>,
     index_prefixes: Vec<String>,
     prune: bool,
+    /// Indexes whose API documents it may upsert and delete.
+    documents: Vec<Glob>,
     /// None: no chat model at all.
     chat: Option<ChatLimits>,
     admin: bool,
@@ -81,6 +83,7 @@ impl Permissions {
             index: role.index.clone(),
             index_prefixes: role.index_prefixes.clone(),
             prune: role.prune,
+            documents: role.documents.clone(),
             chat,
             admin: role.admin,
         }
@@ -105,6 +108,7 @@ impl Permissions {
         self.index_prefixes
             .extend(other.index_prefixes.iter().cloned());
         self.prune |= other.prune;
+        self.documents.extend(other.documents.iter().cloned());
         self.admin |= other.admin;
         self.chat = match (self.chat.take(), &other.chat) {
             (None, theirs) => theirs.clone(),
@@ -187,6 +191,13 @@ impl Permissions {
             return Err(denied("index from the requested url"));
         }
         Ok(())
+    }
+
+    /// Whether the principal may upsert and delete documents over the API in the index
+    /// `index_id` (`UpsertDocuments`, `DeleteDocuments`). `index` does not grant it: it
+    /// reads only under its URL prefixes, while documents bring any text.
+    pub fn may_write_documents(&self, index_id: &str) -> bool {
+        self.all || self.documents.iter().any(|glob| glob.matches(index_id))
     }
 
     /// Whether the principal may call the Admin service.
@@ -321,6 +332,20 @@ mod tests {
         assert!(permissions.check_index("docs", "/srv/docs").is_ok());
         assert!(permissions.check_index("other", "/srv/docs").is_err());
         assert!(!permissions.may_prune());
+        assert!(!permissions.may_write_documents("docs"));
+    }
+
+    #[test]
+    fn documents_are_granted_per_index_and_add_up() {
+        let writer = Permissions::from_role(&role("documents = [\"kb-*\"]"), &[]);
+        assert!(writer.may_write_documents("kb-support"));
+        assert!(!writer.may_write_documents("docs"));
+        let both = writer.union(&Permissions::from_role(
+            &role("documents = [\"docs\"]"),
+            &[],
+        ));
+        assert!(both.may_write_documents("docs") && both.may_write_documents("kb-x"));
+        assert!(Permissions::all().may_write_documents("anything"));
     }
 
     #[test]

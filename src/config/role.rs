@@ -26,6 +26,10 @@ pub struct RoleConfig {
     /// Whether its `Index` runs may delete chunks of objects a filter left out.
     #[serde(default)]
     pub prune: bool,
+    /// Indexes whose documents it may upsert and delete over the API (ids or globs):
+    /// `UpsertDocuments`, `DeleteDocuments`, `POST /v1/documents`.
+    #[serde(default)]
+    pub documents: Vec<Glob>,
     /// Chat models it may ask for on `Answer` and the facade (exact or glob).
     #[serde(default)]
     pub models: Vec<Glob>,

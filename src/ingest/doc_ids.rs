@@ -68,6 +68,12 @@ impl DocumentOwners {
         owners
     }
 
+    /// Holds `doc_id` for `owner`, written outside this manifest (an API document, whose
+    /// owner is its own object key): no object of the run may claim it.
+    pub fn reserve(&mut self, doc_id: String, owner: String) {
+        self.owner_by_document.entry(doc_id).or_insert(owner);
+    }
+
     /// Gives up the documents of `chunk_ids` that `object_key` holds (an old version, or
     /// chunks that were not written after all).
     pub fn release(&mut self, object_key: &str, chunk_ids: &[String]) {

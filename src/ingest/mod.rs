@@ -20,4 +20,7 @@ pub use bucket::{BucketCredentials, BucketLocation, BucketOptions};
 pub use chunk::ChunkingConfig;
 pub use extract::{ExtractError, ExtractedDoc, extract};
 pub use isolate::Extractor;
+pub use pipeline::documents::{
+    DeleteReport, DocumentSelection, NewDocument, UpsertReport, delete_documents, upsert_documents,
+};
 pub use pipeline::{IndexJob, IndexProgress, IndexReport, IssueList, ObjectIssue, run_index};

@@ -1,6 +1,6 @@
 //! Index: sync a bucket or folder into an index's stores, one run per index at a time.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -65,52 +65,22 @@ impl Service {
                 ),
             )
         })?;
-        let stores = self
-            .retriever
-            .sources()
-            .iter()
-            .filter(|source| index.sources.contains(&source.id().to_string()))
-            .map(|source| source.backend.clone())
-            .collect();
-        let embedder = self
-            .index_space(&index)
-            .and_then(|space| self.embedders.get(&space).cloned());
         // One manifest per (index, bucket or root): an object has one entry whichever URL
         // reached it, and a run only judges the keys under its own URL.
-        let manifest_path = self
-            .config
-            .manifest_path(&index)
-            .with_extension("")
-            .join(format!(
-                "{}.json",
-                short_hash(&index_target::identity(&target))
-            ));
+        let manifest_path = self.manifest_folder(&index).join(format!(
+            "{}.json",
+            short_hash(&index_target::identity(&target))
+        ));
         let bucket_config = match &target {
             IndexTarget::Bucket { entry, .. } => entry.as_ref().clone(),
             IndexTarget::Local { .. } => crate::config::BucketConfig::default(),
         };
-        let mut job = IndexJob::new(
-            index_target::job_url(&target),
-            stores,
-            embedder,
-            manifest_path,
-        );
+        let mut job = self.index_job(&index, index_target::job_url(&target), manifest_path);
         job.local_root = index_target::local_root(&target).map(Path::to_path_buf);
         job.prune = filters.prune;
-        job.chunking = ChunkingConfig {
-            max_words: index.chunk_max_words,
-            overlap_words: index.chunk_overlap_words,
-            max_bytes: index.chunk_max_bytes,
-        };
-        job.max_chunks_per_object = index.max_chunks_per_object;
-        job.record_ids = index.record_ids;
-        job.metadata_fields = index.metadata_fields.clone();
-        job.extractor = self.extractor.clone();
-        job.embed_batch_size = index.embed_batch_size;
         job.max_object_bytes = bucket_config
             .max_object_bytes
             .unwrap_or(index.max_object_bytes);
-        job.commit_every_chunks = index.commit_every_chunks;
         if let Some(concurrency) = bucket_config.fetch_concurrency {
             job.fetch_concurrency = concurrency;
         }
@@ -135,6 +105,44 @@ impl Service {
             "index run finished"
         );
         Ok(report)
+    }
+
+    /// A job writing into `index`'s stores with its chunking, embedding and batch sizes:
+    /// what a bucket sync and an API document upsert share.
+    pub(super) fn index_job(
+        &self,
+        index: &crate::config::IndexConfig,
+        url: String,
+        manifest_path: PathBuf,
+    ) -> IndexJob {
+        let stores = self
+            .retriever
+            .sources()
+            .iter()
+            .filter(|source| index.sources.contains(&source.id().to_string()))
+            .map(|source| source.backend.clone())
+            .collect();
+        let embedder = self
+            .index_space(index)
+            .and_then(|space| self.embedders.get(&space).cloned());
+        let mut job = IndexJob::new(url, stores, embedder, manifest_path);
+        job.chunking = ChunkingConfig {
+            max_words: index.chunk_max_words,
+            overlap_words: index.chunk_overlap_words,
+            max_bytes: index.chunk_max_bytes,
+        };
+        job.max_chunks_per_object = index.max_chunks_per_object;
+        job.record_ids = index.record_ids;
+        job.metadata_fields = index.metadata_fields.clone();
+        job.extractor = self.extractor.clone();
+        job.embed_batch_size = index.embed_batch_size;
+        job.commit_every_chunks = index.commit_every_chunks;
+        job
+    }
+
+    /// The folder of an index's manifests: one per bucket or root, and the API documents'.
+    pub(super) fn manifest_folder(&self, index: &crate::config::IndexConfig) -> PathBuf {
+        self.config.manifest_path(index).with_extension("")
     }
 
     /// The index a principal's `Index` request names, refused unless it may write

@@ -5,6 +5,7 @@ mod bucket_options;
 mod build;
 mod calibrate;
 mod chat;
+mod documents;
 mod egress;
 mod embeddings;
 mod feedback;
@@ -24,6 +25,10 @@ use std::time::{Duration, Instant};
 
 pub use answer::{AnswerEvent, AnswerRequest, AnswerSummary, Citation, EXTRACTIVE_MODEL};
 pub use chat::{ChatCall, ChatFailure, DEFAULT_TEMPERATURE, RatedChat};
+pub use documents::{
+    DeleteSelection, MAX_DELETE_IDS, MAX_DOCUMENT_TEXT_BYTES, MAX_DOCUMENTS_PER_CALL,
+    MAX_UPSERT_TEXT_BYTES,
+};
 pub use embeddings::{Embeddings, EmbeddingsRequest, MAX_EMBEDDING_INPUTS};
 pub use index::IndexFilters;
 pub use index_runs::{IndexRunState, IndexRunStatus, IndexRuns};
@@ -91,6 +96,9 @@ pub struct Service {
     authenticator: Authenticator,
     /// One indexing run per index at a time: two runs would race on the manifest.
     index_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// One API documents call per index at a time: two would race on its manifest. Apart
+    /// from `index_locks`: a bucket sync and API documents never share keys or a manifest.
+    document_locks: HashMap<String, tokio::sync::Mutex<()>>,
     /// Resolves bucket secrets (`env:NAME`) and gives bucket clients the standard
     /// `AWS_*`, `AZURE_*` and `GOOGLE_*` variables, at each run.
     env: HashMap<String, String>,
@@ -155,6 +163,11 @@ impl Service {
             .iter()
             .map(|index| (index.id.clone(), Arc::default()))
             .collect();
+        let document_locks = config
+            .indexes
+            .iter()
+            .map(|index| (index.id.clone(), tokio::sync::Mutex::default()))
+            .collect();
         let extractor = build::extractor(&config.ingest)?;
         let traces = Tracing::from_config(config.telemetry.traces.as_ref())?;
         let residency = Residency::new(config.residency.clone(), config.residency_policy);
@@ -168,6 +181,7 @@ impl Service {
             router,
             authenticator,
             index_locks,
+            document_locks,
             ingest_roots,
             index_runs: Arc::default(),
             metrics,

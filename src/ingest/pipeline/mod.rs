@@ -20,8 +20,10 @@
 //! at worst the stores are then ahead of the manifest, which a crash may always leave.
 //!
 //! [`source`] opens what a run reads, [`producer`] lists and prepares objects, [`writer`]
-//! embeds, writes, commits and keeps the manifest.
+//! embeds, writes, commits and keeps the manifest; [`documents`] writes documents sent over
+//! the API with the same chunking, embedding and store writes.
 
+pub mod documents;
 mod producer;
 mod scope;
 mod source;
@@ -382,10 +384,18 @@ pub async fn run_index(
     job.validate()?;
     let source = BucketSource::open(SourceSpec::of(&job)).await?;
     let (manifest_path, identity) = (job.manifest_path.clone(), source.identity.clone());
-    let mut manifest =
-        tokio::task::spawn_blocking(move || Manifest::load_or_new(&manifest_path, &identity))
-            .await
-            .map_err(|error| Error::internal(format!("reading the manifest: {error}")))??;
+    let api_documents_path = (job.record_ids == RecordIdScope::Global)
+        .then(|| documents::documents_manifest_path_beside(&job.manifest_path));
+    let (mut manifest, api_documents) = tokio::task::spawn_blocking(move || {
+        let manifest = Manifest::load_or_new(&manifest_path, &identity)?;
+        let api_documents = match api_documents_path {
+            Some(path) => documents::DocumentsManifest::load_or_new(&path)?.object_keys(),
+            None => Vec::new(),
+        };
+        Ok::<_, Error>((manifest, api_documents))
+    })
+    .await
+    .map_err(|error| Error::internal(format!("reading the manifest: {error}")))??;
     manifest.cloud = Some(source.location.cloud.clone());
     manifest.region = Some(source.location.region.clone());
     let context = Arc::new(ProducerContext {
@@ -404,6 +414,7 @@ pub async fn run_index(
     let (sender, receiver) = mpsc::channel(job.fetch_concurrency);
     let counters = ListingCounters::default();
     let mut run = IndexRun::new(&job, manifest, &source, counters.clone(), started, progress);
+    run.reserve_api_documents(api_documents);
     // On the error path, or when this future is dropped, the producer may still be fetching;
     // its results are no longer wanted.
     let producer = AbortOnDrop(tokio::spawn(produce_events(

@@ -1201,3 +1201,67 @@ async fn an_object_with_too_many_chunks_fails_with_the_limit_named() {
         "{report:?}"
     );
 }
+
+#[tokio::test]
+async fn an_api_document_whose_write_fails_is_unlisted_and_a_retry_leaves_only_its_new_chunks() {
+    use super::documents::{DocumentsManifest, NewDocument, key_prefix_of, upsert_documents};
+    let fixture = Fixture::new();
+    let mut job = fixture.job();
+    job.manifest_path = fixture.state_folder.path().join("api-documents.json");
+    let prefix = key_prefix_of("docs");
+    let no_bucket_ids = std::collections::HashMap::new();
+    let document = |text: String| NewDocument {
+        id: "a".to_owned(),
+        text,
+        ..NewDocument::default()
+    };
+    let first = upsert_documents(
+        &job,
+        &prefix,
+        vec![document(words(20, "old"))],
+        &no_bucket_ids,
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.chunks_written, 3);
+
+    // The store fails while the shorter text is written: its old chunks are gone, so the
+    // manifest must not claim the document any more.
+    let next_call = fixture.store.state().upsert_calls + 1;
+    fixture.store.state().fail_upsert_call = Some(next_call);
+    let error = upsert_documents(
+        &job,
+        &prefix,
+        vec![document(words(4, "new"))],
+        &no_bucket_ids,
+    )
+    .await
+    .unwrap_err();
+    assert!(error.message.contains("fake store is down"), "{error}");
+    let manifest = DocumentsManifest::load_or_new(&job.manifest_path).unwrap();
+    assert!(manifest.documents.is_empty(), "{manifest:?}");
+
+    let retried = upsert_documents(
+        &job,
+        &prefix,
+        vec![document(words(4, "new"))],
+        &no_bucket_ids,
+    )
+    .await
+    .unwrap();
+    assert_eq!((retried.written, retried.chunks_written), (1, 1));
+    let chunks = fixture.store.committed_chunks_of("api/docs/a");
+    assert_eq!(chunks.len(), 1, "{chunks:?}");
+    assert_eq!(chunks[0].text, "new0 new1 new2 new3");
+    let manifest = DocumentsManifest::load_or_new(&job.manifest_path).unwrap();
+    assert_eq!(manifest.documents["a"].chunk_ids, vec!["api/docs/a#0"]);
+
+    // A bucket sync beside it removes its own objects only.
+    fixture.write("b.txt", "bucket words");
+    fixture.write("c.txt", "more bucket words");
+    fixture.run().await;
+    fixture.remove("b.txt");
+    assert_eq!(fixture.run().await.progress.deleted, 1);
+    assert_eq!(fixture.store.committed_chunks_of("api/docs/a").len(), 1);
+    assert!(fixture.store.committed_chunks_of("b.txt").is_empty());
+}

@@ -237,6 +237,16 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
         Ok(())
     }
 
+    /// With global record ids, API documents (`api/<index>/<id>`) keep their ids: a record
+    /// whose raw id is one is reported, never written over the API document's chunks.
+    pub(super) fn reserve_api_documents(&mut self, object_keys: Vec<String>) {
+        if let Some(owners) = &mut self.owners {
+            for object_key in object_keys {
+                owners.reserve(object_key.clone(), object_key);
+            }
+        }
+    }
+
     /// With global record ids, leaves out the documents another object already holds
     /// (reported as record problems, never overwritten) and drops them from the entry.
     fn keep_unclaimed(
@@ -447,21 +457,7 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
 
     /// One vector per text; empty vectors when only lexical stores are written.
     async fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        let Some(embedder) = &self.embedder else {
-            return Ok(vec![Vec::new(); texts.len()]);
-        };
-        let vectors = embedder
-            .embed(texts, Purpose::Document)
-            .await
-            .map_err(|error| error.context("embedding chunks"))?;
-        if vectors.len() != texts.len() {
-            return Err(Error::internal(format!(
-                "embedder returned {} vectors for {} chunks",
-                vectors.len(),
-                texts.len()
-            )));
-        }
-        Ok(vectors)
+        embed_texts(self.embedder.as_ref(), texts).await
     }
 
     /// Commit every store, then let the manifest record what the commit made durable.
@@ -498,16 +494,7 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
     /// dropped; the guard then calls the write off, so a dropped run's save either landed
     /// before the drop or never does (nor after the next run started on this manifest).
     async fn save_manifest(&self) -> Result<()> {
-        let contents = self.manifest.to_json()?;
-        let path = self.manifest_path.clone();
-        let cancel = WriteCancel::default();
-        let _call_off_if_dropped = cancel.call_off_on_drop();
-        tokio::task::spawn_blocking(move || {
-            write_atomically_unless_called_off(&path, &contents, &cancel)
-        })
-        .await
-        .map_err(|error| Error::internal(format!("saving the manifest: {error}")))?
-        .map(|_written| ())
+        save_unless_dropped(self.manifest_path.clone(), self.manifest.to_json()?).await
     }
 
     /// Flush the last batch, remove objects gone from the bucket (only when the listing is
@@ -616,8 +603,44 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
     }
 }
 
+/// One vector per text from `embedder` (empty vectors without one: lexical stores only).
+pub(super) async fn embed_texts(
+    embedder: Option<&Arc<dyn Embedder>>,
+    texts: &[String],
+) -> Result<Vec<Vec<f32>>> {
+    let Some(embedder) = embedder else {
+        return Ok(vec![Vec::new(); texts.len()]);
+    };
+    let vectors = embedder
+        .embed(texts, Purpose::Document)
+        .await
+        .map_err(|error| error.context("embedding chunks"))?;
+    if vectors.len() != texts.len() {
+        return Err(Error::internal(format!(
+            "embedder returned {} vectors for {} chunks",
+            vectors.len(),
+            texts.len()
+        )));
+    }
+    Ok(vectors)
+}
+
+/// Writes `contents` to `path` atomically on a blocking thread, which outlives this
+/// future if it is dropped; the guard then calls the write off, so a dropped caller's
+/// save either landed before the drop or never does.
+pub(super) async fn save_unless_dropped(path: PathBuf, contents: Vec<u8>) -> Result<()> {
+    let cancel = WriteCancel::default();
+    let _call_off_if_dropped = cancel.call_off_on_drop();
+    tokio::task::spawn_blocking(move || {
+        write_atomically_unless_called_off(&path, &contents, &cancel)
+    })
+    .await
+    .map_err(|error| Error::internal(format!("saving the manifest: {error}")))?
+    .map(|_written| ())
+}
+
 /// Run one operation on every store at once; an error names the store and what failed.
-async fn on_every_store<'a, Operation, Call>(
+pub(super) async fn on_every_store<'a, Operation, Call>(
     stores: &'a [Arc<dyn SearchBackend>],
     what: &str,
     operation: Operation,
@@ -637,6 +660,6 @@ where
 }
 
 /// The text a chunk is embedded from (the same rule `calibrate` samples by).
-fn embedding_text(chunk: &Chunk) -> String {
+pub(super) fn embedding_text(chunk: &Chunk) -> String {
     crate::document::embedding_text(&chunk.title, &chunk.text)
 }
