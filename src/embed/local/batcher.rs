@@ -1,13 +1,13 @@
-//! Continuous batching of query embeddings: queries that arrive while a forward pass
-//! runs go through the next pass together.
+//! Query embedding on its own workers: one per core, each running one batch of queries at
+//! a time on its core alone, taking whatever queries are waiting when it is free.
 //!
-//! Alone, a short query is a few dozen tokens: its pass streams every weight of the model
-//! for little arithmetic, and its small products split poorly across cores, so two cores
-//! embed about as many lone queries per second as one. Batched, the weights are read once
-//! per batch and the products are big enough to keep both cores busy. A lone query still
-//! starts at once: the worker takes whatever is waiting when it is free and never waits
-//! for a batch to fill (what inference servers call continuous batching). A text's vector
-//! does not depend on its batch (sequences are stacked without padding, see `forward.rs`).
+//! Alone, a short query is a few dozen tokens: its products are too small to split well
+//! across cores (measured: one query over two cores costs more core time than over one),
+//! and every parallel loop of a forward pass wakes and parks the other core. So a query is
+//! not split; queries run side by side, one per core, and the queries that arrive while
+//! the workers are busy go through the next passes together (continuous batching: nothing
+//! waits for a batch to fill, a lone query starts at once). A text's vector does not depend
+//! on its batch (sequences are stacked without padding, see `forward.rs`).
 //!
 //! The queue is bounded by the time it would take to drain, not by a count: when the
 //! queries already waiting would take longer than [`MAX_EXPECTED_WAIT`] at the measured
@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 
 /// Queries embedded in one forward pass at most: past this a batch's products are as
 /// efficient as they get, and a larger batch only delays its first member.
-const MAX_BATCH: usize = 32;
+const MAX_BATCH: usize = 16;
 /// The longest a new query may expect to wait for the queue ahead of it.
 const MAX_EXPECTED_WAIT: Duration = Duration::from_millis(250);
 /// Weight of the latest batch in the moving average of the cost per query.
@@ -40,7 +40,7 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<f32>>>,
 }
 
-/// The queue in front of one model's worker thread, started on first use.
+/// The queue in front of one model's worker threads, started on first use.
 #[derive(Default)]
 pub(super) struct QueryBatcher {
     sender: OnceLock<Mutex<mpsc::Sender<Job>>>,
@@ -121,28 +121,34 @@ impl QueryBatcher {
     fn sender(&self, model: &Arc<LocalEmbedderInner>) -> &Mutex<mpsc::Sender<Job>> {
         self.sender.get_or_init(|| {
             let (sender, receiver) = mpsc::channel();
-            let model = Arc::clone(model);
-            let load = Arc::clone(&self.load);
-            // If the thread cannot start, the receiver is dropped with the closure and
-            // every send fails with the "stopped" error above.
-            let _ = std::thread::Builder::new()
-                .name("skyfuse-query-embed".into())
-                .spawn(move || run_worker(&model, &receiver, &load));
+            let receiver = Arc::new(Mutex::new(receiver));
+            let workers = std::thread::available_parallelism().map_or(1, usize::from);
+            for worker in 0..workers {
+                let (model, receiver) = (Arc::clone(model), Arc::clone(&receiver));
+                let load = Arc::clone(&self.load);
+                // A pool of one thread: the forward pass's parallel loops and products
+                // run inline on it. If no worker starts, the receiver is dropped with the
+                // closures and every send fails with the "stopped" error above.
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(move |_| format!("skyfuse-query-embed-{worker}"))
+                    .build();
+                if let Ok(pool) = pool {
+                    pool.spawn(move || run_worker(&model, &receiver, &load));
+                }
+            }
             Mutex::new(sender)
         })
     }
 }
 
 /// Embeds batches until every sender is gone (the embedder was dropped).
-fn run_worker(model: &LocalEmbedderInner, receiver: &mpsc::Receiver<Job>, load: &QueueLoad) {
-    while let Ok(first) = receiver.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+fn run_worker(
+    model: &LocalEmbedderInner,
+    receiver: &Mutex<mpsc::Receiver<Job>>,
+    load: &QueueLoad,
+) {
+    while let Some(mut jobs) = next_batch(receiver) {
         load.waiting.fetch_sub(jobs.len(), Ordering::AcqRel);
         jobs.retain(|job| !job.reply.is_closed());
         if jobs.is_empty() {
@@ -178,6 +184,22 @@ fn run_worker(model: &LocalEmbedderInner, receiver: &mpsc::Receiver<Job>, load: 
             }
         }
     }
+}
+
+/// The next waiting query and those queued behind it; `None` once every sender is gone.
+/// The lock is held while waiting: an idle worker waits for it instead of on the queue.
+fn next_batch(receiver: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
+    let receiver = receiver
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut jobs = vec![receiver.recv().ok()?];
+    while jobs.len() < MAX_BATCH {
+        match receiver.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(jobs)
 }
 
 #[cfg(test)]
