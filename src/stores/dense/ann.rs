@@ -178,20 +178,12 @@ impl AnnIndex {
         self.add_rows(matrix, added)
     }
 
-    /// Keys of about the `count` nearest i8 vectors, nearest first; `allowed` is
-    /// asked about each key the graph search meets (a pre-filter).
-    pub(super) fn search(
-        &self,
-        query: &[i8],
-        count: usize,
-        allowed: Option<&dyn Fn(u64) -> bool>,
-    ) -> Result<Vec<u64>> {
-        let index = self.read();
-        let matches = match allowed {
-            None => index.search(query, count),
-            Some(allowed) => index.filtered_search(query, count, allowed),
-        }
-        .map_err(|error| hnsw_error("search", error))?;
+    /// Keys of about the `count` nearest i8 vectors, nearest first.
+    pub(super) fn search(&self, query: &[i8], count: usize) -> Result<Vec<u64>> {
+        let matches = self
+            .read()
+            .search(query, count)
+            .map_err(|error| hnsw_error("search", error))?;
         Ok(matches.keys)
     }
 
