@@ -16,7 +16,7 @@ pub const LEXICAL_TWIN_SUFFIX: &str = "-bm25";
 pub enum SourceKind {
     /// Local tantivy BM25 index (English stemming, title + text).
     Tantivy,
-    /// Local exact dense index.
+    /// Local dense index: exact below `ann_min_rows` rows, HNSW with exact rescoring above.
     Dense,
     /// A Qdrant collection over gRPC (self-hosted or Qdrant Cloud).
     Qdrant,
@@ -112,6 +112,9 @@ pub struct DenseConfig {
     pub space: String,
     /// The folder, default `<data_dir>/<id>`.
     pub path: Option<PathBuf>,
+    /// Rows from which searches use the HNSW index instead of the exact scan
+    /// (default `stores::dense::DEFAULT_ANN_MIN_ROWS`).
+    pub ann_min_rows: Option<usize>,
 }
 
 /// The keys Qdrant and OpenSearch share.
@@ -338,6 +341,7 @@ source_table!(TantivyTable {
 source_table!(DenseTable {
     space: String,
     path: Option<PathBuf>,
+    ann_min_rows: Option<usize>,
 });
 
 source_table!(QdrantTable {
@@ -398,6 +402,7 @@ impl TryFrom<toml::Table> for SourceConfig {
             SourceTable::Dense(table) => table.common(StoreConfig::Dense(DenseConfig {
                 space: table.space.clone(),
                 path: table.path.clone(),
+                ann_min_rows: table.ann_min_rows,
             })),
             SourceTable::Qdrant(table) => table.common(StoreConfig::Qdrant(QdrantConfig {
                 space: table.space.clone(),

@@ -1,20 +1,38 @@
-//! The embedded dense store: exact cosine search over an in-memory matrix of
-//! L2-normalized vectors, persisted to one file.
+//! The embedded dense store: cosine search over L2-normalized vectors persisted to
+//! one memory-mapped file, exact below `ann_min_rows` rows and through an HNSW index
+//! with exact rescoring at and above it.
 //!
 //! Vectors are re-normalized on the way in (stored and query vectors alike), so
 //! cosine similarity is a plain dot product and scores are true cosines whatever
 //! the embedder returned. Zero, non-finite or wrongly sized vectors are rejected.
 //!
-//! Search scores the matrix in row blocks on rayon's pool, keeps a bounded
-//! min-heap of the best `top_k` per block, then merges the blocks' winners. Exact
-//! search is the right default for an embedded store: at 100k x 384 it is a few
-//! milliseconds (see `benches/local_search.rs`) and has perfect recall.
+//! Exact search scores the matrix in row blocks on rayon's pool, keeps a bounded
+//! min-heap of the best `top_k` per block, then merges the blocks' winners. It is
+//! the default for small stores: at 100k x 384 it is a few milliseconds (see
+//! `benches/local_search.rs`) and has perfect recall, but it is linear (~40 ms at
+//! 1M). From [`DenseOptions::ann_min_rows`] rows (50k by default) the store keeps
+//! an HNSW index ([`ann`]: usearch, i8 vectors) that proposes
+//! `max(top_k * 4, ann_expansion)` candidates; they are rescored with their f32
+//! rows, so scores stay exact cosines and only recall is approximate (>= 0.95
+//! recall@10, see `benches/dense_scale.rs` and docs/benchmarks.md). A search whose
+//! `top_k * 4` covers the store falls back to the exact scan, and so does a
+//! filtered search (over the matching rows only, as before: usearch's filtered
+//! graph search lost matching rows in tests, which a pre-filter must not).
+//!
+//! The f32 vectors are not copied to the heap: `dense.bin` is memory-mapped and
+//! searches read its rows in place, so at 1M x 384 the process holds the i8 index
+//! (~0.5 GB) and the page cache holds what rescoring touches. A commit writes a
+//! new file and maps it; searches still holding the old snapshot keep the old
+//! mapping, which stays valid after the rename. Nothing but this store may
+//! rewrite the file in place (`stores::lock` keeps other writers out).
 //!
 //! Write semantics (the same as the BM25 store): upserts and deletes are queued
 //! and only become visible to searches and to `count` on [`SearchBackend::commit`],
 //! which applies them to a copy of the published snapshot, writes it to disk, and
 //! then swaps it in. Searches hold an `Arc` to an immutable snapshot, so they never
-//! see a half-applied commit. Uncommitted writes are lost when the process stops.
+//! see a half-applied commit (the HNSW index is updated in place, but a search
+//! only returns keys its own snapshot holds and scores them from its own vectors).
+//! Uncommitted writes are lost when the process stops.
 //! A failed commit puts its writes back for the next commit once, and drops those
 //! it had put back already, so the queue stays bounded however often commits fail.
 //! Only one process writes a data dir (`stores::lock`): a second writer would
@@ -27,22 +45,37 @@
 //!
 //! ```text
 //! offset 0   magic          8 bytes  "SKYFDNS1"
-//! offset 8   format version u32 LE   1
+//! offset 8   format version u32 LE   2 (version 1 files, without the next three
+//!                                    fields, are still read: keys 0..rows, generation 0)
 //! offset 12  dims           u32 LE
 //! offset 16  rows           u64 LE
 //! offset 24  metadata bytes u64 LE
-//! offset 32  vectors        rows * dims f32 LE, row-major
+//! offset 32  generation     u64 LE   one more at every commit: names the matching index file
+//! offset 40  next key       u64 LE   the key the next new row gets
+//! offset 48  vectors        rows * dims f32 LE, row-major
+//! then       keys           rows * u64 LE, strictly increasing: each row's stable HNSW key
 //! then       metadata       JSON array of `Chunk` (chunk_id, doc_id, object_key, title, text, ordinal,
 //!                           cloud, region), one per row
 //! ```
 //!
 //! Vectors are raw little-endian f32: 4 bytes a dimension, no parsing, and the
-//! block starts 4-byte aligned so it could be memory-mapped later. Metadata is JSON
-//! because it is mostly UTF-8 text, where a binary encoding would save little, and
-//! it stays inspectable with ordinary tools. A commit writes `dense.bin.tmp`,
-//! fsyncs it, renames it over `dense.bin` and fsyncs the directory: a crash at any
-//! point leaves either the previous or the new file whole. The file length is
-//! checked against the header on open, so a truncated file is refused, not misread.
+//! block starts 16-byte aligned so the mapped bytes are read as `f32` in place.
+//! Row keys survive compaction (a delete moves rows, not keys) and a re-upsert
+//! keeps its row and key, so the keys stay sorted and a key finds its row by binary
+//! search. Metadata is JSON because it is mostly UTF-8 text, where a binary
+//! encoding would save little, and it stays inspectable with ordinary tools. A
+//! commit writes `dense.bin.tmp`, fsyncs it, renames it over `dense.bin` and fsyncs
+//! the directory: a crash at any point leaves either the previous or the new file
+//! whole. The file length is checked against the header on open, so a truncated
+//! file is refused, not misread.
+//!
+//! The HNSW index is derived data, saved the same crash-safe way beside it as
+//! `dense.<generation>.hnsw` after the data file. It is loaded on open only if its
+//! generation is the data file's and it holds exactly the file's keys; otherwise
+//! (missing, stale, damaged) it is rebuilt from the vectors, which at 1M rows
+//! takes minutes.
+
+mod ann;
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -51,9 +84,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use async_trait::async_trait;
+use memmap2::Mmap;
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis, s};
 use rayon::prelude::*;
 
+use self::ann::AnnIndex;
 use crate::document::{Chunk, EmbeddedChunk, Hit};
 use crate::error::{Error, Result};
 use crate::stores::filter::{Filter, Pushdown};
@@ -62,10 +97,13 @@ use crate::stores::{SearchBackend, SourceInfo, StoreQuery};
 const DATA_FILE_NAME: &str = "dense.bin";
 const TEMPORARY_FILE_NAME: &str = "dense.bin.tmp";
 const FILE_MAGIC: &[u8; 8] = b"SKYFDNS1";
-const FORMAT_VERSION: u32 = 1;
-const HEADER_BYTES: usize = 32;
-/// Values encoded per write call when persisting (256 KiB of bytes).
-const VALUES_PER_WRITE: usize = 64 * 1024;
+const FORMAT_VERSION: u32 = 2;
+/// Version 1 files: no generation or next key, no keys section.
+const FORMAT_VERSION_WITHOUT_KEYS: u32 = 1;
+const HEADER_BYTES: usize = 48;
+const HEADER_BYTES_WITHOUT_KEYS: usize = 32;
+/// Rows encoded per write call when persisting.
+const ROWS_PER_WRITE: usize = 1024;
 
 /// Rows scored by one rayon task. Big enough that task overhead is noise (4096 x
 /// 384 x 4 bytes = 6 MiB a block), small enough that 100k rows split into ~25
@@ -76,19 +114,114 @@ const ROWS_PER_BLOCK: usize = 4096;
 /// anyway would only add rounding noise.
 const NORM_TOLERANCE: f32 = 1e-6;
 
-/// An exact cosine-similarity store over one embedding space.
+/// Below this many rows exact search is fast enough (<= ~2 ms at 384 dims) and
+/// keeps perfect recall, so small corpora such as SciFact (7.8k chunks) rank exactly.
+pub const DEFAULT_ANN_MIN_ROWS: usize = 50_000;
+/// HNSW search breadth (usearch's `expansion_search`), also the fewest candidates
+/// rescored: recall@10 >= 0.95 at 1M in `benches/dense_scale.rs`.
+pub const DEFAULT_ANN_EXPANSION: usize = 128;
+
+/// How a dense store searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenseOptions {
+    /// Exact search below this many rows, the HNSW index at and above it;
+    /// `usize::MAX` keeps every search exact.
+    pub ann_min_rows: usize,
+    /// Candidates the HNSW search keeps in its beam, and the fewest it returns
+    /// for exact rescoring.
+    pub ann_expansion: usize,
+}
+
+impl Default for DenseOptions {
+    fn default() -> Self {
+        Self {
+            ann_min_rows: DEFAULT_ANN_MIN_ROWS,
+            ann_expansion: DEFAULT_ANN_EXPANSION,
+        }
+    }
+}
+
+/// An embedded cosine-similarity store over one embedding space.
 pub struct DenseStore {
     info: SourceInfo,
     inner: Arc<DenseInner>,
 }
 
+/// The f32 rows of a snapshot: none yet, or the vector block of a mapped `dense.bin`.
+#[derive(Debug)]
+enum StoredVectors {
+    Empty,
+    Mapped {
+        map: Mmap,
+        /// The vector block's first byte in the map.
+        offset: usize,
+        rows: usize,
+    },
+}
+
 /// What searches read: immutable once published.
 #[derive(Debug)]
 struct DenseSnapshot {
+    dims: usize,
     /// One L2-normalized row per chunk, in standard (row-major) layout.
-    vectors: Array2<f32>,
+    vectors: StoredVectors,
+    /// 0 x dims: what an empty store searches.
+    no_rows: Array2<f32>,
+    /// `keys[row]`: the row's stable key in the HNSW index, strictly increasing.
+    keys: Vec<u64>,
+    /// The key the next new row gets.
+    next_key: u64,
+    /// Commits since the store was created (0 for version 1 files).
+    generation: u64,
     /// `chunks[row]` describes `vectors.row(row)`.
     chunks: Vec<Chunk>,
+    /// Present at and above `ann_min_rows` rows.
+    ann: Option<Arc<AnnIndex>>,
+}
+
+impl DenseSnapshot {
+    fn empty(dims: usize) -> Self {
+        Self {
+            dims,
+            vectors: StoredVectors::Empty,
+            no_rows: Array2::zeros((0, dims)),
+            keys: Vec::new(),
+            next_key: 0,
+            generation: 0,
+            chunks: Vec::new(),
+            ann: None,
+        }
+    }
+
+    /// The vectors as a matrix, read in place from the mapped file. The block was
+    /// checked for length and alignment when mapped, so the fallback to no rows
+    /// never happens.
+    fn matrix(&self) -> ArrayView2<'_, f32> {
+        match &self.vectors {
+            StoredVectors::Empty => self.no_rows.view(),
+            StoredVectors::Mapped { map, offset, rows } => {
+                mapped_matrix(map, *offset, *rows, self.dims).unwrap_or_else(|| self.no_rows.view())
+            }
+        }
+    }
+
+    /// The row of `key`, if this snapshot holds it.
+    fn row_of_key(&self, key: u64) -> Option<usize> {
+        self.keys.binary_search(&key).ok()
+    }
+}
+
+/// `rows` x `dims` f32 values at `offset` of `map`, if they fit and are aligned.
+fn mapped_matrix(
+    map: &Mmap,
+    offset: usize,
+    rows: usize,
+    dims: usize,
+) -> Option<ArrayView2<'_, f32>> {
+    let length = rows.checked_mul(dims)?.checked_mul(4)?;
+    let bytes = map.get(offset..offset.checked_add(length)?)?;
+    let values = bytemuck::try_cast_slice::<u8, f32>(bytes).ok()?;
+    ArrayView2::from_shape((rows, dims), values).ok()
 }
 
 /// A write waiting for the next commit. Kept in arrival order because order
@@ -115,6 +248,7 @@ impl QueuedWrite {
 
 struct DenseInner {
     dimensions: usize,
+    options: DenseOptions,
     directory: PathBuf,
     published: RwLock<Arc<DenseSnapshot>>,
     pending: Mutex<Vec<QueuedWrite>>,
@@ -131,10 +265,34 @@ fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How much memory a store's search structures hold, for benchmarks and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenseMemory {
+    pub rows: usize,
+    /// Bytes of the f32 vectors in the mapped file (page cache, not heap).
+    pub mapped_vector_bytes: usize,
+    /// Bytes the HNSW index holds (i8 vectors and graph); 0 below `ann_min_rows`.
+    pub ann_index_bytes: usize,
+    /// Bytes of the row keys.
+    pub key_bytes: usize,
+}
+
 impl DenseStore {
-    /// Open the store in `directory` with vectors of `dims` dimensions, creating the
-    /// directory if needed and loading the last committed state if there is one.
+    /// Open the store in `directory` with vectors of `dims` dimensions and the
+    /// default [`DenseOptions`].
     pub fn open(info: SourceInfo, dims: usize, directory: &Path) -> Result<Self> {
+        Self::open_with_options(info, dims, directory, DenseOptions::default())
+    }
+
+    /// Open the store in `directory` with vectors of `dims` dimensions, creating the
+    /// directory if needed and loading the last committed state if there is one
+    /// (and its HNSW index, rebuilt if it is missing or stale).
+    pub fn open_with_options(
+        info: SourceInfo,
+        dims: usize,
+        directory: &Path,
+        options: DenseOptions,
+    ) -> Result<Self> {
         if dims == 0 {
             return Err(Error::config("a dense store needs at least one dimension"));
         }
@@ -142,6 +300,11 @@ impl DenseStore {
             return Err(Error::config(format!(
                 "a dense store cannot hold {dims} dimensions"
             )));
+        }
+        if cfg!(target_endian = "big") {
+            return Err(Error::config(
+                "the dense store reads its little-endian file in place and needs a little-endian machine",
+            ));
         }
         std::fs::create_dir_all(directory).map_err(|error| {
             Error::from(error).context(format!(
@@ -160,9 +323,38 @@ impl DenseStore {
                 ))
             })?;
         }
-        let snapshot = load_snapshot(&directory.join(DATA_FILE_NAME), dims)?;
+        let mut snapshot = load_snapshot(&directory.join(DATA_FILE_NAME), dims)?;
+        if snapshot.chunks.len() >= options.ann_min_rows {
+            let loaded = AnnIndex::load(
+                directory,
+                snapshot.generation,
+                dims,
+                &snapshot.keys,
+                options.ann_expansion,
+            );
+            let ann = match loaded {
+                Some(ann) => ann,
+                None => {
+                    let ann =
+                        AnnIndex::build(snapshot.matrix(), &snapshot.keys, options.ann_expansion)
+                            .map_err(|error| {
+                            error.context(format!(
+                                "cannot index dense store {}",
+                                directory.display()
+                            ))
+                        })?;
+                    // An index that cannot be saved still serves this process.
+                    if let Err(error) = ann.save(directory, snapshot.generation) {
+                        tracing::warn!(directory = %directory.display(), %error, "cannot save the dense store's hnsw index");
+                    }
+                    ann
+                }
+            };
+            snapshot.ann = Some(Arc::new(ann));
+        }
         let inner = DenseInner {
             dimensions: dims,
+            options,
             directory: directory.to_path_buf(),
             published: RwLock::new(Arc::new(snapshot)),
             pending: Mutex::new(Vec::new()),
@@ -182,6 +374,22 @@ impl DenseStore {
     pub fn dimensions(&self) -> usize {
         self.inner.dimensions
     }
+
+    /// Whether searches of the committed state go through the HNSW index.
+    pub fn uses_ann(&self) -> bool {
+        self.inner.current_snapshot().ann.is_some()
+    }
+
+    /// What the committed state's search structures hold.
+    pub fn memory(&self) -> DenseMemory {
+        let snapshot = self.inner.current_snapshot();
+        DenseMemory {
+            rows: snapshot.chunks.len(),
+            mapped_vector_bytes: snapshot.chunks.len() * snapshot.dims * 4,
+            ann_index_bytes: snapshot.ann.as_ref().map_or(0, |ann| ann.memory_bytes()),
+            key_bytes: snapshot.keys.len() * 8,
+        }
+    }
 }
 
 impl DenseInner {
@@ -200,9 +408,12 @@ impl DenseInner {
             return Ok(());
         }
         let base = self.current_snapshot();
-        let next = apply_writes(&base, &pending_writes, self.dimensions)
-            .and_then(|next| self.persist(&next).map(|()| next));
-        let next = match next {
+        let next = apply_writes(&base, &pending_writes, self.dimensions).and_then(|plan| {
+            let changed_rows = plan.changed_rows();
+            self.persist(&base, &pending_writes, plan)
+                .map(|next| (next, changed_rows))
+        });
+        let (mut next, changed_rows) = match next {
             Ok(next) => next,
             Err(error) => {
                 // Put the writes back once, in front of any that arrived meanwhile:
@@ -225,6 +436,17 @@ impl DenseInner {
                 return Err(error);
             }
         };
+        // The data file is durable now, so the commit has happened whatever becomes
+        // of the index: an index that cannot be updated is dropped, searches scan
+        // exactly, and the next commit or open rebuilds it.
+        next.ann = match self.next_index(&base, &next, &changed_rows) {
+            Ok(ann) => ann,
+            Err(error) => {
+                tracing::warn!(directory = %self.directory.display(), %error, "dense store searches exactly until its hnsw index is rebuilt");
+                ann::remove_index_files(&self.directory, None);
+                None
+            }
+        };
         let mut published = self
             .published
             .write()
@@ -233,15 +455,60 @@ impl DenseInner {
         Ok(())
     }
 
-    fn persist(&self, snapshot: &DenseSnapshot) -> Result<()> {
+    /// The index for the committed `next` snapshot: the base's, updated in place
+    /// with what changed, or a new one when the store just reached `ann_min_rows`;
+    /// none below it. Saved for `next`'s generation.
+    fn next_index(
+        &self,
+        base: &DenseSnapshot,
+        next: &DenseSnapshot,
+        changed_rows: &[usize],
+    ) -> Result<Option<Arc<AnnIndex>>> {
+        if next.chunks.len() < self.options.ann_min_rows {
+            if base.ann.is_some() {
+                ann::remove_index_files(&self.directory, None);
+            }
+            return Ok(None);
+        }
+        let ann = match &base.ann {
+            Some(ann) => {
+                let (removed, added) = changed_keys(base, next, changed_rows);
+                ann.update(&removed, next.matrix(), &added)?;
+                if ann.len() != next.keys.len() {
+                    return Err(Error::internal(format!(
+                        "hnsw index holds {} vectors after the commit, the store {}",
+                        ann.len(),
+                        next.keys.len()
+                    )));
+                }
+                Arc::clone(ann)
+            }
+            None => Arc::new(AnnIndex::build(
+                next.matrix(),
+                &next.keys,
+                self.options.ann_expansion,
+            )?),
+        };
+        ann.save(&self.directory, next.generation)?;
+        Ok(Some(ann))
+    }
+
+    /// Write the planned rows to a new `dense.bin` and map it.
+    fn persist(
+        &self,
+        base: &DenseSnapshot,
+        writes: &[QueuedWrite],
+        plan: NextRows,
+    ) -> Result<DenseSnapshot> {
         let temporary_path = self.directory.join(TEMPORARY_FILE_NAME);
         let data_path = self.directory.join(DATA_FILE_NAME);
         let context = |error: std::io::Error| {
             Error::from(error).context(format!("cannot write dense store {}", data_path.display()))
         };
-        let metadata = serde_json::to_vec(&snapshot.chunks).map_err(|error| {
+        let metadata = serde_json::to_vec(&plan.chunks).map_err(|error| {
             Error::internal(format!("cannot encode dense store metadata: {error}"))
         })?;
+        let generation = base.generation + 1;
         let file = std::fs::File::create(&temporary_path).map_err(context)?;
         let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
         writer.write_all(FILE_MAGIC).map_err(context)?;
@@ -254,22 +521,50 @@ impl DenseInner {
             .write_all(&dims_header.to_le_bytes())
             .map_err(context)?;
         writer
-            .write_all(&(snapshot.chunks.len() as u64).to_le_bytes())
+            .write_all(&(plan.chunks.len() as u64).to_le_bytes())
             .map_err(context)?;
         writer
             .write_all(&(metadata.len() as u64).to_le_bytes())
             .map_err(context)?;
-        // Encode in slabs: one write call per value would dominate the commit time.
-        let mut slab: Vec<u8> = Vec::with_capacity(VALUES_PER_WRITE * 4);
-        // Snapshots are built row-major, so this borrows rather than copies.
-        let row_major = snapshot.vectors.as_standard_layout();
-        let row_major_values = row_major.as_slice().unwrap_or_default();
-        for value_slab in row_major_values.chunks(VALUES_PER_WRITE) {
-            slab.clear();
-            for value in value_slab {
-                slab.extend_from_slice(&value.to_le_bytes());
+        writer
+            .write_all(&generation.to_le_bytes())
+            .map_err(context)?;
+        writer
+            .write_all(&plan.next_key.to_le_bytes())
+            .map_err(context)?;
+        let base_matrix = base.matrix();
+        let mut missing_row = false;
+        // Rows are copied from the old mapping or the queued writes, never gathered
+        // into one matrix: at 1M x 384 that would be 1.5 GB on the heap per commit.
+        for sources in plan.sources.chunks(ROWS_PER_WRITE) {
+            for source in sources {
+                let row = match *source {
+                    RowSource::Base(row) => base_matrix.row(row).to_slice(),
+                    RowSource::Pending { write, item } => {
+                        match writes.get(write).map(|queued| &queued.write) {
+                            Some(PendingWrite::Upsert(items)) => {
+                                items.get(item).map(|(_, vector)| vector.as_slice())
+                            }
+                            _ => None,
+                        }
+                    }
+                };
+                match row {
+                    Some(values) if values.len() == self.dimensions => {
+                        writer
+                            .write_all(bytemuck::cast_slice(values))
+                            .map_err(context)?;
+                    }
+                    _ => missing_row = true,
+                }
             }
-            writer.write_all(&slab).map_err(context)?;
+            if missing_row {
+                // Every source comes from `apply_writes` over these same inputs.
+                return Err(Error::internal("dense commit planned a row it cannot find"));
+            }
+        }
+        for key in &plan.keys {
+            writer.write_all(&key.to_le_bytes()).map_err(context)?;
         }
         writer.write_all(&metadata).map_err(context)?;
         let file = writer
@@ -279,8 +574,60 @@ impl DenseInner {
         drop(file);
         std::fs::rename(&temporary_path, &data_path).map_err(context)?;
         sync_directory(&self.directory).map_err(context)?;
-        Ok(())
+        let map = map_file(&data_path)?;
+        let rows = plan.chunks.len();
+        if mapped_matrix(&map, HEADER_BYTES, rows, self.dimensions).is_none() {
+            return Err(Error::internal(format!(
+                "the dense store {} just written cannot be mapped",
+                data_path.display()
+            )));
+        }
+        Ok(DenseSnapshot {
+            dims: self.dimensions,
+            vectors: StoredVectors::Mapped {
+                map,
+                offset: HEADER_BYTES,
+                rows,
+            },
+            no_rows: Array2::zeros((0, self.dimensions)),
+            keys: plan.keys,
+            next_key: plan.next_key,
+            generation,
+            chunks: plan.chunks,
+            ann: None,
+        })
     }
+}
+
+/// Keys the index must drop and `(key, row)` pairs it must add to go from `base`
+/// to `next`: deleted rows, and `changed_rows` (new rows, and replaced ones, which
+/// keep their key and are dropped first). Both key lists are sorted, so one merge
+/// walk finds the deleted keys.
+fn changed_keys(
+    base: &DenseSnapshot,
+    next: &DenseSnapshot,
+    changed_rows: &[usize],
+) -> (Vec<u64>, Vec<(u64, usize)>) {
+    let mut removed = Vec::new();
+    let mut next_keys = next.keys.iter().peekable();
+    for &key in &base.keys {
+        while next_keys.next_if(|&&next_key| next_key < key).is_some() {}
+        if next_keys.peek() != Some(&&key) {
+            removed.push(key);
+        }
+    }
+    let mut added = Vec::with_capacity(changed_rows.len());
+    for &row in changed_rows {
+        let Some(&key) = next.keys.get(row) else {
+            continue;
+        };
+        if base.row_of_key(key).is_some() {
+            removed.push(key);
+        }
+        added.push((key, row));
+    }
+    removed.sort_unstable();
+    (removed, added)
 }
 
 /// Make the rename itself durable. Directories cannot be opened for syncing on
@@ -297,21 +644,24 @@ fn sync_directory(directory: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+fn map_file(data_path: &Path) -> Result<Mmap> {
+    let file = std::fs::File::open(data_path).map_err(|error| {
+        Error::from(error).context(format!("cannot read dense store {}", data_path.display()))
+    })?;
+    // SAFETY: the map is only read, and the file is never modified in place: commits
+    // write a new file and rename it over this one, which leaves this mapping on the
+    // old contents. Only this store writes its directory (`stores::lock`).
+    unsafe { Mmap::map(&file) }.map_err(|error| {
+        Error::from(error).context(format!("cannot map dense store {}", data_path.display()))
+    })
+}
+
 fn load_snapshot(data_path: &Path, dims: usize) -> Result<DenseSnapshot> {
-    let bytes = match std::fs::read(data_path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(DenseSnapshot {
-                vectors: Array2::zeros((0, dims)),
-                chunks: Vec::new(),
-            });
-        }
-        Err(error) => {
-            return Err(Error::from(error)
-                .context(format!("cannot read dense store {}", data_path.display())));
-        }
-    };
-    decode_snapshot(&bytes, dims)
+    if !data_path.exists() {
+        return Ok(DenseSnapshot::empty(dims));
+    }
+    let map = map_file(data_path)?;
+    decode_snapshot(map, dims)
         .map_err(|error| error.context(format!("cannot load dense store {}", data_path.display())))
 }
 
@@ -327,16 +677,24 @@ fn read_u64(bytes: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(buffer)
 }
 
-fn decode_snapshot(bytes: &[u8], dims: usize) -> Result<DenseSnapshot> {
+fn decode_snapshot(map: Mmap, dims: usize) -> Result<DenseSnapshot> {
     let corrupt = |what: &str| Error::internal(format!("the file is corrupt: {what}"));
-    if bytes.len() < HEADER_BYTES || &bytes[..8] != FILE_MAGIC {
+    let bytes: &[u8] = &map;
+    if bytes.len() < HEADER_BYTES_WITHOUT_KEYS || &bytes[..8] != FILE_MAGIC {
         return Err(corrupt("not a dense store file"));
     }
     let format_version = read_u32(bytes, 8);
-    if format_version != FORMAT_VERSION {
-        return Err(Error::config(format!(
-            "format version {format_version} is not supported (expected {FORMAT_VERSION})"
-        )));
+    let header_bytes = match format_version {
+        FORMAT_VERSION => HEADER_BYTES,
+        FORMAT_VERSION_WITHOUT_KEYS => HEADER_BYTES_WITHOUT_KEYS,
+        _ => {
+            return Err(Error::config(format!(
+                "format version {format_version} is not supported (expected {FORMAT_VERSION})"
+            )));
+        }
+    };
+    if bytes.len() < header_bytes {
+        return Err(corrupt("header"));
     }
     let file_dims = read_u32(bytes, 12) as usize;
     if file_dims != dims {
@@ -348,12 +706,24 @@ fn decode_snapshot(bytes: &[u8], dims: usize) -> Result<DenseSnapshot> {
     let rows = usize::try_from(read_u64(bytes, 16)).map_err(|_| corrupt("row count"))?;
     let metadata_bytes =
         usize::try_from(read_u64(bytes, 24)).map_err(|_| corrupt("metadata length"))?;
+    let has_keys = format_version == FORMAT_VERSION;
+    let (generation, next_key) = if has_keys {
+        (read_u64(bytes, 32), read_u64(bytes, 40))
+    } else {
+        (0, rows as u64)
+    };
     let vector_bytes = rows
         .checked_mul(dims)
         .and_then(|values| values.checked_mul(4))
         .ok_or_else(|| corrupt("row count"))?;
-    let expected_length = HEADER_BYTES
+    let key_bytes = if has_keys {
+        rows.checked_mul(8).ok_or_else(|| corrupt("row count"))?
+    } else {
+        0
+    };
+    let expected_length = header_bytes
         .checked_add(vector_bytes)
+        .and_then(|length| length.checked_add(key_bytes))
         .and_then(|length| length.checked_add(metadata_bytes))
         .ok_or_else(|| corrupt("lengths"))?;
     if bytes.len() != expected_length {
@@ -362,19 +732,28 @@ fn decode_snapshot(bytes: &[u8], dims: usize) -> Result<DenseSnapshot> {
             bytes.len()
         )));
     }
-    let vector_region = &bytes[HEADER_BYTES..HEADER_BYTES + vector_bytes];
-    let values: Vec<f32> = vector_region
-        .chunks_exact(4)
-        .map(|value_bytes| {
-            f32::from_le_bytes([
-                value_bytes[0],
-                value_bytes[1],
-                value_bytes[2],
-                value_bytes[3],
-            ])
-        })
-        .collect();
-    let chunks: Vec<Chunk> = serde_json::from_slice(&bytes[HEADER_BYTES + vector_bytes..])
+    if mapped_matrix(&map, header_bytes, rows, dims).is_none() {
+        return Err(corrupt("the vector block is not aligned"));
+    }
+    let keys_start = header_bytes + vector_bytes;
+    let keys: Vec<u64> = if has_keys {
+        bytes[keys_start..keys_start + key_bytes]
+            .chunks_exact(8)
+            .map(|key_bytes| {
+                let mut buffer = [0u8; 8];
+                buffer.copy_from_slice(key_bytes);
+                u64::from_le_bytes(buffer)
+            })
+            .collect()
+    } else {
+        (0..rows as u64).collect()
+    };
+    // Binary search by key relies on this; `next_key` must stay above them all.
+    let sorted = keys.windows(2).all(|pair| pair[0] < pair[1]);
+    if !sorted || keys.last().is_some_and(|&last| last >= next_key) {
+        return Err(corrupt("row keys are out of order"));
+    }
+    let chunks: Vec<Chunk> = serde_json::from_slice(&bytes[keys_start + key_bytes..])
         .map_err(|error| corrupt(&format!("metadata: {error}")))?;
     if chunks.len() != rows {
         return Err(corrupt(&format!(
@@ -382,37 +761,84 @@ fn decode_snapshot(bytes: &[u8], dims: usize) -> Result<DenseSnapshot> {
             chunks.len()
         )));
     }
-    let vectors = Array2::from_shape_vec((rows, dims), values)
-        .map_err(|error| corrupt(&format!("vector shape: {error}")))?;
-    Ok(DenseSnapshot { vectors, chunks })
+    Ok(DenseSnapshot {
+        dims,
+        vectors: StoredVectors::Mapped {
+            map,
+            offset: header_bytes,
+            rows,
+        },
+        no_rows: Array2::zeros((0, dims)),
+        keys,
+        next_key,
+        generation,
+        chunks,
+        ann: None,
+    })
 }
 
-/// Build the next snapshot: the base plus the pending writes, in order.
-fn apply_writes(
-    base: &DenseSnapshot,
-    writes: &[QueuedWrite],
-    dims: usize,
-) -> Result<DenseSnapshot> {
+/// Where a row of the next snapshot takes its vector from.
+#[derive(Debug, Clone, Copy)]
+enum RowSource {
+    /// That row of the base snapshot.
+    Base(usize),
+    /// Item `item` of the upsert at `write` in the commit's queue.
+    Pending { write: usize, item: usize },
+}
+
+/// The next snapshot's rows, before their vectors are written.
+struct NextRows {
+    chunks: Vec<Chunk>,
+    keys: Vec<u64>,
+    sources: Vec<RowSource>,
+    next_key: u64,
+}
+
+impl NextRows {
+    /// Rows whose vector this commit wrote.
+    fn changed_rows(&self) -> Vec<usize> {
+        self.sources
+            .iter()
+            .enumerate()
+            .filter(|(_, source)| matches!(source, RowSource::Pending { .. }))
+            .map(|(row, _)| row)
+            .collect()
+    }
+}
+
+/// Plan the next snapshot: the base plus the pending writes, in order.
+fn apply_writes(base: &DenseSnapshot, writes: &[QueuedWrite], dims: usize) -> Result<NextRows> {
     let mut chunks = base.chunks.clone();
-    let mut values: Vec<f32> = base.vectors.iter().copied().collect();
+    let mut keys = base.keys.clone();
+    let mut sources: Vec<RowSource> = (0..chunks.len()).map(RowSource::Base).collect();
+    let mut next_key = base.next_key;
     let mut row_by_chunk_id: HashMap<String, usize> = chunks
         .iter()
         .enumerate()
         .map(|(row, chunk)| (chunk.chunk_id.clone(), row))
         .collect();
-    for write in writes {
+    for (write_index, write) in writes.iter().enumerate() {
         match &write.write {
             PendingWrite::Upsert(items) => {
-                for (chunk, vector) in items {
-                    // Replace in place so a re-upsert keeps its row and the count.
+                for (item, (chunk, vector)) in items.iter().enumerate() {
+                    if vector.len() != dims {
+                        return Err(Error::internal("a queued vector has the wrong size"));
+                    }
+                    let source = RowSource::Pending {
+                        write: write_index,
+                        item,
+                    };
+                    // Replace in place so a re-upsert keeps its row, key and the count.
                     if let Some(&row) = row_by_chunk_id.get(&chunk.chunk_id) {
-                        values[row * dims..(row + 1) * dims].copy_from_slice(vector);
+                        sources[row] = source;
                         chunks[row] = chunk.clone();
                         continue;
                     }
                     row_by_chunk_id.insert(chunk.chunk_id.clone(), chunks.len());
                     chunks.push(chunk.clone());
-                    values.extend_from_slice(vector);
+                    sources.push(source);
+                    keys.push(next_key);
+                    next_key += 1;
                 }
             }
             PendingWrite::DeleteObjects(object_keys) => {
@@ -423,7 +849,8 @@ fn apply_writes(
                 {
                     continue;
                 }
-                // Compact the survivors to the front, keeping their order.
+                // Compact the survivors to the front, keeping their order (and so
+                // the keys' order).
                 let mut kept_rows = 0;
                 for row in 0..chunks.len() {
                     if doomed.contains(chunks[row].object_key.as_str()) {
@@ -431,12 +858,14 @@ fn apply_writes(
                     }
                     if kept_rows != row {
                         chunks.swap(kept_rows, row);
-                        values.copy_within(row * dims..(row + 1) * dims, kept_rows * dims);
+                        sources.swap(kept_rows, row);
+                        keys.swap(kept_rows, row);
                     }
                     kept_rows += 1;
                 }
                 chunks.truncate(kept_rows);
-                values.truncate(kept_rows * dims);
+                sources.truncate(kept_rows);
+                keys.truncate(kept_rows);
                 row_by_chunk_id = chunks
                     .iter()
                     .enumerate()
@@ -445,13 +874,12 @@ fn apply_writes(
             }
         }
     }
-    let rows = chunks.len();
-    // Every path above keeps values.len() == rows * dims; refuse rather than
-    // publish a snapshot whose rows and chunks disagree.
-    let vectors = Array2::from_shape_vec((rows, dims), values).map_err(|error| {
-        Error::internal(format!("dense commit built a malformed matrix: {error}"))
-    })?;
-    Ok(DenseSnapshot { vectors, chunks })
+    Ok(NextRows {
+        chunks,
+        keys,
+        sources,
+        next_key,
+    })
 }
 
 /// Check a vector's size and values and return it L2-normalized.
@@ -572,9 +1000,25 @@ fn search_snapshot(
     filter: Option<&Filter>,
 ) -> Vec<Hit> {
     let query = ArrayView1::from(query_vector);
-    let scored_rows = match filter {
-        None => top_rows(snapshot.vectors.view(), query, top_k, ROWS_PER_BLOCK),
-        Some(filter) => filtered_top_rows(snapshot, query, top_k, filter),
+    let candidate_count = top_k.saturating_mul(ann::OVERSAMPLING);
+    // Filtered searches scan the matching rows exactly: usearch's filtered graph
+    // search missed matching neighbours in tests (a filter keeping 1 row in 7, with
+    // a beam wider than the matches), and a pre-filter must not lose rows.
+    let ann_top_rows = match (&snapshot.ann, filter) {
+        // A failed graph search (usearch out of thread contexts under a burst)
+        // still has an answer: the exact scan.
+        (Some(ann), None) if candidate_count < snapshot.chunks.len() => {
+            approximate_top_rows(snapshot, ann, query_vector, top_k).unwrap_or_else(|error| {
+                tracing::warn!(%error, "dense store falls back to the exact scan");
+                None
+            })
+        }
+        _ => None,
+    };
+    let scored_rows = match (ann_top_rows, filter) {
+        (Some(scored_rows), _) => scored_rows,
+        (None, None) => top_rows(snapshot.matrix(), query, top_k, ROWS_PER_BLOCK),
+        (None, Some(filter)) => filtered_top_rows(snapshot, query, top_k, filter),
     };
     scored_rows
         .into_iter()
@@ -594,6 +1038,38 @@ fn search_snapshot(
         .collect()
 }
 
+/// The best `top_k` of the HNSW index's candidates, rescored exactly from the f32
+/// rows; `None` when the graph returned fewer than `top_k` rows this snapshot holds
+/// (a commit racing this search), so the caller scans exactly.
+fn approximate_top_rows(
+    snapshot: &DenseSnapshot,
+    ann: &AnnIndex,
+    query_vector: &[f32],
+    top_k: usize,
+) -> Result<Option<Vec<ScoredRow>>> {
+    let mut quantized = Vec::with_capacity(query_vector.len());
+    ann::quantize(query_vector, &mut quantized);
+    let candidate_count = top_k.saturating_mul(ann::OVERSAMPLING).max(ann.expansion());
+    let keys = ann.search(&quantized, candidate_count)?;
+    let matrix = snapshot.matrix();
+    let query = ArrayView1::from(query_vector);
+    let mut scored_rows: Vec<ScoredRow> = keys
+        .into_iter()
+        .filter_map(|key| snapshot.row_of_key(key))
+        .map(|row| ScoredRow {
+            score: row_score(matrix.row(row), query),
+            row,
+        })
+        .collect();
+    scored_rows.sort_unstable_by(|left, right| right.cmp(left));
+    scored_rows.dedup_by_key(|scored_row| scored_row.row);
+    if scored_rows.len() < top_k {
+        return Ok(None);
+    }
+    scored_rows.truncate(top_k);
+    Ok(Some(scored_rows))
+}
+
 /// The best `top_k` of the rows whose chunk passes `filter`, which is checked before a
 /// row is scored (a pre-filter: the top_k are the best matching rows, never fewer
 /// because unmatched rows took their places). A filter usually keeps a few rows, so
@@ -604,13 +1080,14 @@ fn filtered_top_rows(
     top_k: usize,
     filter: &Filter,
 ) -> Vec<ScoredRow> {
+    let matrix = snapshot.matrix();
     let mut scored_rows: Vec<ScoredRow> = snapshot
         .chunks
         .iter()
         .enumerate()
         .filter(|(_, chunk)| filter.matches(chunk))
         .map(|(row, _)| ScoredRow {
-            score: row_score(snapshot.vectors.row(row), query),
+            score: row_score(matrix.row(row), query),
             row,
         })
         .collect();
@@ -1122,6 +1599,267 @@ mod tests {
         }
         writer.await.expect("writer");
         assert_eq!(store.count().await.expect("count"), 1000);
+    }
+
+    const ANN_DIMS: usize = 16;
+
+    fn ann_source_info() -> SourceInfo {
+        SourceInfo {
+            dims: Some(ANN_DIMS),
+            ..source_info()
+        }
+    }
+
+    fn pseudo_random_vector(seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..ANN_DIMS)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    fn ann_chunk(index: u64) -> EmbeddedChunk {
+        let doc_id = format!("doc{index}");
+        EmbeddedChunk {
+            chunk: Chunk {
+                chunk_id: Chunk::make_id(&doc_id, 0),
+                doc_id,
+                object_key: format!("group{}/object{}", index % 7, index / 10),
+                title: String::new(),
+                text: format!("chunk {index}"),
+                ordinal: 0,
+                cloud: "local".to_string(),
+                region: "local".to_string(),
+                metadata: Default::default(),
+            },
+            vector: pseudo_random_vector(index),
+        }
+    }
+
+    const EXACT: DenseOptions = DenseOptions {
+        ann_min_rows: usize::MAX,
+        ann_expansion: DEFAULT_ANN_EXPANSION,
+    };
+    /// HNSW from 100 rows, with a beam wide enough that 1,500 rows rank exactly.
+    const FORCED_ANN: DenseOptions = DenseOptions {
+        ann_min_rows: 100,
+        ann_expansion: 512,
+    };
+
+    /// A store of `rows` deterministic pseudo-random chunks: chunk `i` is in object
+    /// `group{i % 7}/object{i / 10}`.
+    async fn ann_store(directory: &Path, options: DenseOptions, rows: u64) -> DenseStore {
+        let store = DenseStore::open_with_options(ann_source_info(), ANN_DIMS, directory, options)
+            .expect("open");
+        let chunks: Vec<EmbeddedChunk> = (0..rows).map(ann_chunk).collect();
+        store.upsert(&chunks).await.expect("upsert");
+        store.commit().await.expect("commit");
+        store
+    }
+
+    fn probes() -> Vec<Vec<f32>> {
+        (0..40)
+            .map(|probe| pseudo_random_vector(1_000_000 + probe))
+            .collect()
+    }
+
+    async fn top10(store: &DenseStore, probe: &[f32], filter: Option<Filter>) -> Vec<Hit> {
+        let mut request = query(probe, 10);
+        request.filter = filter;
+        store.search(&request).await.expect("search")
+    }
+
+    fn index_files(directory: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(directory)
+            .expect("read dir")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .filter(|name| name.ends_with(".hnsw"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn hnsw_results_equal_exact_results_and_survive_reopen() {
+        let exact_directory = tempfile::tempdir().expect("tempdir");
+        let ann_directory = tempfile::tempdir().expect("tempdir");
+        let exact = ann_store(exact_directory.path(), EXACT, 1500).await;
+        let approximate = ann_store(ann_directory.path(), FORCED_ANN, 1500).await;
+        assert!(!exact.uses_ann());
+        assert!(approximate.uses_ann());
+        assert_eq!(index_files(ann_directory.path()), ["dense.1.hnsw"]);
+        assert!(index_files(exact_directory.path()).is_empty());
+        for probe in probes() {
+            let expected = top10(&exact, &probe, None).await;
+            assert_eq!(top10(&approximate, &probe, None).await, expected);
+        }
+        let first_probe = &probes()[0];
+        let before = top10(&approximate, first_probe, None).await;
+        drop(approximate);
+        let reopened = DenseStore::open_with_options(
+            ann_source_info(),
+            ANN_DIMS,
+            ann_directory.path(),
+            FORCED_ANN,
+        )
+        .expect("reopen");
+        assert!(reopened.uses_ann());
+        assert_eq!(top10(&reopened, first_probe, None).await, before);
+        assert!(reopened.memory().ann_index_bytes > 0);
+    }
+
+    #[tokio::test]
+    async fn a_stale_or_damaged_index_is_rebuilt_not_trusted() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let probe = &probes()[1];
+        let before = {
+            let store = ann_store(directory.path(), FORCED_ANN, 1500).await;
+            top10(&store, probe, None).await
+        };
+        // An index of another generation (a crash between the data file's rename
+        // and the index's) is never loaded, and gets replaced.
+        let current = directory.path().join("dense.1.hnsw");
+        std::fs::rename(&current, directory.path().join("dense.0.hnsw")).expect("rename");
+        let store = DenseStore::open_with_options(
+            ann_source_info(),
+            ANN_DIMS,
+            directory.path(),
+            FORCED_ANN,
+        )
+        .expect("reopen");
+        assert!(store.uses_ann());
+        assert_eq!(top10(&store, probe, None).await, before);
+        assert_eq!(index_files(directory.path()), ["dense.1.hnsw"]);
+        drop(store);
+        std::fs::write(&current, b"not an index").expect("damage");
+        let store = DenseStore::open_with_options(
+            ann_source_info(),
+            ANN_DIMS,
+            directory.path(),
+            FORCED_ANN,
+        )
+        .expect("reopen");
+        assert_eq!(top10(&store, probe, None).await, before);
+    }
+
+    #[tokio::test]
+    async fn deleted_objects_never_come_back_and_upserts_replace_in_the_index() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let store = ann_store(directory.path(), FORCED_ANN, 1500).await;
+        // Delete every chunk of group 3, move chunk 5 onto a probe, add new rows.
+        let doomed: Vec<String> = (0..150u64)
+            .map(|object| format!("group{}/object{object}", 3))
+            .collect();
+        store.delete_objects(&doomed).await.expect("delete");
+        let probe = probes()[2].clone();
+        let mut moved = ann_chunk(5);
+        moved.vector = probe.clone();
+        store.upsert(&[moved]).await.expect("upsert");
+        let added: Vec<EmbeddedChunk> = (1500..1600).map(ann_chunk).collect();
+        store.upsert(&added).await.expect("upsert");
+        store.commit().await.expect("commit");
+        // Group 3's rows below 1500 are gone; the new rows were upserted after the
+        // delete, so group 3's new ones stay.
+        let survives = |index: &u64| *index >= 1500 || index % 7 != 3;
+        let expected_rows = (0..1600u64).filter(survives).count() as u64;
+        assert_eq!(store.count().await.expect("count"), expected_rows);
+        assert!(store.uses_ann());
+
+        let exact_directory = tempfile::tempdir().expect("tempdir");
+        let exact = DenseStore::open_with_options(
+            ann_source_info(),
+            ANN_DIMS,
+            exact_directory.path(),
+            EXACT,
+        )
+        .expect("open");
+        let mut survivors: Vec<EmbeddedChunk> = (0..1600).filter(survives).map(ann_chunk).collect();
+        if let Some(chunk) = survivors
+            .iter_mut()
+            .find(|chunk| chunk.chunk.chunk_id == "doc5#0")
+        {
+            chunk.vector = probe.clone();
+        }
+        exact.upsert(&survivors).await.expect("upsert");
+        exact.commit().await.expect("commit");
+
+        let reopened = DenseStore::open_with_options(
+            ann_source_info(),
+            ANN_DIMS,
+            directory.path(),
+            FORCED_ANN,
+        )
+        .expect("reopen");
+        for store in [&store, &reopened] {
+            assert_eq!(top10(store, &probe, None).await[0].chunk_id, "doc5#0");
+            for index in (3..1500u64).step_by(7).take(30) {
+                let hits = top10(store, &pseudo_random_vector(index), None).await;
+                let deleted = |hit: &Hit| {
+                    hit.doc_id
+                        .strip_prefix("doc")
+                        .and_then(|number| number.parse::<u64>().ok())
+                        .is_some_and(|number| !survives(&number))
+                };
+                assert!(
+                    !hits.iter().any(deleted),
+                    "a deleted chunk came back: {hits:?}"
+                );
+                assert_eq!(
+                    hits,
+                    top10(&exact, &pseudo_random_vector(index), None).await
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn filters_still_apply_with_the_index() {
+        let exact_directory = tempfile::tempdir().expect("tempdir");
+        let ann_directory = tempfile::tempdir().expect("tempdir");
+        let exact = ann_store(exact_directory.path(), EXACT, 1500).await;
+        let approximate = ann_store(ann_directory.path(), FORCED_ANN, 1500).await;
+        let group = |prefix: &str| {
+            Filter::Condition(crate::stores::filter::Condition::ObjectKeyPrefix(
+                prefix.to_string(),
+            ))
+        };
+        // Filtered searches scan the matching rows exactly, broad or selective.
+        for filter in [group("group2/"), group("group4/object11")] {
+            for probe in probes().iter().take(10) {
+                let hits = top10(&approximate, probe, Some(filter.clone())).await;
+                assert!(hits.iter().all(|hit| filter.matches(&Chunk {
+                    object_key: hit.object_key.clone(),
+                    ..ann_chunk(0).chunk
+                })));
+                assert_eq!(hits, top10(&exact, probe, Some(filter.clone())).await);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn shrinking_below_the_threshold_drops_the_index() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let store = ann_store(directory.path(), FORCED_ANN, 150).await;
+        assert!(store.uses_ann());
+        // Objects 0 to 5 of every group hold rows 0 to 59.
+        let doomed: Vec<String> = (0..6u64)
+            .flat_map(|object| (0..7).map(move |group| format!("group{group}/object{object}")))
+            .collect();
+        store.delete_objects(&doomed).await.expect("delete");
+        store.commit().await.expect("commit");
+        assert!(store.count().await.expect("count") < 100);
+        assert!(!store.uses_ann());
+        assert!(index_files(directory.path()).is_empty());
     }
 
     fn brute_force_top_rows(

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::dense::DenseStore;
+use super::dense::{DEFAULT_ANN_MIN_ROWS, DenseOptions, DenseStore};
 use super::local_bm25::LocalBm25Store;
 use super::opensearch::{OpenSearchCredentials, OpenSearchIndex};
 use super::qdrant::QdrantStore;
@@ -94,13 +94,20 @@ async fn open_backends(
             .await
             .map(|backend| vec![backend])
         }
-        StoreConfig::Dense(_) => {
+        StoreConfig::Dense(dense) => {
             let space = space.ok_or_else(|| Error::config("a dense source needs a space"))?;
             let info = source_info(source, source.id.clone(), StoreKind::Dense, Some(space));
             let dims = space.dims;
             let dir = local_dir(source, context.data_dir);
+            let options = DenseOptions {
+                ann_min_rows: dense.ann_min_rows.unwrap_or(DEFAULT_ANN_MIN_ROWS),
+                ..DenseOptions::default()
+            };
             open_local(dir, info, move |info, dir| {
-                Ok(Arc::new(DenseStore::open(info, dims, dir)?) as Arc<dyn SearchBackend>)
+                Ok(
+                    Arc::new(DenseStore::open_with_options(info, dims, dir, options)?)
+                        as Arc<dyn SearchBackend>,
+                )
             })
             .await
             .map(|backend| vec![backend])

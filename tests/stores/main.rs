@@ -22,7 +22,7 @@ use opensearch_fake::{FakeAuth, FakeOpenSearch, Fault};
 use qdrant_fake::FakeQdrant;
 use skyfuse::config::{Config, Metric, RefreshPolicy, Secret};
 use skyfuse::error::{ErrorKind, Result};
-use skyfuse::stores::dense::DenseStore;
+use skyfuse::stores::dense::{DenseOptions, DenseStore};
 use skyfuse::stores::local_bm25::LocalBm25Store;
 use skyfuse::stores::opensearch::{OpenSearchCredentials, OpenSearchIndex};
 use skyfuse::stores::qdrant::QdrantStore;
@@ -89,6 +89,27 @@ impl Harness for DenseHarness {
             info,
             dims,
             &self.0.path().join(name),
+        )?))
+    }
+}
+
+/// The dense store with its HNSW index from the first row: the same suite must
+/// pass whether a store searches exactly or through the index.
+struct DenseAnnHarness(tempfile::TempDir);
+
+#[async_trait]
+impl Harness for DenseAnnHarness {
+    async fn open(&self, name: &str, dims: usize) -> Result<Arc<dyn SearchBackend>> {
+        let info = info(name, "dense", StoreKind::Dense, Some(dims));
+        let options = DenseOptions {
+            ann_min_rows: 1,
+            ..DenseOptions::default()
+        };
+        Ok(Arc::new(DenseStore::open_with_options(
+            info,
+            dims,
+            &self.0.path().join(name),
+            options,
         )?))
     }
 }
@@ -203,6 +224,12 @@ async fn tantivy_passes_the_conformance_suite() {
 async fn local_dense_passes_the_conformance_suite() {
     let harness = DenseHarness(tempfile::tempdir().unwrap());
     conformance::run(&harness, "dense").await;
+}
+
+#[tokio::test]
+async fn local_dense_with_its_hnsw_index_passes_the_conformance_suite() {
+    let harness = DenseAnnHarness(tempfile::tempdir().unwrap());
+    conformance::run(&harness, "dense-hnsw").await;
 }
 
 #[tokio::test]
