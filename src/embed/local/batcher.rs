@@ -143,11 +143,7 @@ impl QueryBatcher {
 }
 
 /// Embeds batches until every sender is gone (the embedder was dropped).
-fn run_worker(
-    model: &LocalEmbedderInner,
-    receiver: &Mutex<mpsc::Receiver<Job>>,
-    load: &QueueLoad,
-) {
+fn run_worker(model: &LocalEmbedderInner, receiver: &Mutex<mpsc::Receiver<Job>>, load: &QueueLoad) {
     while let Some(mut jobs) = next_batch(receiver) {
         load.waiting.fetch_sub(jobs.len(), Ordering::AcqRel);
         jobs.retain(|job| !job.reply.is_closed());
