@@ -33,6 +33,16 @@ export SKYFUSE_GRPCURL="$grpcurl_venv/bin/grpcurl"
 # Tests that would skip for want of a tool (grpcurl) fail instead: this script installed it.
 export SKYFUSE_REQUIRE_TOOLS=1
 
+# A C++ compiler for usearch (the dense store's HNSW index is C++ built by cargo).
+if ! command -v c++ >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get install -y --no-install-recommends g++ >/dev/null 2>&1 || {
+        $sudo apt-get update >/dev/null
+        $sudo apt-get install -y --no-install-recommends g++ >/dev/null
+    }
+fi
+
 # A real Prometheus (and promtool) for tests/facade.rs's scrape test, from Debian's
 # packages, installed once.
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
