@@ -4,10 +4,12 @@
 //! Alone, a short query is a few dozen tokens: its products are too small to split well
 //! across cores (measured: one query over two cores costs more core time than over one),
 //! and every parallel loop of a forward pass wakes and parks the other core. So a query is
-//! not split; queries run side by side, one per core, and the queries that arrive while
+//! not split under load; queries run side by side, one per core, and the queries that arrive while
 //! the workers are busy go through the next passes together (continuous batching: nothing
 //! waits for a batch to fill, a lone query starts at once). A text's vector does not depend
-//! on its batch (sequences are stacked without padding, see `forward.rs`).
+//! on its batch (sequences are stacked without padding, see `forward.rs`). Only a batch
+//! that has the machine to itself (no other worker busy, nothing waiting) is split across
+//! every core, which is the quickest answer to a lone query.
 //!
 //! The queue is bounded by the time it would take to drain, not by a count: when the
 //! queries already waiting would take longer than [`MAX_EXPECTED_WAIT`] at the measured
@@ -51,6 +53,8 @@ pub(super) struct QueryBatcher {
 #[derive(Default)]
 struct QueueLoad {
     waiting: AtomicUsize,
+    /// Workers running a batch now.
+    busy_workers: AtomicUsize,
     /// Moving average of a batch's wall time per query, in nanoseconds (0: none yet).
     nanos_per_query: AtomicU64,
 }
@@ -123,9 +127,17 @@ impl QueryBatcher {
             let (sender, receiver) = mpsc::channel();
             let receiver = Arc::new(Mutex::new(receiver));
             let workers = std::thread::available_parallelism().map_or(1, usize::from);
+            // For a query that has every core to itself: splitting it is slower per
+            // core but the fastest answer when nothing else waits.
+            let wide = rayon::ThreadPoolBuilder::new()
+                .num_threads(workers)
+                .thread_name(|index| format!("skyfuse-query-embed-wide-{index}"))
+                .build()
+                .ok()
+                .map(Arc::new);
             for worker in 0..workers {
                 let (model, receiver) = (Arc::clone(model), Arc::clone(&receiver));
-                let load = Arc::clone(&self.load);
+                let (load, wide) = (Arc::clone(&self.load), wide.clone());
                 // A pool of one thread: the forward pass's parallel loops and products
                 // run inline on it. If no worker starts, the receiver is dropped with the
                 // closures and every send fails with the "stopped" error above.
@@ -134,7 +146,7 @@ impl QueryBatcher {
                     .thread_name(move |_| format!("skyfuse-query-embed-{worker}"))
                     .build();
                 if let Ok(pool) = pool {
-                    pool.spawn(move || run_worker(&model, &receiver, &load));
+                    pool.spawn(move || run_worker(&model, &receiver, &load, wide.as_deref()));
                 }
             }
             Mutex::new(sender)
@@ -143,7 +155,12 @@ impl QueryBatcher {
 }
 
 /// Embeds batches until every sender is gone (the embedder was dropped).
-fn run_worker(model: &LocalEmbedderInner, receiver: &Mutex<mpsc::Receiver<Job>>, load: &QueueLoad) {
+fn run_worker(
+    model: &LocalEmbedderInner,
+    receiver: &Mutex<mpsc::Receiver<Job>>,
+    load: &QueueLoad,
+    wide: Option<&rayon::ThreadPool>,
+) {
     while let Some(mut jobs) = next_batch(receiver) {
         load.waiting.fetch_sub(jobs.len(), Ordering::AcqRel);
         jobs.retain(|job| !job.reply.is_closed());
@@ -152,7 +169,15 @@ fn run_worker(model: &LocalEmbedderInner, receiver: &Mutex<mpsc::Receiver<Job>>,
         }
         let started = Instant::now();
         let texts: Vec<&str> = jobs.iter().map(|job| job.text.as_str()).collect();
-        match model.embed_blocking(&texts) {
+        let others_busy = load.busy_workers.fetch_add(1, Ordering::AcqRel);
+        let embedded = match wide {
+            Some(wide) if others_busy == 0 && load.waiting.load(Ordering::Acquire) == 0 => {
+                wide.install(|| model.embed_blocking(&texts))
+            }
+            _ => model.embed_blocking(&texts),
+        };
+        load.busy_workers.fetch_sub(1, Ordering::AcqRel);
+        match embedded {
             Ok(vectors) => {
                 load.record(jobs.len(), started.elapsed());
                 for (job, vector) in jobs.into_iter().zip(vectors) {
