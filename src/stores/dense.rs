@@ -1676,6 +1676,28 @@ mod tests {
             .collect()
     }
 
+    /// HNSW is approximate, and its graph depends on insertion order and threads: the
+    /// hits must be most of the reference top 10 (recall >= 0.8), each with its exact
+    /// cosine (rescored), and no hit outside the reference may beat the reference's last.
+    fn assert_near(hits: &[Hit], reference: &[Hit]) {
+        assert_eq!(hits.len(), reference.len(), "{hits:?}");
+        let shared = hits
+            .iter()
+            .filter(|hit| reference.iter().any(|kept| kept.chunk_id == hit.chunk_id))
+            .count();
+        assert!(
+            shared * 10 >= reference.len() * 8,
+            "{hits:?} vs {reference:?}"
+        );
+        let floor = reference.last().map_or(f32::MIN, |last| last.score);
+        for hit in hits {
+            match reference.iter().find(|kept| kept.chunk_id == hit.chunk_id) {
+                Some(kept) => assert!((kept.score - hit.score).abs() < 1e-6, "{hit:?}"),
+                None => assert!(hit.score <= floor + 1e-6, "{hit:?} beats {floor}"),
+            }
+        }
+    }
+
     async fn top10(store: &DenseStore, probe: &[f32], filter: Option<Filter>) -> Vec<Hit> {
         let mut request = query(probe, 10);
         request.filter = filter;
@@ -1710,7 +1732,7 @@ mod tests {
         assert!(index_files(exact_directory.path()).is_empty());
         for probe in probes() {
             let expected = top10(&exact, &probe, None).await;
-            assert_eq!(top10(&approximate, &probe, None).await, expected);
+            assert_near(&top10(&approximate, &probe, None).await, &expected);
         }
         let first_probe = &probes()[0];
         let before = top10(&approximate, first_probe, None).await;
@@ -1747,7 +1769,7 @@ mod tests {
         )
         .expect("reopen");
         assert!(store.uses_ann());
-        assert_eq!(top10(&store, probe, None).await, before);
+        assert_near(&top10(&store, probe, None).await, &before);
         assert_eq!(index_files(directory.path()), ["dense.1.hnsw"]);
         drop(store);
         std::fs::write(&current, b"not an index").expect("damage");
@@ -1758,7 +1780,7 @@ mod tests {
             FORCED_ANN,
         )
         .expect("reopen");
-        assert_eq!(top10(&store, probe, None).await, before);
+        assert_near(&top10(&store, probe, None).await, &before);
     }
 
     #[tokio::test]
@@ -1823,9 +1845,9 @@ mod tests {
                     !hits.iter().any(deleted),
                     "a deleted chunk came back: {hits:?}"
                 );
-                assert_eq!(
-                    hits,
-                    top10(&exact, &pseudo_random_vector(index), None).await
+                assert_near(
+                    &hits,
+                    &top10(&exact, &pseudo_random_vector(index), None).await,
                 );
             }
         }
