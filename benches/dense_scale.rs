@@ -27,6 +27,10 @@ use skyfuse::stores::dense::{DEFAULT_ANN_EXPANSION, DenseOptions, DenseStore};
 use skyfuse::stores::local_bm25::LocalBm25Store;
 use skyfuse::stores::{SearchBackend, SourceInfo, StoreKind, StoreQuery};
 
+#[path = "synthetic/mod.rs"]
+mod synthetic;
+use synthetic::{SyntheticRandom, sentence};
+
 const DIMS: usize = 384;
 const SUBSPACE_DIMS: usize = 64;
 const CLUSTERS: usize = 2_000;
@@ -35,72 +39,13 @@ const TOPICS_PER_VECTOR: usize = 3;
 const TOP_K: usize = 10;
 const WRITE_BATCH: usize = 10_000;
 const EXACT_QUERIES: usize = 100;
-const VOCABULARY_SIZE: usize = 30_000;
 const WORDS_PER_CHUNK: usize = 120;
-
-/// splitmix64: deterministic, dependency-free randomness for synthetic data.
-struct SyntheticRandom(u64);
-
-impl SyntheticRandom {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut mixed = self.0;
-        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        mixed ^ (mixed >> 31)
-    }
-
-    fn next_unit(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f64 / (1u64 << 24) as f64) as f32
-    }
-
-    /// Roughly normal (sum of uniforms).
-    fn next_gaussian(&mut self) -> f32 {
-        (0..4).map(|_| self.next_unit()).sum::<f32>() - 2.0
-    }
-
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next_u64() % bound as u64) as usize
-    }
-}
-
-/// A word rank with a Zipf-like (log-uniform) distribution, like real text.
-fn word_rank(random: &mut SyntheticRandom) -> usize {
-    let rank = (VOCABULARY_SIZE as f64).powf(f64::from(random.next_unit())) as usize;
-    rank.saturating_sub(1).min(VOCABULARY_SIZE - 1)
-}
-
-/// A pronounceable, distinct word per rank, so the stemmer has real work to do.
-fn word(rank: usize) -> String {
-    const SYLLABLES: [&str; 24] = [
-        "ka", "lo", "mi", "ne", "ru", "ta", "shi", "vo", "pe", "da", "gu", "zo", "bri", "tem",
-        "sol", "ark", "ing", "er", "ous", "ment", "ly", "ra", "ex", "on",
-    ];
-    let mut remaining = rank + SYLLABLES.len();
-    let mut built = String::new();
-    while remaining > 0 {
-        built.push_str(SYLLABLES[remaining % SYLLABLES.len()]);
-        remaining /= SYLLABLES.len();
-    }
-    built
-}
-
-fn sentence(random: &mut SyntheticRandom, vocabulary: &[String], words: usize) -> String {
-    let mut text = String::with_capacity(words * 8);
-    for index in 0..words {
-        if index > 0 {
-            text.push(' ');
-        }
-        text.push_str(&vocabulary[word_rank(random)]);
-    }
-    text
-}
 
 async fn measure_bm25(size: usize, query_count: usize) {
     let directory =
         tempfile::tempdir_in(std::env::var("DENSE_SCALE_DIR").unwrap_or_else(|_| ".".into()))
             .expect("tempdir");
-    let vocabulary: Vec<String> = (0..VOCABULARY_SIZE).map(word).collect();
+    let vocabulary: Vec<String> = synthetic::vocabulary();
     let info = SourceInfo {
         id: "bm25-scale".to_string(),
         backend: "tantivy".to_string(),

@@ -15,68 +15,16 @@ use skyfuse::stores::dense::DenseStore;
 use skyfuse::stores::local_bm25::LocalBm25Store;
 use skyfuse::stores::{SearchBackend, SourceInfo, StoreKind, StoreQuery};
 
+#[path = "synthetic/mod.rs"]
+mod synthetic;
+use synthetic::{SyntheticRandom, sentence};
+
 const DIMS: usize = 384;
 const CORPUS_SIZES: [usize; 2] = [10_000, 100_000];
 const TOP_KS: [usize; 2] = [10, 100];
-const VOCABULARY_SIZE: usize = 30_000;
 const WORDS_PER_CHUNK: usize = 120;
 const QUERY_COUNT: usize = 64;
 const WRITE_BATCH: usize = 5_000;
-
-/// splitmix64: deterministic, dependency-free randomness for synthetic data.
-struct SyntheticRandom(u64);
-
-impl SyntheticRandom {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut mixed = self.0;
-        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        mixed ^ (mixed >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn next_unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Roughly normal (sum of uniforms), enough to spread vectors over the sphere.
-    fn next_gaussian(&mut self) -> f32 {
-        ((0..4).map(|_| self.next_unit()).sum::<f64>() - 2.0) as f32
-    }
-
-    /// A word rank with a Zipf-like (log-uniform) distribution, like real text.
-    fn next_word_rank(&mut self) -> usize {
-        let rank = (VOCABULARY_SIZE as f64).powf(self.next_unit()) as usize;
-        rank.saturating_sub(1).min(VOCABULARY_SIZE - 1)
-    }
-}
-
-/// A pronounceable, distinct word per rank, so the stemmer has real work to do.
-fn word(rank: usize) -> String {
-    const SYLLABLES: [&str; 24] = [
-        "ka", "lo", "mi", "ne", "ru", "ta", "shi", "vo", "pe", "da", "gu", "zo", "bri", "tem",
-        "sol", "ark", "ing", "er", "ous", "ment", "ly", "ra", "ex", "on",
-    ];
-    let mut remaining = rank + SYLLABLES.len();
-    let mut built = String::new();
-    while remaining > 0 {
-        built.push_str(SYLLABLES[remaining % SYLLABLES.len()]);
-        remaining /= SYLLABLES.len();
-    }
-    built
-}
-
-fn sentence(random: &mut SyntheticRandom, vocabulary: &[String], words: usize) -> String {
-    let mut text = String::with_capacity(words * 8);
-    for index in 0..words {
-        if index > 0 {
-            text.push(' ');
-        }
-        text.push_str(&vocabulary[random.next_word_rank()]);
-    }
-    text
-}
 
 fn unit_vector(random: &mut SyntheticRandom) -> Vec<f32> {
     let mut vector: Vec<f32> = (0..DIMS).map(|_| random.next_gaussian()).collect();
@@ -139,7 +87,7 @@ async fn fill(store: &dyn SearchBackend, chunks: &[EmbeddedChunk]) {
 
 fn bench_local_search(criterion: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let vocabulary: Vec<String> = (0..VOCABULARY_SIZE).map(word).collect();
+    let vocabulary: Vec<String> = synthetic::vocabulary();
     let mut query_random = SyntheticRandom(42);
     let query_texts: Vec<String> = (0..QUERY_COUNT)
         .map(|_| sentence(&mut query_random, &vocabulary, 6))
