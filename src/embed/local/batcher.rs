@@ -45,7 +45,7 @@ struct Job {
 /// The queue in front of one model's worker threads, started on first use.
 #[derive(Default)]
 pub(super) struct QueryBatcher {
-    sender: OnceLock<Mutex<mpsc::Sender<Job>>>,
+    sender: OnceLock<mpsc::Sender<Job>>,
     load: Arc<QueueLoad>,
 }
 
@@ -108,11 +108,7 @@ impl QueryBatcher {
             text: text.to_string(),
             reply,
         };
-        let sent = self
-            .sender(model)
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .send(job);
+        let sent = self.sender(model).send(job);
         if sent.is_err() {
             self.load.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::internal("the query embedding worker has stopped"));
@@ -122,7 +118,7 @@ impl QueryBatcher {
             .map_err(|_| Error::internal("the query embedding worker has stopped"))?
     }
 
-    fn sender(&self, model: &Arc<LocalEmbedderInner>) -> &Mutex<mpsc::Sender<Job>> {
+    fn sender(&self, model: &Arc<LocalEmbedderInner>) -> &mpsc::Sender<Job> {
         self.sender.get_or_init(|| {
             let (sender, receiver) = mpsc::channel();
             let receiver = Arc::new(Mutex::new(receiver));
@@ -149,7 +145,7 @@ impl QueryBatcher {
                     pool.spawn(move || run_worker(&model, &receiver, &load, wide.as_deref()));
                 }
             }
-            Mutex::new(sender)
+            sender
         })
     }
 }
