@@ -68,6 +68,8 @@ fn router() -> Router {
                 input_per_1m_usd: Some(1.0),
                 output_per_1m_usd: Some(4.0),
                 cached_input_per_1m_usd: None,
+                requests_per_minute: None,
+                tokens_per_minute: None,
             };
             deployments.push(Deployment::new(provider, &config, &catalog, breaker));
         }

@@ -353,6 +353,65 @@ async fn one_rate_limit_across_three_replicas_admits_its_burst_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deployment_quota_holds_across_three_replicas_and_the_overflow_bursts_on() {
+    let Some(redis_url) = redis_url() else {
+        return;
+    };
+    const QUOTA: u64 = 30;
+    let (reserved_url, reserved_calls) = upstream(Upstream::Answer {
+        completion_tokens: 1,
+    })
+    .await;
+    let (burst_url, burst_calls) = upstream(Upstream::Answer {
+        completion_tokens: 1,
+    })
+    .await;
+    // The dedicated deployment is tried first; its quota sends the rest on.
+    let deployments = format!(
+        "{}{}",
+        deployment("reserved", &reserved_url, true).replace(
+            "dedicated = true",
+            &format!("dedicated = true\nrequests_per_minute = {QUOTA}")
+        ),
+        deployment("burst", &burst_url, false)
+    );
+    let prefix = fresh_prefix("quota");
+    let config = config(&deployments, &prefix, "timeout_ms = 5000", "");
+    let replicas = replicas(3, &config, &redis_url).await;
+    let http = reqwest::Client::new();
+
+    let began = std::time::Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for call in 0..(3 * QUOTA) {
+        let (http, base) = (http.clone(), replicas[call as usize % 3].base.clone());
+        calls.spawn(async move { complete(&http, &base, KEY_B).await });
+    }
+    while let Some(outcome) = calls.join_next().await {
+        let (status, body) = outcome.unwrap();
+        assert_eq!(status, 200, "every call is answered: {body}");
+    }
+    let burst = began.elapsed();
+    let refilled = (burst.as_secs_f64() * QUOTA as f64 / 60.0).ceil() as usize;
+    let (reserved, bursted) = (
+        reserved_calls.load(Ordering::SeqCst),
+        burst_calls.load(Ordering::SeqCst),
+    );
+    eprintln!(
+        "deployment quota: {reserved} calls on the reserved deployment (quota {QUOTA}/min, refill allowance {refilled}), {bursted} burst on"
+    );
+    assert_eq!(
+        reserved + bursted,
+        3 * QUOTA as usize,
+        "each call sent once"
+    );
+    assert!(reserved >= QUOTA as usize, "the quota is used: {reserved}");
+    assert!(
+        reserved <= QUOTA as usize + refilled,
+        "one quota for all replicas, never the provider's 429: {reserved}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_throttle_seen_by_one_replica_holds_every_replica_off_that_deployment() {
     let Some(redis_url) = redis_url() else {
         return;

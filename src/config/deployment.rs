@@ -26,6 +26,12 @@ pub struct DeploymentConfig {
     pub input_per_1m_usd: Option<f64>,
     pub output_per_1m_usd: Option<f64>,
     pub cached_input_per_1m_usd: Option<f64>,
+    /// The deployment's quota at its provider (an Azure deployment's RPM and TPM,
+    /// a Bedrock or OCI service limit): routing keeps every replica under it
+    /// together and sends what would overflow to the next candidate, rather than
+    /// collecting the provider's 429s. Unlimited when unset.
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
 }
 
 impl DeploymentConfig {

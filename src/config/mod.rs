@@ -519,6 +519,8 @@ impl Config {
                     output_per_1m_usd: (provider.output_per_1m_usd > 0.0)
                         .then_some(provider.output_per_1m_usd),
                     cached_input_per_1m_usd: None,
+                    requests_per_minute: None,
+                    tokens_per_minute: None,
                 });
             }
         }

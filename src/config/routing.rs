@@ -132,6 +132,11 @@ pub fn routing_problems(
         if deployment.context_window == Some(0) {
             problems.push(format!("{name}: context_window must be at least 1"));
         }
+        if deployment.requests_per_minute == Some(0) || deployment.tokens_per_minute == Some(0) {
+            problems.push(format!(
+                "{name}: requests_per_minute and tokens_per_minute must be at least 1 (leave them out for no quota)"
+            ));
+        }
         for (key, price) in [
             ("input_per_1m_usd", deployment.input_per_1m_usd),
             ("output_per_1m_usd", deployment.output_per_1m_usd),

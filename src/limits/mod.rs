@@ -6,4 +6,4 @@ pub mod concurrency;
 pub mod rate;
 
 pub use concurrency::{CallLimit, CallLimitLayer, Protocol};
-pub use rate::{CallerLimits, Limited, Quota, RateKind, RateLimitStatus, RateLimiter, RateRefusal};
+pub use rate::{Limited, Quota, RateKind, RateLimitStatus, RateLimiter, RateLimits, RateRefusal};

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::config::{FailMode, LimitsConfig};
 use crate::error::Error;
-use crate::state::{RateCell, SharedState, StateKind};
+use crate::state::{RateCell, RateSubject, SharedState, StateKind};
 
 /// The window every limit is stated over.
 const PERIOD: Duration = Duration::from_secs(60);
@@ -40,7 +40,7 @@ const SWEEP_ABOVE_CALLERS: usize = 4096;
 
 /// What one caller may use per minute; None: unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CallerLimits {
+pub struct RateLimits {
     pub requests_per_minute: Option<u64>,
     pub tokens_per_minute: Option<u64>,
 }
@@ -171,12 +171,22 @@ struct CallerCells {
 /// Rate limits for every caller: a default and overrides by id.
 #[derive(Debug)]
 pub struct RateLimiter {
-    defaults: CallerLimits,
-    overrides: HashMap<String, CallerLimits>,
+    defaults: RateLimits,
+    overrides: HashMap<String, RateLimits>,
     epoch: Instant,
     cells: Mutex<HashMap<String, CallerCells>>,
     /// Where replicas count together; in process: these cells alone.
     shared: SharedState,
+    /// What the ids name, which keeps their shared cells apart.
+    scope: RateScope,
+}
+
+/// What a limiter's ids name: callers (`[limits]`), or deployments (each one's
+/// quota at its provider, `[[deployment]] requests_per_minute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RateScope {
+    Callers,
+    Deployments,
 }
 
 /// Why a call was not admitted.
@@ -208,7 +218,7 @@ impl RateRefusal {
 impl RateLimiter {
     /// The limits `[limits]` describes.
     pub fn from_config(config: &LimitsConfig) -> Self {
-        let defaults = CallerLimits {
+        let defaults = RateLimits {
             requests_per_minute: config.requests_per_minute.map(u64::from),
             tokens_per_minute: config.tokens_per_minute,
         };
@@ -216,7 +226,7 @@ impl RateLimiter {
             .callers
             .iter()
             .map(|caller| {
-                let limits = CallerLimits {
+                let limits = RateLimits {
                     requests_per_minute: caller
                         .requests_per_minute
                         .map(u64::from)
@@ -229,13 +239,30 @@ impl RateLimiter {
         Self::new(defaults, overrides)
     }
 
-    pub fn new(defaults: CallerLimits, overrides: HashMap<String, CallerLimits>) -> Self {
+    pub fn new(defaults: RateLimits, overrides: HashMap<String, RateLimits>) -> Self {
         Self {
             defaults,
             overrides,
             epoch: Instant::now(),
             cells: Mutex::new(HashMap::new()),
             shared: SharedState::InProcess,
+            scope: RateScope::Callers,
+        }
+    }
+
+    /// Deployments' quotas at their providers, by deployment label; a deployment
+    /// without one is unlimited.
+    pub fn for_deployments(quotas: HashMap<String, RateLimits>) -> Self {
+        Self {
+            scope: RateScope::Deployments,
+            ..Self::new(RateLimits::default(), quotas)
+        }
+    }
+
+    fn subject<'a>(&self, id: &'a str) -> RateSubject<'a> {
+        match self.scope {
+            RateScope::Callers => RateSubject::Caller(id),
+            RateScope::Deployments => RateSubject::Deployment(id),
         }
     }
 
@@ -260,14 +287,17 @@ impl RateLimiter {
                 .admit(caller_id, requests, tokens)
                 .map_err(RateRefusal::Limited);
         };
-        if limits == CallerLimits::default() {
+        if limits == RateLimits::default() {
             return Ok(RateLimitStatus::default());
         }
         let cells = [
             shared_cell(limits.requests_per_minute, requests),
             shared_cell(limits.tokens_per_minute, tokens),
         ];
-        let verdict = match store.admit_rate(caller_id, cells, PERIOD).await {
+        let verdict = match store
+            .admit_rate(self.subject(caller_id), cells, PERIOD)
+            .await
+        {
             Ok(verdict) => verdict,
             Err(error) => {
                 return match store.fail_mode(StateKind::RateLimits) {
@@ -334,7 +364,10 @@ impl RateLimiter {
         };
         let back = shared_cell(Some(limit), tokens);
         let refund = Duration::from_micros(back.units.saturating_mul(back.interval_us));
-        if let Err(error) = store.refund_rate_tokens(caller_id, refund).await {
+        if let Err(error) = store
+            .refund_rate_tokens(self.subject(caller_id), refund)
+            .await
+        {
             // Not given back: the caller waits a little longer than it should.
             tracing::debug!(%error, "could not refund rate-limit tokens");
             self.refund_tokens(caller_id, tokens);
@@ -343,15 +376,15 @@ impl RateLimiter {
 
     /// Whether any caller has a limit at all.
     pub fn is_unlimited(&self) -> bool {
-        self.defaults == CallerLimits::default()
+        self.defaults == RateLimits::default()
             && self
                 .overrides
                 .values()
-                .all(|limits| *limits == CallerLimits::default())
+                .all(|limits| *limits == RateLimits::default())
     }
 
     /// The limits that apply to `caller_id`.
-    pub fn limits(&self, caller_id: &str) -> CallerLimits {
+    pub fn limits(&self, caller_id: &str) -> RateLimits {
         self.overrides
             .get(caller_id)
             .copied()
@@ -455,7 +488,7 @@ fn shared_cell(limit: Option<u64>, units: u64) -> RateCell {
     }
 }
 
-fn status(cell: &CallerCells, limits: CallerLimits, now: u128) -> RateLimitStatus {
+fn status(cell: &CallerCells, limits: RateLimits, now: u128) -> RateLimitStatus {
     RateLimitStatus {
         requests: limits
             .requests_per_minute
@@ -473,7 +506,7 @@ mod tests {
 
     fn limiter(requests: Option<u64>, tokens: Option<u64>) -> RateLimiter {
         RateLimiter::new(
-            CallerLimits {
+            RateLimits {
                 requests_per_minute: requests,
                 tokens_per_minute: tokens,
             },
@@ -510,13 +543,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn callers_are_counted_apart_and_overrides_win() {
         let limiter = RateLimiter::new(
-            CallerLimits {
+            RateLimits {
                 requests_per_minute: Some(1),
                 tokens_per_minute: None,
             },
             HashMap::from([(
                 "big".to_string(),
-                CallerLimits {
+                RateLimits {
                     requests_per_minute: Some(100),
                     tokens_per_minute: None,
                 },

@@ -164,6 +164,8 @@ mod tests {
             input_per_1m_usd: None,
             output_per_1m_usd: None,
             cached_input_per_1m_usd: None,
+            requests_per_minute: None,
+            tokens_per_minute: None,
         }
     }
 

@@ -23,6 +23,7 @@ use super::plan::{Plan, Skip};
 use super::{Caller, Candidate, Deployment, Router};
 use crate::breaker::Permit;
 use crate::error::{Error, ErrorKind, Failover, Result};
+use crate::limits::{RateKind, RateLimiter, RateLimits, RateRefusal};
 use crate::llm::prompt::{estimate_tokens, request_tokens};
 use crate::llm::{ChatEvent, ChatMessage, ChatRequest, ProviderInfo, Role, Usage};
 use crate::state::{BudgetRefusal, Reservation, until_next_day};
@@ -146,6 +147,9 @@ pub struct Started {
     permit: Option<Permit>,
     summary: RouteSummary,
     reservation: Option<Reservation>,
+    /// Where the tokens charged to the deployment's quota and not used go back.
+    quotas: Arc<RateLimiter>,
+    quota_tokens: u64,
     request: ChatRequest,
     inter_chunk: Duration,
     /// Longest wait for the client to take a chunk.
@@ -175,6 +179,8 @@ struct Attempts<'a> {
     last_error: Option<Error>,
     /// A candidate was skipped because the caller's budget could not cover it.
     over_budget: bool,
+    /// The soonest a candidate skipped for its quota has room again.
+    quota_frees_in: Option<Duration>,
     /// After a context-length refusal, only longer windows are worth a try.
     context_floor: Option<u64>,
 }
@@ -198,6 +204,8 @@ struct FirstToken {
     deployment: Arc<Deployment>,
     permit: Permit,
     reservation: Option<Reservation>,
+    /// Tokens charged to the deployment's quota, part of which goes back at the end.
+    quota_tokens: u64,
     /// The attempt's trace span, ended with the stream.
     span: Option<ChildSpan>,
 }
@@ -222,6 +230,7 @@ impl Router {
             sent: 0,
             last_error: None,
             over_budget: false,
+            quota_frees_in: None,
             context_floor: None,
         };
         // What this pass tries: every candidate, then those that may pass later.
@@ -321,6 +330,58 @@ impl Attempts<'_> {
         self.sent >= self.router.settings.max_attempts || Instant::now() >= self.deadline
     }
 
+    /// Charges one request and `tokens` to the deployment's quota (across replicas
+    /// when the state is shared), or says why its turn ends: over quota it waits for
+    /// a later pass, like a throttled deployment, without a call the provider would
+    /// refuse. A deployment whose circuit is open is not charged: it is skipped next.
+    /// Charged before the budget check, so a call the budget then refuses still
+    /// counts one request against the quota.
+    async fn take_quota(
+        &mut self,
+        deployment: &Deployment,
+        tokens: u64,
+    ) -> std::result::Result<(), Turn> {
+        if deployment.quota == RateLimits::default() || deployment.breaker.is_open() {
+            return Ok(());
+        }
+        let refusal = match self
+            .router
+            .quotas
+            .admit_shared(&deployment.label(), 1, tokens)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(RateRefusal::Unavailable(error)) => return Err(Turn::Stop(error)),
+            Err(RateRefusal::Limited(limited)) => limited,
+        };
+        let noun = match refusal.kind {
+            RateKind::Requests => "requests",
+            RateKind::Tokens => "tokens",
+        };
+        let reason = match refusal.retry_after {
+            Some(wait) => {
+                self.quota_frees_in = Some(
+                    self.quota_frees_in
+                        .map_or(wait, |soonest| soonest.min(wait)),
+                );
+                format!(
+                    "over its quota of {} {noun} per minute; room again in {} ms",
+                    refusal.limit,
+                    wait.as_millis()
+                )
+            }
+            None => format!(
+                "this call's {} {noun} exceed its whole quota of {} per minute",
+                refusal.asked, refusal.limit
+            ),
+        };
+        self.summary.attempts.push(skipped(deployment, reason));
+        Err(match refusal.retry_after {
+            Some(_) => Turn::RetryLater,
+            None => Turn::Next,
+        })
+    }
+
     /// One candidate's turn: skipped (context window, budget, open circuit), or
     /// sent under its own timeouts, with the outcome reported to its breaker.
     async fn try_candidate(&mut self, candidate: &Candidate) -> Turn {
@@ -334,6 +395,10 @@ impl Attempts<'_> {
                 format!("its context window ({window}) is no longer than the one that refused the prompt"),
             ));
             return Turn::Next;
+        }
+        let quota_tokens = request_tokens(self.request) + u64::from(self.request.max_output_tokens);
+        if let Err(refusal) = self.take_quota(deployment, quota_tokens).await {
+            return refusal;
         }
         let reservation = match self
             .router
@@ -403,6 +468,7 @@ impl Attempts<'_> {
                     deployment: deployment.clone(),
                     permit,
                     reservation,
+                    quota_tokens,
                     span,
                 });
             }
@@ -412,10 +478,11 @@ impl Attempts<'_> {
             span.fail(error.kind.as_str(), &error.message);
             span.end();
         }
-        // Nothing was produced: the hold goes back whole.
+        // Nothing was produced: the hold and the quota's tokens go back whole.
         if let Some(reservation) = reservation {
             reservation.release();
         }
+        give_back_quota(&self.router.quotas, deployment, quota_tokens);
         self.summary.attempts.push(attempt(
             deployment,
             AttemptOutcome::Failed(error.kind),
@@ -468,6 +535,7 @@ impl Attempts<'_> {
             deployment,
             permit,
             reservation,
+            quota_tokens,
             span,
         } = first_token;
         self.summary.chosen = Some(deployment.info().clone());
@@ -478,6 +546,8 @@ impl Attempts<'_> {
             permit: Some(permit),
             summary: self.summary,
             reservation,
+            quotas: Arc::clone(&self.router.quotas),
+            quota_tokens,
             request: self.request.clone(),
             inter_chunk: Duration::from_millis(self.router.settings.inter_chunk_timeout_ms),
             send_timeout: Duration::from_millis(self.router.settings.stream_send_timeout_ms),
@@ -502,6 +572,10 @@ impl Attempts<'_> {
                     self.caller.id
                 ),
                 Some(until_next_day()),
+            ),
+            None if self.quota_frees_in.is_some() => Error::rate_limited(
+                "every deployment for this request is at its quota (requests or tokens per minute)",
+                self.quota_frees_in.unwrap_or_default(),
             ),
             None if plan.candidates.is_empty() => Error::invalid(format!(
                 "no deployment may serve this request: {}",
@@ -729,6 +803,12 @@ impl Started {
     }
 
     fn finished(&mut self) {
+        let used = self.summary.usage.input_tokens + self.summary.usage.output_tokens;
+        give_back_quota(
+            &self.quotas,
+            &self.deployment,
+            self.quota_tokens.saturating_sub(used),
+        );
         if let Some(span) = self.span.take() {
             spans::end_chat(span, &self.summary);
         }
@@ -741,6 +821,13 @@ impl Started {
         self.deployment
             .price
             .map_or(0.0, |price| price.cost_usd(usage))
+    }
+}
+
+/// Gives back to a deployment's token quota what a call was charged and did not use.
+fn give_back_quota(quotas: &Arc<RateLimiter>, deployment: &Deployment, tokens: u64) {
+    if tokens > 0 && deployment.quota.tokens_per_minute.is_some() {
+        quotas.refund_tokens_soon(&deployment.label(), tokens);
     }
 }
 

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use crate::breaker::{BreakerSettings, CircuitBreaker};
 use crate::config::{DeploymentConfig, RoutingConfig};
+use crate::limits::{RateLimiter, RateLimits};
 use crate::llm::{ChatProvider, ProviderInfo};
 use crate::state::{Budgets, SharedState};
 
@@ -40,6 +41,9 @@ pub struct Deployment {
     pub price: Option<Price>,
     pub context_window: Option<u64>,
     pub breaker: Arc<CircuitBreaker>,
+    /// Its quota at the provider (requests and tokens per minute); unlimited by
+    /// default.
+    pub quota: RateLimits,
 }
 
 impl Deployment {
@@ -63,6 +67,10 @@ impl Deployment {
             context_window: catalog.context_window(config, &cloud),
             provider,
             breaker: Arc::new(CircuitBreaker::new(breaker)),
+            quota: RateLimits {
+                requests_per_minute: config.requests_per_minute.map(u64::from),
+                tokens_per_minute: config.tokens_per_minute,
+            },
         }
     }
 
@@ -84,8 +92,20 @@ impl std::fmt::Debug for Deployment {
             .field("provider", self.info())
             .field("price", &self.price)
             .field("context_window", &self.context_window)
+            .field("quota", &self.quota)
             .finish()
     }
+}
+
+/// One limiter over every deployment that has a quota, keyed by its label.
+fn quotas(deployments: &[Arc<Deployment>]) -> RateLimiter {
+    RateLimiter::for_deployments(
+        deployments
+            .iter()
+            .filter(|deployment| deployment.quota != RateLimits::default())
+            .map(|deployment| (deployment.label(), deployment.quota))
+            .collect(),
+    )
 }
 
 /// Counters for what routing did, for metrics and tests.
@@ -111,13 +131,18 @@ pub struct Router {
     budgets: Budgets,
     /// Where cooldowns are shared with the other replicas.
     shared: SharedState,
+    /// The deployments' quotas at their providers, counted across replicas when
+    /// the state is shared.
+    quotas: Arc<RateLimiter>,
     stats: RouteStats,
 }
 
 impl Router {
     pub fn new(deployments: Vec<Deployment>, settings: RoutingConfig) -> Self {
+        let deployments: Vec<Arc<Deployment>> = deployments.into_iter().map(Arc::new).collect();
         Self {
-            deployments: deployments.into_iter().map(Arc::new).collect(),
+            quotas: Arc::new(quotas(&deployments)),
+            deployments,
             settings,
             budgets: Budgets::default(),
             shared: SharedState::InProcess,
@@ -130,6 +155,7 @@ impl Router {
     /// them to their breakers ([`SharedState::spawn_cooldown_listener`]).
     pub fn share_state(&mut self, shared: SharedState) {
         self.budgets = shared.budgets();
+        self.quotas = Arc::new(quotas(&self.deployments).sharing(shared.clone()));
         shared.spawn_cooldown_listener(
             self.deployments
                 .iter()

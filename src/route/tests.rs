@@ -9,6 +9,7 @@ use super::testing::{Script, Scripted, Step};
 use super::*;
 use crate::config::{DeploymentConfig, Glob, RouteRule, RoutingConfig, TierConfig};
 use crate::error::{Error, ErrorKind, Failover};
+use crate::limits::RateLimits;
 use crate::llm::{ChatMessage, ChatRequest, Role, Usage};
 
 struct Fixture {
@@ -18,6 +19,15 @@ struct Fixture {
 
 /// (provider, input price, output price, context window)
 fn fixture(specs: Vec<(Scripted, f64, f64, Option<u64>)>, settings: RoutingConfig) -> Fixture {
+    fixture_with_quotas(specs, settings, &[])
+}
+
+/// [`fixture`] where the first deployments have these quotas at their providers.
+fn fixture_with_quotas(
+    specs: Vec<(Scripted, f64, f64, Option<u64>)>,
+    settings: RoutingConfig,
+    quotas: &[RateLimits],
+) -> Fixture {
     let catalog = Catalog::default();
     let breaker = Router::breaker_settings(&settings);
     let mut providers = Vec::new();
@@ -33,13 +43,14 @@ fn fixture(specs: Vec<(Scripted, f64, f64, Option<u64>)>, settings: RoutingConfi
             input_per_1m_usd: Some(input),
             output_per_1m_usd: Some(output),
             cached_input_per_1m_usd: None,
+            requests_per_minute: None,
+            tokens_per_minute: None,
         };
-        deployments.push(Deployment::new(
-            provider.clone(),
-            &config,
-            &catalog,
-            breaker,
-        ));
+        let mut deployment = Deployment::new(provider.clone(), &config, &catalog, breaker);
+        if let Some(quota) = quotas.get(deployments.len()) {
+            deployment.quota = *quota;
+        }
+        deployments.push(deployment);
         providers.push(provider);
     }
     Fixture {
@@ -363,6 +374,112 @@ async fn a_throttled_dedicated_deployment_bursts_to_on_demand_and_is_left_alone_
         text, "dedicated",
         "back on dedicated capacity after the wait"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deployment_at_its_quota_sends_the_overflow_on_without_calling_it() {
+    let quota = RateLimits {
+        requests_per_minute: Some(2),
+        tokens_per_minute: None,
+    };
+    let fixture = fixture_with_quotas(
+        vec![
+            (ok("ptu", "m", "azure"), 0.0, 0.0, None),
+            (ok("paygo", "m", "azure"), 2.0, 8.0, None),
+        ],
+        RoutingConfig::default(),
+        &[quota],
+    );
+    for _ in 0..2 {
+        let (_, summary) = run(&fixture, ask("m")).await;
+        assert_eq!(summary.unwrap().chosen.unwrap().id, "ptu");
+    }
+    let (text, summary) = run(&fixture, ask("m")).await;
+    let summary = summary.unwrap();
+    assert_eq!(text, "hello");
+    assert_eq!(summary.chosen.unwrap().id, "paygo");
+    assert_eq!(summary.attempts[0].outcome, AttemptOutcome::Skipped);
+    assert!(
+        summary.attempts[0]
+            .message
+            .contains("quota of 2 requests per minute"),
+        "{}",
+        summary.attempts[0].message
+    );
+    assert_eq!(
+        fixture.providers[0].calls(),
+        2,
+        "never called over its quota"
+    );
+    // Half a minute later one request's worth (60 s / 2) has come back.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let (_, summary) = run(&fixture, ask("m")).await;
+    assert_eq!(summary.unwrap().chosen.unwrap().id, "ptu");
+}
+
+#[tokio::test(start_paused = true)]
+async fn tokens_a_call_did_not_use_go_back_to_the_deployment_quota() {
+    // Each call is charged its prompt estimate plus the 100 output tokens it may
+    // use; the scripted answer uses far fewer, and the rest goes back.
+    let quota = RateLimits {
+        requests_per_minute: None,
+        tokens_per_minute: Some(250),
+    };
+    let short = Script::Stream(vec![
+        Step::Text("hi"),
+        Step::Finish(Some(Usage {
+            input_tokens: 1,
+            output_tokens: 1,
+            cached_input_tokens: 0,
+            estimated: false,
+        })),
+    ]);
+    let fixture = fixture_with_quotas(
+        vec![(
+            Scripted::new("only", "m", "azure", false, short),
+            1.0,
+            1.0,
+            None,
+        )],
+        RoutingConfig::default(),
+        &[quota],
+    );
+    // Without the refund the third call would not fit (3 x 100+ > 250).
+    for round in 0..5 {
+        let (text, summary) = run(&fixture, ask("m")).await;
+        assert_eq!(text, "hi", "round {round}: {summary:?}");
+    }
+    assert_eq!(fixture.providers[0].calls(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_deployment_is_at_its_quota_the_caller_is_told_when_to_retry() {
+    let quota = RateLimits {
+        requests_per_minute: Some(1),
+        tokens_per_minute: None,
+    };
+    let settings = RoutingConfig {
+        max_retry_wait_ms: 0,
+        ..RoutingConfig::default()
+    };
+    let fixture = fixture_with_quotas(
+        vec![(ok("only", "m", "azure"), 1.0, 1.0, None)],
+        settings,
+        &[quota],
+    );
+    let (_, first) = run(&fixture, ask("m")).await;
+    assert!(first.is_ok());
+    let (_, second) = run(&fixture, ask("m")).await;
+    let (error, summary) = second.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Throttled);
+    assert!(error.local_refusal, "skyfuse refused it, not the provider");
+    let wait = error.retry_after.expect("a retry-after");
+    assert!(
+        wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
+        "{wait:?}"
+    );
+    assert_eq!(summary.attempts[0].outcome, AttemptOutcome::Skipped);
+    assert_eq!(fixture.providers[0].calls(), 1);
 }
 
 #[tokio::test(start_paused = true)]

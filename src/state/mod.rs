@@ -27,7 +27,7 @@ use std::sync::Arc;
 pub use budget_ledger::{Balance, BudgetLedger, LocalReservation, until_next_day, utc_day};
 pub use budgets::{BudgetRefusal, Budgets, Reservation};
 pub use redis_store::{
-    BudgetVerdict, RateCell, RateVerdict, RedisStore, SharedStateError, StateKind,
+    BudgetVerdict, RateCell, RateSubject, RateVerdict, RedisStore, SharedStateError, StateKind,
 };
 
 use crate::breaker::CircuitBreaker;

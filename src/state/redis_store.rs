@@ -154,6 +154,14 @@ pub struct BudgetVerdict {
     pub reserved_micro_usd: i64,
 }
 
+/// Whose rate limit a cell belongs to: a caller's own, or a deployment's quota at
+/// its provider (each in its own key space, so no caller id can name a deployment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateSubject<'a> {
+    Caller(&'a str),
+    Deployment(&'a str),
+}
+
 /// One GCRA cell of a rate-limit admission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateCell {
@@ -342,21 +350,25 @@ impl RedisStore {
         Ok((spent.unwrap_or(0), reserved.unwrap_or(0)))
     }
 
-    fn rate_keys(&self, caller: &str) -> [String; 2] {
+    fn rate_keys(&self, subject: RateSubject<'_>) -> [String; 2] {
+        let (space, id) = match subject {
+            RateSubject::Caller(id) => ("rate", id),
+            RateSubject::Deployment(id) => ("deployment-rate", id),
+        };
         [
-            format!("{}:rate:{{{caller}}}:requests", self.prefix),
-            format!("{}:rate:{{{caller}}}:tokens", self.prefix),
+            format!("{}:{space}:{{{id}}}:requests", self.prefix),
+            format!("{}:{space}:{{{id}}}:tokens", self.prefix),
         ]
     }
 
-    /// Admits `cells` (requests, tokens) for `caller` over `period`, or refuses both.
+    /// Admits `cells` (requests, tokens) for `subject` over `period`, or refuses both.
     pub async fn admit_rate(
         &self,
-        caller: &str,
+        subject: RateSubject<'_>,
         cells: [RateCell; 2],
         period: Duration,
     ) -> std::result::Result<RateVerdict, SharedStateError> {
-        let [requests_key, tokens_key] = self.rate_keys(caller);
+        let [requests_key, tokens_key] = self.rate_keys(subject);
         let mut connection = self.connection.clone();
         let mut invocation = self.admit.key(requests_key);
         invocation
@@ -397,10 +409,10 @@ impl RedisStore {
     /// Gives back `refund` of `caller`'s token cell (tokens × interval).
     pub async fn refund_rate_tokens(
         &self,
-        caller: &str,
+        subject: RateSubject<'_>,
         refund: Duration,
     ) -> std::result::Result<(), SharedStateError> {
-        let [_, tokens_key] = self.rate_keys(caller);
+        let [_, tokens_key] = self.rate_keys(subject);
         let mut connection = self.connection.clone();
         let mut invocation = self.refund.key(tokens_key);
         invocation.arg(u64::try_from(refund.as_micros()).unwrap_or(u64::MAX));
@@ -703,13 +715,16 @@ mod tests {
         for _ in 0..3 {
             assert!(
                 store
-                    .admit_rate("a", requests(1), minute)
+                    .admit_rate(RateSubject::Caller("a"), requests(1), minute)
                     .await
                     .unwrap()
                     .admitted
             );
         }
-        let refused = store.admit_rate("a", requests(1), minute).await.unwrap();
+        let refused = store
+            .admit_rate(RateSubject::Caller("a"), requests(1), minute)
+            .await
+            .unwrap();
         assert!(!refused.admitted);
         assert_eq!(refused.refused_cell, Some(0));
         let wait = refused.retry_after.unwrap();
@@ -717,9 +732,12 @@ mod tests {
             wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
             "{wait:?}"
         );
-        let never = store.admit_rate("b", requests(4), minute).await.unwrap();
+        let never = store
+            .admit_rate(RateSubject::Caller("b"), requests(4), minute)
+            .await
+            .unwrap();
         assert_eq!((never.admitted, never.retry_after), (false, None));
-        let ttl = ttl_ms(&store, &store.rate_keys("a")[0]).await;
+        let ttl = ttl_ms(&store, &store.rate_keys(RateSubject::Caller("a"))[0]).await;
         assert!(
             ttl > 0 && ttl <= 61_000,
             "the cell expires when it is full again: {ttl}"
@@ -741,18 +759,27 @@ mod tests {
         };
         assert!(
             store
-                .admit_rate("c", both(600), minute)
+                .admit_rate(RateSubject::Caller("c"), both(600), minute)
                 .await
                 .unwrap()
                 .admitted
         );
-        let refused = store.admit_rate("c", both(600), minute).await.unwrap();
-        assert_eq!((refused.admitted, refused.refused_cell), (false, Some(1)));
-        store
-            .refund_rate_tokens("c", Duration::from_micros(500 * 60_000))
+        let refused = store
+            .admit_rate(RateSubject::Caller("c"), both(600), minute)
             .await
             .unwrap();
-        let admitted = store.admit_rate("c", both(600), minute).await.unwrap();
+        assert_eq!((refused.admitted, refused.refused_cell), (false, Some(1)));
+        store
+            .refund_rate_tokens(
+                RateSubject::Caller("c"),
+                Duration::from_micros(500 * 60_000),
+            )
+            .await
+            .unwrap();
+        let admitted = store
+            .admit_rate(RateSubject::Caller("c"), both(600), minute)
+            .await
+            .unwrap();
         assert!(admitted.admitted);
         assert!(
             admitted.ahead[0] <= Duration::from_millis(2),
