@@ -8,7 +8,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 
 use crate::cloud::aws_credentials::AwsCredentialsProvider;
 use crate::cloud::azure_token::AzureTokenSource;
-use crate::cloud::gcp_token::{GcpTokenSource, MetadataTokens, ServiceAccountTokens};
+use crate::cloud::gcp_token::{GcpTokenSource, MetadataTokens};
 use crate::cloud::oci_signing::OciSigner;
 use crate::cloud::rotating_secret::RotatingSecret;
 use crate::cloud::rsa_key::RsaPrivateKey;
@@ -71,15 +71,21 @@ impl RequestAuth {
                 } else if let Some(token) = rotating(&settings.access_token, "access_token")? {
                     Self::Bearer(token)
                 } else {
-                    // Neither configured: the managed identity of App Service,
-                    // Functions or Container Apps, when the environment has one.
-                    let identity =
-                        AzureTokenSource::from_env(None, COGNITIVE_SERVICES, env, http)?
-                            .ok_or_else(|| {
-                                missing(
-                                    "api_key or access_token (and no managed identity: IDENTITY_ENDPOINT and IDENTITY_HEADER)",
-                                )
-                            })?;
+                    // Neither configured: VM instance metadata when configured, else the
+                    // workload identity (AKS) or managed identity (App Service,
+                    // Functions, Container Apps) the environment has.
+                    let identity = AzureTokenSource::from_env(
+                        None,
+                        settings.imds_url.as_deref(),
+                        COGNITIVE_SERVICES,
+                        env,
+                        http,
+                    )?
+                    .ok_or_else(|| {
+                        missing(
+                            "api_key, access_token or imds_url (and no workload identity: AZURE_FEDERATED_TOKEN_FILE; nor managed identity: IDENTITY_ENDPOINT and IDENTITY_HEADER)",
+                        )
+                    })?;
                     Self::Entra(identity)
                 }
             }
@@ -108,14 +114,16 @@ impl RequestAuth {
                         .ok_or_else(|| {
                         missing("service_account_key, access_token or metadata_url")
                     })?;
-                    let tokens = ServiceAccountTokens::from_key_json(
+                    // A service-account key, or an external_account file (workload
+                    // identity federation).
+                    let tokens = GcpTokenSource::from_credentials_json(
                         key_json.expose(),
                         settings.token_url.as_deref(),
                         http.clone(),
                         timeout,
                     )
                     .map_err(|error| error.context("service_account_key"))?;
-                    Self::Google(GcpTokenSource::ServiceAccount(Box::new(tokens)))
+                    Self::Google(tokens)
                 }
             }
             ProviderSettings::Oci(settings) => {

@@ -104,6 +104,9 @@ pub struct AzureOpenAiConfig {
     /// The `api-key` header; or `access_token`, an Entra ID bearer token.
     pub api_key: Option<SecretLocation>,
     pub access_token: Option<SecretLocation>,
+    /// Take Entra tokens from the VM's instance metadata service at this URL
+    /// (`"default"`: `http://169.254.169.254`), instead of a key or a token.
+    pub imds_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -235,6 +238,7 @@ provider_table!(AzureOpenAiTable {
     deployments: BTreeMap<String, String>,
     api_key: Option<SecretLocation>,
     access_token: Option<SecretLocation>,
+    imds_url: Option<String>,
 });
 
 provider_table!(BedrockTable {
@@ -301,6 +305,7 @@ impl TryFrom<toml::Table> for ProviderConfig {
                     deployments: std::mem::take(&mut table.deployments),
                     api_key: table.api_key.take(),
                     access_token: table.access_token.take(),
+                    imds_url: table.imds_url.take(),
                 });
                 let (base_url, region) = (table.base_url.take(), Some(table.region.clone()));
                 table.common(base_url, region, settings)
@@ -406,10 +411,22 @@ pub fn provider_problems(providers: &[ProviderConfig], problems: &mut Vec<String
                     "resource (or base_url)",
                 );
                 // Neither: the managed identity of the environment (checked at build).
+                let credentials = [
+                    azure.api_key.is_some(),
+                    azure.access_token.is_some(),
+                    azure.imds_url.is_some(),
+                ];
                 require(
-                    !(azure.api_key.is_some() && azure.access_token.is_some()),
-                    "at most one of api_key and access_token (neither: the managed identity)",
+                    credentials.iter().filter(|set| **set).count() <= 1,
+                    "at most one of api_key, access_token and imds_url (none: the workload or managed identity of the environment)",
                 );
+                if let Some(url) = &azure.imds_url
+                    && !url.starts_with("http://")
+                    && !url.starts_with("https://")
+                    && url != "default"
+                {
+                    problems.push(format!("{name}: imds_url {url:?} is not an http(s) URL"));
+                }
             }
             ProviderSettings::Bedrock(bedrock) => require(
                 bedrock.aws.pair_is_whole(),
@@ -549,7 +566,21 @@ mod tests {
             access_token = "env:B"
             "#,
         );
-        assert!(message.contains("provider \"azure\": kind azure_openai needs at most one of api_key and access_token"), "{message}");
+        assert!(message.contains("provider \"azure\": kind azure_openai needs at most one of api_key, access_token and imds_url"), "{message}");
+        let message = problems_of(
+            r#"
+            [[provider]]
+            id = "azure"
+            kind = "azure_openai"
+            resource = "r"
+            region = "eastus"
+            imds_url = "169.254.169.254"
+            "#,
+        );
+        assert!(
+            message.contains("imds_url \"169.254.169.254\" is not an http(s) URL"),
+            "{message}"
+        );
         let message = parse_error(
             r#"
             [[provider]]
