@@ -548,3 +548,310 @@ fn an_aws_sourced_or_malformed_external_account_is_a_config_error() {
     .unwrap_err();
     assert!(error.message.contains("file and url"), "{}", error.message);
 }
+
+const TENANCY: &str = "ocid1.tenancy.oc1..aaaatenancy";
+
+/// An instance's identity as OCI's metadata service holds it: a leaf certificate
+/// naming the tenancy (`OU=opc-tenant:...`), its RSA key (PEM) and public key
+/// (PKCS#1 DER), and an intermediate certificate.
+struct InstanceIdentity {
+    leaf_pem: String,
+    leaf_der: Vec<u8>,
+    key_pem: String,
+    public_key: Vec<u8>,
+    intermediate_pem: String,
+}
+
+fn instance_identity() -> InstanceIdentity {
+    let (key_pem, public_key) = loopback::rsa_key();
+    let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "ocid1.instance.oc1.iad.aaaainstance",
+    );
+    params.distinguished_name.push(
+        rcgen::DnType::OrganizationalUnitName,
+        format!("opc-tenant:{TENANCY}"),
+    );
+    let leaf = params.self_signed(&key).unwrap();
+    let mut intermediate_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    intermediate_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "PKISVC Identity Intermediate");
+    let intermediate = intermediate_params
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    InstanceIdentity {
+        leaf_pem: leaf.pem(),
+        leaf_der: leaf.der().to_vec(),
+        key_pem,
+        public_key,
+        intermediate_pem: intermediate.pem(),
+    }
+}
+
+/// OCI instance metadata v2: the identity's three PEM files, only with the
+/// `Authorization: Bearer Oracle` header.
+async fn oci_metadata(identity: &InstanceIdentity) -> loopback::TestServer {
+    let files: HashMap<&'static str, String> = [
+        ("/opc/v2/identity/cert.pem", identity.leaf_pem.clone()),
+        ("/opc/v2/identity/key.pem", identity.key_pem.clone()),
+        (
+            "/opc/v2/identity/intermediate.pem",
+            identity.intermediate_pem.clone(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    serve(move |received: &Received| {
+        if received.header("authorization") != Some("Bearer Oracle") {
+            return Ok(Reply::json(
+                401,
+                json!({"code": "NotAuthenticated", "message": "Bearer Oracle required"}),
+            ));
+        }
+        let file = files
+            .get(received.path())
+            .ok_or(received.path().to_string())?;
+        Ok(Reply::text(200, file))
+    })
+    .await
+}
+
+/// The `Signature` header's parameters.
+fn signature_parameters(received: &Received) -> Result<HashMap<String, String>, String> {
+    let authorization = received.header("authorization").ok_or("no authorization")?;
+    Ok(authorization
+        .strip_prefix("Signature ")
+        .ok_or("not a Signature")?
+        .split(',')
+        .filter_map(|part| part.split_once('='))
+        .map(|(name, value)| (name.to_string(), value.trim_matches('"').to_string()))
+        .collect())
+}
+
+/// Checks an OCI signature over the headers it names, with `public_key` (PKCS#1).
+fn verify_oci_signature(
+    received: &Received,
+    parameters: &HashMap<String, String>,
+    public_key: &[u8],
+) -> Result<(), String> {
+    let names: Vec<&str> = parameters
+        .get("headers")
+        .ok_or("no headers")?
+        .split(' ')
+        .collect();
+    let signing_string = skyfuse::cloud::oci_signing::signing_string(
+        &names,
+        &received.method,
+        &received.target,
+        |name| received.header(name).map(str::to_string),
+    )
+    .ok_or("a signed header was not sent")?;
+    let signature = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        parameters.get("signature").ok_or("no signature")?,
+    )
+    .map_err(|error| error.to_string())?;
+    expect(
+        loopback::verify_rsa_sha256(public_key, signing_string.as_bytes(), &signature),
+        "signature does not verify",
+    )
+}
+
+/// The public key (PKCS#1) inside an X.509 SubjectPublicKeyInfo, base64.
+fn pkcs1_of_spki(spki_base64: &str) -> Option<Vec<u8>> {
+    use x509_parser::prelude::FromDer;
+    let der =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, spki_base64).ok()?;
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&der).ok()?;
+    Some(spki.subject_public_key.data.to_vec())
+}
+
+/// A JWT whose payload carries `exp` and which session it is.
+fn security_token(number: usize, expires: SystemTime) -> String {
+    let encode = |value: serde_json::Value| {
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            value.to_string(),
+        )
+    };
+    let exp = expires
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        encode(json!({"alg": "RS256", "typ": "JWT"})),
+        encode(
+            json!({"exp": exp, "sub": "ocid1.instance.oc1.iad.aaaainstance", "session": number})
+        )
+    )
+}
+
+/// The federation endpoint `/v1/x509`: checks the leaf-key signature under
+/// `{tenancy}/fed-x509/{fingerprint}` and the body, keeps each session's public key
+/// by token, and answers a security token of an hour.
+struct Federation {
+    server: loopback::TestServer,
+    sessions: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+}
+
+async fn oci_federation(identity: &InstanceIdentity) -> Federation {
+    let sessions: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+    let issued = sessions.clone();
+    let leaf_public_key = identity.public_key.clone();
+    let leaf_base64 = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        &identity.leaf_der,
+    );
+    let key_id = format!(
+        "{TENANCY}/fed-x509/{}",
+        skyfuse::cloud::oci_instance_principal::sha1_fingerprint(&identity.leaf_der)
+    );
+    let server = serve(move |received: &Received| {
+        expect(received.method == "POST", "method")?;
+        expect(received.path() == "/v1/x509", received.path())?;
+        let parameters = signature_parameters(received)?;
+        expect(
+            parameters.get("keyId") == Some(&key_id),
+            format!("keyId {:?}", parameters.get("keyId")),
+        )?;
+        expect(
+            parameters.get("headers").map(String::as_str)
+                == Some("date (request-target) content-length content-type x-content-sha256"),
+            "signed headers",
+        )?;
+        verify_oci_signature(received, &parameters, &leaf_public_key)?;
+        let body = received.json();
+        expect(body["certificate"] == json!(leaf_base64), "certificate")?;
+        expect(
+            body["intermediateCertificates"]
+                .as_array()
+                .is_some_and(|certificates| certificates.len() == 1),
+            "intermediateCertificates",
+        )?;
+        let session_key = pkcs1_of_spki(body["publicKey"].as_str().unwrap_or_default())
+            .ok_or("publicKey is not an X.509 public key")?;
+        let mut sessions = issued.lock().unwrap();
+        let token = security_token(
+            sessions.len() + 1,
+            SystemTime::now() + Duration::from_secs(3600),
+        );
+        sessions.insert(token.clone(), session_key);
+        Ok(Reply::json(200, json!({"token": token})))
+    })
+    .await;
+    Federation { server, sessions }
+}
+
+/// OCI Vault `GetSecretBundle` that accepts only `ST$` signatures by a session key
+/// the federation endpoint issued a token for.
+async fn vault_for_sessions(
+    sessions: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+) -> loopback::TestServer {
+    serve(move |received: &Received| {
+        let parameters = signature_parameters(received)?;
+        let token = parameters
+            .get("keyId")
+            .and_then(|key_id| key_id.strip_prefix("ST$"))
+            .ok_or("keyId is not a security token")?;
+        let session_key = sessions
+            .lock()
+            .unwrap()
+            .get(token)
+            .cloned()
+            .ok_or("unknown security token")?;
+        expect(
+            parameters.get("headers").map(String::as_str) == Some("date (request-target) host"),
+            "signed headers",
+        )?;
+        verify_oci_signature(received, &parameters, &session_key)?;
+        Ok(Reply::json(
+            200,
+            json!({"secretBundleContent": {"contentType": "BASE64", "content": "c2stZnJvbS1vY2k="}}),
+        ))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn oci_instance_principal_federates_signs_with_its_session_key_and_renews_before_expiry() {
+    let identity = instance_identity();
+    let metadata = oci_metadata(&identity).await;
+    let federation = oci_federation(&identity).await;
+    let vault = vault_for_sessions(federation.sessions.clone()).await;
+    let (clock, now) = test_clock();
+    let principal = skyfuse::cloud::oci_instance_principal::InstancePrincipal::new(
+        &metadata.base_url,
+        Some(&format!("{}/v1/x509", federation.server.base_url)),
+        None,
+        Some(TENANCY),
+        &reqwest::Client::new(),
+    )
+    .unwrap()
+    .with_clock(clock);
+    let url = url::Url::parse(&format!(
+        "{}/20190301/secretbundles/ocid1.vaultsecret.oc1..s",
+        vault.base_url
+    ))
+    .unwrap();
+    let get = |signer: skyfuse::cloud::oci_signing::OciSigner| {
+        let url = url.clone();
+        async move {
+            let mut request = reqwest::Client::new().get(url.clone());
+            for (name, value) in signer
+                .sign("GET", &url, None, None, SystemTime::now())
+                .unwrap()
+            {
+                request = request.header(name, value);
+            }
+            request.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(get(principal.signer().await.unwrap()).await, 200);
+    advance(&now, Duration::from_secs(3000));
+    assert_eq!(get(principal.signer().await.unwrap()).await, 200);
+    assert_eq!(federation.server.count(), 1);
+    assert_eq!(metadata.count(), 3);
+    // Inside the margin: certificates read again, a new session key and token.
+    advance(&now, Duration::from_secs(400));
+    assert_eq!(get(principal.signer().await.unwrap()).await, 200);
+    assert_eq!(federation.server.count(), 2);
+    assert_eq!(metadata.count(), 6);
+    assert_eq!(federation.sessions.lock().unwrap().len(), 2);
+    assert!(!format!("{principal:?}").contains("ST$"), "{principal:?}");
+}
+
+#[tokio::test]
+async fn oci_vault_reads_a_secret_as_the_instance_and_a_foreign_tenancy_is_refused() {
+    let identity = instance_identity();
+    let metadata = oci_metadata(&identity).await;
+    let federation = oci_federation(&identity).await;
+    let vault = vault_for_sessions(federation.sessions.clone()).await;
+    let federation_url = format!("{}/v1/x509", federation.server.base_url);
+    let mut env = env(&[
+        ("SKYFUSE_OCI_METADATA_URL", &metadata.base_url),
+        ("SKYFUSE_OCI_FEDERATION_URL", &federation_url),
+        ("SKYFUSE_OCI_SECRETS_ENDPOINT", &vault.base_url),
+    ]);
+    let location =
+        skyfuse::config::SecretLocation::try_from("oci-vault:ocid1.vaultsecret.oc1..s".to_string())
+            .unwrap();
+    let http = reqwest::Client::new();
+    let secret =
+        skyfuse::cloud::rotating_secret::RotatingSecret::resolve(&location, &env, &http).unwrap();
+    assert_eq!(secret.current().await.unwrap().expose(), "sk-from-oci");
+
+    env.insert("OCI_CLI_TENANCY".into(), "ocid1.tenancy.oc1..other".into());
+    let foreign =
+        skyfuse::cloud::rotating_secret::RotatingSecret::resolve(&location, &env, &http).unwrap();
+    let error = foreign.current().await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Auth);
+    assert!(
+        error.message.contains("not the configured"),
+        "{}",
+        error.message
+    );
+}

@@ -30,6 +30,7 @@ pub mod gcp_secret_manager;
 pub mod gcp_token;
 pub mod http;
 pub mod managed_secret;
+pub mod oci_instance_principal;
 pub mod oci_signing;
 pub mod oci_vault;
 pub mod rotating_secret;
