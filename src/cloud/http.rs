@@ -242,6 +242,8 @@ pub async fn secret_store_json(
     location: &str,
     request: reqwest::RequestBuilder,
 ) -> Result<serde_json::Value, Error> {
+    // The manager's own traces join the call that needed the secret.
+    let request = crate::telemetry::trace::with_traceparent(request);
     let reply = send_and_read(service, request, TOKEN_BODY_LIMIT)
         .await
         .map_err(|error| error.context(location))?;

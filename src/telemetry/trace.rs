@@ -256,6 +256,18 @@ pub fn inject_traceparent(headers: &mut http::HeaderMap) {
     });
 }
 
+/// A request builder with `traceparent` for the current span (unchanged outside a
+/// trace), for cloud calls built with reqwest's builder (the secret managers).
+pub fn with_traceparent(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    let mut headers = http::HeaderMap::new();
+    inject_traceparent(&mut headers);
+    if headers.is_empty() {
+        request
+    } else {
+        request.headers(headers)
+    }
+}
+
 /// The OTLP exporters speak tonic and async reqwest, which need a Tokio reactor, while
 /// the SDK's batch processor exports from a plain thread of its own: each export runs
 /// on this exporter's own small runtime, whatever runtime the service is on.
