@@ -946,13 +946,18 @@ async fn opensearch_calls_within_a_trace_send_its_traceparent_outside_the_sigv4_
     .await
     .unwrap();
     // Spans go nowhere (nothing listens on port 9); only what is sent on matters.
-    let tracing = Tracing::from_config(Some(&skyfuse::config::TracesConfig {
-        endpoint: "http://127.0.0.1:9".into(),
-        protocol: skyfuse::config::OtlpProtocol::HttpProtobuf,
-        sample_ratio: 1.0,
-        service_name: "skyfuse-test".into(),
-        export_timeout_ms: 100,
-    }))
+    let tracing = Tracing::from_config(
+        Some(&skyfuse::config::TracesConfig {
+            endpoint: "http://127.0.0.1:9".into(),
+            protocol: skyfuse::config::OtlpProtocol::HttpProtobuf,
+            sample_ratio: 1.0,
+            service_name: "skyfuse-test".into(),
+            export_timeout_ms: 100,
+            headers: Default::default(),
+            ca_file: None,
+        }),
+        &Default::default(),
+    )
     .unwrap();
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut incoming = http::HeaderMap::new();
