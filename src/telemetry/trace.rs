@@ -568,4 +568,73 @@ mod tests {
             error.message
         );
     }
+
+    #[tokio::test]
+    async fn an_https_collector_signed_by_the_ca_file_receives_the_batch() {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "collector CA");
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+        let server_config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server.der().clone()],
+            PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (sender, receiver) = tokio::sync::oneshot::channel::<String>();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let Ok(mut stream) = acceptor.accept(socket).await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+                let read = stream.read(&mut buffer).await.unwrap_or(0);
+                if read == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buffer[..read]);
+            }
+            let _ = sender.send(String::from_utf8_lossy(&head).to_ascii_lowercase());
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        });
+        let directory = tempfile::tempdir().unwrap();
+        let ca_file = directory.path().join("collector-ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let mut config = traces_config(
+            &format!("https://localhost:{port}"),
+            OtlpProtocol::HttpProtobuf,
+        );
+        config.ca_file = Some(ca_file);
+        let tracing =
+            std::sync::Arc::new(Tracing::from_config(Some(&config), &Default::default()).unwrap());
+        drop(tracing.http_call("POST", "/v1/search", &http::HeaderMap::new()));
+        let flushing = tracing.clone();
+        let _ = tokio::task::spawn_blocking(move || flushing.flush()).await;
+        let head = receiver.await.expect("the TLS handshake succeeded");
+        assert!(head.starts_with("post /v1/traces "), "{head}");
+    }
 }
