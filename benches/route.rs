@@ -132,13 +132,18 @@ fn bench(c: &mut Criterion) {
     // The same call inside a trace sampled at 100% (its spans go to a batch queue;
     // the collector address answers nothing, so a full queue drops them).
     let tracing = runtime.block_on(async {
-        Tracing::from_config(Some(&TracesConfig {
-            endpoint: "http://127.0.0.1:9".into(),
-            protocol: OtlpProtocol::Grpc,
-            sample_ratio: 1.0,
-            service_name: "skyfuse-bench".into(),
-            export_timeout_ms: 100,
-        }))
+        Tracing::from_config(
+            Some(&TracesConfig {
+                endpoint: "http://127.0.0.1:9".into(),
+                protocol: OtlpProtocol::Grpc,
+                sample_ratio: 1.0,
+                service_name: "skyfuse-bench".into(),
+                export_timeout_ms: 100,
+                headers: Default::default(),
+                ca_file: None,
+            }),
+            &Default::default(),
+        )
         .unwrap()
     });
     let headers = http::HeaderMap::new();

@@ -73,13 +73,18 @@ async fn one_turn(sources: &[SourceInfo], deployments: &[ProviderInfo], summary:
 }
 
 fn tracing(sample_ratio: f64) -> Tracing {
-    Tracing::from_config(Some(&TracesConfig {
-        endpoint: "http://127.0.0.1:9".into(),
-        protocol: OtlpProtocol::Grpc,
-        sample_ratio,
-        service_name: "skyfuse-bench".into(),
-        export_timeout_ms: 100,
-    }))
+    Tracing::from_config(
+        Some(&TracesConfig {
+            endpoint: "http://127.0.0.1:9".into(),
+            protocol: OtlpProtocol::Grpc,
+            sample_ratio,
+            service_name: "skyfuse-bench".into(),
+            export_timeout_ms: 100,
+            headers: Default::default(),
+            ca_file: None,
+        }),
+        &Default::default(),
+    )
     .unwrap()
 }
 

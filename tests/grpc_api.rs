@@ -1410,6 +1410,22 @@ async fn an_answer_is_one_trace_under_the_callers_traceparent_with_a_span_per_so
         sent,
         vec![format!("00-{caller_trace}-{}-01", hex(&answered.span_id))]
     );
+
+    // The Index call before it is a trace of its own: the call, and one span for the
+    // sync with its counts.
+    let index_call = spans
+        .iter()
+        .find(|span| span.name == "skyfuse.v1.IngestionService/Index")
+        .unwrap_or_else(|| panic!("no Index span in {spans:#?}"));
+    assert_ne!(hex(&index_call.trace_id), caller_trace);
+    let run: Vec<_> = spans
+        .iter()
+        .filter(|span| span.name.starts_with("index ") && span.parent_span_id == index_call.span_id)
+        .collect();
+    assert_eq!(run.len(), 1, "one index span under the call: {spans:#?}");
+    assert_eq!(int_attribute(run[0], "skyfuse.objects.listed"), 5);
+    assert_eq!(int_attribute(run[0], "skyfuse.objects.indexed"), 4);
+    assert!(int_attribute(run[0], "skyfuse.chunks.written") > 0);
 }
 
 #[tokio::test]

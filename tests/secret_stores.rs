@@ -685,3 +685,58 @@ async fn callers_that_find_a_managed_secret_stale_together_share_one_fetch() {
     assert!(values.iter().all(|value| value == "sk-shared"));
     assert_eq!(manager.count(), 1, "eight callers, one fetch");
 }
+
+#[tokio::test]
+async fn a_secret_read_within_a_trace_sends_its_traceparent_to_the_manager() {
+    use skyfuse::telemetry::trace::{Tracing, within};
+    let metadata = metadata_server().await;
+    let manager = secret_manager(rotatable("sk-traced")).await;
+    let http = reqwest::Client::new();
+    let secret = RotatingSecret::resolve(
+        &location("gcp-sm:my-project/api-key"),
+        &gcp_env(&metadata, &manager),
+        &http,
+    )
+    .unwrap();
+    // Spans go nowhere (nothing listens on port 9); only what is sent on matters.
+    let tracing = Tracing::from_config(
+        Some(&skyfuse::config::TracesConfig {
+            endpoint: "http://127.0.0.1:9".into(),
+            protocol: skyfuse::config::OtlpProtocol::HttpProtobuf,
+            sample_ratio: 1.0,
+            service_name: "skyfuse-test".into(),
+            export_timeout_ms: 100,
+            headers: Default::default(),
+            ca_file: None,
+        }),
+        &Default::default(),
+    )
+    .unwrap();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut incoming = http::HeaderMap::new();
+    incoming.insert(
+        "traceparent",
+        format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
+    );
+    let call = tracing
+        .http_call("POST", "/v1/chat/completions", &incoming)
+        .unwrap();
+    let value = within(Some(&call), secret.current()).await.unwrap();
+    assert_eq!(value.expose(), "sk-traced");
+    let sent = manager.last();
+    let traceparent = sent.header("traceparent").unwrap_or_default();
+    assert!(
+        traceparent.starts_with(&format!("00-{trace_id}-")) && !traceparent.contains(caller_span),
+        "{traceparent:?}"
+    );
+    // Outside a trace nothing is added.
+    let untraced = RotatingSecret::resolve(
+        &location("gcp-sm:my-project/api-key/7"),
+        &gcp_env(&metadata, &manager),
+        &http,
+    )
+    .unwrap();
+    untraced.current().await.unwrap();
+    assert_eq!(manager.last().header("traceparent"), None);
+}

@@ -19,6 +19,7 @@ const MAX_ISSUE_BYTES: usize = 1024 * 1024;
 /// A reason longer than this is cut (at a char boundary).
 const MAX_REASON_BYTES: usize = 1024;
 use crate::service::{IndexFilters, Service};
+use crate::telemetry::trace::{self, CallTrace};
 
 pub struct IngestionApi {
     pub service: Arc<Service>,
@@ -43,6 +44,11 @@ impl IngestionService for IngestionApi {
             .await
             .map_err(convert::status)?;
         let deadline = grpc_timeout(request.metadata()).map(|timeout| Instant::now() + timeout);
+        // One trace per run, held by the task that runs it: it ends with the run.
+        let trace = self
+            .service
+            .traces()
+            .grpc_call("skyfuse.v1.IngestionService/Index", &request);
         let proto::IndexRequest {
             url,
             index,
@@ -74,12 +80,12 @@ impl IngestionService for IngestionApi {
                 let progress_sender = sender.clone();
                 let progress_runs = Arc::clone(&runs);
                 let progress_id = run_id.clone();
-                let report = service
-                    .index(&principal, &url, &index, &filters, move |progress| {
-                        progress_runs.progress(&progress_id, progress);
-                        let _ = progress_sender.try_send(Ok(progress_message(progress)));
-                    })
-                    .await;
+                let run = service.index(&principal, &url, &index, &filters, move |progress| {
+                    progress_runs.progress(&progress_id, progress);
+                    let _ = progress_sender.try_send(Ok(progress_message(progress)));
+                });
+                let report = trace::within(trace.as_ref(), run).await;
+                fail_trace(trace.as_ref(), &report);
                 runs.finish(&run_id, report.clone());
                 let _ = sender.send(last_message(report)).await;
             });
@@ -100,8 +106,10 @@ impl IngestionService for IngestionApi {
                     None => run.await,
                 }
             };
+            let run = trace::within(trace.as_ref(), run);
             tokio::select! {
                 report = run => {
+                    fail_trace(trace.as_ref(), &report);
                     let _ = sender.send(last_message(report)).await;
                 }
                 () = sender.closed() => {
@@ -160,6 +168,14 @@ fn deadline_passed() -> Error {
         "the Index call's deadline passed and the run was stopped; what it committed stays, \
          and the next run goes on from there (set detached to run longer than a call)",
     )
+}
+
+/// Marks a run's trace failed with the status its caller gets.
+fn fail_trace(trace: Option<&CallTrace>, report: &crate::error::Result<IndexReport>) {
+    if let (Some(trace), Err(error)) = (trace, report) {
+        let status = convert::status(error.clone());
+        trace.fail(convert::code_name(status.code()), status.message());
+    }
 }
 
 fn last_message(report: crate::error::Result<IndexReport>) -> Result<proto::IndexProgress, Status> {

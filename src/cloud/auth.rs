@@ -8,7 +8,8 @@ use reqwest::header::{HeaderName, HeaderValue};
 
 use crate::cloud::aws_credentials::AwsCredentialsProvider;
 use crate::cloud::azure_token::AzureTokenSource;
-use crate::cloud::gcp_token::{GcpTokenSource, MetadataTokens, ServiceAccountTokens};
+use crate::cloud::gcp_token::{GcpTokenSource, MetadataTokens};
+use crate::cloud::oci_instance_principal::InstancePrincipal;
 use crate::cloud::oci_signing::OciSigner;
 use crate::cloud::rotating_secret::RotatingSecret;
 use crate::cloud::rsa_key::RsaPrivateKey;
@@ -25,6 +26,9 @@ pub enum RequestAuth {
     AzureApiKey(RotatingSecret),
     SigV4(SigV4Signer),
     Oci(OciSigner),
+    /// OCI signatures with an instance principal's session key and security token,
+    /// renewed before the token expires.
+    OciInstancePrincipal(Box<InstancePrincipal>),
     /// `Authorization: Bearer` with a Google OAuth token, fetched and cached.
     Google(GcpTokenSource),
     /// `Authorization: Bearer` with an Entra token from the managed identity endpoint,
@@ -71,15 +75,21 @@ impl RequestAuth {
                 } else if let Some(token) = rotating(&settings.access_token, "access_token")? {
                     Self::Bearer(token)
                 } else {
-                    // Neither configured: the managed identity of App Service,
-                    // Functions or Container Apps, when the environment has one.
-                    let identity =
-                        AzureTokenSource::from_env(None, COGNITIVE_SERVICES, env, http)?
-                            .ok_or_else(|| {
-                                missing(
-                                    "api_key or access_token (and no managed identity: IDENTITY_ENDPOINT and IDENTITY_HEADER)",
-                                )
-                            })?;
+                    // Neither configured: VM instance metadata when configured, else the
+                    // workload identity (AKS) or managed identity (App Service,
+                    // Functions, Container Apps) the environment has.
+                    let identity = AzureTokenSource::from_env(
+                        None,
+                        settings.imds_url.as_deref(),
+                        COGNITIVE_SERVICES,
+                        env,
+                        http,
+                    )?
+                    .ok_or_else(|| {
+                        missing(
+                            "api_key, access_token or imds_url (and no workload identity: AZURE_FEDERATED_TOKEN_FILE; nor managed identity: IDENTITY_ENDPOINT and IDENTITY_HEADER)",
+                        )
+                    })?;
                     Self::Entra(identity)
                 }
             }
@@ -108,27 +118,48 @@ impl RequestAuth {
                         .ok_or_else(|| {
                         missing("service_account_key, access_token or metadata_url")
                     })?;
-                    let tokens = ServiceAccountTokens::from_key_json(
+                    // A service-account key, or an external_account file (workload
+                    // identity federation).
+                    let tokens = GcpTokenSource::from_credentials_json(
                         key_json.expose(),
                         settings.token_url.as_deref(),
                         http.clone(),
                         timeout,
                     )
                     .map_err(|error| error.context("service_account_key"))?;
-                    Self::Google(GcpTokenSource::ServiceAccount(Box::new(tokens)))
+                    Self::Google(tokens)
                 }
             }
             ProviderSettings::Oci(settings) => {
-                let pem = settings
-                    .private_key
+                if let Some(metadata_url) = &settings.metadata_url {
+                    return Ok(Self::OciInstancePrincipal(Box::new(
+                        InstancePrincipal::new(
+                            metadata_url,
+                            settings.federation_url.as_deref(),
+                            Some(region),
+                            Some(&settings.tenancy_id),
+                            http,
+                        )?,
+                    )));
+                }
+                let (Some(user_id), Some(fingerprint), Some(private_key)) = (
+                    &settings.user_id,
+                    &settings.key_fingerprint,
+                    &settings.private_key,
+                ) else {
+                    return Err(missing(
+                        "user_id, key_fingerprint and private_key, or metadata_url",
+                    ));
+                };
+                let pem = private_key
                     .resolve(env)
                     .map_err(|error| error.context("private_key"))?;
                 let key = RsaPrivateKey::from_pem(pem.expose())
                     .map_err(|error| error.context("private_key"))?;
                 Self::Oci(OciSigner::new(
                     &settings.tenancy_id,
-                    &settings.user_id,
-                    &settings.key_fingerprint,
+                    user_id,
+                    fingerprint,
                     key,
                 ))
             }
@@ -172,20 +203,9 @@ impl RequestAuth {
                     )
                     .await?
             }
-            Self::Oci(signer) => {
-                let content_type = request
-                    .headers()
-                    .get("content-type")
-                    .and_then(|value| value.to_str().ok())
-                    .map(str::to_string);
-                let body = body_bytes(request)?;
-                signer.sign(
-                    request.method().as_str(),
-                    request.url(),
-                    content_type.as_deref(),
-                    body.as_deref(),
-                    SystemTime::now(),
-                )?
+            Self::Oci(signer) => oci_headers(signer, request)?,
+            Self::OciInstancePrincipal(principal) => {
+                oci_headers(&principal.signer().await?, request)?
             }
         };
         for (name, value) in added {
@@ -203,6 +223,26 @@ impl RequestAuth {
         }
         Ok(())
     }
+}
+
+/// The OCI signature headers of a built request.
+fn oci_headers(
+    signer: &OciSigner,
+    request: &reqwest::Request,
+) -> Result<Vec<(&'static str, String)>> {
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    let body = body_bytes(request)?;
+    signer.sign(
+        request.method().as_str(),
+        request.url(),
+        content_type.as_deref(),
+        body.as_deref(),
+        SystemTime::now(),
+    )
 }
 
 /// The body to sign: requests here are built from bytes, never streamed.

@@ -100,7 +100,8 @@ impl AwsSecretsManager {
         for (name, value) in signed {
             request = request.header(name, value);
         }
-        let response = request
+        // Not signed: added after the signature, so the signature stays valid.
+        let response = crate::telemetry::trace::with_traceparent(request)
             .send()
             .await
             .map_err(|error| transport_error(SERVICE, &error))?;

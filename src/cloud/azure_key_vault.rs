@@ -4,8 +4,11 @@
 //! `value`.
 //!
 //! Configured from the environment: the token from `SKYFUSE_AZURE_KEYVAULT_TOKEN` (an
-//! `env:` / `file:` location) or the managed identity endpoint (`IDENTITY_ENDPOINT`,
-//! `IDENTITY_HEADER`, `AZURE_CLIENT_ID` for a user-assigned identity); the vault URL
+//! `env:` / `file:` location), VM instance metadata at `SKYFUSE_AZURE_IMDS_URL`,
+//! workload identity (`AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID`,
+//! `AZURE_TENANT_ID`, `AZURE_AUTHORITY_HOST`) or the managed identity endpoint
+//! (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`, `AZURE_CLIENT_ID` for a user-assigned
+//! identity), in that order ([`crate::cloud::azure_token`]); the vault URL
 //! from `SKYFUSE_AZURE_KEYVAULT_ENDPOINT` when set (`{vault}` in it is replaced by
 //! the vault name: `https://{vault}.vault.azure.cn` for Azure China, a private
 //! endpoint, or a loopback server in tests).
@@ -39,8 +42,12 @@ impl AzureKeyVault {
         let token_location = env
             .get("SKYFUSE_AZURE_KEYVAULT_TOKEN")
             .filter(|value| !value.is_empty());
+        let imds_url = env
+            .get("SKYFUSE_AZURE_IMDS_URL")
+            .filter(|value| !value.is_empty());
         let tokens = AzureTokenSource::from_env(
             token_location.map(String::as_str),
+            imds_url.map(String::as_str),
             KEY_VAULT_RESOURCE,
             env,
             http,
@@ -48,7 +55,7 @@ impl AzureKeyVault {
         .map_err(|error| error.context("azure-kv"))?
         .ok_or_else(|| {
             Error::config(
-                "azure-kv: secrets need SKYFUSE_AZURE_KEYVAULT_TOKEN (an env: or file: location of an Entra token) or a managed identity (IDENTITY_ENDPOINT and IDENTITY_HEADER)",
+                "azure-kv: secrets need SKYFUSE_AZURE_KEYVAULT_TOKEN (an env: or file: location of an Entra token), SKYFUSE_AZURE_IMDS_URL, a workload identity (AZURE_FEDERATED_TOKEN_FILE) or a managed identity (IDENTITY_ENDPOINT and IDENTITY_HEADER)",
             )
         })?;
         let endpoint_template = env

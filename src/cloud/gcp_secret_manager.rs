@@ -3,8 +3,9 @@
 //! {name}/versions/{version}:access` (version `latest` when left out) with a Google
 //! OAuth token; the value is `payload.data`, base64.
 //!
-//! Configured from the environment: the token from the service-account key file at
-//! `GOOGLE_APPLICATION_CREDENTIALS` (its `token_uri`, or `SKYFUSE_GCP_TOKEN_URL`), else
+//! Configured from the environment: the token from the credentials file at
+//! `GOOGLE_APPLICATION_CREDENTIALS`, a service-account key (its `token_uri`, or
+//! `SKYFUSE_GCP_TOKEN_URL`) or an `external_account` (workload identity federation), else
 //! from the metadata server at `SKYFUSE_GCP_METADATA_URL` (`default` for GCE, GKE and
 //! Cloud Run: only an address given is called); the API at
 //! `SKYFUSE_GCP_SECRET_MANAGER_ENDPOINT` when set (a private endpoint, or a loopback
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cloud::gcp_token::{GcpTokenSource, MetadataTokens, ServiceAccountTokens};
+use crate::cloud::gcp_token::{GcpTokenSource, MetadataTokens};
 use crate::cloud::http::{malformed, secret_store_json};
 use crate::cloud::managed_secret::decode_base64_text;
 use crate::config::Secret;
@@ -42,14 +43,13 @@ impl GcpSecretManager {
                     "gcp-sm: cannot read GOOGLE_APPLICATION_CREDENTIALS file {path}: {error}"
                 ))
             })?;
-            let tokens = ServiceAccountTokens::from_key_json(
+            GcpTokenSource::from_credentials_json(
                 &key_json,
                 get("SKYFUSE_GCP_TOKEN_URL").map(String::as_str),
                 http.clone(),
                 TIMEOUT,
             )
-            .map_err(|error| error.context("gcp-sm: GOOGLE_APPLICATION_CREDENTIALS"))?;
-            GcpTokenSource::ServiceAccount(Box::new(tokens))
+            .map_err(|error| error.context("gcp-sm: GOOGLE_APPLICATION_CREDENTIALS"))?
         } else if let Some(metadata_url) = get("SKYFUSE_GCP_METADATA_URL") {
             GcpTokenSource::Metadata(Box::new(MetadataTokens::new(
                 metadata_url,

@@ -3,7 +3,8 @@
 //! `token_uri` (or a configured one) and cached until shortly before it expires.
 //! On GCE / GKE / Cloud Run, the metadata server's token for the attached service
 //! account, at the configured `metadata_url` only: nothing here reaches an address
-//! it was not given.
+//! it was not given. Workload identity federation (an `external_account` file in
+//! place of the key) is [`crate::cloud::gcp_external_account`].
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,10 +12,13 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::cloud::aws_credentials::Clock;
+use crate::cloud::gcp_external_account::ExternalAccountTokens;
 use crate::cloud::http::{
     TOKEN_BODY_LIMIT, read_error_body, read_limited, retry_after, transport_error,
 };
 use crate::cloud::rsa_key::RsaPrivateKey;
+use crate::cloud::token_cache::TokenCache;
 use crate::config::Secret;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -29,15 +33,44 @@ pub enum GcpTokenSource {
     Static(Secret),
     ServiceAccount(Box<ServiceAccountTokens>),
     Metadata(Box<MetadataTokens>),
+    ExternalAccount(Box<ExternalAccountTokens>),
 }
 
 impl GcpTokenSource {
+    /// The source a credentials file describes: a service-account key, or an
+    /// `external_account` (workload identity federation). `token_url` overrides a
+    /// key's `token_uri`; an external account names its own STS.
+    pub fn from_credentials_json(
+        credentials_json: &str,
+        token_url: Option<&str>,
+        http: reqwest::Client,
+        timeout: Duration,
+    ) -> Result<Self> {
+        if ExternalAccountTokens::is_external_account(credentials_json) {
+            let tokens = ExternalAccountTokens::from_json(credentials_json, http, timeout)?;
+            return Ok(Self::ExternalAccount(Box::new(tokens)));
+        }
+        let tokens =
+            ServiceAccountTokens::from_key_json(credentials_json, token_url, http, timeout)?;
+        Ok(Self::ServiceAccount(Box::new(tokens)))
+    }
+
     pub async fn access_token(&self) -> Result<Secret> {
         match self {
             Self::Static(token) => Ok(token.clone()),
             Self::ServiceAccount(tokens) => tokens.access_token().await,
             Self::Metadata(tokens) => tokens.access_token().await,
+            Self::ExternalAccount(tokens) => tokens.access_token().await,
         }
+    }
+
+    /// The same source reading time from `clock` where it renews through
+    /// [`TokenCache`] (tests move it instead of sleeping).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        if let Self::ExternalAccount(tokens) = &mut self {
+            tokens.cache = TokenCache::new(clock);
+        }
+        self
     }
 }
 

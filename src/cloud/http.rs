@@ -242,6 +242,8 @@ pub async fn secret_store_json(
     location: &str,
     request: reqwest::RequestBuilder,
 ) -> Result<serde_json::Value, Error> {
+    // The manager's own traces join the call that needed the secret.
+    let request = crate::telemetry::trace::with_traceparent(request);
     let reply = send_and_read(service, request, TOKEN_BODY_LIMIT)
         .await
         .map_err(|error| error.context(location))?;
@@ -268,6 +270,44 @@ pub fn secret_store_error(
     Error {
         message: format!("{location}: {what}: {}", error.message),
         ..error
+    }
+}
+
+/// A token endpoint's refusal (OAuth 2.0 `{"error", "error_description"}`, RFC 6749
+/// 5.2, which Entra, Google STS and the metadata servers share): a refused identity or
+/// assertion is `Auth` (retrying sends the same one), 429 a throttle, the rest the
+/// endpoint's own trouble. The description names the problem, never a token.
+pub fn token_endpoint_error(service: &str, reply: &HttpReply) -> Error {
+    let body: Option<Value> = serde_json::from_slice(&reply.body).ok();
+    let field = |name: &str| {
+        body.as_ref()
+            .and_then(|body| body.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let code = field("error")
+        .map(|code| format!(" {code}"))
+        .unwrap_or_default();
+    let description: String = field("error_description")
+        .or_else(|| field("message"))
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect();
+    let kind = match reply.status {
+        429 => ErrorKind::Throttled,
+        400..=404 => ErrorKind::Auth,
+        408 | 504 => ErrorKind::Timeout,
+        _ => ErrorKind::Unavailable,
+    };
+    Error {
+        kind,
+        message: format!("{service} answered {}{code}: {description}", reply.status),
+        retry_after: match kind {
+            ErrorKind::Throttled | ErrorKind::Unavailable => retry_after(&reply.headers),
+            _ => None,
+        },
+        local_refusal: false,
     }
 }
 

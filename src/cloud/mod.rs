@@ -12,25 +12,31 @@
 //! - [`http`]: every cloud's error shape mapped to one `ErrorKind`, `Retry-After`.
 //! - [`rotating_secret`]: a key or token read again when its file is rewritten or its
 //!   secret manager's copy is older than the cache time; [`managed_secret`] picks the
-//!   manager: [`aws_secrets`], [`azure_key_vault`] (tokens from [`azure_token`]),
+//!   manager: [`aws_secrets`], [`azure_key_vault`] (tokens from [`azure_token`]:
+//!   a file, [`azure_imds`], [`azure_workload_identity`] or App Service's endpoint),
 //!   [`gcp_secret_manager`], [`oci_vault`].
 
 pub mod auth;
 pub mod aws_credential_sources;
 pub mod aws_credentials;
 pub mod aws_secrets;
+pub mod azure_imds;
 pub mod azure_key_vault;
 pub mod azure_token;
+pub mod azure_workload_identity;
 pub mod endpoint;
+pub mod gcp_external_account;
 pub mod gcp_secret_manager;
 pub mod gcp_token;
 pub mod http;
 pub mod managed_secret;
+pub mod oci_instance_principal;
 pub mod oci_signing;
 pub mod oci_vault;
 pub mod rotating_secret;
 pub mod rsa_key;
 pub mod sigv4;
+pub mod token_cache;
 
 pub use auth::RequestAuth;
 pub use endpoint::CloudEndpoint;

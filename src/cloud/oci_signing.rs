@@ -1,5 +1,7 @@
 //! OCI API-key request signing: draft-cavage HTTP signatures, version 1, RSA-SHA256,
-//! carried in `Authorization`. keyId is `{tenancy}/{user}/{fingerprint}`.
+//! carried in `Authorization`. keyId is `{tenancy}/{user}/{fingerprint}` for an API
+//! key, `ST${token}` for a security token (instance principals), and
+//! `{tenancy}/fed-x509/{fingerprint}` for the federation request that gets one.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -22,17 +24,36 @@ pub const BODY_SIGNED_HEADERS: [&str; 6] = [
     "x-content-sha256",
 ];
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OciSigner {
     key_id: String,
     key: Arc<RsaPrivateKey>,
+    /// The federation endpoint's signatures leave `host` out, as the SDKs send them.
+    sign_host: bool,
+}
+
+impl std::fmt::Debug for OciSigner {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A security token keyId is a credential: never printed.
+        formatter.write_str("OciSigner([redacted])")
+    }
 }
 
 impl OciSigner {
     pub fn new(tenancy_id: &str, user_id: &str, fingerprint: &str, key: RsaPrivateKey) -> Self {
+        Self::with_key_id(
+            format!("{tenancy_id}/{user_id}/{fingerprint}"),
+            Arc::new(key),
+            true,
+        )
+    }
+
+    /// Any keyId: `ST${token}` with a session key, or the x509 federation's.
+    pub fn with_key_id(key_id: String, key: Arc<RsaPrivateKey>, sign_host: bool) -> Self {
         Self {
-            key_id: format!("{tenancy_id}/{user_id}/{fingerprint}"),
-            key: Arc::new(key),
+            key_id,
+            key,
+            sign_host,
         }
     }
 
@@ -58,10 +79,14 @@ impl OciSigner {
         let mut lines = vec![
             format!("date: {date}"),
             format!("(request-target): {method} {target}"),
-            format!("host: {}", host_header(url)),
         ];
+        let mut names: Vec<&str> = vec!["date", "(request-target)"];
+        if self.sign_host {
+            lines.push(format!("host: {}", host_header(url)));
+            names.push("host");
+        }
         let mut added = vec![("date", date.clone())];
-        let names: &[&str] = if let Some(body) = body {
+        if let Some(body) = body {
             let digest = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body));
             lines.push(format!("content-length: {}", body.len()));
             lines.push(format!(
@@ -73,10 +98,8 @@ impl OciSigner {
             if content_type.is_none() {
                 added.push(("content-type", "application/json".to_string()));
             }
-            &BODY_SIGNED_HEADERS
-        } else {
-            &BODY_SIGNED_HEADERS[..3]
-        };
+            names.extend(&BODY_SIGNED_HEADERS[3..]);
+        }
         let signing_string = lines.join("\n");
         let signature = base64::engine::general_purpose::STANDARD
             .encode(self.key.sign_sha256(signing_string.as_bytes())?);

@@ -43,6 +43,20 @@ impl RsaPrivateKey {
         Ok(Self { key_pair })
     }
 
+    /// A fresh 2048-bit key (an instance principal's session key) and its public half
+    /// as X.509 SubjectPublicKeyInfo DER, the form OCI's federation endpoint takes.
+    pub fn generate() -> Result<(Self, Vec<u8>)> {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::KeyPair as _;
+        let key_pair = KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .map_err(|_| Error::internal("cannot generate an rsa session key"))?;
+        let public = AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(key_pair.public_key())
+            .map_err(|_| Error::internal("cannot encode the rsa session public key"))?
+            .as_ref()
+            .to_vec();
+        Ok((Self { key_pair }, public))
+    }
+
     /// RSASSA-PKCS1-v1_5 with SHA-256 of `message`.
     pub fn sign_sha256(&self, message: &[u8]) -> Result<Vec<u8>> {
         let mut signature = vec![0; self.key_pair.public_modulus_len()];
@@ -59,7 +73,7 @@ impl RsaPrivateKey {
 }
 
 /// The label and bytes of the first PEM block.
-fn pem_block(pem: &str) -> Result<(String, Vec<u8>)> {
+pub fn pem_block(pem: &str) -> Result<(String, Vec<u8>)> {
     let not_pem = || Error::config("the private key is not PEM (-----BEGIN ...-----)");
     let begin = pem.find("-----BEGIN ").ok_or_else(not_pem)?;
     let rest = &pem[begin + "-----BEGIN ".len()..];

@@ -104,6 +104,9 @@ pub struct AzureOpenAiConfig {
     /// The `api-key` header; or `access_token`, an Entra ID bearer token.
     pub api_key: Option<SecretLocation>,
     pub access_token: Option<SecretLocation>,
+    /// Take Entra tokens from the VM's instance metadata service at this URL
+    /// (`"default"`: `http://169.254.169.254`), instead of a key or a token.
+    pub imds_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,11 +135,16 @@ pub struct VertexConfig {
 pub struct OciConfig {
     pub compartment_id: String,
     pub tenancy_id: String,
-    pub user_id: String,
-    /// The API key's fingerprint, `aa:bb:...`.
-    pub key_fingerprint: String,
-    /// The API signing key (PEM).
-    pub private_key: SecretLocation,
+    /// The API key's user, fingerprint (`aa:bb:...`) and signing key (PEM); all three,
+    /// or none with `metadata_url` (instance principals).
+    pub user_id: Option<String>,
+    pub key_fingerprint: Option<String>,
+    pub private_key: Option<SecretLocation>,
+    /// Sign as the compute instance (instance principals), its certificates read from
+    /// the instance metadata service at this URL (`"default"`: `http://169.254.169.254`).
+    pub metadata_url: Option<String>,
+    /// The federation endpoint; default `https://auth.{region}.oraclecloud.com/v1/x509`.
+    pub federation_url: Option<String>,
     /// model -> dedicated AI cluster endpoint OCID; other models are served on demand.
     pub dedicated_endpoints: BTreeMap<String, String>,
 }
@@ -235,6 +243,7 @@ provider_table!(AzureOpenAiTable {
     deployments: BTreeMap<String, String>,
     api_key: Option<SecretLocation>,
     access_token: Option<SecretLocation>,
+    imds_url: Option<String>,
 });
 
 provider_table!(BedrockTable {
@@ -261,9 +270,11 @@ provider_table!(OciTable {
     region: String,
     compartment_id: String,
     tenancy_id: String,
-    user_id: String,
-    key_fingerprint: String,
-    private_key: SecretLocation,
+    user_id: Option<String>,
+    key_fingerprint: Option<String>,
+    private_key: Option<SecretLocation>,
+    metadata_url: Option<String>,
+    federation_url: Option<String>,
     #[serde(default)]
     dedicated_endpoints: BTreeMap<String, String>,
 });
@@ -301,6 +312,7 @@ impl TryFrom<toml::Table> for ProviderConfig {
                     deployments: std::mem::take(&mut table.deployments),
                     api_key: table.api_key.take(),
                     access_token: table.access_token.take(),
+                    imds_url: table.imds_url.take(),
                 });
                 let (base_url, region) = (table.base_url.take(), Some(table.region.clone()));
                 table.common(base_url, region, settings)
@@ -332,9 +344,11 @@ impl TryFrom<toml::Table> for ProviderConfig {
                 let settings = ProviderSettings::Oci(OciConfig {
                     compartment_id: table.compartment_id.clone(),
                     tenancy_id: table.tenancy_id.clone(),
-                    user_id: table.user_id.clone(),
-                    key_fingerprint: table.key_fingerprint.clone(),
-                    private_key: table.private_key.clone(),
+                    user_id: table.user_id.take(),
+                    key_fingerprint: table.key_fingerprint.take(),
+                    private_key: table.private_key.take(),
+                    metadata_url: table.metadata_url.take(),
+                    federation_url: table.federation_url.take(),
                     dedicated_endpoints: std::mem::take(&mut table.dedicated_endpoints),
                 });
                 let (base_url, region) = (table.base_url.take(), Some(table.region.clone()));
@@ -406,10 +420,22 @@ pub fn provider_problems(providers: &[ProviderConfig], problems: &mut Vec<String
                     "resource (or base_url)",
                 );
                 // Neither: the managed identity of the environment (checked at build).
+                let credentials = [
+                    azure.api_key.is_some(),
+                    azure.access_token.is_some(),
+                    azure.imds_url.is_some(),
+                ];
                 require(
-                    !(azure.api_key.is_some() && azure.access_token.is_some()),
-                    "at most one of api_key and access_token (neither: the managed identity)",
+                    credentials.iter().filter(|set| **set).count() <= 1,
+                    "at most one of api_key, access_token and imds_url (none: the workload or managed identity of the environment)",
                 );
+                if let Some(url) = &azure.imds_url
+                    && !url.starts_with("http://")
+                    && !url.starts_with("https://")
+                    && url != "default"
+                {
+                    problems.push(format!("{name}: imds_url {url:?} is not an http(s) URL"));
+                }
             }
             ProviderSettings::Bedrock(bedrock) => require(
                 bedrock.aws.pair_is_whole(),
@@ -426,7 +452,32 @@ pub fn provider_problems(providers: &[ProviderConfig], problems: &mut Vec<String
                     "exactly one of service_account_key, access_token and metadata_url",
                 );
             }
-            ProviderSettings::Oci(_) => {}
+            ProviderSettings::Oci(oci) => {
+                let key_parts = [
+                    oci.user_id.is_some(),
+                    oci.key_fingerprint.is_some(),
+                    oci.private_key.is_some(),
+                ];
+                let api_key = key_parts.iter().all(|set| *set);
+                let no_key = key_parts.iter().all(|set| !*set);
+                require(
+                    (api_key && oci.metadata_url.is_none())
+                        || (no_key && oci.metadata_url.is_some()),
+                    "user_id, key_fingerprint and private_key (an API key), or metadata_url alone (instance principals)",
+                );
+                for (key, value) in [
+                    ("metadata_url", &oci.metadata_url),
+                    ("federation_url", &oci.federation_url),
+                ] {
+                    if let Some(url) = value
+                        && !url.starts_with("http://")
+                        && !url.starts_with("https://")
+                        && !(key == "metadata_url" && url == "default")
+                    {
+                        problems.push(format!("{name}: {key} {url:?} is not an http(s) URL"));
+                    }
+                }
+            }
         }
     }
 }
@@ -549,7 +600,21 @@ mod tests {
             access_token = "env:B"
             "#,
         );
-        assert!(message.contains("provider \"azure\": kind azure_openai needs at most one of api_key and access_token"), "{message}");
+        assert!(message.contains("provider \"azure\": kind azure_openai needs at most one of api_key, access_token and imds_url"), "{message}");
+        let message = problems_of(
+            r#"
+            [[provider]]
+            id = "azure"
+            kind = "azure_openai"
+            resource = "r"
+            region = "eastus"
+            imds_url = "169.254.169.254"
+            "#,
+        );
+        assert!(
+            message.contains("imds_url \"169.254.169.254\" is not an http(s) URL"),
+            "{message}"
+        );
         let message = parse_error(
             r#"
             [[provider]]
@@ -561,6 +626,22 @@ mod tests {
         );
         assert!(
             message.contains("provider \"oci\" (kind oci): missing field `tenancy_id`"),
+            "{message}"
+        );
+        let message = problems_of(
+            r#"
+            [[provider]]
+            id = "oci"
+            kind = "oci"
+            region = "us-chicago-1"
+            compartment_id = "c"
+            tenancy_id = "t"
+            user_id = "u"
+            metadata_url = "default"
+            "#,
+        );
+        assert!(
+            message.contains("or metadata_url alone (instance principals)"),
             "{message}"
         );
     }

@@ -1,6 +1,11 @@
 //! `[telemetry]`: where Prometheus scrapes skyfuse, and where its traces go.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
 use serde::Deserialize;
+
+use super::SecretLocation;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,6 +37,14 @@ pub struct TracesConfig {
     /// Longest wait for the collector per batch.
     #[serde(default = "export_timeout_ms")]
     pub export_timeout_ms: u64,
+    /// Sent with every export (a hosted collector's key): name -> an `env:` or `file:`
+    /// location, read once at startup, never logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretLocation>,
+    /// PEM file of the CA that signed an `https` collector's certificate, trusted
+    /// besides the usual roots (`http/protobuf` only).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

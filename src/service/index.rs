@@ -86,7 +86,11 @@ impl Service {
         }
         job.bucket = bucket_options(&bucket_config, filters, &self.env)
             .map_err(|error| error.context(format!("bucket {:?}", bucket_config.url)))?;
-        let report = run_index(job, progress).await;
+        let span = crate::telemetry::spans::index_run(&index.id);
+        let report = crate::telemetry::trace::run_in(span.as_ref(), run_index(job, progress)).await;
+        if let Some(span) = span {
+            crate::telemetry::spans::end_index_run(span, &report);
+        }
         let outcome = if report.is_ok() { "ok" } else { "error" };
         self.metrics.record_request("index", outcome);
         let report = report?;

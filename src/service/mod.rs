@@ -169,7 +169,7 @@ impl Service {
             .map(|index| (index.id.clone(), tokio::sync::Mutex::default()))
             .collect();
         let extractor = build::extractor(&config.ingest)?;
-        let traces = Tracing::from_config(config.telemetry.traces.as_ref())?;
+        let traces = Tracing::from_config(config.telemetry.traces.as_ref(), env)?;
         let residency = Residency::new(config.residency.clone(), config.residency_policy);
         Ok(Self {
             traces,

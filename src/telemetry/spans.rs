@@ -8,6 +8,7 @@ use opentelemetry::trace::SpanKind;
 
 use super::trace::{ChildSpan, child};
 use crate::error::Error;
+use crate::ingest::IndexReport;
 use crate::llm::ProviderInfo;
 use crate::retrieve::{SourceOutcome, SourceStatus};
 use crate::route::{AttemptOutcome, RouteSummary};
@@ -119,6 +120,64 @@ pub fn end_chat(span: ChildSpan, summary: &RouteSummary) {
         span.fail(kind.as_str(), &attempt.message);
     }
     span.end();
+}
+
+/// One sync of a bucket or folder into an index: `index {index}`. Its counts are set
+/// when it ends; objects are counted, never named (a key may say what a document is).
+pub fn index_run(index: &str) -> Option<ChildSpan> {
+    child(SpanKind::Internal, || {
+        (
+            format!("index {index}"),
+            vec![
+                KeyValue::new("skyfuse.operation.name", "index"),
+                KeyValue::new("skyfuse.index", index.to_owned()),
+            ],
+        )
+    })
+}
+
+pub fn end_index_run(span: ChildSpan, report: &Result<IndexReport, Error>) {
+    match report {
+        Ok(report) => {
+            let progress = &report.progress;
+            for (name, value) in [
+                ("skyfuse.objects.listed", progress.listed),
+                ("skyfuse.objects.indexed", progress.indexed),
+                ("skyfuse.objects.unchanged", progress.unchanged),
+                ("skyfuse.objects.deleted", progress.deleted),
+                ("skyfuse.objects.pruned", progress.pruned),
+                ("skyfuse.objects.skipped", progress.skipped),
+                ("skyfuse.objects.failed", progress.failed),
+                ("skyfuse.chunks.written", progress.chunks_written),
+                ("skyfuse.bytes.read", progress.bytes_read),
+            ] {
+                span.set(KeyValue::new(
+                    name,
+                    i64::try_from(value).unwrap_or(i64::MAX),
+                ));
+            }
+            span.set(KeyValue::new(
+                "cloud.provider",
+                report.location.cloud.clone(),
+            ));
+            span.set(KeyValue::new(
+                "cloud.region",
+                report.location.region.clone(),
+            ));
+            if progress.failed > 0 || !report.listing_errors.is_empty() {
+                span.fail(
+                    "partial",
+                    &format!(
+                        "{} objects failed, {} listing errors",
+                        progress.failed,
+                        report.listing_errors.len()
+                    ),
+                );
+            }
+            span.end();
+        }
+        Err(_) => end_with(span, report),
+    }
 }
 
 /// `gen_ai.provider.name` for a deployment's cloud (the registry's names).

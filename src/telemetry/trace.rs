@@ -16,7 +16,7 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{FutureExt, SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -38,8 +38,12 @@ pub struct Tracing {
 struct ActiveTracer(SdkTracer);
 
 impl Tracing {
-    /// Tracing as `[telemetry.traces]` says; off when absent.
-    pub fn from_config(config: Option<&TracesConfig>) -> Result<Self> {
+    /// Tracing as `[telemetry.traces]` says; off when absent. `env` resolves the
+    /// headers' `env:` locations.
+    pub fn from_config(
+        config: Option<&TracesConfig>,
+        env: &std::collections::HashMap<String, String>,
+    ) -> Result<Self> {
         let Some(config) = config else {
             return Ok(Self::default());
         };
@@ -49,7 +53,8 @@ impl Tracing {
                 config.sample_ratio
             )));
         }
-        let exporter = OwnRuntimeExporter::new(config)?;
+        let headers = export_headers(config, env)?;
+        let exporter = OwnRuntimeExporter::new(config, headers)?;
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BatchSpanProcessor::builder(exporter).build())
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
@@ -256,6 +261,18 @@ pub fn inject_traceparent(headers: &mut http::HeaderMap) {
     });
 }
 
+/// A request builder with `traceparent` for the current span (unchanged outside a
+/// trace), for cloud calls built with reqwest's builder (the secret managers).
+pub fn with_traceparent(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    let mut headers = http::HeaderMap::new();
+    inject_traceparent(&mut headers);
+    if headers.is_empty() {
+        request
+    } else {
+        request.headers(headers)
+    }
+}
+
 /// The OTLP exporters speak tonic and async reqwest, which need a Tokio reactor, while
 /// the SDK's batch processor exports from a plain thread of its own: each export runs
 /// on this exporter's own small runtime, whatever runtime the service is on.
@@ -265,8 +282,54 @@ struct OwnRuntimeExporter {
     runtime: tokio::runtime::Runtime,
 }
 
+/// `[telemetry.traces] headers`, resolved and checked as HTTP headers; a message
+/// names the header, never its value.
+fn export_headers(
+    config: &TracesConfig,
+    env: &std::collections::HashMap<String, String>,
+) -> Result<http::HeaderMap> {
+    let mut headers = http::HeaderMap::new();
+    for (name, location) in &config.headers {
+        let key = format!("telemetry.traces.headers.{name}");
+        let header_name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| Error::config(format!("{key}: not an HTTP header name")))?;
+        let value = location.resolve(env).map_err(|error| error.context(&key))?;
+        let mut header_value = http::HeaderValue::from_str(value.expose()).map_err(|_| {
+            Error::config(format!(
+                "{key}: the value holds characters not allowed in a header"
+            ))
+        })?;
+        header_value.set_sensitive(true);
+        headers.insert(header_name, header_value);
+    }
+    Ok(headers)
+}
+
+/// The client posting OTLP/HTTP batches: trusting `ca_file` besides the usual roots.
+fn http_exporter_client(config: &TracesConfig, timeout: Duration) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path).map_err(|error| {
+            Error::config(format!(
+                "telemetry.traces.ca_file {}: {error}",
+                path.display()
+            ))
+        })?;
+        let certificate = reqwest::Certificate::from_pem(&pem).map_err(|error| {
+            Error::config(format!(
+                "telemetry.traces.ca_file {}: not a PEM certificate: {error}",
+                path.display()
+            ))
+        })?;
+        builder = builder.add_root_certificate(certificate);
+    }
+    builder
+        .build()
+        .map_err(|error| Error::internal(format!("traces: cannot build a client: {error}")))
+}
+
 impl OwnRuntimeExporter {
-    fn new(config: &TracesConfig) -> Result<Self> {
+    fn new(config: &TracesConfig, headers: http::HeaderMap) -> Result<Self> {
         let timeout = Duration::from_millis(config.export_timeout_ms);
         let endpoint = url::Url::parse(&config.endpoint).map_err(|error| {
             Error::config(format!(
@@ -280,6 +343,20 @@ impl OwnRuntimeExporter {
                 config.endpoint
             )));
         }
+        // tonic's TLS is not built in (it would add a second TLS stack to the build):
+        // an https collector takes OTLP/HTTP, which runs on reqwest's rustls.
+        if config.protocol == OtlpProtocol::Grpc
+            && (endpoint.scheme() == "https" || config.ca_file.is_some())
+        {
+            return Err(Error::config(format!(
+                "telemetry.traces: an https collector ({:?}) or a ca_file needs protocol = \"http/protobuf\"",
+                config.endpoint
+            )));
+        }
+        let http_client = match config.protocol {
+            OtlpProtocol::HttpProtobuf => Some(http_exporter_client(config, timeout)?),
+            OtlpProtocol::Grpc => None,
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -290,19 +367,21 @@ impl OwnRuntimeExporter {
             OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint.as_str())
+                .with_metadata(tonic::metadata::MetadataMap::from_headers(headers))
                 .with_timeout(timeout)
                 .build(),
             OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
-                .with_http_client(
-                    reqwest::Client::builder()
-                        .timeout(timeout)
-                        .build()
-                        .map_err(|error| {
-                            Error::internal(format!("traces: cannot build a client: {error}"))
-                        })?,
-                )
+                .with_http_client(http_client.unwrap_or_default())
                 .with_endpoint(http_traces_url(endpoint))
+                .with_headers(
+                    headers
+                        .iter()
+                        .filter_map(|(name, value)| {
+                            Some((name.to_string(), value.to_str().ok()?.to_string()))
+                        })
+                        .collect(),
+                )
                 .with_timeout(timeout)
                 .build(),
         };
@@ -386,8 +465,10 @@ mod tests {
                 sample_ratio: 1.0,
                 service_name: "skyfuse".into(),
                 export_timeout_ms: 1000,
+                headers: Default::default(),
+                ca_file: None,
             };
-            let error = Tracing::from_config(Some(&config)).unwrap_err();
+            let error = Tracing::from_config(Some(&config), &Default::default()).unwrap_err();
             assert!(
                 error.message.contains("telemetry.traces"),
                 "{}",
@@ -404,8 +485,156 @@ mod tests {
             sample_ratio: 1.5,
             service_name: "skyfuse".into(),
             export_timeout_ms: 1000,
+            headers: Default::default(),
+            ca_file: None,
         };
-        let error = Tracing::from_config(Some(&config)).unwrap_err();
+        let error = Tracing::from_config(Some(&config), &Default::default()).unwrap_err();
         assert!(error.message.contains("sample_ratio"), "{}", error.message);
+    }
+
+    fn traces_config(endpoint: &str, protocol: OtlpProtocol) -> TracesConfig {
+        TracesConfig {
+            endpoint: endpoint.into(),
+            protocol,
+            sample_ratio: 1.0,
+            service_name: "skyfuse".into(),
+            export_timeout_ms: 2000,
+            headers: Default::default(),
+            ca_file: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn otlp_http_exports_carry_the_configured_headers_resolved_at_startup() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (sender, receiver) = tokio::sync::oneshot::channel::<String>();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+                let read = socket.read(&mut buffer).await.unwrap_or(0);
+                if read == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buffer[..read]);
+            }
+            let _ = sender.send(String::from_utf8_lossy(&head).to_ascii_lowercase());
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        });
+        let mut config = traces_config(&format!("http://{address}"), OtlpProtocol::HttpProtobuf);
+        config.headers.insert(
+            "x-honeycomb-team".into(),
+            crate::config::SecretLocation::try_from("env:OTLP_KEY".to_string()).unwrap(),
+        );
+        let env = [("OTLP_KEY".to_string(), "hc-key-123".to_string())]
+            .into_iter()
+            .collect();
+        let tracing = std::sync::Arc::new(Tracing::from_config(Some(&config), &env).unwrap());
+        drop(tracing.http_call("POST", "/v1/search", &http::HeaderMap::new()));
+        let flushing = tracing.clone();
+        // The answer comes before the body is read: only the request head matters.
+        let _ = tokio::task::spawn_blocking(move || flushing.flush()).await;
+        let head = receiver.await.unwrap();
+        assert!(head.starts_with("post /v1/traces "), "{head}");
+        assert!(head.contains("x-honeycomb-team: hc-key-123"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn tls_and_header_mistakes_are_config_errors_at_startup() {
+        let no_env = Default::default();
+        let grpc_tls = traces_config("https://collector.example:4317", OtlpProtocol::Grpc);
+        let error = Tracing::from_config(Some(&grpc_tls), &no_env).unwrap_err();
+        assert!(error.message.contains("http/protobuf"), "{}", error.message);
+        let mut missing_ca = traces_config("https://collector.example", OtlpProtocol::HttpProtobuf);
+        missing_ca.ca_file = Some("/nonexistent/ca.pem".into());
+        let error = Tracing::from_config(Some(&missing_ca), &no_env).unwrap_err();
+        assert!(error.message.contains("ca_file"), "{}", error.message);
+        let mut unset = traces_config("http://127.0.0.1:4318", OtlpProtocol::HttpProtobuf);
+        unset.headers.insert(
+            "authorization".into(),
+            crate::config::SecretLocation::try_from("env:UNSET_OTLP_KEY".to_string()).unwrap(),
+        );
+        let error = Tracing::from_config(Some(&unset), &no_env).unwrap_err();
+        assert!(
+            error
+                .message
+                .contains("telemetry.traces.headers.authorization"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[tokio::test]
+    async fn an_https_collector_signed_by_the_ca_file_receives_the_batch() {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "collector CA");
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+        let server_config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server.der().clone()],
+            PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (sender, receiver) = tokio::sync::oneshot::channel::<String>();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let Ok(mut stream) = acceptor.accept(socket).await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+                let read = stream.read(&mut buffer).await.unwrap_or(0);
+                if read == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buffer[..read]);
+            }
+            let _ = sender.send(String::from_utf8_lossy(&head).to_ascii_lowercase());
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        });
+        let directory = tempfile::tempdir().unwrap();
+        let ca_file = directory.path().join("collector-ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let mut config = traces_config(
+            &format!("https://localhost:{port}"),
+            OtlpProtocol::HttpProtobuf,
+        );
+        config.ca_file = Some(ca_file);
+        let tracing =
+            std::sync::Arc::new(Tracing::from_config(Some(&config), &Default::default()).unwrap());
+        drop(tracing.http_call("POST", "/v1/search", &http::HeaderMap::new()));
+        let flushing = tracing.clone();
+        let _ = tokio::task::spawn_blocking(move || flushing.flush()).await;
+        let head = receiver.await.expect("the TLS handshake succeeded");
+        assert!(head.starts_with("post /v1/traces "), "{head}");
     }
 }

@@ -916,3 +916,79 @@ async fn opensearch_replicas_starting_together_with_create_missing_both_start() 
     assert_eq!(second.count().await.unwrap(), first.count().await.unwrap());
     assert!(second.count().await.unwrap() > 0);
 }
+
+#[tokio::test]
+async fn opensearch_calls_within_a_trace_send_its_traceparent_outside_the_sigv4_signature() {
+    use skyfuse::telemetry::trace::{Tracing, within};
+    let fake = FakeOpenSearch::start(FakeAuth::SigV4 {
+        access_key: "AKIDEXAMPLE".into(),
+        secret_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+        region: "us-east-1".into(),
+        service: "es".into(),
+    })
+    .await;
+    fake.create_knn_index("docs", 4, "cosinesimil");
+    let settings = remote_settings(
+        "os",
+        "opensearch",
+        StoreKind::Dense,
+        &fake.url(),
+        "docs",
+        Some(4),
+    );
+    let info = settings.info.clone();
+    let index = OpenSearchIndex::connect(
+        settings,
+        sigv4_credentials("es"),
+        RefreshPolicy::OnCommit,
+        true,
+    )
+    .await
+    .unwrap();
+    // Spans go nowhere (nothing listens on port 9); only what is sent on matters.
+    let tracing = Tracing::from_config(
+        Some(&skyfuse::config::TracesConfig {
+            endpoint: "http://127.0.0.1:9".into(),
+            protocol: skyfuse::config::OtlpProtocol::HttpProtobuf,
+            sample_ratio: 1.0,
+            service_name: "skyfuse-test".into(),
+            export_timeout_ms: 100,
+            headers: Default::default(),
+            ca_file: None,
+        }),
+        &Default::default(),
+    )
+    .unwrap();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut incoming = http::HeaderMap::new();
+    incoming.insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    let call = tracing.http_call("POST", "/v1/search", &incoming).unwrap();
+    let store = index.source(info, true);
+    // Connecting asked outside the trace: only the traced call's requests count.
+    fake.traceparents.lock().unwrap().clear();
+    // The fake checks the signature: it still holds with traceparent added.
+    within(Some(&call), store.count()).await.unwrap();
+    let sent = fake.traceparents.lock().unwrap().clone();
+    assert!(!sent.is_empty());
+    for traceparent in &sent {
+        let traceparent = traceparent.as_deref().unwrap_or_default();
+        assert!(
+            traceparent.starts_with(&format!("00-{trace_id}-")),
+            "{traceparent:?}"
+        );
+    }
+    fake.traceparents.lock().unwrap().clear();
+    store.count().await.unwrap();
+    assert!(
+        fake.traceparents
+            .lock()
+            .unwrap()
+            .iter()
+            .all(Option::is_none)
+    );
+}

@@ -61,6 +61,9 @@ impl OpenSearchIndex {
                 headers.insert(HeaderName::from_static(name), header_value(&value)?);
             }
         }
+        // Outside the SigV4 signature (it lists its headers): OpenSearch's own traces
+        // join the search that asked.
+        crate::telemetry::trace::inject_traceparent(&mut headers);
         let query_string = (!query.is_empty()).then_some(query);
         let response = self
             .client

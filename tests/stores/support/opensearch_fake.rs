@@ -57,6 +57,8 @@ pub struct FakeOpenSearch {
     pub faults: Mutex<VecDeque<Fault>>,
     /// Every request as (method, path and query).
     pub log: Mutex<Vec<(String, String)>>,
+    /// The `traceparent` of every request, when it had one.
+    pub traceparents: Mutex<Vec<Option<String>>>,
     pub base_url: Mutex<String>,
 }
 
@@ -146,6 +148,7 @@ impl FakeOpenSearch {
             auth,
             faults: Mutex::new(VecDeque::new()),
             log: Mutex::new(Vec::new()),
+            traceparents: Mutex::new(Vec::new()),
             base_url: Mutex::new(String::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -193,6 +196,12 @@ impl FakeOpenSearch {
             .lock()
             .unwrap()
             .push((method.to_string(), uri.to_string()));
+        self.traceparents.lock().unwrap().push(
+            headers
+                .get("traceparent")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string),
+        );
         let fault = {
             let mut faults = self.faults.lock().unwrap();
             let position = faults
