@@ -68,6 +68,7 @@ fn router() -> Router {
                 input_per_1m_usd: Some(1.0),
                 output_per_1m_usd: Some(4.0),
                 cached_input_per_1m_usd: None,
+                regions: Vec::new(),
             };
             deployments.push(Deployment::new(provider, &config, &catalog, breaker));
         }

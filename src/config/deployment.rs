@@ -26,6 +26,12 @@ pub struct DeploymentConfig {
     pub input_per_1m_usd: Option<f64>,
     pub output_per_1m_usd: Option<f64>,
     pub cached_input_per_1m_usd: Option<f64>,
+    /// Every region the endpoint may process a prompt in, when it is multi-region and
+    /// its id does not say so: an Azure Global Standard deployment (`["global"]`) or
+    /// Data Zone one (the zone's regions). Bedrock profiles (`eu.`, `us.`, `global.`)
+    /// and Vertex's `global` region are recognised without it.
+    #[serde(default)]
+    pub regions: Vec<String>,
 }
 
 impl DeploymentConfig {

@@ -2,6 +2,7 @@
 //! endpoints ([`residency`]), what moving them between clouds costs ([`egress`]),
 //! and where a workload should run ([`placement`]).
 
+pub mod classification;
 pub mod egress;
 pub mod placement;
 pub mod residency;

@@ -153,6 +153,7 @@ mod tests {
                     text: String::new(),
                     cloud: String::new(),
                     region: String::new(),
+                    classes: Vec::new(),
                     score: 1.0,
                 },
                 score: 1.0,

@@ -164,6 +164,7 @@ mod tests {
             input_per_1m_usd: None,
             output_per_1m_usd: None,
             cached_input_per_1m_usd: None,
+            regions: Vec::new(),
         }
     }
 

@@ -276,18 +276,21 @@ impl Router {
                 ));
                 continue;
             }
-            if !caller.may_use_region(&info.region) {
+            // A multi-region endpoint may use each of its regions: all must be allowed.
+            let regions = deployment_regions(info);
+            if let Some(region) = regions.iter().find(|r| !caller.may_use_region(r)) {
                 skip(format!(
-                    "caller {:?} may not send prompts to region {}",
-                    caller.id, info.region
+                    "caller {:?} may not send prompts to region {region}{}",
+                    caller.id,
+                    multi_region_note(regions)
                 ));
                 continue;
             }
-            if !any_matches(&asked.regions, &info.region) {
+            if let Some(region) = regions.iter().find(|r| !any_matches(&asked.regions, r)) {
                 skip(format!(
-                    "the request allows regions {}, not {}",
+                    "the request allows regions {}, not {region}{}",
                     request.regions.join(", "),
-                    info.region
+                    multi_region_note(regions)
                 ));
                 continue;
             }
@@ -398,4 +401,21 @@ fn cheapest(group: &[Candidate]) -> f64 {
         .iter()
         .map(|candidate| cost_or_max(candidate.max_cost_usd))
         .fold(f64::MAX, f64::min)
+}
+
+/// The regions a deployment may process a prompt in: its own when it lists none.
+pub fn deployment_regions(info: &crate::llm::ProviderInfo) -> &[String] {
+    if info.regions.is_empty() {
+        std::slice::from_ref(&info.region)
+    } else {
+        &info.regions
+    }
+}
+
+fn multi_region_note(regions: &[String]) -> String {
+    if regions.len() > 1 {
+        format!(" (a multi-region endpoint: {})", regions.join(", "))
+    } else {
+        String::new()
+    }
 }

@@ -33,6 +33,7 @@ fn fixture(specs: Vec<(Scripted, f64, f64, Option<u64>)>, settings: RoutingConfi
             input_per_1m_usd: Some(input),
             output_per_1m_usd: Some(output),
             cached_input_per_1m_usd: None,
+            regions: Vec::new(),
         };
         deployments.push(Deployment::new(
             provider.clone(),

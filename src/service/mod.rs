@@ -170,7 +170,7 @@ impl Service {
             .collect();
         let extractor = build::extractor(&config.ingest)?;
         let traces = Tracing::from_config(config.telemetry.traces.as_ref())?;
-        let residency = Residency::new(config.residency.clone(), config.residency_policy);
+        let residency = Residency::new(config.residency.clone(), config.residency_policy.clone());
         Ok(Self {
             traces,
             residency,

@@ -39,15 +39,16 @@ impl Service {
         if self.residency.is_open() || hits.is_empty() {
             return Ok(ResidencyOutcome::default());
         }
-        let regions = self.candidate_regions(principal, call)?;
+        let endpoints = self.candidate_endpoints(principal, call)?;
         let places: Vec<Place> = hits
             .iter()
             .map(|hit| Place {
                 cloud: &hit.hit.cloud,
                 region: &hit.hit.region,
+                classes: &hit.hit.classes,
             })
             .collect();
-        match self.residency.decide(&places, &regions) {
+        match self.residency.decide(&places, &endpoints) {
             Decision::Unrestricted => Ok(ResidencyOutcome::default()),
             Decision::Refused(why) => Err(Error::forbidden(why)),
             Decision::Restricted {
