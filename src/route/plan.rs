@@ -24,8 +24,9 @@ pub struct RouteRequest {
     /// Estimated prompt tokens.
     pub input_tokens: u64,
     pub max_output_tokens: u64,
-    /// What moving this request's retrieved context to each cloud would cost in USD
-    /// (the egress policy's figure); a cloud not listed costs nothing to reach.
+    /// What moving this request's retrieved context to each place would cost in USD
+    /// (the egress policy's figure), keyed `cloud/region` or `cloud`; a place not
+    /// listed costs nothing to reach.
     pub egress_usd_by_cloud: Vec<(String, f64)>,
 }
 
@@ -34,11 +35,17 @@ impl RouteRequest {
         self.input_tokens + self.max_output_tokens
     }
 
-    /// The context's transfer cost to `cloud`.
-    pub fn egress_usd_to(&self, cloud: &str) -> f64 {
-        self.egress_usd_by_cloud
-            .iter()
-            .find(|(known, _)| known == cloud)
+    /// The context's transfer cost to `region` of `cloud`: its own figure, else the
+    /// cloud's.
+    pub fn egress_usd_to(&self, cloud: &str, region: &str) -> f64 {
+        let place = format!("{cloud}/{region}");
+        let find = |key: &str| {
+            self.egress_usd_by_cloud
+                .iter()
+                .find(|(known, _)| known == key)
+        };
+        find(&place)
+            .or_else(|| find(cloud))
             .map_or(0.0, |(_, usd)| *usd)
     }
 }
@@ -325,7 +332,9 @@ impl Router {
         let cost_optimize = self.settings.cost_optimize;
         // By cost, a deployment's cost is its tokens' and the transfer of the context.
         let total = |cost: Option<f64>, deployment: &Deployment| {
-            cost.map(|cost| cost + request.egress_usd_to(&deployment.info().cloud))
+            cost.map(|cost| {
+                cost + request.egress_usd_to(&deployment.info().cloud, &deployment.info().region)
+            })
         };
         ranked.sort_by(|(rank_a, cost_a, a), (rank_b, cost_b, b)| {
             let by_cost = if cost_optimize {
@@ -349,7 +358,8 @@ impl Router {
                 } else {
                     "on demand"
                 };
-                let egress_usd = request.egress_usd_to(&deployment.info().cloud);
+                let egress_usd =
+                    request.egress_usd_to(&deployment.info().cloud, &deployment.info().region);
                 let moved = if egress_usd > 0.0 {
                     format!(
                         "; moving the context to {} costs ${egress_usd:.6}",
