@@ -123,6 +123,9 @@ pub fn search_params(
             snippets: request.snippets,
         },
         filter: request.filter.as_ref().map(filter_request).transpose()?,
+        clouds: request.clouds.clone(),
+        regions: request.regions.clone(),
+        classifications: request.classifications.clone(),
     })
 }
 

@@ -6,3 +6,4 @@ pub mod classification;
 pub mod egress;
 pub mod placement;
 pub mod residency;
+pub mod search_zone;

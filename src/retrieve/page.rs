@@ -173,6 +173,7 @@ mod tests {
             adapter_from: None,
             controls: Default::default(),
             filter: None,
+            zone: Default::default(),
         }
     }
 

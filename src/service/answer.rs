@@ -156,6 +156,7 @@ impl Service {
                     adapter_from: None,
                     controls: Default::default(),
                     filter: request.filter.clone(),
+                    ..Default::default()
                 },
             )
             .await?;
