@@ -432,6 +432,63 @@ mod tests {
         )
     }
 
+    #[test]
+    fn the_seed_examples_keep_each_region_s_data_at_home() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/residency.toml");
+        let config = crate::config::Config::load(&path).unwrap();
+        config.validate().unwrap();
+        let residency = Residency::new(config.residency.clone(), config.residency_policy.clone());
+        // The example's deployments: OCI Frankfurt, OCI Osaka, Bedrock us-east-1 and a
+        // Bedrock `us.` profile.
+        let endpoints: Vec<Vec<String>> = [
+            vec!["eu-frankfurt-1".to_string()],
+            vec!["ap-osaka-1".to_string()],
+            vec!["us-east-1".to_string()],
+            crate::llm::regions::regions_used("aws", "us-east-1", "us.anthropic.claude", &[]),
+        ]
+        .into();
+        let decided = |place: Place| match residency.decide(&[place], &endpoints) {
+            Decision::Restricted { regions, kept, .. } if kept == [0] => regions,
+            other => panic!("{place:?}: {other:?}"),
+        };
+        // eu: stored in Azure West Europe, answered in Frankfurt.
+        assert_eq!(
+            decided(Place::at("azure", "westeurope")),
+            ["eu-frankfurt-1"]
+        );
+        // us: stored in AWS us-east-1, answered by Bedrock there or the US profile.
+        let us = decided(Place::at("aws", "us-east-1"));
+        assert!(us.contains(&"us-east-1".to_string()) && us.contains(&"us-west-2".to_string()));
+        assert!(
+            !us.iter()
+                .any(|region| region.starts_with("eu") || region.starts_with("ap"))
+        );
+        // apac: stored in OCI Tokyo, answered in Osaka.
+        assert_eq!(decided(Place::at("oci", "ap-tokyo-1")), ["ap-osaka-1"]);
+        // Aggregated US data may cross; data no rule covers may go nowhere.
+        let aggregated = ["aggregated".to_string()];
+        assert_eq!(
+            residency.decide(
+                &[Place {
+                    classes: &aggregated,
+                    ..Place::at("aws", "us-east-1")
+                }],
+                &endpoints
+            ),
+            Decision::Unrestricted
+        );
+        let Decision::Restricted { kept, withheld, .. } =
+            residency.decide(&[Place::at("gcp", "us-central1")], &endpoints)
+        else {
+            panic!("restricted");
+        };
+        assert!(
+            kept.is_empty() && withheld[0].1.contains("no residency rule"),
+            "{withheld:?}"
+        );
+    }
+
     const CLOUDS: [&str; 4] = ["aws", "azure", "oci", "gcp"];
     const REGIONS: [&str; 9] = [
         "us-east-1",
