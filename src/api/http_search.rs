@@ -296,7 +296,7 @@ fn response_json(response: proto::SearchResponse) -> Value {
                 "rank": hit.rank, "doc_id": hit.doc_id, "chunk_id": hit.chunk_id,
                 "score": hit.score, "title": hit.title, "text": hit.text,
                 "object_key": hit.object_key, "explain": explain,
-                "cloud": hit.cloud, "region": hit.region,
+                "cloud": hit.cloud, "region": hit.region, "classes": hit.classes,
             });
             if let Some(snippet) = hit.snippet {
                 let highlights: Vec<Value> = snippet
