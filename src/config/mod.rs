@@ -492,6 +492,14 @@ impl Config {
                 ));
             }
         }
+        for (index, rule) in self.classifications.iter().enumerate() {
+            if rule.classes.is_empty() || rule.classes.iter().any(String::is_empty) {
+                problems.push(format!(
+                    "classification #{}: classes must list at least one non-empty class",
+                    index + 1
+                ));
+            }
+        }
         problems.extend(self.egress.problems());
         problems
     }
