@@ -22,6 +22,7 @@ fn lists() -> Vec<RankedList> {
                         text: String::new(),
                         cloud: String::new(),
                         region: String::new(),
+                        classes: Vec::new(),
                         score: 1000.0 - rank as f32,
                     }
                 })

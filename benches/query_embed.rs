@@ -59,7 +59,7 @@ fn bench_query_embedding(criterion: &mut Criterion) {
     group.bench_function("local_minilm_miss", |bencher| {
         bencher.iter(|| {
             runtime
-                .block_on(uncached.embed(&families[0], QUERY))
+                .block_on(uncached.embed(&families[0], QUERY, None))
                 .expect("embeds")
         })
     });
@@ -67,18 +67,18 @@ fn bench_query_embedding(criterion: &mut Criterion) {
     let cached = query_embedder(1024);
     let (families, _) = cached.families(["minilm", "minilm-128"]);
     runtime
-        .block_on(cached.embed(&families[0], QUERY))
+        .block_on(cached.embed(&families[0], QUERY, None))
         .expect("embeds");
     group.bench_function("cache_hit", |bencher| {
         bencher.iter(|| {
             runtime
-                .block_on(cached.embed(&families[0], QUERY))
+                .block_on(cached.embed(&families[0], QUERY, None))
                 .expect("hit")
         })
     });
 
     let full = runtime
-        .block_on(cached.embed(&families[0], QUERY))
+        .block_on(cached.embed(&families[0], QUERY, None))
         .expect("hit");
     group.bench_function("matryoshka_truncate_384_to_128", |bencher| {
         bencher.iter(|| cached.for_space(&full, "minilm-128").expect("truncates"))

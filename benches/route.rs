@@ -70,6 +70,7 @@ fn router() -> Router {
                 cached_input_per_1m_usd: None,
                 requests_per_minute: None,
                 tokens_per_minute: None,
+                regions: Vec::new(),
             };
             deployments.push(Deployment::new(provider, &config, &catalog, breaker));
         }

@@ -34,6 +34,7 @@ fn deployment(id: &str) -> ProviderInfo {
         dedicated: false,
         cloud: "aws".into(),
         region: "eu-west-1".into(),
+        regions: vec!["eu-west-1".into()],
         input_per_1m_usd: 1.0,
         output_per_1m_usd: 2.0,
     }

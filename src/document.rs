@@ -78,6 +78,9 @@ pub struct Hit {
     /// The chunk's [`Chunk::cloud`] and [`Chunk::region`].
     pub cloud: String,
     pub region: String,
+    /// The data's classes (`pii`, `anonymized`...) from `[[classification]]`: stamped
+    /// when the hit leaves its source, since stores do not keep them.
+    pub classes: Vec<String>,
     /// The store's own score: BM25, cosine... Only comparable within one list.
     pub score: f32,
 }

@@ -235,6 +235,11 @@ enum RouteAction {
         /// Explain as this [[caller]] (its permissions apply).
         #[arg(long)]
         caller: Option<String>,
+        /// A passage the answer would carry: cloud/region[:class,...][@bytes]
+        /// (azure/westeurope:pii@4000); repeat for several. Adds each candidate's
+        /// residency verdicts and the cost of moving them.
+        #[arg(long = "passage")]
+        passages: Vec<String>,
     },
 }
 
@@ -374,6 +379,7 @@ async fn run(cli: Cli) -> Result<()> {
                     prompt_tokens,
                     max_output_tokens,
                     caller,
+                    passages,
                 },
         } => {
             let request = skyfuse::route::RouteRequest {
@@ -385,7 +391,7 @@ async fn run(cli: Cli) -> Result<()> {
                 max_output_tokens,
                 egress_usd_by_cloud: Vec::new(),
             };
-            cli::route::route_explain(cli.config, request, caller.as_deref())
+            cli::route::route_explain(cli.config, request, caller.as_deref(), &passages)
         }
         Command::Placement {
             model,

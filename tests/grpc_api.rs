@@ -2390,3 +2390,142 @@ async fn a_filtered_search_and_answer_see_only_the_matching_chunks() {
     );
     server.stop().await;
 }
+
+/// Classes from `[[classification]]` over gRPC and the facade's `/v1/search`: hits say
+/// their classes, a search can ask for one class, and a bad region glob is the
+/// caller's error. The local folder is always within a region-restricted search's
+/// reach (the data is on the server itself).
+#[tokio::test]
+async fn search_filters_by_class_and_region_over_grpc_and_http() {
+    let data = TempDir::new().unwrap();
+    let docs = TempDir::new().unwrap();
+    write_corpus(docs.path());
+    let config = r#"
+        [residency_policy]
+        cross_region_allowed = ["public"]
+        [[classification]]
+        classes = ["public"]
+        keys = ["*/archives.md"]
+    "#;
+    let server = TestServer::start(data.path(), config).await;
+    server.index(docs.path()).await;
+    let asked = |classifications: Vec<String>, regions: Vec<String>| proto::SearchRequest {
+        query: "cold archives replicated invoices".into(),
+        top_k: 10,
+        classifications,
+        regions,
+        ..Default::default()
+    };
+    let all = server
+        .search()
+        .search(asked(vec![], vec!["eu-*".into()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        all.hits.len() > 1,
+        "local data is within an EU-only search's reach"
+    );
+    let archives = all
+        .hits
+        .iter()
+        .find(|hit| hit.object_key.ends_with("archives.md"))
+        .unwrap();
+    assert_eq!(archives.classes, ["public"]);
+    let public = server
+        .search()
+        .search(asked(vec!["public".into()], vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!public.hits.is_empty());
+    assert!(
+        public
+            .hits
+            .iter()
+            .all(|hit| hit.object_key.ends_with("archives.md") && hit.classes == ["public"]),
+        "{:?}",
+        public.hits
+    );
+    let bad = server
+        .search()
+        .search(asked(vec![], vec!["eu-[".into()]))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+
+    let (status, body) = server
+        .post_json(
+            "/v1/search",
+            serde_json::json!({"query": "cold archives replicated invoices", "top_k": 10,
+                               "classifications": ["public"], "regions": ["eu-*"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let hits = body["hits"].as_array().unwrap();
+    assert!(!hits.is_empty(), "{body}");
+    for hit in hits {
+        assert_eq!(hit["classes"], serde_json::json!(["public"]), "{hit}");
+    }
+    let (status, body) = server
+        .post_json(
+            "/v1/search",
+            serde_json::json!({"query": "archives", "regions": ["eu-["]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    server.stop().await;
+}
+
+/// A deployment that may use a region outside the EU (declared multi-region) may not
+/// see EU data, though its home region may: every passage is withheld.
+#[tokio::test]
+async fn a_multi_region_deployment_counts_as_every_region_it_may_use() {
+    let docs = TempDir::new().unwrap();
+    write_corpus(docs.path());
+    let (upstream, calls) = traced_upstream(200).await;
+    let config = format!(
+        r#"
+        [routing]
+        default_model = "qwen"
+        [[provider]]
+        id = "global"
+        kind = "openai_compat"
+        base_url = "{upstream}"
+        cloud = "azure"
+        region = "westeurope"
+        [[deployment]]
+        provider = "global"
+        model = "qwen"
+        regions = ["westeurope", "eastus"]
+        [[residency]]
+        id = "eu"
+        data = {{ clouds = ["local"], regions = ["local"] }}
+        inference_regions = ["eu-*", "westeurope"]
+        reason = "GDPR - data stays in EU"
+        "#
+    );
+    let data = TempDir::new().unwrap();
+    let server = TestServer::start(data.path(), &config).await;
+    server.index(docs.path()).await;
+    let events = server
+        .answer(proto::AnswerRequest {
+            question: "Where are cold archives replicated?".into(),
+            ..Default::default()
+        })
+        .await;
+    let Some(proto::answer_event::Event::Done(done)) = events.last() else {
+        panic!("the stream ends with done: {events:?}");
+    };
+    assert!(done.citations.is_empty(), "{done:?}");
+    assert!(!done.withheld.is_empty());
+    for passage in &done.withheld {
+        assert!(passage.reason.contains("eastus"), "{}", passage.reason);
+    }
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        1,
+        "answered without the passages"
+    );
+    server.stop().await;
+}

@@ -123,6 +123,9 @@ pub fn search_params(
             snippets: request.snippets,
         },
         filter: request.filter.as_ref().map(filter_request).transpose()?,
+        clouds: request.clouds.clone(),
+        regions: request.regions.clone(),
+        classifications: request.classifications.clone(),
     })
 }
 
@@ -228,6 +231,7 @@ fn search_hit(index: usize, fused: FusedHit, include_text: bool) -> proto::Searc
         object_key: fused.hit.object_key,
         cloud: fused.hit.cloud,
         region: fused.hit.region,
+        classes: fused.hit.classes,
         explain: fused
             .contributions
             .into_iter()

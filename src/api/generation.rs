@@ -298,6 +298,8 @@ fn egress_leg(leg: &EgressLeg) -> proto::EgressLeg {
         link: leg.link.clone().unwrap_or_default(),
         cheaper_via: leg.cheaper_via.clone().unwrap_or_default(),
         saving_usd: leg.saving_usd,
+        from_region: leg.from_region.clone(),
+        to_region: leg.to_region.clone(),
     }
 }
 

@@ -50,6 +50,13 @@ struct SearchBody {
     snippets: bool,
     #[serde(default)]
     filter: Option<FilterBody>,
+    /// Residency: the `SearchRequest` fields of the same names.
+    #[serde(default)]
+    clouds: Vec<String>,
+    #[serde(default)]
+    regions: Vec<String>,
+    #[serde(default)]
+    classifications: Vec<String>,
 }
 
 /// `Filter` in JSON, as gRPC's JSON mapping spells it: exactly one of the four keys.
@@ -210,6 +217,9 @@ impl SearchBody {
             page_token: self.page_token,
             snippets: self.snippets,
             filter: self.filter.map(FilterBody::into_proto).transpose()?,
+            clouds: self.clouds,
+            regions: self.regions,
+            classifications: self.classifications,
         })
     }
 }
@@ -286,7 +296,7 @@ fn response_json(response: proto::SearchResponse) -> Value {
                 "rank": hit.rank, "doc_id": hit.doc_id, "chunk_id": hit.chunk_id,
                 "score": hit.score, "title": hit.title, "text": hit.text,
                 "object_key": hit.object_key, "explain": explain,
-                "cloud": hit.cloud, "region": hit.region,
+                "cloud": hit.cloud, "region": hit.region, "classes": hit.classes,
             });
             if let Some(snippet) = hit.snippet {
                 let highlights: Vec<Value> = snippet

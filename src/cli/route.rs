@@ -5,13 +5,22 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 
 use skyfuse::client::load_config;
+use skyfuse::policy::egress::EgressPrices;
+use skyfuse::policy::residency::Residency;
+use skyfuse::route::explain::{PassageSpec, egress_by_place, explain};
 use skyfuse::service::Service;
 
 pub fn route_explain(
     config: Option<PathBuf>,
-    request: skyfuse::route::RouteRequest,
+    mut request: skyfuse::route::RouteRequest,
     caller: Option<&str>,
+    passages: &[String],
 ) -> Result<()> {
+    let passages = passages
+        .iter()
+        .map(|text| PassageSpec::parse(text))
+        .collect::<std::result::Result<Vec<_>, String>>()
+        .map_err(anyhow::Error::msg)?;
     let config = load_config(config.as_deref())?;
     let Some(router) = Service::planning_router(&config)? else {
         bail!("no chat model is configured: add [[deployment]]s or answer.provider");
@@ -23,7 +32,18 @@ pub fn route_explain(
             None => bail!("no [[caller]] has id {id:?}"),
         },
     };
+    let prices = EgressPrices::from_config(&config.egress);
+    request.egress_usd_by_cloud = egress_by_place(
+        &prices,
+        &passages,
+        router
+            .deployments()
+            .iter()
+            .map(|d| (d.info().cloud.as_str(), d.info().region.as_str())),
+    );
     let plan = router.plan(&caller, &request)?;
+    let residency = Residency::new(config.residency.clone(), config.residency_policy.clone());
+    let explained = explain(&plan, &residency, &passages);
     let asked = match (&request.model, &plan.tier) {
         (Some(model), _) => format!("model {model}"),
         (None, Some(tier)) => format!("tier {tier}"),
@@ -36,21 +56,29 @@ pub fn route_explain(
     if plan.candidates.is_empty() {
         println!("  no candidate");
     }
-    for (rank, candidate) in plan.candidates.iter().enumerate() {
-        let info = candidate.deployment.info();
-        let cost = candidate
-            .max_cost_usd
-            .map_or("price unknown".to_string(), |cost| {
-                format!("at most ${cost:.5}")
-            });
+    if !passages.is_empty() {
+        println!("residency: {}", explained.residency);
+    }
+    for (rank, view) in explained.candidates.iter().enumerate() {
+        let tokens = view.token_usd.map_or("price unknown".to_string(), |cost| {
+            format!("tokens at most ${cost:.5}")
+        });
         println!(
-            "  {}. {:<40} {:<8} {:<14} {cost:<18} {}",
+            "  {}. {:<40} {:<8} {:<14} {:<10} {tokens}, egress ${:.7}",
             rank + 1,
-            candidate.deployment.label(),
-            info.cloud,
-            info.region,
-            candidate.why
+            view.label,
+            view.cloud,
+            view.regions.join("+"),
+            view.capacity,
+            view.egress_usd,
         );
+        for (passage, refusal) in &view.verdicts {
+            match refusal {
+                None => println!("       {passage}: allowed"),
+                Some(why) => println!("       {passage}: refused: {why}"),
+            }
+        }
+        println!("       {}", view.outcome);
     }
     if !plan.skipped.is_empty() {
         println!("skipped:");

@@ -32,6 +32,12 @@ pub struct DeploymentConfig {
     /// collecting the provider's 429s. Unlimited when unset.
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u64>,
+    /// Every region the endpoint may process a prompt in, when it is multi-region and
+    /// its id does not say so: an Azure Global Standard deployment (`["global"]`) or
+    /// Data Zone one (the zone's regions). Bedrock profiles (`eu.`, `us.`, `global.`)
+    /// and Vertex's `global` region are recognised without it.
+    #[serde(default)]
+    pub regions: Vec<String>,
 }
 
 impl DeploymentConfig {

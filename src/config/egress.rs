@@ -13,6 +13,13 @@ pub struct EgressConfig {
     /// model. Unset: they are priced as if they went from the store straight to the
     /// model (skyfuse beside the model, or an operator who does not pay for the hop).
     pub home_cloud: Option<String>,
+    /// The region skyfuse runs in, so passages from another region of `home_cloud`
+    /// are priced as an inter-region transfer; unset: such moves are not priced.
+    pub home_region: Option<String>,
+    /// USD per GB between two regions of one cloud (the clouds charge about 0.02).
+    pub inter_region_usd_per_gb: f64,
+    /// Per cloud, over `inter_region_usd_per_gb`: `{ gcp = 0.01 }`.
+    pub inter_region_usd_per_gb_by_cloud: BTreeMap<String, f64>,
     /// USD per GB for a pair no table entry names.
     pub default_usd_per_gb: f64,
     /// `"<from>_to_<to>" = USD per GB`, e.g. `aws_to_azure = 0.09`; merged over the
@@ -29,6 +36,9 @@ impl Default for EgressConfig {
     fn default() -> Self {
         Self {
             home_cloud: None,
+            home_region: None,
+            inter_region_usd_per_gb: SEED_INTER_REGION_USD_PER_GB,
+            inter_region_usd_per_gb_by_cloud: BTreeMap::new(),
             default_usd_per_gb: SEED_DEFAULT_USD_PER_GB,
             usd_per_gb: BTreeMap::new(),
             links: None,
@@ -50,6 +60,10 @@ pub struct EgressLink {
     #[serde(default)]
     pub latency_ms: Option<f64>,
 }
+
+/// Between two regions of one cloud: AWS, Azure and GCP list about 0.02 per GB
+/// within a continent.
+pub const SEED_INTER_REGION_USD_PER_GB: f64 = 0.02;
 
 /// The seed's price for a pair its table does not name.
 pub const SEED_DEFAULT_USD_PER_GB: f64 = 0.10;
@@ -103,6 +117,19 @@ impl EgressConfig {
                 "egress.default_usd_per_gb must be a finite number >= 0, not {}",
                 self.default_usd_per_gb
             ));
+        }
+        if !valid_price(self.inter_region_usd_per_gb) {
+            problems.push(format!(
+                "egress.inter_region_usd_per_gb must be a finite number >= 0, not {}",
+                self.inter_region_usd_per_gb
+            ));
+        }
+        for (cloud, price) in &self.inter_region_usd_per_gb_by_cloud {
+            if !valid_price(*price) {
+                problems.push(format!(
+                    "egress.inter_region_usd_per_gb_by_cloud.{cloud} must be a finite number >= 0, not {price}"
+                ));
+            }
         }
         match self.configured_pairs() {
             Ok(pairs) => {

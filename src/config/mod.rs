@@ -10,6 +10,7 @@ mod aws;
 mod bucket;
 mod caller;
 mod capability;
+mod classification;
 mod client_cert;
 mod deployment;
 mod egress;
@@ -45,6 +46,7 @@ pub use aws::{AwsKeyLocations, AwsKeys};
 pub use bucket::{AZURE_SCHEMES, BucketConfig, BucketCredentialsConfig, GCS_SCHEMES, S3_SCHEMES};
 pub use caller::{CallerConfig, is_sha256_hex};
 pub use capability::{CloudCapability, Offer};
+pub use classification::ClassificationRule;
 pub use client_cert::ClientCertConfig;
 pub use deployment::DeploymentConfig;
 pub use egress::{EgressConfig, EgressLink, SEED_DEFAULT_USD_PER_GB, SEED_USD_PER_GB};
@@ -148,6 +150,9 @@ pub struct Config {
     pub residency: Vec<ResidencyRule>,
     #[serde(default)]
     pub residency_policy: ResidencyPolicy,
+    /// Classes of data by source and object key (`[[classification]]`).
+    #[serde(default, rename = "classification")]
+    pub classifications: Vec<ClassificationRule>,
     /// What moving data between clouds costs (`[egress]`).
     #[serde(default)]
     pub egress: EgressConfig,
@@ -487,6 +492,14 @@ impl Config {
                 ));
             }
         }
+        for (index, rule) in self.classifications.iter().enumerate() {
+            if rule.classes.is_empty() || rule.classes.iter().any(String::is_empty) {
+                problems.push(format!(
+                    "classification #{}: classes must list at least one non-empty class",
+                    index + 1
+                ));
+            }
+        }
         problems.extend(self.egress.problems());
         problems
     }
@@ -521,6 +534,7 @@ impl Config {
                     cached_input_per_1m_usd: None,
                     requests_per_minute: None,
                     tokens_per_minute: None,
+                    regions: Vec::new(),
                 });
             }
         }

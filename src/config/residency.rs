@@ -29,11 +29,15 @@ pub struct DataPlace {
     pub regions: Vec<Glob>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResidencyPolicy {
     pub unmatched_data: UnmatchedData,
     pub on_conflict: OnConflict,
+    /// Classes of data that may cross regions whatever its rule says (the seed's
+    /// `cross_region_allowed`: `anonymized`, `aggregated`). A passage carrying one of
+    /// them may go to any region and is served to any caller.
+    pub cross_region_allowed: Vec<String>,
 }
 
 /// Data that no rule covers.

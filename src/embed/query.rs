@@ -13,7 +13,7 @@ use crate::embed::adapter::LinearAdapter;
 use crate::embed::normalize::shape_vector;
 use crate::embed::query_cache::QueryCache;
 pub use crate::embed::query_cache::QueryCacheSettings;
-use crate::embed::space::SpaceEmbedder;
+use crate::embed::space::{SpaceEmbedder, Within};
 use crate::embed::{Embedder, Purpose};
 use crate::error::{Error, Result};
 
@@ -97,6 +97,7 @@ impl QueryEmbedder {
         to: &str,
         query: &str,
         from: Option<&str>,
+        within: Option<Within>,
     ) -> Result<(Arc<Vec<f32>>, String)> {
         let candidates = self.adapters.get(to).map_or(&[][..], Vec::as_slice);
         let mut failures = Vec::new();
@@ -108,7 +109,7 @@ impl QueryEmbedder {
             let Some(family) = families.first() else {
                 continue;
             };
-            let embedded = match self.embed(family, query).await {
+            let embedded = match self.embed(family, query, within.clone()).await {
                 Ok(vector) => self.for_space(&vector, &adapter.from),
                 Err(error) => Err(error),
             };
@@ -171,7 +172,14 @@ impl QueryEmbedder {
 
     /// The family's query vector at its largest size: from the cache when fresh, shared
     /// with an identical query in flight, else embedded.
-    pub async fn embed(&self, family: &Family<'_>, query: &str) -> Result<Arc<Vec<f32>>> {
+    /// With `within`, only the providers it admits may see the query (a vector already
+    /// cached or in flight is shared: that sends the query nowhere).
+    pub async fn embed(
+        &self,
+        family: &Family<'_>,
+        query: &str,
+        within: Option<Within>,
+    ) -> Result<Arc<Vec<f32>>> {
         let key = (family.key.clone(), family.dims, query.to_string());
         let embedder = family.embedder.clone();
         let (dims, query) = (family.dims, query.to_string());
@@ -179,7 +187,9 @@ impl QueryEmbedder {
             .get_or_embed(
                 key,
                 crate::telemetry::trace::carry(async move {
-                    let mut vectors = embedder.embed_at(&[query], Purpose::Query, dims).await?;
+                    let mut vectors = embedder
+                        .embed_within(&[query], Purpose::Query, dims, within.as_ref())
+                        .await?;
                     match vectors.len() {
                         1 => Ok(Arc::new(vectors.remove(0))),
                         n => Err(Error::unavailable(format!(
@@ -270,7 +280,7 @@ mod tests {
         assert_eq!(missing, vec!["gone"]);
         assert_eq!(families.len(), 2);
         let te3 = families.iter().find(|f| f.members.len() == 2).unwrap();
-        let full = query.embed(te3, "q").await.unwrap();
+        let full = query.embed(te3, "q", None).await.unwrap();
         assert_eq!(full.len(), 4);
         let small = query.for_space(&full, "te3-2").unwrap();
         let expected = {
@@ -299,11 +309,14 @@ mod tests {
         )]);
         let query = QueryEmbedder::new(spaces, HashMap::new(), settings(8));
         let (families, _) = query.families(["minilm"]);
-        let first = query.embed(&families[0], "same words").await.unwrap();
-        let again = query.embed(&families[0], "same words").await.unwrap();
+        let first = query.embed(&families[0], "same words", None).await.unwrap();
+        let again = query.embed(&families[0], "same words", None).await.unwrap();
         assert_eq!(first, again);
         assert_eq!(provider.calls(), 1, "served from the cache");
-        query.embed(&families[0], "other words").await.unwrap();
+        query
+            .embed(&families[0], "other words", None)
+            .await
+            .unwrap();
         assert_eq!(provider.calls(), 2);
     }
 }

@@ -34,6 +34,11 @@ impl Serving {
     }
 }
 
+/// Which provider locations (cloud, region) may see a text, and why not: a search's
+/// residency restriction. None: any.
+pub type Within =
+    std::sync::Arc<dyn Fn(&str, &str) -> std::result::Result<(), String> + Send + Sync>;
+
 pub struct SpaceEmbedder {
     space: EmbeddingSpace,
     metric: Metric,
@@ -80,6 +85,18 @@ impl SpaceEmbedder {
         purpose: Purpose,
         dims: usize,
     ) -> Result<Vec<Vec<f32>>> {
+        self.embed_within(texts, purpose, dims, None).await
+    }
+
+    /// [`Self::embed_at`] by the providers `within` admits only; the others are
+    /// passed over and named in the error when none could embed.
+    pub async fn embed_within(
+        &self,
+        texts: &[String],
+        purpose: Purpose,
+        dims: usize,
+        within: Option<&Within>,
+    ) -> Result<Vec<Vec<f32>>> {
         if dims != self.space.dims && !self.matryoshka {
             return Err(Error::internal(format!(
                 "space {:?} is not Matryoshka: it embeds at {} dimensions only",
@@ -89,7 +106,7 @@ impl SpaceEmbedder {
         let normalize = self.metric == Metric::Cosine;
         let mut vectors = Vec::with_capacity(texts.len());
         for batch in texts.chunks(self.batch_size) {
-            let embedded = self.embed_batch(batch, purpose, dims).await?;
+            let embedded = self.embed_batch(batch, purpose, dims, within).await?;
             if embedded.len() != batch.len() {
                 return Err(Error::unavailable(format!(
                     "space {:?}: the provider returned {} vectors for {} texts",
@@ -110,6 +127,7 @@ impl SpaceEmbedder {
         texts: &[String],
         purpose: Purpose,
         dims: usize,
+        within: Option<&Within>,
     ) -> Result<Vec<Vec<f32>>> {
         let mut failures = Vec::new();
         let mut last_kind = ErrorKind::Unavailable;
@@ -119,6 +137,14 @@ impl SpaceEmbedder {
         let mut only_local_refusals = true;
         for serving in &self.servings {
             let provider = serving.provider.id();
+            if let Some(within) = within {
+                let (cloud, region) = serving.provider.location();
+                if let Err(why) = within(cloud, region) {
+                    failures.push(format!("{provider} may not see it: {why}"));
+                    only_local_refusals = false;
+                    continue;
+                }
+            }
             let Some(permit) = serving.breaker.try_acquire() else {
                 failures.push(format!("{provider}: circuit open"));
                 only_local_refusals = false;

@@ -7,6 +7,7 @@
 pub mod extractive;
 pub mod prompt;
 pub mod providers;
+pub mod regions;
 
 use std::time::Instant;
 
@@ -114,6 +115,9 @@ pub struct ChatTarget {
     pub wire_id: String,
     /// Served on reserved capacity (Azure PTU deployment, OCI dedicated AI cluster).
     pub dedicated: bool,
+    /// Every region the deployment may process a prompt in, when it says (`regions`
+    /// in the config); empty: derived by [`regions::regions_used`].
+    pub regions: Vec<String>,
 }
 
 /// Who serves a model, for routing, cost and the route in each answer.
@@ -128,6 +132,9 @@ pub struct ProviderInfo {
     pub dedicated: bool,
     pub cloud: String,
     pub region: String,
+    /// Every region it may process a prompt in: `region`, or several for a
+    /// multi-region endpoint (residency counts them all).
+    pub regions: Vec<String>,
     /// The `[[provider]]`'s list prices; routing prefers the deployment's and the
     /// catalog's.
     pub input_per_1m_usd: f64,

@@ -1,7 +1,8 @@
 //! What the bytes of a request cost as they cross clouds: a price per GB for every
 //! ordered pair of clouds, private links that replace it, the seed's optimizer
 //! (straight there, or through one other cloud when that is cheaper), and the bill
-//! of one answer's context and prompt.
+//! of one answer's context and prompt. Moves between two regions of one cloud are
+//! priced too (`inter_region_usd_per_gb`), when both regions are known.
 //!
 //! Pure: the service says which bytes went where, this prices them.
 
@@ -24,7 +25,26 @@ pub struct EgressPrices {
     default_usd_per_gb: f64,
     /// Where skyfuse runs; None: passages are priced straight from store to model.
     home_cloud: Option<String>,
+    home_region: Option<String>,
+    inter_region_usd_per_gb: f64,
+    inter_region_by_cloud: HashMap<String, f64>,
     clouds: Vec<String>,
+}
+
+/// Where bytes are: a cloud and its region (empty when unknown).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Spot {
+    pub cloud: String,
+    pub region: String,
+}
+
+impl Spot {
+    pub fn new(cloud: &str, region: &str) -> Self {
+        Self {
+            cloud: cloud.to_string(),
+            region: region.to_string(),
+        }
+    }
 }
 
 /// The price of one direction between two clouds, and where it comes from.
@@ -51,11 +71,11 @@ impl EgressRoute {
     }
 }
 
-/// Bytes a request moved from one cloud to another.
+/// Bytes a request moved from one place to another.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Flow {
-    pub from_cloud: String,
-    pub to_cloud: String,
+    pub from: Spot,
+    pub to: Spot,
     pub bytes: u64,
 }
 
@@ -64,6 +84,9 @@ pub struct Flow {
 pub struct EgressLeg {
     pub from_cloud: String,
     pub to_cloud: String,
+    /// The regions, when known; a leg inside one cloud is between two of its regions.
+    pub from_region: String,
+    pub to_region: String,
     pub bytes: u64,
     /// What it cost, moved directly (as skyfuse moves it).
     pub usd: f64,
@@ -124,6 +147,13 @@ impl EgressPrices {
             per_gb,
             default_usd_per_gb: config.default_usd_per_gb,
             home_cloud: config.home_cloud.clone(),
+            home_region: config.home_region.clone(),
+            inter_region_usd_per_gb: config.inter_region_usd_per_gb,
+            inter_region_by_cloud: config
+                .inter_region_usd_per_gb_by_cloud
+                .iter()
+                .map(|(cloud, price)| (cloud.clone(), *price))
+                .collect(),
             clouds: clouds.into_iter().collect(),
         }
     }
@@ -158,6 +188,43 @@ impl EgressPrices {
             })
     }
 
+    /// USD per GB between two regions of `cloud`.
+    pub fn inter_region_usd_per_gb(&self, cloud: &str) -> f64 {
+        self.inter_region_by_cloud
+            .get(self.resolve(cloud))
+            .copied()
+            .unwrap_or(self.inter_region_usd_per_gb)
+    }
+
+    /// A spot with `local` resolved to skyfuse's home (its cloud and region, when set).
+    fn resolve_spot<'a>(&'a self, spot: &'a Spot) -> (&'a str, &'a str) {
+        match (&self.home_cloud, spot.cloud.as_str()) {
+            (Some(home), LOCAL_CLOUD) => (home, self.home_region.as_deref().unwrap_or("")),
+            _ => (spot.cloud.as_str(), spot.region.as_str()),
+        }
+    }
+
+    /// The price of moving a GB from one spot to another: across clouds the pair's
+    /// price; inside one cloud, the inter-region price when both regions are known and
+    /// differ, else nothing.
+    fn price_between(&self, from: &Spot, to: &Spot) -> Price {
+        let (from_cloud, from_region) = self.resolve_spot(from);
+        let (to_cloud, to_region) = self.resolve_spot(to);
+        if from_cloud != to_cloud || from_cloud == LOCAL_CLOUD {
+            return self.price(from_cloud, to_cloud);
+        }
+        let known = |region: &str| !region.is_empty() && region != LOCAL_CLOUD;
+        let usd_per_gb = if known(from_region) && known(to_region) && from_region != to_region {
+            self.inter_region_usd_per_gb(from_cloud)
+        } else {
+            0.0
+        };
+        Price {
+            usd_per_gb,
+            link: None,
+        }
+    }
+
     /// `local` is the machine skyfuse runs on: the home cloud when one is set.
     fn resolve<'a>(&'a self, cloud: &'a str) -> &'a str {
         match (&self.home_cloud, cloud) {
@@ -189,58 +256,72 @@ impl EgressPrices {
         best
     }
 
-    /// The flows of one answer: each passage from its store's cloud to skyfuse's
-    /// home (when set), then the whole prompt from there to the model's cloud; with
-    /// no home, each passage straight to the model's cloud.
+    /// The flows of one answer: each passage from its store's place to skyfuse's
+    /// home (when set), then the whole prompt from there to the model's place; with
+    /// no home, each passage straight to the model's place.
     pub fn answer_flows(
         &self,
-        passages: &[(String, u64)],
+        passages: &[(Spot, u64)],
         prompt_bytes: u64,
-        model_cloud: &str,
+        model: &Spot,
     ) -> Vec<Flow> {
-        let mut by_cloud: Vec<(String, u64)> = Vec::new();
-        for (cloud, bytes) in passages {
-            match by_cloud.iter_mut().find(|(known, _)| known == cloud) {
+        let mut by_spot: Vec<(Spot, u64)> = Vec::new();
+        for (spot, bytes) in passages {
+            match by_spot.iter_mut().find(|(known, _)| known == spot) {
                 Some((_, total)) => *total += bytes,
-                None => by_cloud.push((cloud.clone(), *bytes)),
+                None => by_spot.push((spot.clone(), *bytes)),
             }
         }
-        let hop_to = self.home_cloud.as_deref().unwrap_or(model_cloud);
-        let mut flows: Vec<Flow> = by_cloud
+        let home = self.home_cloud.as_ref().map(|cloud| Spot {
+            cloud: cloud.clone(),
+            region: self.home_region.clone().unwrap_or_default(),
+        });
+        let hop_to = home.clone().unwrap_or_else(|| model.clone());
+        let mut flows: Vec<Flow> = by_spot
             .into_iter()
-            .map(|(cloud, bytes)| Flow {
-                from_cloud: cloud,
-                to_cloud: hop_to.to_string(),
+            .map(|(spot, bytes)| Flow {
+                from: spot,
+                to: hop_to.clone(),
                 bytes,
             })
             .collect();
-        if let Some(home) = &self.home_cloud {
+        if let Some(home) = home {
             flows.push(Flow {
-                from_cloud: home.clone(),
-                to_cloud: model_cloud.to_string(),
+                from: home,
+                to: model.clone(),
                 bytes: prompt_bytes,
             });
         }
         flows
     }
 
-    /// Prices each flow that crosses clouds; flows that stay put are left out.
+    /// Prices each flow that moves data (across clouds, or between two known regions
+    /// of one); flows that stay put are left out.
     pub fn bill(&self, flows: &[Flow]) -> EgressBill {
         let legs = flows
             .iter()
-            .filter(|flow| flow.bytes > 0 && self.crosses(&flow.from_cloud, &flow.to_cloud))
+            .filter(|flow| flow.bytes > 0 && self.moves(&flow.from, &flow.to))
             .map(|flow| {
                 let gigabytes = flow.bytes as f64 / BYTES_PER_GB;
-                let price = self.price(&flow.from_cloud, &flow.to_cloud);
-                let route = self.cheapest_route(&flow.from_cloud, &flow.to_cloud);
-                let cheaper_via = (!route.is_direct()).then(|| route.clouds[1].clone());
+                let price = self.price_between(&flow.from, &flow.to);
+                let (cheaper_via, saving_usd) = if self.crosses(&flow.from.cloud, &flow.to.cloud) {
+                    let route = self.cheapest_route(&flow.from.cloud, &flow.to.cloud);
+                    (
+                        (!route.is_direct()).then(|| route.clouds[1].clone()),
+                        (route.direct_usd_per_gb - route.usd_per_gb) * gigabytes,
+                    )
+                } else {
+                    (None, 0.0)
+                };
                 EgressLeg {
-                    from_cloud: flow.from_cloud.clone(),
-                    to_cloud: flow.to_cloud.clone(),
+                    from_cloud: flow.from.cloud.clone(),
+                    to_cloud: flow.to.cloud.clone(),
+                    from_region: flow.from.region.clone(),
+                    to_region: flow.to.region.clone(),
                     bytes: flow.bytes,
                     usd: price.usd_per_gb * gigabytes,
                     link: price.link,
-                    saving_usd: (route.direct_usd_per_gb - route.usd_per_gb) * gigabytes,
+                    saving_usd,
                     cheaper_via,
                 }
             })
@@ -252,12 +333,17 @@ impl EgressPrices {
         self.resolve(from_cloud) != self.resolve(to_cloud)
     }
 
-    /// What moving `passages` to a model in `model_cloud` would cost, for ordering
+    /// Whether a flow leaves its place: another cloud, or a priced inter-region move.
+    fn moves(&self, from: &Spot, to: &Spot) -> bool {
+        self.crosses(&from.cloud, &to.cloud) || self.price_between(from, to).usd_per_gb > 0.0
+    }
+
+    /// What moving `passages` to a model at `model` would cost, for ordering
     /// candidates before the prompt exists (the prompt's own hop is left out: it is
     /// the same size wherever it goes, only its price differs, and `bill` counts it).
-    pub fn context_usd_to(&self, passages: &[(String, u64)], model_cloud: &str) -> f64 {
+    pub fn context_usd_to(&self, passages: &[(Spot, u64)], model: &Spot) -> f64 {
         let prompt_bytes: u64 = passages.iter().map(|(_, bytes)| bytes).sum();
-        self.bill(&self.answer_flows(passages, prompt_bytes, model_cloud))
+        self.bill(&self.answer_flows(passages, prompt_bytes, model))
             .total_usd()
     }
 }
@@ -311,12 +397,12 @@ mod tests {
     fn an_answer_is_billed_per_crossing_with_the_link_and_the_cheaper_way_named() {
         let prices = prices("usd_per_gb = { gcp_to_azure = 0.02 }");
         let passages = [
-            ("gcp".to_string(), 2 * GIB),
-            ("oci".to_string(), GIB),
-            ("gcp".to_string(), GIB),
-            ("azure".to_string(), GIB),
+            (Spot::new("gcp", ""), 2 * GIB),
+            (Spot::new("oci", ""), GIB),
+            (Spot::new("gcp", ""), GIB),
+            (Spot::new("azure", ""), GIB),
         ];
-        let bill = prices.bill(&prices.answer_flows(&passages, 0, "oci"));
+        let bill = prices.bill(&prices.answer_flows(&passages, 0, &Spot::new("oci", "")));
         assert_eq!(bill.legs.len(), 2, "oci stays put: {:?}", bill.legs);
         let from_gcp = &bill.legs[0];
         assert_eq!(
@@ -339,9 +425,9 @@ mod tests {
     fn with_a_home_cloud_passages_go_home_and_the_prompt_goes_on() {
         let prices = prices("home_cloud = \"aws\"");
         let flows = prices.answer_flows(
-            &[("gcp".to_string(), GIB), ("local".to_string(), GIB)],
+            &[(Spot::new("gcp", ""), GIB), (Spot::new("local", ""), GIB)],
             3 * GIB,
-            "azure",
+            &Spot::new("azure", ""),
         );
         let bill = prices.bill(&flows);
         let legs: Vec<(&str, &str, u64)> = bill
@@ -351,6 +437,50 @@ mod tests {
             .collect();
         assert_eq!(legs, [("gcp", "aws", GIB), ("aws", "azure", 3 * GIB)]);
         assert!((bill.total_usd() - (0.12 + 3.0 * 0.09)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn moving_between_regions_of_one_cloud_is_priced_and_overridable() {
+        let shipped = EgressPrices::default();
+        let passages = [
+            (Spot::new("aws", "eu-west-1"), GIB),
+            (Spot::new("aws", "us-east-1"), GIB),
+            (Spot::new("aws", ""), GIB),
+        ];
+        let bill =
+            shipped.bill(&shipped.answer_flows(&passages, 0, &Spot::new("aws", "us-east-1")));
+        let legs: Vec<(&str, &str, f64)> = bill
+            .legs
+            .iter()
+            .map(|leg| (leg.from_region.as_str(), leg.to_region.as_str(), leg.usd))
+            .collect();
+        assert_eq!(
+            legs,
+            [("eu-west-1", "us-east-1", 0.02)],
+            "one region to another at the default 0.02; same region and unknown region free"
+        );
+        let cheaper = prices(
+            "inter_region_usd_per_gb = 0.01\ninter_region_usd_per_gb_by_cloud = { aws = 0.015 }",
+        );
+        assert_eq!(cheaper.inter_region_usd_per_gb("aws"), 0.015);
+        assert_eq!(cheaper.inter_region_usd_per_gb("gcp"), 0.01);
+        // With skyfuse at home in aws/us-east-1, a local passage is there already.
+        let home = prices("home_cloud = \"aws\"\nhome_region = \"us-east-1\"");
+        let flows = home.answer_flows(
+            &[
+                (Spot::new("local", "local"), GIB),
+                (Spot::new("aws", "eu-west-1"), GIB),
+            ],
+            2 * GIB,
+            &Spot::new("aws", "us-west-2"),
+        );
+        let bill = home.bill(&flows);
+        assert_eq!(bill.legs.len(), 2, "{:?}", bill.legs);
+        assert!(
+            (bill.total_usd() - 0.02 * 3.0).abs() < 1e-9,
+            "{:?}",
+            bill.legs
+        );
     }
 
     proptest! {

@@ -108,7 +108,7 @@ impl Landscape {
         Self {
             capabilities,
             deployments,
-            residency: Residency::new(config.residency.clone(), config.residency_policy),
+            residency: Residency::new(config.residency.clone(), config.residency_policy.clone()),
             egress: EgressPrices::from_config(&config.egress),
         }
     }
@@ -344,7 +344,7 @@ fn configured(
         _ => None,
     };
     let rule = data_place
-        .and_then(|(cloud, region)| landscape.residency.rule_for(Place { cloud, region }));
+        .and_then(|(cloud, region)| landscape.residency.rule_for(Place::at(cloud, region)));
     let mut kept_out = Vec::new();
     for deployment in &landscape.deployments {
         if deployment.cloud != capability.cloud

@@ -7,6 +7,7 @@ use futures::future::join_all;
 
 use crate::document::Hit;
 use crate::embed::query::{Family, QueryEmbedder};
+use crate::embed::space::Within;
 use crate::error::{ErrorKind, Result};
 use crate::retrieve::SearchRequest;
 use crate::retrieve::plan::Plan;
@@ -67,6 +68,12 @@ pub async fn fan_out<'a>(
 ) -> Result<Vec<SourceResult<'a>>> {
     let (query, deadline) = (request.query.as_str(), request.deadline);
     let adapter_from = request.adapter_from.as_deref();
+    // Only providers the search's residency admits may see the query.
+    let within: Option<Within> = request.zone.restricts_places().then(|| {
+        let zone = request.zone.clone();
+        let within: Within = Arc::new(move |cloud: &str, region: &str| zone.reaches(cloud, region));
+        within
+    });
     let started = Instant::now();
     let lexical = join_all(plan.lexical.iter().map(|source| {
         search_one(
@@ -86,6 +93,7 @@ pub async fn fan_out<'a>(
             embedder,
             query,
             adapter_from,
+            within: within.clone(),
             filter: request.filter.as_ref(),
             candidates,
             started,
@@ -115,6 +123,7 @@ struct Search<'p, 'a> {
     embedder: &'p QueryEmbedder,
     query: &'p str,
     adapter_from: Option<&'p str>,
+    within: Option<Within>,
     filter: Option<&'p Filter>,
     candidates: usize,
     started: Instant,
@@ -136,7 +145,7 @@ impl<'a> Search<'_, 'a> {
         } else {
             match tokio::time::timeout_at(
                 self.deadline.into(),
-                self.embedder.embed(family, self.query),
+                self.embedder.embed(family, self.query, self.within.clone()),
             )
             .await
             {
@@ -200,8 +209,12 @@ impl<'a> Search<'_, 'a> {
     ) -> Result<(Arc<Vec<f32>>, Option<(String, String)>), String> {
         let adapted = tokio::time::timeout_at(
             self.deadline.into(),
-            self.embedder
-                .embed_via_adapter(space, self.query, self.adapter_from),
+            self.embedder.embed_via_adapter(
+                space,
+                self.query,
+                self.adapter_from,
+                self.within.clone(),
+            ),
         )
         .await;
         match adapted {
@@ -219,7 +232,11 @@ impl<'a> Search<'_, 'a> {
     }
 }
 
-fn skipped<'a>(sources: &[&'a Source], message: &str, started: Instant) -> Vec<SourceResult<'a>> {
+pub(super) fn skipped<'a>(
+    sources: &[&'a Source],
+    message: &str,
+    started: Instant,
+) -> Vec<SourceResult<'a>> {
     sources
         .iter()
         .map(|source| SourceResult {

@@ -215,6 +215,7 @@ mod tests {
             text: format!("text of {doc_id}#{chunk}"),
             cloud: String::new(),
             region: String::new(),
+            classes: Vec::new(),
             score,
         }
     }

@@ -17,7 +17,10 @@ pub use fusion::{Contribution, FusedHit};
 use crate::config::{FusionMethod, SearchConfig};
 use crate::embed::query::QueryEmbedder;
 use crate::error::Result;
+use crate::policy::classification::Classifier;
+use crate::policy::search_zone::SearchZone;
 use crate::stores::Source;
+use crate::stores::filter::{Condition, Filter, FilterField};
 
 /// A validated search request.
 #[derive(Debug, Clone)]
@@ -33,6 +36,8 @@ pub struct SearchRequest {
     pub controls: Controls,
     /// Only chunks that match, at every source; None: every chunk.
     pub filter: Option<crate::stores::filter::Filter>,
+    /// Where the search may reach (residency); the default restricts nothing.
+    pub zone: SearchZone,
 }
 
 /// A caller's overrides of the configured search settings; the defaults change nothing.
@@ -80,6 +85,7 @@ pub struct Retriever {
     sources: Vec<Source>,
     embedder: Arc<QueryEmbedder>,
     settings: SearchConfig,
+    classifier: Classifier,
 }
 
 impl Retriever {
@@ -88,7 +94,14 @@ impl Retriever {
             sources,
             embedder,
             settings,
+            classifier: Classifier::default(),
         }
+    }
+
+    /// Stamps the classes `[[classification]]` gives on every hit.
+    pub fn with_classifier(mut self, classifier: Classifier) -> Self {
+        self.classifier = classifier;
+        self
     }
 
     pub fn sources(&self) -> &[Source] {
@@ -97,12 +110,31 @@ impl Retriever {
 
     pub async fn search(&self, request: &SearchRequest) -> Result<SearchResult> {
         let started = Instant::now();
-        let plan = plan::plan(&self.sources, &request.sources)?;
+        let mut plan = plan::plan(&self.sources, &request.sources)?;
+        let zone = &request.zone;
+        let out_of_zone = plan.take_unreachable(|source| {
+            let info = source.info();
+            zone.reaches(&info.cloud, &info.region)
+                .map_err(|why| format!("not searched (residency): {why}"))
+        });
         let controls = &request.controls;
         let candidates = controls
             .candidates
             .unwrap_or_else(|| request.top_k.max(self.settings.candidates_per_source));
-        let results = fanout::fan_out(&plan, &self.embedder, request, candidates).await?;
+        let pushed_down = with_store_clouds(request);
+        let mut results = fanout::fan_out(
+            &plan,
+            &self.embedder,
+            pushed_down.as_ref().unwrap_or(request),
+            candidates,
+        )
+        .await?;
+        for (source, why) in out_of_zone {
+            results.extend(fanout::skipped(&[source], &why, started));
+        }
+        for result in &mut results {
+            self.classify_and_keep(zone, result);
+        }
         let degraded = results
             .iter()
             .any(|result| result.outcome.status != SourceStatus::Ok);
@@ -139,6 +171,54 @@ impl Retriever {
     }
 }
 
+impl Retriever {
+    /// Stamps each hit's classes, and leaves out those the zone may not return,
+    /// saying how many and why in the source's outcome: never silently.
+    fn classify_and_keep(&self, zone: &SearchZone, result: &mut fanout::SourceResult<'_>) {
+        if self.classifier.is_empty() && zone.is_open() {
+            return;
+        }
+        let source = result.source.id();
+        let mut left_out: Option<(usize, String)> = None;
+        result.hits.retain_mut(|hit| {
+            hit.classes = self.classifier.classes_of(source, &hit.object_key);
+            match zone.returns(&hit.cloud, &hit.region, &hit.classes) {
+                Ok(()) => true,
+                Err(why) => {
+                    left_out.get_or_insert((0, why)).0 += 1;
+                    false
+                }
+            }
+        });
+        if let Some((count, why)) = left_out {
+            let note = format!("{count} hit(s) left out (residency): {why}");
+            let outcome = &mut result.outcome;
+            outcome.hits = result.hits.len();
+            outcome.message = if outcome.message.is_empty() {
+                note
+            } else {
+                format!("{}; {note}", outcome.message)
+            };
+        }
+    }
+}
+
+/// The request with the zone's clouds added to its filter, when stores may apply
+/// them before ranking (fewer hits lost to filtering afterwards); None: unchanged.
+fn with_store_clouds(request: &SearchRequest) -> Option<SearchRequest> {
+    let clouds = request.zone.store_clouds()?;
+    let condition = Filter::Condition(Condition::In {
+        field: FilterField::Cloud,
+        values: clouds,
+    });
+    let mut pushed = request.clone();
+    pushed.filter = Some(match pushed.filter.take() {
+        Some(filter) => Filter::And(vec![filter, condition]),
+        None => condition,
+    });
+    Some(pushed)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -157,6 +237,8 @@ mod tests {
 
     enum Behaviour {
         Answer(Vec<&'static str>),
+        /// Documents with the cloud and region their data lives in.
+        Placed(Vec<(&'static str, &'static str, &'static str)>),
         Fail,
         Stall,
     }
@@ -187,6 +269,21 @@ mod tests {
                         text: String::new(),
                         cloud: String::new(),
                         region: String::new(),
+                        classes: Vec::new(),
+                        score: 1.0,
+                    })
+                    .collect()),
+                Behaviour::Placed(docs) => Ok(docs
+                    .iter()
+                    .map(|(doc, cloud, region)| Hit {
+                        chunk_id: format!("{doc}#0"),
+                        doc_id: doc.to_string(),
+                        object_key: format!("s3://{cloud}-bucket/{doc}.txt"),
+                        title: String::new(),
+                        text: String::new(),
+                        cloud: cloud.to_string(),
+                        region: region.to_string(),
+                        classes: Vec::new(),
                         score: 1.0,
                     })
                     .collect()),
@@ -271,6 +368,7 @@ mod tests {
             adapter_from: None,
             controls: Controls::default(),
             filter: None,
+            zone: SearchZone::default(),
         }
     }
 
@@ -309,6 +407,133 @@ mod tests {
             .with_adapters(adapters)
             .unwrap();
         Retriever::new(sources, Arc::new(query), SearchConfig::default())
+    }
+
+    /// A source whose store is at `place`, answering `docs` (id, cloud, region).
+    fn store_in(
+        id: &str,
+        space: Option<&str>,
+        place: (&str, &str),
+        docs: Vec<(&'static str, &'static str, &'static str)>,
+    ) -> Source {
+        let template = source(id, space, Behaviour::Answer(Vec::new()), 1000);
+        Source {
+            backend: Arc::new(FakeStore {
+                info: SourceInfo {
+                    cloud: place.0.into(),
+                    region: place.1.into(),
+                    ..template.info().clone()
+                },
+                behaviour: Behaviour::Placed(docs),
+            }),
+            ..template
+        }
+    }
+
+    fn eu_zone(cross: &[&str]) -> SearchZone {
+        use crate::config::Glob;
+        use crate::policy::search_zone::Limit;
+        SearchZone {
+            limits: vec![Limit {
+                by: "the request".into(),
+                clouds: Vec::new(),
+                regions: vec![Glob::new("eu-*").unwrap()],
+            }],
+            classes: Vec::new(),
+            cross_region_allowed: cross.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_region_restricted_search_skips_sources_and_chunks_outside_it_and_says_so() {
+        let (retriever, embedder) = retriever(vec![
+            store_in(
+                "eu-store",
+                None,
+                ("aws", "eu-west-1"),
+                vec![
+                    ("eu-doc", "aws", "eu-west-1"),
+                    ("us-doc", "aws", "us-east-1"),
+                    ("stats", "aws", "us-east-1"),
+                ],
+            ),
+            store_in(
+                "us-store",
+                None,
+                ("aws", "us-east-1"),
+                vec![("us-only", "aws", "us-east-1")],
+            ),
+            store_in(
+                "dense",
+                Some("space"),
+                ("local", "local"),
+                vec![("eu-dense", "azure", "eu-west-2")],
+            ),
+        ]);
+        let retriever = retriever.with_classifier(crate::policy::classification::Classifier::new(
+            toml::from_str::<toml::Table>(
+                "[[rule]]\nclasses = [\"aggregated\"]\nkeys = [\"*/stats.txt\"]",
+            )
+            .unwrap()["rule"]
+                .clone()
+                .try_into()
+                .unwrap(),
+        ));
+        let mut asked = request(&[]);
+        asked.zone = eu_zone(&["aggregated"]);
+        let result = retriever.search(&asked).await.unwrap();
+        let outcome = |id: &str| {
+            result
+                .outcomes
+                .iter()
+                .find(|o| o.source == id)
+                .unwrap()
+                .clone()
+        };
+        let us = outcome("us-store");
+        assert_eq!(us.status, SourceStatus::Skipped);
+        assert!(
+            us.message
+                .contains("aws/us-east-1 is outside the regions the request allows (eu-*)"),
+            "{}",
+            us.message
+        );
+        let dense = outcome("dense");
+        assert_eq!(
+            dense.status,
+            SourceStatus::Skipped,
+            "the only provider is in test/test-1"
+        );
+        assert!(
+            dense.message.contains("may not see it"),
+            "{}",
+            dense.message
+        );
+        assert_eq!(embedder.calls(), 0, "the query never reached the provider");
+        let eu = outcome("eu-store");
+        assert_eq!((eu.status, eu.hits), (SourceStatus::Ok, 2));
+        assert!(
+            eu.message.contains("1 hit(s) left out (residency)"),
+            "{}",
+            eu.message
+        );
+        let mut docs: Vec<(&str, Vec<String>)> = result
+            .hits
+            .iter()
+            .map(|hit| (hit.hit.doc_id.as_str(), hit.hit.classes.clone()))
+            .collect();
+        docs.sort();
+        assert_eq!(
+            docs,
+            [
+                ("eu-doc", vec![]),
+                ("stats", vec!["aggregated".to_string()])
+            ],
+            "aggregated data may cross; us-doc may not"
+        );
+
+        let open = retriever.search(&request(&[])).await.unwrap();
+        assert_eq!(open.hits.len(), 5, "no restriction: every hit");
     }
 
     #[tokio::test]

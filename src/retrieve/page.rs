@@ -153,6 +153,7 @@ mod tests {
                     text: String::new(),
                     cloud: String::new(),
                     region: String::new(),
+                    classes: Vec::new(),
                     score: 1.0,
                 },
                 score: 1.0,
@@ -172,6 +173,7 @@ mod tests {
             adapter_from: None,
             controls: Default::default(),
             filter: None,
+            zone: Default::default(),
         }
     }
 

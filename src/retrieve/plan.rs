@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result as SkyResult};
 use crate::stores::Source;
 
 /// The sources of one request: lexical ones take the text as is; dense ones
@@ -14,7 +14,29 @@ pub struct Plan<'a> {
     pub by_space: BTreeMap<&'a str, Vec<&'a Source>>,
 }
 
-impl Plan<'_> {
+impl<'a> Plan<'a> {
+    /// Takes out the sources `reaches` refuses, with its reason: the query is not
+    /// sent to them.
+    pub fn take_unreachable(
+        &mut self,
+        reaches: impl Fn(&Source) -> Result<(), String>,
+    ) -> Vec<(&'a Source, String)> {
+        let mut out = Vec::new();
+        let mut keep = |source: &&'a Source| match reaches(source) {
+            Ok(()) => true,
+            Err(why) => {
+                out.push((*source, why));
+                false
+            }
+        };
+        self.lexical.retain(&mut keep);
+        for sources in self.by_space.values_mut() {
+            sources.retain(&mut keep);
+        }
+        self.by_space.retain(|_, sources| !sources.is_empty());
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.lexical.len() + self.by_space.values().map(Vec::len).sum::<usize>()
     }
@@ -26,7 +48,7 @@ impl Plan<'_> {
 
 /// Plans `requested` (empty: every source). An unknown source id is the
 /// caller's error, named with the ones that exist.
-pub fn plan<'a>(sources: &'a [Source], requested: &[String]) -> Result<Plan<'a>> {
+pub fn plan<'a>(sources: &'a [Source], requested: &[String]) -> SkyResult<Plan<'a>> {
     for id in requested {
         if !sources.iter().any(|source| source.id() == id) {
             let known: Vec<&str> = sources.iter().map(Source::id).collect();

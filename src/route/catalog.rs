@@ -166,6 +166,7 @@ mod tests {
             cached_input_per_1m_usd: None,
             requests_per_minute: None,
             tokens_per_minute: None,
+            regions: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod callers;
 pub mod catalog;
+pub mod explain;
 pub mod failover;
 pub mod plan;
 /// Scripted providers for tests and benches.

@@ -24,8 +24,9 @@ pub struct RouteRequest {
     /// Estimated prompt tokens.
     pub input_tokens: u64,
     pub max_output_tokens: u64,
-    /// What moving this request's retrieved context to each cloud would cost in USD
-    /// (the egress policy's figure); a cloud not listed costs nothing to reach.
+    /// What moving this request's retrieved context to each place would cost in USD
+    /// (the egress policy's figure), keyed `cloud/region` or `cloud`; a place not
+    /// listed costs nothing to reach.
     pub egress_usd_by_cloud: Vec<(String, f64)>,
 }
 
@@ -34,11 +35,17 @@ impl RouteRequest {
         self.input_tokens + self.max_output_tokens
     }
 
-    /// The context's transfer cost to `cloud`.
-    pub fn egress_usd_to(&self, cloud: &str) -> f64 {
-        self.egress_usd_by_cloud
-            .iter()
-            .find(|(known, _)| known == cloud)
+    /// The context's transfer cost to `region` of `cloud`: its own figure, else the
+    /// cloud's.
+    pub fn egress_usd_to(&self, cloud: &str, region: &str) -> f64 {
+        let place = format!("{cloud}/{region}");
+        let find = |key: &str| {
+            self.egress_usd_by_cloud
+                .iter()
+                .find(|(known, _)| known == key)
+        };
+        find(&place)
+            .or_else(|| find(cloud))
             .map_or(0.0, |(_, usd)| *usd)
     }
 }
@@ -276,18 +283,21 @@ impl Router {
                 ));
                 continue;
             }
-            if !caller.may_use_region(&info.region) {
+            // A multi-region endpoint may use each of its regions: all must be allowed.
+            let regions = deployment_regions(info);
+            if let Some(region) = regions.iter().find(|r| !caller.may_use_region(r)) {
                 skip(format!(
-                    "caller {:?} may not send prompts to region {}",
-                    caller.id, info.region
+                    "caller {:?} may not send prompts to region {region}{}",
+                    caller.id,
+                    multi_region_note(regions)
                 ));
                 continue;
             }
-            if !any_matches(&asked.regions, &info.region) {
+            if let Some(region) = regions.iter().find(|r| !any_matches(&asked.regions, r)) {
                 skip(format!(
-                    "the request allows regions {}, not {}",
+                    "the request allows regions {}, not {region}{}",
                     request.regions.join(", "),
-                    info.region
+                    multi_region_note(regions)
                 ));
                 continue;
             }
@@ -322,7 +332,9 @@ impl Router {
         let cost_optimize = self.settings.cost_optimize;
         // By cost, a deployment's cost is its tokens' and the transfer of the context.
         let total = |cost: Option<f64>, deployment: &Deployment| {
-            cost.map(|cost| cost + request.egress_usd_to(&deployment.info().cloud))
+            cost.map(|cost| {
+                cost + request.egress_usd_to(&deployment.info().cloud, &deployment.info().region)
+            })
         };
         ranked.sort_by(|(rank_a, cost_a, a), (rank_b, cost_b, b)| {
             let by_cost = if cost_optimize {
@@ -346,7 +358,8 @@ impl Router {
                 } else {
                     "on demand"
                 };
-                let egress_usd = request.egress_usd_to(&deployment.info().cloud);
+                let egress_usd =
+                    request.egress_usd_to(&deployment.info().cloud, &deployment.info().region);
                 let moved = if egress_usd > 0.0 {
                     format!(
                         "; moving the context to {} costs ${egress_usd:.6}",
@@ -398,4 +411,21 @@ fn cheapest(group: &[Candidate]) -> f64 {
         .iter()
         .map(|candidate| cost_or_max(candidate.max_cost_usd))
         .fold(f64::MAX, f64::min)
+}
+
+/// The regions a deployment may process a prompt in: its own when it lists none.
+pub fn deployment_regions(info: &crate::llm::ProviderInfo) -> &[String] {
+    if info.regions.is_empty() {
+        std::slice::from_ref(&info.region)
+    } else {
+        &info.regions
+    }
+}
+
+fn multi_region_note(regions: &[String]) -> String {
+    if regions.len() > 1 {
+        format!(" (a multi-region endpoint: {})", regions.join(", "))
+    } else {
+        String::new()
+    }
 }

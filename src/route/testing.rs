@@ -66,6 +66,7 @@ impl Scripted {
                 dedicated,
                 cloud: cloud.into(),
                 region: format!("{cloud}-region"),
+                regions: vec![format!("{cloud}-region")],
                 input_per_1m_usd: 0.0,
                 output_per_1m_usd: 0.0,
             },
@@ -77,6 +78,7 @@ impl Scripted {
 
     pub fn in_region(mut self, region: &str) -> Self {
         self.info.region = region.into();
+        self.info.regions = vec![region.into()];
         self
     }
 

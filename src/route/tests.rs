@@ -45,6 +45,7 @@ fn fixture_with_quotas(
             cached_input_per_1m_usd: None,
             requests_per_minute: None,
             tokens_per_minute: None,
+            regions: Vec::new(),
         };
         let mut deployment = Deployment::new(provider.clone(), &config, &catalog, breaker);
         if let Some(quota) = quotas.get(deployments.len()) {

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::llm::extractive::extractive_answer;
 use crate::llm::prompt::{Passage, build_conversation_prompt};
 use crate::llm::{ChatMessage, Role, Usage};
-use crate::policy::egress::{EgressBill, LOCAL_CLOUD};
+use crate::policy::egress::{EgressBill, LOCAL_CLOUD, Spot};
 use crate::retrieve::{FusedHit, SourceOutcome};
 use crate::route::{RouteEvent, RouteSummary};
 use crate::telemetry::Metrics;
@@ -156,6 +156,7 @@ impl Service {
                     adapter_from: None,
                     controls: Default::default(),
                     filter: request.filter.clone(),
+                    ..Default::default()
                 },
             )
             .await?;
@@ -208,8 +209,11 @@ impl Service {
         call.messages = chat_request.messages;
         call.temperature = Some(chat_request.temperature);
         if let Some(router) = &self.router {
-            let clouds = router.deployments().iter().map(|d| d.info().cloud.as_str());
-            call.egress_usd_by_cloud = transfer.usd_by_cloud(clouds);
+            let places = router
+                .deployments()
+                .iter()
+                .map(|d| (d.info().cloud.as_str(), d.info().region.as_str()));
+            call.egress_usd_by_cloud = transfer.usd_by_place(places);
         }
         let prompt_bytes = call
             .messages
@@ -272,7 +276,7 @@ impl Service {
 
     /// An extractive answer's transfers: its passages reach skyfuse and go no further.
     fn extractive_egress(&self, transfer: &AnswerTransfer) -> EgressBill {
-        let bill = transfer.bill(LOCAL_CLOUD, 0);
+        let bill = transfer.bill(&Spot::new(LOCAL_CLOUD, LOCAL_CLOUD), 0);
         egress::record(&self.metrics, &bill);
         bill
     }
@@ -365,11 +369,11 @@ struct Witness {
 impl Witness {
     /// What the context and prompt cost to move to the deployment that answered.
     fn moved(&self, route: &RouteSummary) -> EgressBill {
-        let model_cloud = route
-            .chosen
-            .as_ref()
-            .map_or(LOCAL_CLOUD, |chosen| chosen.cloud.as_str());
-        let bill = self.transfer.bill(model_cloud, self.prompt_bytes);
+        let model = route.chosen.as_ref().map_or_else(
+            || Spot::new(LOCAL_CLOUD, LOCAL_CLOUD),
+            |chosen| Spot::new(&chosen.cloud, &chosen.region),
+        );
+        let bill = self.transfer.bill(&model, self.prompt_bytes);
         egress::record(&self.metrics, &bill);
         bill
     }

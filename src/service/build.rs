@@ -220,6 +220,12 @@ pub(super) fn planning_router(config: &Config) -> Result<Option<Router>> {
             dedicated: target.dedicated,
             cloud: provider.cloud().to_string(),
             region: provider.region().to_string(),
+            regions: crate::llm::regions::regions_used(
+                provider.cloud(),
+                provider.region(),
+                &target.wire_id,
+                &target.regions,
+            ),
             input_per_1m_usd: provider.input_per_1m_usd,
             output_per_1m_usd: provider.output_per_1m_usd,
         })))
@@ -272,6 +278,7 @@ fn router_with(
             model: deployment.model.clone(),
             wire_id: deployment.wire_id().to_string(),
             dedicated: deployment.dedicated,
+            regions: deployment.regions.clone(),
         };
         let chat = build(provider, &target).map_err(|error| {
             error.context(format!(

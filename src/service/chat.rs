@@ -219,25 +219,25 @@ impl Service {
         Ok(())
     }
 
-    /// The regions of the deployments a call would be planned onto, best first, each
-    /// once: where its prompt could go.
-    pub(super) fn candidate_regions(
+    /// The regions of each deployment a call would be planned onto (several for a
+    /// multi-region endpoint), best first, each set once: where its prompt could go.
+    pub(super) fn candidate_endpoints(
         &self,
         principal: &Principal,
         call: &ChatCall,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<Vec<String>>> {
         let caller = principal.permissions().chat_caller(principal.id())?;
         let router = self.chat_router()?;
         let max_output_tokens = self.max_output_tokens(call)?;
         let plan = router.plan(&caller, &route_request(call, 0, max_output_tokens))?;
-        let mut regions: Vec<String> = Vec::new();
+        let mut endpoints: Vec<Vec<String>> = Vec::new();
         for candidate in &plan.candidates {
-            let region = &candidate.deployment.info().region;
-            if !regions.contains(region) {
-                regions.push(region.clone());
+            let regions = crate::route::plan::deployment_regions(candidate.deployment.info());
+            if !endpoints.iter().any(|known| known == regions) {
+                endpoints.push(regions.to_vec());
             }
         }
-        Ok(regions)
+        Ok(endpoints)
     }
 
     /// The output tokens a call may produce: what it asks for, at most

@@ -1,9 +1,9 @@
 //! The transfer side of an answer's cost: the bytes of its retrieved context, from
-//! each store's cloud to where the model runs, priced by `[egress]`.
+//! each store's cloud and region to where the model runs, priced by `[egress]`.
 
 use std::sync::Arc;
 
-use crate::policy::egress::{EgressBill, EgressPrices, LOCAL_CLOUD};
+use crate::policy::egress::{EgressBill, EgressPrices, LOCAL_CLOUD, Spot};
 use crate::retrieve::FusedHit;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::EgressLabels;
@@ -12,7 +12,7 @@ use crate::telemetry::metrics::EgressLabels;
 #[derive(Debug, Clone)]
 pub(super) struct AnswerTransfer {
     prices: Arc<EgressPrices>,
-    passages: Vec<(String, u64)>,
+    passages: Vec<(Spot, u64)>,
 }
 
 impl AnswerTransfer {
@@ -28,22 +28,30 @@ impl AnswerTransfer {
                 } else {
                     hit.cloud.clone()
                 };
-                (cloud, (hit.title.len() + hit.text.len()) as u64)
+                let spot = Spot {
+                    cloud,
+                    region: hit.region.clone(),
+                };
+                (spot, (hit.title.len() + hit.text.len()) as u64)
             })
             .collect();
         Self { prices, passages }
     }
 
-    /// What moving the context to each of `clouds` costs, for routing by total cost.
-    pub(super) fn usd_by_cloud<'a>(
+    /// What moving the context to each of `places` (cloud, region) costs, for routing
+    /// by total cost; keyed `cloud/region` as `RouteRequest::egress_usd_to` reads it.
+    pub(super) fn usd_by_place<'a>(
         &self,
-        clouds: impl Iterator<Item = &'a str>,
+        places: impl Iterator<Item = (&'a str, &'a str)>,
     ) -> Vec<(String, f64)> {
         let mut priced: Vec<(String, f64)> = Vec::new();
-        for cloud in clouds {
-            if priced.iter().all(|(known, _)| known != cloud) {
-                let usd = self.prices.context_usd_to(&self.passages, cloud);
-                priced.push((cloud.to_string(), usd));
+        for (cloud, region) in places {
+            let key = format!("{cloud}/{region}");
+            if priced.iter().all(|(known, _)| *known != key) {
+                let usd = self
+                    .prices
+                    .context_usd_to(&self.passages, &Spot::new(cloud, region));
+                priced.push((key, usd));
             }
         }
         priced
@@ -52,11 +60,11 @@ impl AnswerTransfer {
     /// The bill once the model's cloud is known (`local` for an extractive answer,
     /// which goes no further than skyfuse): the passages, and the prompt of
     /// `prompt_bytes` from skyfuse's home when one is set.
-    pub(super) fn bill(&self, model_cloud: &str, prompt_bytes: u64) -> EgressBill {
+    pub(super) fn bill(&self, model: &Spot, prompt_bytes: u64) -> EgressBill {
         self.prices.bill(
             &self
                 .prices
-                .answer_flows(&self.passages, prompt_bytes, model_cloud),
+                .answer_flows(&self.passages, prompt_bytes, model),
         )
     }
 }

@@ -67,6 +67,12 @@ pub struct SearchParams {
     pub controls: SearchControls,
     /// Only chunks that match; checked against the fields the config makes filterable.
     pub filter: Option<crate::stores::filter::FilterRequest>,
+    /// Residency: the clouds and regions (globs) the query may reach and its hits may
+    /// come from, beside the caller's own; empty: any.
+    pub clouds: Vec<String>,
+    pub regions: Vec<String>,
+    /// Only chunks of these classes (`[[classification]]`); empty: any.
+    pub classifications: Vec<String>,
 }
 
 /// A search checked against the server's limits, ready to run.
@@ -170,13 +176,15 @@ impl Service {
             .collect();
         let extractor = build::extractor(&config.ingest)?;
         let traces = Tracing::from_config(config.telemetry.traces.as_ref(), env)?;
-        let residency = Residency::new(config.residency.clone(), config.residency_policy);
+        let residency = Residency::new(config.residency.clone(), config.residency_policy.clone());
         Ok(Self {
             traces,
             residency,
             egress: Arc::new(EgressPrices::from_config(&config.egress)),
             extractor,
-            retriever: Retriever::new(sources, query, config.search.clone()),
+            retriever: Retriever::new(sources, query, config.search.clone()).with_classifier(
+                crate::policy::classification::Classifier::new(config.classifications.clone()),
+            ),
             embedders,
             router,
             authenticator,
@@ -311,6 +319,7 @@ impl Service {
                 adapter_from: params.adapter_from,
                 controls: checked.controls,
                 filter,
+                zone: self.request_zone(&params.clouds, &params.regions, params.classifications)?,
             },
             page: checked.page,
             snippets: params.controls.snippets,
@@ -364,10 +373,11 @@ impl Service {
     ) -> Result<SearchResult> {
         params.sources = self.permitted_sources(principal, &params.sources)?;
         let CheckedSearch {
-            request,
+            mut request,
             page,
             snippets,
         } = self.search_request(params)?;
+        self.add_caller_limit(principal, &mut request.zone);
         let mut result = self.retriever.search(&request).await?;
         if let Some(page) = &page {
             let (hits, next) = crate::retrieve::page::page(&request, page, result.hits)?;

@@ -1041,6 +1041,7 @@ fn search_snapshot(
                 text: chunk.text.clone(),
                 cloud: chunk.cloud.clone(),
                 region: chunk.region.clone(),
+                classes: Vec::new(),
                 score: scored_row.score,
             })
         })

@@ -474,6 +474,7 @@ impl Bm25Inner {
                 text: self.stored_text(&document, self.fields.text),
                 cloud: self.stored_text(&document, self.fields.cloud),
                 region: self.stored_text(&document, self.fields.region),
+                classes: Vec::new(),
                 score,
             });
         }

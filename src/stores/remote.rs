@@ -157,6 +157,7 @@ pub fn hit_from_fields<'a>(score: f32, field: impl Fn(&str) -> Option<&'a str>) 
         text: text(fields::TEXT),
         cloud: text(fields::CLOUD),
         region: text(fields::REGION),
+        classes: Vec::new(),
         score,
     }
 }

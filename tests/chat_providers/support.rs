@@ -30,6 +30,7 @@ pub fn target(model: &str, wire_id: &str, dedicated: bool) -> ChatTarget {
         model: model.into(),
         wire_id: wire_id.into(),
         dedicated,
+        regions: Vec::new(),
     }
 }
 

@@ -893,6 +893,7 @@ async fn search_harbour(
                 adapter_from: None,
                 controls: Default::default(),
                 filter: None,
+                ..Default::default()
             },
         )
         .await

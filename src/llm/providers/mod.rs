@@ -88,6 +88,12 @@ impl Connection {
                 dedicated: target.dedicated,
                 cloud: endpoint.cloud.clone(),
                 region: endpoint.region.clone(),
+                regions: super::regions::regions_used(
+                    &endpoint.cloud,
+                    &endpoint.region,
+                    &target.wire_id,
+                    &target.regions,
+                ),
                 input_per_1m_usd: config.input_per_1m_usd,
                 output_per_1m_usd: config.output_per_1m_usd,
             },
