@@ -42,6 +42,10 @@ pub struct ChunkMetadata {
     pub last_modified: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
+    /// The tenant the chunk belongs to (`[[index]] namespace`, or the namespace of an
+    /// upsert); none: no tenant, and a search bound to a namespace never sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// The JSON(L) record fields an `[[index]]` names in `metadata_fields`, as text.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub fields: std::collections::BTreeMap<String, String>,

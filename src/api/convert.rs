@@ -123,6 +123,7 @@ pub fn search_params(
             snippets: request.snippets,
         },
         filter: request.filter.as_ref().map(filter_request).transpose()?,
+        namespace: request.namespace.clone(),
     })
 }
 

@@ -130,6 +130,7 @@ impl GenerationApi {
                     deadline,
                     messages,
                     filter,
+                    namespace: request.namespace,
                 },
             )
             .await

@@ -50,6 +50,8 @@ struct SearchBody {
     snippets: bool,
     #[serde(default)]
     filter: Option<FilterBody>,
+    #[serde(default)]
+    namespace: String,
 }
 
 /// `Filter` in JSON, as gRPC's JSON mapping spells it: exactly one of the four keys.
@@ -210,6 +212,7 @@ impl SearchBody {
             page_token: self.page_token,
             snippets: self.snippets,
             filter: self.filter.map(FilterBody::into_proto).transpose()?,
+            namespace: self.namespace,
         })
     }
 }

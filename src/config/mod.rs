@@ -418,6 +418,20 @@ impl Config {
             if index.commit_every_chunks == 0 {
                 problems.push(format!("{name}: commit_every_chunks must be at least 1"));
             }
+            // `@` joins an index id and a namespace in API document keys.
+            if index
+                .id
+                .contains(crate::ingest::pipeline::documents::NAMESPACE_SEPARATOR)
+            {
+                problems.push(format!("{name}: an index id cannot contain '@'"));
+            }
+            if let Some(namespace) = &index.namespace
+                && !crate::stores::filter::valid_namespace(namespace)
+            {
+                problems.push(format!(
+                    "{name}: namespace {namespace:?} must be 1 to 64 letters, digits, _ or -"
+                ));
+            }
             for field in &index.metadata_fields {
                 if !crate::stores::filter::valid_metadata_name(field) {
                     problems.push(format!(

@@ -44,6 +44,8 @@ pub struct AnswerRequest {
     pub deadline: Option<Instant>,
     /// Only passages that match are retrieved, as in Search.
     pub filter: Option<crate::stores::filter::FilterRequest>,
+    /// The tenant whose passages to retrieve, as in Search.
+    pub namespace: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -156,6 +158,7 @@ impl Service {
                     adapter_from: None,
                     controls: Default::default(),
                     filter: request.filter.clone(),
+                    namespace: request.namespace.clone(),
                 },
             )
             .await?;

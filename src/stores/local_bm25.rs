@@ -99,6 +99,10 @@ struct MetadataFields {
 
 const METADATA_PAIR_SEPARATOR: char = '\u{1f}';
 
+/// The chunk's namespace is kept as a pair of this name: no user field can have it (names
+/// are plain words), and indexes written since metadata was kept need no new field.
+const NAMESPACE_PAIR_NAME: &str = "@namespace";
+
 fn metadata_pair(name: &str, value: &str) -> String {
     format!("{name}{METADATA_PAIR_SEPARATOR}{value}")
 }
@@ -397,6 +401,10 @@ impl Bm25Inner {
                         FilterField::Metadata(name) => {
                             (metadata?.user_pairs, metadata_pair(name, value))
                         }
+                        FilterField::Namespace => (
+                            metadata?.user_pairs,
+                            metadata_pair(NAMESPACE_PAIR_NAME, value),
+                        ),
                         // Decided before the query is built; numbers take ranges.
                         FilterField::Source
                         | FilterField::LastModified
@@ -561,8 +569,17 @@ impl Bm25Inner {
                 document.add_text(self.fields.region, &chunk.region);
                 document.add_text(self.fields.body, format!("{}\n{}", chunk.title, chunk.text));
                 document.add_u64(self.fields.ordinal, u64::from(chunk.ordinal));
-                if let Some(fields) = self.fields.metadata {
-                    add_metadata(&mut document, fields, &chunk.metadata);
+                match self.fields.metadata {
+                    Some(fields) => add_metadata(&mut document, fields, &chunk.metadata),
+                    // Written without its namespace, the chunk would leave its tenant.
+                    None if chunk.metadata.namespace.is_some() => {
+                        return Err(Error::invalid(format!(
+                            "bm25 index {} predates metadata and cannot keep a chunk's \
+                             namespace; index into a new data dir",
+                            self.directory.display()
+                        )));
+                    }
+                    None => {}
                 }
                 writer.add_document(document).map_err(|error| {
                     Error::internal(format!(
@@ -616,6 +633,12 @@ fn add_metadata(document: &mut TantivyDocument, fields: MetadataFields, metadata
     }
     for (name, value) in &metadata.fields {
         document.add_text(fields.user_pairs, metadata_pair(name, value));
+    }
+    if let Some(namespace) = &metadata.namespace {
+        document.add_text(
+            fields.user_pairs,
+            metadata_pair(NAMESPACE_PAIR_NAME, namespace),
+        );
     }
 }
 

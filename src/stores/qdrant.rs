@@ -372,6 +372,9 @@ fn add_metadata(payload: &mut HashMap<String, qdrant::Value>, metadata: &ChunkMe
     if let Some(etag) = &metadata.etag {
         payload.insert(fields::ETAG.into(), text_value(etag));
     }
+    if let Some(namespace) = &metadata.namespace {
+        payload.insert(fields::NAMESPACE.into(), text_value(namespace));
+    }
     if let Some(size) = metadata
         .size_bytes
         .and_then(|size| i64::try_from(size).ok())

@@ -35,8 +35,10 @@ pub mod fields {
     pub const LAST_MODIFIED: &str = "last_modified";
     /// An object of the user metadata fields, text values: `metadata.<name>`.
     pub const METADATA: &str = "metadata";
+    /// The chunk's tenant, present only on chunks that have one.
+    pub const NAMESPACE: &str = "namespace";
     /// Metadata fields filtered by equality, beside [`KEYWORDS`].
-    pub const FILTER_KEYWORDS: [&str; 2] = [REGION, CONTENT_TYPE];
+    pub const FILTER_KEYWORDS: [&str; 3] = [REGION, CONTENT_TYPE, NAMESPACE];
     /// Metadata fields filtered by range.
     pub const FILTER_INTEGERS: [&str; 2] = [SIZE_BYTES, LAST_MODIFIED];
 }
@@ -53,6 +55,7 @@ pub fn filter_key(field: &crate::stores::filter::FilterField) -> Option<String> 
         FilterField::ContentType => fields::CONTENT_TYPE,
         FilterField::LastModified => fields::LAST_MODIFIED,
         FilterField::SizeBytes => fields::SIZE_BYTES,
+        FilterField::Namespace => fields::NAMESPACE,
         FilterField::Metadata(name) => return Some(format!("{}.{name}", fields::METADATA)),
         FilterField::Source => return None,
     };

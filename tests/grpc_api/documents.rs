@@ -44,6 +44,7 @@ async fn upsert(
         .upsert_documents(proto::UpsertDocumentsRequest {
             index: index.into(),
             documents,
+            namespace: String::new(),
         })
         .await
         .map(tonic::Response::into_inner)
@@ -57,6 +58,7 @@ async fn delete(
         .delete_documents(proto::DeleteDocumentsRequest {
             index: String::new(),
             selection: Some(selection),
+            namespace: String::new(),
         })
         .await
         .unwrap()
@@ -258,6 +260,7 @@ async fn upserted_documents_are_searched_replaced_whole_and_deleted_by_id_prefix
         .delete_documents(proto::DeleteDocumentsRequest {
             index: String::new(),
             selection: Some(Selection::ObjectKeyPrefix("/tmp/".into())),
+            namespace: String::new(),
         })
         .await
         .unwrap_err();
@@ -425,6 +428,7 @@ async fn api_documents_survive_a_restart_and_a_bucket_sync_and_never_take_a_buck
                     ids: vec!["ops-1".into()],
                 },
             )),
+            namespace: String::new(),
         })
         .await
         .unwrap()
@@ -479,6 +483,7 @@ async fn documents_calls_are_authorized_and_bounded_with_clear_errors() {
     let request = |documents: Vec<proto::Document>| proto::UpsertDocumentsRequest {
         index: "docs".into(),
         documents,
+        namespace: String::new(),
     };
     let one = || {
         vec![document(
@@ -507,6 +512,7 @@ async fn documents_calls_are_authorized_and_bounded_with_clear_errors() {
                             ids: vec!["a".into()],
                         },
                     )),
+                    namespace: String::new(),
                 },
                 READER_KEY,
             ))

@@ -70,6 +70,7 @@ fn metadata_of(doc: &str) -> ChunkMetadata {
         size_bytes: Some(size_bytes),
         last_modified: Some(last_modified),
         etag: Some(format!("etag-{doc}")),
+        namespace: None,
         fields: team
             .map(|team| BTreeMap::from([("team".to_string(), team.to_string())]))
             .unwrap_or_default(),
@@ -165,6 +166,7 @@ pub async fn run(harness: &dyn Harness, prefix: &str) {
     filters_restrict_the_hits(harness, &format!("{prefix}-filter")).await;
     delete_removes_exactly_the_objects_chunks(harness, &format!("{prefix}-delete")).await;
     re_upserting_replaces_in_place(harness, &format!("{prefix}-reupsert")).await;
+    tenants_never_see_each_other(harness, &format!("{prefix}-tenants")).await;
     if harness.has_dimensions() {
         another_dimension_is_refused_at_open(harness, &format!("{prefix}-dims")).await;
     }
@@ -371,6 +373,82 @@ async fn filters_restrict_the_hits(harness: &dyn Harness, name: &str) {
         let mut found = ids(&hits);
         found.sort_unstable();
         assert_eq!(found, expected, "{name}: {case}");
+    }
+}
+
+/// The sample as tenant `namespace` wrote it: the same texts and vectors, its own ids.
+fn sample_of(namespace: &str) -> Vec<EmbeddedChunk> {
+    let mut chunks = sample();
+    for embedded in &mut chunks {
+        let chunk = &mut embedded.chunk;
+        chunk.doc_id = format!("{namespace}:{}", chunk.doc_id);
+        chunk.chunk_id = Chunk::make_id(&chunk.doc_id, chunk.ordinal);
+        chunk.object_key = format!("api/compass@{namespace}/{}", chunk.object_key);
+        chunk.metadata.namespace = Some(namespace.to_string());
+    }
+    chunks
+}
+
+/// Two tenants with identical documents beside chunks of no tenant: a search bound to a
+/// namespace (as the service binds every search of a pinned caller) sees only that
+/// tenant's chunks, alone or under another filter, and a namespace with no chunks sees
+/// nothing.
+async fn tenants_never_see_each_other(harness: &dyn Harness, name: &str) {
+    let store = filled(harness, name).await;
+    let store = store.as_ref();
+    // `acme` and `team-acme`: a store that analysed the namespace as text would let
+    // the term `acme` match both.
+    for tenant in ["acme", "team-acme"] {
+        store.upsert(&sample_of(tenant)).await.unwrap();
+    }
+    store.commit().await.unwrap();
+    assert_eq!(store.count().await.unwrap(), 15, "{name}");
+    let cloud_aws = FilterRequest::Eq {
+        field: "cloud".into(),
+        value: "aws".into(),
+    }
+    .check(&[])
+    .unwrap();
+    let cases: [(&str, Option<Filter>, Vec<&str>); 4] = [
+        (
+            "acme",
+            None,
+            vec![
+                "acme:between#0",
+                "acme:east#0",
+                "acme:north#0",
+                "acme:north#1",
+                "acme:west#0",
+            ],
+        ),
+        (
+            "team-acme",
+            Some(cloud_aws.clone()),
+            vec!["team-acme:between#0", "team-acme:east#0"],
+        ),
+        (
+            "acme",
+            Some(cloud_aws),
+            vec!["acme:between#0", "acme:east#0"],
+        ),
+        ("initech", None, vec![]),
+    ];
+    for (tenant, filter, expected) in cases {
+        let mut search = query(
+            store,
+            "sunrise sunset northern lights harbour hills",
+            [0.5, 0.5, 0.5, 0.5],
+            20,
+            None,
+        );
+        search.filter = Some(Filter::within_namespaces(filter, &[tenant.to_string()]));
+        let hits = store
+            .search(&search)
+            .await
+            .unwrap_or_else(|error| panic!("{name}: {tenant}: {error}"));
+        let mut found = ids(&hits);
+        found.sort_unstable();
+        assert_eq!(found, expected, "{name}: {tenant}");
     }
 }
 

@@ -149,6 +149,7 @@ impl OpenSearchIndex {
             )
             .await
             .map_err(|error| error.context("reading the index mapping"))?;
+        self.ensure_namespace_keyword(&mapping).await?;
         if !self.dense {
             return Ok(());
         }
@@ -184,6 +185,41 @@ impl OpenSearchIndex {
         )
     }
 
+    /// Maps `namespace` as a keyword on an index made before tenants: left to dynamic
+    /// mapping it would be analysed text, where the term `a` matches the tenant `team-a`.
+    async fn ensure_namespace_keyword(&self, mapping: &Value) -> Result<()> {
+        let name = &self.settings.name;
+        let field = mapping
+            .as_object()
+            .and_then(|indexes| indexes.values().next())
+            .and_then(|index| {
+                index.pointer(&format!("/mappings/properties/{}", fields::NAMESPACE))
+            });
+        match field {
+            Some(field) if field["type"] == "keyword" => Ok(()),
+            Some(field) => Err(Error::config(format!(
+                "index {name:?} maps {:?} as {}, not keyword: tenants could not be told apart; \
+                 reindex into an index created by skyfuse",
+                fields::NAMESPACE,
+                field["type"]
+            ))),
+            None => {
+                let body = json!({ "properties": { fields::NAMESPACE: { "type": "keyword" } } });
+                self.request(
+                    Method::Put,
+                    &format!("/{name}/_mapping"),
+                    &[],
+                    Some(body.to_string().into_bytes()),
+                    None,
+                    None,
+                )
+                .await
+                .map(drop)
+                .map_err(|error| error.context("mapping the namespace field"))
+            }
+        }
+    }
+
     /// Creates the index: a `knn_vector` field sized and compared as the space says
     /// (dense roles), English-analyzed title and text copied into one BM25 field, and
     /// keyword fields for filters and deletes.
@@ -206,7 +242,7 @@ impl OpenSearchIndex {
             json!({ "type": "text", "analyzer": "english" }),
         );
         properties.insert(fields::ORDINAL.into(), json!({ "type": "integer" }));
-        for field in [fields::CONTENT_TYPE, fields::ETAG] {
+        for field in [fields::CONTENT_TYPE, fields::ETAG, fields::NAMESPACE] {
             properties.insert(field.into(), json!({ "type": "keyword" }));
         }
         for field in fields::FILTER_INTEGERS {
@@ -587,6 +623,9 @@ fn add_metadata(document: &mut serde_json::Map<String, Value>, metadata: &ChunkM
     }
     if let Some(etag) = &metadata.etag {
         document.insert(fields::ETAG.into(), Value::from(etag.as_str()));
+    }
+    if let Some(namespace) = &metadata.namespace {
+        document.insert(fields::NAMESPACE.into(), Value::from(namespace.as_str()));
     }
     if let Some(size) = metadata.size_bytes {
         document.insert(fields::SIZE_BYTES.into(), Value::from(size));
