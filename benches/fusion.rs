@@ -23,6 +23,7 @@ fn lists() -> Vec<RankedList> {
                         cloud: String::new(),
                         region: String::new(),
                         score: 1000.0 - rank as f32,
+                        span: None,
                     }
                 })
                 .collect(),

@@ -82,6 +82,7 @@ fn bench(criterion: &mut Criterion) {
                     cloud: "aws".into(),
                     region: "us-east-1".into(),
                     metadata: Default::default(),
+                    span: None,
                 },
                 vector,
             })

@@ -28,6 +28,18 @@ pub struct Chunk {
     /// written before chunks kept it, and such chunks match no metadata filter.
     #[serde(default, skip_serializing_if = "ChunkMetadata::is_empty")]
     pub metadata: ChunkMetadata,
+    /// Where the chunk's text lies in its document's text; none in data written before
+    /// chunks kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span: Option<CharSpan>,
+}
+
+/// Char offsets (Unicode scalar values, as snippets count them) of a chunk within its
+/// document's extracted text (for a JSON(L) record, the record's text), end exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CharSpan {
+    pub start: u64,
+    pub end: u64,
 }
 
 /// A chunk's object metadata, for filters; every part is optional.
@@ -84,6 +96,8 @@ pub struct Hit {
     pub region: String,
     /// The store's own score: BM25, cosine... Only comparable within one list.
     pub score: f32,
+    /// The chunk's [`Chunk::span`], when the store kept it.
+    pub span: Option<CharSpan>,
 }
 
 /// The text a chunk is embedded from: its title gives later chunks of a document the

@@ -216,6 +216,7 @@ mod tests {
             cloud: String::new(),
             region: String::new(),
             score,
+            span: None,
         }
     }
 

@@ -188,6 +188,7 @@ mod tests {
                         cloud: String::new(),
                         region: String::new(),
                         score: 1.0,
+                        span: None,
                     })
                     .collect()),
                 Behaviour::Fail => Err(Error::unavailable("connection refused")),

@@ -154,6 +154,7 @@ mod tests {
                     cloud: String::new(),
                     region: String::new(),
                     score: 1.0,
+                    span: None,
                 },
                 score: 1.0,
                 contributions: Vec::new(),

@@ -58,6 +58,8 @@ pub struct Citation {
     pub text: String,
     /// The chunk's position within its document, from 0.
     pub chunk_ordinal: u32,
+    /// Where the chunk lies in its document, when the store kept it.
+    pub span: Option<crate::document::CharSpan>,
 }
 
 #[derive(Debug, Clone)]
@@ -396,6 +398,7 @@ fn citations(hits: &[FusedHit]) -> Vec<Citation> {
             object_key: hit.hit.object_key.clone(),
             text: hit.hit.text.clone(),
             chunk_ordinal: chunk_ordinal(&hit.hit.chunk_id),
+            span: hit.hit.span,
         })
         .collect()
 }

@@ -1042,6 +1042,7 @@ fn search_snapshot(
                 cloud: chunk.cloud.clone(),
                 region: chunk.region.clone(),
                 score: scored_row.score,
+                span: chunk.span,
             })
         })
         .collect()
@@ -1237,6 +1238,7 @@ mod tests {
                 cloud: "azure".to_string(),
                 region: "westeurope".to_string(),
                 metadata: Default::default(),
+                span: None,
             },
             vector: vector.to_vec(),
         }
@@ -1644,6 +1646,7 @@ mod tests {
                 cloud: "local".to_string(),
                 region: "local".to_string(),
                 metadata: Default::default(),
+                span: None,
             },
             vector: pseudo_random_vector(index),
         }

@@ -626,6 +626,7 @@ mod tests {
             cloud: cloud.into(),
             region: String::new(),
             metadata,
+            span: None,
         }
     }
 

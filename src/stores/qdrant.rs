@@ -22,7 +22,7 @@ use qdrant_client::{Qdrant, QdrantError};
 use tokio::sync::OnceCell;
 
 use crate::config::{Metric, Secret};
-use crate::document::{ChunkMetadata, EmbeddedChunk, Hit};
+use crate::document::{CharSpan, ChunkMetadata, EmbeddedChunk, Hit};
 use crate::error::{Error, ErrorKind, Result};
 use crate::stores::filter::{
     self, Condition as FilterCondition, Filter as StoreFilter, FilterField, Pushdown,
@@ -401,6 +401,29 @@ fn add_metadata(payload: &mut HashMap<String, qdrant::Value>, metadata: &ChunkMe
     }
 }
 
+/// The chunk's span as two integers (read back by [`payload_integer`]).
+fn add_span(payload: &mut HashMap<String, qdrant::Value>, span: CharSpan) {
+    for (key, value) in [
+        (fields::START_CHAR, span.start),
+        (fields::END_CHAR, span.end),
+    ] {
+        let value = i64::try_from(value).unwrap_or(i64::MAX);
+        payload.insert(
+            key.into(),
+            qdrant::Value {
+                kind: Some(qdrant::value::Kind::IntegerValue(value)),
+            },
+        );
+    }
+}
+
+fn payload_integer(payload: &HashMap<String, qdrant::Value>, key: &str) -> Option<u64> {
+    match payload.get(key)?.kind.as_ref()? {
+        qdrant::value::Kind::IntegerValue(number) => u64::try_from(*number).ok(),
+        _ => None,
+    }
+}
+
 fn payload_text(payload: &HashMap<String, qdrant::Value>, key: &str) -> Option<String> {
     match payload.get(key)?.kind.as_ref()? {
         qdrant::value::Kind::StringValue(text) => Some(text.clone()),
@@ -476,7 +499,11 @@ impl SearchBackend for QdrantStore {
                 .filter_map(|key| Some((key, payload_text(&payload, key)?)))
                 .collect();
                 let score = higher_is_better(self.settings.metric, point.score);
-                remote::hit_from_fields(score, |key| texts.get(key).map(String::as_str))
+                remote::hit_from_fields(
+                    score,
+                    |key| texts.get(key).map(String::as_str),
+                    |key| payload_integer(&payload, key),
+                )
             })
             .collect())
     }
@@ -505,6 +532,9 @@ impl SearchBackend for QdrantStore {
                         },
                     );
                     add_metadata(&mut payload, &chunk.metadata);
+                    if let Some(span) = chunk.span {
+                        add_span(&mut payload, span);
+                    }
                     PointStruct {
                         id: Some(PointId::from(remote::point_id(&chunk.chunk_id))),
                         payload,

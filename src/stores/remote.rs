@@ -30,6 +30,9 @@ pub mod fields {
     /// Object metadata, present only on chunks that have it.
     pub const CONTENT_TYPE: &str = "content_type";
     pub const ETAG: &str = "etag";
+    /// The chunk's char span in its document (integers), on chunks that have one.
+    pub const START_CHAR: &str = "start_char";
+    pub const END_CHAR: &str = "end_char";
     /// Integers: bytes, and unix seconds.
     pub const SIZE_BYTES: &str = "size_bytes";
     pub const LAST_MODIFIED: &str = "last_modified";
@@ -149,8 +152,16 @@ pub fn chunk_text_fields<'a>(chunk: &'a Chunk, source_id: &'a str) -> [(&'static
     ]
 }
 
-/// A hit built from a stored chunk's text fields, looked up by name.
-pub fn hit_from_fields<'a>(score: f32, field: impl Fn(&str) -> Option<&'a str>) -> Hit {
+/// A hit built from a stored chunk's text fields, looked up by name, and its integer
+/// fields (the span).
+pub fn hit_from_fields<'a>(
+    score: f32,
+    field: impl Fn(&str) -> Option<&'a str>,
+    integer: impl Fn(&str) -> Option<u64>,
+) -> Hit {
+    let span = integer(fields::START_CHAR)
+        .zip(integer(fields::END_CHAR))
+        .map(|(start, end)| crate::document::CharSpan { start, end });
     let text = |name: &str| field(name).unwrap_or_default().to_string();
     Hit {
         chunk_id: text(fields::CHUNK_ID),
@@ -161,6 +172,7 @@ pub fn hit_from_fields<'a>(score: f32, field: impl Fn(&str) -> Option<&'a str>) 
         cloud: text(fields::CLOUD),
         region: text(fields::REGION),
         score,
+        span,
     }
 }
 

@@ -608,3 +608,43 @@ async fn documents_calls_are_authorized_and_bounded_with_clear_errors() {
     assert_eq!(found.hits[0].doc_id, "api/docs/a");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn citations_say_where_each_chunk_lies_in_its_document() {
+    let data = TempDir::new().unwrap();
+    let server = TestServer::start(data.path(), "").await;
+    // Accents make chars and bytes differ: offsets count chars.
+    let text = format!("Café notes. {}", long_harbour_text());
+    upsert(
+        &server,
+        "",
+        vec![document("kb-1", "Harbour guide", &text, None)],
+    )
+    .await
+    .unwrap();
+    let events = server
+        .answer(proto::AnswerRequest {
+            question: "Where does the zeppelin hangar stand?".into(),
+            top_k: 5,
+            ..Default::default()
+        })
+        .await;
+    let Some(proto::answer_event::Event::Done(done)) = events.last() else {
+        panic!("no done event: {events:?}");
+    };
+    let zeppelin = done
+        .citations
+        .iter()
+        .find(|citation| citation.text.contains("zeppelin"))
+        .expect("a cited chunk mentions the zeppelin");
+    assert!(zeppelin.chunk_ordinal > 0, "{zeppelin:?}");
+    for citation in &done.citations {
+        let (start, end) = (
+            citation.start_char.expect("start_char") as usize,
+            citation.end_char.expect("end_char") as usize,
+        );
+        let located: String = text.chars().skip(start).take(end - start).collect();
+        assert_eq!(located, citation.text, "{citation:?}");
+    }
+    server.stop().await;
+}

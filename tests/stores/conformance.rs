@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 
-use skyfuse::document::{Chunk, ChunkMetadata, EmbeddedChunk, Hit};
+use skyfuse::document::{CharSpan, Chunk, ChunkMetadata, EmbeddedChunk, Hit};
 use skyfuse::error::{ErrorKind, Result};
 use skyfuse::stores::filter::{Filter, FilterRequest, RangeBounds};
 use skyfuse::stores::resilient::{ResilienceSettings, ResilientBackend};
@@ -50,6 +50,11 @@ fn chunk(doc: &str, ordinal: u32, text: &str, cloud: &str, vector: [f32; DIMS]) 
             cloud: cloud.to_string(),
             region: format!("{cloud}-region-1"),
             metadata: Default::default(),
+            // Where the chunk would lie in its document: chunks of 100 chars or less.
+            span: Some(CharSpan {
+                start: u64::from(ordinal) * 100,
+                end: u64::from(ordinal) * 100 + text.chars().count() as u64,
+            }),
         },
         vector: vector.to_vec(),
     }
@@ -198,6 +203,11 @@ async fn nearest_first_with_whole_chunks(harness: &dyn Harness, name: &str) {
         ("east", "compass/east", "east")
     );
     assert_eq!(east.text, "sunrise over the eastern harbour");
+    assert_eq!(
+        east.span,
+        Some(CharSpan { start: 0, end: 32 }),
+        "{name}: the chunk's place in its document is kept"
+    );
     assert_eq!(
         (east.cloud.as_str(), east.region.as_str()),
         ("aws", "aws-region-1")

@@ -569,6 +569,7 @@ fn representative_chunk(
         cloud: location.cloud.clone(),
         region: location.region.clone(),
         metadata: entry.metadata.clone(),
+        span: None,
     }
 }
 

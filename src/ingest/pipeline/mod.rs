@@ -67,7 +67,8 @@ pub const MAX_REPORTED_ISSUES: usize = 1000;
 ///    records without an id by their bucket.
 /// 5: chunks carry object metadata (content type, size, last modified, etag) and the
 ///    record fields the index names, for filters.
-const PIPELINE_VERSION: u32 = 5;
+/// 6: chunks carry their char span within their document, for citations.
+const PIPELINE_VERSION: u32 = 6;
 
 /// One indexing run: where to read, where to write, how.
 pub struct IndexJob {

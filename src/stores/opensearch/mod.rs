@@ -25,7 +25,7 @@ use wire::{bulk_errors, json_error};
 
 use crate::cloud::sigv4::SigV4Signer;
 use crate::config::{Metric, RefreshPolicy, Secret};
-use crate::document::{ChunkMetadata, EmbeddedChunk, Hit};
+use crate::document::{CharSpan, ChunkMetadata, EmbeddedChunk, Hit};
 use crate::error::{Error, ErrorKind, Result};
 use crate::stores::filter::{Condition, Filter, Pushdown};
 use crate::stores::remote::{self, RemoteSettings, fields};
@@ -149,7 +149,7 @@ impl OpenSearchIndex {
             )
             .await
             .map_err(|error| error.context("reading the index mapping"))?;
-        self.ensure_namespace_keyword(&mapping).await?;
+        self.ensure_added_fields(&mapping).await?;
         if !self.dense {
             return Ok(());
         }
@@ -185,39 +185,52 @@ impl OpenSearchIndex {
         )
     }
 
-    /// Maps `namespace` as a keyword on an index made before tenants: left to dynamic
-    /// mapping it would be analysed text, where the term `a` matches the tenant `team-a`.
-    async fn ensure_namespace_keyword(&self, mapping: &Value) -> Result<()> {
+    /// Maps the fields later skyfuse versions write on an index made before them (or by
+    /// someone else): `namespace` as a keyword, since left to dynamic mapping it would be
+    /// analysed text, where the term `acme` matches the tenant `team-acme`; the span as
+    /// longs.
+    async fn ensure_added_fields(&self, mapping: &Value) -> Result<()> {
         let name = &self.settings.name;
-        let field = mapping
+        let properties = mapping
             .as_object()
             .and_then(|indexes| indexes.values().next())
-            .and_then(|index| {
-                index.pointer(&format!("/mappings/properties/{}", fields::NAMESPACE))
-            });
-        match field {
-            Some(field) if field["type"] == "keyword" => Ok(()),
-            Some(field) => Err(Error::config(format!(
+            .and_then(|index| index.pointer("/mappings/properties"));
+        let mapped = |field: &str| properties.and_then(|properties| properties.get(field));
+        if let Some(field) = mapped(fields::NAMESPACE)
+            && field["type"] != "keyword"
+        {
+            return Err(Error::config(format!(
                 "index {name:?} maps {:?} as {}, not keyword: tenants could not be told apart; \
                  reindex into an index created by skyfuse",
                 fields::NAMESPACE,
                 field["type"]
-            ))),
-            None => {
-                let body = json!({ "properties": { fields::NAMESPACE: { "type": "keyword" } } });
-                self.request(
-                    Method::Put,
-                    &format!("/{name}/_mapping"),
-                    &[],
-                    Some(body.to_string().into_bytes()),
-                    None,
-                    None,
-                )
-                .await
-                .map(drop)
-                .map_err(|error| error.context("mapping the namespace field"))
+            )));
+        }
+        let mut missing = serde_json::Map::new();
+        for (field, kind) in [
+            (fields::NAMESPACE, "keyword"),
+            (fields::START_CHAR, "long"),
+            (fields::END_CHAR, "long"),
+        ] {
+            if mapped(field).is_none() {
+                missing.insert(field.into(), json!({ "type": kind }));
             }
         }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let body = json!({ "properties": missing });
+        self.request(
+            Method::Put,
+            &format!("/{name}/_mapping"),
+            &[],
+            Some(body.to_string().into_bytes()),
+            None,
+            None,
+        )
+        .await
+        .map(drop)
+        .map_err(|error| error.context("mapping the namespace and span fields"))
     }
 
     /// Creates the index: a `knn_vector` field sized and compared as the space says
@@ -242,6 +255,9 @@ impl OpenSearchIndex {
             json!({ "type": "text", "analyzer": "english" }),
         );
         properties.insert(fields::ORDINAL.into(), json!({ "type": "integer" }));
+        for field in [fields::START_CHAR, fields::END_CHAR] {
+            properties.insert(field.into(), json!({ "type": "long" }));
+        }
         for field in [fields::CONTENT_TYPE, fields::ETAG, fields::NAMESPACE] {
             properties.insert(field.into(), json!({ "type": "keyword" }));
         }
@@ -396,7 +412,11 @@ impl OpenSearchIndex {
             .map(|hit| {
                 let score = hit["_score"].as_f64().unwrap_or(0.0) as f32;
                 let source = &hit["_source"];
-                remote::hit_from_fields(score, |key| source.get(key).and_then(Value::as_str))
+                remote::hit_from_fields(
+                    score,
+                    |key| source.get(key).and_then(Value::as_str),
+                    |key| source.get(key).and_then(Value::as_u64),
+                )
             })
             .collect())
     }
@@ -420,6 +440,7 @@ impl OpenSearchIndex {
                         .collect();
                 document.insert(fields::ORDINAL.into(), Value::from(chunk.ordinal));
                 add_metadata(&mut document, &chunk.metadata);
+                add_span(&mut document, chunk.span);
                 if self.dense {
                     document.insert(fields::VECTOR.into(), json!(embedded.vector));
                 }
@@ -635,5 +656,13 @@ fn add_metadata(document: &mut serde_json::Map<String, Value>, metadata: &ChunkM
     }
     if !metadata.fields.is_empty() {
         document.insert(fields::METADATA.into(), json!(metadata.fields));
+    }
+}
+
+/// The chunk's span as two integer fields, when it has one.
+fn add_span(document: &mut serde_json::Map<String, Value>, span: Option<CharSpan>) {
+    if let Some(span) = span {
+        document.insert(fields::START_CHAR.into(), Value::from(span.start));
+        document.insert(fields::END_CHAR.into(), Value::from(span.end));
     }
 }
