@@ -129,22 +129,28 @@ impl QdrantStore {
         self.ensure_payload_indexes().await
     }
 
-    /// The keyword payload indexes searches and deletes filter by; creating one that
-    /// exists is a no-op for Qdrant, so this runs on every check.
+    /// The payload indexes searches and deletes filter by, and one per user metadata
+    /// field the index config names (`metadata.<name>`); creating one that exists is a
+    /// no-op for Qdrant, so this runs on every check.
     async fn ensure_payload_indexes(&self) -> Result<()> {
         let keywords = fields::KEYWORDS
             .into_iter()
             .chain(fields::FILTER_KEYWORDS)
-            .map(|field| (field, FieldType::Keyword));
+            .map(|field| (field.to_string(), FieldType::Keyword));
         let integers = fields::FILTER_INTEGERS
             .into_iter()
-            .map(|field| (field, FieldType::Integer));
-        for (field, field_type) in keywords.chain(integers) {
+            .map(|field| (field.to_string(), FieldType::Integer));
+        let metadata = self
+            .settings
+            .metadata_fields
+            .iter()
+            .map(|name| (format!("{}.{name}", fields::METADATA), FieldType::Keyword));
+        for (field, field_type) in keywords.chain(integers).chain(metadata) {
             self.client
                 .create_field_index(CreateFieldIndexCollection {
                     collection_name: self.settings.name.clone(),
                     wait: Some(true),
-                    field_name: field.to_string(),
+                    field_name: field,
                     field_type: Some(field_type.into()),
                     ..Default::default()
                 })

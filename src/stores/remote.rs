@@ -80,6 +80,9 @@ pub struct RemoteSettings {
     pub score_threshold: Option<f32>,
     /// Limit of one write request.
     pub write_timeout: Duration,
+    /// The user metadata fields (`metadata.<name>`) the indexes writing here keep:
+    /// Qdrant gets a keyword payload index on each.
+    pub metadata_fields: Vec<String>,
 }
 
 /// A UUID-shaped id derived from the chunk id (Qdrant ids are integers or UUIDs):
@@ -248,6 +251,7 @@ mod tests {
             create_missing: false,
             upsert_batch: 10,
             score_threshold: None,
+            metadata_fields: Vec::new(),
             write_timeout: Duration::from_secs(1),
         };
         let message = check_space(&settings, "collection", 768, Some(Metric::Cosine), "cosine")

@@ -59,6 +59,8 @@ fn remote_settings(
         upsert_batch: 2,
         score_threshold: None,
         write_timeout: Duration::from_secs(5),
+        // The conformance suite filters on `metadata.team`.
+        metadata_fields: vec!["team".into()],
     }
 }
 
@@ -350,11 +352,12 @@ async fn qdrant_creates_payload_indexes_and_sends_the_deadline_as_its_timeout() 
 }
 
 /// The payload fields a Qdrant collection must index for filtered search.
-const FILTERED_FIELDS: [&str; 9] = [
+const FILTERED_FIELDS: [&str; 10] = [
     "cloud",
     "content_type",
     "doc_id",
     "last_modified",
+    "metadata.team",
     "namespace",
     "object_key",
     "region",
