@@ -124,6 +124,14 @@ impl BoundBody {
     }
 }
 
+/// A filter written as JSON in the shape of `/v1/search`'s `filter` (the CLI's
+/// `--filter`), as the proto the service checks.
+pub fn filter_from_json(text: &str) -> Result<proto::Filter> {
+    let body: FilterBody = serde_json::from_str(text)
+        .map_err(|error| Error::invalid(format!("filter: not a filter in JSON: {error}")))?;
+    body.into_proto()
+}
+
 impl FilterBody {
     pub(super) fn into_proto(self) -> Result<proto::Filter> {
         use proto::field_condition::Test;
