@@ -767,6 +767,29 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_are_plain_words_and_index_ids_cannot_hold_the_separator() {
+        let config = parse(
+            r#"
+            [[source]]
+            id = "bm25"
+            kind = "tantivy"
+            [[index]]
+            id = "docs@acme"
+            sources = ["bm25"]
+            namespace = "acme corp"
+            [[role]]
+            id = "tenant"
+            namespaces = ["a/b"]
+            "#,
+        )
+        .unwrap();
+        let message = config.validate().unwrap_err().message;
+        assert!(message.contains("cannot contain '@'"), "{message}");
+        assert!(message.contains("namespace \"acme corp\""), "{message}");
+        assert!(message.contains("namespaces: \"a/b\""), "{message}");
+    }
+
+    #[test]
     fn literal_api_key_is_refused_at_parse() {
         let error = parse(
             r#"
