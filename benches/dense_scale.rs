@@ -166,6 +166,7 @@ fn chunk(index: usize, vector: Vec<f32>) -> EmbeddedChunk {
             cloud: "local".to_string(),
             region: "local".to_string(),
             metadata: Default::default(),
+            span: None,
         },
         vector,
     }

@@ -24,6 +24,7 @@ fn lists() -> Vec<RankedList> {
                         region: String::new(),
                         classes: Vec::new(),
                         score: 1000.0 - rank as f32,
+                        span: None,
                     }
                 })
                 .collect(),

@@ -52,6 +52,7 @@ fn synthetic_chunks(count: usize, with_vectors: bool, vocabulary: &[String]) -> 
                     cloud: "aws".to_owned(),
                     region: "us-east-1".to_owned(),
                     metadata: Default::default(),
+                    span: None,
                 },
                 vector: if with_vectors {
                     unit_vector(&mut random)

@@ -66,6 +66,7 @@ fn bench(criterion: &mut Criterion) {
             upsert_batch: 500,
             score_threshold: None,
             write_timeout: Duration::from_secs(30),
+            metadata_fields: Vec::new(),
         };
         let store = Arc::new(QdrantStore::connect(settings, None).await.unwrap());
         let chunks: Vec<EmbeddedChunk> = vectors(POINTS, 7)
@@ -82,6 +83,7 @@ fn bench(criterion: &mut Criterion) {
                     cloud: "aws".into(),
                     region: "us-east-1".into(),
                     metadata: Default::default(),
+                    span: None,
                 },
                 vector,
             })

@@ -28,6 +28,18 @@ pub struct Chunk {
     /// written before chunks kept it, and such chunks match no metadata filter.
     #[serde(default, skip_serializing_if = "ChunkMetadata::is_empty")]
     pub metadata: ChunkMetadata,
+    /// Where the chunk's text lies in its document's text; none in data written before
+    /// chunks kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span: Option<CharSpan>,
+}
+
+/// Char offsets (Unicode scalar values, as snippets count them) of a chunk within its
+/// document's extracted text (for a JSON(L) record, the record's text), end exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CharSpan {
+    pub start: u64,
+    pub end: u64,
 }
 
 /// A chunk's object metadata, for filters; every part is optional.
@@ -42,6 +54,10 @@ pub struct ChunkMetadata {
     pub last_modified: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
+    /// The tenant the chunk belongs to (`[[index]] namespace`, or the namespace of an
+    /// upsert); none: no tenant, and a search bound to a namespace never sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// The JSON(L) record fields an `[[index]]` names in `metadata_fields`, as text.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub fields: std::collections::BTreeMap<String, String>,
@@ -83,6 +99,8 @@ pub struct Hit {
     pub classes: Vec<String>,
     /// The store's own score: BM25, cosine... Only comparable within one list.
     pub score: f32,
+    /// The chunk's [`Chunk::span`], when the store kept it.
+    pub span: Option<CharSpan>,
 }
 
 /// The text a chunk is embedded from: its title gives later chunks of a document the

@@ -87,6 +87,13 @@ enum Command {
         /// Print each hit's per-source ranks and scores.
         #[arg(long)]
         explain: bool,
+        /// Only chunks that match: a filter as JSON, in the shape of `/v1/search`'s
+        /// (`{"condition": {"field": "metadata.team", "eq": "search"}}`).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Only chunks of this tenant.
+        #[arg(long)]
+        namespace: Option<String>,
         #[arg(long)]
         server: Option<String>,
     },
@@ -98,6 +105,12 @@ enum Command {
         /// Model to answer with; `extractive` for the no-LLM answer.
         #[arg(long)]
         model: Option<String>,
+        /// Only passages that match: a filter as JSON, as for `search --filter`.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Only passages of this tenant.
+        #[arg(long)]
+        namespace: Option<String>,
         #[arg(long)]
         server: Option<String>,
     },
@@ -322,8 +335,12 @@ async fn run(cli: Cli) -> Result<()> {
             sources,
             fusion,
             explain,
+            filter,
+            namespace,
             server,
         } => {
+            // Checked before connecting: a typo fails fast, naming the problem.
+            let filter = cli::query::filter_arg(filter.as_deref())?;
             let channel = cli::channel(server, cli.config, cli.token.as_deref()).await?;
             let request = proto::SearchRequest {
                 query,
@@ -332,6 +349,8 @@ async fn run(cli: Cli) -> Result<()> {
                 fusion: Fusion::to_proto(fusion),
                 include_text: false,
                 adapter_from: String::new(),
+                filter,
+                namespace: namespace.unwrap_or_default(),
                 ..Default::default()
             };
             cli::query::run_search(channel, request, explain).await
@@ -340,10 +359,20 @@ async fn run(cli: Cli) -> Result<()> {
             question,
             top_k,
             model,
+            filter,
+            namespace,
             server,
         } => {
+            let request = proto::AnswerRequest {
+                question,
+                top_k: top_k.unwrap_or(0),
+                model: model.unwrap_or_default(),
+                filter: cli::query::filter_arg(filter.as_deref())?,
+                namespace: namespace.unwrap_or_default(),
+                ..Default::default()
+            };
             let channel = cli::channel(server, cli.config, cli.token.as_deref()).await?;
-            cli::query::run_ask(channel, question, top_k, model).await
+            cli::query::run_ask(channel, request).await
         }
         Command::Sources { server } => {
             let channel = cli::channel(server, cli.config, cli.token.as_deref()).await?;

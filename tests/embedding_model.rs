@@ -396,3 +396,55 @@ fn space_with_the_wrong_dims_is_rejected() {
     assert_eq!(error.kind, ErrorKind::Config);
     assert!(error.message.contains("768"), "{}", error.message);
 }
+
+#[test]
+fn the_cli_search_and_ask_take_a_filter_as_json() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let docs = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(home.path().join("models")).unwrap();
+    std::os::unix::fs::symlink(model_dir(), home.path().join(DEFAULT_MODEL_DIR)).unwrap();
+    // The same topic in a short file and a long one: only the size tells them apart.
+    std::fs::write(
+        docs.path().join("short.txt"),
+        "The lighthouse keeper logs storms.",
+    )
+    .unwrap();
+    let long = "The lighthouse keeper logs storms and ships passing at night. ".repeat(20);
+    std::fs::write(docs.path().join("long.txt"), long).unwrap();
+    let skyfuse = |arguments: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_skyfuse"))
+            .args(arguments)
+            .current_dir(home.path())
+            .env("SKYFUSE_HOME", home.path())
+            .env_remove(MODEL_DIR_ENV)
+            .env_remove("SKYFUSE_CONFIG")
+            .output()
+            .expect("skyfuse runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    };
+    let docs_path = docs.path().display().to_string();
+    let (indexed, report) = skyfuse(&["index", &docs_path]);
+    assert!(indexed, "{report}");
+    let small = r#"{"condition": {"field": "size_bytes", "range": {"lt": "100"}}}"#;
+    let (ok, hits) = skyfuse(&["search", "lighthouse storms", "--filter", small]);
+    assert!(ok, "{hits}");
+    assert!(
+        hits.contains("short.txt") && !hits.contains("long.txt"),
+        "{hits}"
+    );
+    let (ok, answer) = skyfuse(&["ask", "Who logs storms?", "--filter", small]);
+    assert!(ok, "{answer}");
+    assert!(
+        answer.contains("short.txt") && !answer.contains("long.txt"),
+        "{answer}"
+    );
+    // A malformed filter is refused before anything runs, naming the flag.
+    let (ok, refused) = skyfuse(&["search", "storms", "--filter", r#"{"condition": 1}"#]);
+    assert!(!ok);
+    assert!(refused.contains("--filter"), "{refused}");
+}

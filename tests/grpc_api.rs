@@ -22,6 +22,8 @@ use skyfuse::service::Service;
 mod documents;
 #[path = "grpc_api/grpcurl.rs"]
 mod grpcurl;
+#[path = "grpc_api/tenants.rs"]
+mod tenants;
 
 fn model_dir() -> PathBuf {
     let dir = std::env::var_os("SKYFUSE_MODEL_DIR").map_or_else(

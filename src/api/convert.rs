@@ -126,6 +126,7 @@ pub fn search_params(
         clouds: request.clouds.clone(),
         regions: request.regions.clone(),
         classifications: request.classifications.clone(),
+        namespace: request.namespace.clone(),
     })
 }
 

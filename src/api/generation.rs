@@ -130,6 +130,7 @@ impl GenerationApi {
                     deadline,
                     messages,
                     filter,
+                    namespace: request.namespace,
                 },
             )
             .await
@@ -182,6 +183,8 @@ fn answer_done(summary: AnswerSummary) -> proto::AnswerDone {
                 object_key: citation.object_key,
                 text: citation.text,
                 chunk_ordinal: citation.chunk_ordinal,
+                start_char: citation.span.map(|span| span.start),
+                end_char: citation.span.map(|span| span.end),
             })
             .collect(),
         usage: Some(proto::Usage {

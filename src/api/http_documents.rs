@@ -25,6 +25,8 @@ struct UpsertBody {
     #[serde(default)]
     index: String,
     documents: Vec<DocumentBody>,
+    #[serde(default)]
+    namespace: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +52,8 @@ struct DeleteBody {
     object_key_prefix: Option<String>,
     #[serde(default)]
     filter: Option<FilterBody>,
+    #[serde(default)]
+    namespace: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +79,7 @@ impl DeleteBody {
         Ok(proto::DeleteDocumentsRequest {
             index: self.index,
             selection,
+            namespace: self.namespace,
         })
     }
 }
@@ -116,7 +121,7 @@ async fn upsert_call(
         })
         .collect();
     let report = service
-        .upsert_documents(&principal, &body.index, new_documents)
+        .upsert_documents(&principal, &body.index, &body.namespace, new_documents)
         .await?;
     let response = documents::upsert_response(&report);
     Ok(Json(json!({
@@ -153,7 +158,7 @@ async fn delete_call(
     let request = body.into_proto()?;
     let selection = documents::delete_selection(request.selection)?;
     let report = service
-        .delete_documents(&principal, &request.index, selection)
+        .delete_documents(&principal, &request.index, &request.namespace, selection)
         .await?;
     let response = documents::delete_response(&report);
     Ok(Json(json!({

@@ -57,6 +57,8 @@ struct SearchBody {
     regions: Vec<String>,
     #[serde(default)]
     classifications: Vec<String>,
+    #[serde(default)]
+    namespace: String,
 }
 
 /// `Filter` in JSON, as gRPC's JSON mapping spells it: exactly one of the four keys.
@@ -127,6 +129,14 @@ impl BoundBody {
             Self::Text(text) => text,
         }
     }
+}
+
+/// A filter written as JSON in the shape of `/v1/search`'s `filter` (the CLI's
+/// `--filter`), as the proto the service checks.
+pub fn filter_from_json(text: &str) -> Result<proto::Filter> {
+    let body: FilterBody = serde_json::from_str(text)
+        .map_err(|error| Error::invalid(format!("filter: not a filter in JSON: {error}")))?;
+    body.into_proto()
 }
 
 impl FilterBody {
@@ -220,6 +230,7 @@ impl SearchBody {
             clouds: self.clouds,
             regions: self.regions,
             classifications: self.classifications,
+            namespace: self.namespace,
         })
     }
 }

@@ -132,11 +132,15 @@ impl IngestionService for IngestionApi {
             .authenticate(&Credentials::from_grpc(&request))
             .await
             .map_err(convert::status)?;
-        let proto::UpsertDocumentsRequest { index, documents } = request.into_inner();
+        let proto::UpsertDocumentsRequest {
+            index,
+            documents,
+            namespace,
+        } = request.into_inner();
         let documents = documents.into_iter().map(documents::new_document).collect();
         let report = self
             .service
-            .upsert_documents(&principal, &index, documents)
+            .upsert_documents(&principal, &index, &namespace, documents)
             .await
             .map_err(convert::status)?;
         Ok(Response::new(documents::upsert_response(&report)))
@@ -151,11 +155,15 @@ impl IngestionService for IngestionApi {
             .authenticate(&Credentials::from_grpc(&request))
             .await
             .map_err(convert::status)?;
-        let proto::DeleteDocumentsRequest { index, selection } = request.into_inner();
+        let proto::DeleteDocumentsRequest {
+            index,
+            selection,
+            namespace,
+        } = request.into_inner();
         let selection = documents::delete_selection(selection).map_err(convert::status)?;
         let report = self
             .service
-            .delete_documents(&principal, &index, selection)
+            .delete_documents(&principal, &index, &namespace, selection)
             .await
             .map_err(convert::status)?;
         Ok(Response::new(documents::delete_response(&report)))

@@ -22,6 +22,7 @@ mod tls;
 #[cfg(test)]
 mod transport_tests;
 
+pub use http_search::filter_from_json;
 pub use in_process::serve_in_process;
 pub use server::{Listeners, serve};
 

@@ -11,6 +11,7 @@ mod jwks;
 mod jwt;
 mod permissions;
 mod principal;
+mod tenancy;
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ pub use jwks::MIN_REFETCH as JWKS_MIN_REFETCH;
 pub use jwt::{JwtIssuer, VerifiedToken};
 pub use permissions::{ChatLimits, Permissions};
 pub use principal::Principal;
+pub use tenancy::NamespaceScope;
 
 /// The verified client certificate of an mutual-TLS connection (the leaf, DER),
 /// put into each request's extensions by the transport, for gRPC and HTTP alike.

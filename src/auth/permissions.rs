@@ -1,6 +1,7 @@
 //! What a principal may do: the union of its roles. Every check returns a
 //! `PERMISSION_DENIED` error that names the missing permission and nothing else.
 
+use super::tenancy::{self, NamespaceScope};
 use crate::config::{Glob, RoleConfig};
 use crate::error::{Error, Result};
 use crate::route::Caller;
@@ -30,6 +31,8 @@ pub struct Permissions {
     /// None: no chat model at all.
     chat: Option<ChatLimits>,
     admin: bool,
+    /// The tenants it is pinned to; empty: not pinned.
+    namespaces: Vec<String>,
 }
 
 fn denied(what: &str) -> Error {
@@ -86,6 +89,7 @@ impl Permissions {
             documents: role.documents.clone(),
             chat,
             admin: role.admin,
+            namespaces: role.namespaces.clone(),
         }
     }
 
@@ -110,6 +114,12 @@ impl Permissions {
         self.prune |= other.prune;
         self.documents.extend(other.documents.iter().cloned());
         self.admin |= other.admin;
+        // Pinning only narrows: an unpinned role does not free a pinned principal.
+        for namespace in &other.namespaces {
+            if !self.namespaces.contains(namespace) {
+                self.namespaces.push(namespace.clone());
+            }
+        }
         self.chat = match (self.chat.take(), &other.chat) {
             (None, theirs) => theirs.clone(),
             (mine, None) => mine,
@@ -196,6 +206,21 @@ impl Permissions {
     /// Whether the principal may upsert and delete documents over the API in the index
     /// `index_id` (`UpsertDocuments`, `DeleteDocuments`). `index` does not grant it: it
     /// reads only under its URL prefixes, while documents bring any text.
+    /// The namespaces a search or answer asking for `requested` (empty: none) covers.
+    pub fn search_namespaces(&self, requested: &str) -> Result<NamespaceScope> {
+        tenancy::search_scope(&self.namespaces, requested)
+    }
+
+    /// The namespace a documents call asking for `requested` (empty: none) writes to,
+    /// given the index's own namespace.
+    pub fn write_namespace(
+        &self,
+        requested: &str,
+        index_namespace: Option<&str>,
+    ) -> Result<Option<String>> {
+        tenancy::write_namespace(&self.namespaces, requested, index_namespace)
+    }
+
     pub fn may_write_documents(&self, index_id: &str) -> bool {
         self.all || self.documents.iter().any(|glob| glob.matches(index_id))
     }

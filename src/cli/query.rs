@@ -70,18 +70,15 @@ fn print_outcomes(outcomes: &[proto::SourceOutcome], degraded: bool) {
     }
 }
 
-pub async fn run_ask(
-    channel: Channel,
-    question: String,
-    top_k: Option<u32>,
-    model: Option<String>,
-) -> Result<()> {
-    let request = proto::AnswerRequest {
-        question,
-        top_k: top_k.unwrap_or(0),
-        model: model.unwrap_or_default(),
-        ..Default::default()
-    };
+/// `--filter`'s JSON as the request's filter; its fields are checked by the server.
+pub fn filter_arg(text: Option<&str>) -> Result<Option<proto::Filter>> {
+    text.map(|text| {
+        skyfuse::api::filter_from_json(text).map_err(|error| anyhow::anyhow!("--filter: {error}"))
+    })
+    .transpose()
+}
+
+pub async fn run_ask(channel: Channel, request: proto::AnswerRequest) -> Result<()> {
     let mut stream = GenerationServiceClient::new(channel)
         .answer(request)
         .await?

@@ -39,6 +39,11 @@ pub struct IndexConfig {
     /// and booleans as text), so searches can filter on `metadata.<name>`.
     #[serde(default)]
     pub metadata_fields: Vec<String>,
+    /// The tenant this index's bucket syncs stamp on their chunks, and the namespace of
+    /// API documents upserted without one: only searches in that namespace (or in none)
+    /// see them. None: chunks have no tenant.
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 /// How far a record id reaches: see [`IndexConfig::record_ids`].

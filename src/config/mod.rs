@@ -423,6 +423,20 @@ impl Config {
             if index.commit_every_chunks == 0 {
                 problems.push(format!("{name}: commit_every_chunks must be at least 1"));
             }
+            // `@` joins an index id and a namespace in API document keys.
+            if index
+                .id
+                .contains(crate::ingest::pipeline::documents::NAMESPACE_SEPARATOR)
+            {
+                problems.push(format!("{name}: an index id cannot contain '@'"));
+            }
+            if let Some(namespace) = &index.namespace
+                && !crate::stores::filter::valid_namespace(namespace)
+            {
+                problems.push(format!(
+                    "{name}: namespace {namespace:?} must be 1 to 64 letters, digits, _ or -"
+                ));
+            }
             for field in &index.metadata_fields {
                 if !crate::stores::filter::valid_metadata_name(field) {
                     problems.push(format!(
@@ -766,6 +780,29 @@ mod tests {
         let message = config.validate().unwrap_err().message;
         assert!(message.contains("\"nowhere\""), "{message}");
         assert!(message.contains("answer.provider"), "{message}");
+    }
+
+    #[test]
+    fn namespaces_are_plain_words_and_index_ids_cannot_hold_the_separator() {
+        let config = parse(
+            r#"
+            [[source]]
+            id = "bm25"
+            kind = "tantivy"
+            [[index]]
+            id = "docs@acme"
+            sources = ["bm25"]
+            namespace = "acme corp"
+            [[role]]
+            id = "tenant"
+            namespaces = ["a/b"]
+            "#,
+        )
+        .unwrap();
+        let message = config.validate().unwrap_err().message;
+        assert!(message.contains("cannot contain '@'"), "{message}");
+        assert!(message.contains("namespace \"acme corp\""), "{message}");
+        assert!(message.contains("namespaces: \"a/b\""), "{message}");
     }
 
     #[test]

@@ -47,6 +47,12 @@ pub struct RoleConfig {
     /// Whether it may call the Admin service (which lists only what it may see).
     #[serde(default)]
     pub admin: bool,
+    /// Tenants it is pinned to: its searches, answers and documents calls reach only
+    /// these namespaces (one of them by default), and asking for another is
+    /// PERMISSION_DENIED. Empty: not pinned. A principal holding any pinned role is
+    /// pinned to the union of those roles' namespaces, whatever its other roles grant.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
 }
 
 /// Checks `[[caller]]`, `[[role]]`, `[[issuer]]` and `[[client_cert]]` together:
@@ -65,6 +71,14 @@ pub(super) fn identity_problems(config: &super::Config, problems: &mut Vec<Strin
                 "role {:?}: budget_usd_per_day must be 0 or more",
                 role.id
             ));
+        }
+        for namespace in &role.namespaces {
+            if !crate::stores::filter::valid_namespace(namespace) {
+                problems.push(format!(
+                    "role {:?}: namespaces: {namespace:?} must be 1 to 64 letters, digits, _ or -",
+                    role.id
+                ));
+            }
         }
         for index in &role.search_indexes {
             if !config.indexes.iter().any(|known| &known.id == index) {

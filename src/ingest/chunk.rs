@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use crate::document::Chunk;
+use crate::document::{CharSpan, Chunk};
 use crate::error::{Error, Result};
 use crate::ingest::extract::ExtractedDoc;
 
@@ -98,11 +98,17 @@ pub fn chunks_of_document<'a>(
 ) -> impl Iterator<Item = Chunk> + 'a {
     let max_bytes = config.max_bytes.max(MIN_CHUNK_MAX_BYTES);
     let title = prefix_within(&document.title, MAX_TITLE_BYTES);
+    // Starts and ends each only grow (windows overlap, so an end passes the next start).
+    let (mut starts, mut ends) = (CharCounter::default(), CharCounter::default());
     word_windows(&document.text, config)
         .into_iter()
         .flat_map(move |window| byte_bounded_pieces(&document.text, window.bytes, max_bytes))
         .enumerate()
         .map(move |(ordinal, bytes)| {
+            let span = CharSpan {
+                start: starts.at(&document.text, bytes.start),
+                end: ends.at(&document.text, bytes.end),
+            };
             // u32 chunks of at least one byte each cannot overflow for objects under 4 GiB.
             let ordinal = u32::try_from(ordinal).unwrap_or(u32::MAX);
             Chunk {
@@ -116,8 +122,29 @@ pub fn chunks_of_document<'a>(
                 cloud: String::new(),
                 region: String::new(),
                 metadata: Default::default(),
+                span: Some(span),
             }
         })
+}
+
+/// Char offsets of growing byte offsets, counted on from the last one asked for, so a
+/// document is scanned once, not once per chunk.
+#[derive(Debug, Default)]
+struct CharCounter {
+    byte: usize,
+    chars: u64,
+}
+
+impl CharCounter {
+    /// The char offset of `byte` (a char boundary) in `text`.
+    fn at(&mut self, text: &str, byte: usize) -> u64 {
+        if byte < self.byte {
+            *self = Self::default();
+        }
+        self.chars += text[self.byte..byte].chars().count() as u64;
+        self.byte = byte;
+        self.chars
+    }
 }
 
 /// The longest prefix of `text` of at most `max_bytes` bytes that ends on a char boundary.
@@ -347,6 +374,23 @@ mod tests {
         assert_eq!(chunks[0].chunk_id, "doc#0");
         assert_eq!(chunks[0].object_key, "obj");
         assert_eq!(chunks[0].title, "Title");
+        assert_eq!(chunks[0].span, Some(CharSpan { start: 2, end: 20 }));
+    }
+
+    #[test]
+    fn spans_count_chars_and_locate_every_chunk_in_its_document() {
+        let text = "Café crème brûlée. ".repeat(40);
+        let chunks = chunk_document("obj", &document(&text), &config(12, 3));
+        assert!(chunks.len() > 2);
+        for chunk in &chunks {
+            let span = chunk.span.unwrap();
+            let located: String = text
+                .chars()
+                .skip(span.start as usize)
+                .take((span.end - span.start) as usize)
+                .collect();
+            assert_eq!(located, chunk.text, "{span:?}");
+        }
     }
 
     #[test]

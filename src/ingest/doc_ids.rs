@@ -143,6 +143,7 @@ mod tests {
             title: String::new(),
             text: String::new(),
             ordinal,
+            span: None,
             cloud: String::new(),
             region: String::new(),
             metadata: Default::default(),

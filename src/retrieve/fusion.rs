@@ -217,6 +217,7 @@ mod tests {
             region: String::new(),
             classes: Vec::new(),
             score,
+            span: None,
         }
     }
 

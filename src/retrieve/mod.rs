@@ -271,6 +271,7 @@ mod tests {
                         region: String::new(),
                         classes: Vec::new(),
                         score: 1.0,
+                        span: None,
                     })
                     .collect()),
                 Behaviour::Placed(docs) => Ok(docs
@@ -285,6 +286,7 @@ mod tests {
                         region: region.to_string(),
                         classes: Vec::new(),
                         score: 1.0,
+                        span: None,
                     })
                     .collect()),
                 Behaviour::Fail => Err(Error::unavailable("connection refused")),

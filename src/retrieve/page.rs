@@ -155,6 +155,7 @@ mod tests {
                     region: String::new(),
                     classes: Vec::new(),
                     score: 1.0,
+                    span: None,
                 },
                 score: 1.0,
                 contributions: Vec::new(),

@@ -44,6 +44,8 @@ pub struct AnswerRequest {
     pub deadline: Option<Instant>,
     /// Only passages that match are retrieved, as in Search.
     pub filter: Option<crate::stores::filter::FilterRequest>,
+    /// The tenant whose passages to retrieve, as in Search.
+    pub namespace: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +58,8 @@ pub struct Citation {
     pub text: String,
     /// The chunk's position within its document, from 0.
     pub chunk_ordinal: u32,
+    /// Where the chunk lies in its document, when the store kept it.
+    pub span: Option<crate::document::CharSpan>,
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +160,7 @@ impl Service {
                     adapter_from: None,
                     controls: Default::default(),
                     filter: request.filter.clone(),
+                    namespace: request.namespace.clone(),
                     ..Default::default()
                 },
             )
@@ -397,6 +402,7 @@ fn citations(hits: &[FusedHit]) -> Vec<Citation> {
             object_key: hit.hit.object_key.clone(),
             text: hit.hit.text.clone(),
             chunk_ordinal: chunk_ordinal(&hit.hit.chunk_id),
+            span: hit.hit.span,
         })
         .collect()
 }

@@ -168,6 +168,7 @@ pub(super) async fn sources(config: &Config, env: &HashMap<String, String>) -> R
         data_dir: &config.server.data_dir,
         default_timeout: Duration::from_millis(config.search.source_timeout_ms),
         env,
+        indexes: &config.indexes,
     };
     let mut sources = Vec::new();
     for source in &config.sources {

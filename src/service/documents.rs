@@ -46,14 +46,20 @@ impl Service {
     /// Adds or replaces `documents` in the index `index_id` (empty: the default index),
     /// chunked and embedded as a bucket object of that index would be. Returns once
     /// every store committed them and the manifest recorded them.
+    /// `namespace` (empty: the index's, else the caller's only one, else none) is the
+    /// tenant the documents belong to: its own ids, and only its searches see them.
     pub async fn upsert_documents(
         &self,
         principal: &Principal,
         index_id: &str,
+        namespace: &str,
         documents: Vec<NewDocument>,
     ) -> Result<UpsertReport> {
         self.admit_call(principal).await?;
         let index = self.documents_index_for(principal, index_id)?;
+        let namespace = principal
+            .permissions()
+            .write_namespace(namespace, index.namespace.as_deref())?;
         check_documents(&documents, index)?;
         let _writing = self.document_lock(index)?.lock().await;
         let folder = self.manifest_folder(index);
@@ -66,14 +72,20 @@ impl Service {
             // Other record ids are qualified by their bucket: none is under `api/`.
             HashMap::new()
         };
-        let key_prefix = key_prefix_of(&index.id);
-        let job = self.index_job(index, key_prefix.clone(), documents_manifest_path(&folder));
+        let key_prefix = key_prefix_of(&index.id, namespace.as_deref());
+        let mut job = self.index_job(
+            index,
+            key_prefix.clone(),
+            documents_manifest_path(&folder, namespace.as_deref()),
+        );
+        job.namespace = namespace.clone();
         let report = upsert_documents(&job, &key_prefix, documents, &held_by_buckets).await;
         let outcome = if report.is_ok() { "ok" } else { "error" };
         self.metrics.record_request("upsert_documents", outcome);
         let report = report?;
         tracing::info!(
             index = %index.id,
+            namespace = namespace.as_deref().unwrap_or_default(),
             principal = principal.id(),
             written = report.written,
             unchanged = report.unchanged,
@@ -85,23 +97,29 @@ impl Service {
 
     /// Deletes the API documents of `index_id` that `selection` picks, from every store
     /// of the index, and says how many documents and chunks went. Bucket objects are not
-    /// touched: they go when they leave their bucket and it is synced.
+    /// touched: they go when they leave their bucket and it is synced. Only documents of
+    /// the one namespace chosen as for an upsert are reached.
     pub async fn delete_documents(
         &self,
         principal: &Principal,
         index_id: &str,
+        namespace: &str,
         selection: DeleteSelection,
     ) -> Result<DeleteReport> {
         self.admit_call(principal).await?;
         let index = self.documents_index_for(principal, index_id)?;
-        let selection = check_selection(selection, index)?;
+        let namespace = principal
+            .permissions()
+            .write_namespace(namespace, index.namespace.as_deref())?;
+        let key_prefix = key_prefix_of(&index.id, namespace.as_deref());
+        let selection = check_selection(selection, index, &key_prefix)?;
         let _writing = self.document_lock(index)?.lock().await;
-        let key_prefix = key_prefix_of(&index.id);
-        let job = self.index_job(
+        let mut job = self.index_job(
             index,
             key_prefix.clone(),
-            documents_manifest_path(&self.manifest_folder(index)),
+            documents_manifest_path(&self.manifest_folder(index), namespace.as_deref()),
         );
+        job.namespace = namespace;
         let report = delete_documents(&job, &key_prefix, &selection).await;
         let outcome = if report.is_ok() { "ok" } else { "error" };
         self.metrics.record_request("delete_documents", outcome);
@@ -225,7 +243,12 @@ fn check_metadata(metadata: &BTreeMap<String, String>, index: &IndexConfig) -> R
     Ok(())
 }
 
-fn check_selection(selection: DeleteSelection, index: &IndexConfig) -> Result<DocumentSelection> {
+/// `own_prefix`: the key prefix of the API documents of the index and namespace.
+fn check_selection(
+    selection: DeleteSelection,
+    index: &IndexConfig,
+    own_prefix: &str,
+) -> Result<DocumentSelection> {
     match selection {
         DeleteSelection::Ids(ids) => {
             if ids.is_empty() || ids.len() > MAX_DELETE_IDS {
@@ -240,8 +263,7 @@ fn check_selection(selection: DeleteSelection, index: &IndexConfig) -> Result<Do
             Ok(DocumentSelection::Ids(ids))
         }
         DeleteSelection::ObjectKeyPrefix(prefix) => {
-            let own_prefix = key_prefix_of(&index.id);
-            if !prefix.starts_with(&own_prefix) {
+            if !prefix.starts_with(own_prefix) {
                 return Err(Error::invalid(format!(
                     "object_key_prefix must start with {own_prefix:?}: only documents \
                      sent over the API to this index are deleted here; bucket objects go \
@@ -329,12 +351,17 @@ mod tests {
         assert!(
             check_selection(
                 DeleteSelection::ObjectKeyPrefix("api/docs/team-".into()),
-                &index
+                &index,
+                "api/docs/"
             )
             .is_ok()
         );
-        let error = check_selection(DeleteSelection::ObjectKeyPrefix("s3://b/".into()), &index)
-            .unwrap_err();
+        let error = check_selection(
+            DeleteSelection::ObjectKeyPrefix("s3://b/".into()),
+            &index,
+            "api/docs/",
+        )
+        .unwrap_err();
         assert!(
             error.message.contains("must start with \"api/docs/\""),
             "{error}"
@@ -343,7 +370,7 @@ mod tests {
             field: "source".into(),
             value: "x".into(),
         }));
-        assert!(check_selection(DeleteSelection::Filter(by_source), &index).is_err());
-        assert!(check_selection(DeleteSelection::Ids(Vec::new()), &index).is_err());
+        assert!(check_selection(DeleteSelection::Filter(by_source), &index, "api/docs/").is_err());
+        assert!(check_selection(DeleteSelection::Ids(Vec::new()), &index, "api/docs/").is_err());
     }
 }

@@ -138,6 +138,7 @@ impl Service {
         job.max_chunks_per_object = index.max_chunks_per_object;
         job.record_ids = index.record_ids;
         job.metadata_fields = index.metadata_fields.clone();
+        job.namespace = index.namespace.clone();
         job.extractor = self.extractor.clone();
         job.embed_batch_size = index.embed_batch_size;
         job.commit_every_chunks = index.commit_every_chunks;

@@ -73,6 +73,9 @@ pub struct SearchParams {
     pub regions: Vec<String>,
     /// Only chunks of these classes (`[[classification]]`); empty: any.
     pub classifications: Vec<String>,
+    /// The tenant whose chunks to search; empty: the caller's own if it is pinned to
+    /// namespaces, else every chunk.
+    pub namespace: String,
 }
 
 /// A search checked against the server's limits, ready to run.
@@ -372,12 +375,22 @@ impl Service {
         mut params: SearchParams,
     ) -> Result<SearchResult> {
         params.sources = self.permitted_sources(principal, &params.sources)?;
+        let scope = principal
+            .permissions()
+            .search_namespaces(&params.namespace)?;
         let CheckedSearch {
             mut request,
             page,
             snippets,
         } = self.search_request(params)?;
         self.add_caller_limit(principal, &mut request.zone);
+        // A filter like any other, so every store enforces the tenant as it filters.
+        if let crate::auth::NamespaceScope::Within(namespaces) = scope {
+            request.filter = Some(crate::stores::filter::Filter::within_namespaces(
+                request.filter.take(),
+                &namespaces,
+            ));
+        }
         let mut result = self.retriever.search(&request).await?;
         if let Some(page) = &page {
             let (hits, next) = crate::retrieve::page::page(&request, page, result.hits)?;

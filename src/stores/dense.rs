@@ -1043,6 +1043,7 @@ fn search_snapshot(
                 region: chunk.region.clone(),
                 classes: Vec::new(),
                 score: scored_row.score,
+                span: chunk.span,
             })
         })
         .collect()
@@ -1238,6 +1239,7 @@ mod tests {
                 cloud: "azure".to_string(),
                 region: "westeurope".to_string(),
                 metadata: Default::default(),
+                span: None,
             },
             vector: vector.to_vec(),
         }
@@ -1645,6 +1647,7 @@ mod tests {
                 cloud: "local".to_string(),
                 region: "local".to_string(),
                 metadata: Default::default(),
+                span: None,
             },
             vector: pseudo_random_vector(index),
         }

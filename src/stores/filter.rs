@@ -69,6 +69,9 @@ pub enum FilterField {
     SizeBytes,
     /// A user metadata field named in `[[index]] metadata_fields`.
     Metadata(String),
+    /// The chunk's tenant ([`crate::document::ChunkMetadata::namespace`]): set by the
+    /// service from the request and the caller's role, never named in a caller's filter.
+    Namespace,
 }
 
 impl FilterField {
@@ -84,6 +87,7 @@ impl FilterField {
             Self::LastModified => "last_modified".into(),
             Self::SizeBytes => "size_bytes".into(),
             Self::Metadata(name) => format!("metadata.{name}"),
+            Self::Namespace => "namespace".into(),
         }
     }
 
@@ -101,6 +105,12 @@ impl FilterField {
             "content_type" => Self::ContentType,
             "last_modified" => Self::LastModified,
             "size_bytes" => Self::SizeBytes,
+            "namespace" => {
+                return Err(Error::invalid(
+                    "filter: `namespace` is not a filter field; set the request's namespace \
+                     (a caller pinned to namespaces gets its own)",
+                ));
+            }
             other => match other.strip_prefix("metadata.") {
                 Some(metadata) if metadata_fields.iter().any(|known| known == metadata) => {
                     Self::Metadata(metadata.to_string())
@@ -423,6 +433,19 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 impl Filter {
+    /// `filter` (if any) restricted to chunks of one of `namespaces`: how the service binds
+    /// a search to a tenant, so every store enforces it as it enforces any filter.
+    pub fn within_namespaces(filter: Option<Filter>, namespaces: &[String]) -> Filter {
+        let tenant = Self::Condition(Condition::In {
+            field: FilterField::Namespace,
+            values: namespaces.to_vec(),
+        });
+        match filter {
+            None => tenant,
+            Some(filter) => Self::And(vec![tenant, filter]),
+        }
+    }
+
     /// The filter as it applies to source `source_id`: its `source` conditions decided.
     pub fn for_source(&self, source_id: &str) -> Pushdown {
         match self {
@@ -530,6 +553,7 @@ fn text_value<'a>(chunk: &'a Chunk, field: &FilterField) -> Option<&'a str> {
         FilterField::DocId => Some(&chunk.doc_id),
         FilterField::ContentType => chunk.metadata.content_type.as_deref(),
         FilterField::Metadata(name) => chunk.metadata.fields.get(name).map(String::as_str),
+        FilterField::Namespace => chunk.metadata.namespace.as_deref(),
         FilterField::Source | FilterField::LastModified | FilterField::SizeBytes => None,
     }
 }
@@ -549,6 +573,12 @@ fn number_value(chunk: &Chunk, field: &FilterField) -> Option<i64> {
 /// its outcome and gives no hits, never unfiltered ones.
 pub fn unsupported(part: &str) -> Error {
     Error::invalid(format!("filter not supported: {part}"))
+}
+
+/// Namespace names follow the same rule as metadata names: they become payload values,
+/// document keys and file names.
+pub fn valid_namespace(name: &str) -> bool {
+    valid_metadata_name(name)
 }
 
 /// Metadata names are plain words: they become payload keys and document paths.
@@ -596,6 +626,7 @@ mod tests {
             cloud: cloud.into(),
             region: String::new(),
             metadata,
+            span: None,
         }
     }
 
@@ -713,6 +744,7 @@ mod tests {
                 size_bytes: Some(2048),
                 last_modified: Some(1_714_521_600),
                 etag: None,
+                namespace: None,
                 fields: BTreeMap::from([("team".into(), "search".into())]),
             },
         );

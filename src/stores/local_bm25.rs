@@ -46,7 +46,7 @@ use tantivy::tokenizer::{
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
-use crate::document::{Chunk, ChunkMetadata, EmbeddedChunk, Hit};
+use crate::document::{CharSpan, Chunk, ChunkMetadata, EmbeddedChunk, Hit};
 use crate::error::{Error, Result};
 use crate::stores::filter::{Condition, Filter, FilterField, Pushdown};
 use crate::stores::{SearchBackend, SourceInfo, StoreQuery};
@@ -84,6 +84,9 @@ struct Bm25Fields {
     /// Filter-only fields, absent from indexes written before chunks kept metadata:
     /// there no chunk matches a condition on them.
     metadata: Option<MetadataFields>,
+    /// The chunk's char span in its document (stored u64s), absent from indexes written
+    /// before chunks kept it: their hits have no span.
+    span: Option<(Field, Field)>,
 }
 
 /// Indexed, never stored: hits do not carry metadata, filters only test it.
@@ -98,6 +101,10 @@ struct MetadataFields {
 }
 
 const METADATA_PAIR_SEPARATOR: char = '\u{1f}';
+
+/// The chunk's namespace is kept as a pair of this name: no user field can have it (names
+/// are plain words), and indexes written since metadata was kept need no new field.
+const NAMESPACE_PAIR_NAME: &str = "@namespace";
 
 fn metadata_pair(name: &str, value: &str) -> String {
     format!("{name}{METADATA_PAIR_SEPARATOR}{value}")
@@ -128,7 +135,9 @@ impl Bm25Fields {
             }
             _ => None,
         };
+        let span = optional("start_char").zip(optional("end_char"));
         Ok(Self {
+            span,
             chunk_id: field("chunk_id")?,
             doc_id: field("doc_id")?,
             object_key: field("object_key")?,
@@ -172,7 +181,13 @@ impl Bm25Fields {
             last_modified: schema_builder.add_i64_field("last_modified", filter_number),
             user_pairs: schema_builder.add_text_field("metadata_pairs", STRING),
         };
+        let stored_number = NumericOptions::default().set_stored();
+        let span = Some((
+            schema_builder.add_u64_field("start_char", stored_number.clone()),
+            schema_builder.add_u64_field("end_char", stored_number),
+        ));
         let fields = Self {
+            span,
             chunk_id,
             doc_id,
             object_key,
@@ -397,6 +412,10 @@ impl Bm25Inner {
                         FilterField::Metadata(name) => {
                             (metadata?.user_pairs, metadata_pair(name, value))
                         }
+                        FilterField::Namespace => (
+                            metadata?.user_pairs,
+                            metadata_pair(NAMESPACE_PAIR_NAME, value),
+                        ),
                         // Decided before the query is built; numbers take ranges.
                         FilterField::Source
                         | FilterField::LastModified
@@ -476,6 +495,7 @@ impl Bm25Inner {
                 region: self.stored_text(&document, self.fields.region),
                 classes: Vec::new(),
                 score,
+                span: self.stored_span(&document),
             });
         }
         Ok(hits)
@@ -516,6 +536,15 @@ impl Bm25Inner {
             .and_then(|value| value.as_str())
             .unwrap_or_default()
             .to_string()
+    }
+
+    fn stored_span(&self, document: &TantivyDocument) -> Option<CharSpan> {
+        let (start, end) = self.fields.span?;
+        let number = |field| document.get_first(field).and_then(|value| value.as_u64());
+        Some(CharSpan {
+            start: number(start)?,
+            end: number(end)?,
+        })
     }
 
     /// Run `write` with the writer, creating it on first use.
@@ -562,8 +591,21 @@ impl Bm25Inner {
                 document.add_text(self.fields.region, &chunk.region);
                 document.add_text(self.fields.body, format!("{}\n{}", chunk.title, chunk.text));
                 document.add_u64(self.fields.ordinal, u64::from(chunk.ordinal));
-                if let Some(fields) = self.fields.metadata {
-                    add_metadata(&mut document, fields, &chunk.metadata);
+                if let (Some((start, end)), Some(span)) = (self.fields.span, chunk.span) {
+                    document.add_u64(start, span.start);
+                    document.add_u64(end, span.end);
+                }
+                match self.fields.metadata {
+                    Some(fields) => add_metadata(&mut document, fields, &chunk.metadata),
+                    // Written without its namespace, the chunk would leave its tenant.
+                    None if chunk.metadata.namespace.is_some() => {
+                        return Err(Error::invalid(format!(
+                            "bm25 index {} predates metadata and cannot keep a chunk's \
+                             namespace; index into a new data dir",
+                            self.directory.display()
+                        )));
+                    }
+                    None => {}
                 }
                 writer.add_document(document).map_err(|error| {
                     Error::internal(format!(
@@ -617,6 +659,12 @@ fn add_metadata(document: &mut TantivyDocument, fields: MetadataFields, metadata
     }
     for (name, value) in &metadata.fields {
         document.add_text(fields.user_pairs, metadata_pair(name, value));
+    }
+    if let Some(namespace) = &metadata.namespace {
+        document.add_text(
+            fields.user_pairs,
+            metadata_pair(NAMESPACE_PAIR_NAME, namespace),
+        );
     }
 }
 
@@ -751,6 +799,7 @@ mod tests {
                 cloud: "oci".to_string(),
                 region: "eu-frankfurt-1".to_string(),
                 metadata: Default::default(),
+                span: None,
             },
             vector: Vec::new(),
         }

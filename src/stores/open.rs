@@ -34,6 +34,8 @@ pub struct OpenContext<'a> {
     pub default_timeout: Duration,
     /// Secrets named `env:NAME` are read from here.
     pub env: &'a HashMap<String, String>,
+    /// Every `[[index]]`: the metadata fields kept by the indexes writing to a source.
+    pub indexes: &'a [crate::config::IndexConfig],
 }
 
 /// Opens one `[[source]]`: one source, or two for an OpenSearch index serving both
@@ -116,7 +118,7 @@ async fn open_backends(
             let api_key =
                 SecretLocation::resolve_optional(qdrant.api_key.as_ref(), "api_key", context.env)?;
             let info = source_info(source, source.id.clone(), StoreKind::Dense, space);
-            let settings = remote_settings(
+            let mut settings = remote_settings(
                 source,
                 info,
                 &qdrant.remote,
@@ -124,6 +126,7 @@ async fn open_backends(
                 space,
                 qdrant.score_threshold,
             );
+            settings.metadata_fields = metadata_fields_of(source, context.indexes);
             let store = QdrantStore::connect(settings, api_key).await?;
             Ok(vec![Arc::new(store)])
         }
@@ -216,7 +219,23 @@ fn remote_settings(
         upsert_batch: remote.upsert_batch,
         score_threshold,
         write_timeout: Duration::from_millis(source.write_timeout_ms),
+        metadata_fields: Vec::new(),
     }
+}
+
+/// The `metadata_fields` of every index that writes to `source`, each once.
+fn metadata_fields_of(
+    source: &SourceConfig,
+    indexes: &[crate::config::IndexConfig],
+) -> Vec<String> {
+    let mut fields: Vec<String> = indexes
+        .iter()
+        .filter(|index| index.sources.contains(&source.id))
+        .flat_map(|index| index.metadata_fields.iter().cloned())
+        .collect();
+    fields.sort();
+    fields.dedup();
+    fields
 }
 
 fn opensearch_credentials(

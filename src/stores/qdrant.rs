@@ -22,7 +22,7 @@ use qdrant_client::{Qdrant, QdrantError};
 use tokio::sync::OnceCell;
 
 use crate::config::{Metric, Secret};
-use crate::document::{ChunkMetadata, EmbeddedChunk, Hit};
+use crate::document::{CharSpan, ChunkMetadata, EmbeddedChunk, Hit};
 use crate::error::{Error, ErrorKind, Result};
 use crate::stores::filter::{
     self, Condition as FilterCondition, Filter as StoreFilter, FilterField, Pushdown,
@@ -129,22 +129,28 @@ impl QdrantStore {
         self.ensure_payload_indexes().await
     }
 
-    /// The keyword payload indexes searches and deletes filter by; creating one that
-    /// exists is a no-op for Qdrant, so this runs on every check.
+    /// The payload indexes searches and deletes filter by, and one per user metadata
+    /// field the index config names (`metadata.<name>`); creating one that exists is a
+    /// no-op for Qdrant, so this runs on every check.
     async fn ensure_payload_indexes(&self) -> Result<()> {
         let keywords = fields::KEYWORDS
             .into_iter()
             .chain(fields::FILTER_KEYWORDS)
-            .map(|field| (field, FieldType::Keyword));
+            .map(|field| (field.to_string(), FieldType::Keyword));
         let integers = fields::FILTER_INTEGERS
             .into_iter()
-            .map(|field| (field, FieldType::Integer));
-        for (field, field_type) in keywords.chain(integers) {
+            .map(|field| (field.to_string(), FieldType::Integer));
+        let metadata = self
+            .settings
+            .metadata_fields
+            .iter()
+            .map(|name| (format!("{}.{name}", fields::METADATA), FieldType::Keyword));
+        for (field, field_type) in keywords.chain(integers).chain(metadata) {
             self.client
                 .create_field_index(CreateFieldIndexCollection {
                     collection_name: self.settings.name.clone(),
                     wait: Some(true),
-                    field_name: field.to_string(),
+                    field_name: field,
                     field_type: Some(field_type.into()),
                     ..Default::default()
                 })
@@ -372,6 +378,9 @@ fn add_metadata(payload: &mut HashMap<String, qdrant::Value>, metadata: &ChunkMe
     if let Some(etag) = &metadata.etag {
         payload.insert(fields::ETAG.into(), text_value(etag));
     }
+    if let Some(namespace) = &metadata.namespace {
+        payload.insert(fields::NAMESPACE.into(), text_value(namespace));
+    }
     if let Some(size) = metadata
         .size_bytes
         .and_then(|size| i64::try_from(size).ok())
@@ -395,6 +404,29 @@ fn add_metadata(payload: &mut HashMap<String, qdrant::Value>, metadata: &ChunkMe
                 })),
             },
         );
+    }
+}
+
+/// The chunk's span as two integers (read back by [`payload_integer`]).
+fn add_span(payload: &mut HashMap<String, qdrant::Value>, span: CharSpan) {
+    for (key, value) in [
+        (fields::START_CHAR, span.start),
+        (fields::END_CHAR, span.end),
+    ] {
+        let value = i64::try_from(value).unwrap_or(i64::MAX);
+        payload.insert(
+            key.into(),
+            qdrant::Value {
+                kind: Some(qdrant::value::Kind::IntegerValue(value)),
+            },
+        );
+    }
+}
+
+fn payload_integer(payload: &HashMap<String, qdrant::Value>, key: &str) -> Option<u64> {
+    match payload.get(key)?.kind.as_ref()? {
+        qdrant::value::Kind::IntegerValue(number) => u64::try_from(*number).ok(),
+        _ => None,
     }
 }
 
@@ -473,7 +505,11 @@ impl SearchBackend for QdrantStore {
                 .filter_map(|key| Some((key, payload_text(&payload, key)?)))
                 .collect();
                 let score = higher_is_better(self.settings.metric, point.score);
-                remote::hit_from_fields(score, |key| texts.get(key).map(String::as_str))
+                remote::hit_from_fields(
+                    score,
+                    |key| texts.get(key).map(String::as_str),
+                    |key| payload_integer(&payload, key),
+                )
             })
             .collect())
     }
@@ -502,6 +538,9 @@ impl SearchBackend for QdrantStore {
                         },
                     );
                     add_metadata(&mut payload, &chunk.metadata);
+                    if let Some(span) = chunk.span {
+                        add_span(&mut payload, span);
+                    }
                     PointStruct {
                         id: Some(PointId::from(remote::point_id(&chunk.chunk_id))),
                         payload,

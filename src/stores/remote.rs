@@ -30,13 +30,18 @@ pub mod fields {
     /// Object metadata, present only on chunks that have it.
     pub const CONTENT_TYPE: &str = "content_type";
     pub const ETAG: &str = "etag";
+    /// The chunk's char span in its document (integers), on chunks that have one.
+    pub const START_CHAR: &str = "start_char";
+    pub const END_CHAR: &str = "end_char";
     /// Integers: bytes, and unix seconds.
     pub const SIZE_BYTES: &str = "size_bytes";
     pub const LAST_MODIFIED: &str = "last_modified";
     /// An object of the user metadata fields, text values: `metadata.<name>`.
     pub const METADATA: &str = "metadata";
+    /// The chunk's tenant, present only on chunks that have one.
+    pub const NAMESPACE: &str = "namespace";
     /// Metadata fields filtered by equality, beside [`KEYWORDS`].
-    pub const FILTER_KEYWORDS: [&str; 2] = [REGION, CONTENT_TYPE];
+    pub const FILTER_KEYWORDS: [&str; 3] = [REGION, CONTENT_TYPE, NAMESPACE];
     /// Metadata fields filtered by range.
     pub const FILTER_INTEGERS: [&str; 2] = [SIZE_BYTES, LAST_MODIFIED];
 }
@@ -53,6 +58,7 @@ pub fn filter_key(field: &crate::stores::filter::FilterField) -> Option<String> 
         FilterField::ContentType => fields::CONTENT_TYPE,
         FilterField::LastModified => fields::LAST_MODIFIED,
         FilterField::SizeBytes => fields::SIZE_BYTES,
+        FilterField::Namespace => fields::NAMESPACE,
         FilterField::Metadata(name) => return Some(format!("{}.{name}", fields::METADATA)),
         FilterField::Source => return None,
     };
@@ -74,6 +80,9 @@ pub struct RemoteSettings {
     pub score_threshold: Option<f32>,
     /// Limit of one write request.
     pub write_timeout: Duration,
+    /// The user metadata fields (`metadata.<name>`) the indexes writing here keep:
+    /// Qdrant gets a keyword payload index on each.
+    pub metadata_fields: Vec<String>,
 }
 
 /// A UUID-shaped id derived from the chunk id (Qdrant ids are integers or UUIDs):
@@ -146,8 +155,16 @@ pub fn chunk_text_fields<'a>(chunk: &'a Chunk, source_id: &'a str) -> [(&'static
     ]
 }
 
-/// A hit built from a stored chunk's text fields, looked up by name.
-pub fn hit_from_fields<'a>(score: f32, field: impl Fn(&str) -> Option<&'a str>) -> Hit {
+/// A hit built from a stored chunk's text fields, looked up by name, and its integer
+/// fields (the span).
+pub fn hit_from_fields<'a>(
+    score: f32,
+    field: impl Fn(&str) -> Option<&'a str>,
+    integer: impl Fn(&str) -> Option<u64>,
+) -> Hit {
+    let span = integer(fields::START_CHAR)
+        .zip(integer(fields::END_CHAR))
+        .map(|(start, end)| crate::document::CharSpan { start, end });
     let text = |name: &str| field(name).unwrap_or_default().to_string();
     Hit {
         chunk_id: text(fields::CHUNK_ID),
@@ -159,6 +176,7 @@ pub fn hit_from_fields<'a>(score: f32, field: impl Fn(&str) -> Option<&'a str>) 
         region: text(fields::REGION),
         classes: Vec::new(),
         score,
+        span,
     }
 }
 
@@ -234,6 +252,7 @@ mod tests {
             create_missing: false,
             upsert_batch: 10,
             score_threshold: None,
+            metadata_fields: Vec::new(),
             write_timeout: Duration::from_secs(1),
         };
         let message = check_space(&settings, "collection", 768, Some(Metric::Cosine), "cosine")

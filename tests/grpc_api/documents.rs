@@ -44,6 +44,7 @@ async fn upsert(
         .upsert_documents(proto::UpsertDocumentsRequest {
             index: index.into(),
             documents,
+            namespace: String::new(),
         })
         .await
         .map(tonic::Response::into_inner)
@@ -57,6 +58,7 @@ async fn delete(
         .delete_documents(proto::DeleteDocumentsRequest {
             index: String::new(),
             selection: Some(selection),
+            namespace: String::new(),
         })
         .await
         .unwrap()
@@ -258,6 +260,7 @@ async fn upserted_documents_are_searched_replaced_whole_and_deleted_by_id_prefix
         .delete_documents(proto::DeleteDocumentsRequest {
             index: String::new(),
             selection: Some(Selection::ObjectKeyPrefix("/tmp/".into())),
+            namespace: String::new(),
         })
         .await
         .unwrap_err();
@@ -425,6 +428,7 @@ async fn api_documents_survive_a_restart_and_a_bucket_sync_and_never_take_a_buck
                     ids: vec!["ops-1".into()],
                 },
             )),
+            namespace: String::new(),
         })
         .await
         .unwrap()
@@ -479,6 +483,7 @@ async fn documents_calls_are_authorized_and_bounded_with_clear_errors() {
     let request = |documents: Vec<proto::Document>| proto::UpsertDocumentsRequest {
         index: "docs".into(),
         documents,
+        namespace: String::new(),
     };
     let one = || {
         vec![document(
@@ -507,6 +512,7 @@ async fn documents_calls_are_authorized_and_bounded_with_clear_errors() {
                             ids: vec!["a".into()],
                         },
                     )),
+                    namespace: String::new(),
                 },
                 READER_KEY,
             ))
@@ -600,5 +606,45 @@ async fn documents_calls_are_authorized_and_bounded_with_clear_errors() {
         .unwrap()
         .into_inner();
     assert_eq!(found.hits[0].doc_id, "api/docs/a");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn citations_say_where_each_chunk_lies_in_its_document() {
+    let data = TempDir::new().unwrap();
+    let server = TestServer::start(data.path(), "").await;
+    // Accents make chars and bytes differ: offsets count chars.
+    let text = format!("Café notes. {}", long_harbour_text());
+    upsert(
+        &server,
+        "",
+        vec![document("kb-1", "Harbour guide", &text, None)],
+    )
+    .await
+    .unwrap();
+    let events = server
+        .answer(proto::AnswerRequest {
+            question: "Where does the zeppelin hangar stand?".into(),
+            top_k: 5,
+            ..Default::default()
+        })
+        .await;
+    let Some(proto::answer_event::Event::Done(done)) = events.last() else {
+        panic!("no done event: {events:?}");
+    };
+    let zeppelin = done
+        .citations
+        .iter()
+        .find(|citation| citation.text.contains("zeppelin"))
+        .expect("a cited chunk mentions the zeppelin");
+    assert!(zeppelin.chunk_ordinal > 0, "{zeppelin:?}");
+    for citation in &done.citations {
+        let (start, end) = (
+            citation.start_char.expect("start_char") as usize,
+            citation.end_char.expect("end_char") as usize,
+        );
+        let located: String = text.chars().skip(start).take(end - start).collect();
+        assert_eq!(located, citation.text, "{citation:?}");
+    }
     server.stop().await;
 }

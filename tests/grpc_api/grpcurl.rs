@@ -194,3 +194,70 @@ async fn grpcurl_lists_and_calls_the_services_with_no_proto_files() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn grpcurl_upserts_and_deletes_documents_with_no_proto_files() {
+    let Some(binary) = grpcurl_binary() else {
+        return;
+    };
+    let data = TempDir::new().unwrap();
+    let identity = format!(
+        r#"
+        [[role]]
+        id = "pipeline"
+        search_sources = ["*"]
+        documents = ["docs"]
+        [[caller]]
+        id = "pipeline"
+        api_key_sha256 = "{}"
+        roles = ["pipeline"]
+        "#,
+        skyfuse::auth::hash_key_hex(KEY)
+    );
+    let server = TestServer::start(data.path(), &identity).await;
+    let address = server.address.to_string();
+    let header = format!("authorization: Bearer {KEY}");
+    let call = |method: &'static str, body: &'static str| {
+        let (binary, address, header) = (binary.clone(), address.clone(), header.clone());
+        async move {
+            let method = format!("skyfuse.v1.{method}");
+            let outcome = grpcurl(
+                &binary,
+                &["-plaintext", "-H", &header, "-d", body, &address, &method],
+            )
+            .await;
+            assert!(outcome.success, "{method}: {}", outcome.stderr);
+            serde_json::from_str::<Value>(&outcome.stdout).expect("one json response")
+        }
+    };
+    let search = r#"{"query": "refunds business days", "top_k": 5}"#;
+
+    let upserted = call(
+        "IngestionService/UpsertDocuments",
+        r#"{"index": "docs", "documents": [{"id": "faq-42", "title": "Refunds",
+            "text": "Refunds are paid within five business days.",
+            "metadata": {"topic": "billing"}}]}"#,
+    )
+    .await;
+    assert_eq!(
+        upserted["written"], "1",
+        "uint64 is a string in JSON: {upserted}"
+    );
+    let found = call("RetrievalService/Search", search).await;
+    assert_eq!(found["hits"][0]["docId"], "api/docs/faq-42", "{found}");
+
+    let deleted = call(
+        "IngestionService/DeleteDocuments",
+        r#"{"index": "docs", "ids": {"ids": ["faq-42"]}}"#,
+    )
+    .await;
+    assert_eq!(deleted["documents"], "1", "{deleted}");
+    let gone = call("RetrievalService/Search", search).await;
+    assert!(
+        gone["hits"]
+            .as_array()
+            .is_none_or(|hits| hits.iter().all(|hit| hit["docId"] != "api/docs/faq-42")),
+        "{gone}"
+    );
+    server.stop().await;
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 
-use skyfuse::document::{Chunk, ChunkMetadata, EmbeddedChunk, Hit};
+use skyfuse::document::{CharSpan, Chunk, ChunkMetadata, EmbeddedChunk, Hit};
 use skyfuse::error::{ErrorKind, Result};
 use skyfuse::stores::filter::{Filter, FilterRequest, RangeBounds};
 use skyfuse::stores::resilient::{ResilienceSettings, ResilientBackend};
@@ -50,6 +50,11 @@ fn chunk(doc: &str, ordinal: u32, text: &str, cloud: &str, vector: [f32; DIMS]) 
             cloud: cloud.to_string(),
             region: format!("{cloud}-region-1"),
             metadata: Default::default(),
+            // Where the chunk would lie in its document: chunks of 100 chars or less.
+            span: Some(CharSpan {
+                start: u64::from(ordinal) * 100,
+                end: u64::from(ordinal) * 100 + text.chars().count() as u64,
+            }),
         },
         vector: vector.to_vec(),
     }
@@ -70,6 +75,7 @@ fn metadata_of(doc: &str) -> ChunkMetadata {
         size_bytes: Some(size_bytes),
         last_modified: Some(last_modified),
         etag: Some(format!("etag-{doc}")),
+        namespace: None,
         fields: team
             .map(|team| BTreeMap::from([("team".to_string(), team.to_string())]))
             .unwrap_or_default(),
@@ -165,6 +171,7 @@ pub async fn run(harness: &dyn Harness, prefix: &str) {
     filters_restrict_the_hits(harness, &format!("{prefix}-filter")).await;
     delete_removes_exactly_the_objects_chunks(harness, &format!("{prefix}-delete")).await;
     re_upserting_replaces_in_place(harness, &format!("{prefix}-reupsert")).await;
+    tenants_never_see_each_other(harness, &format!("{prefix}-tenants")).await;
     if harness.has_dimensions() {
         another_dimension_is_refused_at_open(harness, &format!("{prefix}-dims")).await;
     }
@@ -196,6 +203,11 @@ async fn nearest_first_with_whole_chunks(harness: &dyn Harness, name: &str) {
         ("east", "compass/east", "east")
     );
     assert_eq!(east.text, "sunrise over the eastern harbour");
+    assert_eq!(
+        east.span,
+        Some(CharSpan { start: 0, end: 32 }),
+        "{name}: the chunk's place in its document is kept"
+    );
     assert_eq!(
         (east.cloud.as_str(), east.region.as_str()),
         ("aws", "aws-region-1")
@@ -371,6 +383,82 @@ async fn filters_restrict_the_hits(harness: &dyn Harness, name: &str) {
         let mut found = ids(&hits);
         found.sort_unstable();
         assert_eq!(found, expected, "{name}: {case}");
+    }
+}
+
+/// The sample as tenant `namespace` wrote it: the same texts and vectors, its own ids.
+fn sample_of(namespace: &str) -> Vec<EmbeddedChunk> {
+    let mut chunks = sample();
+    for embedded in &mut chunks {
+        let chunk = &mut embedded.chunk;
+        chunk.doc_id = format!("{namespace}:{}", chunk.doc_id);
+        chunk.chunk_id = Chunk::make_id(&chunk.doc_id, chunk.ordinal);
+        chunk.object_key = format!("api/compass@{namespace}/{}", chunk.object_key);
+        chunk.metadata.namespace = Some(namespace.to_string());
+    }
+    chunks
+}
+
+/// Two tenants with identical documents beside chunks of no tenant: a search bound to a
+/// namespace (as the service binds every search of a pinned caller) sees only that
+/// tenant's chunks, alone or under another filter, and a namespace with no chunks sees
+/// nothing.
+async fn tenants_never_see_each_other(harness: &dyn Harness, name: &str) {
+    let store = filled(harness, name).await;
+    let store = store.as_ref();
+    // `acme` and `team-acme`: a store that analysed the namespace as text would let
+    // the term `acme` match both.
+    for tenant in ["acme", "team-acme"] {
+        store.upsert(&sample_of(tenant)).await.unwrap();
+    }
+    store.commit().await.unwrap();
+    assert_eq!(store.count().await.unwrap(), 15, "{name}");
+    let cloud_aws = FilterRequest::Eq {
+        field: "cloud".into(),
+        value: "aws".into(),
+    }
+    .check(&[])
+    .unwrap();
+    let cases: [(&str, Option<Filter>, Vec<&str>); 4] = [
+        (
+            "acme",
+            None,
+            vec![
+                "acme:between#0",
+                "acme:east#0",
+                "acme:north#0",
+                "acme:north#1",
+                "acme:west#0",
+            ],
+        ),
+        (
+            "team-acme",
+            Some(cloud_aws.clone()),
+            vec!["team-acme:between#0", "team-acme:east#0"],
+        ),
+        (
+            "acme",
+            Some(cloud_aws),
+            vec!["acme:between#0", "acme:east#0"],
+        ),
+        ("initech", None, vec![]),
+    ];
+    for (tenant, filter, expected) in cases {
+        let mut search = query(
+            store,
+            "sunrise sunset northern lights harbour hills",
+            [0.5, 0.5, 0.5, 0.5],
+            20,
+            None,
+        );
+        search.filter = Some(Filter::within_namespaces(filter, &[tenant.to_string()]));
+        let hits = store
+            .search(&search)
+            .await
+            .unwrap_or_else(|error| panic!("{name}: {tenant}: {error}"));
+        let mut found = ids(&hits);
+        found.sort_unstable();
+        assert_eq!(found, expected, "{name}: {tenant}");
     }
 }
 

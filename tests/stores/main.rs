@@ -59,6 +59,8 @@ fn remote_settings(
         upsert_batch: 2,
         score_threshold: None,
         write_timeout: Duration::from_secs(5),
+        // The conformance suite filters on `metadata.team`.
+        metadata_fields: vec!["team".into()],
     }
 }
 
@@ -350,11 +352,13 @@ async fn qdrant_creates_payload_indexes_and_sends_the_deadline_as_its_timeout() 
 }
 
 /// The payload fields a Qdrant collection must index for filtered search.
-const FILTERED_FIELDS: [&str; 8] = [
+const FILTERED_FIELDS: [&str; 10] = [
     "cloud",
     "content_type",
     "doc_id",
     "last_modified",
+    "metadata.team",
+    "namespace",
     "object_key",
     "region",
     "size_bytes",
@@ -382,7 +386,7 @@ async fn qdrant_indexes_a_collection_made_elsewhere_and_two_replicas_may_create_
     );
     first.unwrap();
     second.unwrap();
-    assert_eq!(fake.field_indexes("shared").len(), 8);
+    assert_eq!(fake.field_indexes("shared").len(), FILTERED_FIELDS.len());
 }
 
 #[tokio::test]
@@ -898,6 +902,36 @@ async fn search_harbour(
         )
         .await
         .unwrap()
+}
+
+#[tokio::test]
+async fn opensearch_maps_the_namespace_as_a_keyword_on_an_index_made_elsewhere() {
+    let fake = FakeOpenSearch::start(FakeAuth::None).await;
+    fake.create_knn_index("theirs", 4, "cosinesimil");
+    let mut analysed = serde_json::json!({ "properties": {
+        "embedding": { "type": "knn_vector", "dimension": 4,
+                       "method": { "name": "hnsw", "engine": "lucene", "space_type": "cosinesimil" } },
+    }});
+    analysed["properties"]["namespace"] = serde_json::json!({ "type": "text" });
+    fake.create_with_mapping("analysed", analysed);
+    let harness = OpenSearchHarness {
+        url: fake.url(),
+        kind: StoreKind::Dense,
+        fake: Some(Arc::clone(&fake)),
+        credentials: || OpenSearchCredentials::None,
+    };
+    harness.open("theirs", 4).await.unwrap();
+    assert_eq!(
+        fake.mapping("theirs")["properties"]["namespace"]["type"],
+        "keyword"
+    );
+    // Analysed text would let the tenant `acme` match `team-acme`: refused at start.
+    let error = match harness.open("analysed", 4).await {
+        Ok(_) => panic!("an index mapping the namespace as text was accepted"),
+        Err(error) => error,
+    };
+    assert_eq!(error.kind, ErrorKind::Config, "{}", error.message);
+    assert!(error.message.contains("namespace"), "{}", error.message);
 }
 
 #[tokio::test]

@@ -10,6 +10,11 @@
 //! object. The one overlap is an index with `record_ids = "global"`, whose record ids are
 //! kept raw: [`bucket_held_document_ids`] finds them, and an upsert refuses those ids.
 //!
+//! A namespace (tenant) has its own prefix and manifest: the document `<id>` of the
+//! namespace `<ns>` is `api/<index>@<ns>/<id>`, listed in `api-documents@<ns>.json`, so
+//! two tenants may use the same ids and never replace each other's documents (index ids
+//! cannot hold `@`, namespaces are plain words).
+//!
 //! Crash safety follows the bucket sync's order. Before a document's old chunks are
 //! deleted the manifest forgets it (saved atomically), its new chunks are written and
 //! committed on every store, and only then the manifest records it. So the manifest never
@@ -36,14 +41,23 @@ use crate::stores::filter::Filter;
 pub const API_KEY_PREFIX: &str = "api/";
 /// The API documents' manifest, in the folder of the index's bucket manifests.
 pub const DOCUMENTS_MANIFEST_FILE: &str = "api-documents.json";
+/// What every API documents' manifest name starts with (`api-documents@<ns>.json`).
+const DOCUMENTS_MANIFEST_STEM: &str = "api-documents";
 /// Bumped when the file layout changes incompatibly.
 const DOCUMENTS_MANIFEST_VERSION: u32 = 1;
 /// Object keys per `delete_objects` call.
 const DELETE_BATCH_KEYS: usize = 1000;
 
-/// The key prefix of the API documents of the index `index_id`: `api/<index>/`.
-pub fn key_prefix_of(index_id: &str) -> String {
-    format!("{API_KEY_PREFIX}{index_id}/")
+/// Separates an index id from a namespace in keys and manifest names.
+pub const NAMESPACE_SEPARATOR: char = '@';
+
+/// The key prefix of the API documents of the index `index_id`: `api/<index>/`, or
+/// `api/<index>@<namespace>/` for those of a namespace.
+pub fn key_prefix_of(index_id: &str, namespace: Option<&str>) -> String {
+    match namespace {
+        None => format!("{API_KEY_PREFIX}{index_id}/"),
+        Some(namespace) => format!("{API_KEY_PREFIX}{index_id}{NAMESPACE_SEPARATOR}{namespace}/"),
+    }
 }
 
 /// The object key (and document id) of the API document `id` under `key_prefix`.
@@ -207,7 +221,7 @@ pub fn bucket_held_document_ids(folder: &Path) -> Result<HashMap<String, String>
             .is_some_and(|extension| extension == "json")
             && path
                 .file_name()
-                .is_some_and(|name| name != DOCUMENTS_MANIFEST_FILE);
+                .is_some_and(|name| !is_documents_manifest(name));
         if !is_bucket_manifest {
             continue;
         }
@@ -246,6 +260,7 @@ pub async fn upsert_documents(
     let settings = job.settings_fingerprint(&location);
     let mut manifest = load(&job.manifest_path).await?;
     manifest.key_prefix = key_prefix.to_owned();
+    let namespace = job.namespace.clone();
     // Hashing and chunking megabytes of text is blocking work.
     let preparation = Preparation {
         key_prefix: key_prefix.to_owned(),
@@ -259,6 +274,7 @@ pub async fn upsert_documents(
             .map(|(id, entry)| (id.clone(), (entry.sha256.clone(), entry.settings.clone())))
             .collect(),
         held_by_buckets: held_by_buckets.clone(),
+        namespace,
     };
     let (prepared, mut report) = tokio::task::spawn_blocking(move || preparation.run(documents))
         .await
@@ -319,6 +335,8 @@ struct Preparation {
     /// The content hash and settings of each listed document, by id.
     known: HashMap<String, (String, String)>,
     held_by_buckets: HashMap<String, String>,
+    /// Stamped on every chunk.
+    namespace: Option<String>,
 }
 
 /// A document to write: its id, its manifest entry once written, its chunks.
@@ -360,6 +378,7 @@ impl Preparation {
                 size_bytes: Some(document.text.len() as u64),
                 last_modified: Some(upserted_at),
                 etag: None,
+                namespace: self.namespace.clone(),
                 fields: document.metadata.clone(),
             };
             let chunks = chunk(&self, &document, &object_key, &metadata)?;
@@ -443,14 +462,46 @@ pub async fn delete_documents(
     Ok(report)
 }
 
-/// Where the API documents' manifest of an index lives, given a bucket manifest's folder.
-pub fn documents_manifest_path(manifest_folder: &Path) -> PathBuf {
-    manifest_folder.join(DOCUMENTS_MANIFEST_FILE)
+/// Where the API documents' manifest of an index (and namespace) lives, given a bucket
+/// manifest's folder.
+pub fn documents_manifest_path(manifest_folder: &Path, namespace: Option<&str>) -> PathBuf {
+    match namespace {
+        None => manifest_folder.join(DOCUMENTS_MANIFEST_FILE),
+        Some(namespace) => manifest_folder.join(format!(
+            "{DOCUMENTS_MANIFEST_STEM}{NAMESPACE_SEPARATOR}{namespace}.json"
+        )),
+    }
 }
 
-/// The API documents' manifest beside the bucket manifest at `bucket_manifest`.
-pub fn documents_manifest_path_beside(bucket_manifest: &Path) -> PathBuf {
-    bucket_manifest.with_file_name(DOCUMENTS_MANIFEST_FILE)
+/// Whether `file_name` is an API documents' manifest (of no namespace or of one).
+fn is_documents_manifest(file_name: &std::ffi::OsStr) -> bool {
+    file_name
+        .to_str()
+        .is_some_and(|name| name.starts_with(DOCUMENTS_MANIFEST_STEM) && name.ends_with(".json"))
+}
+
+/// Every API documents' manifest (all namespaces) beside the bucket manifest at
+/// `bucket_manifest` (blocking).
+pub fn documents_manifest_paths_beside(bucket_manifest: &Path) -> Result<Vec<PathBuf>> {
+    let Some(folder) = bucket_manifest.parent() else {
+        return Ok(Vec::new());
+    };
+    let entries = match std::fs::read_dir(folder) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => {
+            return Err(Error::from(error).context(format!("listing {}", folder.display())));
+        }
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(Error::from)?.path();
+        if path.file_name().is_some_and(is_documents_manifest) {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
 }
 
 async fn delete_keys(job: &IndexJob, keys: &[String], what: &str) -> Result<()> {
@@ -518,6 +569,7 @@ fn representative_chunk(
         cloud: location.cloud.clone(),
         region: location.region.clone(),
         metadata: entry.metadata.clone(),
+        span: None,
     }
 }
 

@@ -67,7 +67,8 @@ pub const MAX_REPORTED_ISSUES: usize = 1000;
 ///    records without an id by their bucket.
 /// 5: chunks carry object metadata (content type, size, last modified, etag) and the
 ///    record fields the index names, for filters.
-const PIPELINE_VERSION: u32 = 5;
+/// 6: chunks carry their char span within their document, for citations.
+const PIPELINE_VERSION: u32 = 6;
 
 /// One indexing run: where to read, where to write, how.
 pub struct IndexJob {
@@ -112,6 +113,9 @@ pub struct IndexJob {
     pub record_ids: RecordIdScope,
     /// JSON(L) record fields kept on chunks as user metadata, for filters.
     pub metadata_fields: Vec<String>,
+    /// The tenant every chunk written is stamped with (`[[index]] namespace`, or an
+    /// upsert's); searches bound to another namespace never see them.
+    pub namespace: Option<String>,
 }
 
 impl IndexJob {
@@ -140,6 +144,7 @@ impl IndexJob {
             prune: false,
             record_ids: RecordIdScope::default(),
             metadata_fields: Vec::new(),
+            namespace: None,
         }
     }
 
@@ -242,6 +247,11 @@ impl IndexJob {
             self.record_ids.as_str(),
             self.metadata_fields.join(",")
         );
+        // Only when set, so indexes without tenants keep their fingerprints.
+        let description = match &self.namespace {
+            Some(namespace) => format!("{description};namespace={namespace}"),
+            None => description,
+        };
         sha256_hex(description.as_bytes())[..16].to_owned()
     }
 }
@@ -384,14 +394,17 @@ pub async fn run_index(
     job.validate()?;
     let source = BucketSource::open(SourceSpec::of(&job)).await?;
     let (manifest_path, identity) = (job.manifest_path.clone(), source.identity.clone());
-    let api_documents_path = (job.record_ids == RecordIdScope::Global)
-        .then(|| documents::documents_manifest_path_beside(&job.manifest_path));
+    let api_documents_paths =
+        (job.record_ids == RecordIdScope::Global).then(|| job.manifest_path.clone());
     let (mut manifest, api_documents) = tokio::task::spawn_blocking(move || {
         let manifest = Manifest::load_or_new(&manifest_path, &identity)?;
-        let api_documents = match api_documents_path {
-            Some(path) => documents::DocumentsManifest::load_or_new(&path)?.object_keys(),
-            None => Vec::new(),
-        };
+        let mut api_documents = Vec::new();
+        if let Some(bucket_manifest) = api_documents_paths {
+            for path in documents::documents_manifest_paths_beside(&bucket_manifest)? {
+                api_documents
+                    .extend(documents::DocumentsManifest::load_or_new(&path)?.object_keys());
+            }
+        }
         Ok::<_, Error>((manifest, api_documents))
     })
     .await
@@ -410,6 +423,7 @@ pub async fn run_index(
         extractor: job.extractor.clone(),
         record_ids: job.record_ids,
         metadata_fields: job.metadata_fields.clone(),
+        namespace: job.namespace.clone(),
     });
     let (sender, receiver) = mpsc::channel(job.fetch_concurrency);
     let counters = ListingCounters::default();

@@ -87,6 +87,8 @@ pub(super) struct ProducerContext {
     pub(super) record_ids: RecordIdScope,
     /// The record fields kept on chunks as user metadata (`[[index]] metadata_fields`).
     pub(super) metadata_fields: Vec<String>,
+    /// Stamped on every chunk (`[[index]] namespace`).
+    pub(super) namespace: Option<String>,
 }
 
 /// What the lister counts for the progress report.
@@ -396,6 +398,7 @@ async fn prepare_object(
         size_bytes: Some(size),
         last_modified: revision.last_modified,
         etag: revision.etag.clone(),
+        namespace: context.namespace.clone(),
         fields: Default::default(),
     };
     let chunked = tokio::task::spawn_blocking(move || {

@@ -868,6 +868,7 @@ async fn object_gone_between_listing_and_reading_is_a_read_failure() {
         location: BucketLocation::default(),
         record_ids: RecordIdScope::PerObject,
         metadata_fields: Vec::new(),
+        namespace: None,
     });
     let meta = ObjectMeta {
         location: ObjectPath::from("gone.txt"),
@@ -1208,7 +1209,7 @@ async fn an_api_document_whose_write_fails_is_unlisted_and_a_retry_leaves_only_i
     let fixture = Fixture::new();
     let mut job = fixture.job();
     job.manifest_path = fixture.state_folder.path().join("api-documents.json");
-    let prefix = key_prefix_of("docs");
+    let prefix = key_prefix_of("docs", None);
     let no_bucket_ids = std::collections::HashMap::new();
     let document = |text: String| NewDocument {
         id: "a".to_owned(),

@@ -25,7 +25,7 @@ use wire::{bulk_errors, json_error};
 
 use crate::cloud::sigv4::SigV4Signer;
 use crate::config::{Metric, RefreshPolicy, Secret};
-use crate::document::{ChunkMetadata, EmbeddedChunk, Hit};
+use crate::document::{CharSpan, ChunkMetadata, EmbeddedChunk, Hit};
 use crate::error::{Error, ErrorKind, Result};
 use crate::stores::filter::{Condition, Filter, Pushdown};
 use crate::stores::remote::{self, RemoteSettings, fields};
@@ -149,6 +149,7 @@ impl OpenSearchIndex {
             )
             .await
             .map_err(|error| error.context("reading the index mapping"))?;
+        self.ensure_added_fields(&mapping).await?;
         if !self.dense {
             return Ok(());
         }
@@ -184,6 +185,54 @@ impl OpenSearchIndex {
         )
     }
 
+    /// Maps the fields later skyfuse versions write on an index made before them (or by
+    /// someone else): `namespace` as a keyword, since left to dynamic mapping it would be
+    /// analysed text, where the term `acme` matches the tenant `team-acme`; the span as
+    /// longs.
+    async fn ensure_added_fields(&self, mapping: &Value) -> Result<()> {
+        let name = &self.settings.name;
+        let properties = mapping
+            .as_object()
+            .and_then(|indexes| indexes.values().next())
+            .and_then(|index| index.pointer("/mappings/properties"));
+        let mapped = |field: &str| properties.and_then(|properties| properties.get(field));
+        if let Some(field) = mapped(fields::NAMESPACE)
+            && field["type"] != "keyword"
+        {
+            return Err(Error::config(format!(
+                "index {name:?} maps {:?} as {}, not keyword: tenants could not be told apart; \
+                 reindex into an index created by skyfuse",
+                fields::NAMESPACE,
+                field["type"]
+            )));
+        }
+        let mut missing = serde_json::Map::new();
+        for (field, kind) in [
+            (fields::NAMESPACE, "keyword"),
+            (fields::START_CHAR, "long"),
+            (fields::END_CHAR, "long"),
+        ] {
+            if mapped(field).is_none() {
+                missing.insert(field.into(), json!({ "type": kind }));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let body = json!({ "properties": missing });
+        self.request(
+            Method::Put,
+            &format!("/{name}/_mapping"),
+            &[],
+            Some(body.to_string().into_bytes()),
+            None,
+            None,
+        )
+        .await
+        .map(drop)
+        .map_err(|error| error.context("mapping the namespace and span fields"))
+    }
+
     /// Creates the index: a `knn_vector` field sized and compared as the space says
     /// (dense roles), English-analyzed title and text copied into one BM25 field, and
     /// keyword fields for filters and deletes.
@@ -206,7 +255,10 @@ impl OpenSearchIndex {
             json!({ "type": "text", "analyzer": "english" }),
         );
         properties.insert(fields::ORDINAL.into(), json!({ "type": "integer" }));
-        for field in [fields::CONTENT_TYPE, fields::ETAG] {
+        for field in [fields::START_CHAR, fields::END_CHAR] {
+            properties.insert(field.into(), json!({ "type": "long" }));
+        }
+        for field in [fields::CONTENT_TYPE, fields::ETAG, fields::NAMESPACE] {
             properties.insert(field.into(), json!({ "type": "keyword" }));
         }
         for field in fields::FILTER_INTEGERS {
@@ -360,7 +412,11 @@ impl OpenSearchIndex {
             .map(|hit| {
                 let score = hit["_score"].as_f64().unwrap_or(0.0) as f32;
                 let source = &hit["_source"];
-                remote::hit_from_fields(score, |key| source.get(key).and_then(Value::as_str))
+                remote::hit_from_fields(
+                    score,
+                    |key| source.get(key).and_then(Value::as_str),
+                    |key| source.get(key).and_then(Value::as_u64),
+                )
             })
             .collect())
     }
@@ -384,6 +440,7 @@ impl OpenSearchIndex {
                         .collect();
                 document.insert(fields::ORDINAL.into(), Value::from(chunk.ordinal));
                 add_metadata(&mut document, &chunk.metadata);
+                add_span(&mut document, chunk.span);
                 if self.dense {
                     document.insert(fields::VECTOR.into(), json!(embedded.vector));
                 }
@@ -588,6 +645,9 @@ fn add_metadata(document: &mut serde_json::Map<String, Value>, metadata: &ChunkM
     if let Some(etag) = &metadata.etag {
         document.insert(fields::ETAG.into(), Value::from(etag.as_str()));
     }
+    if let Some(namespace) = &metadata.namespace {
+        document.insert(fields::NAMESPACE.into(), Value::from(namespace.as_str()));
+    }
     if let Some(size) = metadata.size_bytes {
         document.insert(fields::SIZE_BYTES.into(), Value::from(size));
     }
@@ -596,5 +656,13 @@ fn add_metadata(document: &mut serde_json::Map<String, Value>, metadata: &ChunkM
     }
     if !metadata.fields.is_empty() {
         document.insert(fields::METADATA.into(), json!(metadata.fields));
+    }
+}
+
+/// The chunk's span as two integer fields, when it has one.
+fn add_span(document: &mut serde_json::Map<String, Value>, span: Option<CharSpan>) {
+    if let Some(span) = span {
+        document.insert(fields::START_CHAR.into(), Value::from(span.start));
+        document.insert(fields::END_CHAR.into(), Value::from(span.end));
     }
 }

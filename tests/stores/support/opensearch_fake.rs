@@ -180,6 +180,16 @@ impl FakeOpenSearch {
             "embedding": { "type": "knn_vector", "dimension": dims,
                            "method": { "name": "hnsw", "engine": "lucene", "space_type": space_type } },
         }});
+        self.create_with_mapping(name, mapping);
+    }
+
+    /// The mapping of an index, as `GET <index>/_mapping` gives it under `mappings`.
+    pub fn mapping(&self, name: &str) -> Value {
+        self.indexes.lock().unwrap()[name].mapping.clone()
+    }
+
+    /// Creates an index directly with `mapping` (an index someone else made).
+    pub fn create_with_mapping(&self, name: &str, mapping: Value) {
         self.indexes.lock().unwrap().insert(
             name.to_string(),
             FakeIndex {
@@ -378,6 +388,7 @@ impl FakeOpenSearch {
                 let found = indexes.get(*index).ok_or_else(|| index_not_found(index))?;
                 Ok(json!({ *index: { "mappings": found.mapping } }))
             }
+            ("PUT", [index, "_mapping"]) => self.put_mapping(index, json_body()?),
             ("POST", ["_bulk"]) => self.bulk(params, headers, body),
             ("POST", [index, "_search"]) => self.search(index, json_body()?),
             ("POST", [index, "_delete_by_query"]) => {
@@ -400,6 +411,28 @@ impl FakeOpenSearch {
             }
             _ => Err(bad(format!("no handler for {method} {path}"))),
         }
+    }
+
+    /// Adds fields to a mapping; as OpenSearch, a mapped field keeps its type.
+    fn put_mapping(&self, name: &str, body: Value) -> Reply {
+        only_keys(&body, &["properties"], "put mapping")?;
+        let added = body["properties"]
+            .as_object()
+            .ok_or_else(|| bad("properties must be an object"))?;
+        let mut indexes = self.indexes.lock().unwrap();
+        let index = indexes.get_mut(name).ok_or_else(|| index_not_found(name))?;
+        for (field, definition) in added {
+            let existing = &index.mapping["properties"][field.as_str()];
+            if !existing.is_null() && existing != definition {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "illegal_argument_exception",
+                    format!("mapper [{field}] cannot be changed"),
+                ));
+            }
+            index.mapping["properties"][field.as_str()] = definition.clone();
+        }
+        Ok(json!({ "acknowledged": true }))
     }
 
     fn create_index(&self, name: &str, body: Value) -> Reply {
