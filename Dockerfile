@@ -16,8 +16,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin skyfuse \
-    && cp target/release/skyfuse /usr/local/bin/skyfuse
+    cargo build --profile dist --locked --bin skyfuse \
+    && cp target/dist/skyfuse /usr/local/bin/skyfuse
 
 FROM python:3.12-slim-bookworm AS model
 COPY scripts/fetch-model.sh /fetch-model.sh
