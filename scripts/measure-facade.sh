@@ -110,8 +110,20 @@ LUA
   for connections in ${CONNECTIONS:-1 8 32 128}; do
     for target in "direct:$NGINX" "skyfuse:$NGINX_FACADE"; do
       echo "== ${target%%:*} at $connections connections"
+      # The server's CPU time per request (perf stat), which holds on a busy machine
+      # where req/s does not.
+      if [ "${target%%:*}" = skyfuse ] && command -v perf > /dev/null; then
+        perf stat -e task-clock -p "$facade" -o "$work/cpu.txt" -- sleep "$DURATION" & stat=$!
+      fi
       wrk -t1 -c"$connections" -d"${DURATION}s" --latency -s "$work/post.lua" \
-        "http://127.0.0.1:${target##*:}/v1/chat/completions" | grep -E "Requests/sec|50%|90%|99%|Non-2xx|errors"
+        "http://127.0.0.1:${target##*:}/v1/chat/completions" > "$work/wrk.txt"
+      grep -E "Requests/sec|50%|90%|99%|Non-2xx|errors" "$work/wrk.txt"
+      if [ -n "${stat:-}" ]; then
+        wait "$stat" || true
+        awk -v reqs="$(awk '/requests in/ { print $1 }' "$work/wrk.txt")" \
+          '/task-clock/ { gsub(",", "", $1); printf "  server CPU per request: %.1f us\n", $1 * 1000 / reqs }' "$work/cpu.txt"
+        stat=
+      fi
     done
   done
   echo "skyfuse (facade only) after wrk: RSS $(rss $facade VmRSS), peak $(rss $facade VmHWM)"
