@@ -7,6 +7,8 @@
 
 #[path = "common/loopback.rs"]
 mod loopback;
+#[path = "common/test_clock.rs"]
+mod test_clock;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,24 +21,7 @@ use skyfuse::cloud::aws_secrets::AwsSecretsManager;
 use skyfuse::cloud::sigv4::{SigV4Signer, amz_date};
 use skyfuse::config::AwsKeyLocations;
 use skyfuse::error::ErrorKind;
-
-fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(name, value)| (name.to_string(), value.to_string()))
-        .collect()
-}
-
-/// A clock the test moves; starts at the real time so answers look current.
-fn test_clock() -> (Clock, Arc<Mutex<SystemTime>>) {
-    let now = Arc::new(Mutex::new(SystemTime::now()));
-    let read = now.clone();
-    (Arc::new(move || *read.lock().unwrap()), now)
-}
-
-fn advance(clock: &Arc<Mutex<SystemTime>>, by: Duration) {
-    *clock.lock().unwrap() += by;
-}
+use test_clock::{advance, env, test_clock};
 
 /// `2026-12-03T02:07:02Z`, as STS and instance metadata write `Expiration`.
 fn iso(time: SystemTime) -> String {

@@ -8,6 +8,8 @@
 
 #[path = "common/loopback.rs"]
 mod loopback;
+#[path = "common/test_clock.rs"]
+mod test_clock;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,27 +18,9 @@ use std::time::{Duration, SystemTime};
 
 use loopback::{Received, Reply, expect, serve};
 use serde_json::json;
-use skyfuse::cloud::aws_credentials::Clock;
 use skyfuse::cloud::azure_token::AzureTokenSource;
 use skyfuse::error::ErrorKind;
-
-fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(name, value)| (name.to_string(), value.to_string()))
-        .collect()
-}
-
-/// A clock the test moves; starts at the real time so answers look current.
-fn test_clock() -> (Clock, Arc<Mutex<SystemTime>>) {
-    let now = Arc::new(Mutex::new(SystemTime::now()));
-    let read = now.clone();
-    (Arc::new(move || *read.lock().unwrap()), now)
-}
-
-fn advance(clock: &Arc<Mutex<SystemTime>>, by: Duration) {
-    *clock.lock().unwrap() += by;
-}
+use test_clock::{advance, env, test_clock};
 
 fn form(received: &Received) -> HashMap<String, String> {
     url::form_urlencoded::parse(&received.body)
