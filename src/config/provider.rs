@@ -358,6 +358,24 @@ impl TryFrom<toml::Table> for ProviderConfig {
     }
 }
 
+/// An optional endpoint key that must be an http(s) URL; where `default_allowed`,
+/// `"default"` stands for the cloud's well-known metadata address.
+fn endpoint_problem(
+    problems: &mut Vec<String>,
+    name: &str,
+    key: &str,
+    value: &Option<String>,
+    default_allowed: bool,
+) {
+    if let Some(url) = value
+        && !url.starts_with("http://")
+        && !url.starts_with("https://")
+        && !(default_allowed && url == "default")
+    {
+        problems.push(format!("{name}: {key} {url:?} is not an http(s) URL"));
+    }
+}
+
 /// Pure checks of the values serde cannot judge; each message names the provider
 /// and key.
 pub fn provider_problems(providers: &[ProviderConfig], problems: &mut Vec<String>) {
@@ -394,18 +412,8 @@ pub fn provider_problems(providers: &[ProviderConfig], problems: &mut Vec<String
             problems.push(format!("{name}: max_batch must be at least 1"));
         }
         if let ProviderSettings::Vertex(vertex) = &provider.settings {
-            for (key, value) in [
-                ("token_url", &vertex.token_url),
-                ("metadata_url", &vertex.metadata_url),
-            ] {
-                if let Some(url) = value
-                    && !url.starts_with("http://")
-                    && !url.starts_with("https://")
-                    && !(key == "metadata_url" && url == "default")
-                {
-                    problems.push(format!("{name}: {key} {url:?} is not an http(s) URL"));
-                }
-            }
+            endpoint_problem(problems, &name, "token_url", &vertex.token_url, false);
+            endpoint_problem(problems, &name, "metadata_url", &vertex.metadata_url, true);
         }
         let mut require = |set: bool, what: &str| {
             if !set {
@@ -429,13 +437,7 @@ pub fn provider_problems(providers: &[ProviderConfig], problems: &mut Vec<String
                     credentials.iter().filter(|set| **set).count() <= 1,
                     "at most one of api_key, access_token and imds_url (none: the workload or managed identity of the environment)",
                 );
-                if let Some(url) = &azure.imds_url
-                    && !url.starts_with("http://")
-                    && !url.starts_with("https://")
-                    && url != "default"
-                {
-                    problems.push(format!("{name}: imds_url {url:?} is not an http(s) URL"));
-                }
+                endpoint_problem(problems, &name, "imds_url", &azure.imds_url, true);
             }
             ProviderSettings::Bedrock(bedrock) => require(
                 bedrock.aws.pair_is_whole(),
@@ -465,18 +467,14 @@ pub fn provider_problems(providers: &[ProviderConfig], problems: &mut Vec<String
                         || (no_key && oci.metadata_url.is_some()),
                     "user_id, key_fingerprint and private_key (an API key), or metadata_url alone (instance principals)",
                 );
-                for (key, value) in [
-                    ("metadata_url", &oci.metadata_url),
-                    ("federation_url", &oci.federation_url),
-                ] {
-                    if let Some(url) = value
-                        && !url.starts_with("http://")
-                        && !url.starts_with("https://")
-                        && !(key == "metadata_url" && url == "default")
-                    {
-                        problems.push(format!("{name}: {key} {url:?} is not an http(s) URL"));
-                    }
-                }
+                endpoint_problem(problems, &name, "metadata_url", &oci.metadata_url, true);
+                endpoint_problem(
+                    problems,
+                    &name,
+                    "federation_url",
+                    &oci.federation_url,
+                    false,
+                );
             }
         }
     }
