@@ -38,7 +38,7 @@ const PERIOD: Duration = Duration::from_secs(60);
 /// Above this many tracked callers, an admission first drops the idle ones.
 const SWEEP_ABOVE_CALLERS: usize = 4096;
 
-/// What one caller may use per minute; None: unlimited.
+/// What one caller (or one deployment, as its quota) may use per minute; None: unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RateLimits {
     pub requests_per_minute: Option<u64>,
@@ -71,7 +71,7 @@ pub enum RateKind {
 }
 
 impl RateKind {
-    fn noun(self) -> &'static str {
+    pub fn noun(self) -> &'static str {
         match self {
             RateKind::Requests => "requests",
             RateKind::Tokens => "tokens",

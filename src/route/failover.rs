@@ -23,7 +23,7 @@ use super::plan::{Plan, Skip};
 use super::{Caller, Candidate, Deployment, Router};
 use crate::breaker::Permit;
 use crate::error::{Error, ErrorKind, Failover, Result};
-use crate::limits::{RateKind, RateLimiter, RateLimits, RateRefusal};
+use crate::limits::{RateLimiter, RateLimits, RateRefusal};
 use crate::llm::prompt::{estimate_tokens, request_tokens};
 use crate::llm::{ChatEvent, ChatMessage, ChatRequest, ProviderInfo, Role, Usage};
 use crate::state::{BudgetRefusal, Reservation, until_next_day};
@@ -354,32 +354,30 @@ impl Attempts<'_> {
             Err(RateRefusal::Unavailable(error)) => return Err(Turn::Stop(error)),
             Err(RateRefusal::Limited(limited)) => limited,
         };
-        let noun = match refusal.kind {
-            RateKind::Requests => "requests",
-            RateKind::Tokens => "tokens",
-        };
-        let reason = match refusal.retry_after {
+        let noun = refusal.kind.noun();
+        let (reason, turn) = match refusal.retry_after {
             Some(wait) => {
                 self.quota_frees_in = Some(
                     self.quota_frees_in
                         .map_or(wait, |soonest| soonest.min(wait)),
                 );
-                format!(
+                let reason = format!(
                     "over its quota of {} {noun} per minute; room again in {} ms",
                     refusal.limit,
                     wait.as_millis()
-                )
+                );
+                (reason, Turn::RetryLater)
             }
-            None => format!(
-                "this call's {} {noun} exceed its whole quota of {} per minute",
-                refusal.asked, refusal.limit
-            ),
+            None => {
+                let reason = format!(
+                    "this call's {} {noun} exceed its whole quota of {} per minute",
+                    refusal.asked, refusal.limit
+                );
+                (reason, Turn::Next)
+            }
         };
         self.summary.attempts.push(skipped(deployment, reason));
-        Err(match refusal.retry_after {
-            Some(_) => Turn::RetryLater,
-            None => Turn::Next,
-        })
+        Err(turn)
     }
 
     /// One candidate's turn: skipped (context window, budget, open circuit), or
