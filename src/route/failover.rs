@@ -331,18 +331,19 @@ impl Attempts<'_> {
     }
 
     /// Charges one request and `tokens` to the deployment's quota (across replicas
-    /// when the state is shared), or says why its turn ends: over quota it waits for
-    /// a later pass, like a throttled deployment, without a call the provider would
-    /// refuse. A deployment whose circuit is open is not charged: it is skipped next.
-    /// Charged before the budget check, so a call the budget then refuses still
-    /// counts one request against the quota.
+    /// when the state is shared) and says how many tokens it charged, or says why its
+    /// turn ends: over quota it waits for a later pass, like a throttled deployment,
+    /// without a call the provider would refuse. A deployment without a quota, or
+    /// whose circuit is open (its probe goes uncounted), is not charged. Charged
+    /// before the budget check, so a call the budget then refuses still counts one
+    /// request against the quota (its tokens go back).
     async fn take_quota(
         &mut self,
         deployment: &Deployment,
         tokens: u64,
-    ) -> std::result::Result<(), Turn> {
+    ) -> std::result::Result<u64, Turn> {
         if deployment.quota == RateLimits::default() || deployment.breaker.is_open() {
-            return Ok(());
+            return Ok(0);
         }
         let refusal = match self
             .router
@@ -350,7 +351,7 @@ impl Attempts<'_> {
             .admit_shared(&deployment.label(), 1, tokens)
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(tokens),
             Err(RateRefusal::Unavailable(error)) => return Err(Turn::Stop(error)),
             Err(RateRefusal::Limited(limited)) => limited,
         };
@@ -394,10 +395,11 @@ impl Attempts<'_> {
             ));
             return Turn::Next;
         }
-        let quota_tokens = request_tokens(self.request) + u64::from(self.request.max_output_tokens);
-        if let Err(refusal) = self.take_quota(deployment, quota_tokens).await {
-            return refusal;
-        }
+        let asked = request_tokens(self.request) + u64::from(self.request.max_output_tokens);
+        let quota_tokens = match self.take_quota(deployment, asked).await {
+            Ok(charged) => charged,
+            Err(refusal) => return refusal,
+        };
         let reservation = match self
             .router
             .reserve(self.caller, candidate.max_cost_usd)
@@ -405,6 +407,7 @@ impl Attempts<'_> {
         {
             Ok(reservation) => reservation,
             Err(Ok(reason)) => {
+                give_back_quota(&self.router.quotas, deployment, quota_tokens);
                 self.over_budget = true;
                 self.summary.attempts.push(skipped(deployment, reason));
                 return Turn::Next;
@@ -412,6 +415,7 @@ impl Attempts<'_> {
             Err(Err(unavailable)) => return Turn::Stop(unavailable),
         };
         let Some(permit) = deployment.breaker.try_acquire() else {
+            give_back_quota(&self.router.quotas, deployment, quota_tokens);
             if let Some(reservation) = reservation {
                 reservation.release();
             }
