@@ -261,6 +261,17 @@ pub fn inject_traceparent(headers: &mut http::HeaderMap) {
     });
 }
 
+/// The `traceparent` value for the current span, for clients that take headers as
+/// strings (qdrant-client's per-call headers). None outside a trace.
+pub fn current_traceparent() -> Option<String> {
+    let mut headers = http::HeaderMap::new();
+    inject_traceparent(&mut headers);
+    headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string)
+}
+
 /// A request builder with `traceparent` for the current span (unchanged outside a
 /// trace), for cloud calls built with reqwest's builder (the secret managers).
 pub fn with_traceparent(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
