@@ -145,16 +145,17 @@ impl Service {
         // Before any store opens: the dense store loads its snapshot at open.
         let data_dir_lock = build::data_dir_lock(&config)?;
         let http = build::http_client()?;
-        let build::Embedders { by_space, query } = build::embedders(&config, env, &http).await?;
+        let metrics: Arc<Metrics> = Arc::default();
+        let shared_state =
+            SharedState::from_config(config.shared_state.as_ref(), env, Arc::clone(&metrics))?;
+        let build::Embedders { by_space, query } =
+            build::embedders(&config, env, &http, &shared_state, &metrics).await?;
         let embedders = by_space
             .into_iter()
             .map(|(space, embedder)| (space, embedder as Arc<dyn Embedder>))
             .collect();
         let sources = build::sources(&config, env).await?;
         let authenticator = build::authenticator(&config, env, &http)?;
-        let metrics: Arc<Metrics> = Arc::default();
-        let shared_state =
-            SharedState::from_config(config.shared_state.as_ref(), env, Arc::clone(&metrics))?;
         let router = build::router(&config, env, &http)?.map(|mut router| {
             router.share_state(shared_state.clone());
             Arc::new(router)
