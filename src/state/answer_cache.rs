@@ -215,7 +215,7 @@ mod tests {
         }
     }
 
-    fn cache(ttl_ms: u64) -> (AnswerCache, Arc<Metrics>) {
+    fn new_cache(ttl_ms: u64) -> (AnswerCache, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new());
         let config = AnswerCacheConfig { ttl_ms, entries: 8 };
         (AnswerCache::new(&config, None, metrics.clone()), metrics)
@@ -223,7 +223,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_complete_answer_is_replayed_in_process_until_it_expires() {
-        let (cache, metrics) = cache(60_000);
+        let (cache, metrics) = new_cache(60_000);
         assert!(cache.get("k").await.is_none());
         cache.keep("k", answer("stop")).await;
         let replayed = cache.get("k").await.unwrap();
@@ -233,7 +233,7 @@ mod tests {
         assert!(text.contains(r#"skyfuse_cache_lookups_total{cache="answer",tier="process"} 1"#));
         assert!(text.contains(r#"skyfuse_cache_lookups_total{cache="answer",tier="miss"} 1"#));
 
-        let (expiring, _) = cache(0);
+        let (expiring, _) = new_cache(0);
         expiring.keep("k", answer("stop")).await;
         assert!(
             expiring.get("k").await.is_none(),
@@ -243,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_cut_short_or_filtered_is_never_kept() {
-        let (cache, _) = cache(60_000);
+        let (cache, _) = new_cache(60_000);
         for reason in ["length", "content_filter", "error", ""] {
             cache.keep(reason, answer(reason)).await;
             assert!(cache.get(reason).await.is_none(), "{reason:?} was kept");
