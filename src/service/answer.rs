@@ -231,8 +231,16 @@ impl Service {
         // model call, no budget.
         let cache_key = self.answer_cache.as_ref().map(|_| {
             let caller = principal.permissions().chat_caller(principal.id()).ok();
+            let routing = &self.config.routing;
+            let asked_of = cached_answer::AskedOf {
+                model: call.model.as_deref(),
+                tier: call.tier.as_deref(),
+                default_model: routing.default_model.as_deref(),
+                default_tier: routing.default_tier.as_deref(),
+            };
             cached_answer::answer_key(
                 &call,
+                &asked_of,
                 caller.as_ref(),
                 &request.namespace,
                 &search.hits[..passages_used],

@@ -3,7 +3,8 @@
 //!
 //! The key is a SHA-256 over everything the model's answer depends on and everything
 //! that decides what the caller may see: the prompt (the conversation and the
-//! passages' text as sent), the model or tier asked for, the output limit and
+//! passages' text as sent), the model or tier asked for (and the server's defaults
+//! standing in when it names neither), the output limit and
 //! temperature, the clouds and regions the request and the caller's role allow, the
 //! namespace, and each passage sent (chunk and document ids, object key, title,
 //! text, span, where its data lives, its classes). A re-indexed bucket whose chunks
@@ -27,9 +28,19 @@ use crate::state::{AnsweredBy, CachedAnswer};
 /// Bumped when what goes into the key changes, so old entries are not read.
 const KEY_VERSION: &str = "skyfuse-answer-cache-v1";
 
+/// What an answer is asked of: the call's model and tier, and the server's defaults
+/// that stand in when it names neither (a changed default is another key).
+pub(super) struct AskedOf<'a> {
+    pub model: Option<&'a str>,
+    pub tier: Option<&'a str>,
+    pub default_model: Option<&'a str>,
+    pub default_tier: Option<&'a str>,
+}
+
 /// The digest an answer to `call` over `passages` is kept under.
 pub(super) fn answer_key(
     call: &ChatCall,
+    asked_of: &AskedOf<'_>,
     caller: Option<&Caller>,
     namespace: &str,
     passages: &[FusedHit],
@@ -37,8 +48,14 @@ pub(super) fn answer_key(
     let mut key = KeyHasher(Sha256::new());
     key.field(KEY_VERSION);
     key.field(namespace);
-    key.field(call.model.as_deref().unwrap_or(""));
-    key.field(call.tier.as_deref().unwrap_or(""));
+    for name in [
+        asked_of.model,
+        asked_of.tier,
+        asked_of.default_model,
+        asked_of.default_tier,
+    ] {
+        key.field(name.unwrap_or(""));
+    }
     key.list(&call.allowed_clouds);
     key.list(&call.allowed_regions);
     key.field(
@@ -204,6 +221,25 @@ mod tests {
         }
     }
 
+    fn asked_of(call: &ChatCall) -> AskedOf<'_> {
+        AskedOf {
+            model: call.model.as_deref(),
+            tier: call.tier.as_deref(),
+            default_model: Some("llama"),
+            default_tier: None,
+        }
+    }
+
+    /// The key of `call` asked of its model, the default model being "llama".
+    fn key_of(
+        call: &ChatCall,
+        caller: Option<&Caller>,
+        namespace: &str,
+        passages: &[FusedHit],
+    ) -> String {
+        answer_key(call, &asked_of(call), caller, namespace, passages)
+    }
+
     fn call(question: &str) -> ChatCall {
         ChatCall {
             model: Some("gpt-4o".into()),
@@ -223,10 +259,10 @@ mod tests {
             "Cold archives are kept in Dublin.",
         )];
         let question = "Where are cold archives kept?";
-        let key = answer_key(&call(question), None, "acme", &passages);
+        let key = key_of(&call(question), None, "acme", &passages);
         assert_eq!(
             key,
-            answer_key(&call(question), None, "acme", &passages),
+            key_of(&call(question), None, "acme", &passages),
             "the same call over the same passages finds the same answer"
         );
 
@@ -251,21 +287,36 @@ mod tests {
             ..Caller::anonymous()
         };
         let others = [
-            answer_key(&call(question), None, "acme", &reindexed),
-            answer_key(&call(question), None, "acme", &other_chunk),
-            answer_key(&call(question), None, "acme", &more),
-            answer_key(&call(question), None, "acme", &[]),
-            answer_key(&call("And their replicas?"), None, "acme", &passages),
-            answer_key(&other_model, None, "acme", &passages),
-            answer_key(&other_clouds, None, "acme", &passages),
-            answer_key(&call(question), None, "globex", &passages),
-            answer_key(&call(question), Some(&restricted), "acme", &passages),
+            key_of(&call(question), None, "acme", &reindexed),
+            key_of(&call(question), None, "acme", &other_chunk),
+            key_of(&call(question), None, "acme", &more),
+            key_of(&call(question), None, "acme", &[]),
+            key_of(&call("And their replicas?"), None, "acme", &passages),
+            key_of(&other_model, None, "acme", &passages),
+            key_of(&other_clouds, None, "acme", &passages),
+            key_of(&call(question), None, "globex", &passages),
+            key_of(&call(question), Some(&restricted), "acme", &passages),
         ];
         for (index, other) in others.iter().enumerate() {
             assert_ne!(&key, other, "variation {index} found the first answer");
         }
         let distinct: std::collections::HashSet<&String> = others.iter().collect();
         assert_eq!(distinct.len(), others.len());
+
+        // A call naming no model is asked of the server's default: another default,
+        // another answer.
+        let unnamed = ChatCall {
+            model: None,
+            ..call(question)
+        };
+        let other_default = AskedOf {
+            default_model: Some("mistral"),
+            ..asked_of(&unnamed)
+        };
+        assert_ne!(
+            key_of(&unnamed, None, "acme", &passages),
+            answer_key(&unnamed, &other_default, None, "acme", &passages)
+        );
     }
 
     #[test]
