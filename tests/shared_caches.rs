@@ -423,3 +423,41 @@ async fn an_answer_given_by_one_replica_is_replayed_by_another_until_the_bucket_
     assert!(after.citations[0].text.contains("Frankfurt"));
     assert_eq!(lookups(&b, "answer", "miss"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_never_answers_leaves_answers_to_the_model_and_this_process() {
+    let (upstream_url, upstream) = upstream().await;
+    let docs = TempDir::new().unwrap();
+    std::fs::write(
+        docs.path().join("archives.txt"),
+        "Cold archives are kept in Dublin, replicated nightly.",
+    )
+    .unwrap();
+    let silent = silent_redis().await;
+    let body = answering(&upstream_url);
+    let replica = replica(
+        &body,
+        &silent,
+        &fresh_prefix("silent-answers"),
+        100,
+        docs.path(),
+    )
+    .await;
+    index(&replica, docs.path()).await;
+    let question = "Where are cold archives kept?";
+
+    let (text, first) = ask(&replica, question).await;
+    assert_eq!(text, "Cold archives are in Dublin [1].");
+    assert!(!first.cached);
+    assert_eq!(upstream.chats(), 1);
+    let errors = metric(
+        &replica,
+        r#"skyfuse_shared_state_errors_total{kind="answer_cache"}"#,
+    );
+    assert_eq!(errors, 2, "the lookup and the write both gave up");
+
+    let (_, again) = ask(&replica, question).await;
+    assert!(again.cached, "kept in process all the same");
+    assert_eq!(upstream.chats(), 1);
+    assert_eq!(lookups(&replica, "answer", "process"), 1);
+}
