@@ -71,6 +71,7 @@ fn router() -> Router {
                 requests_per_minute: None,
                 tokens_per_minute: None,
                 regions: Vec::new(),
+                stop: Vec::new(),
             };
             deployments.push(Deployment::new(provider, &config, &catalog, breaker));
         }
@@ -112,6 +113,7 @@ fn bench(c: &mut Criterion) {
         }],
         max_output_tokens: 64,
         temperature: 0.0,
+        stop: Vec::new(),
     };
     let one_call = || async {
         let plan = router.plan(&caller, &by_model).unwrap();

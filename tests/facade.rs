@@ -342,6 +342,22 @@ async fn models_are_listed_and_bad_requests_get_openai_shaped_errors() {
     .await;
     assert_eq!(tool_role.status(), 400);
 
+    let five_stops = complete(
+        &http,
+        &base,
+        &json!({"model": "llama", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}),
+    )
+    .await;
+    assert_eq!(five_stops.status(), 400);
+    let body: Value = five_stops.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 4"),
+        "{body}"
+    );
+
     let oversized = complete(
         &http,
         &base,
@@ -392,8 +408,9 @@ async fn a_real_local_llm_answers_through_the_facade() {
     let question = json!({
         "model": "local",
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
-        "max_tokens": 8,
-        "temperature": 0
+        "max_tokens": 16,
+        "temperature": 0,
+        "stop": "\n"
     });
     let body: Value = complete(&http, &base, &question)
         .await
@@ -404,6 +421,10 @@ async fn a_real_local_llm_answers_through_the_facade() {
         .as_str()
         .unwrap_or_default();
     assert!(text.contains("Paris"), "{body}");
+    // The caller's stop reached the model: it ended the line instead of going on
+    // with the next question until max_tokens.
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+    assert!(!text.contains('\n'), "{body}");
     assert!(
         body["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0,
         "{body}"

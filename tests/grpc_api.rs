@@ -22,6 +22,8 @@ use skyfuse::service::Service;
 mod documents;
 #[path = "grpc_api/grpcurl.rs"]
 mod grpcurl;
+#[path = "common/llama.rs"]
+mod llama;
 #[path = "grpc_api/tenants.rs"]
 mod tenants;
 
@@ -995,36 +997,63 @@ async fn an_unavailable_llm_falls_back_to_a_labelled_extractive_answer_and_a_bro
 /// Live check against a real OpenAI-compatible server (llama.cpp `llama-server`, vLLM,
 /// Ollama): runs when `SKYFUSE_LIVE_OPENAI_URL` is set (base URL without `/v1`), with the
 /// model from `SKYFUSE_LIVE_OPENAI_MODEL`. Without it, the test says so and passes.
+/// A real LLM (llama.cpp's server with Gemma 3 270M, tests/common/llama.rs) answers
+/// from the passage retrieval found: the fact exists only in the indexed file, and
+/// the deployment's `stop` ends the base model's answer at the next question.
 #[tokio::test]
-async fn live_openai_compatible_server_answers_with_tokens_and_usage() {
-    let Ok(base_url) = std::env::var("SKYFUSE_LIVE_OPENAI_URL") else {
-        eprintln!("skipped: set SKYFUSE_LIVE_OPENAI_URL to run against a real server");
+async fn a_real_llm_answers_from_the_retrieved_passage_and_stops_where_its_deployment_says() {
+    let Some(llama) = llama::start().await else {
         return;
     };
-    let model = std::env::var("SKYFUSE_LIVE_OPENAI_MODEL").unwrap_or_else(|_| "default".into());
-    let config = provider_config(&base_url).replace("qwen2.5-0.5b-instruct", &model);
+    let config = format!(
+        r#"
+        [routing]
+        default_model = "gemma"
+        [[provider]]
+        id = "llama"
+        kind = "openai_compat"
+        base_url = "{}"
+        [[deployment]]
+        provider = "llama"
+        model = "gemma"
+        input_per_1m_usd = 0.1
+        output_per_1m_usd = 0.2
+        stop = ["\nQuestion:", "\n\n"]
+        "#,
+        llama.url
+    );
     let data = TempDir::new().unwrap();
     let docs = TempDir::new().unwrap();
-    write_corpus(docs.path());
+    std::fs::write(
+        docs.path().join("zorbia.md"),
+        "# Zorbia\n\nThe capital of the island nation of Zorbia is Quillport, a harbour town on its northern coast.\n",
+    )
+    .unwrap();
     let server = TestServer::start(data.path(), &config).await;
     server.index(docs.path()).await;
     let events = server
         .answer(proto::AnswerRequest {
-            question: "Where are cold archives replicated?".into(),
+            question: "What is the capital of Zorbia?".into(),
+            max_output_tokens: 48,
             ..Default::default()
         })
         .await;
     let answered = answer_text(&events);
-    assert!(!answered.trim().is_empty(), "{events:?}");
+    assert!(answered.contains("Quillport"), "{answered:?}");
     let Some(proto::answer_event::Event::Done(done)) = events.last() else {
         panic!("the stream ends with done: {events:?}");
     };
+    assert_eq!(done.finish_reason, "stop", "{answered:?} {done:?}");
+    assert!(!done.cut_short, "{done:?}");
     let route = done.route.as_ref().unwrap();
     assert_eq!(
         (route.provider.as_str(), route.extractive),
         ("llama", false)
     );
-    assert!(done.usage.as_ref().unwrap().output_tokens > 0, "{done:?}");
+    let usage = done.usage.as_ref().unwrap();
+    assert!(usage.output_tokens > 0 && !usage.estimated, "{usage:?}");
+    assert!(done.cost.as_ref().unwrap().usd > 0.0, "{done:?}");
+    assert!(done.citations[0].object_key.ends_with("zorbia.md"));
     server.stop().await;
 }
 

@@ -88,6 +88,35 @@ struct CompletionRequest {
     max_completion_tokens: Option<u32>,
     temperature: Option<f32>,
     stream_options: Option<StreamOptions>,
+    stop: Option<StopSequences>,
+}
+
+/// OpenAI's `stop`: one string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StopSequences {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopSequences {
+    fn checked(&self) -> Result<Vec<String>> {
+        let stop = match self {
+            Self::One(text) => vec![text.clone()],
+            Self::Many(texts) => texts.clone(),
+        };
+        if stop.len() > crate::llm::MAX_STOP_SEQUENCES {
+            return Err(Error::invalid(format!(
+                "stop holds {} sequences; at most {} are allowed",
+                stop.len(),
+                crate::llm::MAX_STOP_SEQUENCES
+            )));
+        }
+        if stop.iter().any(String::is_empty) {
+            return Err(Error::invalid("stop sequences must not be empty"));
+        }
+        Ok(stop)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,6 +394,12 @@ fn chat_call(
     request: &CompletionRequest,
 ) -> Result<ChatCall> {
     let messages = messages(request)?;
+    let stop = request
+        .stop
+        .as_ref()
+        .map(StopSequences::checked)
+        .transpose()?
+        .unwrap_or_default();
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     let (model, tier) = match request.model.as_deref() {
         None | Some("" | "auto") => (None, None),
@@ -404,6 +439,7 @@ fn chat_call(
         messages,
         max_output_tokens,
         temperature: request.temperature,
+        stop,
         deadline: None,
         id: completion_id(),
         egress_usd_by_cloud: Vec::new(),

@@ -38,6 +38,11 @@ pub struct DeploymentConfig {
     /// and Vertex's `global` region are recognised without it.
     #[serde(default)]
     pub regions: Vec<String>,
+    /// Text at which this model stops, added to the caller's: a base model prompted
+    /// `Question: ... Answer:` goes on with the next question unless told to stop at
+    /// it (`stop = ["\nQuestion:"]`). At most 4.
+    #[serde(default)]
+    pub stop: Vec<String>,
 }
 
 impl DeploymentConfig {

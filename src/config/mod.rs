@@ -560,6 +560,7 @@ impl Config {
                     requests_per_minute: None,
                     tokens_per_minute: None,
                     regions: Vec::new(),
+                    stop: Vec::new(),
                 });
             }
         }

@@ -132,6 +132,14 @@ pub fn routing_problems(
         if deployment.context_window == Some(0) {
             problems.push(format!("{name}: context_window must be at least 1"));
         }
+        if deployment.stop.len() > crate::llm::MAX_STOP_SEQUENCES
+            || deployment.stop.iter().any(String::is_empty)
+        {
+            problems.push(format!(
+                "{name}: stop takes at most {} non-empty sequences",
+                crate::llm::MAX_STOP_SEQUENCES
+            ));
+        }
         if deployment.requests_per_minute == Some(0) || deployment.tokens_per_minute == Some(0) {
             problems.push(format!(
                 "{name}: requests_per_minute and tokens_per_minute must be at least 1 (leave them out for no quota)"

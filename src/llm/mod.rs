@@ -44,7 +44,13 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     pub max_output_tokens: u32,
     pub temperature: f32,
+    /// Text at which the model stops (the caller's, then its deployment's); sent in
+    /// each provider's own field, at most [`MAX_STOP_SEQUENCES`].
+    pub stop: Vec<String>,
 }
+
+/// The fewest stop sequences any provider takes (OpenAI, Azure OpenAI, Bedrock: 4).
+pub const MAX_STOP_SEQUENCES: usize = 4;
 
 /// Token counts as billed. `input_tokens` includes cached ones.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

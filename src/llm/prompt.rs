@@ -95,6 +95,7 @@ pub fn build_conversation_prompt(
         messages,
         max_output_tokens,
         temperature: 0.2,
+        stop: Vec::new(),
     };
     (request, used)
 }

@@ -167,6 +167,7 @@ mod tests {
             requests_per_minute: None,
             tokens_per_minute: None,
             regions: Vec::new(),
+            stop: Vec::new(),
         }
     }
 

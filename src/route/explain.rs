@@ -246,6 +246,7 @@ mod tests {
                 output_per_1m_usd: Some(input),
                 cached_input_per_1m_usd: None,
                 regions: Vec::new(),
+                stop: Vec::new(),
                 requests_per_minute: quota,
                 tokens_per_minute: quota.map(|requests| u64::from(requests) * 150),
             };

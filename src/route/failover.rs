@@ -605,12 +605,31 @@ impl Attempts<'_> {
     }
 }
 
+/// `request` with a deployment's stop sequences after the caller's, within the
+/// fewest any provider takes (the caller's come first: they were asked for).
+pub(super) fn with_deployment_stop(request: &ChatRequest, stop: &[String]) -> ChatRequest {
+    let mut request = request.clone();
+    for sequence in stop {
+        if request.stop.len() < crate::llm::MAX_STOP_SEQUENCES && !request.stop.contains(sequence) {
+            request.stop.push(sequence.clone());
+        }
+    }
+    request
+}
+
 /// Sends the request and reads until the first non-empty text.
 async fn first_token(
     deployment: Arc<Deployment>,
     request: &ChatRequest,
     attempt_deadline: Instant,
 ) -> Result<(String, BoxStream<'static, Result<ChatEvent>>)> {
+    let with_stop;
+    let request = if deployment.stop.is_empty() {
+        request
+    } else {
+        with_stop = with_deployment_stop(request, &deployment.stop);
+        &with_stop
+    };
     let mut stream = deployment
         .provider
         .chat_stream(request, attempt_deadline.into_std())
@@ -871,6 +890,7 @@ pub(super) async fn probe_open_deployments(router: &Router) {
             }],
             max_output_tokens: 1,
             temperature: 0.0,
+            stop: Vec::new(),
         };
         let deadline =
             Instant::now() + Duration::from_millis(router.settings.first_token_timeout_ms);

@@ -45,6 +45,8 @@ pub struct Deployment {
     /// Its quota at the provider (requests and tokens per minute); unlimited by
     /// default.
     pub quota: RateLimits,
+    /// `[[deployment]] stop`: sent with every request to it, after the caller's.
+    pub stop: Vec<String>,
 }
 
 impl Deployment {
@@ -72,6 +74,7 @@ impl Deployment {
                 requests_per_minute: config.requests_per_minute.map(u64::from),
                 tokens_per_minute: config.tokens_per_minute,
             },
+            stop: config.stop.clone(),
         }
     }
 

@@ -46,6 +46,7 @@ fn fixture_with_quotas(
             requests_per_minute: None,
             tokens_per_minute: None,
             regions: Vec::new(),
+            stop: Vec::new(),
         };
         let mut deployment = Deployment::new(provider.clone(), &config, &catalog, breaker);
         if let Some(quota) = quotas.get(deployments.len()) {
@@ -72,6 +73,7 @@ fn chat() -> ChatRequest {
         }],
         max_output_tokens: 100,
         temperature: 0.0,
+        stop: Vec::new(),
     }
 }
 
@@ -1154,4 +1156,25 @@ async fn failover_and_breaker_follow_the_failure_policy_for_every_kind() {
             "{kind}: after the first token"
         );
     }
+}
+
+#[test]
+fn a_deployments_stop_sequences_follow_the_callers_without_repeats_and_within_four() {
+    let request = |stop: &[&str]| ChatRequest {
+        messages: Vec::new(),
+        max_output_tokens: 8,
+        temperature: 0.0,
+        stop: stop.iter().map(|text| text.to_string()).collect(),
+    };
+    let deployment_stop = ["\nQuestion:".to_string(), "###".to_string()];
+    let merged = super::failover::with_deployment_stop(&request(&["END"]), &deployment_stop);
+    assert_eq!(merged.stop, ["END", "\nQuestion:", "###"]);
+    let repeated = super::failover::with_deployment_stop(&request(&["###"]), &deployment_stop);
+    assert_eq!(repeated.stop, ["###", "\nQuestion:"]);
+    let full = super::failover::with_deployment_stop(&request(&["a", "b", "c"]), &deployment_stop);
+    assert_eq!(
+        full.stop,
+        ["a", "b", "c", "\nQuestion:"],
+        "the caller's come first"
+    );
 }

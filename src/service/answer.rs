@@ -145,6 +145,7 @@ impl Service {
                     .unwrap_or(self.config.answer.max_output_tokens),
             ),
             temperature: None,
+            stop: Vec::new(),
             deadline: request.deadline,
             id: crate::ids::random_id(),
             egress_usd_by_cloud: Vec::new(),

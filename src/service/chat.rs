@@ -32,6 +32,8 @@ pub struct ChatCall {
     pub max_output_tokens: Option<u32>,
     /// None: [`DEFAULT_TEMPERATURE`].
     pub temperature: Option<f32>,
+    /// The caller's stop sequences; each deployment adds its own `stop`.
+    pub stop: Vec<String>,
     /// When the LLM stage must end. None: `routing.attempt_timeout_ms` after it
     /// starts, the one default of the LLM stage for the facade and `Answer` alike
     /// (the retrieval half of an `Answer` without a deadline has its own,
@@ -123,6 +125,7 @@ impl Service {
             messages: std::mem::take(&mut call.messages),
             max_output_tokens,
             temperature: call.temperature.unwrap_or(DEFAULT_TEMPERATURE),
+            stop: std::mem::take(&mut call.stop),
         };
         let input_tokens = request_tokens(&request);
         let tokens = input_tokens.saturating_add(u64::from(max_output_tokens));

@@ -58,6 +58,7 @@ pub fn request() -> ChatRequest {
         ],
         max_output_tokens: 300,
         temperature: 0.2,
+        stop: Vec::new(),
     }
 }
 

@@ -43,6 +43,9 @@ pub fn request_body(request: &ChatRequest, version: &str, stream: bool) -> Value
     if !system.is_empty() {
         body["system"] = json!(system.join("\n\n"));
     }
+    if !request.stop.is_empty() {
+        body["stop_sequences"] = json!(request.stop);
+    }
     body
 }
 
@@ -189,6 +192,30 @@ mod tests {
     use crate::error::{Error, ErrorKind};
     use crate::llm::ChatEvent;
     use crate::llm::providers::stream::drive;
+
+    #[test]
+    fn stop_sequences_are_sent_as_stop_sequences() {
+        let request = ChatRequest {
+            messages: vec![crate::llm::ChatMessage {
+                role: Role::User,
+                content: "q".into(),
+            }],
+            max_output_tokens: 8,
+            temperature: 0.0,
+            stop: vec!["\nQuestion:".into()],
+        };
+        let body = request_body(&request, "vertex-2023-10-16", false);
+        assert_eq!(body["stop_sequences"], json!(["\nQuestion:"]));
+        let plain = ChatRequest {
+            stop: Vec::new(),
+            ..request
+        };
+        assert!(
+            request_body(&plain, "vertex-2023-10-16", false)
+                .get("stop_sequences")
+                .is_none()
+        );
+    }
 
     fn events(items: &[(&str, &str)]) -> Vec<Result<ChatEvent>> {
         let units: Vec<Result<crate::llm::providers::sse::SseEvent, Error>> = items

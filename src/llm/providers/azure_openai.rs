@@ -119,6 +119,7 @@ mod tests {
             }],
             max_output_tokens: 64,
             temperature: 0.2,
+            stop: Vec::new(),
         };
         let reasoning = body(&request, None, true, true);
         assert_eq!(reasoning["max_completion_tokens"], 64);

@@ -140,6 +140,9 @@ pub fn request_body(request: &ChatRequest) -> Value {
             "temperature": request.temperature,
         },
     });
+    if !request.stop.is_empty() {
+        body["inferenceConfig"]["stopSequences"] = json!(request.stop);
+    }
     if !system.is_empty() {
         body["system"] = json!(system);
     }
@@ -256,6 +259,7 @@ mod tests {
             ],
             max_output_tokens: 16,
             temperature: 0.5,
+            stop: vec!["\nQuestion:".into()],
         });
         assert_eq!(body["system"], json!([{"text": "cite"}]));
         assert_eq!(
@@ -266,6 +270,10 @@ mod tests {
             ])
         );
         assert_eq!(body["inferenceConfig"]["maxTokens"], 16);
+        assert_eq!(
+            body["inferenceConfig"]["stopSequences"],
+            json!(["\nQuestion:"])
+        );
     }
 
     #[test]

@@ -68,6 +68,14 @@ impl OciChat {
         chat_request["maxTokens"] = json!(request.max_output_tokens);
         chat_request["temperature"] = json!(request.temperature);
         chat_request["isStream"] = json!(stream);
+        if !request.stop.is_empty() {
+            // Cohere's field, and the generic (Meta Llama...) format's OpenAI-like one.
+            let field = match self.format {
+                ApiFormat::Cohere => "stopSequences",
+                ApiFormat::Generic => "stop",
+            };
+            chat_request[field] = json!(request.stop);
+        }
         if stream {
             chat_request["streamOptions"] = json!({"isIncludeUsage": true});
         }
@@ -366,6 +374,7 @@ mod tests {
             ],
             max_output_tokens: 1,
             temperature: 0.0,
+            stop: Vec::new(),
         });
         assert_eq!(body["message"], "second");
         assert_eq!(body["preambleOverride"], "cite");

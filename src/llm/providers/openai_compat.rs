@@ -93,6 +93,9 @@ pub(super) fn request_body(request: &ChatRequest, model: Option<&str>, stream: b
     if stream {
         body["stream_options"] = json!({"include_usage": true});
     }
+    if !request.stop.is_empty() {
+        body["stop"] = json!(request.stop);
+    }
     body
 }
 
@@ -328,6 +331,7 @@ mod tests {
             }],
             max_output_tokens: 5,
             temperature: 0.0,
+            stop: vec!["\nQuestion:".into()],
         };
         let streamed = request_body(&request, Some("m"), true);
         assert_eq!(streamed["model"], "m");
@@ -336,6 +340,7 @@ mod tests {
         assert!(whole.get("model").is_none());
         assert!(whole.get("stream_options").is_none());
         assert_eq!(whole["messages"][0]["role"], "user");
+        assert_eq!(whole["stop"], json!(["\nQuestion:"]));
     }
 
     #[test]

@@ -179,6 +179,9 @@ pub fn gemini_body(request: &ChatRequest) -> Value {
             "candidateCount": 1,
         },
     });
+    if !request.stop.is_empty() {
+        body["generationConfig"]["stopSequences"] = json!(request.stop);
+    }
     if !system.is_empty() {
         body["systemInstruction"] = json!({"parts": system});
     }
@@ -360,9 +363,14 @@ mod tests {
             ],
             max_output_tokens: 9,
             temperature: 0.1,
+            stop: vec!["\nQuestion:".into()],
         });
         assert_eq!(body["systemInstruction"]["parts"][0]["text"], "cite");
         assert_eq!(body["contents"][1]["role"], "model");
         assert_eq!(body["generationConfig"]["maxOutputTokens"], 9);
+        assert_eq!(
+            body["generationConfig"]["stopSequences"],
+            json!(["\nQuestion:"])
+        );
     }
 }
