@@ -131,3 +131,37 @@ impl SharedStateConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems_of(toml_text: &str) -> Vec<String> {
+        let config: SharedStateConfig =
+            toml::from_str(&format!("redis_url = \"env:R\"\n{toml_text}")).unwrap();
+        let mut problems = Vec::new();
+        config.problems(&mut problems);
+        problems
+    }
+
+    #[test]
+    fn leases_fail_closed_and_live_long_enough_to_be_renewed() {
+        let defaults: SharedStateConfig = toml::from_str("redis_url = \"env:R\"").unwrap();
+        assert_eq!(defaults.lease_ttl_ms, DEFAULT_LEASE_TTL_MS);
+        assert_eq!(defaults.on_unavailable.leases, FailMode::Closed);
+        assert!(problems_of("").is_empty());
+
+        let open = problems_of("on_unavailable = { leases = \"open\" }");
+        assert!(
+            open[0].contains("leases can only be \"closed\""),
+            "{open:?}"
+        );
+
+        let short = problems_of("timeout_ms = 200\nlease_ttl_ms = 500");
+        assert!(
+            short[0].contains("lease_ttl_ms must be at least"),
+            "{short:?}"
+        );
+        assert!(problems_of("timeout_ms = 200\nlease_ttl_ms = 600").is_empty());
+    }
+}

@@ -182,59 +182,65 @@ impl SharedManifest {
     pub async fn save(&self, manifest: &Manifest) -> Result<()> {
         let fields = fields_of(manifest)?;
         let mut saved = self.saved.lock().await;
-        let changed: Vec<(&String, &String)> = fields
-            .iter()
-            .filter(|(field, value)| saved.get(*field) != Some(*value))
+        let changed: Vec<(String, String)> = fields
+            .into_iter()
+            .filter(|(field, value)| saved.get(field) != Some(value))
             .collect();
         let removed: Vec<String> = saved
             .keys()
-            .filter(|field| !fields.contains_key(*field))
+            .filter(|field| !manifest_has(manifest, field))
             .cloned()
             .collect();
-        let mut pages: Vec<(Vec<(&String, &String)>, &[String])> = changed
-            .chunks(FIELDS_PER_PAGE)
-            .map(|page| (page.to_vec(), &[][..]))
-            .collect();
-        pages.extend(
-            removed
-                .chunks(FIELDS_PER_PAGE)
-                .map(|page| (Vec::new(), page)),
-        );
-        let script = Script::new(SAVE_LUA);
-        for (sets, deletes) in pages {
-            let mut invocation = script.key(&self.lease_key);
-            invocation.key(&self.key).arg(&self.holder).arg(sets.len());
-            for (field, value) in &sets {
-                invocation.arg(*field).arg(*value);
-            }
-            for field in deletes {
-                invocation.arg(field);
-            }
-            let mut connection = self.store.connection();
-            let saved_page: i64 = self
-                .store
-                .call_within(
-                    StateKind::Leases,
-                    self.page_timeout(),
-                    invocation.invoke_async(&mut connection),
-                )
-                .await
-                .map_err(|error| self.unavailable(&error))?;
-            if saved_page != 1 {
-                return Err(Error::unavailable(format!(
-                    "manifest {} not saved: this run no longer holds its ingestion lease, another replica may have taken the bucket over",
-                    self.key
-                )));
-            }
-            for (field, value) in sets {
-                saved.insert(field.clone(), value.clone());
-            }
-            for field in deletes {
+        for page in changed.chunks(FIELDS_PER_PAGE) {
+            self.save_page(page, &[]).await?;
+            saved.extend(page.iter().cloned());
+        }
+        for page in removed.chunks(FIELDS_PER_PAGE) {
+            self.save_page(&[], page).await?;
+            for field in page {
                 saved.remove(field);
             }
         }
         Ok(())
     }
+
+    /// One fenced script: sets `sets`, deletes `deletes`.
+    async fn save_page(&self, sets: &[(String, String)], deletes: &[String]) -> Result<()> {
+        let script = Script::new(SAVE_LUA);
+        let mut invocation = script.key(&self.lease_key);
+        invocation.key(&self.key).arg(&self.holder).arg(sets.len());
+        for (field, value) in sets {
+            invocation.arg(field).arg(value);
+        }
+        for field in deletes {
+            invocation.arg(field);
+        }
+        let mut connection = self.store.connection();
+        let saved: i64 = self
+            .store
+            .call_within(
+                StateKind::Leases,
+                self.page_timeout(),
+                invocation.invoke_async(&mut connection),
+            )
+            .await
+            .map_err(|error| self.unavailable(&error))?;
+        if saved != 1 {
+            return Err(Error::unavailable(format!(
+                "manifest {} not saved: this run no longer holds its ingestion lease, another replica may have taken the bucket over",
+                self.key
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `field` is one of the fields that record `manifest`.
+fn manifest_has(manifest: &Manifest, field: &str) -> bool {
+    field == META_FIELD
+        || field
+            .strip_prefix(OBJECT_PREFIX)
+            .is_some_and(|object_key| manifest.objects.contains_key(object_key))
 }
 
 /// The hash fields that record `manifest`.
