@@ -224,8 +224,10 @@ commit_every_chunks = 2
 [shared_state]
 redis_url = "env:SKYFUSE_REDIS_URL"
 key_prefix = "{prefix}"
-timeout_ms = 100
-lease_ttl_ms = 1000
+# Short enough for the test to wait out, long enough that a loaded machine's
+# scheduling never makes a live holder miss its renewals.
+timeout_ms = 500
+lease_ttl_ms = 4000
 "#,
         data = data_dir.display(),
         docs = docs.display(),

@@ -4,8 +4,8 @@
 //! `SET NX PX`. The holder renews it every third of the TTL from a background task
 //! (compare-and-extend) and releases it when the run ends (compare-and-delete). A
 //! replica that dies stops renewing, so its lease expires and another replica takes
-//! the bucket over. A holder that cannot confirm its lease before two thirds of the
-//! TTL have passed since its last renewal counts it lost and stops writing; and every
+//! the bucket over. A holder that cannot confirm its lease within two thirds of the
+//! TTL after sending its last confirmed renewal counts it lost and stops writing; and every
 //! manifest save checks the holder in the same script ([`super::SharedManifest`]), so a
 //! holder that lost its lease cannot overwrite the new holder's progress.
 
@@ -115,6 +115,8 @@ impl HeldLease {
         let key = subject.lease_key(store);
         let holder = format!("{}/{}", replica_id(), &crate::ids::random_id()[..12]);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        // The lease expires no sooner than a TTL after this: the renewal counts from here.
+        let sent = Instant::now();
         let mut connection = store.connection();
         let script = Script::new(ACQUIRE_LUA);
         let mut invocation = script.key(&key);
@@ -137,6 +139,7 @@ impl HeldLease {
             key.clone(),
             holder.clone(),
             ttl,
+            sent,
             Arc::clone(&signal),
         ));
         Ok(Self {
@@ -232,36 +235,51 @@ async fn release(store: &RedisStore, key: &str, holder: &str) {
     }
 }
 
-/// Renews every third of `ttl`; marks the lease lost when Redis says another holds it
-/// (or nobody), or when no renewal was confirmed for two thirds of `ttl`: past that
-/// the lease may expire before this replica learns of it.
+/// Renews every third of `ttl` (a quarter of that after a failed try); marks the
+/// lease lost when Redis says another holds it (or nobody), or when no renewal was
+/// confirmed for two thirds of `ttl` since one was sent (`confirmed`): past that the
+/// lease may expire before this replica learns of it.
 async fn renew(
     store: Arc<RedisStore>,
     key: String,
     holder: String,
     ttl: Duration,
+    mut confirmed: Instant,
     signal: Arc<LossSignal>,
 ) {
     let every = ttl / 3;
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    let mut confirmed = Instant::now();
     let script = Script::new(EXTEND_LUA);
+    let mut pause = every;
     loop {
-        tokio::time::sleep(every).await;
-        let sent = Instant::now();
-        let mut connection = store.connection();
-        let mut invocation = script.key(&key);
-        invocation.arg(&holder).arg(ttl_ms);
-        let bound = store.timeout().min(every);
-        let outcome: std::result::Result<i64, _> = store
-            .call_within(
-                StateKind::Leases,
-                bound,
-                invocation.invoke_async(&mut connection),
-            )
-            .await;
+        let attempt = async {
+            tokio::time::sleep(pause).await;
+            let sent = Instant::now();
+            let mut connection = store.connection();
+            let mut invocation = script.key(&key);
+            invocation.arg(&holder).arg(ttl_ms);
+            let outcome: std::result::Result<i64, _> = store
+                .call_within(
+                    StateKind::Leases,
+                    store.timeout().min(every),
+                    invocation.invoke_async(&mut connection),
+                )
+                .await;
+            (sent, outcome)
+        };
+        let (sent, outcome) = tokio::select! {
+            () = tokio::time::sleep_until(confirmed + every * 2) => {
+                tracing::error!(%holder, "ingestion lease not renewed in time: the run stops");
+                signal.mark();
+                return;
+            }
+            attempt = attempt => attempt,
+        };
         match outcome {
-            Ok(1) => confirmed = sent,
+            Ok(1) => {
+                confirmed = sent;
+                pause = every;
+            }
             Ok(_) => {
                 tracing::error!(%holder, "ingestion lease taken over or expired: the run stops");
                 signal.mark();
@@ -269,11 +287,7 @@ async fn renew(
             }
             Err(error) => {
                 tracing::warn!(%holder, %error, "could not renew an ingestion lease");
-                if confirmed.elapsed() >= every * 2 {
-                    tracing::error!(%holder, "ingestion lease not renewed in time: the run stops");
-                    signal.mark();
-                    return;
-                }
+                pause = every / 4;
             }
         }
     }
