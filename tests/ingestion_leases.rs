@@ -290,6 +290,30 @@ impl Replica {
     }
 }
 
+/// A replica process, killed if the test fails before it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 /// "indexed URL: 12 listed, 0 excluded, 6 fetched, 6 indexed, ..." -> 6.
 fn indexed_count(output: &Output) -> u64 {
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -356,7 +380,7 @@ async fn a_replica_killed_mid_sync_is_resumed_by_another_with_nothing_lost_or_du
         [(); 3].map(|()| Replica::new(&docs_path, &opensearch.url(), &prefix));
 
     // The first replica takes the lease and is held mid-sync by its seventh write.
-    let mut holder = first.index(&docs_path, &redis_url).spawn().unwrap();
+    let mut holder = Running(first.index(&docs_path, &redis_url).spawn().unwrap());
     wait_for("the holder's held write", || {
         assert!(
             holder.try_wait().unwrap().is_none(),
@@ -455,4 +479,86 @@ fn walk_files(folder: &Path) -> Vec<std::path::PathBuf> {
             }
         })
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_lease_is_taken_over_stops_writing_and_says_so() {
+    let Some(redis_url) = redis_url() else {
+        return;
+    };
+    let prefix = fresh_prefix("takeover");
+    let opensearch = FakeOpenSearch::start(FakeAuth::None).await;
+    // Held at its third write: two files written and committed.
+    *opensearch.hang_bulk.lock().unwrap() = Some(3);
+    let docs = tempfile::tempdir().unwrap();
+    let docs_path = docs.path().canonicalize().unwrap();
+    for number in 0..4 {
+        std::fs::write(
+            docs_path.join(format!("memo-{number}.txt")),
+            format!("Memo {number} about the quay."),
+        )
+        .unwrap();
+    }
+    let replica = Replica::new(&docs_path, &opensearch.url(), &prefix);
+    let mut holder = Running(replica.index(&docs_path, &redis_url).spawn().unwrap());
+    let holder_pid = holder.id();
+    wait_for("the holder's held write", || {
+        assert!(
+            holder.try_wait().unwrap().is_none(),
+            "the holder ended before its held write"
+        );
+        opensearch.bulks_hanging.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let manifest_before = shared_manifest_objects(&redis_url, &prefix).await;
+    assert_eq!(manifest_before.len(), 2);
+
+    // Another holder now owns the bucket (as after an expiry the holder missed).
+    let mut redis = redis_connection(&redis_url).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:lease:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let holder_value: String = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        holder_value.contains(&format!(":{holder_pid}/")),
+        "{holder_value}"
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&keys[0])
+        .arg("intruder:1/run")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    // Its renewal finds out; the run stops with the reason, having written nothing more.
+    wait_for("the holder to stop", || {
+        holder.try_wait().unwrap().is_some()
+    })
+    .await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut holder.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!holder.wait().unwrap().success());
+    assert!(stderr.contains("ingestion lease"), "{stderr}");
+    assert!(stderr.contains("was lost"), "{stderr}");
+    assert_eq!(opensearch.written_ids.lock().unwrap().len(), 2);
+    assert_eq!(
+        shared_manifest_objects(&redis_url, &prefix).await,
+        manifest_before
+    );
+    let still: String = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        still, "intruder:1/run",
+        "the stopped run left the new lease"
+    );
 }
