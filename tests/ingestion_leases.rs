@@ -119,6 +119,11 @@ async fn a_lease_has_one_holder_and_a_holder_that_lost_it_cannot_save_its_manife
         .err()
         .expect("a held lease is not taken twice");
     assert_eq!(refusal.kind, ErrorKind::Unavailable);
+    let retry_after = refusal.retry_after.expect("the refusal says when to retry");
+    assert!(
+        retry_after > Duration::ZERO && retry_after <= ttl,
+        "{retry_after:?}"
+    );
     let (replica, run) = holder.holder().rsplit_once('/').unwrap();
     for part in [
         "s3://reports is being synced by replica",

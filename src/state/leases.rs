@@ -300,10 +300,16 @@ fn held_elsewhere(subject: &LeaseSubject, holder: &str, left_ms: i64) -> Error {
         Err(_) => "its lease expires".to_owned(),
     };
     let (replica, run) = holder.rsplit_once('/').unwrap_or((holder, "?"));
-    refusal(format!(
+    let retry_after = u64::try_from(left_ms).ok().map(Duration::from_millis);
+    let refused = refusal(format!(
         "index {:?}: {} is being synced by replica {replica} (run {run}) until {until} unless it renews its lease; retry after that",
         subject.index, subject.bucket
-    ))
+    ));
+    // Also as the `retry-after` metadata of the gRPC status.
+    Error {
+        retry_after,
+        ..refused
+    }
 }
 
 /// skyfuse's own word about the bucket, with no upstream detail: the edge shows it to
