@@ -5,6 +5,10 @@
 //! leaves either the old or the new manifest, never a torn one. A save can be called off
 //! ([`WriteCancel`]): a run that is dropped while its save is on a blocking thread must not
 //! have that save land afterwards, over the manifest of whatever runs next.
+//!
+//! With `[shared_state]` in Redis, an index whose stores are all remote keeps the same
+//! manifest in Redis instead of this file, so any replica can resume a sync
+//! ([`crate::state::SharedManifest`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -1,4 +1,5 @@
-//! Index: sync a bucket or folder into an index's stores, one run per index at a time.
+//! Index: sync a bucket or folder into an index's stores, one run per index at a time
+//! in a process, and one replica per (index, bucket) with shared state ([`super::index_lease`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
