@@ -215,6 +215,16 @@ impl Manifest {
     }
 }
 
+/// Where a manifest lives when it is not a file: the shared state, for an index whose
+/// stores are remote ([`crate::state::SharedManifest`]). Saved at the same points as
+/// the file, with the same promise: it never claims more than the stores committed.
+#[async_trait::async_trait]
+pub trait ManifestHome: Send + Sync {
+    /// The manifest of `source`, or an empty one when none was saved yet.
+    async fn load(&self, source: &str) -> Result<Manifest>;
+    async fn save(&self, manifest: &Manifest) -> Result<()>;
+}
+
 /// Etags compare equal whatever their quoting: `W/"abc"`, `"abc"` and `abc` are all `abc`.
 pub fn normalize_etag(raw_etag: &str) -> String {
     let trimmed = raw_etag.trim();

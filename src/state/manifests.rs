@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 use super::leases::HeldLease;
 use super::{RedisStore, SharedStateError, StateKind};
 use crate::error::{Error, Result};
-use crate::ingest::manifest::{MANIFEST_FORMAT_VERSION, Manifest, ManifestEntry};
+use crate::ingest::manifest::{MANIFEST_FORMAT_VERSION, Manifest, ManifestEntry, ManifestHome};
 
 /// Fields set or removed by one save script.
 const FIELDS_PER_PAGE: usize = 500;
@@ -232,6 +232,17 @@ impl SharedManifest {
             )));
         }
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ManifestHome for SharedManifest {
+    async fn load(&self, source: &str) -> Result<Manifest> {
+        SharedManifest::load(self, source).await
+    }
+
+    async fn save(&self, manifest: &Manifest) -> Result<()> {
+        SharedManifest::save(self, manifest).await
     }
 }
 

@@ -42,8 +42,7 @@ use crate::error::{Error, Result};
 use crate::ingest::bucket::{BucketLocation, BucketOptions};
 use crate::ingest::chunk::ChunkingConfig;
 use crate::ingest::isolate::Extractor;
-use crate::ingest::manifest::{Manifest, sha256_hex};
-use crate::state::SharedManifest;
+use crate::ingest::manifest::{Manifest, ManifestHome, sha256_hex};
 use crate::stores::{SearchBackend, StoreKind};
 use producer::{ListingCounters, ProducerContext, produce_events};
 pub(crate) use source::local_identity;
@@ -83,7 +82,7 @@ pub struct IndexJob {
     pub manifest_path: PathBuf,
     /// Keep the manifest in the shared state instead of at `manifest_path` (an index
     /// whose stores are remote, synced under an ingestion lease).
-    pub shared_manifest: Option<Arc<SharedManifest>>,
+    pub shared_manifest: Option<Arc<dyn ManifestHome>>,
     pub chunking: ChunkingConfig,
     /// An object that yields more chunks fails.
     pub max_chunks_per_object: usize,

@@ -25,9 +25,8 @@ use crate::embed::{Embedder, Purpose};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::doc_ids::DocumentOwners;
 use crate::ingest::manifest::{
-    Manifest, ManifestEntry, WriteCancel, write_atomically_unless_called_off,
+    Manifest, ManifestEntry, ManifestHome, WriteCancel, write_atomically_unless_called_off,
 };
-use crate::state::SharedManifest;
 use crate::stores::SearchBackend;
 
 /// How many object keys go into one `delete_objects` call for removed objects.
@@ -44,7 +43,7 @@ pub(super) struct IndexRun<P> {
     embedder: Option<Arc<dyn Embedder>>,
     manifest_path: PathBuf,
     /// Where the manifest lives instead of `manifest_path`, when it is shared.
-    shared_manifest: Option<Arc<SharedManifest>>,
+    shared_manifest: Option<Arc<dyn ManifestHome>>,
     embed_batch_size: usize,
     commit_every_chunks: usize,
     /// The manifest as committed: it never lists more than the stores durably hold.
