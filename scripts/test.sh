@@ -85,7 +85,7 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
 fi
 
 # A real Redis for tests/shared_state.rs (three replicas sharing budgets, rate limits and
-# cooldowns), from Debian's packages, installed once; started on a free 127.0.0.1 port
+# cooldowns) and tests/ingestion_leases.rs (leases and shared manifests), from Debian's packages, installed once; started on a free 127.0.0.1 port
 # without persistence and stopped on exit with the emulators.
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     sudo=""

@@ -5,6 +5,10 @@
 //! leaves either the old or the new manifest, never a torn one. A save can be called off
 //! ([`WriteCancel`]): a run that is dropped while its save is on a blocking thread must not
 //! have that save land afterwards, over the manifest of whatever runs next.
+//!
+//! With `[shared_state]` in Redis, an index whose stores are all remote keeps the same
+//! manifest in Redis instead of this file, so any replica can resume a sync
+//! ([`crate::state::SharedManifest`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -209,6 +213,16 @@ impl Manifest {
     pub fn save(&self, path: &Path) -> Result<()> {
         write_atomically(path, &self.to_json()?)
     }
+}
+
+/// Where a manifest lives when it is not a file: the shared state, for an index whose
+/// stores are remote ([`crate::state::SharedManifest`]). Saved at the same points as
+/// the file, with the same promise: it never claims more than the stores committed.
+#[async_trait::async_trait]
+pub trait ManifestHome: Send + Sync {
+    /// The manifest of `source`, or an empty one when none was saved yet.
+    async fn load(&self, source: &str) -> Result<Manifest>;
+    async fn save(&self, manifest: &Manifest) -> Result<()>;
 }
 
 /// Etags compare equal whatever their quoting: `W/"abc"`, `"abc"` and `abc` are all `abc`.

@@ -1,6 +1,8 @@
-//! Index: sync a bucket or folder into an index's stores, one run per index at a time.
+//! Index: sync a bucket or folder into an index's stores, one run per index at a time
+//! in a process, and one replica per (index, bucket) with shared state ([`super::index_lease`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -10,6 +12,7 @@ use super::index_target::{self, IndexTarget};
 use crate::auth::Principal;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::{ChunkingConfig, IndexJob, IndexProgress, IndexReport, run_index};
+use crate::state::SharedManifest;
 
 /// What a caller adds to a run. Globs only narrow the `[[bucket]]` entry's (an object must
 /// match both; `exclude` adds), and `prune` says whether indexed objects the request's
@@ -86,8 +89,29 @@ impl Service {
         }
         job.bucket = bucket_options(&bucket_config, filters, &self.env)
             .map_err(|error| error.context(format!("bucket {:?}", bucket_config.url)))?;
+        // Past the in-process lock: with shared state and remote stores, one replica
+        // per (index, bucket), and the manifest shared so another one can resume.
+        let lease = self.ingest_lease(&index, &target).await?;
+        if let Some(lease) = &lease {
+            job.shared_manifest = Some(Arc::new(SharedManifest::guarded_by(lease)));
+        }
+        let run = async {
+            let run = run_index(job, progress);
+            match &lease {
+                // A lost lease stops the run like a crash: nothing more is written.
+                Some(lease) => tokio::select! {
+                    biased;
+                    () = lease.lost() => Err(lease.lost_error()),
+                    report = run => report,
+                },
+                None => run.await,
+            }
+        };
         let span = crate::telemetry::spans::index_run(&index.id);
-        let report = crate::telemetry::trace::run_in(span.as_ref(), run_index(job, progress)).await;
+        let report = crate::telemetry::trace::run_in(span.as_ref(), run).await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
         if let Some(span) = span {
             crate::telemetry::spans::end_index_run(span, &report);
         }
@@ -183,6 +207,6 @@ impl Service {
     }
 }
 
-fn short_hash(text: &str) -> String {
+pub(super) fn short_hash(text: &str) -> String {
     hex::encode(&Sha256::digest(text.as_bytes())[..8])
 }

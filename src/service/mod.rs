@@ -11,6 +11,7 @@ mod egress;
 mod embeddings;
 mod feedback;
 mod index;
+mod index_lease;
 mod index_runs;
 mod index_target;
 mod operations;

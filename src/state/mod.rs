@@ -13,6 +13,9 @@
 //!   breaker from a background subscriber, so the hot path makes no extra round trip.
 //! - Caches ([`RedisQueryVectors`], [`AnswerCache`]): query vectors of the spaces that
 //!   opt in, and finished answers; a Redis that fails is a miss.
+//! - Ingestion leases ([`HeldLease`]): one replica syncs an (index, bucket) at a time,
+//!   and the manifest of an index whose stores are remote lives in Redis
+//!   ([`SharedManifest`]), so another replica resumes when the holder dies.
 //!
 //! Each Redis call is bounded by `timeout_ms`; past it, or on any error, the kind
 //! fails open (this replica decides alone, from its in-process state) or closed
@@ -23,6 +26,8 @@ mod answer_cache;
 mod budget_ledger;
 mod budgets;
 mod embedding_cache;
+mod leases;
+mod manifests;
 mod redis_store;
 
 use std::collections::HashMap;
@@ -32,6 +37,8 @@ pub use answer_cache::{AnswerCache, AnsweredBy, CachedAnswer};
 pub use budget_ledger::{Balance, BudgetLedger, LocalReservation, until_next_day, utc_day};
 pub use budgets::{BudgetRefusal, Budgets, Reservation};
 pub use embedding_cache::RedisQueryVectors;
+pub use leases::{HeldLease, LeaseSubject};
+pub use manifests::SharedManifest;
 pub use redis_store::{
     BudgetVerdict, RateCell, RateSubject, RateVerdict, RedisStore, SharedStateError, StateKind,
 };

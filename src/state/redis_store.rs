@@ -127,6 +127,8 @@ pub enum StateKind {
     EmbeddingCache,
     /// Finished answers (`[answer.cache]`); always fails open (a miss).
     AnswerCache,
+    /// Ingestion leases and the shared manifests they guard (see `leases`, `manifests`).
+    Leases,
 }
 
 impl StateKind {
@@ -137,6 +139,7 @@ impl StateKind {
             StateKind::Cooldowns => "cooldowns",
             StateKind::EmbeddingCache => "embedding_cache",
             StateKind::AnswerCache => "answer_cache",
+            StateKind::Leases => "leases",
         }
     }
 }
@@ -264,6 +267,7 @@ impl RedisStore {
             StateKind::Cooldowns => self.on_unavailable.cooldowns,
             // A cache that cannot answer is a miss: the work is done again.
             StateKind::EmbeddingCache | StateKind::AnswerCache => FailMode::Open,
+            StateKind::Leases => self.on_unavailable.leases,
         }
     }
 
@@ -607,11 +611,45 @@ impl RedisStore {
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> std::result::Result<T, SharedStateError> {
-        match tokio::time::timeout(self.timeout, call).await {
+        self.bounded_by(self.timeout, call).await
+    }
+
+    /// [`Self::call`] for the other parts of `state`, bounded by `timeout`: a manifest
+    /// page may take longer than one budget script.
+    pub(super) async fn call_within<T>(
+        &self,
+        kind: StateKind,
+        timeout: Duration,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> std::result::Result<T, SharedStateError> {
+        let outcome = self.bounded_by(timeout, call).await;
+        match &outcome {
+            Ok(_) => self.mark_up(),
+            Err(error) => self.record_failure(kind, error),
+        }
+        outcome
+    }
+
+    /// The shared connection, for the other parts of `state`.
+    pub(super) fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// The most one call may take (`timeout_ms`).
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn bounded_by<T>(
+        &self,
+        timeout: Duration,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> std::result::Result<T, SharedStateError> {
+        match tokio::time::timeout(timeout, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(SharedStateError::Redis(error)),
             Err(_) => Err(SharedStateError::Timeout {
-                timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             }),
         }
     }

@@ -42,7 +42,7 @@ use crate::error::{Error, Result};
 use crate::ingest::bucket::{BucketLocation, BucketOptions};
 use crate::ingest::chunk::ChunkingConfig;
 use crate::ingest::isolate::Extractor;
-use crate::ingest::manifest::{Manifest, sha256_hex};
+use crate::ingest::manifest::{Manifest, ManifestHome, sha256_hex};
 use crate::stores::{SearchBackend, StoreKind};
 use producer::{ListingCounters, ProducerContext, produce_events};
 pub(crate) use source::local_identity;
@@ -80,6 +80,9 @@ pub struct IndexJob {
     /// Required when a store is dense; unused (and may be `None`) when all are lexical.
     pub embedder: Option<Arc<dyn Embedder>>,
     pub manifest_path: PathBuf,
+    /// Keep the manifest in the shared state instead of at `manifest_path` (an index
+    /// whose stores are remote, synced under an ingestion lease).
+    pub shared_manifest: Option<Arc<dyn ManifestHome>>,
     pub chunking: ChunkingConfig,
     /// An object that yields more chunks fails.
     pub max_chunks_per_object: usize,
@@ -131,6 +134,7 @@ impl IndexJob {
             stores,
             embedder,
             manifest_path: manifest_path.into(),
+            shared_manifest: None,
             chunking: ChunkingConfig::default(),
             max_chunks_per_object: DEFAULT_MAX_CHUNKS_PER_OBJECT,
             extractor: Extractor::default(),
@@ -396,8 +400,16 @@ pub async fn run_index(
     let (manifest_path, identity) = (job.manifest_path.clone(), source.identity.clone());
     let api_documents_paths =
         (job.record_ids == RecordIdScope::Global).then(|| job.manifest_path.clone());
+    let shared_manifest = job.shared_manifest.clone();
+    let shared = match &shared_manifest {
+        Some(shared) => Some(shared.load(&identity).await?),
+        None => None,
+    };
     let (mut manifest, api_documents) = tokio::task::spawn_blocking(move || {
-        let manifest = Manifest::load_or_new(&manifest_path, &identity)?;
+        let manifest = match shared {
+            Some(manifest) => manifest,
+            None => Manifest::load_or_new(&manifest_path, &identity)?,
+        };
         let mut api_documents = Vec::new();
         if let Some(bucket_manifest) = api_documents_paths {
             for path in documents::documents_manifest_paths_beside(&bucket_manifest)? {

@@ -25,7 +25,7 @@ use crate::embed::{Embedder, Purpose};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::doc_ids::DocumentOwners;
 use crate::ingest::manifest::{
-    Manifest, ManifestEntry, WriteCancel, write_atomically_unless_called_off,
+    Manifest, ManifestEntry, ManifestHome, WriteCancel, write_atomically_unless_called_off,
 };
 use crate::stores::SearchBackend;
 
@@ -42,6 +42,8 @@ pub(super) struct IndexRun<P> {
     stores: Vec<Arc<dyn SearchBackend>>,
     embedder: Option<Arc<dyn Embedder>>,
     manifest_path: PathBuf,
+    /// Where the manifest lives instead of `manifest_path`, when it is shared.
+    shared_manifest: Option<Arc<dyn ManifestHome>>,
     embed_batch_size: usize,
     commit_every_chunks: usize,
     /// The manifest as committed: it never lists more than the stores durably hold.
@@ -104,6 +106,7 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
             stores: job.stores.clone(),
             embedder: job.embedder_in_use(),
             manifest_path: job.manifest_path.clone(),
+            shared_manifest: job.shared_manifest.clone(),
             embed_batch_size: job.embed_batch_size,
             commit_every_chunks: job.commit_every_chunks,
             manifest,
@@ -493,7 +496,13 @@ impl<P: FnMut(&IndexProgress) + Send> IndexRun<P> {
     /// The write runs on a blocking thread, which outlives this future if the run is
     /// dropped; the guard then calls the write off, so a dropped run's save either landed
     /// before the drop or never does (nor after the next run started on this manifest).
+    ///
+    /// A shared manifest is saved by fenced scripts on the shared connection: one sent
+    /// before a drop lands before the lease's release, so before any next run reads it.
     async fn save_manifest(&self) -> Result<()> {
+        if let Some(shared) = &self.shared_manifest {
+            return shared.save(&self.manifest).await;
+        }
         save_unless_dropped(self.manifest_path.clone(), self.manifest.to_json()?).await
     }
 

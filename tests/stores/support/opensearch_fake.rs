@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +61,14 @@ pub struct FakeOpenSearch {
     /// The `traceparent` of every request, when it had one.
     pub traceparents: Mutex<Vec<Option<String>>>,
     pub base_url: Mutex<String>,
+    /// The `_bulk` request (counting from 1) that is held and never answered: a writer
+    /// stuck mid-run at a point the test chose.
+    pub hang_bulk: Mutex<Option<usize>>,
+    /// `_bulk` requests received, and how many of them are held unanswered.
+    pub bulks_received: AtomicUsize,
+    pub bulks_hanging: AtomicUsize,
+    /// The `_id` of every document a `_bulk` wrote, in order.
+    pub written_ids: Mutex<Vec<String>>,
 }
 
 type Reply = Result<Value, (StatusCode, Value)>;
@@ -150,6 +159,10 @@ impl FakeOpenSearch {
             log: Mutex::new(Vec::new()),
             traceparents: Mutex::new(Vec::new()),
             base_url: Mutex::new(String::new()),
+            hang_bulk: Mutex::new(None),
+            bulks_received: AtomicUsize::new(0),
+            bulks_hanging: AtomicUsize::new(0),
+            written_ids: Mutex::new(Vec::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         *fake.base_url.lock().unwrap() = format!("http://{}", listener.local_addr().unwrap());
@@ -181,6 +194,15 @@ impl FakeOpenSearch {
                            "method": { "name": "hnsw", "engine": "lucene", "space_type": space_type } },
         }});
         self.create_with_mapping(name, mapping);
+    }
+
+    /// The ids of the documents an index holds (every write so far).
+    pub fn document_ids(&self, name: &str) -> Vec<String> {
+        self.indexes.lock().unwrap()[name]
+            .latest
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// The mapping of an index, as `GET <index>/_mapping` gives it under `mappings`.
@@ -238,6 +260,14 @@ impl FakeOpenSearch {
         }
         if let Err((status, body)) = self.authorize(&method, &uri, &headers, &body) {
             return (status, axum::Json(body)).into_response();
+        }
+        if method == Method::POST && path == "/_bulk" {
+            let number = self.bulks_received.fetch_add(1, Ordering::SeqCst) + 1;
+            if *self.hang_bulk.lock().unwrap() == Some(number) {
+                self.bulks_hanging.fetch_add(1, Ordering::SeqCst);
+                // Until the client goes away (its connection closes): nothing is written.
+                std::future::pending::<()>().await;
+            }
         }
         let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
             .into_owned()
@@ -574,6 +604,7 @@ impl FakeOpenSearch {
                 Some(reason) => json!({ "index": { "_index": name, "_id": id, "status": 400,
                     "error": { "type": "mapper_parsing_exception", "reason": reason } } }),
                 None => {
+                    self.written_ids.lock().unwrap().push(id.to_string());
                     let created = index.latest.insert(id.to_string(), document).is_none();
                     json!({ "index": { "_index": name, "_id": id, "_version": 1,
                         "result": if created { "created" } else { "updated" },
