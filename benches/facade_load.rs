@@ -6,7 +6,10 @@
 //! the schedule) and prints latency percentiles. Run it against the upstream
 //! directly, then through skyfuse's facade and through another gateway pointed at
 //! the same upstream: the differences are the gateways' overheads.
-//! `scripts/measure-facade.sh` runs the whole comparison.
+//! `scripts/measure-facade.sh` runs the whole comparison. `--target` may list several
+//! URLs (comma-separated): requests go to each in turn, as a round-robin load
+//! balancer would send them (`scripts/measure-replicas.sh`). `--key K` sends
+//! `authorization: Bearer K`.
 
 use std::time::{Duration, Instant};
 
@@ -39,7 +42,8 @@ fn main() {
                 .and_then(|seconds| seconds.parse().ok())
                 .unwrap_or(10.0);
             let label = arg("--label").unwrap_or_else(|| target.clone());
-            runtime.block_on(load(&label, &target, &model, qps, seconds));
+            let key = arg("--key");
+            runtime.block_on(load(&label, &target, key.as_deref(), &model, qps, seconds));
         }
         // `cargo bench` runs every bench with `--bench`: nothing to do unasked.
         _ => eprintln!(
@@ -85,23 +89,37 @@ async fn answer(body: axum::Json<Value>) -> axum::response::Response {
     .into_response()
 }
 
-async fn load(label: &str, target: &str, model: &str, qps: f64, seconds: f64) {
+async fn load(label: &str, target: &str, key: Option<&str>, model: &str, qps: f64, seconds: f64) {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)
         .build()
         .expect("a client");
-    let url = format!("{}/v1/chat/completions", target.trim_end_matches('/'));
+    let urls: Vec<String> = target
+        .split(',')
+        .map(|target| {
+            format!(
+                "{}/v1/chat/completions",
+                target.trim().trim_end_matches('/')
+            )
+        })
+        .collect();
+    let authorization = key.map(|key| format!("Bearer {key}"));
+    let post = move |http: &reqwest::Client, url: &str, body: &Value| {
+        let request = http.post(url).json(body);
+        match &authorization {
+            Some(value) => request.header("authorization", value),
+            None => request,
+        }
+    };
     let body = json!({
         "model": model,
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "max_tokens": 16,
     });
     // Warm the connection pool and both ends.
-    for _ in 0..50 {
-        let _ = http
-            .post(&url)
-            .json(&body)
+    for index in 0..50 {
+        let _ = post(&http, &urls[index % urls.len()], &body)
             .send()
             .await
             .and_then(|r| r.error_for_status());
@@ -112,12 +130,10 @@ async fn load(label: &str, target: &str, model: &str, qps: f64, seconds: f64) {
     let mut tasks = Vec::with_capacity(total);
     for index in 0..total {
         tokio::time::sleep_until((began + interval * index as u32).into()).await;
-        let http = http.clone();
-        let url = url.clone();
-        let body = body.clone();
+        let request = post(&http, &urls[index % urls.len()], &body);
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
-            let response = http.post(&url).json(&body).send().await;
+            let response = request.send().await;
             let ok = match response {
                 Ok(response) if response.status().is_success() => response.bytes().await.is_ok(),
                 _ => false,
