@@ -688,6 +688,7 @@ pub(super) fn error_response(error: &Error) -> Response {
     let status = match error.kind {
         ErrorKind::InvalidArgument | ErrorKind::ContextLength => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::AlreadyExists => StatusCode::CONFLICT,
         ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
         // An endpoint refused our own credentials: not the caller's fault.
         ErrorKind::Auth => StatusCode::BAD_GATEWAY,
@@ -717,6 +718,7 @@ fn error_json(error: &Error) -> Value {
         ErrorKind::InvalidArgument => ("invalid_request_error", "invalid_request"),
         ErrorKind::ContextLength => ("invalid_request_error", "context_length_exceeded"),
         ErrorKind::NotFound => ("invalid_request_error", "model_not_found"),
+        ErrorKind::AlreadyExists => ("invalid_request_error", "already_exists"),
         ErrorKind::Unauthenticated => ("authentication_error", "invalid_api_key"),
         ErrorKind::Auth => ("api_error", "upstream_unavailable"),
         ErrorKind::Forbidden => ("permission_error", "forbidden"),
