@@ -22,6 +22,8 @@ use skyfuse::service::Service;
 mod documents;
 #[path = "grpc_api/grpcurl.rs"]
 mod grpcurl;
+#[path = "grpc_api/residency_examples.rs"]
+mod residency_examples;
 #[path = "grpc_api/tenants.rs"]
 mod tenants;
 
@@ -51,6 +53,15 @@ struct TestServer {
 
 impl TestServer {
     async fn start(data_dir: &Path, extra_config: &str) -> Self {
+        Self::start_with_env(data_dir, extra_config, &Default::default()).await
+    }
+
+    /// [`Self::start`] with `env` as what secret locations (`env:NAME`) resolve against.
+    async fn start_with_env(
+        data_dir: &Path,
+        extra_config: &str,
+        env: &std::collections::HashMap<String, String>,
+    ) -> Self {
         let text = format!(
             r#"
             [server]
@@ -84,7 +95,7 @@ impl TestServer {
             model = model_dir().display(),
         );
         let config = Config::parse(&text, Path::new("/")).unwrap();
-        let service = Arc::new(Service::build(config, &Default::default()).await.unwrap());
+        let service = Arc::new(Service::build(config, env).await.unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let openai = TcpListener::bind("127.0.0.1:0").await.unwrap();
