@@ -1501,6 +1501,90 @@ secret_access_key = "env:META_TEST_SECRET"
     );
 }
 
+/// User metadata set through `store` reaches every chunk of its object when the index
+/// names it, whatever case the name was written in, and nothing else does.
+async fn user_metadata_reaches_every_chunk(backend: Backend, store: Arc<dyn ObjectStore>) {
+    let name = backend.name;
+    let scenario = Scenario::new(backend, "user-metadata-lib");
+    let attributes = object_store::Attributes::from_iter([
+        (
+            object_store::Attribute::Metadata("Team".into()),
+            "harbour".to_owned(),
+        ),
+        (
+            object_store::Attribute::Metadata("owner".into()),
+            "someone".to_owned(),
+        ),
+    ]);
+    let key = scenario.key("logs.jsonl");
+    let records = concat!(
+        r#"{"id": "r1", "text": "First log line."}"#,
+        "\n",
+        r#"{"id": "r2", "text": "Second log line.", "team": "port"}"#,
+        "\n"
+    );
+    store
+        .put_opts(
+            &raw_path(&key),
+            records.as_bytes().to_vec().into(),
+            object_store::PutOptions {
+                attributes,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{name}: seeding {key}: {error}"));
+    let mut job = scenario.job();
+    job.metadata_fields = vec!["team".into()];
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(report.progress.indexed, 1, "{name}: {report:?}");
+    let mut teams: Vec<(String, BTreeMap<String, String>)> = scenario
+        .store
+        .committed()
+        .into_iter()
+        .map(|chunk| {
+            let record = chunk.chunk.doc_id.rsplit('#').next().unwrap().to_owned();
+            (record, chunk.chunk.metadata.fields)
+        })
+        .collect();
+    teams.sort();
+    let team = |value: &str| BTreeMap::from([("team".to_owned(), value.to_owned())]);
+    assert_eq!(
+        teams,
+        [
+            ("r1".to_owned(), team("harbour")),
+            ("r2".to_owned(), team("port"))
+        ],
+        "{name}: the object's metadata, unless the record has its own"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_user_metadata_reaches_every_chunk_on_moto() {
+    let Some(backend) = s3_backend() else {
+        return;
+    };
+    let (endpoint, bucket) = emulator("SKYFUSE_TEST_S3_ENDPOINT").unwrap();
+    user_metadata_reaches_every_chunk(backend, Arc::new(moto_store(&endpoint, &bucket))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_user_metadata_reaches_every_chunk_on_azurite() {
+    let Some(backend) = azure_backend() else {
+        return;
+    };
+    let (endpoint, bucket) = emulator("SKYFUSE_TEST_AZURE_ENDPOINT").unwrap();
+    let store = MicrosoftAzureBuilder::new()
+        .with_account(AZURITE_ACCOUNT)
+        .with_access_key(AZURITE_KEY)
+        .with_endpoint(format!("{endpoint}/{AZURITE_ACCOUNT}"))
+        .with_allow_http(true)
+        .with_container_name(&bucket)
+        .build()
+        .unwrap();
+    user_metadata_reaches_every_chunk(backend, Arc::new(store)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_indexes_an_s3_url_with_only_the_standard_aws_variables() {
     let Some(backend) = s3_backend() else {
