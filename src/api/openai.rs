@@ -2,7 +2,9 @@
 //! streamed) and `GET /v1/models`, through the same [`Service::chat`] as `Answer`,
 //! so OpenAI SDKs, LangChain and LlamaIndex can use skyfuse as their LLM endpoint;
 //! beside them `/v1/embeddings`, `/v1/feedback`, `POST /v1/search`
-//! ([`super::http_search`]) and the OpenAPI document at `GET /v1/openapi.json`.
+//! ([`super::http_search`]) and the OpenAPI document at `GET /v1/openapi.json`. A
+//! completion with a `retrieval` object is answered from the index instead
+//! ([`super::http_answer`]).
 //!
 //! `model` is a model name, `tier:<name>` for a budget tier, or `auto` (or
 //! absent) for the default. `x-skyfuse-allowed-clouds: aws,azure` and
@@ -88,6 +90,8 @@ struct CompletionRequest {
     max_completion_tokens: Option<u32>,
     temperature: Option<f32>,
     stream_options: Option<StreamOptions>,
+    /// Answer from the index, as gRPC `Answer` does ([`super::http_answer`]).
+    retrieval: Option<super::http_answer::RetrievalBody>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,7 +295,9 @@ async fn chat_completions(
     .await;
     let to_first_token = call_start.elapsed();
     let mut response = match started {
-        Ok((started, stream, include_usage, id)) => {
+        Ok(Begun::Answered(response)) => response,
+        Ok(Begun::Chat(begun)) => {
+            let (started, stream, include_usage, id) = *begun;
             if stream {
                 let send_timeout = std::time::Duration::from_millis(
                     service.config().routing.stream_send_timeout_ms,
@@ -321,6 +327,12 @@ async fn chat_completions(
 
 type Started = (crate::route::Started, bool, bool, String);
 
+/// A chat call under way, or a completion with retrieval already answered.
+enum Begun {
+    Chat(Box<Started>),
+    Answered(Response),
+}
+
 /// Starts the call; the rate status is known once the caller is, whether the call
 /// then starts or not.
 async fn start(
@@ -328,7 +340,7 @@ async fn start(
     credentials: &Credentials,
     headers: &HeaderMap,
     body: &[u8],
-) -> (Option<RateLimitStatus>, Result<Started>) {
+) -> (Option<RateLimitStatus>, Result<Begun>) {
     // Who is calling comes first: an anonymous caller learns nothing from the body's checks.
     let principal = match service.authenticate(credentials).await {
         Ok(principal) => principal,
@@ -345,6 +357,17 @@ async fn start(
         Ok(call) => call,
         Err(error) => return (None, Err(error)),
     };
+    if let Some(retrieval) = request.retrieval {
+        let response = super::http_answer::answer_completion(
+            service,
+            &principal,
+            call,
+            retrieval,
+            request.stream,
+        )
+        .await;
+        return (None, Ok(Begun::Answered(response)));
+    }
     let id = call.id.clone();
     let rated = service.rated_chat(&principal, call).await;
     let include_usage = request
@@ -353,7 +376,7 @@ async fn start(
         .is_some_and(|options| options.include_usage);
     let started = rated
         .result
-        .map(|started| (started, request.stream, include_usage, id))
+        .map(|started| Begun::Chat(Box::new((started, request.stream, include_usage, id))))
         .map_err(Error::from);
     (rated.rate, started)
 }
@@ -593,7 +616,7 @@ fn usage_json(summary: &RouteSummary) -> Value {
     })
 }
 
-fn route_json(summary: &RouteSummary) -> Value {
+pub(super) fn route_json(summary: &RouteSummary) -> Value {
     let chosen = summary.chosen.as_ref();
     json!({
         "provider": chosen.map(|info| info.id.clone()),
@@ -622,7 +645,7 @@ fn route_json(summary: &RouteSummary) -> Value {
 /// skyfuse's own milliseconds in a call (see [`whole`]); gRPC `Search` sends the same.
 const OVERHEAD_HEADER: &str = super::retrieval::OVERHEAD_HEADER;
 
-fn route_headers(headers: &mut HeaderMap, summary: &RouteSummary) {
+pub(super) fn route_headers(headers: &mut HeaderMap, summary: &RouteSummary) {
     let mut set = |name: &'static str, value: String| {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);

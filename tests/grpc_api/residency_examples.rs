@@ -1,6 +1,6 @@
 //! The seed's three residency examples (eu / us / apac) as shipped in
 //! `docs/examples/residency.toml`, each checked over gRPC (`Answer`, `Search`) and the
-//! facade (`POST /v1/search`, the facade's retrieval).
+//! facade (`POST /v1/chat/completions` with `retrieval`, and `POST /v1/search`).
 //!
 //! The shipped file is loaded as it is; only its providers' transports change: each
 //! becomes an OpenAI-compatible fake on 127.0.0.1 with the provider's id, cloud and
@@ -327,6 +327,72 @@ async fn answer_keeps_the_example_s_data_at_home(setup: &Setup, example: &Exampl
     assert!(!bodies[0].contains(example.passage), "{name}");
 }
 
+/// `POST /v1/chat/completions` with `retrieval` over this example's data, the prompt
+/// allowed only in `allowed_regions` (the `x-skyfuse-allowed-regions` header) if any.
+async fn chat_with_retrieval(
+    setup: &Setup,
+    example: &Example,
+    allowed_regions: Option<&str>,
+) -> serde_json::Value {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", setup.server.facade))
+        .json(&serde_json::json!({
+            "messages": [{"role": "user", "content": QUESTION}],
+            "retrieval": {
+                "top_k": 5,
+                "filter": {"condition": {"field": "region", "eq": example.region}},
+            },
+        }));
+    if let Some(regions) = allowed_regions {
+        request = request.header("x-skyfuse-allowed-regions", regions);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{}: {body}", example.rule);
+    body
+}
+
+/// Over the facade's chat completions with `retrieval`: as over gRPC `Answer`.
+async fn facade_answer_keeps_the_example_s_data_at_home(setup: &Setup, example: &Example) {
+    let name = example.rule;
+    let body = chat_with_retrieval(setup, example, None).await;
+    let skyfuse = &body["skyfuse"];
+    assert_eq!(skyfuse["provider"], example.answered_by, "{name}: {body}");
+    assert_eq!(skyfuse["citations"][0]["text"], example.passage, "{name}");
+    assert_eq!(skyfuse["withheld"], serde_json::json!([]), "{name}");
+    let calls = setup.take_calls();
+    for (provider, bodies) in &calls {
+        let expected = usize::from(*provider == example.answered_by);
+        assert_eq!(bodies.len(), expected, "{name}: {provider}");
+        assert!(
+            bodies.iter().all(|body| body.contains(example.passage)),
+            "{name}: {provider}"
+        );
+    }
+
+    let body = chat_with_retrieval(setup, example, Some(example.elsewhere)).await;
+    let withheld = body["skyfuse"]["withheld"].as_array().unwrap();
+    assert_eq!(withheld.len(), 1, "{name}: {body}");
+    let reason = withheld[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "residency {:?} ({})",
+            example.rule, example.reason
+        )) && reason.contains(example.elsewhere),
+        "{name}: {reason}"
+    );
+    assert_eq!(
+        body["skyfuse"]["citations"],
+        serde_json::json!([]),
+        "{name}"
+    );
+    let calls = setup.take_calls();
+    let bodies: Vec<&String> = calls.values().flatten().collect();
+    assert_eq!(bodies.len(), 1, "{name}: answered without the passage");
+    assert!(!bodies[0].contains(example.passage), "{name}");
+}
+
 /// Over gRPC `Search` and the facade's `POST /v1/search`: a search whose results go to
 /// the rule's inference regions (its `regions`) gets that example's data and no other's,
 /// and the outcome says how many hits residency left out.
@@ -401,6 +467,7 @@ async fn the_eu_example_keeps_eu_data_on_eu_endpoints_over_grpc_and_the_facade()
         return;
     };
     answer_keeps_the_example_s_data_at_home(&setup, &EU).await;
+    facade_answer_keeps_the_example_s_data_at_home(&setup, &EU).await;
     search_keeps_the_example_s_data_at_home(&setup, &EU).await;
     setup.server.stop().await;
 }
@@ -411,6 +478,7 @@ async fn the_us_example_keeps_us_data_on_us_endpoints_over_grpc_and_the_facade()
         return;
     };
     answer_keeps_the_example_s_data_at_home(&setup, &US).await;
+    facade_answer_keeps_the_example_s_data_at_home(&setup, &US).await;
     search_keeps_the_example_s_data_at_home(&setup, &US).await;
     setup.server.stop().await;
 }
@@ -421,6 +489,7 @@ async fn the_apac_example_keeps_apac_data_on_apac_endpoints_over_grpc_and_the_fa
         return;
     };
     answer_keeps_the_example_s_data_at_home(&setup, &APAC).await;
+    facade_answer_keeps_the_example_s_data_at_home(&setup, &APAC).await;
     search_keeps_the_example_s_data_at_home(&setup, &APAC).await;
     setup.server.stop().await;
 }
