@@ -2140,6 +2140,23 @@ async fn residency_keeps_the_prompt_where_its_passages_may_go_and_says_what_it_w
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("GDPR"), "{}", refused.message());
+    // The facade's chat completion with retrieval: 403, naming the rule.
+    let (status, body) = server
+        .post_json(
+            "/v1/chat/completions",
+            serde_json::json!({
+                "messages": [{"role": "user", "content": "Where are cold archives replicated?"}],
+                "retrieval": {},
+            }),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("GDPR")),
+        "{body}"
+    );
     assert!(us_calls.lock().unwrap().is_empty());
     server.stop().await;
 }
