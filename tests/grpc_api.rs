@@ -855,6 +855,74 @@ async fn answers_stream_from_an_openai_compatible_server_with_usage_cost_and_rou
     server.stop().await;
 }
 
+/// The answer's done event, and its text.
+fn done_and_text(events: &[proto::answer_event::Event]) -> (proto::AnswerDone, String) {
+    let Some(proto::answer_event::Event::Done(done)) = events.last() else {
+        panic!("the stream ends with done: {events:?}");
+    };
+    (done.clone(), answer_text(events))
+}
+
+#[tokio::test]
+async fn a_cached_answer_is_replayed_marked_cached_at_no_cost_and_one_cut_short_is_not() {
+    let with_cache = |base_url: &str| {
+        provider_config(base_url).replacen(
+            "[answer]\n",
+            "[answer]\n        cache = { ttl_ms = 600000 }\n",
+            1,
+        )
+    };
+    let question = || proto::AnswerRequest {
+        question: "Where are cold archives replicated?".into(),
+        ..Default::default()
+    };
+    let docs = TempDir::new().unwrap();
+    write_corpus(docs.path());
+
+    let (base_url, mut requests) = fake_llm_server(SSE_ANSWER.to_string()).await;
+    let data = TempDir::new().unwrap();
+    let server = TestServer::start(data.path(), &with_cache(&base_url)).await;
+    server.index(docs.path()).await;
+    let (first, text) = done_and_text(&server.answer(question()).await);
+    assert!(!first.cached);
+    assert!(first.cost.as_ref().unwrap().usd > 0.0);
+    requests.recv().await.expect("the model was asked");
+    let (replayed, replayed_text) = done_and_text(&server.answer(question()).await);
+    assert_eq!(replayed_text, text);
+    assert!(replayed.cached, "{replayed:?}");
+    assert_eq!(replayed.cost.as_ref().unwrap().usd, 0.0);
+    assert_eq!(replayed.usage, first.usage);
+    assert_eq!(replayed.citations, first.citations);
+    assert_eq!(replayed.finish_reason, "stop");
+    let route = replayed.route.as_ref().unwrap();
+    assert_eq!(
+        (route.provider.as_str(), route.extractive),
+        ("llama", false)
+    );
+    assert!(route.attempts.is_empty(), "no deployment was called");
+    assert!(requests.try_recv().is_err(), "the model was asked once");
+    assert!(
+        server
+            .service
+            .render_metrics()
+            .contains(r#"skyfuse_cache_lookups_total{cache="answer",tier="process"} 1"#)
+    );
+    server.stop().await;
+
+    // An answer stopped at its output limit is asked again each time.
+    let cut = SSE_ANSWER.replace("\"finish_reason\":\"stop\"", "\"finish_reason\":\"length\"");
+    let (base_url, mut requests) = fake_llm_server(cut).await;
+    let data = TempDir::new().unwrap();
+    let server = TestServer::start(data.path(), &with_cache(&base_url)).await;
+    server.index(docs.path()).await;
+    for _ in 0..2 {
+        let (done, _) = done_and_text(&server.answer(question()).await);
+        assert!(done.cut_short && !done.cached, "{done:?}");
+        requests.recv().await.expect("the model was asked");
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn an_unavailable_llm_falls_back_to_a_labelled_extractive_answer_and_a_broken_stream_is_an_error()
  {

@@ -169,6 +169,7 @@ fn answer_done(summary: AnswerSummary) -> proto::AnswerDone {
             .collect(),
         residency_regions: summary.residency.regions,
         overhead_ms: summary.overhead.as_secs_f64() * 1000.0,
+        cached: summary.cached,
         cited: summary.cited.cited,
         invalid_citations: summary.cited.invalid,
         cut_short,

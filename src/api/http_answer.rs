@@ -107,6 +107,7 @@ fn completion(id: &str, text: String, summary: &AnswerSummary) -> Response {
     let mut skyfuse = route_json(&summary.route);
     skyfuse["answer_id"] = json!(summary.answer_id);
     skyfuse["cut_short"] = json!(summary.cut_short());
+    skyfuse["cached"] = json!(summary.cached);
     skyfuse["residency_regions"] = json!(summary.residency.regions);
     skyfuse["egress_usd"] = json!(summary.egress.total_usd());
     skyfuse["total_usd"] = json!(summary.total_cost_usd());

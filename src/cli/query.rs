@@ -124,11 +124,16 @@ pub async fn run_ask(channel: Channel, request: proto::AnswerRequest) -> Result<
                 }
                 let usage = done.usage.unwrap_or_default();
                 println!(
-                    "usage: {} in, {} out{}; cost ${:.6}",
+                    "usage: {} in, {} out{}; cost ${:.6}{}",
                     usage.input_tokens,
                     usage.output_tokens,
                     if usage.estimated { " (estimated)" } else { "" },
-                    done.cost.unwrap_or_default().usd
+                    done.cost.unwrap_or_default().usd,
+                    if done.cached {
+                        " (replayed from the answer cache)"
+                    } else {
+                        ""
+                    }
                 );
                 print_outcomes(&done.sources, done.degraded);
                 if !done.invalid_citations.is_empty() {

@@ -72,6 +72,9 @@ pub fn route_explain(
             view.capacity,
             view.egress_usd,
         );
+        if let Some(quota) = &view.quota {
+            println!("       quota: {quota}");
+        }
         for (passage, refusal) in &view.verdicts {
             match refusal {
                 None => println!("       {passage}: allowed"),

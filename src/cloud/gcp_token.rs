@@ -6,7 +6,7 @@
 //! it was not given. Workload identity federation (an `external_account` file in
 //! place of the key) is [`crate::cloud::gcp_external_account`].
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use serde::Deserialize;
@@ -25,8 +25,6 @@ use crate::error::{Error, ErrorKind, Result};
 pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 pub const DEFAULT_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
-/// A token is replaced once less than this is left of its life.
-const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
 #[derive(Debug)]
 pub enum GcpTokenSource {
@@ -67,8 +65,11 @@ impl GcpTokenSource {
     /// The same source reading time from `clock` where it renews through
     /// [`TokenCache`] (tests move it instead of sleeping).
     pub fn with_clock(mut self, clock: Clock) -> Self {
-        if let Self::ExternalAccount(tokens) = &mut self {
-            tokens.cache = TokenCache::new(clock);
+        match &mut self {
+            Self::Static(_) => {}
+            Self::ServiceAccount(tokens) => tokens.cached = TokenCache::new(clock),
+            Self::Metadata(tokens) => tokens.cached = TokenCache::new(clock),
+            Self::ExternalAccount(tokens) => tokens.cache = TokenCache::new(clock),
         }
         self
     }
@@ -86,7 +87,7 @@ pub struct MetadataTokens {
     token_url: String,
     http: reqwest::Client,
     timeout: Duration,
-    cached: tokio::sync::Mutex<Option<(Secret, Instant)>>,
+    cached: TokenCache,
 }
 
 impl MetadataTokens {
@@ -101,29 +102,24 @@ impl MetadataTokens {
             token_url: format!("{}{METADATA_TOKEN_PATH}", base.trim_end_matches('/')),
             http,
             timeout,
-            cached: tokio::sync::Mutex::new(None),
+            cached: TokenCache::default(),
         }
     }
 
     pub async fn access_token(&self) -> Result<Secret> {
-        let mut cached = self.cached.lock().await;
-        if let Some((token, refresh_at)) = cached.as_ref()
-            && Instant::now() < *refresh_at
-        {
-            return Ok(token.clone());
-        }
-        let response = self
-            .http
-            .get(&self.token_url)
-            .header("metadata-flavor", "Google")
-            .timeout(self.timeout)
-            .send()
+        self.cached
+            .get("gce metadata server", || async {
+                let response = self
+                    .http
+                    .get(&self.token_url)
+                    .header("metadata-flavor", "Google")
+                    .timeout(self.timeout)
+                    .send()
+                    .await
+                    .map_err(|error| transport_error("gce metadata server", &error))?;
+                read_token("gce metadata server", response).await
+            })
             .await
-            .map_err(|error| transport_error("gce metadata server", &error))?;
-        let (token, lifetime) = read_token("gce metadata server", response).await?;
-        let keep = lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
-        *cached = Some((token.clone(), crate::time_caps::later(Instant::now(), keep)));
-        Ok(token)
     }
 }
 
@@ -185,8 +181,7 @@ pub struct ServiceAccountTokens {
     scope: String,
     http: reqwest::Client,
     timeout: Duration,
-    /// Held across a refresh so concurrent callers wait for one exchange.
-    cached: tokio::sync::Mutex<Option<(Secret, Instant)>>,
+    cached: TokenCache,
 }
 
 impl ServiceAccountTokens {
@@ -220,21 +215,14 @@ impl ServiceAccountTokens {
             scope: CLOUD_PLATFORM_SCOPE.to_string(),
             http,
             timeout,
-            cached: tokio::sync::Mutex::new(None),
+            cached: TokenCache::default(),
         })
     }
 
     pub async fn access_token(&self) -> Result<Secret> {
-        let mut cached = self.cached.lock().await;
-        if let Some((token, refresh_at)) = cached.as_ref()
-            && Instant::now() < *refresh_at
-        {
-            return Ok(token.clone());
-        }
-        let (token, lifetime) = self.exchange().await?;
-        let keep = lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
-        *cached = Some((token.clone(), crate::time_caps::later(Instant::now(), keep)));
-        Ok(token)
+        self.cached
+            .get("google service account", || self.exchange())
+            .await
     }
 
     /// The signed assertion: `base64url(header).base64url(claims).base64url(signature)`.

@@ -18,6 +18,29 @@ pub struct AnswerConfig {
     pub max_output_tokens_limit: u32,
     /// What a conversation's answer retrieves with.
     pub retrieval_query: RetrievalQuery,
+    /// Keeps finished answers to replay them for the same question over the same
+    /// passages (`[answer.cache]`); none: every answer asks the model.
+    pub cache: Option<AnswerCacheConfig>,
+}
+
+/// `[answer.cache]`: finished model answers, replayed without a model call. In
+/// process, and in Redis too when `[shared_state]` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnswerCacheConfig {
+    /// How long an answer is replayed after it was given.
+    pub ttl_ms: u64,
+    /// Answers kept in this process (the least recently used leave first).
+    pub entries: usize,
+}
+
+impl Default for AnswerCacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 600_000,
+            entries: 1_024,
+        }
+    }
 }
 
 /// The search query of an answer asked as a conversation.
@@ -41,6 +64,7 @@ impl Default for AnswerConfig {
             max_output_tokens: 512,
             max_output_tokens_limit: 8192,
             retrieval_query: RetrievalQuery::default(),
+            cache: None,
         }
     }
 }

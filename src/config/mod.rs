@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use answer::{AnswerConfig, RetrievalQuery};
+pub use answer::{AnswerCacheConfig, AnswerConfig, RetrievalQuery};
 pub use aws::{AwsKeyLocations, AwsKeys};
 pub use bucket::{AZURE_SCHEMES, BucketConfig, BucketCredentialsConfig, GCS_SCHEMES, S3_SCHEMES};
 pub use caller::{CallerConfig, is_sha256_hex};
@@ -342,6 +342,17 @@ impl Config {
             if space.dims == 0 {
                 problems.push(format!("space {:?}: dims must be at least 1", space.id));
             }
+            if space.shared_query_cache && self.shared_state.is_none() {
+                problems.push(format!(
+                    "space {:?}: shared_query_cache needs a [shared_state] table (the Redis the replicas share)",
+                    space.id
+                ));
+            }
+        }
+        if let Some(cache) = &self.answer.cache
+            && (cache.ttl_ms == 0 || cache.entries == 0)
+        {
+            problems.push("answer.cache: ttl_ms and entries must be at least 1".into());
         }
         // Checked against the providers further down, once their ids are known.
 

@@ -21,6 +21,9 @@ pub struct SharedStateConfig {
     /// The most one Redis call may take before the kind's `on_unavailable` applies.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// How long a query vector of a space with `shared_query_cache` stays in Redis.
+    #[serde(default = "default_query_cache_ttl_ms")]
+    pub query_cache_ttl_ms: u64,
 }
 
 /// Per kind of state: what a call does when Redis does not answer in time.
@@ -59,6 +62,11 @@ fn default_timeout_ms() -> u64 {
     50
 }
 
+/// A day: the key names the model, so a vector never goes stale while it lives.
+fn default_query_cache_ttl_ms() -> u64 {
+    86_400_000
+}
+
 /// The longest `timeout_ms` allowed: a request must never wait long on Redis.
 pub const MAX_SHARED_STATE_TIMEOUT_MS: u64 = 10_000;
 
@@ -80,6 +88,9 @@ impl SharedStateConfig {
             problems.push(format!(
                 "shared_state.timeout_ms must be between 1 and {MAX_SHARED_STATE_TIMEOUT_MS}"
             ));
+        }
+        if self.query_cache_ttl_ms == 0 {
+            problems.push("shared_state.query_cache_ttl_ms must be at least 1".into());
         }
         if self.on_unavailable.cooldowns == FailMode::Closed {
             // A cooldown that does not arrive costs one extra upstream try, which the

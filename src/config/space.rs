@@ -44,6 +44,11 @@ pub struct SpaceConfig {
     /// `matryoshka` share one query embedding at the largest dimension among them.
     #[serde(default)]
     pub matryoshka: bool,
+    /// Keeps this space's query vectors in the shared state (`[shared_state]`'s
+    /// Redis) too, so a query embedded by one replica is not embedded again by
+    /// another. In a Matryoshka family, the space embedded (the largest) decides.
+    #[serde(default)]
+    pub shared_query_cache: bool,
 }
 
 impl SpaceConfig {

@@ -42,7 +42,7 @@ pub struct TracesConfig {
     #[serde(default)]
     pub headers: BTreeMap<String, SecretLocation>,
     /// PEM file of the CA that signed an `https` collector's certificate, trusted
-    /// besides the usual roots (`http/protobuf` only).
+    /// besides the system's roots (either protocol).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
 }

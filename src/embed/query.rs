@@ -12,10 +12,11 @@ use crate::config::Metric;
 use crate::embed::adapter::LinearAdapter;
 use crate::embed::normalize::shape_vector;
 use crate::embed::query_cache::QueryCache;
-pub use crate::embed::query_cache::QueryCacheSettings;
+pub use crate::embed::query_cache::{QueryCacheSettings, SharedVectors};
 use crate::embed::space::{SpaceEmbedder, Within};
 use crate::embed::{Embedder, Purpose};
 use crate::error::{Error, Result};
+use crate::telemetry::Metrics;
 
 /// The spaces of one request that share a query embedding.
 pub struct Family<'a> {
@@ -40,7 +41,21 @@ pub struct QueryEmbedder {
     /// Target space -> adapters into it, in the order they are tried.
     adapters: HashMap<String, Vec<Arc<LinearAdapter>>>,
     cache: QueryCache,
+    /// The replicas' tier, for the spaces that opted in.
+    shared: Option<SharedTier>,
+    /// Counts where each lookup was answered.
+    metrics: Option<Arc<Metrics>>,
 }
+
+#[derive(Clone)]
+struct SharedTier {
+    vectors: Arc<dyn SharedVectors>,
+    /// Space id -> its namespace in the tier (the space and its model's fingerprint).
+    namespaces: HashMap<String, String>,
+}
+
+/// The name of the query-embedding cache in `skyfuse_cache_lookups_total`.
+const CACHE_NAME: &str = "query_embedding";
 
 impl QueryEmbedder {
     /// `family_keys` maps a space to a key shared by spaces that may share one query
@@ -55,7 +70,31 @@ impl QueryEmbedder {
             family_keys,
             adapters: HashMap::new(),
             cache: QueryCache::new(cache),
+            shared: None,
+            metrics: None,
         }
+    }
+
+    /// Looks query vectors of the spaces in `namespaces` (space id -> namespace) up
+    /// in `vectors` after this process's cache, and keeps new ones there.
+    pub fn sharing(
+        mut self,
+        vectors: Arc<dyn SharedVectors>,
+        namespaces: HashMap<String, String>,
+    ) -> Self {
+        if !namespaces.is_empty() {
+            self.shared = Some(SharedTier {
+                vectors,
+                namespaces,
+            });
+        }
+        self
+    }
+
+    /// Counts each lookup in `skyfuse_cache_lookups_total{cache="query_embedding"}`.
+    pub fn counting(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Adds adapters fitted by `skyfuse calibrate`; one whose sizes do not match its
@@ -181,21 +220,54 @@ impl QueryEmbedder {
         within: Option<Within>,
     ) -> Result<Arc<Vec<f32>>> {
         let key = (family.key.clone(), family.dims, query.to_string());
+        let metrics = self.metrics.clone();
+        let count = move |tier| {
+            if let Some(metrics) = &metrics {
+                metrics.record_cache_lookup(CACHE_NAME, tier);
+            }
+        };
+        if let Some(vector) = self.cache.lookup(&key) {
+            count("process");
+            return Ok(vector);
+        }
         let embedder = family.embedder.clone();
+        let shared = self.shared.as_ref().and_then(|tier| {
+            let namespace = tier.namespaces.get(&embedder.space().id)?;
+            Some((tier.vectors.clone(), namespace.clone()))
+        });
         let (dims, query) = (family.dims, query.to_string());
         self.cache
             .get_or_embed(
                 key,
                 crate::telemetry::trace::carry(async move {
-                    let mut vectors = embedder
-                        .embed_within(&[query], Purpose::Query, dims, within.as_ref())
-                        .await?;
-                    match vectors.len() {
-                        1 => Ok(Arc::new(vectors.remove(0))),
-                        n => Err(Error::unavailable(format!(
-                            "the embedder returned {n} vectors for one query"
-                        ))),
+                    if let Some((vectors, namespace)) = &shared
+                        && let Some(vector) = vectors.get(namespace, dims, &query).await
+                    {
+                        count("redis");
+                        return Ok(Arc::new(vector));
                     }
+                    count("miss");
+                    let mut vectors = embedder
+                        .embed_within(
+                            std::slice::from_ref(&query),
+                            Purpose::Query,
+                            dims,
+                            within.as_ref(),
+                        )
+                        .await?;
+                    let vector = match vectors.len() {
+                        1 => vectors.remove(0),
+                        n => {
+                            return Err(Error::unavailable(format!(
+                                "the embedder returned {n} vectors for one query"
+                            )));
+                        }
+                    };
+                    // Kept before the search goes on, so the next replica finds it.
+                    if let Some((shared_vectors, namespace)) = &shared {
+                        shared_vectors.put(namespace, &query, &vector).await;
+                    }
+                    Ok(Arc::new(vector))
                 }),
             )
             .await

@@ -25,6 +25,21 @@ pub struct QueryCacheSettings {
 
 /// (family key, dimension, query text).
 pub type CacheKey = (String, usize, String);
+
+/// A second tier of query vectors that replicas share (Redis), behind the
+/// in-process one. It fails open: a tier that cannot answer in time reports a miss,
+/// and a vector it cannot keep is simply not kept.
+pub trait SharedVectors: Send + Sync {
+    /// The vector of `query` at `dims` in `namespace` (a space and its model), if kept.
+    fn get(
+        &self,
+        namespace: &str,
+        dims: usize,
+        query: &str,
+    ) -> BoxFuture<'static, Option<Vec<f32>>>;
+    /// Keeps `vector` for `query`; done when the tier has it or gave up.
+    fn put(&self, namespace: &str, query: &str, vector: &[f32]) -> BoxFuture<'static, ()>;
+}
 type Vector = Arc<Vec<f32>>;
 type Flight = Shared<BoxFuture<'static, Result<Vector>>>;
 
@@ -49,6 +64,11 @@ impl QueryCache {
                 in_flight: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// The vector kept for `key` in this process, if still fresh.
+    pub fn lookup(&self, key: &CacheKey) -> Option<Vector> {
+        self.state.fresh(key)
     }
 
     /// The vector for `key`: fresh from the cache, shared with an identical call in

@@ -96,6 +96,9 @@ pub struct CandidateView {
     /// Every region it may use (several for a multi-region endpoint).
     pub regions: Vec<String>,
     pub capacity: &'static str,
+    /// Its quota at the provider, e.g. `600 requests/min, 90000 tokens/min`; None
+    /// when unlimited.
+    pub quota: Option<String>,
     pub token_usd: Option<f64>,
     pub egress_usd: f64,
     /// Per passage kind: its label and, when refused, why.
@@ -170,6 +173,7 @@ pub fn explain(plan: &Plan, residency: &Residency, passages: &[PassageSpec]) -> 
                 } else {
                     "on-demand"
                 },
+                quota: quota_text(&candidate.deployment.quota),
                 token_usd: candidate.max_cost_usd,
                 egress_usd: candidate.egress_usd,
                 verdicts,
@@ -181,6 +185,20 @@ pub fn explain(plan: &Plan, residency: &Residency, passages: &[PassageSpec]) -> 
         residency: summary,
         candidates,
     }
+}
+
+/// A deployment's quota as `route explain` shows it.
+fn quota_text(quota: &crate::limits::rate::RateLimits) -> Option<String> {
+    let parts: Vec<String> = [
+        quota
+            .requests_per_minute
+            .map(|n| format!("{n} requests/min")),
+        quota.tokens_per_minute.map(|n| format!("{n} tokens/min")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 #[cfg(test)]
@@ -214,6 +232,7 @@ mod tests {
     #[test]
     fn each_candidate_shows_its_verdicts_costs_capacity_and_outcome() {
         let deployment = |id: &str, cloud: &str, region: &str, dedicated: bool, input: f64| {
+            let quota = dedicated.then_some(600);
             let provider: Arc<Scripted> = Arc::new(
                 Scripted::new(id, "m", cloud, dedicated, Script::answer("hi")).in_region(region),
             );
@@ -227,8 +246,8 @@ mod tests {
                 output_per_1m_usd: Some(input),
                 cached_input_per_1m_usd: None,
                 regions: Vec::new(),
-                requests_per_minute: None,
-                tokens_per_minute: None,
+                requests_per_minute: quota,
+                tokens_per_minute: quota.map(|requests| u64::from(requests) * 150),
             };
             let catalog = crate::route::Catalog::default();
             let breaker = Router::breaker_settings(&Default::default());
@@ -289,12 +308,17 @@ mod tests {
         let eu = view("eu/");
         assert!(eu.outcome.starts_with("chosen"), "{eu:?}");
         assert_eq!(eu.capacity, "dedicated");
+        assert_eq!(
+            eu.quota.as_deref(),
+            Some("600 requests/min, 90000 tokens/min")
+        );
         assert!(eu.verdicts.iter().all(|(_, refusal)| refusal.is_none()));
         assert!(eu.egress_usd > 0.0, "the US passage moves to Azure");
         let us = view("us/");
         assert!(us.outcome.starts_with("skipped (residency)"), "{us:?}");
         assert!(us.outcome.contains("GDPR"), "{}", us.outcome);
         assert_eq!(us.capacity, "on-demand");
+        assert_eq!(us.quota, None, "no quota: unlimited");
         let refused: Vec<&str> = us
             .verdicts
             .iter()

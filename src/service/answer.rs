@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::cached_answer;
 use super::chat::{ChatCall, ChatEntrance, ChatFailure};
 use super::egress::{self, AnswerTransfer};
 use super::feedback::CitedPassages;
@@ -20,6 +21,7 @@ use crate::llm::{ChatMessage, Role, Usage};
 use crate::policy::egress::{EgressBill, LOCAL_CLOUD, Spot};
 use crate::retrieve::{FusedHit, SourceOutcome};
 use crate::route::{RouteEvent, RouteSummary};
+use crate::state::AnswerCache;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::answered_by;
 
@@ -85,6 +87,9 @@ pub struct AnswerSummary {
     pub overhead: Duration,
     /// What moving the context (and the prompt) between clouds cost.
     pub egress: EgressBill,
+    /// Replayed from `[answer.cache]`: no model was called and nothing was charged
+    /// (`cost_usd` is 0; `usage` is what the answer took when it was made).
+    pub cached: bool,
 }
 
 impl AnswerSummary {
@@ -198,6 +203,7 @@ impl Service {
             residency,
             overhead: Duration::ZERO,
             egress: EgressBill::default(),
+            cached: false,
         };
         let transfer = AnswerTransfer::of(Arc::clone(&self.egress), &search.hits[..passages_used]);
         let waited_on_sources = search.longest_source();
@@ -219,6 +225,39 @@ impl Service {
                 .iter()
                 .map(|d| (d.info().cloud.as_str(), d.info().region.as_str()));
             call.egress_usd_by_cloud = transfer.usd_by_place(places);
+        }
+        let send_timeout = Duration::from_millis(self.config.routing.stream_send_timeout_ms);
+        // Replayed when the same call over the same passages was answered before: no
+        // model call, no budget.
+        let cache_key = self.answer_cache.as_ref().map(|_| {
+            let caller = principal.permissions().chat_caller(principal.id()).ok();
+            let routing = &self.config.routing;
+            let asked_of = cached_answer::AskedOf {
+                model: call.model.as_deref(),
+                tier: call.tier.as_deref(),
+                default_model: routing.default_model.as_deref(),
+                default_tier: routing.default_tier.as_deref(),
+            };
+            cached_answer::answer_key(
+                &call,
+                &asked_of,
+                caller.as_ref(),
+                &request.namespace,
+                &search.hits[..passages_used],
+            )
+        });
+        if let (Some(cache), Some(key)) = (&self.answer_cache, &cache_key)
+            && let Some(answer) = cache.get(key).await
+        {
+            let summary = AnswerSummary {
+                overhead: entered.elapsed().saturating_sub(waited_on_sources),
+                egress: self.extractive_egress(&transfer),
+                ..summary
+            };
+            tokio::spawn(async move {
+                cached_answer::replay(sender, &answer, summary, send_timeout).await;
+            });
+            return Ok(receiver);
         }
         let prompt_bytes = call
             .messages
@@ -254,7 +293,6 @@ impl Service {
                 return Ok(receiver);
             }
         };
-        let send_timeout = Duration::from_millis(self.config.routing.stream_send_timeout_ms);
         let overhead = entered
             .elapsed()
             .saturating_sub(waited_on_sources + started.attempts_time());
@@ -268,6 +306,7 @@ impl Service {
             passages: passages_used,
             transfer,
             prompt_bytes,
+            keep: self.answer_cache.clone().zip(cache_key),
         };
         tokio::spawn(forward(
             started.into_events(),
@@ -327,12 +366,17 @@ async fn forward(
     send_timeout: Duration,
     witness: Witness,
 ) {
-    // The answer's text, to check its citations when it ends (bounded by its tokens).
+    // The answer's text, to check its citations when it ends (bounded by its tokens),
+    // and its pieces as streamed when it may be kept for replay.
     let mut text = String::new();
+    let mut pieces = Vec::new();
     loop {
         let (event, last) = match events.recv().await {
             Some(RouteEvent::Token(token)) => {
                 text.push_str(&token);
+                if witness.keep.is_some() {
+                    pieces.push(token.clone());
+                }
                 (AnswerEvent::Token(token), false)
             }
             Some(RouteEvent::Done(route)) => {
@@ -343,6 +387,13 @@ async fn forward(
                 summary.cited = CitedPassages::of(&text, witness.passages);
                 summary.egress = witness.moved(&summary.route);
                 witness.answered(&summary);
+                // Kept before `Done` goes out: a caller that asks again next finds it.
+                if let Some((cache, key)) = &witness.keep
+                    && let Some(answer) =
+                        cached_answer::to_keep(std::mem::take(&mut pieces), &summary.route)
+                {
+                    cache.keep(key, answer).await;
+                }
                 (AnswerEvent::Done(Box::new(summary.clone())), true)
             }
             Some(RouteEvent::Failed(error, _)) => (AnswerEvent::Failed(error), true),
@@ -369,6 +420,8 @@ struct Witness {
     /// The context's bytes, priced once the answering deployment's cloud is known.
     transfer: AnswerTransfer,
     prompt_bytes: u64,
+    /// Where a complete answer is kept for replay, and under which key.
+    keep: Option<(Arc<AnswerCache>, String)>,
 }
 
 impl Witness {

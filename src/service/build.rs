@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sha2::Digest;
+
 use crate::config::{
     Config, LOCAL_PROVIDER, ProviderConfig, RoutingConfig, SpaceConfig, StoreConfig,
 };
@@ -20,9 +22,11 @@ use crate::embed::{Embedder, EmbeddingProvider, EmbeddingSpace};
 use crate::error::{Error, Result};
 use crate::llm::ChatTarget;
 use crate::route::{Catalog, Deployment, Router};
+use crate::state::{RedisQueryVectors, SharedState};
 use crate::stores::lock::DataDirLock;
 use crate::stores::open::OpenContext;
 use crate::stores::{self, Source};
+use crate::telemetry::Metrics;
 
 /// The embedder of every space, and the query embedder search uses over them.
 pub(super) struct Embedders {
@@ -34,9 +38,13 @@ pub(super) async fn embedders(
     config: &Config,
     env: &HashMap<String, String>,
     http: &reqwest::Client,
+    shared_state: &SharedState,
+    metrics: &Arc<Metrics>,
 ) -> Result<Embedders> {
     let mut by_space = HashMap::new();
     let mut family_keys = HashMap::new();
+    // Spaces whose query vectors replicas share: space id -> namespace.
+    let mut shared_namespaces = HashMap::new();
     // Spaces over the same model directory share one loaded model, and spaces served by
     // the same provider share its endpoint (credentials, token cache, connections).
     let mut local_models: HashMap<String, LocalEmbedder> = HashMap::new();
@@ -62,6 +70,10 @@ pub(super) async fn embedders(
         if let Some(key) = family_key(space) {
             family_keys.insert(space.id.clone(), key);
         }
+        if space.shared_query_cache {
+            let namespace = format!("{}:{}", space.id, model_fingerprint(space).await);
+            shared_namespaces.insert(space.id.clone(), namespace);
+        }
     }
     let cache = QueryCacheSettings {
         entries: config.search.query_cache_entries,
@@ -69,9 +81,47 @@ pub(super) async fn embedders(
     };
     // Adapters fitted by `skyfuse calibrate`, picked up at startup.
     let adapters = LinearAdapter::load_all(&config.server.data_dir)?;
-    let query =
-        Arc::new(QueryEmbedder::new(by_space.clone(), family_keys, cache).with_adapters(adapters)?);
-    Ok(Embedders { by_space, query })
+    let mut query = QueryEmbedder::new(by_space.clone(), family_keys, cache)
+        .with_adapters(adapters)?
+        .counting(Arc::clone(metrics));
+    if let (Some(store), Some(shared)) = (shared_state.redis(), &config.shared_state) {
+        let ttl = Duration::from_millis(shared.query_cache_ttl_ms);
+        let vectors = Arc::new(RedisQueryVectors::new(Arc::clone(store), ttl));
+        query = query.sharing(vectors, shared_namespaces);
+    }
+    Ok(Embedders {
+        by_space,
+        query: Arc::new(query),
+    })
+}
+
+/// What a space's vectors depend on, hashed: its model and the id each provider
+/// knows it by, dimension, metric and truncation; for the in-process model also the
+/// size of its weights, so replacing the files in place changes it. A change gives
+/// the space new shared cache keys: no vector of the old model is served.
+async fn model_fingerprint(space: &SpaceConfig) -> String {
+    let providers: Vec<String> = space
+        .providers()
+        .map(|provider| format!("{provider}={}", space.model_at(provider)))
+        .collect();
+    let weights = if space.provider == LOCAL_PROVIDER {
+        let path = Path::new(&space.model).join("model.safetensors");
+        tokio::fs::metadata(&path)
+            .await
+            .map_or(0, |metadata| metadata.len())
+    } else {
+        0
+    };
+    let identity = format!(
+        "{}|{}|{:?}|{}|{}|{weights}",
+        space.model,
+        space.dims,
+        space.metric,
+        space.matryoshka,
+        providers.join(",")
+    );
+    let digest = sha2::Sha256::digest(identity.as_bytes());
+    hex::encode(&digest[..8])
 }
 
 async fn space_embedder(

@@ -3,6 +3,7 @@
 mod answer;
 mod bucket_options;
 mod build;
+mod cached_answer;
 mod calibrate;
 mod chat;
 mod documents;
@@ -46,7 +47,7 @@ use crate::policy::placement;
 use crate::policy::residency::Residency;
 use crate::retrieve::{Retriever, SearchRequest, SearchResult};
 use crate::route::Router;
-use crate::state::SharedState;
+use crate::state::{AnswerCache, SharedState};
 use crate::stores::lock::DataDirLock;
 use crate::stores::{SourceInfo, StoreKind};
 use crate::telemetry::{Metrics, Tracing};
@@ -135,6 +136,8 @@ pub struct Service {
     egress: Arc<EgressPrices>,
     /// Budgets, rate limits and cooldowns: in process, or shared by replicas (Redis).
     shared_state: SharedState,
+    /// Finished answers for replay (`[answer.cache]`); None: off.
+    answer_cache: Option<Arc<AnswerCache>>,
 }
 
 impl Service {
@@ -145,16 +148,17 @@ impl Service {
         // Before any store opens: the dense store loads its snapshot at open.
         let data_dir_lock = build::data_dir_lock(&config)?;
         let http = build::http_client()?;
-        let build::Embedders { by_space, query } = build::embedders(&config, env, &http).await?;
+        let metrics: Arc<Metrics> = Arc::default();
+        let shared_state =
+            SharedState::from_config(config.shared_state.as_ref(), env, Arc::clone(&metrics))?;
+        let build::Embedders { by_space, query } =
+            build::embedders(&config, env, &http, &shared_state, &metrics).await?;
         let embedders = by_space
             .into_iter()
             .map(|(space, embedder)| (space, embedder as Arc<dyn Embedder>))
             .collect();
         let sources = build::sources(&config, env).await?;
         let authenticator = build::authenticator(&config, env, &http)?;
-        let metrics: Arc<Metrics> = Arc::default();
-        let shared_state =
-            SharedState::from_config(config.shared_state.as_ref(), env, Arc::clone(&metrics))?;
         let router = build::router(&config, env, &http)?.map(|mut router| {
             router.share_state(shared_state.clone());
             Arc::new(router)
@@ -180,6 +184,13 @@ impl Service {
         let extractor = build::extractor(&config.ingest)?;
         let traces = Tracing::from_config(config.telemetry.traces.as_ref(), env)?;
         let residency = Residency::new(config.residency.clone(), config.residency_policy.clone());
+        let answer_cache = config.answer.cache.map(|cache| {
+            Arc::new(AnswerCache::new(
+                &cache,
+                shared_state.redis().cloned(),
+                Arc::clone(&metrics),
+            ))
+        });
         Ok(Self {
             traces,
             residency,
@@ -201,6 +212,7 @@ impl Service {
             rate_limiter: Arc::new(
                 RateLimiter::from_config(&config.limits).sharing(shared_state.clone()),
             ),
+            answer_cache,
             shared_state,
             call_limit: CallLimit::new(config.server.max_concurrent_calls),
             _data_dir_lock: data_dir_lock,

@@ -11,21 +11,27 @@
 //! - Cooldowns: a replica whose deployment is throttled (Retry-After) or whose
 //!   breaker opens publishes "hold off until"; every replica applies it to its own
 //!   breaker from a background subscriber, so the hot path makes no extra round trip.
+//! - Caches ([`RedisQueryVectors`], [`AnswerCache`]): query vectors of the spaces that
+//!   opt in, and finished answers; a Redis that fails is a miss.
 //!
 //! Each Redis call is bounded by `timeout_ms`; past it, or on any error, the kind
 //! fails open (this replica decides alone, from its in-process state) or closed
 //! (`UNAVAILABLE`), as `on_unavailable` says, and the failure is counted in
 //! `skyfuse_shared_state_errors_total{kind}`.
 
+mod answer_cache;
 mod budget_ledger;
 mod budgets;
+mod embedding_cache;
 mod redis_store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use answer_cache::{AnswerCache, AnsweredBy, CachedAnswer};
 pub use budget_ledger::{Balance, BudgetLedger, LocalReservation, until_next_day, utc_day};
 pub use budgets::{BudgetRefusal, Budgets, Reservation};
+pub use embedding_cache::RedisQueryVectors;
 pub use redis_store::{
     BudgetVerdict, RateCell, RateSubject, RateVerdict, RedisStore, SharedStateError, StateKind,
 };

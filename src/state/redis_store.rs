@@ -123,6 +123,10 @@ pub enum StateKind {
     Budgets,
     RateLimits,
     Cooldowns,
+    /// Query vectors (`[[space]] shared_query_cache`); always fails open (a miss).
+    EmbeddingCache,
+    /// Finished answers (`[answer.cache]`); always fails open (a miss).
+    AnswerCache,
 }
 
 impl StateKind {
@@ -131,6 +135,8 @@ impl StateKind {
             StateKind::Budgets => "budgets",
             StateKind::RateLimits => "rate_limits",
             StateKind::Cooldowns => "cooldowns",
+            StateKind::EmbeddingCache => "embedding_cache",
+            StateKind::AnswerCache => "answer_cache",
         }
     }
 }
@@ -256,6 +262,8 @@ impl RedisStore {
             StateKind::Budgets => self.on_unavailable.budgets,
             StateKind::RateLimits => self.on_unavailable.rate_limits,
             StateKind::Cooldowns => self.on_unavailable.cooldowns,
+            // A cache that cannot answer is a miss: the work is done again.
+            StateKind::EmbeddingCache | StateKind::AnswerCache => FailMode::Open,
         }
     }
 
@@ -423,6 +431,33 @@ impl RedisStore {
             )
             .await?;
         Ok(())
+    }
+
+    /// The bytes a cache of `kind` keeps under `key`; None when absent or expired.
+    pub async fn get_bytes(
+        &self,
+        kind: StateKind,
+        key: &str,
+    ) -> std::result::Result<Option<Vec<u8>>, SharedStateError> {
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("GET");
+        command.arg(key);
+        self.call(kind, command.query_async(&mut connection)).await
+    }
+
+    /// Keeps `value` under `key` for `ttl` (at least a millisecond).
+    pub async fn set_bytes(
+        &self,
+        kind: StateKind,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> std::result::Result<(), SharedStateError> {
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("SET");
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        command.arg(key).arg(value).arg("PX").arg(ttl_ms);
+        self.call(kind, command.query_async(&mut connection)).await
     }
 
     fn cooldown_key(&self, deployment: &str) -> String {

@@ -9,6 +9,7 @@
 //! so `commit` has nothing left to do. Each search carries the time left before its
 //! deadline as Qdrant's own `timeout`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
@@ -77,6 +78,15 @@ impl QdrantStore {
         &self.client
     }
 
+    /// The client for one call: within a trace, one that sends its `traceparent` (a
+    /// light clone sharing the connection pool), so Qdrant's own traces join ours.
+    fn traced(&self) -> Cow<'_, Qdrant> {
+        match crate::telemetry::trace::current_traceparent() {
+            Some(traceparent) => Cow::Owned(self.client.with_header("traceparent", traceparent)),
+            None => Cow::Borrowed(&self.client),
+        }
+    }
+
     async fn ensure_checked(&self) -> Result<()> {
         self.checked
             .get_or_try_init(|| self.check_collection())
@@ -87,7 +97,7 @@ impl QdrantStore {
     async fn check_collection(&self) -> Result<()> {
         let name = &self.settings.name;
         let info = self
-            .client
+            .traced()
             .collection_info(GetCollectionInfoRequest {
                 collection_name: name.clone(),
             })
@@ -146,7 +156,7 @@ impl QdrantStore {
             .iter()
             .map(|name| (format!("{}.{name}", fields::METADATA), FieldType::Keyword));
         for (field, field_type) in keywords.chain(integers).chain(metadata) {
-            self.client
+            self.traced()
                 .create_field_index(CreateFieldIndexCollection {
                     collection_name: self.settings.name.clone(),
                     wait: Some(true),
@@ -174,7 +184,7 @@ impl QdrantStore {
         };
         let name = &self.settings.name;
         let created = self
-            .client
+            .traced()
             .create_collection(CreateCollection {
                 collection_name: name.clone(),
                 vectors_config: Some(VectorsConfig {
@@ -467,7 +477,7 @@ impl SearchBackend for QdrantStore {
         };
         self.ensure_checked().await?;
         let response = self
-            .client
+            .traced()
             .search_points(SearchPoints {
                 collection_name: self.settings.name.clone(),
                 vector: vector.to_vec(),
@@ -548,7 +558,7 @@ impl SearchBackend for QdrantStore {
                     }
                 })
                 .collect();
-            self.client
+            self.traced()
                 .upsert_points(UpsertPoints {
                     collection_name: self.settings.name.clone(),
                     wait: Some(true),
@@ -578,7 +588,7 @@ impl SearchBackend for QdrantStore {
                 ..Default::default()
             })),
         });
-        self.client
+        self.traced()
             .delete_points(DeletePoints {
                 collection_name: self.settings.name.clone(),
                 wait: Some(true),
@@ -602,7 +612,7 @@ impl SearchBackend for QdrantStore {
     async fn count(&self) -> Result<u64> {
         self.ensure_checked().await?;
         let response = self
-            .client
+            .traced()
             .count(CountPoints {
                 collection_name: self.settings.name.clone(),
                 filter: None,

@@ -121,8 +121,17 @@ pub struct IndexVolumeLabels {
 /// A kind of state replicas share (`[shared_state]`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SharedStateLabels {
-    /// budgets | rate_limits | cooldowns
+    /// budgets | rate_limits | cooldowns | embedding_cache | answer_cache
     pub kind: &'static str,
+}
+
+/// A lookup in one of the caches.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// query_embedding | answer
+    pub cache: &'static str,
+    /// Where it was found: process | redis; miss when nowhere.
+    pub tier: &'static str,
 }
 
 type FloatCounter = Counter<f64, AtomicU64>;
@@ -176,6 +185,8 @@ pub struct Metrics {
     // Shared state (Redis), recorded as calls fail and as the subscriber probes.
     pub shared_state_errors: Family<SharedStateLabels, Counter>,
     pub shared_state_up: Gauge,
+    // Caches: query embeddings and answers, by the tier that answered.
+    pub cache_lookups: Family<CacheLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -213,6 +224,7 @@ impl Metrics {
             budget_reserved: Family::default(),
             shared_state_errors: Family::default(),
             shared_state_up: Gauge::default(),
+            cache_lookups: Family::default(),
         };
         // In process until a Redis store says otherwise.
         metrics.shared_state_up.set(1);
@@ -348,7 +360,19 @@ impl Metrics {
             "1 while the shared state answers: always in process; with Redis, whether its last call or probe got an answer",
             m.shared_state_up.clone(),
         );
+        registry.register(
+            "cache_lookups",
+            "Lookups in the query-embedding and answer caches, by the tier that had the entry (process, redis) or miss",
+            m.cache_lookups.clone(),
+        );
         self.registry = registry;
+    }
+
+    /// A lookup in `cache` answered by `tier` (process | redis | miss).
+    pub fn record_cache_lookup(&self, cache: &'static str, tier: &'static str) {
+        self.cache_lookups
+            .get_or_create(&CacheLabels { cache, tier })
+            .inc();
     }
 
     /// The OpenMetrics text of every metric.

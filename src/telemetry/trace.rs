@@ -261,6 +261,17 @@ pub fn inject_traceparent(headers: &mut http::HeaderMap) {
     });
 }
 
+/// The `traceparent` value for the current span, for clients that take headers as
+/// strings (qdrant-client's per-call headers). None outside a trace.
+pub fn current_traceparent() -> Option<String> {
+    let mut headers = http::HeaderMap::new();
+    inject_traceparent(&mut headers);
+    headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string)
+}
+
 /// A request builder with `traceparent` for the current span (unchanged outside a
 /// trace), for cloud calls built with reqwest's builder (the secret managers).
 pub fn with_traceparent(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -305,27 +316,53 @@ fn export_headers(
     Ok(headers)
 }
 
+/// `ca_file`'s PEM, read and checked at startup; a message names the file.
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    let pem = std::fs::read(path).map_err(|error| {
+        Error::config(format!(
+            "telemetry.traces.ca_file {}: {error}",
+            path.display()
+        ))
+    })?;
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let certificates = CertificateDer::pem_slice_iter(&pem).collect::<Vec<_>>();
+    if certificates.is_empty() || certificates.iter().any(|parsed| parsed.is_err()) {
+        return Err(Error::config(format!(
+            "telemetry.traces.ca_file {}: not a PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(pem)
+}
+
 /// The client posting OTLP/HTTP batches: trusting `ca_file` besides the usual roots.
 fn http_exporter_client(config: &TracesConfig, timeout: Duration) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder().timeout(timeout);
     if let Some(path) = &config.ca_file {
-        let pem = std::fs::read(path).map_err(|error| {
-            Error::config(format!(
-                "telemetry.traces.ca_file {}: {error}",
-                path.display()
-            ))
-        })?;
-        let certificate = reqwest::Certificate::from_pem(&pem).map_err(|error| {
-            Error::config(format!(
-                "telemetry.traces.ca_file {}: not a PEM certificate: {error}",
-                path.display()
-            ))
-        })?;
+        let certificate = reqwest::Certificate::from_pem(&read_ca_file(path)?)
+            .map_err(|error| Error::config(format!("telemetry.traces.ca_file: {error}")))?;
         builder = builder.add_root_certificate(certificate);
     }
     builder
         .build()
         .map_err(|error| Error::internal(format!("traces: cannot build a client: {error}")))
+}
+
+/// tonic builds its TLS from rustls's process-wide provider, which rustls cannot pick
+/// alone when two are compiled in: aws-lc-rs, the one skyfuse's own TLS uses. Keeps
+/// a provider someone installed first.
+fn default_to_aws_lc() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// TLS for an `https` OTLP/gRPC collector: the system's roots, plus `ca_file`.
+fn grpc_tls_config(config: &TracesConfig) -> Result<tonic::transport::ClientTlsConfig> {
+    default_to_aws_lc();
+    let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+    if let Some(path) = &config.ca_file {
+        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read_ca_file(path)?));
+    }
+    Ok(tls)
 }
 
 impl OwnRuntimeExporter {
@@ -343,19 +380,19 @@ impl OwnRuntimeExporter {
                 config.endpoint
             )));
         }
-        // tonic's TLS is not built in (it would add a second TLS stack to the build):
-        // an https collector takes OTLP/HTTP, which runs on reqwest's rustls.
-        if config.protocol == OtlpProtocol::Grpc
-            && (endpoint.scheme() == "https" || config.ca_file.is_some())
-        {
+        if config.ca_file.is_some() && endpoint.scheme() != "https" {
             return Err(Error::config(format!(
-                "telemetry.traces: an https collector ({:?}) or a ca_file needs protocol = \"http/protobuf\"",
+                "telemetry.traces.ca_file is set but the endpoint {:?} is not https://",
                 config.endpoint
             )));
         }
         let http_client = match config.protocol {
             OtlpProtocol::HttpProtobuf => Some(http_exporter_client(config, timeout)?),
             OtlpProtocol::Grpc => None,
+        };
+        let grpc_tls = match config.protocol {
+            OtlpProtocol::Grpc if endpoint.scheme() == "https" => Some(grpc_tls_config(config)?),
+            _ => None,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -364,12 +401,17 @@ impl OwnRuntimeExporter {
         // tonic's channel starts its tasks on the runtime it is built in.
         let _entered = runtime.enter();
         let built = match config.protocol {
-            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint.as_str())
-                .with_metadata(tonic::metadata::MetadataMap::from_headers(headers))
-                .with_timeout(timeout)
-                .build(),
+            OtlpProtocol::Grpc => {
+                let builder = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint.as_str())
+                    .with_metadata(tonic::metadata::MetadataMap::from_headers(headers))
+                    .with_timeout(timeout);
+                match grpc_tls {
+                    Some(tls) => builder.with_tls_config(tls).build(),
+                    None => builder.build(),
+                }
+            }
             OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_http_client(http_client.unwrap_or_default())
@@ -547,9 +589,14 @@ mod tests {
     #[tokio::test]
     async fn tls_and_header_mistakes_are_config_errors_at_startup() {
         let no_env = Default::default();
-        let grpc_tls = traces_config("https://collector.example:4317", OtlpProtocol::Grpc);
-        let error = Tracing::from_config(Some(&grpc_tls), &no_env).unwrap_err();
-        assert!(error.message.contains("http/protobuf"), "{}", error.message);
+        let mut plain_with_ca = traces_config("http://127.0.0.1:4317", OtlpProtocol::Grpc);
+        let _ca_folder = with_ca_file(&mut plain_with_ca, "unused");
+        let error = Tracing::from_config(Some(&plain_with_ca), &no_env).unwrap_err();
+        assert!(error.message.contains("not https://"), "{}", error.message);
+        let mut not_pem = traces_config("https://collector.example:4317", OtlpProtocol::Grpc);
+        let _not_pem_folder = with_ca_file(&mut not_pem, "not a certificate");
+        let error = Tracing::from_config(Some(&not_pem), &no_env).unwrap_err();
+        assert!(error.message.contains("ca_file"), "{}", error.message);
         let mut missing_ca = traces_config("https://collector.example", OtlpProtocol::HttpProtobuf);
         missing_ca.ca_file = Some("/nonexistent/ca.pem".into());
         let error = Tracing::from_config(Some(&missing_ca), &no_env).unwrap_err();
@@ -569,11 +616,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn an_https_collector_signed_by_the_ca_file_receives_the_batch() {
-        use rustls::pki_types::PrivateKeyDer;
-        use rustls::pki_types::pem::PemObject;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// A collector CA (its PEM) and a `localhost` server certificate it signed, with
+    /// its key (PEM).
+    fn collector_certificates() -> (String, String, String) {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         ca_params
@@ -587,6 +632,25 @@ mod tests {
             .unwrap()
             .signed_by(&server_key, &ca)
             .unwrap();
+        (ca.pem(), server.pem(), server_key.serialize_pem())
+    }
+
+    /// `config` with `ca_file` set to a file holding `ca_pem`; the folder lives as long
+    /// as the returned guard.
+    fn with_ca_file(config: &mut TracesConfig, ca_pem: &str) -> tempfile::TempDir {
+        let directory = tempfile::tempdir().unwrap();
+        let ca_file = directory.path().join("collector-ca.pem");
+        std::fs::write(&ca_file, ca_pem).unwrap();
+        config.ca_file = Some(ca_file);
+        directory
+    }
+
+    #[tokio::test]
+    async fn an_https_collector_signed_by_the_ca_file_receives_the_batch() {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ca_pem, server_pem, server_key_pem) = collector_certificates();
         let server_config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
@@ -594,8 +658,8 @@ mod tests {
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(
-            vec![server.der().clone()],
-            PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes()).unwrap(),
+            vec![CertificateDer::from_pem_slice(server_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(server_key_pem.as_bytes()).unwrap(),
         )
         .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_config));
@@ -621,14 +685,11 @@ mod tests {
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                 .await;
         });
-        let directory = tempfile::tempdir().unwrap();
-        let ca_file = directory.path().join("collector-ca.pem");
-        std::fs::write(&ca_file, ca.pem()).unwrap();
         let mut config = traces_config(
             &format!("https://localhost:{port}"),
             OtlpProtocol::HttpProtobuf,
         );
-        config.ca_file = Some(ca_file);
+        let _ca_folder = with_ca_file(&mut config, &ca_pem);
         let tracing =
             std::sync::Arc::new(Tracing::from_config(Some(&config), &Default::default()).unwrap());
         drop(tracing.http_call("POST", "/v1/search", &http::HeaderMap::new()));
@@ -636,5 +697,76 @@ mod tests {
         let _ = tokio::task::spawn_blocking(move || flushing.flush()).await;
         let head = receiver.await.expect("the TLS handshake succeeded");
         assert!(head.starts_with("post /v1/traces "), "{head}");
+    }
+
+    #[tokio::test]
+    async fn an_otlp_grpc_collector_over_tls_signed_by_the_ca_file_receives_the_spans() {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+            TraceService, TraceServiceServer,
+        };
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+        };
+        /// Sends the names of the first batch's spans, with the request's api key.
+        struct Collector(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Vec<String>>>>);
+        #[tonic::async_trait]
+        impl TraceService for Collector {
+            async fn export(
+                &self,
+                request: tonic::Request<ExportTraceServiceRequest>,
+            ) -> std::result::Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status>
+            {
+                let key = request
+                    .metadata()
+                    .get("x-api-key")
+                    .and_then(|value| value.to_str().ok())
+                    .map(|key| format!("x-api-key={key}"));
+                let names = request
+                    .into_inner()
+                    .resource_spans
+                    .into_iter()
+                    .flat_map(|resource| resource.scope_spans)
+                    .flat_map(|scope| scope.spans)
+                    .map(|span| span.name)
+                    .chain(key);
+                if let Some(sender) = self.0.lock().unwrap().take() {
+                    let _ = sender.send(names.collect());
+                }
+                Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+            }
+        }
+        let (ca_pem, server_pem, server_key_pem) = collector_certificates();
+        default_to_aws_lc();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let server = tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(server_pem, server_key_pem),
+            ))
+            .unwrap()
+            .add_service(TraceServiceServer::new(Collector(std::sync::Mutex::new(
+                Some(sender),
+            ))))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        tokio::spawn(server);
+        let mut config = traces_config(&format!("https://localhost:{port}"), OtlpProtocol::Grpc);
+        config.headers.insert(
+            "x-api-key".into(),
+            crate::config::SecretLocation::try_from("env:OTLP_KEY".to_string()).unwrap(),
+        );
+        let _ca_folder = with_ca_file(&mut config, &ca_pem);
+        let env = [("OTLP_KEY".to_string(), "grpc-key-7".to_string())]
+            .into_iter()
+            .collect();
+        let tracing = std::sync::Arc::new(Tracing::from_config(Some(&config), &env).unwrap());
+        drop(tracing.http_call("POST", "/v1/search", &http::HeaderMap::new()));
+        let flushing = tracing.clone();
+        tokio::task::spawn_blocking(move || flushing.flush())
+            .await
+            .unwrap()
+            .expect("the batch was exported over TLS");
+        let received = receiver.await.unwrap();
+        assert_eq!(received, ["POST /v1/search", "x-api-key=grpc-key-7"]);
     }
 }

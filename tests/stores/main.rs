@@ -954,7 +954,7 @@ async fn opensearch_replicas_starting_together_with_create_missing_both_start() 
 
 #[tokio::test]
 async fn opensearch_calls_within_a_trace_send_its_traceparent_outside_the_sigv4_signature() {
-    use skyfuse::telemetry::trace::{Tracing, within};
+    use skyfuse::telemetry::trace::within;
     let fake = FakeOpenSearch::start(FakeAuth::SigV4 {
         access_key: "AKIDEXAMPLE".into(),
         secret_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
@@ -980,29 +980,8 @@ async fn opensearch_calls_within_a_trace_send_its_traceparent_outside_the_sigv4_
     )
     .await
     .unwrap();
-    // Spans go nowhere (nothing listens on port 9); only what is sent on matters.
-    let tracing = Tracing::from_config(
-        Some(&skyfuse::config::TracesConfig {
-            endpoint: "http://127.0.0.1:9".into(),
-            protocol: skyfuse::config::OtlpProtocol::HttpProtobuf,
-            sample_ratio: 1.0,
-            service_name: "skyfuse-test".into(),
-            export_timeout_ms: 100,
-            headers: Default::default(),
-            ca_file: None,
-        }),
-        &Default::default(),
-    )
-    .unwrap();
-    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let mut incoming = http::HeaderMap::new();
-    incoming.insert(
-        "traceparent",
-        format!("00-{trace_id}-00f067aa0ba902b7-01")
-            .parse()
-            .unwrap(),
-    );
-    let call = tracing.http_call("POST", "/v1/search", &incoming).unwrap();
+    let (_tracing, call) = traced_call(TRACE_ID);
+    let trace_id = TRACE_ID;
     let store = index.source(info, true);
     // Connecting asked outside the trace: only the traced call's requests count.
     fake.traceparents.lock().unwrap().clear();
@@ -1026,4 +1005,75 @@ async fn opensearch_calls_within_a_trace_send_its_traceparent_outside_the_sigv4_
             .iter()
             .all(Option::is_none)
     );
+}
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// A call traced at 100% under a caller's `traceparent` with `trace_id`. Spans go
+/// nowhere (nothing listens on port 9); only what is sent on matters.
+fn traced_call(
+    trace_id: &str,
+) -> (
+    skyfuse::telemetry::trace::Tracing,
+    skyfuse::telemetry::trace::CallTrace,
+) {
+    let tracing = skyfuse::telemetry::trace::Tracing::from_config(
+        Some(&skyfuse::config::TracesConfig {
+            endpoint: "http://127.0.0.1:9".into(),
+            protocol: skyfuse::config::OtlpProtocol::HttpProtobuf,
+            sample_ratio: 1.0,
+            service_name: "skyfuse-test".into(),
+            export_timeout_ms: 100,
+            headers: Default::default(),
+            ca_file: None,
+        }),
+        &Default::default(),
+    )
+    .unwrap();
+    let mut incoming = http::HeaderMap::new();
+    incoming.insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    let call = tracing.http_call("POST", "/v1/search", &incoming).unwrap();
+    (tracing, call)
+}
+
+#[tokio::test]
+async fn qdrant_calls_within_a_trace_send_its_traceparent() {
+    use skyfuse::telemetry::trace::within;
+    let harness = QdrantHarness::in_process(Some("test-key")).await;
+    let store = harness.connect("traced", 4, true).await.unwrap();
+    let fake = harness.fake.as_ref().unwrap();
+    let (_tracing, call) = traced_call(TRACE_ID);
+    // Connecting asked outside the trace: only the traced calls' requests count.
+    fake.state.traceparents.lock().unwrap().clear();
+    let query = skyfuse::stores::StoreQuery {
+        text: String::new(),
+        vector: Some(Arc::new(vec![1.0, 0.0, 0.0, 0.0])),
+        top_k: 3,
+        deadline: Instant::now() + Duration::from_secs(5),
+        filter: Default::default(),
+    };
+    within(Some(&call), async {
+        store.count().await.unwrap();
+        store.search(&query).await.unwrap();
+    })
+    .await;
+    let sent = fake.state.traceparents.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    for traceparent in &sent {
+        let traceparent = traceparent.as_deref().unwrap_or_default();
+        assert!(
+            traceparent.starts_with(&format!("00-{TRACE_ID}-")),
+            "{traceparent:?}"
+        );
+    }
+    // The api key still went with them (the fake refuses calls without it).
+    fake.state.traceparents.lock().unwrap().clear();
+    store.count().await.unwrap();
+    let untraced = fake.state.traceparents.lock().unwrap().clone();
+    assert_eq!(untraced, vec![None]);
 }

@@ -44,6 +44,8 @@ pub struct FakeState {
     /// The `timeout` of the last search request, in seconds.
     pub last_search_timeout: Mutex<Option<u64>>,
     pub searches: Mutex<u64>,
+    /// The `traceparent` each request carried (None for a request without one).
+    pub traceparents: Mutex<Vec<Option<String>>>,
 }
 
 #[derive(Clone)]
@@ -204,7 +206,14 @@ impl FakeQdrant {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let api_key = self.state.api_key.clone();
+        let state = Arc::clone(&self.state);
         let check = move |request: Request<()>| -> Result<Request<()>, Status> {
+            let traceparent = request
+                .metadata()
+                .get("traceparent")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string);
+            state.traceparents.lock().unwrap().push(traceparent);
             if let Some(expected) = &api_key {
                 let sent = request
                     .metadata()
