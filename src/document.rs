@@ -58,7 +58,8 @@ pub struct ChunkMetadata {
     /// upsert); none: no tenant, and a search bound to a namespace never sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// The JSON(L) record fields an `[[index]]` names in `metadata_fields`, as text.
+    /// The fields an `[[index]]` names in `metadata_fields`, as text: from the JSON(L)
+    /// record, or else from the object's user metadata (`x-amz-meta-*`...).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub fields: std::collections::BTreeMap<String, String>,
 }

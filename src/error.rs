@@ -18,6 +18,7 @@ use std::time::Duration;
 /// |-------------------|-----|---------------------|-----|
 /// | `InvalidArgument` | no  | `Stop`              | no  |
 /// | `NotFound`        | no  | `Next`              | yes |
+/// | `AlreadyExists`   | no  | `Stop`              | no  |
 /// | `ContextLength`   | no  | `NextLongerContext` | no  |
 /// | `Throttled`       | yes | `Next`              | yes (and its `retry_after` is honoured) |
 /// | `Unavailable`     | yes | `Next`              | yes |
@@ -54,6 +55,9 @@ pub enum ErrorKind {
     InvalidArgument,
     /// A named source, index, space, model or document does not exist.
     NotFound,
+    /// What the request would create exists already (an id another document holds):
+    /// refused rather than overwritten; the same request will be refused again.
+    AlreadyExists,
     /// The prompt does not fit the model's context window: the same model will
     /// refuse it again, a model with a longer context may not.
     ContextLength,
@@ -90,9 +94,10 @@ pub enum Failover {
 
 impl ErrorKind {
     /// Every kind, for tests and documentation that must cover each one.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::InvalidArgument,
         ErrorKind::NotFound,
+        ErrorKind::AlreadyExists,
         ErrorKind::ContextLength,
         ErrorKind::Throttled,
         ErrorKind::Unavailable,
@@ -111,6 +116,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument
             | ErrorKind::ContextLength
             | ErrorKind::NotFound
+            | ErrorKind::AlreadyExists
             | ErrorKind::Auth
             | ErrorKind::Unauthenticated
             | ErrorKind::Forbidden
@@ -129,6 +135,7 @@ impl ErrorKind {
             | ErrorKind::Auth => Failover::Next,
             ErrorKind::ContextLength => Failover::NextLongerContext,
             ErrorKind::InvalidArgument
+            | ErrorKind::AlreadyExists
             | ErrorKind::Unauthenticated
             | ErrorKind::Forbidden
             | ErrorKind::Config
@@ -146,6 +153,7 @@ impl ErrorKind {
             | ErrorKind::NotFound
             | ErrorKind::Auth => true,
             ErrorKind::InvalidArgument
+            | ErrorKind::AlreadyExists
             | ErrorKind::ContextLength
             | ErrorKind::Unauthenticated
             | ErrorKind::Forbidden
@@ -161,6 +169,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => "INVALID_ARGUMENT",
             ErrorKind::ContextLength => "CONTEXT_LENGTH",
             ErrorKind::NotFound => "NOT_FOUND",
+            ErrorKind::AlreadyExists => "ALREADY_EXISTS",
             ErrorKind::Throttled => "THROTTLED",
             ErrorKind::Unavailable => "UNAVAILABLE",
             ErrorKind::Timeout => "TIMEOUT",
@@ -218,6 +227,10 @@ impl Error {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn already_exists(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::AlreadyExists, message)
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {

@@ -311,8 +311,8 @@ fn moto_options(endpoint: &str) -> BucketOptions {
     }
 }
 
-fn moto_seeder(endpoint: &str, bucket: &str) -> Arc<dyn Seeder> {
-    let store = AmazonS3Builder::new()
+fn moto_store(endpoint: &str, bucket: &str) -> object_store::aws::AmazonS3 {
+    AmazonS3Builder::new()
         .with_endpoint(endpoint)
         .with_bucket_name(bucket)
         .with_region("us-east-1")
@@ -320,8 +320,11 @@ fn moto_seeder(endpoint: &str, bucket: &str) -> Arc<dyn Seeder> {
         .with_secret_access_key("test")
         .with_allow_http(true)
         .build()
-        .unwrap();
-    Arc::new(ObjectStoreSeeder(Arc::new(store)))
+        .unwrap()
+}
+
+fn moto_seeder(endpoint: &str, bucket: &str) -> Arc<dyn Seeder> {
+    Arc::new(ObjectStoreSeeder(Arc::new(moto_store(endpoint, bucket))))
 }
 
 fn s3_backend() -> Option<Backend> {
@@ -1343,6 +1346,243 @@ exclude = ["**/drafts/**"]
         (top.cloud.as_str(), top.region.as_str()),
         ("s3-compatible", "eu-west-3")
     );
+}
+
+/// Puts `bytes` at `key` with S3 user metadata (`x-amz-meta-<name>: <value>`).
+async fn put_with_user_metadata(
+    store: &object_store::aws::AmazonS3,
+    key: &str,
+    bytes: &[u8],
+    metadata: &[(&'static str, &str)],
+) {
+    let attributes = object_store::Attributes::from_iter(metadata.iter().map(|(name, value)| {
+        (
+            object_store::Attribute::Metadata((*name).into()),
+            value.to_string(),
+        )
+    }));
+    let options = object_store::PutOptions {
+        attributes,
+        ..Default::default()
+    };
+    store
+        .put_opts(&raw_path(key), bytes.to_vec().into(), options)
+        .await
+        .unwrap_or_else(|error| panic!("seeding {key}: {error}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_user_metadata_is_kept_on_every_chunk_and_filters_a_search() {
+    use skyfuse::api::proto;
+    use skyfuse::api::proto::field_condition::Test;
+    use skyfuse::api::proto::ingestion_service_client::IngestionServiceClient;
+    use skyfuse::api::proto::retrieval_service_client::RetrievalServiceClient;
+    let Some((endpoint, bucket)) = emulator("SKYFUSE_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let store = moto_store(&endpoint, &bucket);
+    let prefix = unique_prefix("user-metadata");
+    let key = |relative: &str| format!("{prefix}/{relative}");
+    // Names in any case: S3 sends them as lowercased headers. `owner` is not kept.
+    put_with_user_metadata(
+        &store,
+        &key("harbour.md"),
+        b"# Harbour\n\nThe harbour master logs tonnage at the quay.",
+        &[("Team", "harbour"), ("owner", "someone@example.com")],
+    )
+    .await;
+    put_with_user_metadata(
+        &store,
+        &key("billing.md"),
+        b"# Tonnage dues\n\nThe harbour bills tonnage dues every month.",
+        &[("team", "billing")],
+    )
+    .await;
+    // Every record of the object gets its metadata, unless the record has the field itself.
+    put_with_user_metadata(
+        &store,
+        &key("logs.jsonl"),
+        concat!(
+            r#"{"id": "r1", "text": "Harbour tonnage log for the quay, kept by the night shift."}"#,
+            "\n",
+            r#"{"id": "r2", "text": "Harbour tonnage log copied to the port authority.", "team": "port"}"#,
+            "\n"
+        )
+        .as_bytes(),
+        &[("team", "harbour")],
+    )
+    .await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{data_dir}"
+
+[[source]]
+id = "bm25"
+kind = "tantivy"
+
+[[index]]
+id = "docs"
+sources = ["bm25"]
+metadata_fields = ["team"]
+
+[[bucket]]
+url = "s3://{bucket}"
+endpoint = "{endpoint}"
+allow_http = true
+region = "us-east-1"
+access_key_id = "env:META_TEST_KEY_ID"
+secret_access_key = "env:META_TEST_SECRET"
+"#,
+        data_dir = data_dir.path().display()
+    );
+    let env = std::collections::HashMap::from([
+        ("META_TEST_KEY_ID".to_owned(), "test".to_owned()),
+        ("META_TEST_SECRET".to_owned(), "test".to_owned()),
+    ]);
+    let (channel, _shutdown) = grpc_server(&config, env).await;
+    let mut stream = IngestionServiceClient::new(channel.clone())
+        .index(proto::IndexRequest {
+            url: format!("s3://{bucket}/{prefix}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(event) = stream.message().await.unwrap() {
+        last = Some(event);
+    }
+    let last = last.unwrap();
+    assert_eq!((last.indexed, last.failed), (3, 0), "{last:?}");
+
+    let search = |team: Option<&str>| {
+        let mut client = RetrievalServiceClient::new(channel.clone());
+        let filter = team.map(|team| proto::Filter {
+            kind: Some(proto::filter::Kind::Condition(proto::FieldCondition {
+                field: "metadata.team".into(),
+                test: Some(Test::Eq(team.into())),
+            })),
+        });
+        async move {
+            client
+                .search(proto::SearchRequest {
+                    query: "harbour tonnage".into(),
+                    top_k: 10,
+                    filter,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let ids = |response: proto::SearchResponse| -> BTreeSet<String> {
+        response
+            .hits
+            .into_iter()
+            .map(|hit| hit.doc_id.rsplit('/').next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(search(None).await).len(), 4, "every document matches");
+    assert_eq!(
+        ids(search(Some("harbour")).await),
+        BTreeSet::from(["harbour.md".to_owned(), "logs.jsonl#r1".to_owned()])
+    );
+    assert_eq!(
+        ids(search(Some("billing")).await),
+        BTreeSet::from(["billing.md".to_owned()])
+    );
+    assert_eq!(
+        ids(search(Some("port")).await),
+        BTreeSet::from(["logs.jsonl#r2".to_owned()])
+    );
+}
+
+/// User metadata set through `store` reaches every chunk of its object when the index
+/// names it, whatever case the name was written in, and nothing else does.
+async fn user_metadata_reaches_every_chunk(backend: Backend, store: Arc<dyn ObjectStore>) {
+    let name = backend.name;
+    let scenario = Scenario::new(backend, "user-metadata-lib");
+    let attributes = object_store::Attributes::from_iter([
+        (
+            object_store::Attribute::Metadata("Team".into()),
+            "harbour".to_owned(),
+        ),
+        (
+            object_store::Attribute::Metadata("owner".into()),
+            "someone".to_owned(),
+        ),
+    ]);
+    let key = scenario.key("logs.jsonl");
+    let records = concat!(
+        r#"{"id": "r1", "text": "First log line."}"#,
+        "\n",
+        r#"{"id": "r2", "text": "Second log line.", "team": "port"}"#,
+        "\n"
+    );
+    store
+        .put_opts(
+            &raw_path(&key),
+            records.as_bytes().to_vec().into(),
+            object_store::PutOptions {
+                attributes,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{name}: seeding {key}: {error}"));
+    let mut job = scenario.job();
+    job.metadata_fields = vec!["team".into()];
+    let report = run_index(job, |_| {}).await.unwrap();
+    assert_eq!(report.progress.indexed, 1, "{name}: {report:?}");
+    let mut teams: Vec<(String, BTreeMap<String, String>)> = scenario
+        .store
+        .committed()
+        .into_iter()
+        .map(|chunk| {
+            let record = chunk.chunk.doc_id.rsplit('#').next().unwrap().to_owned();
+            (record, chunk.chunk.metadata.fields)
+        })
+        .collect();
+    teams.sort();
+    let team = |value: &str| BTreeMap::from([("team".to_owned(), value.to_owned())]);
+    assert_eq!(
+        teams,
+        [
+            ("r1".to_owned(), team("harbour")),
+            ("r2".to_owned(), team("port"))
+        ],
+        "{name}: the object's metadata, unless the record has its own"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_user_metadata_reaches_every_chunk_on_moto() {
+    let Some(backend) = s3_backend() else {
+        return;
+    };
+    let (endpoint, bucket) = emulator("SKYFUSE_TEST_S3_ENDPOINT").unwrap();
+    user_metadata_reaches_every_chunk(backend, Arc::new(moto_store(&endpoint, &bucket))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_user_metadata_reaches_every_chunk_on_azurite() {
+    let Some(backend) = azure_backend() else {
+        return;
+    };
+    let (endpoint, bucket) = emulator("SKYFUSE_TEST_AZURE_ENDPOINT").unwrap();
+    let store = MicrosoftAzureBuilder::new()
+        .with_account(AZURITE_ACCOUNT)
+        .with_access_key(AZURITE_KEY)
+        .with_endpoint(format!("{endpoint}/{AZURITE_ACCOUNT}"))
+        .with_allow_http(true)
+        .with_container_name(&bucket)
+        .build()
+        .unwrap();
+    user_metadata_reaches_every_chunk(backend, Arc::new(store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

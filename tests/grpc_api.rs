@@ -24,6 +24,8 @@ mod documents;
 mod grpcurl;
 #[path = "common/llama.rs"]
 mod llama;
+#[path = "grpc_api/residency_examples.rs"]
+mod residency_examples;
 #[path = "grpc_api/tenants.rs"]
 mod tenants;
 
@@ -53,6 +55,15 @@ struct TestServer {
 
 impl TestServer {
     async fn start(data_dir: &Path, extra_config: &str) -> Self {
+        Self::start_with_env(data_dir, extra_config, &Default::default()).await
+    }
+
+    /// [`Self::start`] with `env` as what secret locations (`env:NAME`) resolve against.
+    async fn start_with_env(
+        data_dir: &Path,
+        extra_config: &str,
+        env: &std::collections::HashMap<String, String>,
+    ) -> Self {
         let text = format!(
             r#"
             [server]
@@ -86,7 +97,7 @@ impl TestServer {
             model = model_dir().display(),
         );
         let config = Config::parse(&text, Path::new("/")).unwrap();
-        let service = Arc::new(Service::build(config, &Default::default()).await.unwrap());
+        let service = Arc::new(Service::build(config, env).await.unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let openai = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -2226,6 +2237,23 @@ async fn residency_keeps_the_prompt_where_its_passages_may_go_and_says_what_it_w
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("GDPR"), "{}", refused.message());
+    // The facade's chat completion with retrieval: 403, naming the rule.
+    let (status, body) = server
+        .post_json(
+            "/v1/chat/completions",
+            serde_json::json!({
+                "messages": [{"role": "user", "content": "Where are cold archives replicated?"}],
+                "retrieval": {},
+            }),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("GDPR")),
+        "{body}"
+    );
     assert!(us_calls.lock().unwrap().is_empty());
     server.stop().await;
 }
@@ -2625,6 +2653,92 @@ async fn a_multi_region_deployment_counts_as_every_region_it_may_use() {
         calls.lock().unwrap().len(),
         1,
         "answered without the passages"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn chat_completions_with_retrieval_answer_from_the_index_and_can_be_rated() {
+    let docs = TempDir::new().unwrap();
+    write_corpus(docs.path());
+    let (upstream, calls) = traced_upstream(200).await;
+    let config = format!(
+        r#"
+        [routing]
+        default_model = "qwen"
+        [[provider]]
+        id = "local-llm"
+        kind = "openai_compat"
+        base_url = "{upstream}"
+        [[deployment]]
+        provider = "local-llm"
+        model = "qwen"
+        "#
+    );
+    let data = TempDir::new().unwrap();
+    let server = TestServer::start(data.path(), &config).await;
+    server.index(docs.path()).await;
+    let question = "Where are cold archives replicated?";
+    let (status, body) = server
+        .post_json(
+            "/v1/chat/completions",
+            serde_json::json!({
+                "messages": [{"role": "user", "content": question}],
+                "retrieval": {"top_k": 3, "filter": {"condition": {"field": "content_type", "eq": "text/markdown"}}},
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "To a paired region [1]."
+    );
+    let citations = body["skyfuse"]["citations"].as_array().unwrap();
+    assert_eq!(
+        citations.len(),
+        1,
+        "the filter leaves only the markdown file: {body}"
+    );
+    assert!(
+        citations[0]["object_key"]
+            .as_str()
+            .unwrap()
+            .ends_with("archives.md")
+    );
+    assert_eq!(body["skyfuse"]["provider"], "local-llm");
+    assert_eq!(calls.lock().unwrap().len(), 1);
+    // Its id is the answer's, which /v1/feedback rates.
+    assert_eq!(body["id"], body["skyfuse"]["answer_id"]);
+    let rated = reqwest::Client::new()
+        .post(format!("{}/v1/feedback", server.facade))
+        .json(&serde_json::json!({"id": body["id"], "score": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rated.status().as_u16(), 204);
+
+    for (request, says) in [
+        (
+            serde_json::json!({"messages": [{"role": "user", "content": question}],
+                "stream": true, "retrieval": {}}),
+            "set `stream` to false",
+        ),
+        (
+            serde_json::json!({"messages": [{"role": "user", "content": question}],
+                "retrieval": {"topk": 3}}),
+            "unknown field",
+        ),
+    ] {
+        let (status, body) = server.post_json("/v1/chat/completions", request).await;
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
+    }
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        1,
+        "refused before any model call"
     );
     server.stop().await;
 }

@@ -30,6 +30,7 @@ pub fn code(kind: ErrorKind) -> tonic::Code {
         ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
         ErrorKind::ContextLength => tonic::Code::OutOfRange,
         ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
         ErrorKind::Throttled => tonic::Code::ResourceExhausted,
         ErrorKind::Unavailable => tonic::Code::Unavailable,
         ErrorKind::Timeout => tonic::Code::DeadlineExceeded,
@@ -233,6 +234,8 @@ fn search_hit(index: usize, fused: FusedHit, include_text: bool) -> proto::Searc
         cloud: fused.hit.cloud,
         region: fused.hit.region,
         classes: fused.hit.classes,
+        start_char: fused.hit.span.map(|span| span.start),
+        end_char: fused.hit.span.map(|span| span.end),
         explain: fused
             .contributions
             .into_iter()

@@ -309,6 +309,11 @@ fn response_json(response: proto::SearchResponse) -> Value {
                 "object_key": hit.object_key, "explain": explain,
                 "cloud": hit.cloud, "region": hit.region, "classes": hit.classes,
             });
+            // Unset (chunks indexed before spans were kept): left out, as in proto3 JSON.
+            if let (Some(start), Some(end)) = (hit.start_char, hit.end_char) {
+                out["start_char"] = json!(start);
+                out["end_char"] = json!(end);
+            }
             if let Some(snippet) = hit.snippet {
                 let highlights: Vec<Value> = snippet
                     .highlights

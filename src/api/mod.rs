@@ -8,6 +8,7 @@ mod connection;
 mod convert;
 mod documents;
 mod generation;
+mod http_answer;
 mod http_documents;
 mod http_search;
 mod in_process;

@@ -2,7 +2,9 @@
 //! streamed) and `GET /v1/models`, through the same [`Service::chat`] as `Answer`,
 //! so OpenAI SDKs, LangChain and LlamaIndex can use skyfuse as their LLM endpoint;
 //! beside them `/v1/embeddings`, `/v1/feedback`, `POST /v1/search`
-//! ([`super::http_search`]) and the OpenAPI document at `GET /v1/openapi.json`.
+//! ([`super::http_search`]) and the OpenAPI document at `GET /v1/openapi.json`. A
+//! completion with a `retrieval` object is answered from the index instead
+//! ([`super::http_answer`]).
 //!
 //! `model` is a model name, `tier:<name>` for a budget tier, or `auto` (or
 //! absent) for the default. `x-skyfuse-allowed-clouds: aws,azure` and
@@ -89,6 +91,8 @@ struct CompletionRequest {
     temperature: Option<f32>,
     stream_options: Option<StreamOptions>,
     stop: Option<StopSequences>,
+    /// Answer from the index, as gRPC `Answer` does ([`super::http_answer`]).
+    retrieval: Option<super::http_answer::RetrievalBody>,
 }
 
 /// OpenAI's `stop`: one string or a list of them.
@@ -320,7 +324,9 @@ async fn chat_completions(
     .await;
     let to_first_token = call_start.elapsed();
     let mut response = match started {
-        Ok((started, stream, include_usage, id)) => {
+        Ok(Begun::Answered(response)) => response,
+        Ok(Begun::Chat(begun)) => {
+            let (started, stream, include_usage, id) = *begun;
             if stream {
                 let send_timeout = std::time::Duration::from_millis(
                     service.config().routing.stream_send_timeout_ms,
@@ -350,6 +356,12 @@ async fn chat_completions(
 
 type Started = (crate::route::Started, bool, bool, String);
 
+/// A chat call under way, or a completion with retrieval already answered.
+enum Begun {
+    Chat(Box<Started>),
+    Answered(Response),
+}
+
 /// Starts the call; the rate status is known once the caller is, whether the call
 /// then starts or not.
 async fn start(
@@ -357,7 +369,7 @@ async fn start(
     credentials: &Credentials,
     headers: &HeaderMap,
     body: &[u8],
-) -> (Option<RateLimitStatus>, Result<Started>) {
+) -> (Option<RateLimitStatus>, Result<Begun>) {
     // Who is calling comes first: an anonymous caller learns nothing from the body's checks.
     let principal = match service.authenticate(credentials).await {
         Ok(principal) => principal,
@@ -374,6 +386,17 @@ async fn start(
         Ok(call) => call,
         Err(error) => return (None, Err(error)),
     };
+    if let Some(retrieval) = request.retrieval {
+        let response = super::http_answer::answer_completion(
+            service,
+            &principal,
+            call,
+            retrieval,
+            request.stream,
+        )
+        .await;
+        return (None, Ok(Begun::Answered(response)));
+    }
     let id = call.id.clone();
     let rated = service.rated_chat(&principal, call).await;
     let include_usage = request
@@ -382,7 +405,7 @@ async fn start(
         .is_some_and(|options| options.include_usage);
     let started = rated
         .result
-        .map(|started| (started, request.stream, include_usage, id))
+        .map(|started| Begun::Chat(Box::new((started, request.stream, include_usage, id))))
         .map_err(Error::from);
     (rated.rate, started)
 }
@@ -629,7 +652,7 @@ fn usage_json(summary: &RouteSummary) -> Value {
     })
 }
 
-fn route_json(summary: &RouteSummary) -> Value {
+pub(super) fn route_json(summary: &RouteSummary) -> Value {
     let chosen = summary.chosen.as_ref();
     json!({
         "provider": chosen.map(|info| info.id.clone()),
@@ -658,7 +681,7 @@ fn route_json(summary: &RouteSummary) -> Value {
 /// skyfuse's own milliseconds in a call (see [`whole`]); gRPC `Search` sends the same.
 const OVERHEAD_HEADER: &str = super::retrieval::OVERHEAD_HEADER;
 
-fn route_headers(headers: &mut HeaderMap, summary: &RouteSummary) {
+pub(super) fn route_headers(headers: &mut HeaderMap, summary: &RouteSummary) {
     let mut set = |name: &'static str, value: String| {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
@@ -724,6 +747,7 @@ pub(super) fn error_response(error: &Error) -> Response {
     let status = match error.kind {
         ErrorKind::InvalidArgument | ErrorKind::ContextLength => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::AlreadyExists => StatusCode::CONFLICT,
         ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
         // An endpoint refused our own credentials: not the caller's fault.
         ErrorKind::Auth => StatusCode::BAD_GATEWAY,
@@ -753,6 +777,7 @@ fn error_json(error: &Error) -> Value {
         ErrorKind::InvalidArgument => ("invalid_request_error", "invalid_request"),
         ErrorKind::ContextLength => ("invalid_request_error", "context_length_exceeded"),
         ErrorKind::NotFound => ("invalid_request_error", "model_not_found"),
+        ErrorKind::AlreadyExists => ("invalid_request_error", "already_exists"),
         ErrorKind::Unauthenticated => ("authentication_error", "invalid_api_key"),
         ErrorKind::Auth => ("api_error", "upstream_unavailable"),
         ErrorKind::Forbidden => ("permission_error", "forbidden"),

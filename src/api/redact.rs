@@ -103,6 +103,7 @@ fn fixed_text(kind: ErrorKind) -> &'static str {
         ErrorKind::InvalidArgument => "upstream rejected the request",
         ErrorKind::ContextLength => "prompt exceeds the model's context window",
         ErrorKind::NotFound => "upstream does not know the model or index",
+        ErrorKind::AlreadyExists => "upstream says it exists already",
         ErrorKind::Unauthenticated | ErrorKind::Forbidden => "upstream refused the request",
         ErrorKind::Internal => "internal error",
     }

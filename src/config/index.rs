@@ -36,7 +36,11 @@ pub struct IndexConfig {
     #[serde(default)]
     pub record_ids: RecordIdScope,
     /// Fields of each JSON(L) record kept on its chunks as user metadata (text, numbers
-    /// and booleans as text), so searches can filter on `metadata.<name>`.
+    /// and booleans as text), so searches can filter on `metadata.<name>`. A bucket
+    /// object's own user metadata of the same name (S3 `x-amz-meta-<name>`, Azure
+    /// `x-ms-meta-<name>`, GCS custom metadata; names match regardless of case) is kept
+    /// too, on every chunk of the object, a record's field winning; no other user
+    /// metadata is kept, and no value longer than 256 bytes.
     #[serde(default)]
     pub metadata_fields: Vec<String>,
     /// The tenant this index's bucket syncs stamp on their chunks, and the namespace of

@@ -49,7 +49,7 @@ pub struct ExtractedDoc {
 /// A record keeps at most this many fields, each value at most this long: enough for
 /// tags and categories, never a copy of the text.
 const MAX_RECORD_FIELDS: usize = 32;
-const MAX_RECORD_FIELD_BYTES: usize = 256;
+pub(crate) const MAX_RECORD_FIELD_BYTES: usize = 256;
 
 /// A record inside a multi-record file that could not be used; the rest of the file was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -340,8 +340,28 @@ async fn api_documents_survive_a_restart_and_a_bucket_sync_and_never_take_a_buck
     )
     .await
     .unwrap_err();
-    assert_eq!(taken.code(), Code::InvalidArgument, "{taken:?}");
-    assert!(taken.message().contains("is taken"), "{taken:?}");
+    assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+    assert!(
+        taken.message().contains("\"shared\" already exists")
+            && taken.message().contains("records.jsonl")
+            && taken.message().contains("choose another id"),
+        "{taken:?}"
+    );
+    // The same over the facade: 409, with the message.
+    let (status, body) = server
+        .post_json(
+            "/v1/documents",
+            json!({"index": "global", "documents": [{"id": "shared", "text": "An API text."}]}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "already_exists", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("already exists")),
+        "{body}"
+    );
     let shared = server
         .search()
         .search(proto::SearchRequest {
@@ -646,5 +666,43 @@ async fn citations_say_where_each_chunk_lies_in_its_document() {
         let located: String = text.chars().skip(start).take(end - start).collect();
         assert_eq!(located, citation.text, "{citation:?}");
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn search_hits_say_where_their_chunk_lies_in_its_document_over_grpc_and_http() {
+    let data = TempDir::new().unwrap();
+    let server = TestServer::start(data.path(), "").await;
+    let text = format!("Café notes. {}", long_harbour_text());
+    upsert(
+        &server,
+        "",
+        vec![document("kb-1", "Harbour guide", &text, None)],
+    )
+    .await
+    .unwrap();
+    let query = "Where does the zeppelin hangar stand?";
+    let response = search_text(&server, query).await;
+    let hit = &response.hits[0];
+    assert!(hit.text.contains("zeppelin"), "{hit:?}");
+    let (start, end) = (
+        hit.start_char.expect("start_char") as usize,
+        hit.end_char.expect("end_char") as usize,
+    );
+    // Not the document's first chunk: the offsets are the chunk's, not zero.
+    assert!(start > 0, "{hit:?}");
+    let located: String = text.chars().skip(start).take(end - start).collect();
+    assert_eq!(located, hit.text);
+
+    let (status, json) = server
+        .post_json(
+            "/v1/search",
+            json!({"query": query, "top_k": 20, "include_text": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["hits"][0]["chunk_id"], hit.chunk_id.as_str());
+    assert_eq!(json["hits"][0]["start_char"], start);
+    assert_eq!(json["hits"][0]["end_char"], end);
     server.stop().await;
 }

@@ -1,5 +1,6 @@
 //! Tenants over gRPC: callers pinned to a namespace upsert identical documents under the
-//! same ids, and neither ever sees the other's in Search or Answer, whatever it asks.
+//! same ids, and neither ever sees the other's in Search or Answer (nor in the facade's
+//! chat completions with retrieval), whatever it asks.
 
 use tempfile::TempDir;
 use tonic::Code;
@@ -152,6 +153,39 @@ async fn cited(
     Ok(ids)
 }
 
+/// The document ids the facade's chat completion with `retrieval` by `key` cites, sorted;
+/// or its status and error message.
+async fn facade_cited(
+    server: &TestServer,
+    key: &str,
+    namespace: &str,
+) -> Result<Vec<String>, (u16, String)> {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.facade))
+        .bearer_auth(key)
+        .json(&serde_json::json!({
+            "messages": [{"role": "user", "content": "Where is the vault code kept?"}],
+            "retrieval": {"top_k": 10, "namespace": namespace},
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    if status != 200 {
+        return Err((status, body["error"]["message"].to_string()));
+    }
+    let mut ids: Vec<String> = body["skyfuse"]["citations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|citation| citation["doc_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
 fn ids_of(namespace: &str) -> Vec<String> {
     ["ferry", "handbook"]
         .iter()
@@ -194,6 +228,19 @@ async fn two_tenants_with_identical_documents_never_see_each_others() {
             .all(|id| id.starts_with("api/docs@globex/")),
         "{globex_cites:?}"
     );
+
+    // The facade's chat completions with retrieval: the same tenancy as Answer.
+    assert_eq!(
+        facade_cited(&server, ACME_KEY, "").await.unwrap(),
+        acme_cites
+    );
+    assert_eq!(
+        facade_cited(&server, GLOBEX_KEY, "").await.unwrap(),
+        globex_cites
+    );
+    let (status, message) = facade_cited(&server, ACME_KEY, "globex").await.unwrap_err();
+    assert_eq!(status, 403, "{message}");
+    assert!(!message.contains("globex"), "{message}");
 
     // Asking for the other tenant, in any call, is refused, not answered empty.
     for denied in [

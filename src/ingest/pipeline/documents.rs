@@ -358,9 +358,9 @@ impl Preparation {
             }
             let object_key = object_key_of(&self.key_prefix, &document.id);
             if let Some(owner) = self.held_by_buckets.get(&object_key) {
-                return Err(Error::invalid(format!(
-                    "document id {:?} is taken: the bucket object {owner:?} holds a record with \
-                     the document id {object_key:?}; choose another id",
+                return Err(Error::already_exists(format!(
+                    "document id {:?} already exists: the bucket object {owner:?} holds a record \
+                     with the document id {object_key:?}; choose another id",
                     document.id
                 )));
             }

@@ -68,7 +68,9 @@ pub const MAX_REPORTED_ISSUES: usize = 1000;
 /// 5: chunks carry object metadata (content type, size, last modified, etag) and the
 ///    record fields the index names, for filters.
 /// 6: chunks carry their char span within their document, for citations.
-const PIPELINE_VERSION: u32 = 6;
+/// 7: chunks carry the object's user metadata (`x-amz-meta-*`...) the index names in
+///    `metadata_fields`.
+const PIPELINE_VERSION: u32 = 7;
 
 /// One indexing run: where to read, where to write, how.
 pub struct IndexJob {

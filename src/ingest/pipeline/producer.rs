@@ -4,6 +4,7 @@
 //! An object that failed extraction before, as it is now, is not read again (the manifest
 //! remembers it); one that fails now carries the manifest entry that will remember it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,7 +20,7 @@ use crate::document::{Chunk, ChunkMetadata};
 use crate::ingest::bucket::BucketLocation;
 use crate::ingest::chunk::{ChunkingConfig, chunks_of_document};
 use crate::ingest::doc_ids::document_id;
-use crate::ingest::extract::{ExtractedDoc, Extraction, format_of};
+use crate::ingest::extract::{ExtractedDoc, Extraction, MAX_RECORD_FIELD_BYTES, format_of};
 use crate::ingest::isolate::Extractor;
 use crate::ingest::listing::Listed;
 use crate::ingest::manifest::{Manifest, ManifestEntry, normalize_etag, sha256_hex};
@@ -85,7 +86,7 @@ pub(super) struct ProducerContext {
     pub(super) location: BucketLocation,
     /// How far a JSON(L) record's own id reaches (see [`document_id`]).
     pub(super) record_ids: RecordIdScope,
-    /// The record fields kept on chunks as user metadata (`[[index]] metadata_fields`).
+    /// The record fields and object user metadata kept on chunks (`[[index]] metadata_fields`).
     pub(super) metadata_fields: Vec<String>,
     /// Stamped on every chunk (`[[index]] namespace`).
     pub(super) namespace: Option<String>,
@@ -238,6 +239,7 @@ pub(super) async fn process_object(
         context.store.as_ref(),
         &meta.location,
         context.max_object_bytes,
+        &context.metadata_fields,
     )
     .await
     {
@@ -284,6 +286,8 @@ struct Revision {
     last_modified: Option<i64>,
     /// The store's `Content-Type`, when it keeps one.
     content_type: Option<String>,
+    /// The object's user metadata the index keeps ([`kept_user_metadata`]).
+    user_metadata: BTreeMap<String, String>,
 }
 
 enum Fetched {
@@ -299,6 +303,7 @@ async fn fetch_bytes(
     store: &dyn ObjectStore,
     location: &ObjectPath,
     max_object_bytes: u64,
+    metadata_fields: &[String],
 ) -> std::result::Result<Fetched, String> {
     let response = store
         .get_opts(location, GetOptions::default())
@@ -315,9 +320,43 @@ async fn fetch_bytes(
             .attributes
             .get(&object_store::Attribute::ContentType)
             .map(|value| value.to_string()),
+        user_metadata: kept_user_metadata(&response.attributes, metadata_fields),
     };
     let bytes = response.bytes().await.map_err(describe_read_error)?;
     Ok(Fetched::Bytes { bytes, revision })
+}
+
+/// The object's user metadata (S3 `x-amz-meta-*`, Azure `x-ms-meta-*`, GCS
+/// `x-goog-meta-*`, which `object_store` gives as [`Attribute::Metadata`]) that the
+/// index names in `metadata_fields`, under the configured name. Only those are kept, and
+/// only values a record field could have too (at most [`MAX_RECORD_FIELD_BYTES`]), so a
+/// bucket cannot grow the chunks' payload. Names match without regard to case: S3 and
+/// Azure send them as HTTP headers, which arrive lowercased.
+///
+/// [`Attribute::Metadata`]: object_store::Attribute::Metadata
+fn kept_user_metadata(
+    attributes: &object_store::Attributes,
+    metadata_fields: &[String],
+) -> BTreeMap<String, String> {
+    if metadata_fields.is_empty() {
+        return BTreeMap::new();
+    }
+    let mut kept = BTreeMap::new();
+    for (attribute, value) in attributes {
+        let object_store::Attribute::Metadata(name) = attribute else {
+            continue;
+        };
+        let Some(field) = metadata_fields
+            .iter()
+            .find(|field| field.eq_ignore_ascii_case(name))
+        else {
+            continue;
+        };
+        if value.len() <= MAX_RECORD_FIELD_BYTES {
+            kept.insert(field.clone(), value.to_string());
+        }
+    }
+    kept
 }
 
 fn describe_read_error(error: object_store::Error) -> String {
@@ -399,7 +438,7 @@ async fn prepare_object(
         last_modified: revision.last_modified,
         etag: revision.etag.clone(),
         namespace: context.namespace.clone(),
-        fields: Default::default(),
+        fields: revision.user_metadata.clone(),
     };
     let chunked = tokio::task::spawn_blocking(move || {
         chunk_extraction(
@@ -458,10 +497,12 @@ fn chunk_extraction(
     let mut chunks = Vec::new();
     for mut document in std::mem::take(&mut extraction.documents) {
         let mut metadata = object_metadata.clone();
-        metadata.fields = std::mem::take(&mut document.fields)
-            .into_iter()
-            .filter(|(name, _)| context.metadata_fields.contains(name))
-            .collect();
+        // A record's own field wins over the object's user metadata of the same name.
+        metadata.fields.extend(
+            std::mem::take(&mut document.fields)
+                .into_iter()
+                .filter(|(name, _)| context.metadata_fields.contains(name)),
+        );
         let document = ExtractedDoc {
             doc_id: document_id(
                 &document,
@@ -527,4 +568,29 @@ fn unchanged_content(
             ..previous.clone()
         });
     ObjectResult::Unchanged { refreshed_entry }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::{Attribute, Attributes};
+
+    #[test]
+    fn only_named_user_metadata_of_a_record_field_s_size_is_kept() {
+        let attributes = Attributes::from_iter([
+            (Attribute::Metadata("team".into()), "harbour".to_owned()),
+            (Attribute::Metadata("owner".into()), "someone".to_owned()),
+            (
+                Attribute::Metadata("notes".into()),
+                "x".repeat(MAX_RECORD_FIELD_BYTES + 1),
+            ),
+            (Attribute::ContentType, "text/plain".to_owned()),
+        ]);
+        let fields = ["Team".to_owned(), "notes".to_owned(), "stage".to_owned()];
+        assert_eq!(
+            kept_user_metadata(&attributes, &fields),
+            BTreeMap::from([("Team".to_owned(), "harbour".to_owned())])
+        );
+        assert!(kept_user_metadata(&attributes, &[]).is_empty());
+    }
 }
