@@ -27,33 +27,9 @@ use skyfuse::error::ErrorKind;
 use skyfuse::ingest::manifest::{Manifest, ManifestEntry};
 use skyfuse::state::{HeldLease, LeaseSubject, RedisStore, SharedManifest};
 
-/// The Redis the test script started, or None (and why) when the test may skip.
-fn redis_url() -> Option<String> {
-    if let Ok(url) = std::env::var("SKYFUSE_TEST_REDIS_URL")
-        && !url.is_empty()
-    {
-        return Some(url);
-    }
-    let required = ["CI", "SKYFUSE_REQUIRE_TOOLS"]
-        .iter()
-        .any(|name| std::env::var(name).is_ok_and(|value| !value.is_empty() && value != "0"));
-    assert!(
-        !required,
-        "a real redis-server is required here (CI or SKYFUSE_REQUIRE_TOOLS is set) but \
-         SKYFUSE_TEST_REDIS_URL is not: scripts/test.sh starts one"
-    );
-    eprintln!("SKIPPED: SKYFUSE_TEST_REDIS_URL is not set (run scripts/test.sh)");
-    None
-}
-
-/// A key prefix no other test (or earlier run) uses.
-fn fresh_prefix(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("skyfuse-test-{test}-{}-{nanos}", std::process::id())
-}
+#[path = "common/redis.rs"]
+mod redis_support;
+use redis_support::{fresh_prefix, redis_url};
 
 /// Waits for `condition`, failing after a generous bound (a hang guard, not a timing
 /// assertion).
