@@ -1005,9 +1005,6 @@ async fn an_unavailable_llm_falls_back_to_a_labelled_extractive_answer_and_a_bro
     server.stop().await;
 }
 
-/// Live check against a real OpenAI-compatible server (llama.cpp `llama-server`, vLLM,
-/// Ollama): runs when `SKYFUSE_LIVE_OPENAI_URL` is set (base URL without `/v1`), with the
-/// model from `SKYFUSE_LIVE_OPENAI_MODEL`. Without it, the test says so and passes.
 /// A real LLM (llama.cpp's server with Gemma 3 270M, tests/common/llama.rs) answers
 /// from the passage retrieval found: the fact exists only in the indexed file, and
 /// the deployment's `stop` ends the base model's answer at the next question.
