@@ -2715,11 +2715,55 @@ async fn chat_completions_with_retrieval_answer_from_the_index_and_can_be_rated(
         .unwrap();
     assert_eq!(rated.status().as_u16(), 204);
 
+    // Streamed: the tokens as chunks, then the finish with the citations, the usage
+    // chunk asked for, and [DONE].
+    let streamed = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.facade))
+        .json(&serde_json::json!({
+            "messages": [{"role": "user", "content": question}],
+            "stream": true, "stream_options": {"include_usage": true},
+            "retrieval": {"top_k": 3},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status().as_u16(), 200);
+    let text = streamed.text().await.unwrap();
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+    let chunks: Vec<serde_json::Value> = data[..data.len() - 1]
+        .iter()
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "To a paired region [1].");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop", "{text}");
+    assert_eq!(finish["model"], "qwen");
+    assert!(
+        finish["skyfuse"]["citations"][0]["object_key"]
+            .as_str()
+            .unwrap()
+            .ends_with("archives.md"),
+        "{text}"
+    );
+    let usage = &chunks[chunks.len() - 1];
+    assert_eq!(usage["choices"], serde_json::json!([]));
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(calls.lock().unwrap().len(), 2);
+
     for (request, says) in [
         (
             serde_json::json!({"messages": [{"role": "user", "content": question}],
-                "stream": true, "retrieval": {}}),
-            "set `stream` to false",
+                "stop": "\n", "retrieval": {}}),
+            "takes no `stop`",
         ),
         (
             serde_json::json!({"messages": [{"role": "user", "content": question}],
@@ -2734,7 +2778,7 @@ async fn chat_completions_with_retrieval_answer_from_the_index_and_can_be_rated(
     }
     assert_eq!(
         calls.lock().unwrap().len(),
-        1,
+        2,
         "refused before any model call"
     );
     server.stop().await;

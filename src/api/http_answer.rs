@@ -1,17 +1,25 @@
 //! `POST /v1/chat/completions` with a `retrieval` object: the conversation is answered
 //! from the index through the same [`Service::answer`] as gRPC `Answer` (retrieval,
-//! residency, the prompt, the route), and comes back as one `chat.completion` whose
-//! `skyfuse` object adds the citations, the passages residency withheld and the regions
-//! it kept the prompt to. OpenAI SDKs send the object with `extra_body`.
+//! residency, the prompt, the route), and comes back as one `chat.completion`, or with
+//! `stream` as `chat.completion.chunk` events, whose `skyfuse` object (on the whole
+//! completion, or on the last chunk) adds the citations, the passages residency
+//! withheld and the regions it kept the prompt to. OpenAI SDKs send the object with
+//! `extra_body`.
+
+use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::Json;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::convert;
 use super::http_search::FilterBody;
-use super::openai::{error_response, route_headers, route_json};
+use super::openai::{error_json, error_response, route_headers, route_json, unix_now};
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::service::{AnswerEvent, AnswerRequest, AnswerSummary, ChatCall, Service};
@@ -30,15 +38,26 @@ pub(super) struct RetrievalBody {
     namespace: String,
 }
 
-/// The answer as a whole `chat.completion`, or the error in OpenAI's shape.
+/// How the answer goes back: whole, or streamed as OpenAI's chunks.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Delivery {
+    pub stream: bool,
+    /// `stream_options.include_usage`: a usage chunk before `[DONE]`.
+    pub include_usage: bool,
+    /// The most one chunk may wait on a client that stopped reading.
+    pub send_timeout: Duration,
+}
+
+/// The answer as a whole `chat.completion` or a stream of chunks, or the error (before
+/// anything was sent) in OpenAI's shape.
 pub(super) async fn answer_completion(
     service: &Service,
     principal: &Principal,
     call: ChatCall,
     retrieval: RetrievalBody,
-    stream: bool,
+    delivery: Delivery,
 ) -> Response {
-    match answer(service, principal, call, retrieval, stream).await {
+    match answer(service, principal, call, retrieval, delivery).await {
         Ok(response) => response,
         Err(error) => error_response(&error),
     }
@@ -49,13 +68,8 @@ async fn answer(
     principal: &Principal,
     call: ChatCall,
     retrieval: RetrievalBody,
-    stream: bool,
+    delivery: Delivery,
 ) -> Result<Response> {
-    if stream {
-        return Err(Error::invalid(
-            "a completion with `retrieval` is sent whole: set `stream` to false",
-        ));
-    }
     if !call.stop.is_empty() {
         // Answers are prompted by skyfuse: the deployment's own `stop` applies.
         return Err(Error::invalid(
@@ -70,6 +84,7 @@ async fn answer(
         .map(convert::filter_request)
         .transpose()?;
     let call_id = call.id;
+    let asked_model = call.model.clone().unwrap_or_else(|| "auto".to_owned());
     let request = AnswerRequest {
         question: String::new(),
         messages: call.messages,
@@ -85,6 +100,15 @@ async fn answer(
         namespace: retrieval.namespace,
     };
     let mut events = service.answer(principal, request).await?;
+    if delivery.stream {
+        // Nothing went out yet: a failure before the first token is still a status.
+        let first = match events.recv().await {
+            Some(AnswerEvent::Failed(error)) => return Err(error),
+            Some(event) => event,
+            None => return Err(Error::internal("the answer ended without finishing")),
+        };
+        return Ok(streamed(first, events, call_id, asked_model, delivery));
+    }
     let mut text = String::new();
     while let Some(event) = events.recv().await {
         match event {
@@ -104,12 +128,127 @@ async fn answer(
     Err(Error::internal("the answer ended without finishing"))
 }
 
-fn completion(id: &str, text: String, summary: &AnswerSummary) -> Response {
-    let model = match &summary.route.chosen {
+/// The answer's events as `chat.completion.chunk`s: a chunk per token (the model
+/// named as asked, since the route is known only at the end), then one with the
+/// finish reason, the answered model and the `skyfuse` object, the usage chunk when
+/// asked, and `[DONE]`. A failure after the first token goes in band with no `[DONE]`.
+fn streamed(
+    first: AnswerEvent,
+    mut events: mpsc::Receiver<AnswerEvent>,
+    answer_id: String,
+    asked_model: String,
+    delivery: Delivery,
+) -> Response {
+    let (sender, receiver) = mpsc::channel::<std::result::Result<Event, Infallible>>(64);
+    let created = unix_now();
+    tokio::spawn(async move {
+        let chunk = |id: &str, model: &str, delta: Value, finish: Value| {
+            json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            })
+        };
+        let mut next = Some(first);
+        let mut role_sent = false;
+        loop {
+            let event = match next.take() {
+                Some(event) => Some(event),
+                None => events.recv().await,
+            };
+            let (out, more) = match event {
+                Some(AnswerEvent::Token(token)) => {
+                    let delta = if role_sent {
+                        json!({"content": token})
+                    } else {
+                        json!({"role": "assistant", "content": token})
+                    };
+                    role_sent = true;
+                    let data = chunk(&answer_id, &asked_model, delta, Value::Null);
+                    (vec![data.to_string()], true)
+                }
+                Some(AnswerEvent::Done(summary)) => {
+                    // The answer's own id rates it (`/v1/feedback`); extractive: the call's.
+                    let id = match summary.answer_id.as_str() {
+                        "" => answer_id.clone(),
+                        rated => rated.to_owned(),
+                    };
+                    let model = answered_model(&summary);
+                    let mut last = chunk(&id, &model, json!({}), json!(summary.finish_reason));
+                    last["skyfuse"] = skyfuse_json(&summary);
+                    let mut out = vec![last.to_string()];
+                    if delivery.include_usage {
+                        let mut usage = chunk(&id, &model, json!({}), Value::Null);
+                        usage["choices"] = json!([]);
+                        usage["usage"] = usage_json(&summary);
+                        out.push(usage.to_string());
+                    }
+                    out.push("[DONE]".into());
+                    (out, false)
+                }
+                Some(AnswerEvent::Failed(error)) => (vec![error_json(&error).to_string()], false),
+                None => {
+                    let error = Error::internal("the answer ended without finishing");
+                    (vec![error_json(&error).to_string()], false)
+                }
+            };
+            for data in out {
+                let send = sender.send(Ok(Event::default().data(data)));
+                match tokio::time::timeout(delivery.send_timeout, send).await {
+                    Ok(Ok(())) => {}
+                    // The client went away or stopped reading: dropping `events`
+                    // cancels the answer.
+                    _ => return,
+                }
+            }
+            if !more {
+                return;
+            }
+        }
+    });
+    Sse::new(ReceiverStream::new(receiver))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn answered_model(summary: &AnswerSummary) -> String {
+    match &summary.route.chosen {
         Some(chosen) => chosen.model.clone(),
         None => crate::service::EXTRACTIVE_MODEL.to_owned(),
-    };
+    }
+}
+
+fn usage_json(summary: &AnswerSummary) -> Value {
     let usage = &summary.usage;
+    json!({
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens.saturating_add(usage.output_tokens),
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+    })
+}
+
+fn completion(id: &str, text: String, summary: &AnswerSummary) -> Response {
+    let model = answered_model(summary);
+    let body = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": summary.finish_reason,
+        }],
+        "usage": usage_json(summary),
+        "skyfuse": skyfuse_json(summary),
+    });
+    let mut response = Json(body).into_response();
+    route_headers(response.headers_mut(), &summary.route);
+    response
+}
+
+/// What skyfuse adds to an answer: the route, citations, residency and costs.
+fn skyfuse_json(summary: &AnswerSummary) -> Value {
     let mut skyfuse = route_json(&summary.route);
     skyfuse["answer_id"] = json!(summary.answer_id);
     skyfuse["cut_short"] = json!(summary.cut_short());
@@ -143,27 +282,5 @@ fn completion(id: &str, text: String, summary: &AnswerSummary) -> Response {
             })
         })
         .collect::<Value>();
-    let body = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs()),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": summary.finish_reason,
-        }],
-        "usage": {
-            "prompt_tokens": usage.input_tokens,
-            "completion_tokens": usage.output_tokens,
-            "total_tokens": usage.input_tokens.saturating_add(usage.output_tokens),
-            "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
-        },
-        "skyfuse": skyfuse,
-    });
-    let mut response = Json(body).into_response();
-    route_headers(response.headers_mut(), &summary.route);
-    response
+    skyfuse
 }

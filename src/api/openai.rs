@@ -386,23 +386,25 @@ async fn start(
         Ok(call) => call,
         Err(error) => return (None, Err(error)),
     };
-    if let Some(retrieval) = request.retrieval {
-        let response = super::http_answer::answer_completion(
-            service,
-            &principal,
-            call,
-            retrieval,
-            request.stream,
-        )
-        .await;
-        return (None, Ok(Begun::Answered(response)));
-    }
-    let id = call.id.clone();
-    let rated = service.rated_chat(&principal, call).await;
     let include_usage = request
         .stream_options
         .as_ref()
         .is_some_and(|options| options.include_usage);
+    if let Some(retrieval) = request.retrieval {
+        let delivery = super::http_answer::Delivery {
+            stream: request.stream,
+            include_usage,
+            send_timeout: std::time::Duration::from_millis(
+                service.config().routing.stream_send_timeout_ms,
+            ),
+        };
+        let response =
+            super::http_answer::answer_completion(service, &principal, call, retrieval, delivery)
+                .await;
+        return (None, Ok(Begun::Answered(response)));
+    }
+    let id = call.id.clone();
+    let rated = service.rated_chat(&principal, call).await;
     let started = rated
         .result
         .map(|started| Begun::Chat(Box::new((started, request.stream, include_usage, id))))
@@ -772,7 +774,7 @@ pub(super) fn error_response(error: &Error) -> Response {
     response
 }
 
-fn error_json(error: &Error) -> Value {
+pub(super) fn error_json(error: &Error) -> Value {
     let (kind, code) = match error.kind {
         ErrorKind::InvalidArgument => ("invalid_request_error", "invalid_request"),
         ErrorKind::ContextLength => ("invalid_request_error", "context_length_exceeded"),
@@ -795,7 +797,7 @@ fn completion_id() -> String {
     format!("chatcmpl-{}", crate::ids::random_id())
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
