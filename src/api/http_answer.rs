@@ -19,7 +19,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::convert;
 use super::http_search::FilterBody;
-use super::openai::{error_json, error_response, route_headers, route_json, unix_now};
+use super::openai::{
+    completion_json, error_json, error_response, route_headers, route_json, unix_now, usage_json,
+};
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::service::{AnswerEvent, AnswerRequest, AnswerSummary, ChatCall, Service};
@@ -179,7 +181,7 @@ fn streamed(
                     if delivery.include_usage {
                         let mut usage = chunk(&id, &model, json!({}), Value::Null);
                         usage["choices"] = json!([]);
-                        usage["usage"] = usage_json(&summary);
+                        usage["usage"] = usage_json(&summary.usage);
                         out.push(usage.to_string());
                     }
                     out.push("[DONE]".into());
@@ -217,31 +219,16 @@ fn answered_model(summary: &AnswerSummary) -> String {
     }
 }
 
-fn usage_json(summary: &AnswerSummary) -> Value {
-    let usage = &summary.usage;
-    json!({
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens.saturating_add(usage.output_tokens),
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
-    })
-}
-
 fn completion(id: &str, text: String, summary: &AnswerSummary) -> Response {
     let model = answered_model(summary);
-    let body = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": unix_now(),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": summary.finish_reason,
-        }],
-        "usage": usage_json(summary),
-        "skyfuse": skyfuse_json(summary),
-    });
+    let body = completion_json(
+        id,
+        &model,
+        text,
+        &summary.finish_reason,
+        &summary.usage,
+        skyfuse_json(summary),
+    );
     let mut response = Json(body).into_response();
     route_headers(response.headers_mut(), &summary.route);
     response

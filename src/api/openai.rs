@@ -31,7 +31,7 @@ use crate::auth::Credentials;
 use crate::embed::Purpose;
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits::{Protocol, Quota, RateLimitStatus};
-use crate::llm::{ChatMessage, Role};
+use crate::llm::{ChatMessage, Role, Usage};
 use crate::route::{AttemptOutcome, RouteEvent, RouteSummary};
 use crate::service::{ChatCall, EmbeddingsRequest, Service};
 use crate::telemetry::trace::{self, CallTrace};
@@ -548,19 +548,14 @@ async fn whole(
                     .as_ref()
                     .map(|info| info.model.clone())
                     .unwrap_or_default();
-                let body = json!({
-                    "id": id,
-                    "object": "chat.completion",
-                    "created": unix_now(),
-                    "model": model,
-                    "choices": [{
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": summary.finish_reason,
-                    }],
-                    "usage": usage_json(&summary),
-                    "skyfuse": route_json(&summary),
-                });
+                let body = completion_json(
+                    &id,
+                    &model,
+                    text,
+                    &summary.finish_reason,
+                    &summary.usage,
+                    route_json(&summary),
+                );
                 let mut response = Json(body).into_response();
                 route_headers(response.headers_mut(), &summary);
                 let overhead = to_first_token.saturating_sub(summary.attempts_time());
@@ -613,7 +608,7 @@ fn streamed(
                     if include_usage {
                         let mut usage = chunk(json!({}), Value::Null);
                         usage["choices"] = json!([]);
-                        usage["usage"] = usage_json(&summary);
+                        usage["usage"] = usage_json(&summary.usage);
                         out.push(usage.to_string());
                     }
                     out.push("[DONE]".into());
@@ -644,8 +639,32 @@ fn streamed(
     Sse::new(ReceiverStream::new(receiver)).keep_alive(KeepAlive::default())
 }
 
-fn usage_json(summary: &RouteSummary) -> Value {
-    let usage = &summary.usage;
+/// A whole `chat.completion`, with skyfuse's own object beside OpenAI's fields.
+pub(super) fn completion_json(
+    id: &str,
+    model: &str,
+    text: String,
+    finish_reason: &str,
+    usage: &Usage,
+    skyfuse: Value,
+) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": finish_reason,
+        }],
+        "usage": usage_json(usage),
+        "skyfuse": skyfuse,
+    })
+}
+
+/// OpenAI's `usage` object.
+pub(super) fn usage_json(usage: &Usage) -> Value {
     json!({
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
