@@ -20,7 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::convert;
 use super::http_search::FilterBody;
 use super::openai::{
-    completion_json, error_json, error_response, route_headers, route_json, unix_now, usage_json,
+    completion_json, error_json, error_response, route_headers, route_json, send_events, unix_now,
+    usage_json,
 };
 use crate::auth::Principal;
 use crate::error::{Error, Result};
@@ -193,16 +194,8 @@ fn streamed(
                     (vec![error_json(&error).to_string()], false)
                 }
             };
-            for data in out {
-                let send = sender.send(Ok(Event::default().data(data)));
-                match tokio::time::timeout(delivery.send_timeout, send).await {
-                    Ok(Ok(())) => {}
-                    // The client went away or stopped reading: dropping `events`
-                    // cancels the answer.
-                    _ => return,
-                }
-            }
-            if !more {
+            // A client gone or not reading: dropping `events` cancels the answer.
+            if !send_events(&sender, out, delivery.send_timeout).await || !more {
                 return;
             }
         }

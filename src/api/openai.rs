@@ -622,21 +622,29 @@ fn streamed(
                     (vec![error_json(&error).to_string()], false)
                 }
             };
-            for data in out {
-                let send = sender.send(Ok(Event::default().data(data)));
-                match tokio::time::timeout(send_timeout, send).await {
-                    Ok(Ok(())) => {}
-                    // The client went away or stopped reading: dropping `events`
-                    // cancels upstream.
-                    _ => return,
-                }
-            }
-            if !more {
+            // A client gone or not reading: dropping `events` cancels upstream.
+            if !send_events(&sender, out, send_timeout).await || !more {
                 return;
             }
         }
     });
     Sse::new(ReceiverStream::new(receiver)).keep_alive(KeepAlive::default())
+}
+
+/// Sends each of `data` as a server-sent event; false once the client went away or
+/// stopped reading for `send_timeout`.
+pub(super) async fn send_events(
+    sender: &mpsc::Sender<std::result::Result<Event, Infallible>>,
+    data: Vec<String>,
+    send_timeout: std::time::Duration,
+) -> bool {
+    for data in data {
+        let send = sender.send(Ok(Event::default().data(data)));
+        if !matches!(tokio::time::timeout(send_timeout, send).await, Ok(Ok(()))) {
+            return false;
+        }
+    }
+    true
 }
 
 /// A whole `chat.completion`, with skyfuse's own object beside OpenAI's fields.
