@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use skyfuse::config::LocalPrecision;
 use skyfuse::embed::EmbeddingSpace;
 use skyfuse::embed::local::{DEFAULT_MODEL_DIR, LocalEmbedder, MODEL_DIR_ENV};
 
@@ -26,14 +27,14 @@ fn model_dir() -> PathBuf {
     }
 }
 
-fn load_embedder() -> LocalEmbedder {
+fn load_embedder(precision: LocalPrecision) -> LocalEmbedder {
     let directory = model_dir();
     let space = EmbeddingSpace {
         id: "minilm".to_owned(),
         model: "all-MiniLM-L6-v2".to_owned(),
         dims: 384,
     };
-    LocalEmbedder::load(space, &directory).unwrap_or_else(|error| {
+    LocalEmbedder::load(space, &directory, precision).unwrap_or_else(|error| {
         panic!(
             "cannot load the embedding model from {}: {error}",
             directory.display()
@@ -99,10 +100,20 @@ fn scifact_queries(count: usize) -> Vec<String> {
         .collect()
 }
 
+/// Each arithmetic side by side: `minilm-f32/...` and, on a CPU with AVX512_BF16,
+/// `minilm-bf16/...` (what `precision = "auto"` picks there).
 fn bench_embedding(criterion: &mut Criterion) {
-    let embedder = load_embedder();
+    bench_precision(criterion, "minilm-f32", load_embedder(LocalPrecision::F32));
+    let auto = load_embedder(LocalPrecision::Auto);
+    if auto.is_bf16() {
+        bench_precision(criterion, "minilm-bf16", auto);
+    } else {
+        eprintln!("this CPU has no AVX512_BF16: bf16 not measured");
+    }
+}
 
-    let mut group = criterion.benchmark_group("minilm");
+fn bench_precision(criterion: &mut Criterion, name: &str, embedder: LocalEmbedder) {
+    let mut group = criterion.benchmark_group(name);
     group.throughput(Throughput::Elements(1));
     group.bench_function("single_short_query", |bencher| {
         bencher.iter(|| embedder.embed_blocking(&[QUERY]).expect("query embeds"))

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use skyfuse::config::Metric;
+use skyfuse::config::{LocalPrecision, Metric};
 use skyfuse::embed::EmbeddingSpace;
 use skyfuse::embed::local::{DEFAULT_MODEL_DIR, LocalEmbedder, MODEL_DIR_ENV};
 use skyfuse::embed::query::{QueryCacheSettings, QueryEmbedder};
@@ -31,7 +31,8 @@ fn model_dir() -> PathBuf {
 
 /// Spaces "minilm" (384) and "minilm-128" (its truncation) over one loaded model.
 fn query_embedder(cache_entries: usize) -> QueryEmbedder {
-    let model = LocalEmbedder::load_native("minilm", &model_dir()).expect("the model loads");
+    let model = LocalEmbedder::load_native("minilm", &model_dir(), LocalPrecision::Auto)
+        .expect("the model loads");
     let space = |id: &str, dims| {
         let space = EmbeddingSpace {
             id: id.to_string(),

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use skyfuse::config::LocalPrecision;
 use skyfuse::embed::local::{DEFAULT_MODEL_DIR, LocalEmbedder, MODEL_DIR_ENV};
 use skyfuse::embed::{Embedder, EmbeddingSpace, Purpose};
 use skyfuse::error::ErrorKind;
@@ -38,7 +39,7 @@ fn embedder() -> &'static LocalEmbedder {
             "the embedding model is missing at {}: run scripts/fetch-model.sh or set {MODEL_DIR_ENV}",
             directory.display()
         );
-        LocalEmbedder::load(minilm_space(), &directory).unwrap_or_else(|error| {
+        LocalEmbedder::load(minilm_space(), &directory, LocalPrecision::F32).unwrap_or_else(|error| {
             panic!(
                 "cannot load the embedding model from {}: {error}",
                 directory.display()
@@ -320,7 +321,8 @@ async fn concurrent_queries_each_get_the_vector_they_get_alone() {
 #[test]
 fn missing_model_dir_is_a_config_error_that_says_how_to_fix_it() {
     let missing = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/does-not-exist");
-    let error = LocalEmbedder::load(minilm_space(), &missing).expect_err("load must fail");
+    let error = LocalEmbedder::load(minilm_space(), &missing, LocalPrecision::Auto)
+        .expect_err("load must fail");
     assert_eq!(error.kind, ErrorKind::Config);
     // The exact command, with the folder it must fill.
     let command = format!("SKYFUSE_MODEL_DIR={} ", missing.display());
@@ -361,7 +363,8 @@ fn missing_or_malformed_files_are_config_errors() {
     let scratch = tempfile::tempdir().expect("temp dir");
     // Only a config: the weights are missing.
     std::fs::copy(real.join("config.json"), scratch.path().join("config.json")).expect("copy");
-    let error = LocalEmbedder::load(minilm_space(), scratch.path()).expect_err("no weights");
+    let error = LocalEmbedder::load(minilm_space(), scratch.path(), LocalPrecision::Auto)
+        .expect_err("no weights");
     assert_eq!(error.kind, ErrorKind::Config);
     assert!(
         error.message.contains("model.safetensors"),
@@ -376,13 +379,15 @@ fn missing_or_malformed_files_are_config_errors() {
         scratch.path().join("tokenizer.json"),
     )
     .expect("copy");
-    let error = LocalEmbedder::load(minilm_space(), scratch.path()).expect_err("bad weights");
+    let error = LocalEmbedder::load(minilm_space(), scratch.path(), LocalPrecision::Auto)
+        .expect_err("bad weights");
     assert_eq!(error.kind, ErrorKind::Config);
     assert!(error.message.contains("model weights"), "{}", error.message);
 
     // A config that is not json.
     std::fs::write(scratch.path().join("config.json"), b"{ nope").expect("write");
-    let error = LocalEmbedder::load(minilm_space(), scratch.path()).expect_err("bad config");
+    let error = LocalEmbedder::load(minilm_space(), scratch.path(), LocalPrecision::Auto)
+        .expect_err("bad config");
     assert_eq!(error.kind, ErrorKind::Config);
 }
 
@@ -392,7 +397,8 @@ fn space_with_the_wrong_dims_is_rejected() {
         dims: 768,
         ..minilm_space()
     };
-    let error = LocalEmbedder::load(space, &model_dir()).expect_err("dims mismatch");
+    let error =
+        LocalEmbedder::load(space, &model_dir(), LocalPrecision::Auto).expect_err("dims mismatch");
     assert_eq!(error.kind, ErrorKind::Config);
     assert!(error.message.contains("768"), "{}", error.message);
 }
@@ -447,4 +453,78 @@ fn the_cli_search_and_ask_take_a_filter_as_json() {
     let (ok, refused) = skyfuse(&["search", "storms", "--filter", r#"{"condition": 1}"#]);
     assert!(!ok);
     assert!(refused.contains("--filter"), "{refused}");
+}
+
+/// `precision = "bf16"` (what `auto` picks on a CPU with AVX512_BF16): the same model
+/// within bf16's rounding. Each vector points where the f32 one does, and the pairs the
+/// reference fixture scores keep their similarity and their order. On a CPU without it,
+/// asking for bf16 is a clear startup error.
+#[test]
+fn bf16_products_stay_within_rounding_of_the_f32_model() {
+    let loaded = LocalEmbedder::load(minilm_space(), &model_dir(), LocalPrecision::Bf16);
+    let bf16 = match loaded {
+        Ok(bf16) => bf16,
+        Err(error) => {
+            assert_eq!(error.kind, ErrorKind::Config);
+            assert!(error.to_string().contains("AVX512_BF16"), "{error}");
+            let auto = LocalEmbedder::load(minilm_space(), &model_dir(), LocalPrecision::Auto)
+                .expect("auto falls back to f32");
+            assert!(!auto.is_bf16());
+            return;
+        }
+    };
+    assert!(bf16.is_bf16());
+    assert!(!embedder().is_bf16(), "the exact model is f32");
+
+    let fixture_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm_reference.json");
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&fixture_path).expect("reference fixture is readable"),
+    )
+    .expect("reference fixture is json");
+    // Built as scripts/minilm_reference.py builds it.
+    let long_text = (0..2000)
+        .map(|index| format!("word{} sentence{}.", index % 97, index % 13))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let texts: Vec<&str> = fixture["sentences"]
+        .as_array()
+        .expect("sentences")
+        .iter()
+        .map(|sentence| match sentence["text"].as_str().expect("text") {
+            "<long_text>" => long_text.as_str(),
+            text => text,
+        })
+        .collect();
+    let exact = embed(&texts);
+    let rounded = bf16.embed_blocking(&texts).expect("bf16 embeds");
+    for (index, (exact, rounded)) in exact.iter().zip(&rounded).enumerate() {
+        assert_unit_vector(rounded, &format!("bf16 text {index}"));
+        let agreement = cosine(exact, rounded);
+        assert!(
+            agreement >= 0.9999,
+            "text {index} ({:?}): bf16 vs f32 cosine {agreement}",
+            texts[index]
+        );
+    }
+    let mut pairs: Vec<(f32, f32)> = Vec::new();
+    for pair in fixture["cosine_pairs"].as_array().expect("cosine_pairs") {
+        let left = pair["a"].as_u64().expect("a") as usize;
+        let right = pair["b"].as_u64().expect("b") as usize;
+        let wanted = pair["cosine"].as_f64().expect("cosine") as f32;
+        let actual = cosine(&rounded[left], &rounded[right]);
+        assert!(
+            (actual - wanted).abs() <= 0.005,
+            "bf16 cosine({left}, {right}) = {actual}, reference {wanted}"
+        );
+        pairs.push((wanted, actual));
+    }
+    // Pairs the reference tells apart by more than the rounding stay in its order.
+    for first in &pairs {
+        for second in &pairs {
+            if (first.0 - second.0).abs() > 0.01 {
+                assert_eq!(first.0 < second.0, first.1 < second.1, "{pairs:?}");
+            }
+        }
+    }
 }

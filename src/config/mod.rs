@@ -75,7 +75,7 @@ pub use source::{
     QdrantConfig, RefreshPolicy, RemoteConfig, SourceConfig, SourceKind, StoreConfig,
     TantivyConfig,
 };
-pub use space::{LOCAL_PROVIDER, Metric, SpaceConfig};
+pub use space::{LOCAL_PROVIDER, LocalPrecision, Metric, SpaceConfig};
 pub use telemetry::{OtlpProtocol, TelemetryConfig, TracesConfig};
 pub use tls::{ClientAuth, TlsConfig};
 
@@ -341,6 +341,14 @@ impl Config {
         for space in &self.spaces {
             if space.dims == 0 {
                 problems.push(format!("space {:?}: dims must be at least 1", space.id));
+            }
+            if space.precision != LocalPrecision::Auto
+                && space.providers().any(|provider| provider != LOCAL_PROVIDER)
+            {
+                problems.push(format!(
+                    "space {:?}: precision applies to the in-process model only (provider = \"local\" and no fallback)",
+                    space.id
+                ));
             }
             if space.shared_query_cache && self.shared_state.is_none() {
                 problems.push(format!(

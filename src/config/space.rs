@@ -18,6 +18,21 @@ pub enum Metric {
     L2,
 }
 
+/// How the in-process model multiplies its matrices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalPrecision {
+    /// bf16 where the CPU multiplies it natively (AVX512_BF16), else f32.
+    #[default]
+    Auto,
+    /// Weights and activations in f32: the reference model's vectors to ~1e-6.
+    F32,
+    /// Weights and each product's input rounded to bf16, sums in f32: about twice the
+    /// speed, vectors within ~1e-3 cosine of f32's. Refused at startup on a CPU without
+    /// AVX512_BF16.
+    Bf16,
+}
+
 /// An embedding space: a model at a dimension and metric. Vectors of different spaces
 /// never meet; a space fails over only to the same model served elsewhere.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +64,9 @@ pub struct SpaceConfig {
     /// another. In a Matryoshka family, the space embedded (the largest) decides.
     #[serde(default)]
     pub shared_query_cache: bool,
+    /// The in-process model's arithmetic (`provider = "local"` only).
+    #[serde(default)]
+    pub precision: LocalPrecision,
 }
 
 impl SpaceConfig {

@@ -172,7 +172,8 @@ async fn space_embedder(
 async fn load_local_model(space: &SpaceConfig) -> Result<LocalEmbedder> {
     let model_dir = Path::new(&space.model).to_path_buf();
     let id = space.id.clone();
-    tokio::task::spawn_blocking(move || LocalEmbedder::load_native(&id, &model_dir))
+    let precision = space.precision;
+    tokio::task::spawn_blocking(move || LocalEmbedder::load_native(&id, &model_dir, precision))
         .await
         .map_err(|error| Error::internal(format!("model loading panicked: {error}")))?
 }

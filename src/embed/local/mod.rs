@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::config::LocalPrecision;
 use crate::config::home::fetch_model_command;
 use crate::embed::{EmbedRequest, Embedder, EmbeddingProvider, EmbeddingSpace, Purpose};
 use crate::error::{Error, Result};
@@ -112,8 +113,24 @@ impl std::fmt::Debug for LocalEmbedder {
 }
 
 impl LocalEmbedder {
-    /// Loads weights + tokenizer; clear `Error::config` if the dir or a file is missing or malformed.
-    pub fn load(space: EmbeddingSpace, model_dir: &Path) -> Result<Self> {
+    /// Loads weights + tokenizer; clear `Error::config` if the dir or a file is missing or
+    /// malformed, or `precision` is bf16 on a CPU without it.
+    pub fn load(
+        space: EmbeddingSpace,
+        model_dir: &Path,
+        precision: LocalPrecision,
+    ) -> Result<Self> {
+        let bf16 = match precision {
+            LocalPrecision::F32 => false,
+            LocalPrecision::Auto => kernels::bf16_supported(),
+            LocalPrecision::Bf16 if kernels::bf16_supported() => true,
+            LocalPrecision::Bf16 => {
+                return Err(Error::config(format!(
+                    "embedding space {}: precision = \"bf16\" needs a CPU with AVX512_BF16, which this one lacks; use \"auto\" or \"f32\"",
+                    space.id
+                )));
+            }
+        };
         if !model_dir.is_dir() {
             return Err(Error::config(format!(
                 "embedding model directory {} does not exist; fetch the model with: {}",
@@ -144,7 +161,7 @@ impl LocalEmbedder {
                 shape.hidden_size
             )));
         }
-        let model = BertWeights::read(&weights_path, shape)?;
+        let model = BertWeights::read(&weights_path, shape, bf16)?;
         let tokenizer = load_tokenizer(&tokenizer_path, model.max_sequence_tokens)?;
 
         Ok(Self {
@@ -159,7 +176,7 @@ impl LocalEmbedder {
     }
 
     /// Loads the model in `model_dir` as space `id` at the dimension the model produces.
-    pub fn load_native(id: &str, model_dir: &Path) -> Result<Self> {
+    pub fn load_native(id: &str, model_dir: &Path, precision: LocalPrecision) -> Result<Self> {
         let config_path = model_dir.join("config.json");
         let dims = if config_path.is_file() {
             ModelShape::read(&config_path)?.hidden_size
@@ -171,7 +188,17 @@ impl LocalEmbedder {
             model: model_dir.display().to_string(),
             dims,
         };
-        Self::load(space, model_dir)
+        Self::load(space, model_dir, precision)
+    }
+
+    /// Whether this model's products run in bf16 (`precision` `auto` on a CPU with
+    /// AVX512_BF16, or `bf16`).
+    pub fn is_bf16(&self) -> bool {
+        self.inner
+            .model
+            .layers
+            .first()
+            .is_some_and(|layer| layer.qkv_weight.is_bf16())
     }
 
     /// Blocking: one L2-normalized vector per text, in order. Empty input -> empty output.

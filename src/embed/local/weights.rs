@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::MAX_SEQUENCE_TOKENS;
 use super::config::ModelShape;
-use super::kernels;
+use super::kernels::{self, Bf16Weight};
 use crate::error::{Error, Result};
 
 /// Layer norm scale and shift.
@@ -43,48 +43,79 @@ const PANEL_WIDTH: usize = 64;
 /// use the panel layout.
 const FEW_TOKENS: usize = 48;
 
-/// A linear layer's weight, transposed from PyTorch's `[out, in]` and kept in two layouts
-/// (the dense weights twice: 42 MB more memory for 2.6x faster short queries):
-/// - `row_major` `[in, out]`: for many tokens, one multi-threaded gemm call that packs
-///   the operands itself;
-/// - `panels`: the same values cut into column panels of [`PANEL_WIDTH`], each stored
-///   contiguously `[in, width]`. With few tokens the product is bound by streaming the
-///   weights, and gemm reads a row-major `[in, out]` weight at a stride of `out` floats
-///   per row; contiguous panels turned that into sequential reads (measured for 12 tokens
-///   and a 384x1536 weight: 550 us -> 210 us per product).
+/// A linear layer's weight, transposed from PyTorch's `[out, in]`, in the layout its
+/// products want:
+/// - [`Arithmetic::Bf16`]: rounded to bf16 and packed for `vdpbf16ps` (see
+///   `kernels/bf16.rs`), the f32 copies dropped;
+/// - [`Arithmetic::F32`]: kept twice (42 MB more memory for 2.6x faster short queries):
+///   `row_major` `[in, out]` for many tokens, one multi-threaded gemm call that packs the
+///   operands itself; and `panels`, the same values cut into column panels of
+///   [`PANEL_WIDTH`], each stored contiguously `[in, width]`. With few tokens the product
+///   is bound by streaming the weights, and gemm reads a row-major `[in, out]` weight at a
+///   stride of `out` floats per row; contiguous panels turned that into sequential reads
+///   (measured for 12 tokens and a 384x1536 weight: 550 us -> 210 us per product).
 pub(super) struct LinearWeight {
     input_features: usize,
     output_features: usize,
-    row_major: Vec<f32>,
-    panels: Vec<f32>,
+    arithmetic: Arithmetic,
+}
+
+enum Arithmetic {
+    F32 {
+        row_major: Vec<f32>,
+        panels: Vec<f32>,
+    },
+    Bf16(Bf16Weight),
 }
 
 impl LinearWeight {
-    fn from_row_major(row_major: Vec<f32>, input_features: usize, output_features: usize) -> Self {
-        let mut panels = Vec::with_capacity(row_major.len());
-        for panel_start in (0..output_features).step_by(PANEL_WIDTH) {
-            let width = PANEL_WIDTH.min(output_features - panel_start);
-            for input in 0..input_features {
-                let row_start = input * output_features + panel_start;
-                panels.extend_from_slice(&row_major[row_start..row_start + width]);
+    fn from_row_major(
+        row_major: Vec<f32>,
+        input_features: usize,
+        output_features: usize,
+        bf16: bool,
+    ) -> Self {
+        let packed = bf16
+            .then(|| Bf16Weight::pack(&row_major, input_features, output_features))
+            .flatten();
+        let arithmetic = match packed {
+            Some(packed) => Arithmetic::Bf16(packed),
+            None => {
+                let mut panels = Vec::with_capacity(row_major.len());
+                for panel_start in (0..output_features).step_by(PANEL_WIDTH) {
+                    let width = PANEL_WIDTH.min(output_features - panel_start);
+                    for input in 0..input_features {
+                        let row_start = input * output_features + panel_start;
+                        panels.extend_from_slice(&row_major[row_start..row_start + width]);
+                    }
+                }
+                Arithmetic::F32 { row_major, panels }
             }
-        }
+        };
         Self {
             input_features,
             output_features,
-            row_major,
-            panels,
+            arithmetic,
         }
     }
 
     /// `output[rows, out] += input[rows, in] · weight`, all row-major.
     pub(super) fn accumulate(&self, rows: usize, input: &[f32], output: &mut [f32]) {
         let (k, n) = (self.input_features, self.output_features);
-        if rows > FEW_TOKENS {
-            kernels::matmul_accumulate(rows, k, n, input, &self.row_major, output);
-        } else {
-            kernels::panel_matmul_accumulate(rows, k, n, input, &self.panels, PANEL_WIDTH, output);
+        match &self.arithmetic {
+            Arithmetic::Bf16(packed) => packed.accumulate(rows, input, output),
+            Arithmetic::F32 { row_major, .. } if rows > FEW_TOKENS => {
+                kernels::matmul_accumulate(rows, k, n, input, row_major, output);
+            }
+            Arithmetic::F32 { panels, .. } => {
+                kernels::panel_matmul_accumulate(rows, k, n, input, panels, PANEL_WIDTH, output);
+            }
         }
+    }
+
+    /// Whether this weight's products run in bf16.
+    pub(super) fn is_bf16(&self) -> bool {
+        matches!(self.arithmetic, Arithmetic::Bf16(_))
     }
 }
 
@@ -199,7 +230,9 @@ impl TensorSource {
 }
 
 impl BertWeights {
-    pub(super) fn read(path: &Path, shape: ModelShape) -> Result<Self> {
+    /// Reads the weights; `bf16`: pack the linear weights for bf16 products (the caller
+    /// checked the CPU has them; a weight whose shape does not fit stays f32).
+    pub(super) fn read(path: &Path, shape: ModelShape, bf16: bool) -> Result<Self> {
         let source = TensorSource::open(path)?;
         let hidden = shape.hidden_size;
         let intermediate = shape.intermediate_size;
@@ -248,7 +281,7 @@ impl BertWeights {
                 .extend(source.vector(&format!("{prefix}.attention.self.value.bias"), &[hidden])?);
 
             layers.push(EncoderLayer {
-                qkv_weight: LinearWeight::from_row_major(qkv_weight, hidden, 3 * hidden),
+                qkv_weight: LinearWeight::from_row_major(qkv_weight, hidden, 3 * hidden, bf16),
                 qkv_bias,
                 attention_output_weight: LinearWeight::from_row_major(
                     source.linear_weight_transposed(
@@ -258,6 +291,7 @@ impl BertWeights {
                     )?,
                     hidden,
                     hidden,
+                    bf16,
                 ),
                 attention_output_bias: source
                     .vector(&format!("{prefix}.attention.output.dense.bias"), &[hidden])?,
@@ -270,6 +304,7 @@ impl BertWeights {
                     )?,
                     hidden,
                     intermediate,
+                    bf16,
                 ),
                 intermediate_bias: source.vector(
                     &format!("{prefix}.intermediate.dense.bias"),
@@ -283,6 +318,7 @@ impl BertWeights {
                     )?,
                     intermediate,
                     hidden,
+                    bf16,
                 ),
                 output_bias: source.vector(&format!("{prefix}.output.dense.bias"), &[hidden])?,
                 output_norm: layer_norm(&format!("{prefix}.output.LayerNorm"))?,

@@ -13,10 +13,43 @@
 //! - the element-wise kernels (GELU, softmax, layer norm) are compiled a second time with
 //!   `#[target_feature(enable = "avx2,fma")]`, and `dispatch!` calls that variant only after
 //!   `is_x86_feature_detected!` confirmed the CPU has both features.
+//! - [`bf16`]: the bfloat16 products on AVX512_BF16 (its own docs say what they rest on).
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+mod bf16;
+#[cfg(target_arch = "x86_64")]
+pub(super) use bf16::Bf16Weight;
+
+/// Elsewhere there is no bf16 product: every weight stays f32.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) enum Bf16Weight {}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Bf16Weight {
+    pub(super) fn pack(_row_major: &[f32], _k: usize, _n: usize) -> Option<Self> {
+        None
+    }
+
+    pub(super) fn accumulate(&self, _rows: usize, _input: &[f32], _output: &mut [f32]) {
+        match *self {}
+    }
+}
+
+/// Whether this CPU multiplies in bf16 ([`Bf16Weight`]).
+pub(super) fn bf16_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        bf16::supported()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// Rows per rayon task for layer norm: big enough to amortize scheduling.
 const ROWS_PER_TASK: usize = 64;
