@@ -2,16 +2,19 @@
 //! one pass (the query batcher under load) and a batch of 32 SciFact-like abstracts
 //! (indexing throughput).
 //!
-//! Run: `cargo bench --bench embed`. Needs the model (`scripts/fetch-model.sh`, or
+//! Run: `cargo bench --bench embed` (wall time), or with `SKYFUSE_BENCH_CPU_TIME=1` for
+//! the process's CPU time per call. Needs the model (`scripts/fetch-model.sh`, or
 //! `SKYFUSE_MODEL_DIR`); uses `../shared/datasets/scifact/corpus.jsonl` when present
 //! (override with `SKYFUSE_SCIFACT_CORPUS`), else synthetic abstracts of similar length.
 //! Reference on this 2-core machine, sentence-transformers on PyTorch CPU: 7.5 ms per
 //! query (p50), 38.7 abstracts/s (max 256 tokens, batch 32).
 
+use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use skyfuse::config::LocalPrecision;
 use skyfuse::embed::EmbeddingSpace;
 use skyfuse::embed::local::{DEFAULT_MODEL_DIR, LocalEmbedder, MODEL_DIR_ENV};
@@ -114,37 +117,53 @@ fn bench_embedding(criterion: &mut Criterion) {
 
 fn bench_precision(criterion: &mut Criterion, name: &str, embedder: LocalEmbedder) {
     let mut group = criterion.benchmark_group(name);
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("single_short_query", |bencher| {
-        bencher.iter(|| embedder.embed_blocking(&[QUERY]).expect("query embeds"))
-    });
+    let cpu_time = std::env::var_os(CPU_TIME_ENV).is_some();
+    let case = |group: &mut BenchmarkGroup<WallTime>, label: &str, texts: &[&str]| {
+        group.throughput(Throughput::Elements(texts.len() as u64));
+        group.bench_function(label, |bencher| {
+            bencher.iter_custom(|iterations| {
+                let (wall, cpu) = (Instant::now(), process_cpu_time());
+                for _ in 0..iterations {
+                    black_box(embedder.embed_blocking(texts).expect("texts embed"));
+                }
+                if cpu_time {
+                    process_cpu_time() - cpu
+                } else {
+                    wall.elapsed()
+                }
+            })
+        });
+    };
+    case(&mut group, "single_short_query", &[QUERY]);
 
     // What the query batcher does under load: eight concurrent queries in one pass
     // (throughput per query, to compare with the single query above).
     let queries = scifact_queries(QUERIES_PER_BATCH);
     let borrowed_queries: Vec<&str> = queries.iter().map(String::as_str).collect();
-    group.throughput(Throughput::Elements(QUERIES_PER_BATCH as u64));
-    group.bench_function("batch_8_queries", |bencher| {
-        bencher.iter(|| {
-            embedder
-                .embed_blocking(&borrowed_queries)
-                .expect("queries embed")
-        })
-    });
+    case(&mut group, "batch_8_queries", &borrowed_queries);
 
     let documents = abstracts(ABSTRACTS_PER_BATCH);
     let borrowed: Vec<&str> = documents.iter().map(String::as_str).collect();
-    group.throughput(Throughput::Elements(ABSTRACTS_PER_BATCH as u64));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(15));
-    group.bench_function("batch_32_abstracts", |bencher| {
-        bencher.iter_batched(
-            || borrowed.clone(),
-            |batch| embedder.embed_blocking(&batch).expect("abstracts embed"),
-            BatchSize::SmallInput,
-        )
-    });
+    case(&mut group, "batch_32_abstracts", &borrowed);
     group.finish();
+}
+
+/// Set to measure the CPU time of the whole process (every thread) instead of wall time:
+/// on a machine shared with other work, what one call costs rather than how long it waited
+/// for a core. Idle rayon workers spin briefly before sleeping, which counts too.
+const CPU_TIME_ENV: &str = "SKYFUSE_BENCH_CPU_TIME";
+
+fn process_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the clock id is a constant Linux knows.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    assert_eq!(status, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID) failed");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 criterion_group!(benches, bench_embedding);

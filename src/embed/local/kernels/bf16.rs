@@ -172,9 +172,7 @@ impl Bf16Weight {
                     let inputs = &packed[row * pairs..][..tile_rows * pairs];
                     // SAFETY: `supported()` was true when this weight was packed (`pack`
                     // returns None otherwise), so the CPU has AVX-512F and BF16. The tile
-                    // reads inputs[r * pairs + p] (below tile_rows * pairs, the slice's
-                    // length) and weights[p * PANEL_COLUMNS + c] for p < pairs,
-                    // c < PANEL_COLUMNS (the slice's length). It reads and writes
+                    // checks its slices itself. It reads and writes
                     // output[(row + r) * n + first_column + c] for r < tile_rows and
                     // c < registers * LANES <= n - first_column: below rows * n (asserted
                     // above). Tasks own disjoint (row range, column range) blocks: row
@@ -215,12 +213,13 @@ thread_local! {
 }
 
 /// `ROWS` rows times one panel: `destination[r * row_stride + c] += Σ_p inputs[r][p] ·
-/// weights[p][c]` for the first `registers * 16` columns.
+/// weights[p][c]` for the first `registers * 16` columns. The 24 sums stay in registers
+/// for the whole loop over `pairs` (raw reads, so no bounds check splits the loop).
 ///
 /// # Safety
-/// The CPU has AVX-512F and AVX512_BF16; `inputs` holds `ROWS * pairs` words and `weights`
-/// `pairs * PANEL_COLUMNS`; `destination` is valid for reads and writes of
-/// `(ROWS - 1) * row_stride + registers * LANES` floats, and `registers <= 4`.
+/// The CPU has AVX-512F and AVX512_BF16, and `destination` is valid for reads and writes
+/// of `(ROWS - 1) * row_stride + registers * LANES` floats. The slice lengths are checked
+/// here.
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn product_tile<const ROWS: usize>(
     inputs: &[u32],
@@ -230,20 +229,30 @@ unsafe fn product_tile<const ROWS: usize>(
     row_stride: usize,
     registers: usize,
 ) {
+    assert!(
+        inputs.len() >= ROWS * pairs && weights.len() >= pairs * PANEL_COLUMNS && registers <= 4,
+        "a product tile's operands are shorter than its shape"
+    );
     let mut sums: [[__m512; 4]; ROWS] = [[_mm512_setzero_ps(); 4]; ROWS];
-    for (pair_index, panel_row) in weights.chunks_exact(PANEL_COLUMNS).take(pairs).enumerate() {
-        // SAFETY: `panel_row` is PANEL_COLUMNS = 64 words, four 16-word registers.
+    let input = inputs.as_ptr();
+    let mut panel_row = weights.as_ptr().cast::<__m512i>();
+    for pair_index in 0..pairs {
+        // SAFETY: panel row `pair_index` is the 64 words (four registers) at
+        // pair_index * PANEL_COLUMNS, inside `weights` (asserted above).
         let columns: [__m512bh; 4] = unsafe {
-            let base = panel_row.as_ptr().cast::<__m512i>();
             [
-                as_bf16(_mm512_loadu_si512(base)),
-                as_bf16(_mm512_loadu_si512(base.add(1))),
-                as_bf16(_mm512_loadu_si512(base.add(2))),
-                as_bf16(_mm512_loadu_si512(base.add(3))),
+                as_bf16(_mm512_loadu_si512(panel_row)),
+                as_bf16(_mm512_loadu_si512(panel_row.add(1))),
+                as_bf16(_mm512_loadu_si512(panel_row.add(2))),
+                as_bf16(_mm512_loadu_si512(panel_row.add(3))),
             ]
         };
+        // SAFETY: one past the row just read, at most the end of `weights`.
+        panel_row = unsafe { panel_row.add(4) };
         for (row, row_sums) in sums.iter_mut().enumerate() {
-            let word = inputs[row * pairs + pair_index];
+            // SAFETY: row < ROWS and pair_index < pairs, so the index is below
+            // ROWS * pairs <= inputs.len() (asserted above).
+            let word = unsafe { *input.add(row * pairs + pair_index) };
             let broadcast = as_bf16(_mm512_set1_epi32(word as i32));
             for (sum, &column) in row_sums.iter_mut().zip(&columns) {
                 *sum = _mm512_dpbf16_ps(*sum, broadcast, column);
