@@ -15,7 +15,10 @@
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::cluster::ClusterClientBuilder;
@@ -31,6 +34,10 @@ use super::redis_topology::RedisTopology;
 /// The longest wait for the sentinels to name a primary: resolution runs in a task of
 /// its own, so a caller that gives up at `timeout_ms` does not cancel it.
 const MAX_RESOLVE_WAIT: Duration = Duration::from_secs(5);
+
+/// After a failed lookup, calls fail at once for this long instead of asking the
+/// sentinels again (a primary that is down until the failover would be asked per call).
+const RESOLVE_PAUSE: Duration = Duration::from_millis(100);
 
 /// Where the store's calls go.
 pub enum RedisBackend {
@@ -107,12 +114,10 @@ impl RedisBackend {
                     SentinelServerType::Master,
                 )
                 .map_err(setup)?;
-                Ok(Self::Sentinel(Arc::new(SentinelPrimary {
-                    sentinel: tokio::sync::Mutex::new(sentinel),
-                    current: Mutex::new(None),
-                    generations: AtomicU64::new(0),
+                Ok(Self::Sentinel(Arc::new(SentinelPrimary::new(
+                    sentinel,
                     manager_config,
-                })))
+                ))))
             }
         }
     }
@@ -230,42 +235,93 @@ impl ConnectionLike for RedisConnection {
 pub struct SentinelPrimary {
     sentinel: tokio::sync::Mutex<SentinelClient>,
     current: Mutex<Option<Primary>>,
+    /// The lookup under way: every caller that needs the primary meanwhile awaits it.
+    lookup: Mutex<Option<Lookup>>,
+    /// The last failed lookup: callers get its error until [`RESOLVE_PAUSE`] has passed.
+    failed: Mutex<Option<(Instant, RedisError)>>,
     generations: AtomicU64,
     manager_config: ConnectionManagerConfig,
 }
 
+type Lookup = Shared<BoxFuture<'static, RedisResult<Primary>>>;
+
 #[derive(Clone)]
 struct Primary {
-    /// Which resolution found it, so a late failure of an old primary forgets nothing newer.
+    /// Which lookup found it, so a late failure of an old primary forgets nothing newer.
     generation: u64,
     client: Client,
     connection: ConnectionManager,
 }
 
 impl SentinelPrimary {
+    fn new(sentinel: SentinelClient, manager_config: ConnectionManagerConfig) -> Self {
+        Self {
+            sentinel: tokio::sync::Mutex::new(sentinel),
+            current: Mutex::new(None),
+            lookup: Mutex::new(None),
+            failed: Mutex::new(None),
+            generations: AtomicU64::new(0),
+            manager_config,
+        }
+    }
+
+    /// The known primary, or the one the sentinels name now. The lookup runs in a task
+    /// of its own, so a caller that gives up at `timeout_ms` does not cancel it, and
+    /// one lookup serves every caller that arrives while it runs.
     async fn current(self: &Arc<Self>) -> RedisResult<Primary> {
-        if let Some(primary) = self.known() {
+        if let Some(primary) = lock(&self.current).clone() {
             return Ok(primary);
         }
-        let this = Arc::clone(self);
-        tokio::spawn(async move { this.resolve().await })
-            .await
-            .map_err(|error| RedisError::from(std::io::Error::other(error.to_string())))?
+        if let Some((at, error)) = lock(&self.failed).as_ref()
+            && at.elapsed() < RESOLVE_PAUSE
+        {
+            return Err(error.clone());
+        }
+        let lookup = {
+            let mut lookup = lock(&self.lookup);
+            match lookup.as_ref() {
+                Some(under_way) => under_way.clone(),
+                None => {
+                    let this = Arc::clone(self);
+                    let task = tokio::spawn(async move { this.resolve().await });
+                    let started = async move {
+                        task.await.map_err(|error| {
+                            RedisError::from(std::io::Error::other(error.to_string()))
+                        })?
+                    }
+                    .boxed()
+                    .shared();
+                    *lookup = Some(started.clone());
+                    started
+                }
+            }
+        };
+        lookup.await
     }
 
-    fn known(&self) -> Option<Primary> {
-        self.current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Asks the sentinels (one resolution at a time: the others wait for its answer).
+    /// Asks the sentinels; records the answer (or the failure) before the lookup ends.
     async fn resolve(&self) -> RedisResult<Primary> {
-        let mut sentinel = self.sentinel.lock().await;
-        if let Some(primary) = self.known() {
-            return Ok(primary);
+        let outcome = self.ask_sentinels().await;
+        match &outcome {
+            Ok(primary) => {
+                tracing::info!(
+                    generation = primary.generation,
+                    "shared state: the sentinels named the redis primary"
+                );
+                *lock(&self.current) = Some(primary.clone());
+                *lock(&self.failed) = None;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "shared state: the sentinels named no reachable redis primary");
+                *lock(&self.failed) = Some((Instant::now(), error.clone()));
+            }
         }
+        *lock(&self.lookup) = None;
+        outcome
+    }
+
+    async fn ask_sentinels(&self) -> RedisResult<Primary> {
+        let mut sentinel = self.sentinel.lock().await;
         let client = tokio::time::timeout(MAX_RESOLVE_WAIT, sentinel.async_get_client())
             .await
             .map_err(|_| {
@@ -276,21 +332,15 @@ impl SentinelPrimary {
             })??;
         let connection =
             ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config.clone())?;
-        let primary = Primary {
+        Ok(Primary {
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
             client,
             connection,
-        };
-        tracing::info!(
-            generation = primary.generation,
-            "shared state: the sentinels named the redis primary"
-        );
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(primary.clone());
-        Ok(primary)
+        })
     }
 
     fn forget(&self, generation: u64) {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut current = lock(&self.current);
         if current
             .as_ref()
             .is_some_and(|primary| primary.generation == generation)
@@ -302,6 +352,10 @@ impl SentinelPrimary {
             *current = None;
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether `error` says the node is no longer the primary to talk to.
