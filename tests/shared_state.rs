@@ -516,20 +516,27 @@ fn breaker_open(service: &Service, provider: &str) -> bool {
 }
 
 /// A Redis address that refuses connections, and one that accepts them and never
-/// answers (a hung server): both must fail fast, each kind as configured.
+/// answers (a hung server), each as one node, as a cluster's seeds and as a sentinel:
+/// all must fail fast, each kind as configured.
 async fn unreachable_redis_urls() -> Vec<String> {
     let refused = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let refused_url = format!("redis://{}", refused.local_addr().unwrap());
+    let refused_address = refused.local_addr().unwrap();
     drop(refused);
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_url = format!("redis://{}", silent.local_addr().unwrap());
+    let silent_address = silent.local_addr().unwrap();
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((socket, _)) = silent.accept().await {
             held.push(socket);
         }
     });
-    vec![refused_url, silent_url]
+    let mut urls = Vec::new();
+    for address in [refused_address, silent_address] {
+        urls.push(format!("redis://{address}"));
+        urls.push(format!("redis+cluster://{address},{address}"));
+        urls.push(format!("redis+sentinel://{address}/mymaster"));
+    }
+    urls
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
