@@ -292,21 +292,40 @@ async fn a_budget_through_sentinel_follows_the_primary_across_a_failover() {
         (Some(3_000), Some(0)),
         "written on the named primary"
     );
-    // The replica has it before the failover.
-    let acknowledged: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(10_000)
-        .query_async(&mut old_primary)
-        .await
-        .unwrap();
-    assert_eq!(acknowledged, 1);
+    // The replica has it before the failover (after an earlier run's failover it may
+    // still be syncing with its new primary).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let acknowledged: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(100)
+            .query_async(&mut old_primary)
+            .await
+            .unwrap();
+        if acknowledged == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the replica syncs");
+    }
 
-    let _: String = redis::cmd("SENTINEL")
-        .arg("FAILOVER")
-        .arg("skyfuse-test")
-        .query_async(&mut sentinel)
-        .await
-        .unwrap();
+    // The sentinel refuses while an earlier failover is still being wound up
+    // (INPROG) or before it counts the replica as a candidate (NOGOODSLAVE).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let started: redis::RedisResult<String> = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg("skyfuse-test")
+            .query_async(&mut sentinel)
+            .await;
+        match started {
+            Ok(_) => break,
+            Err(error) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the sentinel starts a failover: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Until the sentinel names another primary and the old one serves it as a replica.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let after = loop {
