@@ -487,6 +487,15 @@ async fn throttle_holds_every_replica_off(redis_url: &str) {
         "cooldown reached replicas B and C within {:?}",
         learned_at.elapsed()
     );
+    for replica in &replicas {
+        let metrics = replica.service.render_metrics();
+        assert!(
+            !metrics.lines().any(|line| line
+                .starts_with("skyfuse_shared_state_errors_total{kind=\"cooldowns\"}")
+                && !line.ends_with(" 0")),
+            "the subscription and its probes never broke: {metrics}"
+        );
+    }
 
     for replica in &replicas[1..] {
         let (status, body) = complete(&http, &replica.base, KEY_B).await;

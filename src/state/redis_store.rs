@@ -516,12 +516,12 @@ impl RedisStore {
         breakers: &HashMap<String, Arc<CircuitBreaker>>,
         wait: &mut Duration,
     ) -> SharedStateError {
-        let mut pubsub = match self.bounded(self.backend.pubsub()).await {
-            Ok(pubsub) => pubsub,
+        let (mut subscriber, mut messages) = match self.bounded(self.backend.pubsub()).await {
+            Ok(pubsub) => pubsub.split(),
             Err(error) => return error,
         };
         if let Err(error) = self
-            .bounded(pubsub.subscribe(self.cooldown_channel()))
+            .bounded(subscriber.subscribe(self.cooldown_channel()))
             .await
         {
             return error;
@@ -531,7 +531,6 @@ impl RedisStore {
             return error;
         }
         *wait = Duration::from_millis(100);
-        let mut messages = Box::pin(pubsub.on_message());
         let mut probe = tokio::time::interval(PROBE_EVERY);
         loop {
             tokio::select! {
@@ -543,6 +542,12 @@ impl RedisStore {
                     apply_cooldown(breakers, &payload);
                 }
                 _ = probe.tick() => {
+                    // The subscriber's own node too: one that hangs without closing the
+                    // connection is left for another (the next seed of a cluster).
+                    if let Err(error) = self.bounded(subscriber.ping::<redis::Value>()).await {
+                        return error;
+                    }
+                    // Health: one node, the Sentinel primary, or every cluster primary.
                     let mut connection = self.backend.connection();
                     let ping = redis::cmd("PING");
                     let answer: std::result::Result<String, _> =
