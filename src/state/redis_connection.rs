@@ -378,3 +378,31 @@ fn surely_not_run(error: &RedisError) -> bool {
             ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
         )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_call_that_surely_did_not_run_is_sent_again_to_a_new_primary() {
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let demoted = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ));
+        let dropped = RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        let script_error = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "ERR user script failed",
+        ));
+        for error in [&refused, &demoted, &dropped] {
+            assert!(points_elsewhere(error), "{error}");
+        }
+        assert!(surely_not_run(&refused) && surely_not_run(&demoted));
+        assert!(
+            !surely_not_run(&dropped),
+            "a dropped connection may have run the call: sending it again could count it twice"
+        );
+        assert!(!points_elsewhere(&script_error), "the primary answered");
+    }
+}
