@@ -106,5 +106,14 @@ done
 redis-cli -p "$redis_port" ping >/dev/null
 export SKYFUSE_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 
+# A three-primary Redis Cluster (SKYFUSE_TEST_REDIS_CLUSTER_URL) and a primary with one
+# replica watched by one Redis Sentinel (SKYFUSE_TEST_REDIS_SENTINEL_URL), from the same
+# redis-server, for tests/redis_topologies.rs and the `_on_a_cluster` tests of
+# tests/shared_state.rs.
+# shellcheck source=scripts/redis-topologies.sh
+source ./scripts/redis-topologies.sh
+start_redis_cluster
+start_redis_sentinel
+
 # Protobuf is compiled by protox inside build.rs: no system protoc needed.
 cargo test --locked "$@"

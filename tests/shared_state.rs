@@ -4,7 +4,9 @@
 //! own loopback listeners, in front of OpenAI-compatible upstreams on loopback.
 //!
 //! Redis comes from `SKYFUSE_TEST_REDIS_URL` (scripts/test.sh starts `redis-server`);
-//! without it the Redis tests skip, unless `CI` or `SKYFUSE_REQUIRE_TOOLS` is set.
+//! the `_on_a_cluster` tests run the same checks on the three-primary Redis Cluster of
+//! `SKYFUSE_TEST_REDIS_CLUSTER_URL`. Without them the Redis tests skip, unless `CI` or
+//! `SKYFUSE_REQUIRE_TOOLS` is set.
 //! Each test uses its own key prefix, so tests share one Redis safely.
 
 use std::collections::HashMap;
@@ -25,7 +27,7 @@ const KEY_B: &str = "team-b-key";
 
 #[path = "common/redis.rs"]
 mod redis_support;
-use redis_support::{fresh_prefix, redis_url};
+use redis_support::{fresh_prefix, redis_cluster_url, redis_url};
 
 /// What an upstream answers to every call.
 #[derive(Clone, Copy)]
@@ -206,9 +208,19 @@ async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_budget_across_three_replicas_is_never_overspent_and_is_used_up() {
-    let Some(redis_url) = redis_url() else {
-        return;
-    };
+    if let Some(redis_url) = redis_url() {
+        budget_never_overspent(&redis_url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_budget_across_three_replicas_is_never_overspent_and_is_used_up_on_a_cluster() {
+    if let Some(redis_url) = redis_cluster_url() {
+        budget_never_overspent(&redis_url).await;
+    }
+}
+
+async fn budget_never_overspent(redis_url: &str) {
     let (upstream_url, upstream_calls) = upstream(Upstream::Answer {
         completion_tokens: 100,
     })
@@ -220,7 +232,7 @@ async fn one_budget_across_three_replicas_is_never_overspent_and_is_used_up() {
         "timeout_ms = 5000",
         "",
     );
-    let replicas = replicas(3, &config, &redis_url).await;
+    let replicas = replicas(3, &config, redis_url).await;
     let http = reqwest::Client::new();
 
     // 1,000 calls of $0.001 each (their hold and their cost) against a $0.10 budget,
@@ -277,9 +289,19 @@ async fn one_budget_across_three_replicas_is_never_overspent_and_is_used_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_rate_limit_across_three_replicas_admits_its_burst_once() {
-    let Some(redis_url) = redis_url() else {
-        return;
-    };
+    if let Some(redis_url) = redis_url() {
+        rate_limit_admits_its_burst_once(&redis_url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_rate_limit_across_three_replicas_admits_its_burst_once_on_a_cluster() {
+    if let Some(redis_url) = redis_cluster_url() {
+        rate_limit_admits_its_burst_once(&redis_url).await;
+    }
+}
+
+async fn rate_limit_admits_its_burst_once(redis_url: &str) {
     const LIMIT: u64 = 100;
     let (upstream_url, _) = upstream(Upstream::Answer {
         completion_tokens: 1,
@@ -294,7 +316,7 @@ async fn one_rate_limit_across_three_replicas_admits_its_burst_once() {
         "timeout_ms = 5000",
         &limits,
     );
-    let replicas = replicas(3, &config, &redis_url).await;
+    let replicas = replicas(3, &config, redis_url).await;
     let http = reqwest::Client::new();
 
     let began = std::time::Instant::now();
@@ -330,9 +352,19 @@ async fn one_rate_limit_across_three_replicas_admits_its_burst_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deployment_quota_holds_across_three_replicas_and_the_overflow_bursts_on() {
-    let Some(redis_url) = redis_url() else {
-        return;
-    };
+    if let Some(redis_url) = redis_url() {
+        deployment_quota_holds(&redis_url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deployment_quota_holds_across_three_replicas_and_the_overflow_bursts_on_on_a_cluster() {
+    if let Some(redis_url) = redis_cluster_url() {
+        deployment_quota_holds(&redis_url).await;
+    }
+}
+
+async fn deployment_quota_holds(redis_url: &str) {
     const QUOTA: u64 = 30;
     let (reserved_url, reserved_calls) = upstream(Upstream::Answer {
         completion_tokens: 1,
@@ -353,7 +385,7 @@ async fn a_deployment_quota_holds_across_three_replicas_and_the_overflow_bursts_
     );
     let prefix = fresh_prefix("quota");
     let config = config(&deployments, &prefix, "timeout_ms = 5000", "");
-    let replicas = replicas(3, &config, &redis_url).await;
+    let replicas = replicas(3, &config, redis_url).await;
     let http = reqwest::Client::new();
 
     let began = std::time::Instant::now();
@@ -389,9 +421,19 @@ async fn a_deployment_quota_holds_across_three_replicas_and_the_overflow_bursts_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_throttle_seen_by_one_replica_holds_every_replica_off_that_deployment() {
-    let Some(redis_url) = redis_url() else {
-        return;
-    };
+    if let Some(redis_url) = redis_url() {
+        throttle_holds_every_replica_off(&redis_url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_throttle_seen_by_one_replica_holds_every_replica_off_that_deployment_on_a_cluster() {
+    if let Some(redis_url) = redis_cluster_url() {
+        throttle_holds_every_replica_off(&redis_url).await;
+    }
+}
+
+async fn throttle_holds_every_replica_off(redis_url: &str) {
     let (throttled_url, throttled_calls) = upstream(Upstream::Throttle {
         retry_after_seconds: 600,
     })
@@ -408,7 +450,7 @@ async fn a_throttle_seen_by_one_replica_holds_every_replica_off_that_deployment(
     );
     let prefix = fresh_prefix("cooldown");
     let config = config(&deployments, &prefix, "timeout_ms = 5000", "");
-    let replicas = replicas(3, &config, &redis_url).await;
+    let replicas = replicas(3, &config, redis_url).await;
     let http = reqwest::Client::new();
     // Every replica is subscribed before A learns anything (a later one would catch
     // up from the cooldown key instead: that path is the same apply).
@@ -445,6 +487,15 @@ async fn a_throttle_seen_by_one_replica_holds_every_replica_off_that_deployment(
         "cooldown reached replicas B and C within {:?}",
         learned_at.elapsed()
     );
+    for replica in &replicas {
+        let metrics = replica.service.render_metrics();
+        assert!(
+            !metrics.lines().any(|line| line
+                .starts_with("skyfuse_shared_state_errors_total{kind=\"cooldowns\"}")
+                && !line.ends_with(" 0")),
+            "the subscription and its probes never broke: {metrics}"
+        );
+    }
 
     for replica in &replicas[1..] {
         let (status, body) = complete(&http, &replica.base, KEY_B).await;
@@ -474,20 +525,27 @@ fn breaker_open(service: &Service, provider: &str) -> bool {
 }
 
 /// A Redis address that refuses connections, and one that accepts them and never
-/// answers (a hung server): both must fail fast, each kind as configured.
+/// answers (a hung server), each as one node, as a cluster's seeds and as a sentinel:
+/// all must fail fast, each kind as configured.
 async fn unreachable_redis_urls() -> Vec<String> {
     let refused = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let refused_url = format!("redis://{}", refused.local_addr().unwrap());
+    let refused_address = refused.local_addr().unwrap();
     drop(refused);
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_url = format!("redis://{}", silent.local_addr().unwrap());
+    let silent_address = silent.local_addr().unwrap();
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((socket, _)) = silent.accept().await {
             held.push(socket);
         }
     });
-    vec![refused_url, silent_url]
+    let mut urls = Vec::new();
+    for address in [refused_address, silent_address] {
+        urls.push(format!("redis://{address}"));
+        urls.push(format!("redis+cluster://{address},{address}"));
+        urls.push(format!("redis+sentinel://{address}/mymaster"));
+    }
+    urls
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! `[shared_state]`: where replicas share budgets, rate limits and cooldowns. Absent:
 //! each process keeps its own (the in-process default). Present: Redis at
-//! `redis_url`, with what each kind does while Redis cannot be reached.
+//! `redis_url` (one node, a cluster or Sentinel), with what each kind does while Redis
+//! cannot be reached.
 
 use serde::Deserialize;
 
@@ -9,8 +10,9 @@ use super::SecretLocation;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SharedStateConfig {
-    /// Where the Redis URL lives (it may carry a password): `redis://` or `rediss://`
-    /// (TLS), e.g. `env:SKYFUSE_REDIS_URL`.
+    /// Where the Redis URL lives (it may carry a password), e.g. `env:SKYFUSE_REDIS_URL`:
+    /// `redis://` or `rediss://` (TLS) for one node, `redis+cluster://` for a Redis
+    /// Cluster, `redis+sentinel://…/MASTER_NAME` for Sentinel (`state::RedisTopology`).
     pub redis_url: SecretLocation,
     /// Every key and the cooldown channel start with `{key_prefix}:`, so several
     /// services can share one Redis.

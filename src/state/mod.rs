@@ -28,7 +28,9 @@ mod budgets;
 mod embedding_cache;
 mod leases;
 mod manifests;
+mod redis_connection;
 mod redis_store;
+mod redis_topology;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,6 +44,7 @@ pub use manifests::SharedManifest;
 pub use redis_store::{
     BudgetVerdict, RateCell, RateSubject, RateVerdict, RedisStore, SharedStateError, StateKind,
 };
+pub use redis_topology::RedisTopology;
 
 use crate::breaker::CircuitBreaker;
 use crate::config::SharedStateConfig;

@@ -1,8 +1,10 @@
 //! The Redis side of [`super::SharedState`]: one lazily connected, self-reconnecting
-//! connection for the Lua scripts, and a pub/sub subscriber for cooldowns.
+//! connection for the Lua scripts (one node, a cluster or a Sentinel primary, see
+//! `redis_connection`), and a pub/sub subscriber for cooldowns.
 //!
 //! Keys (every one under `{key_prefix}:`; `{…}` parts are Redis Cluster hash tags,
-//! so the keys one script touches share a slot):
+//! so the keys one script touches share a slot; no call lists or scans the keyspace,
+//! and the cooldown catch-up is one `MGET` that the cluster client splits per slot):
 //!
 //! | key | holds | expires |
 //! |---|---|---|
@@ -19,9 +21,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
+use super::redis_connection::{RedisBackend, RedisConnection};
+use super::redis_topology::RedisTopology;
 use crate::breaker::CircuitBreaker;
 use crate::config::{FailMode, OnUnavailable, SharedStateConfig};
 use crate::error::{Error, Result};
@@ -192,8 +195,7 @@ pub struct RateVerdict {
 }
 
 pub struct RedisStore {
-    client: redis::Client,
-    connection: ConnectionManager,
+    backend: RedisBackend,
     prefix: String,
     timeout: Duration,
     on_unavailable: OnUnavailable,
@@ -216,33 +218,13 @@ impl RedisStore {
             .redis_url
             .resolve(env)
             .map_err(|error| error.context("shared_state.redis_url"))?;
-        let url = url.expose();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            // Never print the URL: it may hold a password.
-            return Err(Error::config(
-                "shared_state.redis_url must be a redis:// or rediss:// (TLS) URL",
-            ));
-        }
-        let client = redis::Client::open(url).map_err(|error| {
-            Error::config(format!(
-                "shared_state.redis_url is not a usable redis URL ({:?})",
-                error.kind()
-            ))
-        })?;
+        // Errors never print the URL: it may hold a password.
+        let topology = RedisTopology::parse(url.expose()).map_err(Error::config)?;
         let timeout = Duration::from_millis(config.timeout_ms);
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|error| {
-                Error::config(format!("shared_state: cannot set up redis: {error}"))
-            })?;
+        let backend = RedisBackend::open(topology, timeout).map_err(Error::config)?;
         metrics.shared_state_up.set(0);
         Ok(Self {
-            client,
-            connection,
+            backend,
             prefix: config.key_prefix.clone(),
             timeout,
             on_unavailable: config.on_unavailable,
@@ -313,7 +295,7 @@ impl RedisStore {
         budget_micro_usd: i64,
         amount_micro_usd: i64,
     ) -> std::result::Result<BudgetVerdict, SharedStateError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.backend.connection();
         let mut invocation = self.reserve.key(key);
         invocation
             .arg(budget_micro_usd)
@@ -336,7 +318,7 @@ impl RedisStore {
         held_micro_usd: i64,
         cost_micro_usd: i64,
     ) -> std::result::Result<(), SharedStateError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.backend.connection();
         let mut invocation = self.settle.key(key);
         invocation
             .arg(held_micro_usd)
@@ -353,7 +335,7 @@ impl RedisStore {
         &self,
         key: &str,
     ) -> std::result::Result<(i64, i64), SharedStateError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.backend.connection();
         let mut command = redis::cmd("HMGET");
         command.arg(key).arg("spent").arg("reserved");
         let (spent, reserved): (Option<i64>, Option<i64>) = self
@@ -381,7 +363,7 @@ impl RedisStore {
         period: Duration,
     ) -> std::result::Result<RateVerdict, SharedStateError> {
         let [requests_key, tokens_key] = self.rate_keys(subject);
-        let mut connection = self.connection.clone();
+        let mut connection = self.backend.connection();
         let mut invocation = self.admit.key(requests_key);
         invocation
             .key(tokens_key)
@@ -425,7 +407,7 @@ impl RedisStore {
         refund: Duration,
     ) -> std::result::Result<(), SharedStateError> {
         let [_, tokens_key] = self.rate_keys(subject);
-        let mut connection = self.connection.clone();
+        let mut connection = self.backend.connection();
         let mut invocation = self.refund.key(tokens_key);
         invocation.arg(u64::try_from(refund.as_micros()).unwrap_or(u64::MAX));
         let _: i64 = self
@@ -443,7 +425,7 @@ impl RedisStore {
         kind: StateKind,
         key: &str,
     ) -> std::result::Result<Option<Vec<u8>>, SharedStateError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.backend.connection();
         let mut command = redis::cmd("GET");
         command.arg(key);
         self.call(kind, command.query_async(&mut connection)).await
@@ -457,7 +439,7 @@ impl RedisStore {
         value: &[u8],
         ttl: Duration,
     ) -> std::result::Result<(), SharedStateError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.backend.connection();
         let mut command = redis::cmd("SET");
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         command.arg(key).arg(value).arg("PX").arg(ttl_ms);
@@ -484,22 +466,27 @@ impl RedisStore {
         let store = Arc::clone(self);
         let deployment = deployment.to_string();
         tokio::spawn(async move {
-            let mut pipeline = redis::pipe();
-            pipeline
-                .cmd("SET")
-                .arg(store.cooldown_key(&deployment))
+            // Two calls, not one pipeline: on a cluster the key and the channel name
+            // hash to different slots. The key first, so a replica that subscribes
+            // meanwhile finds it when it catches up.
+            let mut set = redis::cmd("SET");
+            set.arg(store.cooldown_key(&deployment))
                 .arg(until_unix_ms)
                 .arg("PX")
-                .arg(wait_ms)
-                .ignore()
-                .cmd("PUBLISH")
+                .arg(wait_ms);
+            let mut publish = redis::cmd("PUBLISH");
+            publish
                 .arg(store.cooldown_channel())
-                .arg(format!("{until_unix_ms} {deployment}"))
-                .ignore();
-            let mut connection = store.connection.clone();
-            let sent: std::result::Result<(), _> = store
-                .call(StateKind::Cooldowns, pipeline.query_async(&mut connection))
+                .arg(format!("{until_unix_ms} {deployment}"));
+            let mut connection = store.backend.connection();
+            let mut sent: std::result::Result<(), _> = store
+                .call(StateKind::Cooldowns, set.query_async(&mut connection))
                 .await;
+            if sent.is_ok() {
+                sent = store
+                    .call(StateKind::Cooldowns, publish.query_async(&mut connection))
+                    .await;
+            }
             if let Err(error) = sent {
                 tracing::warn!(%deployment, %error, "could not share a cooldown with the other replicas");
             }
@@ -529,12 +516,12 @@ impl RedisStore {
         breakers: &HashMap<String, Arc<CircuitBreaker>>,
         wait: &mut Duration,
     ) -> SharedStateError {
-        let mut pubsub = match self.bounded(self.client.get_async_pubsub()).await {
-            Ok(pubsub) => pubsub,
+        let (mut subscriber, mut messages) = match self.bounded(self.backend.pubsub()).await {
+            Ok(pubsub) => pubsub.split(),
             Err(error) => return error,
         };
         if let Err(error) = self
-            .bounded(pubsub.subscribe(self.cooldown_channel()))
+            .bounded(subscriber.subscribe(self.cooldown_channel()))
             .await
         {
             return error;
@@ -544,7 +531,6 @@ impl RedisStore {
             return error;
         }
         *wait = Duration::from_millis(100);
-        let mut messages = Box::pin(pubsub.on_message());
         let mut probe = tokio::time::interval(PROBE_EVERY);
         loop {
             tokio::select! {
@@ -556,7 +542,13 @@ impl RedisStore {
                     apply_cooldown(breakers, &payload);
                 }
                 _ = probe.tick() => {
-                    let mut connection = self.connection.clone();
+                    // The subscriber's own node too: one that hangs without closing the
+                    // connection is left for another (the next seed of a cluster).
+                    if let Err(error) = self.bounded(subscriber.ping::<redis::Value>()).await {
+                        return error;
+                    }
+                    // Health: one node, the Sentinel primary, or every cluster primary.
+                    let mut connection = self.backend.connection();
                     let ping = redis::cmd("PING");
                     let answer: std::result::Result<String, _> =
                         self.bounded(ping.query_async(&mut connection)).await;
@@ -581,7 +573,7 @@ impl RedisStore {
         for name in &names {
             command.arg(self.cooldown_key(name));
         }
-        let mut connection = self.connection.clone();
+        let mut connection = self.backend.connection();
         let untils: Vec<Option<u64>> = self
             .call(StateKind::Cooldowns, command.query_async(&mut connection))
             .await?;
@@ -631,8 +623,8 @@ impl RedisStore {
     }
 
     /// The shared connection, for the other parts of `state`.
-    pub(super) fn connection(&self) -> ConnectionManager {
-        self.connection.clone()
+    pub(super) fn connection(&self) -> RedisConnection {
+        self.backend.connection()
     }
 
     /// The most one call may take (`timeout_ms`).
@@ -730,8 +722,50 @@ mod tests {
         ))
     }
 
+    #[tokio::test]
+    async fn the_keys_of_each_script_share_one_cluster_slot() {
+        use crate::state::LeaseSubject;
+        use redis::cluster_routing::Slot;
+
+        // Nothing connects: the store is only asked for key names.
+        let config: SharedStateConfig =
+            toml::from_str("redis_url = \"env:URL\"\nkey_prefix = \"skyfuse\"").unwrap();
+        let env = HashMap::from([("URL".to_string(), "redis://127.0.0.1:1".to_string())]);
+        let store = RedisStore::connect(&config, &env, Arc::new(Metrics::new())).unwrap();
+        for id in [
+            "team-a",
+            "anonymous",
+            "aws-bedrock/llama",
+            "a}b",
+            "{x",
+            "a b:c",
+        ] {
+            for subject in [RateSubject::Caller(id), RateSubject::Deployment(id)] {
+                let [requests, tokens] = store.rate_keys(subject);
+                assert_eq!(Slot::for_key(&requests), Slot::for_key(&tokens), "{id}");
+            }
+        }
+        for index in ["docs", "a}b", "{x"] {
+            let subject = LeaseSubject {
+                index: index.into(),
+                bucket: "s3://b".into(),
+                slot: format!("{index}:0123456789abcdef"),
+            };
+            assert_eq!(
+                Slot::for_key(subject.lease_key(&store)),
+                Slot::for_key(subject.manifest_key(&store)),
+                "{index}"
+            );
+        }
+        // Different callers may live on different primaries.
+        assert_ne!(
+            Slot::for_key(store.budget_key("team-a", 1)),
+            Slot::for_key(store.budget_key("team-b", 1))
+        );
+    }
+
     async fn ttl_ms(store: &RedisStore, key: &str) -> i64 {
-        let mut connection = store.connection.clone();
+        let mut connection = store.backend.connection();
         redis::cmd("PTTL")
             .arg(key)
             .query_async(&mut connection)

@@ -1,13 +1,28 @@
-//! The test Redis: `SKYFUSE_TEST_REDIS_URL` (scripts/test.sh starts `redis-server`),
-//! and key prefixes no other test uses. Included with `#[path]` by the test crates
-//! that need a real Redis.
+//! The test Redis servers scripts/test.sh starts: one node (`SKYFUSE_TEST_REDIS_URL`),
+//! a three-primary cluster (`SKYFUSE_TEST_REDIS_CLUSTER_URL`) and a Sentinel-watched
+//! primary with one replica (`SKYFUSE_TEST_REDIS_SENTINEL_URL`), and key prefixes no
+//! other test uses. Included with `#[path]` by the test crates that need a real Redis.
 
 #![allow(dead_code)] // each test crate uses its own part
 
 /// The Redis the test script started, or None (and why) when the test may skip:
 /// without it the Redis tests skip, unless `CI` or `SKYFUSE_REQUIRE_TOOLS` is set.
 pub fn redis_url() -> Option<String> {
-    if let Ok(url) = std::env::var("SKYFUSE_TEST_REDIS_URL")
+    server_url("SKYFUSE_TEST_REDIS_URL", "a real redis-server")
+}
+
+/// The test script's Redis Cluster (`redis+cluster://`), as [`redis_url`].
+pub fn redis_cluster_url() -> Option<String> {
+    server_url("SKYFUSE_TEST_REDIS_CLUSTER_URL", "a real Redis Cluster")
+}
+
+/// The test script's Redis Sentinel (`redis+sentinel://…/skyfuse-test`), as [`redis_url`].
+pub fn redis_sentinel_url() -> Option<String> {
+    server_url("SKYFUSE_TEST_REDIS_SENTINEL_URL", "a real Redis Sentinel")
+}
+
+fn server_url(variable: &str, what: &str) -> Option<String> {
+    if let Ok(url) = std::env::var(variable)
         && !url.is_empty()
     {
         return Some(url);
@@ -17,10 +32,10 @@ pub fn redis_url() -> Option<String> {
         .any(|name| std::env::var(name).is_ok_and(|value| !value.is_empty() && value != "0"));
     assert!(
         !required,
-        "a real redis-server is required here (CI or SKYFUSE_REQUIRE_TOOLS is set) but \
-         SKYFUSE_TEST_REDIS_URL is not: scripts/test.sh starts one"
+        "{what} is required here (CI or SKYFUSE_REQUIRE_TOOLS is set) but {variable} is not: \
+         scripts/test.sh starts one"
     );
-    eprintln!("SKIPPED: SKYFUSE_TEST_REDIS_URL is not set (run scripts/test.sh)");
+    eprintln!("SKIPPED: {variable} is not set (run scripts/test.sh)");
     None
 }
 
