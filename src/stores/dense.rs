@@ -662,8 +662,10 @@ fn map_file(data_path: &Path) -> Result<Mmap> {
     let map = unsafe { Mmap::map(&file) }.map_err(|error| {
         Error::from(error).context(format!("cannot map dense store {}", data_path.display()))
     })?;
-    // Rescoring reads a few scattered rows per search: without the hint each fault
-    // also maps and reads ahead the neighbouring pages. Only a hint, so best effort.
+    // Rescoring reads a few scattered rows per search: without the hint a fault on
+    // pages not yet cached also reads ahead the file around them. (Pages already
+    // cached are still mapped around a fault: the hint does not stop fault-around.)
+    // Only a hint, so best effort.
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Random);
     Ok(map)
