@@ -1784,7 +1784,11 @@ mod tests {
         .expect("reopen");
         assert!(reopened.uses_ann());
         assert_eq!(top10(&reopened, first_probe, None).await, before);
-        assert!(reopened.memory().ann_index_bytes > 0);
+        let memory = reopened.memory();
+        assert!(memory.ann_index_bytes > 0);
+        // One i8 copy of each row, and a graph.
+        assert!(memory.ann_vector_bytes >= 1500 * ANN_DIMS);
+        assert!(memory.ann_graph_bytes > 0);
     }
 
     #[tokio::test]

@@ -1177,6 +1177,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_store_closed_after_many_commits_reopens_merged_and_whole() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        {
+            let store = LocalBm25Store::open(source_info(), directory.path()).expect("open");
+            // Each commit of new chunks flushes at least one segment.
+            for batch in 0..6 {
+                let chunks: Vec<EmbeddedChunk> = (0..20)
+                    .map(|item| {
+                        let doc_id = format!("doc{batch}-{item}");
+                        chunk(&doc_id, 0, "batch.txt", "", &format!("word{batch} filler"))
+                    })
+                    .collect();
+                store.upsert(&chunks).await.expect("upsert");
+                store.commit().await.expect("commit");
+            }
+            // Dropped right after the last commit, as a bulk indexing run exits.
+        }
+        let store = LocalBm25Store::open(source_info(), directory.path()).expect("reopen");
+        assert_eq!(store.count().await.expect("count"), 120);
+        assert_eq!(store.segment_count(), 1);
+        let hits = store.search(&query("word5", 100)).await.expect("search");
+        assert_eq!(hits.len(), 20);
+    }
+
+    #[tokio::test]
     async fn reopen_restores_committed_state_and_drops_uncommitted_writes() {
         let directory = tempfile::tempdir().expect("tempdir");
         {
