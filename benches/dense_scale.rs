@@ -5,7 +5,8 @@
 //!
 //! Run with `cargo bench --bench dense_scale -- 10000 100000 1000000` (sizes as
 //! arguments; 10k and 100k without). `--expansion N` sets the HNSW beam,
-//! `--queries N` the held-out queries (1,000). The synthetic corpus looks like
+//! `--connectivity N` the graph degree of the index built, `--queries N` the
+//! held-out queries (1,000). The synthetic corpus looks like
 //! embeddings rather than noise: 2,000 cluster centres in a 64-d subspace, each
 //! vector a centre plus a few of 256 in-subspace topic directions plus a little
 //! isotropic noise, normalized. Queries come from the same process with another
@@ -14,7 +15,8 @@
 //!
 //! `--bm25` measures the BM25 store (tantivy) at the same sizes instead: chunks of
 //! 120 words and an 8-word title drawn from a 30,000-word Zipf-like vocabulary
-//! (as `benches/local_search.rs`), 6-word queries, top 10.
+//! (as `benches/local_search.rs`), 6-word queries, top 10; then the same queries
+//! again over the index merged into one segment, for comparison.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
