@@ -5,7 +5,8 @@
 //!
 //! Run with `cargo bench --bench dense_scale -- 10000 100000 1000000` (sizes as
 //! arguments; 10k and 100k without). `--expansion N` sets the HNSW beam,
-//! `--queries N` the held-out queries (1,000). The synthetic corpus looks like
+//! `--connectivity N` the graph degree of the index built, `--queries N` the
+//! held-out queries (1,000). The synthetic corpus looks like
 //! embeddings rather than noise: 2,000 cluster centres in a 64-d subspace, each
 //! vector a centre plus a few of 256 in-subspace topic directions plus a little
 //! isotropic noise, normalized. Queries come from the same process with another
@@ -14,7 +15,8 @@
 //!
 //! `--bm25` measures the BM25 store (tantivy) at the same sizes instead: chunks of
 //! 120 words and an 8-word title drawn from a 30,000-word Zipf-like vocabulary
-//! (as `benches/local_search.rs`), 6-word queries, top 10.
+//! (as `benches/local_search.rs`), 6-word queries, top 10; then the same queries
+//! again over the index merged into one segment, for comparison.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -46,16 +48,7 @@ async fn measure_bm25(size: usize, query_count: usize) {
         tempfile::tempdir_in(std::env::var("DENSE_SCALE_DIR").unwrap_or_else(|_| ".".into()))
             .expect("tempdir");
     let vocabulary: Vec<String> = synthetic::vocabulary();
-    let info = SourceInfo {
-        id: "bm25-scale".to_string(),
-        backend: "tantivy".to_string(),
-        kind: StoreKind::Lexical,
-        space: None,
-        dims: None,
-        cloud: "local".to_string(),
-        region: "local".to_string(),
-    };
-    let store = LocalBm25Store::open(info.clone(), directory.path()).expect("open");
+    let store = LocalBm25Store::open(bm25_info(), directory.path()).expect("open");
     let mut random = SyntheticRandom(size as u64);
     let started = Instant::now();
     let mut batch = Vec::with_capacity(WRITE_BATCH);
@@ -71,15 +64,63 @@ async fn measure_bm25(size: usize, query_count: usize) {
     }
     store.commit().await.expect("commit");
     let built = started.elapsed();
-    drop(store);
+    // Closing the store waits for the merges its commits started.
     let started = Instant::now();
-    let store = LocalBm25Store::open(info, directory.path()).expect("reopen");
+    drop(store);
+    let closed = started.elapsed();
+    let started = Instant::now();
+    let store = LocalBm25Store::open(bm25_info(), directory.path()).expect("reopen");
     let reopened = started.elapsed();
+    let segments = store.segment_count();
+    report_bm25_queries(
+        &store,
+        size,
+        query_count,
+        &vocabulary,
+        (built, closed, reopened),
+        segments,
+    )
+    .await;
+    // For comparison: the same queries over the index merged into one segment.
+    drop(store);
+    merge_into_one_segment(directory.path());
+    let store = LocalBm25Store::open(bm25_info(), directory.path()).expect("reopen merged");
+    let segments = store.segment_count();
+    report_bm25_queries(
+        &store,
+        size,
+        query_count,
+        &vocabulary,
+        (built, closed, reopened),
+        segments,
+    )
+    .await;
+}
+
+fn merge_into_one_segment(directory: &std::path::Path) {
+    let index = tantivy::Index::open_in_dir(directory).expect("open the bm25 index");
+    let mut writer: tantivy::IndexWriter = index.writer(64 << 20).expect("bm25 writer");
+    let segments = index.searchable_segment_ids().expect("bm25 segments");
+    if segments.len() > 1 {
+        writer.merge(&segments).wait().expect("merge");
+    }
+    writer.wait_merging_threads().expect("wait for merges");
+}
+
+async fn report_bm25_queries(
+    store: &LocalBm25Store,
+    size: usize,
+    query_count: usize,
+    vocabulary: &[String],
+    (built, closed, reopened): (Duration, Duration, Duration),
+    segments: usize,
+) {
     let mut query_random = SyntheticRandom(42);
     let mut latencies = Vec::with_capacity(query_count);
+    let mut slowest = (Duration::ZERO, String::new());
     for _ in 0..query_count {
         let request = StoreQuery {
-            text: sentence(&mut query_random, &vocabulary, 6),
+            text: sentence(&mut query_random, vocabulary, 6),
             vector: None,
             top_k: TOP_K,
             deadline: Instant::now() + Duration::from_secs(60),
@@ -87,19 +128,40 @@ async fn measure_bm25(size: usize, query_count: usize) {
         };
         let started = Instant::now();
         let hits = store.search(&request).await.expect("search");
-        latencies.push(started.elapsed());
+        let elapsed = started.elapsed();
+        latencies.push(elapsed);
+        if elapsed > slowest.0 {
+            slowest = (elapsed, request.text.clone());
+        }
         std::hint::black_box(hits);
     }
     latencies.sort();
     println!(
-        "bm25 rows={size} | build {:.1}s | reopen {:.2}s | top10 p50 {:.3} ms p99 {:.3} ms over {} queries | RSS {:.0} MB",
+        "bm25 rows={size} | build {:.1}s, close {:.1}s | reopen {:.2}s | {segments} segments | top10 p50 {:.3} ms p90 {:.3} ms p99 {:.3} ms max {:.3} ms over {} queries \
+         (slowest: {:?}) | RSS {:.0} MB",
         built.as_secs_f64(),
+        closed.as_secs_f64(),
         reopened.as_secs_f64(),
         percentile(&latencies, 0.50),
+        percentile(&latencies, 0.90),
         percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0),
         query_count,
+        slowest.1,
         resident_mb(),
     );
+}
+
+fn bm25_info() -> SourceInfo {
+    SourceInfo {
+        id: "bm25-scale".to_string(),
+        backend: "tantivy".to_string(),
+        kind: StoreKind::Lexical,
+        space: None,
+        dims: None,
+        cloud: "local".to_string(),
+        region: "local".to_string(),
+    }
 }
 
 /// Centres and topic directions, all inside one random 64-d subspace of R^384.
@@ -335,6 +397,7 @@ async fn measure(size: usize, query_count: usize, options: DenseOptions) {
     let exact_store =
         DenseStore::open_with_options(source_info(), DIMS, directory.path(), exact_options)
             .expect("reopen exact");
+    let resident_exact = resident_mb();
     let exact_queries = queries
         .slice(s![..EXACT_QUERIES.min(query_count), ..])
         .to_owned();
@@ -346,12 +409,13 @@ async fn measure(size: usize, query_count: usize, options: DenseOptions) {
         .unwrap_or(f64::NAN);
     let mb = |bytes: usize| bytes as f64 / 1e6;
     println!(
-        "rows={size} mode={} expansion={} | generate+upsert {:.1}s, commit (write + index) {:.1}s, \
+        "rows={size} mode={} expansion={} connectivity={} | generate+upsert {:.1}s, commit (write + index) {:.1}s, \
          exact ground truth {:.1}s | reopen {:.2}s | top10 p50 {:.3} ms p99 {:.3} ms (exact scan p50 {:.3} ms p99 {:.3} ms) \
-         | recall@10 {:.4} over {} queries | index {:.0} MB, keys {:.0} MB, mapped f32 {:.0} MB, dense.bin {:.0} MB \
-         | RSS before open {:.0} MB, after open {:.0} MB, after queries {:.0} MB",
+         | recall@10 {:.4} over {} queries | index {:.0} MB (graph {:.0} MB, i8 vectors {:.0} MB), keys {:.0} MB, mapped f32 {:.0} MB, dense.bin {:.0} MB \
+         | RSS before open {:.0} MB, after open {:.0} MB, after queries {:.0} MB, after an exact-only reopen {:.0} MB",
         if uses_ann { "hnsw" } else { "exact" },
         options.ann_expansion,
+        options.ann_connectivity,
         generated.as_secs_f64(),
         committed.as_secs_f64(),
         truth_time.as_secs_f64(),
@@ -363,12 +427,15 @@ async fn measure(size: usize, query_count: usize, options: DenseOptions) {
         recall,
         query_count,
         mb(memory.ann_index_bytes),
+        mb(memory.ann_graph_bytes),
+        mb(memory.ann_vector_bytes),
         mb(memory.key_bytes),
         mb(memory.mapped_vector_bytes),
         file_mb,
         resident_before,
         resident_opened,
         resident_searched,
+        resident_exact,
     );
 }
 
@@ -387,6 +454,12 @@ fn main() {
                     .next()
                     .and_then(|value| value.parse().ok())
                     .unwrap_or(DEFAULT_ANN_EXPANSION);
+            }
+            "--connectivity" => {
+                options.ann_connectivity = arguments
+                    .next()
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(options.ann_connectivity);
             }
             "--queries" => {
                 query_count = arguments

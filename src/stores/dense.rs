@@ -130,6 +130,9 @@ pub struct DenseOptions {
     /// Candidates the HNSW search keeps in its beam, and the fewest it returns
     /// for exact rescoring.
     pub ann_expansion: usize,
+    /// HNSW graph degree of a newly built index (an index loaded from disk keeps
+    /// the degree it was built with).
+    pub ann_connectivity: usize,
 }
 
 impl Default for DenseOptions {
@@ -137,6 +140,7 @@ impl Default for DenseOptions {
         Self {
             ann_min_rows: DEFAULT_ANN_MIN_ROWS,
             ann_expansion: DEFAULT_ANN_EXPANSION,
+            ann_connectivity: ann::DEFAULT_CONNECTIVITY,
         }
     }
 }
@@ -273,6 +277,10 @@ pub struct DenseMemory {
     pub mapped_vector_bytes: usize,
     /// Bytes the HNSW index holds (i8 vectors and graph); 0 below `ann_min_rows`.
     pub ann_index_bytes: usize,
+    /// Of `ann_index_bytes`: the graph's and the i8 vectors' memory handed out by
+    /// usearch's arenas (what it touches; the rest of an arena stays unbacked).
+    pub ann_graph_bytes: usize,
+    pub ann_vector_bytes: usize,
     /// Bytes of the row keys.
     pub key_bytes: usize,
 }
@@ -335,14 +343,14 @@ impl DenseStore {
             let ann = match loaded {
                 Some(ann) => ann,
                 None => {
-                    let ann =
-                        AnnIndex::build(snapshot.matrix(), &snapshot.keys, options.ann_expansion)
-                            .map_err(|error| {
+                    let ann = AnnIndex::build(snapshot.matrix(), &snapshot.keys, options).map_err(
+                        |error| {
                             error.context(format!(
                                 "cannot index dense store {}",
                                 directory.display()
                             ))
-                        })?;
+                        },
+                    )?;
                     // An index that cannot be saved still serves this process.
                     if let Err(error) = ann.save(directory, snapshot.generation) {
                         tracing::warn!(directory = %directory.display(), %error, "cannot save the dense store's hnsw index");
@@ -383,10 +391,14 @@ impl DenseStore {
     /// What the committed state's search structures hold.
     pub fn memory(&self) -> DenseMemory {
         let snapshot = self.inner.current_snapshot();
+        let (ann_graph_bytes, ann_vector_bytes) =
+            snapshot.ann.as_ref().map_or((0, 0), |ann| ann.tape_bytes());
         DenseMemory {
             rows: snapshot.chunks.len(),
             mapped_vector_bytes: snapshot.chunks.len() * snapshot.dims * 4,
             ann_index_bytes: snapshot.ann.as_ref().map_or(0, |ann| ann.memory_bytes()),
+            ann_graph_bytes,
+            ann_vector_bytes,
             key_bytes: snapshot.keys.len() * 8,
         }
     }
@@ -483,11 +495,7 @@ impl DenseInner {
                 }
                 Arc::clone(ann)
             }
-            None => Arc::new(AnnIndex::build(
-                next.matrix(),
-                &next.keys,
-                self.options.ann_expansion,
-            )?),
+            None => Arc::new(AnnIndex::build(next.matrix(), &next.keys, self.options)?),
         };
         ann.save(&self.directory, next.generation)?;
         Ok(Some(ann))
@@ -651,9 +659,32 @@ fn map_file(data_path: &Path) -> Result<Mmap> {
     // SAFETY: the map is only read, and the file is never modified in place: commits
     // write a new file and rename it over this one, which leaves this mapping on the
     // old contents. Only this store writes its directory (`stores::lock`).
-    unsafe { Mmap::map(&file) }.map_err(|error| {
+    let map = unsafe { Mmap::map(&file) }.map_err(|error| {
         Error::from(error).context(format!("cannot map dense store {}", data_path.display()))
-    })
+    })?;
+    // Rescoring reads a few scattered rows per search: without the hint a fault on
+    // pages not yet cached also reads ahead the file around them. (Pages already
+    // cached are still mapped around a fault: the hint does not stop fault-around.)
+    // Only a hint, so best effort.
+    #[cfg(unix)]
+    let _ = map.advise(memmap2::Advice::Random);
+    Ok(map)
+}
+
+/// Unmap the resident pages of `map[start..]` (keys and metadata, decoded to the heap
+/// at open): they would otherwise stay in the process's resident set for nothing.
+/// The file stays cached and a later read faults the pages back in.
+fn release_decoded_tail(map: &Mmap, start: usize) {
+    #[cfg(unix)]
+    if let Some(length) = map.len().checked_sub(start).filter(|&length| length > 0) {
+        // SAFETY: the map is a read-only shared mapping of a file nobody rewrites in
+        // place, so dropping its pages loses nothing: they are read again on access.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, length)
+        };
+    }
+    #[cfg(not(unix))]
+    let _ = (map, start);
 }
 
 fn load_snapshot(data_path: &Path, dims: usize) -> Result<DenseSnapshot> {
@@ -761,6 +792,7 @@ fn decode_snapshot(map: Mmap, dims: usize) -> Result<DenseSnapshot> {
             chunks.len()
         )));
     }
+    release_decoded_tail(&map, keys_start);
     Ok(DenseSnapshot {
         dims,
         vectors: StoredVectors::Mapped {
@@ -1656,11 +1688,13 @@ mod tests {
     const EXACT: DenseOptions = DenseOptions {
         ann_min_rows: usize::MAX,
         ann_expansion: DEFAULT_ANN_EXPANSION,
+        ann_connectivity: ann::DEFAULT_CONNECTIVITY,
     };
     /// HNSW from 100 rows, with a beam wide enough that 1,500 rows rank exactly.
     const FORCED_ANN: DenseOptions = DenseOptions {
         ann_min_rows: 100,
         ann_expansion: 512,
+        ann_connectivity: ann::DEFAULT_CONNECTIVITY,
     };
 
     /// A store of `rows` deterministic pseudo-random chunks: chunk `i` is in object
@@ -1750,7 +1784,11 @@ mod tests {
         .expect("reopen");
         assert!(reopened.uses_ann());
         assert_eq!(top10(&reopened, first_probe, None).await, before);
-        assert!(reopened.memory().ann_index_bytes > 0);
+        let memory = reopened.memory();
+        assert!(memory.ann_index_bytes > 0);
+        // One i8 copy of each row, and a graph.
+        assert!(memory.ann_vector_bytes >= 1500 * ANN_DIMS);
+        assert!(memory.ann_graph_bytes > 0);
     }
 
     #[tokio::test]

@@ -28,9 +28,11 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::error::{Error, Result};
 
-/// Graph degree (usearch doubles it on the base layer). 16 is the usual trade:
-/// recall@10 >= 0.95 at 1M with ~130 bytes of graph a point.
-const CONNECTIVITY: usize = 16;
+/// Graph degree (usearch doubles it on the base layer). usearch stores a node as
+/// its key and level (10 bytes) then per layer a count and neighbour slots (4 bytes
+/// each), rounded up to 64 bytes: at 14 a base-layer node is 10 + 4 + 28 * 4 = 126
+/// bytes, one 128-byte block; at 16 it is 142, which takes 192.
+pub(super) const DEFAULT_CONNECTIVITY: usize = 14;
 /// Candidate list while inserting; usearch's default.
 const EXPANSION_ADD: usize = 128;
 /// Candidates fetched per result wanted before exact rescoring.
@@ -106,15 +108,15 @@ impl AnnIndex {
     pub(super) fn build(
         matrix: ArrayView2<'_, f32>,
         keys: &[u64],
-        expansion_search: usize,
+        options: super::DenseOptions,
     ) -> Result<Self> {
         let options = IndexOptions {
             dimensions: matrix.ncols(),
             metric: MetricKind::Cos,
             quantization: ScalarKind::I8,
-            connectivity: CONNECTIVITY,
+            connectivity: options.ann_connectivity,
             expansion_add: EXPANSION_ADD,
-            expansion_search,
+            expansion_search: options.ann_expansion,
             multi: false,
         };
         let index = Index::new(&options).map_err(|error| hnsw_error("create", error))?;
@@ -199,6 +201,18 @@ impl AnnIndex {
     /// Bytes the index holds in memory (graph and i8 vectors).
     pub(super) fn memory_bytes(&self) -> usize {
         self.read().memory_usage()
+    }
+
+    /// Bytes the graph and the vectors take from usearch's arenas, without the
+    /// reserved but untouched end of the last arena of each.
+    pub(super) fn tape_bytes(&self) -> (usize, usize) {
+        let stats = self.read().memory_stats();
+        (
+            stats.graph_allocated.saturating_sub(stats.graph_reserved),
+            stats
+                .vectors_allocated
+                .saturating_sub(stats.vectors_reserved),
+        )
     }
 
     /// Write the index for `generation` crash-safely (temporary file, fsync,
