@@ -18,7 +18,7 @@ use std::arch::x86_64::{
     __m512, __m512bh, __m512i, _mm512_add_ps, _mm512_dpbf16_ps, _mm512_loadu_ps,
     _mm512_loadu_si512, _mm512_set1_epi32, _mm512_setzero_ps, _mm512_storeu_ps,
 };
-use std::cell::RefCell;
+use std::cell::Cell;
 
 use rayon::prelude::*;
 
@@ -116,30 +116,32 @@ impl Bf16Weight {
         }
         let input = &input[..rows * k];
         let output = &mut output[..rows * n];
-        PACKED_INPUT.with(|buffer| {
-            let mut buffer = buffer.borrow_mut();
-            if buffer.len() < rows * pairs {
-                buffer.resize(rows * pairs, 0);
-            }
-            let packed = &mut buffer[..rows * pairs];
-            packed
-                .par_chunks_mut(pairs * ROWS_PER_TASK)
-                .zip(input.par_chunks(k * ROWS_PER_TASK))
-                .for_each(|(words, values)| {
-                    for (row_words, row_values) in
-                        words.chunks_exact_mut(pairs).zip(values.chunks_exact(k))
-                    {
-                        let mut values = row_values.chunks_exact(2);
-                        for (word, two) in row_words.iter_mut().zip(&mut values) {
-                            *word = pair(two[0], two[1]);
-                        }
-                        if let [last] = values.remainder() {
-                            row_words[pairs - 1] = pair(*last, 0.0);
-                        }
+        // The buffer is taken out of the thread-local for the call, not borrowed: while
+        // this thread waits in the parallel loops below, rayon may run another product on
+        // it (work stealing), which then finds an empty buffer and brings its own.
+        let mut buffer = PACKED_INPUT.with(|cell| cell.take());
+        if buffer.len() < rows * pairs {
+            buffer.resize(rows * pairs, 0);
+        }
+        let packed = &mut buffer[..rows * pairs];
+        packed
+            .par_chunks_mut(pairs * ROWS_PER_TASK)
+            .zip(input.par_chunks(k * ROWS_PER_TASK))
+            .for_each(|(words, values)| {
+                for (row_words, row_values) in
+                    words.chunks_exact_mut(pairs).zip(values.chunks_exact(k))
+                {
+                    let mut values = row_values.chunks_exact(2);
+                    for (word, two) in row_words.iter_mut().zip(&mut values) {
+                        *word = pair(two[0], two[1]);
                     }
-                });
-            self.multiply(rows, packed, output);
-        });
+                    if let [last] = values.remainder() {
+                        row_words[pairs - 1] = pair(*last, 0.0);
+                    }
+                }
+            });
+        self.multiply(rows, packed, output);
+        PACKED_INPUT.with(|cell| cell.replace(buffer));
     }
 
     fn multiply(&self, rows: usize, packed: &[u32], output: &mut [f32]) {
@@ -209,7 +211,7 @@ impl Bf16Weight {
 
 thread_local! {
     /// The bf16 input rows of the current product, reused by each calling thread.
-    static PACKED_INPUT: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    static PACKED_INPUT: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
 }
 
 /// `ROWS` rows times one panel: `destination[r * row_stride + c] += Σ_p inputs[r][p] ·
@@ -351,6 +353,49 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Products running at once on the rayon pool, which steals one product's tasks
+    /// onto a thread waiting inside another: each must still get its own input buffer.
+    #[test]
+    fn concurrent_products_on_one_pool_each_get_their_own_result() {
+        if !supported() {
+            return;
+        }
+        let (rows, k, n) = (1200, 64, 128);
+        let weight = pseudo_random(k * n, 3);
+        let packed = Bf16Weight::pack(&weight, k, n).expect("the CPU has BF16");
+        let inputs: Vec<Vec<f32>> = (0..16).map(|seed| pseudo_random(rows * k, seed)).collect();
+        let alone: Vec<Vec<f32>> = inputs
+            .iter()
+            .map(|input| {
+                let mut output = vec![0.0_f32; rows * n];
+                packed.accumulate(rows, input, &mut output);
+                output
+            })
+            .collect();
+        // As the service calls it: forward passes started from several threads outside
+        // the pool at once, so a pool thread waiting inside one picks up another.
+        let together: Vec<Vec<f32>> = std::thread::scope(|scope| {
+            let calls: Vec<_> = inputs
+                .iter()
+                .map(|input| {
+                    let packed = &packed;
+                    scope.spawn(move || {
+                        rayon::scope(|_| {
+                            let mut output = vec![0.0_f32; rows * n];
+                            packed.accumulate(rows, input, &mut output);
+                            output
+                        })
+                    })
+                })
+                .collect();
+            calls
+                .into_iter()
+                .map(|call| call.join().expect("a product thread"))
+                .collect()
+        });
+        assert_eq!(together, alone);
     }
 
     #[test]
