@@ -725,6 +725,37 @@ mod tests {
     }
 
     #[test]
+    fn precision_is_the_local_model_s_and_a_typo_is_named() {
+        let space = |provider: &str, precision: &str| {
+            format!(
+                "[[space]]\nid = \"s\"\nprovider = \"{provider}\"\nmodel = \"m\"\ndims = 384\nprecision = \"{precision}\"\n"
+            )
+        };
+        let local = parse(&space("local", "f32")).unwrap();
+        assert_eq!(local.spaces[0].precision, LocalPrecision::F32);
+        assert!(
+            !format!("{:?}", local.validate()).contains("precision"),
+            "a local space may choose its precision"
+        );
+
+        let remote = parse(&format!(
+            "{}[[provider]]\nid = \"openai\"\nkind = \"openai_compat\"\nbase_url = \"http://127.0.0.1:8080\"\nmodel = \"m\"\n",
+            space("openai", "bf16")
+        ));
+        let message = match remote.and_then(|config| config.validate()) {
+            Ok(()) => String::new(),
+            Err(error) => error.message,
+        };
+        assert!(
+            message.contains("precision applies to the in-process model only"),
+            "{message}"
+        );
+
+        let error = parse(&space("local", "fp8")).unwrap_err();
+        assert!(error.message.contains("fp8"), "{}", error.message);
+    }
+
+    #[test]
     fn unknown_space_is_named() {
         let config = parse(
             r#"
