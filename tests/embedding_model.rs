@@ -207,27 +207,36 @@ fn text_is_truncated_at_256_tokens() {
     );
 }
 
-#[test]
-fn matches_sentence_transformers_reference_fixture() {
+/// The reference fixture and its texts, `<long_text>` built exactly as
+/// scripts/minilm_reference.py builds it.
+fn reference_fixture() -> (serde_json::Value, Vec<String>) {
     let fixture_path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm_reference.json");
     let fixture: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&fixture_path).expect("reference fixture is readable"),
     )
     .expect("reference fixture is json");
-    // Built here exactly as scripts/minilm_reference.py builds it.
     let long_text = (0..2000)
         .map(|index| format!("word{} sentence{}.", index % 97, index % 13))
         .collect::<Vec<_>>()
         .join(" ");
-    let sentences = fixture["sentences"].as_array().expect("sentences");
-    let texts: Vec<&str> = sentences
+    let texts = fixture["sentences"]
+        .as_array()
+        .expect("sentences")
         .iter()
         .map(|sentence| match sentence["text"].as_str().expect("text") {
-            "<long_text>" => long_text.as_str(),
-            text => text,
+            "<long_text>" => long_text.clone(),
+            text => text.to_owned(),
         })
         .collect();
+    (fixture, texts)
+}
+
+#[test]
+fn matches_sentence_transformers_reference_fixture() {
+    let (fixture, owned_texts) = reference_fixture();
+    let texts: Vec<&str> = owned_texts.iter().map(String::as_str).collect();
+    let sentences = fixture["sentences"].as_array().expect("sentences");
     let vectors = embed(&texts);
 
     for (index, sentence) in sentences.iter().enumerate() {
@@ -476,26 +485,8 @@ fn bf16_products_stay_within_rounding_of_the_f32_model() {
     assert!(bf16.is_bf16());
     assert!(!embedder().is_bf16(), "the exact model is f32");
 
-    let fixture_path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm_reference.json");
-    let fixture: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&fixture_path).expect("reference fixture is readable"),
-    )
-    .expect("reference fixture is json");
-    // Built as scripts/minilm_reference.py builds it.
-    let long_text = (0..2000)
-        .map(|index| format!("word{} sentence{}.", index % 97, index % 13))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let texts: Vec<&str> = fixture["sentences"]
-        .as_array()
-        .expect("sentences")
-        .iter()
-        .map(|sentence| match sentence["text"].as_str().expect("text") {
-            "<long_text>" => long_text.as_str(),
-            text => text,
-        })
-        .collect();
+    let (fixture, owned_texts) = reference_fixture();
+    let texts: Vec<&str> = owned_texts.iter().map(String::as_str).collect();
     let exact = embed(&texts);
     let rounded = bf16.embed_blocking(&texts).expect("bf16 embeds");
     for (index, (exact, rounded)) in exact.iter().zip(&rounded).enumerate() {
