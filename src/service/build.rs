@@ -173,9 +173,14 @@ async fn load_local_model(space: &SpaceConfig) -> Result<LocalEmbedder> {
     let model_dir = Path::new(&space.model).to_path_buf();
     let id = space.id.clone();
     let precision = space.precision;
-    tokio::task::spawn_blocking(move || LocalEmbedder::load_native(&id, &model_dir, precision))
-        .await
-        .map_err(|error| Error::internal(format!("model loading panicked: {error}")))?
+    let model =
+        tokio::task::spawn_blocking(move || LocalEmbedder::load_native(&id, &model_dir, precision))
+            .await
+            .map_err(|error| Error::internal(format!("model loading panicked: {error}")))??;
+    // `auto` decides by the CPU: say what it decided, so a slow node explains itself.
+    let arithmetic = if model.is_bf16() { "bf16" } else { "f32" };
+    tracing::info!(space = %space.id, arithmetic, "local embedding model loaded");
+    Ok(model)
 }
 
 /// Locks the folders this service writes local data in, before anything is opened:
