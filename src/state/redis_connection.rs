@@ -156,6 +156,30 @@ impl RedisBackend {
     }
 }
 
+/// Runs `call` on the Sentinel's current primary. A call that finds the node gone or no
+/// longer primary makes the next one ask the sentinels again, and is sent once more only
+/// when it surely did not run (so a budget is never charged twice).
+async fn on_primary<T, Call, Answer>(primary: &Arc<SentinelPrimary>, call: Call) -> RedisResult<T>
+where
+    Call: Fn(ConnectionManager) -> Answer,
+    Answer: std::future::Future<Output = RedisResult<T>>,
+{
+    let mut retried = false;
+    loop {
+        let current = primary.current().await?;
+        match call(current.connection.clone()).await {
+            Err(error) if points_elsewhere(&error) => {
+                primary.forget(current.generation);
+                if retried || !surely_not_run(&error) {
+                    return Err(error);
+                }
+                retried = true;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 /// A connection to whichever topology `redis_url` names.
 #[derive(Clone)]
 pub enum RedisConnection {
@@ -169,23 +193,11 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Single(connection) => connection.req_packed_command(command),
             Self::Cluster(connection) => connection.req_packed_command(command),
-            Self::Sentinel(primary) => Box::pin(async move {
-                let mut retried = false;
-                loop {
-                    let current = primary.current().await?;
-                    let mut connection = current.connection.clone();
-                    match connection.req_packed_command(command).await {
-                        Err(error) if points_elsewhere(&error) => {
-                            primary.forget(current.generation);
-                            if retried || !surely_not_run(&error) {
-                                return Err(error);
-                            }
-                            retried = true;
-                        }
-                        answer => return answer,
-                    }
-                }
-            }),
+            Self::Sentinel(primary) => {
+                Box::pin(on_primary(primary, move |mut connection| async move {
+                    connection.req_packed_command(command).await
+                }))
+            }
         }
     }
 
@@ -198,26 +210,13 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
             Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
-            Self::Sentinel(primary) => Box::pin(async move {
-                let mut retried = false;
-                loop {
-                    let current = primary.current().await?;
-                    let mut connection = current.connection.clone();
-                    match connection
+            Self::Sentinel(primary) => {
+                Box::pin(on_primary(primary, move |mut connection| async move {
+                    connection
                         .req_packed_commands(pipeline, offset, count)
                         .await
-                    {
-                        Err(error) if points_elsewhere(&error) => {
-                            primary.forget(current.generation);
-                            if retried || !surely_not_run(&error) {
-                                return Err(error);
-                            }
-                            retried = true;
-                        }
-                        answer => return answer,
-                    }
-                }
-            }),
+                }))
+            }
         }
     }
 
