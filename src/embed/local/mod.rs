@@ -15,7 +15,8 @@
 //!   `[tokens, hidden]` matrix for the dense layers, and attention runs per text and per
 //!   head on strided views of the fused QKV matrix, so no work is spent on padding and a
 //!   text's vector does not depend on what it was batched with;
-//! - every matrix product goes to the `gemm` crate (the kernels candle itself uses), with
+//! - every matrix product goes to the `gemm` crate (the kernels candle itself uses), or to
+//!   bf16 products on CPUs that have them (`[[space]] precision`), with
 //!   bias and residual folded into the product's accumulator, into buffers that are reused
 //!   across batches and calls;
 //! - the remaining element-wise work (GELU, softmax, layer norm) is small hand-written
@@ -33,9 +34,10 @@
 //! - `config.rs`: the model's shape, read and checked from `config.json`;
 //! - `weights.rs`: the tensors of `model.safetensors` in the layouts the products want;
 //! - `forward.rs`: the forward pass: embeddings, encoder layers, pooling;
-//! - `kernels.rs`: the matrix products, attention and the SIMD element-wise kernels. It is
-//!   the only file allowed `unsafe` code (every other file here fails to compile with it),
-//!   and every `unsafe` block in it rests on bounds checked at run time in release builds.
+//! - `kernels/`: the matrix products (f32 over `gemm`, and bf16 on AVX512_BF16 in
+//!   `kernels/bf16.rs`), attention and the SIMD element-wise kernels. It is the only place
+//!   allowed `unsafe` code (every other file here fails to compile with it), and every
+//!   `unsafe` block in it rests on bounds checked at run time in release builds.
 
 #![deny(unsafe_code)]
 

@@ -1,5 +1,5 @@
-//! The arithmetic of the forward pass, and the only file of the runtime that may hold
-//! `unsafe` code (`mod.rs` denies it everywhere else, the other files forbid it).
+//! The arithmetic of the forward pass. This folder is the only part of the runtime that may
+//! hold `unsafe` code (`mod.rs` denies it everywhere else, the other files forbid it).
 //!
 //! What is unsafe here, and what each use rests on:
 //! - the `gemm` crate's entry point takes raw pointers, sizes and strides. Each call below
