@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use opensearch_fake::{FakeAuth, FakeOpenSearch};
 use skyfuse::config::SharedStateConfig;
 use skyfuse::error::ErrorKind;
-use skyfuse::ingest::manifest::{Manifest, ManifestEntry};
+use skyfuse::ingest::manifest::Manifest;
 use skyfuse::state::{HeldLease, LeaseSubject, RedisStore, SharedManifest};
 
 #[path = "common/redis.rs"]
 mod redis_support;
-use redis_support::{fresh_prefix, redis_url};
+use redis_support::{fresh_prefix, manifest_entry, redis_url};
 
 /// Waits for `condition`, failing after a generous bound (a hang guard, not a timing
 /// assertion).
@@ -59,18 +59,6 @@ async fn redis_connection(redis_url: &str) -> redis::aio::MultiplexedConnection 
         .get_multiplexed_async_connection()
         .await
         .unwrap()
-}
-
-fn entry(etag: &str) -> ManifestEntry {
-    ManifestEntry {
-        etag: Some(etag.to_owned()),
-        version: None,
-        size: 3,
-        sha256: "ab".repeat(32),
-        settings: "s1".to_owned(),
-        chunk_ids: vec![format!("{etag}#0")],
-        failure: None,
-    }
 }
 
 #[tokio::test]
@@ -115,7 +103,7 @@ async fn a_lease_has_one_holder_and_a_holder_that_lost_it_cannot_save_its_manife
     manifest.cloud = Some("aws".into());
     manifest.region = Some("eu-west-1".into());
     for key in ["a.txt", "b.txt", "c.txt"] {
-        manifest.objects.insert(key.into(), entry(key));
+        manifest.objects.insert(key.into(), manifest_entry(key));
     }
     let shared = SharedManifest::guarded_by(&holder);
     assert_eq!(
@@ -125,7 +113,9 @@ async fn a_lease_has_one_holder_and_a_holder_that_lost_it_cannot_save_its_manife
     );
     shared.save(&manifest).await.unwrap();
     manifest.objects.remove("b.txt");
-    manifest.objects.insert("a.txt".into(), entry("a2"));
+    manifest
+        .objects
+        .insert("a.txt".into(), manifest_entry("a2"));
     shared.save(&manifest).await.unwrap();
     let reader = SharedManifest::guarded_by(&holder);
     assert_eq!(reader.load("s3://reports").await.unwrap(), manifest);

@@ -21,12 +21,12 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 use skyfuse::breaker::{BreakerSettings, CircuitBreaker};
 use skyfuse::config::SharedStateConfig;
-use skyfuse::ingest::manifest::{Manifest, ManifestEntry};
+use skyfuse::ingest::manifest::Manifest;
 use skyfuse::state::{HeldLease, LeaseSubject, RedisStore, SharedManifest, utc_day};
 
 #[path = "common/redis.rs"]
 mod redis_support;
-use redis_support::{fresh_prefix, redis_cluster_url, redis_sentinel_url};
+use redis_support::{fresh_prefix, manifest_entry, redis_cluster_url, redis_sentinel_url};
 
 /// Generous bounds that only stop a broken test from running forever.
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -71,18 +71,6 @@ async fn holder_of(nodes: &mut [(u16, MultiplexedConnection)], key: &str) -> u16
     }
     assert_eq!(holders.len(), 1, "{key} is on exactly one primary");
     holders[0]
-}
-
-fn entry(etag: &str) -> ManifestEntry {
-    ManifestEntry {
-        etag: Some(etag.to_owned()),
-        version: None,
-        size: 3,
-        sha256: "ab".repeat(32),
-        settings: "s1".to_owned(),
-        chunk_ids: vec![format!("{etag}#0")],
-        failure: None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +124,7 @@ async fn leases_and_manifests_work_on_every_primary_of_a_cluster() {
 
         let mut manifest = Manifest::new(&subject.bucket);
         for key in ["a.txt", "b.txt"] {
-            manifest.objects.insert(key.into(), entry(key));
+            manifest.objects.insert(key.into(), manifest_entry(key));
         }
         SharedManifest::guarded_by(&lease)
             .save(&manifest)

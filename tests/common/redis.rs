@@ -47,3 +47,16 @@ pub fn fresh_prefix(test: &str) -> String {
         .as_nanos();
     format!("skyfuse-test-{test}-{}-{nanos}", std::process::id())
 }
+
+/// A manifest entry for an object whose etag is `etag`, with one chunk.
+pub fn manifest_entry(etag: &str) -> skyfuse::ingest::manifest::ManifestEntry {
+    skyfuse::ingest::manifest::ManifestEntry {
+        etag: Some(etag.to_owned()),
+        version: None,
+        size: 3,
+        sha256: "ab".repeat(32),
+        settings: "s1".to_owned(),
+        chunk_ids: vec![format!("{etag}#0")],
+        failure: None,
+    }
+}
