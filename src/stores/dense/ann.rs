@@ -67,8 +67,9 @@ fn path_text(path: &Path) -> Result<&str> {
     })
 }
 
-/// A unit vector as i8, scaled so its largest component is +-127.
-pub(super) fn quantize(vector: &[f32], output: &mut Vec<i8>) {
+/// A unit vector as i8, scaled so its largest component is +-127; returns the scale
+/// (0 for a zero vector).
+pub(super) fn quantize(vector: &[f32], output: &mut Vec<i8>) -> f32 {
     let largest = vector
         .iter()
         .fold(0.0f32, |largest, value| largest.max(value.abs()));
@@ -76,6 +77,7 @@ pub(super) fn quantize(vector: &[f32], output: &mut Vec<i8>) {
     output.clear();
     // `as` saturates, and no value exceeds 127 after scaling anyway.
     output.extend(vector.iter().map(|value| (value * scale).round() as i8));
+    scale
 }
 
 pub(super) struct AnnIndex {
