@@ -24,6 +24,8 @@
 //! [`SearchBackend::commit`]. Writes that were never committed are lost when the
 //! process stops: a reopened store shows the last commit exactly.
 
+mod stored;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -40,13 +42,14 @@ use tantivy::query::{
 };
 use tantivy::schema::{
     Field, IndexRecordOption, NumericOptions, STORED, STRING, Schema, TantivyDocument,
-    TextFieldIndexing, TextOptions, Value,
+    TextFieldIndexing, TextOptions,
 };
 use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
+use self::stored::StoredFields;
 use crate::document::{CharSpan, Chunk, ChunkMetadata, EmbeddedChunk, Hit};
 use crate::error::{Error, Result};
 use crate::stores::filter::{Condition, Filter, FilterField, Pushdown};
@@ -526,20 +529,20 @@ impl Bm25Inner {
             .map_err(|error| Error::internal(format!("bm25 search failed: {error}")))?;
         let mut hits = Vec::with_capacity(scored_addresses.len());
         for (score, address) in scored_addresses {
-            let document: TantivyDocument = searcher.doc(address).map_err(|error| {
+            let mut stored: StoredFields = searcher.doc(address).map_err(|error| {
                 Error::internal(format!("cannot read a stored bm25 document: {error}"))
             })?;
             hits.push(Hit {
-                chunk_id: self.stored_text(&document, self.fields.chunk_id),
-                doc_id: self.stored_text(&document, self.fields.doc_id),
-                object_key: self.stored_text(&document, self.fields.object_key),
-                title: self.stored_text(&document, self.fields.title),
-                text: self.stored_text(&document, self.fields.text),
-                cloud: self.stored_text(&document, self.fields.cloud),
-                region: self.stored_text(&document, self.fields.region),
+                chunk_id: stored.take_text(self.fields.chunk_id),
+                doc_id: stored.take_text(self.fields.doc_id),
+                object_key: stored.take_text(self.fields.object_key),
+                title: stored.take_text(self.fields.title),
+                text: stored.take_text(self.fields.text),
+                cloud: stored.take_text(self.fields.cloud),
+                region: stored.take_text(self.fields.region),
                 classes: Vec::new(),
                 score,
-                span: self.stored_span(&document),
+                span: self.stored_span(&stored),
             });
         }
         Ok(hits)
@@ -562,29 +565,21 @@ impl Bm25Inner {
                 if segment.is_deleted(doc) {
                     continue;
                 }
-                let document: TantivyDocument = store.get(doc).map_err(|error| {
+                let mut stored: StoredFields = store.get(doc).map_err(|error| {
                     Error::internal(format!("cannot read segment {ordinal}'s document: {error}"))
                 })?;
                 sample.push((
-                    self.stored_text(&document, self.fields.title),
-                    self.stored_text(&document, self.fields.text),
+                    stored.take_text(self.fields.title),
+                    stored.take_text(self.fields.text),
                 ));
             }
         }
         Ok(sample)
     }
 
-    fn stored_text(&self, document: &TantivyDocument, field: Field) -> String {
-        document
-            .get_first(field)
-            .and_then(|value| value.as_str())
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    fn stored_span(&self, document: &TantivyDocument) -> Option<CharSpan> {
+    fn stored_span(&self, stored: &StoredFields) -> Option<CharSpan> {
         let (start, end) = self.fields.span?;
-        let number = |field| document.get_first(field).and_then(|value| value.as_u64());
+        let number = |field| stored.number(field);
         Some(CharSpan {
             start: number(start)?,
             end: number(end)?,
