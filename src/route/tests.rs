@@ -920,7 +920,10 @@ async fn collect_gathers_the_whole_answer_on_the_callers_task() {
     let (text, summary) = started.collect().await.expect("a whole answer");
     assert_eq!(text, "hello");
     assert_eq!(summary.finish_reason, "stop");
-    assert_eq!(outcomes(&summary), [("only/m".to_string(), AttemptOutcome::Ok)]);
+    assert_eq!(
+        outcomes(&summary),
+        [("only/m".to_string(), AttemptOutcome::Ok)]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -930,7 +933,10 @@ async fn a_collect_dropped_midway_settles_the_budget_and_tells_the_finish_hook()
     steps.push(Step::Text("late "));
     steps.push(Step::Finish(None));
     let slow = Scripted::new("slow", "m", "aws", false, Script::Stream(steps));
-    let fixture = fixture(vec![(slow, 1_000.0, 1_000.0, None)], RoutingConfig::default());
+    let fixture = fixture(
+        vec![(slow, 1_000.0, 1_000.0, None)],
+        RoutingConfig::default(),
+    );
     let caller = budgeted(2.0);
     let plan = fixture.router.plan(&caller, &ask("m")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(600);

@@ -281,9 +281,9 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
-    use serde_json::json;
     use crate::error::{Error, ErrorKind};
     use crate::llm::{ChatMessage, Role};
+    use serde_json::json;
 
     fn frames(lines: &[&str]) -> Vec<Result<ChatEvent>> {
         let units = futures::stream::iter(
