@@ -14,6 +14,7 @@ mod http_search;
 mod in_process;
 mod ingestion;
 pub mod openai;
+mod openai_wire;
 pub mod openapi;
 pub mod redact;
 mod retrieval;

@@ -32,7 +32,12 @@ use crate::embed::Purpose;
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits::{Protocol, Quota, RateLimitStatus};
 use crate::llm::{ChatMessage, Role, Usage};
-use crate::route::{AttemptOutcome, RouteEvent, RouteSummary};
+use crate::route::{RouteEvent, RouteSummary};
+
+use super::openai_wire::{
+    AssistantMessage, ChunkBody, ChunkChoice, CompletionBody, CompletionChoice, Delta, RouteBody,
+    UsageBody, chunk_text,
+};
 use crate::service::{ChatCall, EmbeddingsRequest, Service};
 use crate::telemetry::trace::{self, CallTrace};
 
@@ -537,36 +542,28 @@ async fn whole(
     id: String,
     to_first_token: std::time::Duration,
 ) -> Response {
-    let mut events = started.into_events();
-    let mut text = String::new();
-    while let Some(event) = events.recv().await {
-        match event {
-            RouteEvent::Token(token) => text.push_str(&token),
-            RouteEvent::Done(summary) => {
-                let model = summary
-                    .chosen
-                    .as_ref()
-                    .map(|info| info.model.clone())
-                    .unwrap_or_default();
-                let body = completion_json(
-                    &id,
-                    &model,
-                    text,
-                    &summary.finish_reason,
-                    &summary.usage,
-                    route_json(&summary),
-                );
-                let mut response = Json(body).into_response();
-                route_headers(response.headers_mut(), &summary);
-                let overhead = to_first_token.saturating_sub(summary.attempts_time());
-                overhead_header(response.headers_mut(), overhead);
-                return response;
-            }
-            // Nothing went out yet: a whole response can still be an error status.
-            RouteEvent::Failed(error, _) => return error_response(&error),
-        }
-    }
-    error_response(&Error::internal("the answer ended without finishing"))
+    let (text, summary) = match started.collect().await {
+        Ok(answer) => answer,
+        // Nothing went out yet: a whole response can still be an error status.
+        Err(error) => return error_response(&error),
+    };
+    let model = summary
+        .chosen
+        .as_ref()
+        .map_or("", |info| info.model.as_str());
+    let body = completion_body(
+        &id,
+        model,
+        &text,
+        &summary.finish_reason,
+        &summary.usage,
+        RouteBody::of(&summary),
+    );
+    let mut response = Json(body).into_response();
+    route_headers(response.headers_mut(), &summary);
+    let overhead = to_first_token.saturating_sub(summary.attempts_time());
+    overhead_header(response.headers_mut(), overhead);
+    response
 }
 
 fn streamed(
@@ -582,34 +579,41 @@ fn streamed(
     tokio::spawn(async move {
         // The call's span ends with its stream.
         let _trace = trace;
-        let chunk = |delta: Value, finish: Value| {
-            json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            })
-        };
         let mut events = started.into_events();
         let mut first = true;
         loop {
             let (out, more) = match events.recv().await {
                 Some(RouteEvent::Token(token)) => {
-                    let delta = if first {
-                        json!({"role": "assistant", "content": token})
-                    } else {
-                        json!({"content": token})
+                    let delta = Delta {
+                        role: first.then_some("assistant"),
+                        content: Some(&token),
                     };
                     first = false;
-                    (vec![chunk(delta, Value::Null).to_string()], true)
+                    let choices = [ChunkChoice {
+                        index: 0,
+                        delta,
+                        finish_reason: None,
+                    }];
+                    let token = ChunkBody::new(&id, created, &model, &choices);
+                    (vec![chunk_text(&token)], true)
                 }
                 Some(RouteEvent::Done(summary)) => {
-                    let mut last = chunk(json!({}), json!(summary.finish_reason));
-                    last["skyfuse"] = route_json(&summary);
-                    let mut out = vec![last.to_string()];
+                    let choices = [ChunkChoice {
+                        index: 0,
+                        delta: Delta::default(),
+                        finish_reason: Some(&summary.finish_reason),
+                    }];
+                    let last = ChunkBody {
+                        skyfuse: Some(RouteBody::of(&summary)),
+                        ..ChunkBody::new(&id, created, &model, &choices)
+                    };
+                    let mut out = vec![chunk_text(&last)];
                     if include_usage {
-                        let mut usage = chunk(json!({}), Value::Null);
-                        usage["choices"] = json!([]);
-                        usage["usage"] = usage_json(&summary.usage);
-                        out.push(usage.to_string());
+                        let usage = ChunkBody {
+                            usage: Some(UsageBody::from(&summary.usage)),
+                            ..ChunkBody::new(&id, created, &model, &[])
+                        };
+                        out.push(chunk_text(&usage));
                     }
                     out.push("[DONE]".into());
                     (out, false)
@@ -648,6 +652,33 @@ pub(super) async fn send_events(
 }
 
 /// A whole `chat.completion`, with skyfuse's own object beside OpenAI's fields.
+fn completion_body<'a, S>(
+    id: &'a str,
+    model: &'a str,
+    text: &'a str,
+    finish_reason: &'a str,
+    usage: &Usage,
+    skyfuse: S,
+) -> CompletionBody<'a, S> {
+    CompletionBody {
+        id,
+        object: "chat.completion",
+        created: unix_now(),
+        model,
+        choices: [CompletionChoice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content: text,
+            },
+            finish_reason,
+        }],
+        usage: UsageBody::from(usage),
+        skyfuse,
+    }
+}
+
+/// [`completion_body`] as a JSON value (an answer from the index adds to it).
 pub(super) fn completion_json(
     id: &str,
     model: &str,
@@ -656,55 +687,17 @@ pub(super) fn completion_json(
     usage: &Usage,
     skyfuse: Value,
 ) -> Value {
-    json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": unix_now(),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": finish_reason,
-        }],
-        "usage": usage_json(usage),
-        "skyfuse": skyfuse,
-    })
+    let body = completion_body(id, model, &text, finish_reason, usage, skyfuse);
+    serde_json::to_value(body).unwrap_or_default()
 }
 
 /// OpenAI's `usage` object.
 pub(super) fn usage_json(usage: &Usage) -> Value {
-    json!({
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens.saturating_add(usage.output_tokens),
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
-    })
+    serde_json::to_value(UsageBody::from(usage)).unwrap_or_default()
 }
 
 pub(super) fn route_json(summary: &RouteSummary) -> Value {
-    let chosen = summary.chosen.as_ref();
-    json!({
-        "provider": chosen.map(|info| info.id.clone()),
-        "deployment": chosen.map(|info| info.deployment.clone()),
-        "cloud": chosen.map(|info| info.cloud.clone()),
-        "region": chosen.map(|info| info.region.clone()),
-        "dedicated": chosen.is_some_and(|info| info.dedicated),
-        "tier": summary.tier,
-        "cost_usd": summary.cost_usd,
-        "usage_estimated": summary.usage.estimated,
-        "failover_count": summary.failover_count(),
-        "attempts": summary.attempts.iter().map(|attempt| json!({
-            "deployment": attempt.deployment,
-            "provider": attempt.provider,
-            "outcome": match &attempt.outcome {
-                AttemptOutcome::Ok => "ok".to_string(),
-                AttemptOutcome::Failed(kind) => format!("error: {}", kind.as_str()),
-                AttemptOutcome::Skipped => "skipped".to_string(),
-            },
-            "message": super::redact::attempt_message(&attempt.outcome, &attempt.message, &attempt.deployment),
-            "took_ms": attempt.took.as_secs_f64() * 1e3,
-        })).collect::<Vec<_>>(),
-    })
+    serde_json::to_value(RouteBody::of(summary)).unwrap_or_default()
 }
 
 /// skyfuse's own milliseconds in a call (see [`whole`]); gRPC `Search` sends the same.

@@ -140,7 +140,8 @@ pub enum RouteEvent {
 
 /// A deployment produced its first token; the rest is still upstream.
 pub struct Started {
-    first: String,
+    /// The answer's text so far: the first token, then what followed it.
+    generated: String,
     stream: BoxStream<'static, Result<ChatEvent>>,
     deployment: Arc<Deployment>,
     /// The breaker's permit for this call, reported when the stream ends.
@@ -159,6 +160,11 @@ pub struct Started {
     finish_hook: Option<FinishHook>,
     /// The answering attempt's trace span, ended with the stream.
     span: Option<ChildSpan>,
+    /// Pumped on the caller's own task ([`Started::collect`]): dropped before the
+    /// end, the call ends as one whose client left.
+    collecting: bool,
+    /// The call's end was accounted ([`Started::finished`]).
+    ended: bool,
 }
 
 /// Called once with the summary a call ended with: its attempts, and its usage as
@@ -542,7 +548,7 @@ impl Attempts<'_> {
         } = first_token;
         self.summary.chosen = Some(deployment.info().clone());
         Started {
-            first,
+            generated: first,
             stream,
             deployment,
             permit: Some(permit),
@@ -556,6 +562,8 @@ impl Attempts<'_> {
             deadline: self.deadline,
             finish_hook: None,
             span,
+            collecting: false,
+            ended: false,
         }
     }
 
@@ -675,24 +683,37 @@ impl Started {
     /// `Failed`. Dropping the receiver cancels the upstream call.
     pub fn into_events(self) -> mpsc::Receiver<RouteEvent> {
         let (sender, receiver) = mpsc::channel(64);
-        tokio::spawn(self.pump(sender));
+        tokio::spawn(async move {
+            self.pump(&mut Sink::Channel(sender)).await;
+        });
         receiver
     }
 
-    async fn pump(mut self, sender: mpsc::Sender<RouteEvent>) {
-        let mut generated = std::mem::take(&mut self.first);
+    /// The whole answer, read on the caller's own task (no task or channel of its
+    /// own, for a client that waits for all of it): its text and summary, or the
+    /// error that broke it after the first token. Dropped midway (its client went
+    /// away), the call ends as a stream whose client left: the deployment was
+    /// answering, and what it generated is charged by estimate.
+    pub async fn collect(mut self) -> Result<(String, Box<RouteSummary>)> {
+        self.collecting = true;
+        let mut sink = Sink::Gather(None);
+        let text = self.pump(&mut sink).await;
+        match sink {
+            Sink::Gather(Some(RouteEvent::Done(summary))) => Ok((text, summary)),
+            Sink::Gather(Some(RouteEvent::Failed(error, _))) => Err(error),
+            _ => Err(Error::internal("the answer ended without finishing")),
+        }
+    }
+
+    /// Sends the answer's events to `sink` until it ends; returns its text.
+    async fn pump(mut self, sink: &mut Sink) -> String {
         let max_text = max_text_bytes(&self.request);
-        if !deliver(
-            &sender,
-            self.send_timeout,
-            RouteEvent::Token(generated.clone()),
-        )
-        .await
-        {
+        let first = RouteEvent::Token(self.generated.clone());
+        if !sink.deliver(self.send_timeout, first).await {
             // The caller went away (or stopped reading); the deployment had answered.
             self.report_success();
-            self.settle_estimated(&generated);
-            return;
+            self.settle_estimated();
+            return std::mem::take(&mut self.generated);
         }
         loop {
             let wait_until = self
@@ -704,8 +725,7 @@ impl Started {
                     return self
                         .fail(
                             Error::timeout("the request deadline passed mid-answer"),
-                            &generated,
-                            &sender,
+                            sink,
                         )
                         .await;
                 }
@@ -714,7 +734,7 @@ impl Started {
                         "the model went silent for {} ms mid-answer",
                         self.inter_chunk.as_millis()
                     ));
-                    return self.fail(error, &generated, &sender).await;
+                    return self.fail(error, sink).await;
                 }
             };
             match event {
@@ -722,28 +742,31 @@ impl Started {
                     if text.is_empty() {
                         continue;
                     }
-                    if generated.len().saturating_add(text.len()) > max_text {
+                    if self.generated.len().saturating_add(text.len()) > max_text {
                         let error = Error::unavailable(format!(
                             "the model sent more than {max_text} bytes of text for {} output tokens",
                             self.request.max_output_tokens
                         ));
-                        return self.fail(error, &generated, &sender).await;
+                        return self.fail(error, sink).await;
                     }
-                    generated.push_str(&text);
-                    if !deliver(&sender, self.send_timeout, RouteEvent::Token(text)).await {
+                    self.generated.push_str(&text);
+                    if !sink
+                        .deliver(self.send_timeout, RouteEvent::Token(text))
+                        .await
+                    {
                         // The caller went away or stopped reading: dropping the
                         // stream cancels upstream. The deployment was producing:
                         // that is its verdict.
                         self.report_success();
-                        self.settle_estimated(&generated);
-                        return;
+                        self.settle_estimated();
+                        return std::mem::take(&mut self.generated);
                     }
                 }
                 Some(Ok(ChatEvent::Finish { reason, usage })) => {
                     self.report_success();
                     let usage = match usage {
                         Some(reported) => self.believable(reported),
-                        None => estimated_usage(&self.request, &generated),
+                        None => estimated_usage(&self.request, &self.generated),
                     };
                     let cost = self.cost(&usage);
                     if let Some(reservation) = self.reservation.take() {
@@ -754,13 +777,13 @@ impl Started {
                     self.summary.finish_reason = reason.as_str().to_string();
                     self.finished();
                     let done = RouteEvent::Done(Box::new(self.summary.clone()));
-                    deliver(&sender, self.send_timeout, done).await;
-                    return;
+                    sink.deliver(self.send_timeout, done).await;
+                    return std::mem::take(&mut self.generated);
                 }
-                Some(Err(error)) => return self.fail(error, &generated, &sender).await,
+                Some(Err(error)) => return self.fail(error, sink).await,
                 None => {
                     let error = Error::unavailable("the model stream ended without finishing");
-                    return self.fail(error, &generated, &sender).await;
+                    return self.fail(error, sink).await;
                 }
             }
         }
@@ -788,7 +811,7 @@ impl Started {
         }
     }
 
-    async fn fail(mut self, error: Error, generated: &str, sender: &mpsc::Sender<RouteEvent>) {
+    async fn fail(mut self, error: Error, sink: &mut Sink) -> String {
         tracing::warn!(deployment = %self.deployment.label(), %error, "answer broke after its first token");
         if let Some(permit) = self.permit.take() {
             permit.failed(&error);
@@ -797,12 +820,13 @@ impl Started {
             last.outcome = AttemptOutcome::Failed(error.kind);
             last.message = format!("after the first token: {}", error.message);
         }
-        let usage = estimated_usage(&self.request, generated);
+        let usage = estimated_usage(&self.request, &self.generated);
         self.summary.cost_usd = self.cost(&usage);
         self.summary.usage = usage;
-        self.settle_estimated(generated);
+        self.settle_estimated();
         let failed = RouteEvent::Failed(error, Box::new(self.summary.clone()));
-        deliver(sender, self.send_timeout, failed).await;
+        sink.deliver(self.send_timeout, failed).await;
+        std::mem::take(&mut self.generated)
     }
 
     fn report_success(&mut self) {
@@ -812,8 +836,8 @@ impl Started {
     }
 
     /// What was generated was billed upstream: charge our estimate of it.
-    fn settle_estimated(&mut self, generated: &str) {
-        let usage = estimated_usage(&self.request, generated);
+    fn settle_estimated(&mut self) {
+        let usage = estimated_usage(&self.request, &self.generated);
         let cost = self.cost(&usage);
         if let Some(reservation) = self.reservation.take() {
             reservation.settle(cost);
@@ -824,6 +848,7 @@ impl Started {
     }
 
     fn finished(&mut self) {
+        self.ended = true;
         let used = self.summary.usage.input_tokens + self.summary.usage.output_tokens;
         give_back_quota(
             &self.quotas,
@@ -842,6 +867,40 @@ impl Started {
         self.deployment
             .price
             .map_or(0.0, |price| price.cost_usd(usage))
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        // A caller collecting the answer went away midway: end the call as
+        // `pump` ends a stream whose client left.
+        if self.collecting && !self.ended {
+            self.report_success();
+            self.settle_estimated();
+        }
+    }
+}
+
+/// Where a call's events go.
+enum Sink {
+    /// [`Started::into_events`]: a channel the client's task reads.
+    Channel(mpsc::Sender<RouteEvent>),
+    /// [`Started::collect`]: how the answer ended (its text is `generated`).
+    Gather(Option<RouteEvent>),
+}
+
+impl Sink {
+    /// False when the client went away or stopped reading for `send_timeout`.
+    async fn deliver(&mut self, send_timeout: Duration, event: RouteEvent) -> bool {
+        match self {
+            Self::Channel(sender) => deliver(sender, send_timeout, event).await,
+            Self::Gather(end) => {
+                if !matches!(event, RouteEvent::Token(_)) {
+                    *end = Some(event);
+                }
+                true
+            }
+        }
     }
 }
 

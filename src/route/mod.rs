@@ -47,6 +47,8 @@ pub struct Deployment {
     pub quota: RateLimits,
     /// `[[deployment]] stop`: sent with every request to it, after the caller's.
     pub stop: Vec<String>,
+    /// `provider/deployment`, written once: every attempt and skip names it.
+    label: String,
 }
 
 impl Deployment {
@@ -58,6 +60,7 @@ impl Deployment {
     ) -> Self {
         let info = provider.info();
         let cloud = info.cloud.clone();
+        let label = format!("{}/{}", info.id, info.deployment);
         // The provider's own list price, when it set one, after the catalog's.
         let provider_price = (info.input_per_1m_usd > 0.0 || info.output_per_1m_usd > 0.0)
             .then_some(Price {
@@ -75,6 +78,7 @@ impl Deployment {
                 tokens_per_minute: config.tokens_per_minute,
             },
             stop: config.stop.clone(),
+            label,
         }
     }
 
@@ -84,8 +88,7 @@ impl Deployment {
 
     /// `provider/deployment`, how attempts and skips name it.
     pub fn label(&self) -> String {
-        let info = self.info();
-        format!("{}/{}", info.id, info.deployment)
+        self.label.clone()
     }
 }
 

@@ -904,6 +904,65 @@ async fn a_client_that_stops_reading_releases_the_upstream_call_and_the_budget()
 }
 
 #[tokio::test(start_paused = true)]
+async fn collect_gathers_the_whole_answer_on_the_callers_task() {
+    let fixture = fixture(
+        vec![(ok("only", "m", "aws"), 1.0, 1.0, None)],
+        RoutingConfig::default(),
+    );
+    let caller = Caller::anonymous();
+    let plan = fixture.router.plan(&caller, &ask("m")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = fixture
+        .router
+        .start(&caller, &plan, &chat(), deadline)
+        .await
+        .unwrap();
+    let (text, summary) = started.collect().await.expect("a whole answer");
+    assert_eq!(text, "hello");
+    assert_eq!(summary.finish_reason, "stop");
+    assert_eq!(
+        outcomes(&summary),
+        [("only/m".to_string(), AttemptOutcome::Ok)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_collect_dropped_midway_settles_the_budget_and_tells_the_finish_hook() {
+    let mut steps: Vec<Step> = vec![Step::Text("word ")];
+    steps.push(Step::Wait(Duration::from_secs(30)));
+    steps.push(Step::Text("late "));
+    steps.push(Step::Finish(None));
+    let slow = Scripted::new("slow", "m", "aws", false, Script::Stream(steps));
+    let fixture = fixture(
+        vec![(slow, 1_000.0, 1_000.0, None)],
+        RoutingConfig::default(),
+    );
+    let caller = budgeted(2.0);
+    let plan = fixture.router.plan(&caller, &ask("m")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut started = fixture
+        .router
+        .start(&caller, &plan, &chat(), deadline)
+        .await
+        .unwrap();
+    let (told, ended) = tokio::sync::oneshot::channel();
+    started.on_finish(move |summary| {
+        let _ = told.send((summary.usage, summary.finish_reason.clone()));
+    });
+    // The client leaves while the model is still generating.
+    let gathered = tokio::time::timeout(Duration::from_secs(5), started.collect()).await;
+    assert!(gathered.is_err(), "the answer was still coming");
+    let (usage, finish_reason) = ended.await.expect("the finish hook ran");
+    assert!(usage.estimated, "what was produced is charged by estimate");
+    assert!(usage.output_tokens > 0);
+    assert_eq!(finish_reason, "", "the call did not finish");
+    let spent = fixture.router.budgets.spent_today("team");
+    assert!(spent > 0.0, "what was produced is charged");
+    let held = fixture.router.budgets.reserve("team", 2.0, 1.9).await;
+    assert!(held.is_ok(), "the hold was settled, not kept");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_half_open_probe_refused_for_its_input_still_closes_the_circuit() {
     let settings = RoutingConfig {
         breaker_threshold: 1,

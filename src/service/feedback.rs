@@ -2,8 +2,9 @@
 //! lands on the provider that earned it; and whether an answer's citations point at
 //! passages it was actually given.
 
+use std::collections::HashSet;
 use std::num::NonZeroUsize;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use lru::LruCache;
 
@@ -18,28 +19,48 @@ const REMEMBERED_ANSWERS: usize = 10_000;
 /// Recent answers by id: who asked, and which deployment answered.
 #[derive(Debug)]
 pub struct AnswerLedger {
-    answers: Mutex<LruCache<String, Answered>>,
+    answers: Mutex<Ledger>,
+}
+
+#[derive(Debug)]
+struct Ledger {
+    recent: LruCache<String, Answered>,
+    /// Each deployment's labels once, shared by its answers: deployments are few
+    /// and fixed by the config, answers up to [`REMEMBERED_ANSWERS`].
+    deployments: HashSet<Arc<DeploymentLabels>>,
 }
 
 #[derive(Debug, Clone)]
 struct Answered {
     principal: String,
-    deployment: DeploymentLabels,
+    deployment: Arc<DeploymentLabels>,
 }
 
 impl Default for AnswerLedger {
     fn default() -> Self {
         Self {
-            answers: Mutex::new(LruCache::new(
-                NonZeroUsize::new(REMEMBERED_ANSWERS).expect("a positive bound"),
-            )),
+            answers: Mutex::new(Ledger {
+                recent: LruCache::new(
+                    NonZeroUsize::new(REMEMBERED_ANSWERS).expect("a positive bound"),
+                ),
+                deployments: HashSet::new(),
+            }),
         }
     }
 }
 
 impl AnswerLedger {
     pub fn remember(&self, answer_id: &str, principal: &str, deployment: DeploymentLabels) {
-        self.lock().put(
+        let mut ledger = self.lock();
+        let deployment = match ledger.deployments.get(&deployment) {
+            Some(known) => Arc::clone(known),
+            None => {
+                let labels = Arc::new(deployment);
+                ledger.deployments.insert(Arc::clone(&labels));
+                labels
+            }
+        };
+        ledger.recent.put(
             answer_id.to_owned(),
             Answered {
                 principal: principal.to_owned(),
@@ -48,7 +69,7 @@ impl AnswerLedger {
         );
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Answered>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.answers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -66,6 +87,7 @@ impl Service {
         let answered = self
             .answers
             .lock()
+            .recent
             .get(answer_id)
             .filter(|answered| answered.principal == principal.id())
             .cloned()
@@ -76,7 +98,7 @@ impl Service {
             })?;
         self.metrics()
             .quality_score
-            .get_or_create(&answered.deployment)
+            .get_or_create(&*answered.deployment)
             .observe(score);
         Ok(())
     }
@@ -131,6 +153,34 @@ impl CitedPassages {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn labels(deployment: &str) -> DeploymentLabels {
+        DeploymentLabels {
+            provider: "p".into(),
+            deployment: deployment.into(),
+            model: "m".into(),
+            cloud: "aws".into(),
+            region: "eu-west-1".into(),
+        }
+    }
+
+    #[test]
+    fn answers_of_one_deployment_share_its_labels_and_each_keeps_its_own() {
+        let ledger = AnswerLedger::default();
+        for id in 0..100 {
+            ledger.remember(&format!("a{id}"), "team", labels("p/east"));
+        }
+        ledger.remember("b", "team", labels("p/west"));
+        let mut ledger = ledger.lock();
+        assert_eq!(ledger.deployments.len(), 2);
+        let east = ledger.recent.get("a7").expect("remembered").clone();
+        assert_eq!(*east.deployment, labels("p/east"));
+        assert_eq!(east.principal, "team");
+        assert_eq!(
+            *ledger.recent.get("b").unwrap().deployment,
+            labels("p/west")
+        );
+    }
 
     #[test]
     fn citations_must_name_a_passage_that_was_sent() {

@@ -112,7 +112,7 @@ impl Connection {
     pub async fn send(
         &self,
         url: url::Url,
-        body: &serde_json::Value,
+        body: &(impl serde::Serialize + Sync + ?Sized),
         accept: &str,
         timeout: Duration,
     ) -> Result<reqwest::Response> {
@@ -163,7 +163,7 @@ impl Connection {
     pub async fn open_stream(
         &self,
         url: url::Url,
-        body: &serde_json::Value,
+        body: &(impl serde::Serialize + Sync + ?Sized),
         accept: &str,
         deadline: Instant,
     ) -> Result<reqwest::Response> {
@@ -174,7 +174,7 @@ impl Connection {
     pub async fn call<T: serde::de::DeserializeOwned>(
         &self,
         url: url::Url,
-        body: &serde_json::Value,
+        body: &(impl serde::Serialize + Sync + ?Sized),
         deadline: Instant,
     ) -> Result<T> {
         let timeout = remaining(deadline).min(self.endpoint.timeout);

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::stream::{Progress, drive};
 use super::{Connection, sse_events};
@@ -20,15 +20,18 @@ use crate::llm::{
 
 pub struct OpenAiCompatChat {
     connection: Connection,
+    /// `{base}/v1/chat/completions`, parsed once: every call goes to it.
+    url: Result<url::Url>,
 }
 
 impl OpenAiCompatChat {
     pub fn new(connection: Connection) -> Self {
-        Self { connection }
+        let url = connection.endpoint.url("/v1/chat/completions");
+        Self { connection, url }
     }
 
     fn url(&self) -> Result<url::Url> {
-        self.connection.endpoint.url("/v1/chat/completions")
+        self.url.clone()
     }
 }
 
@@ -39,7 +42,7 @@ impl ChatProvider for OpenAiCompatChat {
     }
 
     async fn chat(&self, request: &ChatRequest, deadline: Instant) -> Result<ChatResponse> {
-        let body = request_body(request, Some(self.connection.wire_id()), false);
+        let body = ChatBody::new(request, Some(self.connection.wire_id()), false);
         let completion: Completion = self.connection.call(self.url()?, &body, deadline).await?;
         completion.normalize(&self.connection.service)
     }
@@ -49,7 +52,7 @@ impl ChatProvider for OpenAiCompatChat {
         request: &ChatRequest,
         deadline: Instant,
     ) -> Result<BoxStream<'static, Result<ChatEvent>>> {
-        let body = request_body(request, Some(self.connection.wire_id()), true);
+        let body = ChatBody::new(request, Some(self.connection.wire_id()), true);
         open_sse(&self.connection, self.url()?, &body, deadline).await
     }
 }
@@ -58,7 +61,7 @@ impl ChatProvider for OpenAiCompatChat {
 pub(super) async fn open_sse(
     connection: &Connection,
     url: url::Url,
-    body: &Value,
+    body: &(impl Serialize + Sync + ?Sized),
     deadline: Instant,
 ) -> Result<BoxStream<'static, Result<ChatEvent>>> {
     let response = connection
@@ -74,29 +77,59 @@ pub(super) async fn open_sse(
 }
 
 /// The chat-completions body; `model` is left out where the URL names it (Azure's
-/// deployment URLs).
+/// deployment URLs). Typed, so it is written straight to bytes on every call.
+#[derive(Serialize)]
+pub(super) struct ChatBody<'a> {
+    messages: Vec<BodyMessage<'a>>,
+    max_tokens: u32,
+    temperature: f32,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<BodyStreamOptions>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+}
+
+#[derive(Serialize)]
+struct BodyMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct BodyStreamOptions {
+    include_usage: bool,
+}
+
+impl<'a> ChatBody<'a> {
+    /// A streamed body always asks for usage.
+    pub(super) fn new(request: &'a ChatRequest, model: Option<&'a str>, stream: bool) -> Self {
+        Self {
+            messages: request
+                .messages
+                .iter()
+                .map(|message| BodyMessage {
+                    role: message.role.as_str(),
+                    content: &message.content,
+                })
+                .collect(),
+            max_tokens: request.max_output_tokens,
+            temperature: request.temperature,
+            stream,
+            model,
+            stream_options: stream.then_some(BodyStreamOptions {
+                include_usage: true,
+            }),
+            stop: &request.stop,
+        }
+    }
+}
+
+/// [`ChatBody`] as a JSON value, for providers that rename or drop fields.
 pub(super) fn request_body(request: &ChatRequest, model: Option<&str>, stream: bool) -> Value {
-    let messages: Vec<_> = request
-        .messages
-        .iter()
-        .map(|message| json!({"role": message.role.as_str(), "content": message.content}))
-        .collect();
-    let mut body = json!({
-        "messages": messages,
-        "max_tokens": request.max_output_tokens,
-        "temperature": request.temperature,
-        "stream": stream,
-    });
-    if let Some(model) = model {
-        body["model"] = json!(model);
-    }
-    if stream {
-        body["stream_options"] = json!({"include_usage": true});
-    }
-    if !request.stop.is_empty() {
-        body["stop"] = json!(request.stop);
-    }
-    body
+    serde_json::to_value(ChatBody::new(request, model, stream)).unwrap_or_default()
 }
 
 /// One `data:` payload of a chat-completions stream. Chunks without choices are
@@ -250,6 +283,7 @@ mod tests {
     use super::*;
     use crate::error::{Error, ErrorKind};
     use crate::llm::{ChatMessage, Role};
+    use serde_json::json;
 
     fn frames(lines: &[&str]) -> Vec<Result<ChatEvent>> {
         let units = futures::stream::iter(
