@@ -121,6 +121,17 @@ async fn run(
     panic!("the stream ended without Done or Failed");
 }
 
+/// The first token of model "m" for `caller`, within `within`.
+async fn started(fixture: &Fixture, caller: &Caller, within: Duration) -> Started {
+    let plan = fixture.router.plan(caller, &ask("m")).unwrap();
+    let deadline = Instant::now() + within;
+    fixture
+        .router
+        .start(caller, &plan, &chat(), deadline)
+        .await
+        .unwrap()
+}
+
 fn outcomes(summary: &RouteSummary) -> Vec<(String, AttemptOutcome)> {
     summary
         .attempts
@@ -792,13 +803,7 @@ async fn a_budget_skips_what_it_cannot_cover_and_settles_the_real_cost() {
         budget_usd_per_day: Some(0.5),
         ..Caller::anonymous()
     };
-    let plan = fixture.router.plan(&caller, &ask("m")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let started = fixture
-        .router
-        .start(&caller, &plan, &chat(), deadline)
-        .await
-        .unwrap();
+    let started = started(&fixture, &caller, Duration::from_secs(60)).await;
     let mut events = started.into_events();
     let mut summary = None;
     while let Some(event) = events.recv().await {
@@ -872,12 +877,7 @@ async fn a_client_that_stops_reading_releases_the_upstream_call_and_the_budget()
     let fixture = fixture(vec![(chatty, 1_000.0, 1_000.0, None)], settings);
     let caller = budgeted(2.0);
     let plan = fixture.router.plan(&caller, &ask("m")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let started = fixture
-        .router
-        .start(&caller, &plan, &chat(), deadline)
-        .await
-        .unwrap();
+    let started = started(&fixture, &caller, Duration::from_secs(600)).await;
     let mut events = started.into_events();
     // The client reads nothing for a minute (well within the request deadline).
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -910,13 +910,7 @@ async fn collect_gathers_the_whole_answer_on_the_callers_task() {
         RoutingConfig::default(),
     );
     let caller = Caller::anonymous();
-    let plan = fixture.router.plan(&caller, &ask("m")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let started = fixture
-        .router
-        .start(&caller, &plan, &chat(), deadline)
-        .await
-        .unwrap();
+    let started = started(&fixture, &caller, Duration::from_secs(60)).await;
     let (text, summary) = started.collect().await.expect("a whole answer");
     assert_eq!(text, "hello");
     assert_eq!(summary.finish_reason, "stop");
@@ -938,13 +932,7 @@ async fn a_collect_dropped_midway_settles_the_budget_and_tells_the_finish_hook()
         RoutingConfig::default(),
     );
     let caller = budgeted(2.0);
-    let plan = fixture.router.plan(&caller, &ask("m")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut started = fixture
-        .router
-        .start(&caller, &plan, &chat(), deadline)
-        .await
-        .unwrap();
+    let mut started = started(&fixture, &caller, Duration::from_secs(600)).await;
     let (told, ended) = tokio::sync::oneshot::channel();
     started.on_finish(move |summary| {
         let _ = told.send((summary.usage, summary.finish_reason.clone()));
