@@ -17,7 +17,7 @@ use super::ann;
 /// Rows estimated by one rayon task (16384 x 384 i8 values are 6 MiB, about 0.1 ms).
 /// A store of at most this many rows is scanned on the calling thread: handing so
 /// little work to the pool and waiting for it costs more than it saves under load.
-const ROWS_PER_TASK: usize = 16_384;
+pub(super) const ROWS_PER_TASK: usize = 16_384;
 
 pub(super) struct QuantizedRows {
     dims: usize,
