@@ -6,13 +6,13 @@
 //! cosine similarity is a plain dot product and scores are true cosines whatever
 //! the embedder returned. Zero, non-finite or wrongly sized vectors are rejected.
 //!
-//! Exact search scores every row in blocks on rayon's pool, keeps a bounded
-//! min-heap of the best `top_k` per block, then merges the blocks' winners. It is
-//! the default for small stores, and it reads i8 copies of the rows ([`quantized`]),
-//! a quarter of the bytes of the f32 rows, whose scan was bound by memory bandwidth.
-//! They propose `top_k * 4` candidates, rescored with their f32 rows: scores are
+//! Small stores are scanned whole, through i8 copies of the rows ([`quantized`]): a
+//! quarter of the bytes of the f32 rows, whose scan was bound by memory bandwidth.
+//! The scan proposes `top_k * 4` candidates, rescored with their f32 rows: scores are
 //! exact cosines, and with that margin the top `top_k` are those of scoring every f32
-//! row (a test checks it). It is linear in the rows (~40 ms at 1M in f32), so from
+//! row (a test checks it). A search asking for most of the store scores the f32 rows
+//! in blocks on rayon's pool instead, each block keeping a bounded min-heap. Either
+//! scan is linear in the rows (~40 ms at 1M in f32), so from
 //! [`DenseOptions::ann_min_rows`] rows (50k by default) the store keeps
 //! an HNSW index ([`ann`]: usearch, i8 vectors) that proposes
 //! `max(top_k * 4, ann_expansion)` candidates; they are rescored with their f32
@@ -477,7 +477,7 @@ impl DenseInner {
                 None
             }
         };
-        if next.ann.is_none() && next.chunks.len() < self.options.ann_min_rows {
+        if next.chunks.len() < self.options.ann_min_rows {
             next.quantized = scan_copy(&next);
         }
         let mut published = self
@@ -1018,24 +1018,9 @@ fn top_rows(
     top_k: usize,
     rows_per_block: usize,
 ) -> Vec<ScoredRow> {
-    if vectors.ncols() != query.len() {
-        return Vec::new();
-    }
-    best_rows(vectors.nrows(), top_k, rows_per_block, |row| {
-        row_score(vectors.row(row), query)
-    })
-}
-
-/// The best `top_k` of rows `0..row_count` by `score`, best first, scoring blocks of
-/// `rows_per_block` rows in parallel.
-fn best_rows(
-    row_count: usize,
-    top_k: usize,
-    rows_per_block: usize,
-    score: impl Fn(usize) -> f32 + Sync,
-) -> Vec<ScoredRow> {
+    let row_count = vectors.nrows();
     let top_k = top_k.min(row_count);
-    if top_k == 0 {
+    if top_k == 0 || vectors.ncols() != query.len() {
         return Vec::new();
     }
     let rows_per_block = rows_per_block.max(1);
@@ -1050,7 +1035,7 @@ fn best_rows(
             let mut best: BinaryHeap<Reverse<ScoredRow>> = BinaryHeap::with_capacity(heap_capacity);
             for row in first_row..end_row {
                 let candidate = ScoredRow {
-                    score: score(row),
+                    score: row_score(vectors.row(row), query),
                     row,
                 };
                 if best.len() < top_k {
@@ -1247,23 +1232,12 @@ impl SearchBackend for DenseStore {
         };
         // A store the i8 scan covers on one thread is searched in place (about 0.1 ms
         // at SciFact's 7.8k rows): the blocking pool would add two thread wake-ups.
-        if snapshot.ann.is_none() && snapshot.chunks.len() <= quantized::ROWS_PER_TASK {
-            return Ok(search_snapshot(
-                &snapshot,
-                &query_vector,
-                top_k,
-                filter.as_ref(),
-            ));
+        let in_place = snapshot.ann.is_none() && snapshot.chunks.len() <= quantized::ROWS_PER_TASK;
+        let search = move || search_snapshot(&snapshot, &query_vector, top_k, filter.as_ref());
+        if in_place {
+            return Ok(search());
         }
-        run_blocking(move || {
-            Ok(search_snapshot(
-                &snapshot,
-                &query_vector,
-                top_k,
-                filter.as_ref(),
-            ))
-        })
-        .await
+        run_blocking(move || Ok(search())).await
     }
 
     async fn upsert(&self, chunks: &[EmbeddedChunk]) -> Result<()> {

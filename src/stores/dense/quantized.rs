@@ -84,6 +84,9 @@ impl QuantizedRows {
     /// in no order. Every row is estimated, then the best selected in linear time: a
     /// heap kept while scanning spent more on its upkeep than on the dot products.
     pub(super) fn candidates(&self, query: &[i8], count: usize) -> Vec<usize> {
+        if count == 0 {
+            return Vec::new();
+        }
         let estimate = |row| (self.estimate(row, query), row);
         let mut estimates: Vec<(f32, usize)> = if self.rows() <= ROWS_PER_TASK {
             (0..self.rows()).map(estimate).collect()
@@ -94,9 +97,6 @@ impl QuantizedRows {
                 .map(estimate)
                 .collect()
         };
-        if count == 0 {
-            return Vec::new();
-        }
         if count < estimates.len() {
             estimates.select_nth_unstable_by(count, |left, right| right.0.total_cmp(&left.0));
             estimates.truncate(count);
