@@ -579,10 +579,9 @@ impl Bm25Inner {
 
     fn stored_span(&self, stored: &StoredFields) -> Option<CharSpan> {
         let (start, end) = self.fields.span?;
-        let number = |field| stored.number(field);
         Some(CharSpan {
-            start: number(start)?,
-            end: number(end)?,
+            start: stored.number(start)?,
+            end: stored.number(end)?,
         })
     }
 
