@@ -1808,10 +1808,6 @@ mod tests {
     }
 
     /// The top 10 by scoring every row's f32 vector, as (chunk id, cosine).
-    fn brute_force_top10(rows: u64, probe: &[f32]) -> Vec<(String, f32)> {
-        brute_force_top(rows, probe, 10)
-    }
-
     fn brute_force_top(rows: u64, probe: &[f32], count: usize) -> Vec<(String, f32)> {
         let query = normalized_vector(probe, ANN_DIMS, "probe").expect("probe");
         let mut scored: Vec<(String, f32)> = (0..rows)
