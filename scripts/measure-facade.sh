@@ -6,7 +6,15 @@
 #
 #   QPS=200 SECONDS_=15 LITELLM=/tmp/litellm-venv/bin/litellm ./scripts/measure-facade.sh
 #
-# With wrk and nginx installed (apt-get install wrk nginx-light), a second part
+# Streaming (issue 18: added TTFT <= 0.2 ms p99, <= 3 us a chunk): a facade of its
+# own in front of instant upstreams streaming 2 or 202 content chunks. TTFT directly
+# and through the facade at QPS gives the added TTFT (p50, p99); the facade's CPU
+# time per request with 202 chunks minus with 2, over 200, its CPU per chunk: once
+# with each answer written at once (at QPS), once paced a chunk a millisecond as a
+# model sends them (at PACED_QPS=20, each STREAM_SECONDS=10). SKYFUSE_BIN=path runs
+# another server binary (a copy: cargo rewrites target/) for before/after pairs.
+#
+# With wrk and nginx installed (apt-get install wrk nginx-light), a last part
 # measures closed-loop throughput and latency: nginx answers every completion with
 # the same SSE body, and wrk drives it directly and through the facade at 1, 8, 32
 # and 128 connections (CONNECTIONS overrides the list).
@@ -15,12 +23,15 @@ cd "$(dirname "$0")/.."
 QPS=${QPS:-200}
 DURATION=${SECONDS_:-15}
 UPSTREAM=18081 FACADE=18082 GRPC=18083 LITELLM_PORT=18084 NGINX=18085 NGINX_FACADE=18086 NGINX_GRPC=18087
+STREAM_SHORT=18088 STREAM_LONG=18089 STREAM_SHORT_PACED=18090 STREAM_LONG_PACED=18091 STREAM_FACADE=18092 STREAM_GRPC=18093
 work=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
 cargo build --release --locked --bin skyfuse
+# Another build of the server to compare (its own copy: cargo rewrites target/).
+SKYFUSE=${SKYFUSE_BIN:-./target/release/skyfuse}
 bench=$(cargo bench --locked --bench facade_load --no-run 2>&1 | grep -o 'target/release/deps/facade_load-[0-9a-f]*' | head -1)
 wait_port() { for _ in $(seq 1 1200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 rss() { awk -v key="$2:" '$1 == key { print $2 / 1024 " MiB" }' "/proc/$1/status"; }
@@ -46,7 +57,7 @@ output_per_1m_usd = 0.60
 [facade]
 listen = "127.0.0.1:$FACADE"
 TOML
-./target/release/skyfuse --config "$work/skyfuse.toml" serve 2> "$work/skyfuse.log" & skyfuse=$!; pids+=($skyfuse)
+"$SKYFUSE" --config "$work/skyfuse.toml" serve 2> "$work/skyfuse.log" & skyfuse=$!; pids+=($skyfuse)
 wait_port $FACADE
 sleep 1
 echo "skyfuse idle: RSS $(rss $skyfuse VmRSS)"
@@ -76,6 +87,58 @@ YAML
   echo "litellm after load: RSS $(rss $litellm VmRSS), peak $(rss $litellm VmHWM)"
 fi
 
+# Streaming: the time to the first content chunk (TTFT) directly and through the
+# facade at the same rate, then the facade's CPU time per request for answers of 2
+# and of 202 content chunks (one body at once, then one chunk a millisecond as a
+# model sends them): the difference over 200 is its CPU time per chunk. A facade
+# of its own, so its CPU time is the streams' alone.
+STREAM_SECONDS=${STREAM_SECONDS:-10}
+PACED_QPS=${PACED_QPS:-20}
+cat > "$work/skyfuse-stream.toml" <<TOML
+[server]
+listen = "127.0.0.1:$STREAM_GRPC"
+data_dir = "$work/data-stream"
+[routing]
+default_model = "short"
+[facade]
+listen = "127.0.0.1:$STREAM_FACADE"
+TOML
+for shape in "short:2:0:$STREAM_SHORT" "long:202:0:$STREAM_LONG" "short-paced:2:1:$STREAM_SHORT_PACED" "long-paced:202:1:$STREAM_LONG_PACED"; do
+  IFS=: read -r name chunks gap port <<< "$shape"
+  "$bench" upstream --port "$port" --chunks "$chunks" --gap-ms "$gap" & pids+=($!)
+  cat >> "$work/skyfuse-stream.toml" <<TOML
+[[provider]]
+id = "$name"
+kind = "openai_compat"
+base_url = "http://127.0.0.1:$port"
+[[deployment]]
+provider = "$name"
+model = "$name"
+input_per_1m_usd = 0.15
+output_per_1m_usd = 0.60
+TOML
+done
+for port in $STREAM_SHORT $STREAM_LONG $STREAM_SHORT_PACED $STREAM_LONG_PACED; do wait_port "$port"; done
+"$SKYFUSE" --config "$work/skyfuse-stream.toml" serve 2> "$work/skyfuse-stream.log" & streamer=$!; pids+=($streamer)
+wait_port $STREAM_FACADE
+stream_load() { "$bench" load --stream --seconds "$STREAM_SECONDS" "$@"; }
+stream_load --label "direct  stream short @${QPS}/s" --target "http://127.0.0.1:$STREAM_SHORT" --chunks 2 --qps "$QPS" | tee "$work/direct.txt"
+# Paced answers last ~0.5 s each: a lower rate, or the 2 cores fall behind.
+for shape in short:2:$QPS long:202:$QPS short-paced:2:$PACED_QPS long-paced:202:$PACED_QPS; do
+  IFS=: read -r name chunks rate <<< "$shape"
+  stream_load --label "skyfuse stream $name @${rate}/s" --target "http://127.0.0.1:$STREAM_FACADE" \
+    --model "$name" --chunks "$chunks" --qps "$rate" --server-pid "$streamer" | tee "$work/$name.txt"
+done
+ttft() { awk -v q="$2" '/TTFT/ { for (i = 1; i < NF; i++) if ($i == q) print $(i + 1) }' "$work/$1.txt"; }
+per_request() { awk '/server CPU/ { print $(NF - 3) }' "$work/$1.txt"; }
+awk -v d50="$(ttft direct p50)" -v d99="$(ttft direct p99)" -v f50="$(ttft short p50)" -v f99="$(ttft short p99)" \
+  'BEGIN { printf "added TTFT ms: p50 %.3f p99 %.3f\n", f50 - d50, f99 - d99 }'
+for pace in "" -paced; do
+  awk -v short="$(per_request short$pace)" -v long="$(per_request long$pace)" -v pace="$pace" \
+    'BEGIN { printf "facade CPU per chunk%s: %.2f us\n", pace, (long - short) / 200 }'
+done
+echo "skyfuse (streams) after load: RSS $(rss $streamer VmRSS), peak $(rss $streamer VmHWM)"
+
 if command -v wrk > /dev/null && command -v nginx > /dev/null; then
   # The completion the router asks for (it always streams upstream), as nginx returns it.
   sse='data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"bench-model","choices":[{"index":0,"delta":{"role":"assistant","content":"Paris is the capital of France."},"finish_reason":null}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","created":0,"model":"bench-model","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","created":0,"model":"bench-model","choices":[],"usage":{"prompt_tokens":20,"completion_tokens":8,"total_tokens":28}}\n\ndata: [DONE]\n\n'
@@ -100,7 +163,7 @@ NGINX
   wait_port $NGINX
   sed -e "s/:$UPSTREAM/:$NGINX/" -e "s/:$FACADE/:$NGINX_FACADE/" -e "s/:$GRPC/:$NGINX_GRPC/" \
     -e "s#$work/data#$work/data-nginx#" "$work/skyfuse.toml" > "$work/skyfuse-nginx.toml"
-  ./target/release/skyfuse --config "$work/skyfuse-nginx.toml" serve 2> "$work/skyfuse-nginx.log" & facade=$!; pids+=($facade)
+  "$SKYFUSE" --config "$work/skyfuse-nginx.toml" serve 2> "$work/skyfuse-nginx.log" & facade=$!; pids+=($facade)
   wait_port $NGINX_FACADE
   cat > "$work/post.lua" <<'LUA'
 wrk.method = "POST"
