@@ -101,7 +101,9 @@ pub async fn fan_out<'a>(
         };
         search.family(family)
     }));
-    let (lexical, dense) = futures::join!(lexical, dense);
+    // Dense first: its first poll hands the query to the embedding workers, so that
+    // a lexical store searched in place (a small BM25 index) runs while they embed.
+    let (dense, lexical) = futures::join!(dense, lexical);
     let unembeddable = missing.into_iter().flat_map(|space| {
         skipped(
             &plan.by_space[space],
