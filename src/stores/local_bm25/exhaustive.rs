@@ -65,7 +65,7 @@ pub(super) struct SegmentTopDocs {
     limit: usize,
     /// Candidates, at most `2 * limit` between compactions.
     kept: Vec<(Score, DocAddress)>,
-    /// The `limit`-th best score at the last compaction: nothing below it can enter.
+    /// The `limit`-th best score at the last compaction: nothing at or below it can enter.
     threshold: Score,
 }
 
@@ -73,9 +73,9 @@ impl SegmentCollector for SegmentTopDocs {
     type Fruit = Vec<(Score, DocAddress)>;
 
     fn collect(&mut self, doc_id: DocId, score: Score) {
-        // Equal scores are kept: a tie goes to the lower address, which may be this one
-        // only across segments, and the merge settles it.
-        if score < self.threshold || self.limit == 0 {
+        // Documents come in ascending order and a tie goes to the lower address, so a
+        // score equal to the threshold cannot enter either.
+        if score <= self.threshold || self.limit == 0 {
             return;
         }
         self.kept.push((
