@@ -9,9 +9,10 @@
 //! latency percentiles. `--stream` asks for streamed answers, reads each body as it
 //! arrives and adds the time to the first content chunk (TTFT); `--chunks N` there
 //! counts an answer without exactly N content chunks and a `[DONE]` as failed.
-//! `--server-pid P` adds that process's CPU time per request over the timed run. Run it against the upstream
-//! directly, then through skyfuse's facade and through another gateway pointed at
-//! the same upstream: the differences are the gateways' overheads.
+//! `--server-pid P` adds that process's CPU time per request over the timed run.
+//! Run it against the upstream directly, then through skyfuse's facade and through
+//! another gateway pointed at the same upstream: the differences are the gateways'
+//! overheads.
 //! `scripts/measure-facade.sh` runs the whole comparison. `--target` may list several
 //! URLs (comma-separated): requests go to each in turn, as a round-robin load
 //! balancer would send them (`scripts/measure-replicas.sh`). `--key K` sends

@@ -1115,8 +1115,7 @@ fn approximate_top_rows(
     query_vector: &[f32],
     top_k: usize,
 ) -> Result<Option<Vec<ScoredRow>>> {
-    let mut quantized = Vec::with_capacity(query_vector.len());
-    ann::quantize(query_vector, &mut quantized);
+    let quantized = QuantizedRows::query(query_vector);
     let candidate_count = top_k.saturating_mul(ann::OVERSAMPLING).max(ann.expansion());
     let keys = ann.search(&quantized, candidate_count)?;
     let scored_rows = rescored(
@@ -1807,7 +1806,7 @@ mod tests {
         names
     }
 
-    /// The top 10 by scoring every row's f32 vector, as (chunk id, cosine).
+    /// The best `count` rows by scoring every row's f32 vector, as (chunk id, cosine).
     fn brute_force_top(rows: u64, probe: &[f32], count: usize) -> Vec<(String, f32)> {
         let query = normalized_vector(probe, ANN_DIMS, "probe").expect("probe");
         let mut scored: Vec<(String, f32)> = (0..rows)

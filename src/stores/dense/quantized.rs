@@ -83,7 +83,8 @@ impl QuantizedRows {
         self.values.len() + self.inverse_scales.len() * 4
     }
 
-    /// The query in the rows' form, for [`QuantizedRows::estimate`].
+    /// The query in the rows' form, which is also the HNSW index's: for
+    /// [`QuantizedRows::estimate`] and the index's search.
     pub(super) fn query(query: &[f32]) -> Vec<i8> {
         let mut quantized = Vec::with_capacity(query.len());
         ann::quantize(query, &mut quantized);
