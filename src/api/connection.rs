@@ -151,12 +151,29 @@ impl AsyncWrite for Connection {
     }
 }
 
+/// How many connections a listener keeps open at once: one count for every loop
+/// accepting from it (the facade accepts on each of its threads).
+#[derive(Clone)]
+pub(super) struct ConnectionCap {
+    limit: usize,
+    slots: Arc<Semaphore>,
+}
+
+impl ConnectionCap {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            slots: Arc::new(Semaphore::new(limit)),
+        }
+    }
+}
+
 /// How a listener accepts.
 #[derive(Clone)]
 pub(super) struct AcceptOptions {
     /// `server.listen` or `facade.listen`, for the log.
     pub key: &'static str,
-    pub max_connections: usize,
+    pub max_connections: ConnectionCap,
     pub handshake_timeout: Duration,
     pub tcp_keepalive: Option<Duration>,
     pub tls: Option<Arc<ReloadingTls>>,
@@ -173,7 +190,7 @@ pub(super) fn accept(
 ) -> mpsc::Receiver<Connection> {
     let (ready, connections) = mpsc::channel(64);
     tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(options.max_connections));
+        let slots = options.max_connections.slots.clone();
         tokio::pin!(stop);
         loop {
             let (stream, remote) = tokio::select! {
@@ -193,7 +210,7 @@ pub(super) fn accept(
                 tracing::warn!(
                     listener = options.key,
                     %remote,
-                    limit = options.max_connections,
+                    limit = options.max_connections.limit,
                     "connection refused: server.max_connections are open"
                 );
                 drop(stream);

@@ -20,7 +20,7 @@ use tower::ServiceExt;
 
 use super::admin::AdminApi;
 use super::browser_guard::{self, BrowserGuard};
-use super::connection::{self, AcceptOptions, Connection, mark_grpc_request};
+use super::connection::{self, AcceptOptions, Connection, ConnectionCap, mark_grpc_request};
 use super::generation::GenerationApi;
 use super::ingestion::IngestionApi;
 use super::openai;
@@ -127,7 +127,7 @@ fn accept_options(config: &Config, key: &'static str, alpn: &[&[u8]]) -> Result<
     };
     Ok(AcceptOptions {
         key,
-        max_connections: server.max_connections,
+        max_connections: ConnectionCap::new(server.max_connections),
         handshake_timeout: Duration::from_millis(server.handshake_timeout_ms),
         tcp_keepalive: (server.tcp_keepalive_ms > 0)
             .then(|| Duration::from_millis(server.tcp_keepalive_ms)),
@@ -195,17 +195,16 @@ pub async fn serve(
         health,
         drained(draining.clone()),
     )?;
+    let facade_threads = config.facade.thread_count();
     let openai = match listeners.openai {
-        Some(listener) => {
-            let connections =
-                connection::accept(listener, openai_accept, drained(draining.clone()));
-            futures::future::Either::Left(serve_facade(
-                facade_app(service),
-                connections,
-                &options,
-                drained(draining.clone()),
-            ))
-        }
+        Some(listener) => futures::future::Either::Left(super::facade_threads::serve_on_threads(
+            facade_app(service),
+            listener,
+            openai_accept,
+            options.clone(),
+            facade_threads,
+            draining.clone(),
+        )?),
         None => futures::future::Either::Right(async { Ok(()) }),
     };
     let metrics = match listeners.metrics {

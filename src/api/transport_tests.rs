@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use super::connection::{AcceptOptions, ConnectionInfo, accept, mark_grpc_request};
+use super::connection::{AcceptOptions, ConnectionCap, ConnectionInfo, accept, mark_grpc_request};
 use super::tls::{GRPC_ALPN, HTTP_ALPN, ReloadingTls};
 use crate::auth::{InProcess, PeerCertificate};
 use crate::config::{ClientAuth, TlsConfig};
@@ -106,7 +106,7 @@ impl Pki {
         let address = listener.local_addr().unwrap();
         let options = AcceptOptions {
             key: "server.listen",
-            max_connections: 8,
+            max_connections: ConnectionCap::new(8),
             handshake_timeout: Duration::from_secs(30),
             tcp_keepalive: None,
             tls: Some(Arc::new(ReloadingTls::load(&self.files, alpn).unwrap())),

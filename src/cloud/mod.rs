@@ -10,6 +10,7 @@
 //!   endpoint, IMDSv2; fetched by [`aws_credential_sources`]), read by every SigV4 signer.
 //! - [`sigv4`], [`oci_signing`], [`gcp_token`], [`rsa_key`]: the schemes themselves.
 //! - [`http`]: every cloud's error shape mapped to one `ErrorKind`, `Retry-After`.
+//! - [`http_client`]: the client every call is sent with, and the facade threads' pools.
 //! - [`rotating_secret`]: a key or token read again when its file is rewritten or its
 //!   secret manager's copy is older than the cache time; [`managed_secret`] picks the
 //!   manager: [`aws_secrets`], [`azure_key_vault`] (tokens from [`azure_token`]:
@@ -29,6 +30,7 @@ pub mod gcp_external_account;
 pub mod gcp_secret_manager;
 pub mod gcp_token;
 pub mod http;
+pub mod http_client;
 pub mod managed_secret;
 pub mod oci_instance_principal;
 pub mod oci_signing;

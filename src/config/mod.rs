@@ -308,6 +308,7 @@ impl Config {
             problems.push("server.max_concurrent_requests must be at least 1".into());
         }
         problems.extend(server.problems(self.facade.listen.as_deref(), !self.has_identities()));
+        problems.extend(self.facade.problems());
         if let Some(tls) = &self.tls {
             tls.problems(&mut problems);
         }
@@ -708,6 +709,23 @@ mod tests {
         let config = Config::embedded_default_at_home(&env);
         assert_eq!(config.spaces[0].model, "/cache/minilm");
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn facade_threads_are_one_per_core_unless_set_and_zero_is_refused() {
+        let facade = "[facade]\nlisten = \"127.0.0.1:8080\"\n";
+        let config = parse(facade).unwrap();
+        config.validate().unwrap();
+        assert!(config.facade.thread_count() >= 1);
+        let config = parse(&format!("{facade}threads = 3\n")).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.facade.thread_count(), 3);
+        let config = parse(&format!("{facade}threads = 0\n")).unwrap();
+        let message = config.validate().unwrap_err().message;
+        assert!(
+            message.contains("facade.threads: 0 is not between 1 and 1024"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -242,18 +242,6 @@ pub(super) fn authenticator(
     crate::auth::Authenticator::build(config, env, http)
 }
 
-/// One HTTP client for every cloud call of the service: one connection pool. It
-/// follows no redirect: requests carry credentials (`api-key`,
-/// `x-amz-security-token`, signatures) that must not go to another host, so a 3xx
-/// is the endpoint's error, named by its status.
-pub(super) fn http_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|error| Error::config(format!("cannot build http client: {error}")))
-}
-
 /// The chat router over every deployment (`[[deployment]]`, and the one
 /// `answer.provider` implies); None when there is none. Sends nothing.
 pub(super) fn router(

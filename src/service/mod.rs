@@ -148,7 +148,8 @@ impl Service {
         config.validate()?;
         // Before any store opens: the dense store loads its snapshot at open.
         let data_dir_lock = build::data_dir_lock(&config)?;
-        let http = build::http_client()?;
+        // One client for every cloud call: one connection pool.
+        let http = crate::cloud::http_client::client()?;
         let metrics: Arc<Metrics> = Arc::default();
         let shared_state =
             SharedState::from_config(config.shared_state.as_ref(), env, Arc::clone(&metrics))?;

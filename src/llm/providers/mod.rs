@@ -124,9 +124,9 @@ impl Connection {
         }
         let bytes = serde_json::to_vec(body)
             .map_err(|error| Error::internal(format!("cannot encode request: {error}")))?;
-        let mut request = self
-            .endpoint
-            .http
+        // On a facade thread, its own pool: the connection is driven where the call waits.
+        let http = crate::cloud::http_client::for_this_thread(&self.endpoint.http);
+        let mut request = http
             .post(url)
             .header("content-type", "application/json")
             .header("accept", accept)
@@ -136,9 +136,7 @@ impl Connection {
             .map_err(|error| Error::internal(format!("cannot build request: {error}")))?;
         crate::telemetry::trace::inject_traceparent(request.headers_mut());
         self.endpoint.auth.authorize(&mut request).await?;
-        let response = self
-            .endpoint
-            .http
+        let response = http
             .execute(request)
             .await
             .map_err(|error| transport_error(&self.service, &error))?;
