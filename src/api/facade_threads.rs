@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use futures::future::try_join_all;
 use tokio::net::TcpListener;
@@ -63,6 +64,9 @@ pub(super) fn serve_on_threads(
     })
 }
 
+/// How often a facade thread's timer anchor fires; see [`Thread::run`].
+const TIMER_ANCHOR: Duration = Duration::from_millis(500);
+
 /// What one facade thread serves with.
 struct Thread {
     app: axum::Router,
@@ -87,6 +91,17 @@ impl Thread {
             let _ = draining.wait_for(|draining| *draining).await;
         };
         runtime.block_on(async move {
+            // tokio wakes its own driver (an eventfd write, then one more epoll_wait)
+            // whenever a timer is set to fire before the driver's next wake-up, even
+            // from the thread that runs the driver (tokio-rs/tokio#5207); hyper sets one
+            // per request (the header read timeout). A timer always due within
+            // TIMER_ANCHOR keeps every longer one from doing so, for one wake-up a tick.
+            tokio::spawn(async {
+                let mut anchor = tokio::time::interval(TIMER_ANCHOR);
+                loop {
+                    anchor.tick().await;
+                }
+            });
             let listener = TcpListener::from_std(listener)
                 .map_err(|error| Error::internal(format!("facade listener {address}: {error}")))?;
             let connections =
