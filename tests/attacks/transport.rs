@@ -614,6 +614,91 @@ async fn connections_over_the_cap_are_closed_and_the_server_still_serves() {
     }
 }
 
+/// GET /v1/models on a kept-alive connection: the status line, with the body read
+/// to its end so the connection can ask again.
+async fn models_on(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .expect("a content-length");
+            if received.len() >= end + 4 + length {
+                return text.lines().next().unwrap_or_default().to_owned();
+            }
+        }
+        let read = stream.read(&mut buffer).await.unwrap();
+        assert!(read > 0, "closed mid-response: {text}");
+        received.extend_from_slice(&buffer[..read]);
+    }
+}
+
+#[tokio::test]
+async fn facade_connections_over_the_cap_are_closed_whichever_thread_accepts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = FACADE
+        .replace("[server]\n", "[server]\nmax_connections = 2\n")
+        .replace("[facade]\n", "[facade]\nthreads = 2\n");
+    let server = start(&config, dir.path()).await;
+    let http = server.http.unwrap();
+    // Two connections, each answered, hold both places between the two threads.
+    let mut first = TcpStream::connect(http).await.unwrap();
+    let mut second = TcpStream::connect(http).await.unwrap();
+    assert_eq!(models_on(&mut first).await, "HTTP/1.1 200 OK");
+    assert_eq!(models_on(&mut second).await, "HTTP/1.1 200 OK");
+
+    // A third is closed unanswered, whichever thread accepted it.
+    for _ in 0..4 {
+        let mut third = TcpStream::connect(http).await.unwrap();
+        let _ = third
+            .write_all(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await;
+        let mut buffer = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(60), third.read(&mut buffer))
+            .await
+            .expect("the third connection was neither answered nor closed");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "a connection over the cap was served: {}",
+            String::from_utf8_lossy(&buffer)
+        );
+    }
+
+    // The connections in place still serve; once one leaves, a new one gets in.
+    assert_eq!(models_on(&mut first).await, "HTTP/1.1 200 OK");
+    drop(second);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut fresh = TcpStream::connect(http).await.unwrap();
+        let _ = fresh
+            .write_all(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await;
+        let mut buffer = [0u8; 64];
+        if let Ok(Ok(read)) =
+            tokio::time::timeout(Duration::from_secs(2), fresh.read(&mut buffer)).await
+            && buffer[..read].starts_with(b"HTTP/1.1 200")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the freed place was never reused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Listening TCP sockets this process holds (by socket inode).
 fn listening_sockets() -> std::collections::BTreeSet<u64> {
     let mut listening = std::collections::BTreeSet::new();
