@@ -43,6 +43,7 @@ pub fn for_this_thread(shared: &reqwest::Client) -> reqwest::Client {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
+    use std::time::Duration;
 
     use axum::extract::ConnectInfo;
 
@@ -72,47 +73,79 @@ mod tests {
         client.get(url).send().await.unwrap().text().await.unwrap()
     }
 
-    /// Runs `work` on a new thread with a current-thread runtime, as a facade thread.
-    async fn on_a_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-        let thread = std::thread::spawn(work);
+    /// Runs `rounds` on a new thread with a current-thread runtime, as a facade thread
+    /// runs, with a pool of its own when `own_pool`.
+    async fn on_a_thread<T: Send + 'static>(
+        own_pool: bool,
+        rounds: impl AsyncFnOnce() -> T + Send + 'static,
+    ) -> T {
+        let thread = std::thread::spawn(move || {
+            if own_pool {
+                own_pool_for_this_thread().unwrap();
+            }
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(rounds())
+        });
         tokio::task::spawn_blocking(move || thread.join().unwrap())
             .await
             .unwrap()
     }
 
+    /// The same connection twice in a row, once the first is back in its pool.
+    async fn kept_alive(client: &reqwest::Client, url: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut last = port_of(client, url).await;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let port = port_of(client, url).await;
+            if port == last {
+                return true;
+            }
+            last = port;
+        }
+        false
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_thread_with_its_own_pool_keeps_its_own_connections() {
+    async fn a_thread_with_its_own_pool_never_sends_on_the_shared_pools_connections() {
         let url = port_server().await;
         let shared = client().unwrap();
-        let shared_port = port_of(&shared, &url).await;
-        assert_eq!(port_of(&shared, &url).await, shared_port, "kept alive");
-
-        let (own, other) = (shared.clone(), shared.clone());
-        let (own_url, other_url) = (url.clone(), url.clone());
-        let own_ports = on_a_thread(move || {
-            own_pool_for_this_thread().unwrap();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let first = port_of(&for_this_thread(&own), &own_url).await;
-                let second = port_of(&for_this_thread(&own), &own_url).await;
-                (first, second)
-            })
+        assert!(kept_alive(&shared, &url).await);
+        let shared_ports = on_a_thread(true, async move || {
+            let own = for_this_thread(&shared);
+            assert!(kept_alive(&own, &url).await, "its own pool keeps connections");
+            let mut seen = Vec::new();
+            for _ in 0..5 {
+                let (own_port, shared_port) =
+                    (port_of(&own, &url).await, port_of(&shared, &url).await);
+                assert_ne!(own_port, shared_port, "a shared connection was used");
+                seen.push(shared_port);
+            }
+            seen
         })
         .await;
-        assert_ne!(own_ports.0, shared_port, "a connection of its own");
-        assert_eq!(own_ports.0, own_ports.1, "kept alive in its own pool");
+        assert_eq!(shared_ports.len(), 5);
+    }
 
-        let without_pool = on_a_thread(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(port_of(&for_this_thread(&other), &other_url))
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thread_without_its_own_pool_sends_through_the_shared_one() {
+        let url = port_server().await;
+        let shared = client().unwrap();
+        let shared_again = on_a_thread(false, async move || {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while tokio::time::Instant::now() < deadline {
+                let chosen = port_of(&for_this_thread(&shared), &url).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if port_of(&shared, &url).await == chosen {
+                    return true;
+                }
+            }
+            false
         })
         .await;
-        assert_eq!(without_pool, shared_port, "the shared pool's connection");
+        assert!(shared_again, "never the shared pool's connection");
     }
 }
