@@ -54,8 +54,8 @@ async fn measure_bm25(size: usize, query_count: usize) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     for index in 0..size {
         let mut chunk = chunk(index, Vec::new());
-        chunk.chunk.title = sentence(&mut random, &vocabulary, 8);
-        chunk.chunk.text = sentence(&mut random, &vocabulary, WORDS_PER_CHUNK);
+        chunk.chunk.title = sentence(&mut random, &vocabulary, 8).into();
+        chunk.chunk.text = sentence(&mut random, &vocabulary, WORDS_PER_CHUNK).into();
         batch.push(chunk);
         if batch.len() == WRITE_BATCH || index + 1 == size {
             store.upsert(&batch).await.expect("upsert");
@@ -222,8 +222,8 @@ fn chunk(index: usize, vector: Vec<f32>) -> EmbeddedChunk {
             chunk_id: Chunk::make_id(&doc_id, 0),
             object_key: format!("synthetic/{}", index / 10),
             doc_id,
-            title: String::new(),
-            text: format!("synthetic chunk number {index}"),
+            title: "".into(),
+            text: format!("synthetic chunk number {index}").into(),
             ordinal: 0,
             cloud: "local".to_string(),
             region: "local".to_string(),

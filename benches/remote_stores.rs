@@ -77,8 +77,10 @@ fn bench(criterion: &mut Criterion) {
                     chunk_id: format!("doc{index}#0"),
                     doc_id: format!("doc{index}"),
                     object_key: format!("bucket/doc{index}.txt"),
-                    title: format!("Document {index}"),
-                    text: "a chunk of about the length a real one has; ".repeat(20),
+                    title: format!("Document {index}").into(),
+                    text: "a chunk of about the length a real one has; "
+                        .repeat(20)
+                        .into(),
                     ordinal: 0,
                     cloud: "aws".into(),
                     region: "us-east-1".into(),

@@ -1,5 +1,7 @@
 //! The vocabulary shared by ingestion, stores and retrieval: chunks going in, hits coming out.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// A piece of a document small enough to embed, with where it came from.
@@ -13,8 +15,10 @@ pub struct Chunk {
     pub doc_id: String,
     /// The object the chunk was extracted from; deleting an object deletes its chunks.
     pub object_key: String,
-    pub title: String,
-    pub text: String,
+    /// Shared with the hits that show the chunk (an `Arc`): a store answering from
+    /// memory hands out its text without copying it.
+    pub title: Arc<str>,
+    pub text: Arc<str>,
     /// Position of the chunk within its document, from 0.
     pub ordinal: u32,
     /// Where the object lives (`aws`, `azure`, `gcp`, `oci`, `local`...) and its region, for
@@ -90,8 +94,9 @@ pub struct Hit {
     pub chunk_id: String,
     pub doc_id: String,
     pub object_key: String,
-    pub title: String,
-    pub text: String,
+    /// Shared with the store when it answers from memory.
+    pub title: Arc<str>,
+    pub text: Arc<str>,
     /// The chunk's [`Chunk::cloud`] and [`Chunk::region`].
     pub cloud: String,
     pub region: String,

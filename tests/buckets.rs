@@ -1785,7 +1785,7 @@ async fn object_deleted_between_list_and_get_fails_alone_and_keeps_its_chunks_un
         second.failures
     );
     assert_eq!((second.progress.indexed, second.progress.unchanged), (1, 3));
-    let texts = |key: &str| -> Vec<String> {
+    let texts = |key: &str| -> Vec<std::sync::Arc<str>> {
         store
             .committed()
             .into_iter()

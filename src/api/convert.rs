@@ -222,10 +222,10 @@ fn search_hit(index: usize, fused: FusedHit, include_text: bool) -> proto::Searc
         doc_id: fused.hit.doc_id,
         chunk_id: fused.hit.chunk_id,
         score: fused.score,
-        title: fused.hit.title,
+        title: fused.hit.title.to_string(),
         // A snippet stands in for the whole text.
         text: if include_text && fused.snippet.is_none() {
-            fused.hit.text
+            fused.hit.text.to_string()
         } else {
             String::new()
         },

@@ -115,8 +115,8 @@ pub fn chunks_of_document<'a>(
                 chunk_id: Chunk::make_id(&document.doc_id, ordinal),
                 doc_id: document.doc_id.clone(),
                 object_key: object_key.to_owned(),
-                title: title.to_owned(),
-                text: document.text[bytes].to_owned(),
+                title: title.into(),
+                text: document.text[bytes].into(),
                 ordinal,
                 // The pipeline stamps the bucket's location on every chunk.
                 cloud: String::new(),
@@ -296,7 +296,7 @@ mod tests {
                 .iter()
                 .all(|chunk| chunk.text.len() <= chunking.max_bytes)
         );
-        let rejoined: String = chunks.iter().map(|chunk| chunk.text.as_str()).collect();
+        let rejoined: String = chunks.iter().map(|chunk| &*chunk.text).collect();
         assert_eq!(rejoined, text);
         let ordinals: Vec<u32> = chunks.iter().map(|chunk| chunk.ordinal).collect();
         assert!(
@@ -370,10 +370,10 @@ mod tests {
     fn short_text_is_one_chunk_with_its_formatting() {
         let chunks = chunk_document("obj", &document("  line one\n\nline two  "), &config(10, 2));
         assert_eq!(chunks.len(), 1);
-        assert_eq!(chunks[0].text, "line one\n\nline two");
+        assert_eq!(&*chunks[0].text, "line one\n\nline two");
         assert_eq!(chunks[0].chunk_id, "doc#0");
         assert_eq!(chunks[0].object_key, "obj");
-        assert_eq!(chunks[0].title, "Title");
+        assert_eq!(&*chunks[0].title, "Title");
         assert_eq!(chunks[0].span, Some(CharSpan { start: 2, end: 20 }));
     }
 
@@ -389,7 +389,7 @@ mod tests {
                 .skip(span.start as usize)
                 .take((span.end - span.start) as usize)
                 .collect();
-            assert_eq!(located, chunk.text, "{span:?}");
+            assert_eq!(located, &*chunk.text, "{span:?}");
         }
     }
 
@@ -398,7 +398,7 @@ mod tests {
         // max 6: the window [0, 6) would cut "four five." in half; it ends after "three." instead.
         let text = "one two three. four five. six seven eight nine ten";
         let chunks = chunk_document("k", &document(text), &config(6, 1));
-        let texts: Vec<_> = chunks.iter().map(|chunk| chunk.text.as_str()).collect();
+        let texts: Vec<_> = chunks.iter().map(|chunk| &*chunk.text).collect();
         assert_eq!(
             texts,
             [

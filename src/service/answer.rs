@@ -179,8 +179,8 @@ impl Service {
             .hits
             .iter()
             .map(|hit| Passage {
-                title: hit.hit.title.clone(),
-                text: hit.hit.text.clone(),
+                title: hit.hit.title.to_string(),
+                text: hit.hit.text.to_string(),
             })
             .collect();
         let (chat_request, passages_used) = build_conversation_prompt(
@@ -452,9 +452,9 @@ fn citations(hits: &[FusedHit]) -> Vec<Citation> {
             number: index as u32 + 1,
             doc_id: hit.hit.doc_id.clone(),
             chunk_id: hit.hit.chunk_id.clone(),
-            title: hit.hit.title.clone(),
+            title: hit.hit.title.to_string(),
             object_key: hit.hit.object_key.clone(),
-            text: hit.hit.text.clone(),
+            text: hit.hit.text.to_string(),
             chunk_ordinal: chunk_ordinal(&hit.hit.chunk_id),
             span: hit.hit.span,
         })

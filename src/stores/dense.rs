@@ -1313,8 +1313,8 @@ mod tests {
                 chunk_id: Chunk::make_id(doc_id, ordinal),
                 doc_id: doc_id.to_string(),
                 object_key: object_key.to_string(),
-                title: format!("title of {doc_id}"),
-                text: format!("text of {doc_id} part {ordinal}"),
+                title: format!("title of {doc_id}").into(),
+                text: format!("text of {doc_id} part {ordinal}").into(),
                 ordinal,
                 cloud: "azure".to_string(),
                 region: "westeurope".to_string(),
@@ -1366,8 +1366,8 @@ mod tests {
         assert_eq!(chunk_ids(&hits), ["north#0", "north#1", "east#0"]);
         assert_eq!(hits[0].doc_id, "north");
         assert_eq!(hits[0].object_key, "compass/north");
-        assert_eq!(hits[0].title, "title of north");
-        assert_eq!(hits[0].text, "text of north part 0");
+        assert_eq!(&*hits[0].title, "title of north");
+        assert_eq!(&*hits[0].text, "text of north part 0");
         assert_eq!(
             (hits[0].cloud.as_str(), hits[0].region.as_str()),
             ("azure", "westeurope")
@@ -1465,7 +1465,7 @@ mod tests {
         // East now points up; the last of two upserts in one batch wins.
         let moved = chunk("east", 0, "compass/east", [0.0, 0.0, 0.0, 1.0]);
         let mut moved_again = moved.clone();
-        moved_again.chunk.text = "moved twice".to_string();
+        moved_again.chunk.text = "moved twice".into();
         store.upsert(&[moved, moved_again]).await.expect("upsert");
         store.commit().await.expect("commit");
         assert_eq!(store.count().await.expect("count"), 4);
@@ -1474,7 +1474,7 @@ mod tests {
             .await
             .expect("search");
         assert_eq!(chunk_ids(&hits), ["east#0", "up#0"]);
-        assert_eq!(hits[0].text, "moved twice");
+        assert_eq!(&*hits[0].text, "moved twice");
     }
 
     #[tokio::test]
@@ -1721,8 +1721,8 @@ mod tests {
                 chunk_id: Chunk::make_id(&doc_id, 0),
                 doc_id,
                 object_key: format!("group{}/object{}", index % 7, index / 10),
-                title: String::new(),
-                text: format!("chunk {index}"),
+                title: "".into(),
+                text: format!("chunk {index}").into(),
                 ordinal: 0,
                 cloud: "local".to_string(),
                 region: "local".to_string(),

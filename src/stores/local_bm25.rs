@@ -548,8 +548,8 @@ impl Bm25Inner {
                 chunk_id: stored.take_text(self.fields.chunk_id),
                 doc_id: stored.take_text(self.fields.doc_id),
                 object_key: stored.take_text(self.fields.object_key),
-                title: stored.take_text(self.fields.title),
-                text: stored.take_text(self.fields.text),
+                title: stored.take_text(self.fields.title).into(),
+                text: stored.take_text(self.fields.text).into(),
                 cloud: stored.take_text(self.fields.cloud),
                 region: stored.take_text(self.fields.region),
                 classes: Vec::new(),
@@ -855,8 +855,8 @@ mod tests {
                 chunk_id: Chunk::make_id(doc_id, ordinal),
                 doc_id: doc_id.to_string(),
                 object_key: object_key.to_string(),
-                title: title.to_string(),
-                text: text.to_string(),
+                title: title.into(),
+                text: text.into(),
                 ordinal,
                 cloud: "oci".to_string(),
                 region: "eu-frankfurt-1".to_string(),
@@ -998,7 +998,7 @@ mod tests {
             (hits[0].cloud.as_str(), hits[0].region.as_str()),
             ("oci", "eu-frankfurt-1")
         );
-        assert_eq!(hits[0].title, "Rust ownership");
+        assert_eq!(&*hits[0].title, "Rust ownership");
         assert!(hits[0].text.starts_with("Ownership and borrowing"));
         assert!(hits[0].score > 0.0);
         assert!(hits.windows(2).all(|pair| pair[0].score >= pair[1].score));
@@ -1261,7 +1261,7 @@ mod tests {
             .await
             .expect("search");
         assert_eq!(hits[0].chunk_id, "cats#0");
-        assert_eq!(hits[0].title, "Cats");
+        assert_eq!(&*hits[0].title, "Cats");
         // The reopened store can write again (the old writer lock was released).
         store
             .delete_objects(&["pets/cats.txt".to_string()])

@@ -356,7 +356,7 @@ async fn a_global_record_id_reused_by_another_object_is_reported_and_the_first_k
         "{problem:?}"
     );
     let first = &fixture.store.committed_chunks_of("a.jsonl");
-    assert_eq!((first.len(), first[0].text.as_str()), (1, "alpha one"));
+    assert_eq!((first.len(), &*first[0].text), (1, "alpha one"));
     let second = fixture.store.committed_chunks_of("b.json");
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].doc_id, "3");
@@ -396,7 +396,7 @@ async fn beir_corpus_gives_one_document_per_line_with_its_id() {
         .iter()
         .find(|chunk| chunk.chunk_id == "scifact/corpus.jsonl#4983#0")
         .unwrap();
-    assert_eq!(first.title, "Microstructural development");
+    assert_eq!(&*first.title, "Microstructural development");
     assert!(first.text.starts_with("Alterations of the"));
     assert_eq!(report.progress.chunks_written, chunks.len() as u64);
 
@@ -723,7 +723,10 @@ async fn single_file_file_url_and_relative_path_all_work() {
     job.manifest_path = fixture.state_folder.path().join("single.json");
     let report = run_index(job, |_| {}).await.unwrap();
     assert_eq!((report.progress.listed, report.progress.indexed), (1, 1));
-    assert_eq!(fixture.store.committed_chunks_of("one.md")[0].title, "One");
+    assert_eq!(
+        &*fixture.store.committed_chunks_of("one.md")[0].title,
+        "One"
+    );
 
     let url = url::Url::from_directory_path(fixture.bucket.path()).unwrap();
     let mut job = fixture.job();
@@ -1253,7 +1256,7 @@ async fn an_api_document_whose_write_fails_is_unlisted_and_a_retry_leaves_only_i
     assert_eq!((retried.written, retried.chunks_written), (1, 1));
     let chunks = fixture.store.committed_chunks_of("api/docs/a");
     assert_eq!(chunks.len(), 1, "{chunks:?}");
-    assert_eq!(chunks[0].text, "new0 new1 new2 new3");
+    assert_eq!(&*chunks[0].text, "new0 new1 new2 new3");
     let manifest = DocumentsManifest::load_or_new(&job.manifest_path).unwrap();
     assert_eq!(manifest.documents["a"].chunk_ids, vec!["api/docs/a#0"]);
 
