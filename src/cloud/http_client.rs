@@ -116,7 +116,10 @@ mod tests {
         assert!(kept_alive(&shared, &url).await);
         let shared_ports = on_a_thread(true, async move || {
             let own = for_this_thread(&shared);
-            assert!(kept_alive(&own, &url).await, "its own pool keeps connections");
+            assert!(
+                kept_alive(&own, &url).await,
+                "its own pool keeps connections"
+            );
             let mut seen = Vec::new();
             for _ in 0..5 {
                 let (own_port, shared_port) =
