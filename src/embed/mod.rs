@@ -11,6 +11,7 @@
 //! `local/kernels.rs`.
 
 pub mod adapter;
+#[cfg(feature = "embedded")]
 pub mod local;
 pub mod normalize;
 pub mod providers;

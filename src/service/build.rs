@@ -13,12 +13,15 @@ use sha2::Digest;
 use crate::config::{
     Config, LOCAL_PROVIDER, ProviderConfig, RoutingConfig, SpaceConfig, StoreConfig,
 };
+#[cfg(feature = "embedded")]
+use crate::embed::Embedder;
 use crate::embed::adapter::LinearAdapter;
+#[cfg(feature = "embedded")]
 use crate::embed::local::LocalEmbedder;
 use crate::embed::providers as embed_providers;
 use crate::embed::query::{QueryCacheSettings, QueryEmbedder, family_key};
 use crate::embed::space::{Serving, SpaceEmbedder};
-use crate::embed::{Embedder, EmbeddingProvider, EmbeddingSpace};
+use crate::embed::{EmbeddingProvider, EmbeddingSpace};
 use crate::error::{Error, Result};
 use crate::llm::ChatTarget;
 use crate::route::{Catalog, Deployment, Router};
@@ -47,7 +50,7 @@ pub(super) async fn embedders(
     let mut shared_namespaces = HashMap::new();
     // Spaces over the same model directory share one loaded model, and spaces served by
     // the same provider share its endpoint (credentials, token cache, connections).
-    let mut local_models: HashMap<String, LocalEmbedder> = HashMap::new();
+    let mut local_models = LocalModels::new();
     let mut providers: HashMap<String, Arc<dyn EmbeddingProvider>> = HashMap::new();
     for space in &config.spaces {
         let mut provider = |id: &str| -> Result<Arc<dyn EmbeddingProvider>> {
@@ -124,9 +127,22 @@ async fn model_fingerprint(space: &SpaceConfig) -> String {
     hex::encode(&digest[..8])
 }
 
+/// In-process models by model directory: spaces over one directory share one.
+#[cfg(feature = "embedded")]
+type LocalModels = HashMap<String, LocalEmbedder>;
+#[cfg(not(feature = "embedded"))]
+struct LocalModels;
+
+#[cfg(not(feature = "embedded"))]
+impl LocalModels {
+    fn new() -> Self {
+        Self
+    }
+}
+
 async fn space_embedder(
     space: &SpaceConfig,
-    local_models: &mut HashMap<String, LocalEmbedder>,
+    local_models: &mut LocalModels,
     provider: &mut impl FnMut(&str) -> Result<Arc<dyn EmbeddingProvider>>,
 ) -> Result<SpaceEmbedder> {
     let embedding_space = EmbeddingSpace {
@@ -135,28 +151,7 @@ async fn space_embedder(
         dims: space.dims,
     };
     let servings = if space.provider == LOCAL_PROVIDER {
-        let model = match local_models.get(&space.model) {
-            Some(model) => model.clone(),
-            None => {
-                let model = load_local_model(space).await?;
-                local_models.insert(space.model.clone(), model.clone());
-                model
-            }
-        };
-        let native = model.space().dims;
-        if native != space.dims && !(space.matryoshka && space.dims < native) {
-            return Err(Error::config(format!(
-                "dims is {} but model {:?} produces {native}-dimensional vectors{}",
-                space.dims,
-                space.model,
-                if space.dims < native {
-                    "; set matryoshka = true to truncate them"
-                } else {
-                    ""
-                }
-            )));
-        }
-        vec![Serving::new(Arc::new(model), space.model.clone())]
+        vec![local_serving(space, local_models).await?]
     } else {
         // No probe call at startup: a cloud that is down must not stop the service; a
         // vector of the wrong size is refused when it arrives.
@@ -168,7 +163,42 @@ async fn space_embedder(
     SpaceEmbedder::new(embedding_space, space.metric, space.matryoshka, servings)
 }
 
+/// The in-process model serving `space`, loaded once per model directory.
+#[cfg(feature = "embedded")]
+async fn local_serving(space: &SpaceConfig, local_models: &mut LocalModels) -> Result<Serving> {
+    let model = match local_models.get(&space.model) {
+        Some(model) => model.clone(),
+        None => {
+            let model = load_local_model(space).await?;
+            local_models.insert(space.model.clone(), model.clone());
+            model
+        }
+    };
+    let native = model.space().dims;
+    if native != space.dims && !(space.matryoshka && space.dims < native) {
+        return Err(Error::config(format!(
+            "dims is {} but model {:?} produces {native}-dimensional vectors{}",
+            space.dims,
+            space.model,
+            if space.dims < native {
+                "; set matryoshka = true to truncate them"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(Serving::new(Arc::new(model), space.model.clone()))
+}
+
+#[cfg(not(feature = "embedded"))]
+async fn local_serving(_: &SpaceConfig, _: &mut LocalModels) -> Result<Serving> {
+    Err(Error::config(
+        "this skyfuse was built without the in-process embedding model (cargo feature `embedded`): serve the space through a [[provider]]",
+    ))
+}
+
 /// Loads the in-process model at its native dimension (read from its config.json).
+#[cfg(feature = "embedded")]
 async fn load_local_model(space: &SpaceConfig) -> Result<LocalEmbedder> {
     let model_dir = Path::new(&space.model).to_path_buf();
     let id = space.id.clone();

@@ -4,12 +4,16 @@
 //! Every backend stores chunk text beside its index so that hits come back whole,
 //! whichever store served them.
 
+#[cfg(feature = "embedded")]
 pub mod dense;
 pub mod filter;
+#[cfg(feature = "embedded")]
 pub mod local_bm25;
 pub mod lock;
 pub mod open;
+#[cfg(feature = "remote-stores")]
 pub mod opensearch;
+#[cfg(feature = "remote-stores")]
 pub mod qdrant;
 pub mod remote;
 pub mod resilient;

@@ -9,18 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::dense::{DEFAULT_ANN_MIN_ROWS, DenseOptions, DenseStore};
-use super::local_bm25::LocalBm25Store;
-use super::opensearch::{OpenSearchCredentials, OpenSearchIndex};
-use super::qdrant::QdrantStore;
 use super::remote::RemoteSettings;
 use super::resilient::{ResilienceSettings, ResilientBackend};
 use super::{SearchBackend, Source, SourceInfo, StoreKind};
-use crate::cloud::aws_credentials::AwsCredentialsProvider;
-use crate::cloud::sigv4::SigV4Signer;
 use crate::config::{
-    LEXICAL_TWIN_SUFFIX, OpenSearchAuth, OpenSearchConfig, OpenSearchRole, RemoteConfig,
-    SecretLocation, SourceConfig, SpaceConfig, StoreConfig,
+    LEXICAL_TWIN_SUFFIX, OpenSearchRole, RemoteConfig, SecretLocation, SourceConfig, SpaceConfig,
+    StoreConfig,
 };
 use crate::error::{Error, Result};
 
@@ -88,28 +82,22 @@ async fn open_backends(
         .transpose()?;
     match &source.store {
         StoreConfig::Tantivy(_) => {
+            embedded::built("tantivy")?;
             let info = source_info(source, source.id.clone(), StoreKind::Lexical, None);
             let dir = local_dir(source, context.data_dir);
-            open_local(dir, info, move |info, dir| {
-                Ok(Arc::new(LocalBm25Store::open(info, dir)?) as Arc<dyn SearchBackend>)
-            })
-            .await
-            .map(|backend| vec![backend])
+            open_local(dir, info, embedded::open_bm25)
+                .await
+                .map(|backend| vec![backend])
         }
         StoreConfig::Dense(dense) => {
+            embedded::built("dense")?;
             let space = space.ok_or_else(|| Error::config("a dense source needs a space"))?;
             let info = source_info(source, source.id.clone(), StoreKind::Dense, Some(space));
             let dims = space.dims;
             let dir = local_dir(source, context.data_dir);
-            let options = DenseOptions {
-                ann_min_rows: dense.ann_min_rows.unwrap_or(DEFAULT_ANN_MIN_ROWS),
-                ..DenseOptions::default()
-            };
+            let ann_min_rows = dense.ann_min_rows;
             open_local(dir, info, move |info, dir| {
-                Ok(
-                    Arc::new(DenseStore::open_with_options(info, dims, dir, options)?)
-                        as Arc<dyn SearchBackend>,
-                )
+                embedded::open_dense(info, dims, dir, ann_min_rows)
             })
             .await
             .map(|backend| vec![backend])
@@ -127,11 +115,9 @@ async fn open_backends(
                 qdrant.score_threshold,
             );
             settings.metadata_fields = metadata_fields_of(source, context.indexes);
-            let store = QdrantStore::connect(settings, api_key).await?;
-            Ok(vec![Arc::new(store)])
+            Ok(vec![remote::connect_qdrant(settings, api_key).await?])
         }
         StoreConfig::Opensearch(opensearch) => {
-            let credentials = opensearch_credentials(opensearch, &source.region, context.env)?;
             let dense = opensearch.role != OpenSearchRole::Lexical;
             let primary_kind = if dense {
                 StoreKind::Dense
@@ -147,17 +133,211 @@ async fn open_backends(
                 space,
                 None,
             );
-            let index =
-                OpenSearchIndex::connect(settings, credentials, opensearch.refresh, dense).await?;
-            let mut backends: Vec<Arc<dyn SearchBackend>> =
-                vec![Arc::new(index.source(primary, true))];
-            if opensearch.role == OpenSearchRole::Both {
+            let twin = (opensearch.role == OpenSearchRole::Both).then(|| {
                 let twin_id = format!("{}{LEXICAL_TWIN_SUFFIX}", source.id);
-                let twin = source_info(source, twin_id, StoreKind::Lexical, None);
-                backends.push(Arc::new(index.source(twin, false)));
-            }
-            Ok(backends)
+                source_info(source, twin_id, StoreKind::Lexical, None)
+            });
+            remote::connect_opensearch(
+                opensearch,
+                &source.region,
+                context.env,
+                settings,
+                primary,
+                twin,
+            )
+            .await
         }
+    }
+}
+
+/// The stores of the embedded default (cargo feature `embedded`): tantivy BM25 and the
+/// dense store; without it a `[[source]]` of either kind is a startup error.
+#[cfg(feature = "embedded")]
+mod embedded {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use crate::error::Result;
+    use crate::stores::dense::{DEFAULT_ANN_MIN_ROWS, DenseOptions, DenseStore};
+    use crate::stores::local_bm25::LocalBm25Store;
+    use crate::stores::{SearchBackend, SourceInfo};
+
+    pub fn built(_kind: &str) -> Result<()> {
+        Ok(())
+    }
+
+    pub fn open_bm25(info: SourceInfo, dir: &Path) -> Result<Arc<dyn SearchBackend>> {
+        Ok(Arc::new(LocalBm25Store::open(info, dir)?))
+    }
+
+    pub fn open_dense(
+        info: SourceInfo,
+        dims: usize,
+        dir: &Path,
+        ann_min_rows: Option<usize>,
+    ) -> Result<Arc<dyn SearchBackend>> {
+        let options = DenseOptions {
+            ann_min_rows: ann_min_rows.unwrap_or(DEFAULT_ANN_MIN_ROWS),
+            ..DenseOptions::default()
+        };
+        Ok(Arc::new(DenseStore::open_with_options(
+            info, dims, dir, options,
+        )?))
+    }
+}
+
+#[cfg(not(feature = "embedded"))]
+mod embedded {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use crate::error::{Error, Result};
+    use crate::stores::{SearchBackend, SourceInfo};
+
+    fn not_built(kind: &str) -> Error {
+        Error::config(format!(
+            "this skyfuse was built without the embedded stores (cargo feature `embedded`), so it cannot open a {kind} source"
+        ))
+    }
+
+    pub fn built(kind: &str) -> Result<()> {
+        Err(not_built(kind))
+    }
+
+    pub fn open_bm25(_: SourceInfo, _: &Path) -> Result<Arc<dyn SearchBackend>> {
+        Err(not_built("tantivy"))
+    }
+
+    pub fn open_dense(
+        _: SourceInfo,
+        _: usize,
+        _: &Path,
+        _: Option<usize>,
+    ) -> Result<Arc<dyn SearchBackend>> {
+        Err(not_built("dense"))
+    }
+}
+
+/// The clients of remote stores (cargo feature `remote-stores`): Qdrant and OpenSearch;
+/// without it a `[[source]]` of either kind is a startup error.
+#[cfg(feature = "remote-stores")]
+mod remote {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use crate::cloud::aws_credentials::AwsCredentialsProvider;
+    use crate::cloud::sigv4::SigV4Signer;
+    use crate::config::{OpenSearchAuth, OpenSearchConfig, Secret, SecretLocation};
+    use crate::error::{Error, Result};
+    use crate::stores::opensearch::{OpenSearchCredentials, OpenSearchIndex};
+    use crate::stores::qdrant::QdrantStore;
+    use crate::stores::remote::RemoteSettings;
+    use crate::stores::{SearchBackend, SourceInfo};
+
+    pub async fn connect_qdrant(
+        settings: RemoteSettings,
+        api_key: Option<Secret>,
+    ) -> Result<Arc<dyn SearchBackend>> {
+        Ok(Arc::new(QdrantStore::connect(settings, api_key).await?))
+    }
+
+    fn opensearch_credentials(
+        opensearch: &OpenSearchConfig,
+        region: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<OpenSearchCredentials> {
+        Ok(match opensearch.auth {
+            OpenSearchAuth::None => OpenSearchCredentials::None,
+            OpenSearchAuth::Basic => {
+                let password = SecretLocation::resolve_optional(
+                    opensearch.password.as_ref(),
+                    "password",
+                    env,
+                )?
+                .ok_or_else(|| Error::config("password is not set"))?;
+                OpenSearchCredentials::Basic {
+                    username: opensearch.username.clone().unwrap_or_default(),
+                    password,
+                }
+            }
+            OpenSearchAuth::Sigv4 => {
+                let region = opensearch
+                    .sigv4_region
+                    .clone()
+                    .unwrap_or_else(|| region.to_string());
+                // Temporary credentials are fetched over this client (STS, container, IMDS).
+                let http = reqwest::Client::new();
+                OpenSearchCredentials::SigV4(SigV4Signer {
+                    credentials: AwsCredentialsProvider::from_env(
+                        &opensearch.aws,
+                        "aws_",
+                        Some(&region),
+                        env,
+                        &http,
+                    )?,
+                    region,
+                    service: opensearch
+                        .sigv4_service
+                        .clone()
+                        .unwrap_or_else(|| "es".into()),
+                })
+            }
+        })
+    }
+
+    /// The index as its primary source, and as a lexical `twin` when it serves both.
+    pub async fn connect_opensearch(
+        opensearch: &OpenSearchConfig,
+        region: &str,
+        env: &HashMap<String, String>,
+        settings: RemoteSettings,
+        primary: SourceInfo,
+        twin: Option<SourceInfo>,
+    ) -> Result<Vec<Arc<dyn SearchBackend>>> {
+        let credentials = opensearch_credentials(opensearch, region, env)?;
+        let dense = primary.kind == crate::stores::StoreKind::Dense;
+        let index =
+            OpenSearchIndex::connect(settings, credentials, opensearch.refresh, dense).await?;
+        let mut backends: Vec<Arc<dyn SearchBackend>> = vec![Arc::new(index.source(primary, true))];
+        if let Some(twin) = twin {
+            backends.push(Arc::new(index.source(twin, false)));
+        }
+        Ok(backends)
+    }
+}
+
+#[cfg(not(feature = "remote-stores"))]
+mod remote {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use crate::config::{OpenSearchConfig, Secret};
+    use crate::error::{Error, Result};
+    use crate::stores::remote::RemoteSettings;
+    use crate::stores::{SearchBackend, SourceInfo};
+
+    fn not_built(kind: &str) -> Error {
+        Error::config(format!(
+            "this skyfuse was built without the remote store clients (cargo feature `remote-stores`), so it cannot open a {kind} source"
+        ))
+    }
+
+    pub async fn connect_qdrant(
+        _: RemoteSettings,
+        _: Option<Secret>,
+    ) -> Result<Arc<dyn SearchBackend>> {
+        Err(not_built("qdrant"))
+    }
+
+    pub async fn connect_opensearch(
+        _: &OpenSearchConfig,
+        _: &str,
+        _: &HashMap<String, String>,
+        _: RemoteSettings,
+        _: SourceInfo,
+        _: Option<SourceInfo>,
+    ) -> Result<Vec<Arc<dyn SearchBackend>>> {
+        Err(not_built("opensearch"))
     }
 }
 
@@ -236,45 +416,4 @@ fn metadata_fields_of(
     fields.sort();
     fields.dedup();
     fields
-}
-
-fn opensearch_credentials(
-    opensearch: &OpenSearchConfig,
-    region: &str,
-    env: &HashMap<String, String>,
-) -> Result<OpenSearchCredentials> {
-    Ok(match opensearch.auth {
-        OpenSearchAuth::None => OpenSearchCredentials::None,
-        OpenSearchAuth::Basic => {
-            let password =
-                SecretLocation::resolve_optional(opensearch.password.as_ref(), "password", env)?
-                    .ok_or_else(|| Error::config("password is not set"))?;
-            OpenSearchCredentials::Basic {
-                username: opensearch.username.clone().unwrap_or_default(),
-                password,
-            }
-        }
-        OpenSearchAuth::Sigv4 => {
-            let region = opensearch
-                .sigv4_region
-                .clone()
-                .unwrap_or_else(|| region.to_string());
-            // Temporary credentials are fetched over this client (STS, container, IMDS).
-            let http = reqwest::Client::new();
-            OpenSearchCredentials::SigV4(SigV4Signer {
-                credentials: AwsCredentialsProvider::from_env(
-                    &opensearch.aws,
-                    "aws_",
-                    Some(&region),
-                    env,
-                    &http,
-                )?,
-                region,
-                service: opensearch
-                    .sigv4_service
-                    .clone()
-                    .unwrap_or_else(|| "es".into()),
-            })
-        }
-    })
 }
