@@ -192,9 +192,21 @@ async fn local_serving(space: &SpaceConfig, local_models: &mut LocalModels) -> R
 
 #[cfg(not(feature = "embedded"))]
 async fn local_serving(_: &SpaceConfig, _: &mut LocalModels) -> Result<Serving> {
-    Err(Error::config(
-        "this skyfuse was built without the in-process embedding model (cargo feature `embedded`): serve the space through a [[provider]]",
-    ))
+    Err(Error::config(NO_LOCAL_MODEL))
+}
+
+/// What a build without the in-process model says of a `provider = "local"` space.
+const NO_LOCAL_MODEL: &str = "this skyfuse was built without the in-process embedding model (cargo feature `embedded`): serve the space through a [[provider]]";
+
+/// Whether this build has the in-process model the `provider = "local"` spaces need
+/// (cargo feature `embedded`): the first it lacks, as `serve` would say it.
+pub(super) fn check_local_models_built(spaces: &[SpaceConfig]) -> Result<()> {
+    match spaces.iter().find(|space| space.provider == LOCAL_PROVIDER) {
+        Some(space) if !cfg!(feature = "embedded") => {
+            Err(Error::config(NO_LOCAL_MODEL).context(format!("space {:?}", space.id)))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Loads the in-process model at its native dimension (read from its config.json).

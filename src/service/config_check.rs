@@ -38,6 +38,9 @@ pub fn summarize_config(config: &Config) -> Result<ConfigSummary> {
     let routable_models = Service::planning_router(config)?
         .map(|router| router.models())
         .unwrap_or_default();
+    // What this build leaves out (cargo features), as `serve` would refuse it.
+    crate::stores::open::check_built(&config.sources)?;
+    super::build::check_local_models_built(&config.spaces)?;
     let off = |listen: &Option<String>| listen.clone().unwrap_or_else(|| "off".to_owned());
     let listeners = vec![
         format!("gRPC {}", config.server.listen),

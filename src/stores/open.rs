@@ -58,6 +58,21 @@ pub async fn open(source: &SourceConfig, context: &OpenContext<'_>) -> Result<Ve
         .collect())
 }
 
+/// Whether this build can open every `[[source]]` of `config` (cargo features
+/// `embedded` and `remote-stores`): the first it cannot, as `serve` would say it.
+pub fn check_built(sources: &[SourceConfig]) -> Result<()> {
+    for source in sources {
+        match &source.store {
+            StoreConfig::Tantivy(_) => embedded::built("tantivy"),
+            StoreConfig::Dense(_) => embedded::built("dense"),
+            StoreConfig::Qdrant(_) => remote::built("qdrant"),
+            StoreConfig::Opensearch(_) => remote::built("opensearch"),
+        }
+        .map_err(|error| error.context(format!("source {:?}", source.id)))?;
+    }
+    Ok(())
+}
+
 /// Where a local store keeps its files: its `path`, else `<data_dir>/<id>`.
 pub fn local_dir(source: &SourceConfig, data_dir: &Path) -> PathBuf {
     source
@@ -234,6 +249,10 @@ mod remote {
     use crate::stores::remote::RemoteSettings;
     use crate::stores::{SearchBackend, SourceInfo};
 
+    pub fn built(_kind: &str) -> Result<()> {
+        Ok(())
+    }
+
     pub async fn connect_qdrant(
         settings: RemoteSettings,
         api_key: Option<Secret>,
@@ -320,6 +339,10 @@ mod remote {
         Error::config(format!(
             "this skyfuse was built without the remote store clients (cargo feature `remote-stores`), so it cannot open a {kind} source"
         ))
+    }
+
+    pub fn built(kind: &str) -> Result<()> {
+        Err(not_built(kind))
     }
 
     pub async fn connect_qdrant(
