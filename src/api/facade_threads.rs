@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use super::connection::{self, AcceptOptions};
-use super::server::{ServeOptions, serve_facade};
+use super::server::{ServeOptions, drained, serve_facade};
 use crate::error::{Error, Result};
 
 /// Serves the facade on `threads` threads until `draining` turns true and their
@@ -87,9 +87,6 @@ impl Thread {
             .build()
             .map_err(|error| Error::internal(format!("facade thread runtime: {error}")))?;
         crate::cloud::http_client::own_pool_for_this_thread()?;
-        let drained = |mut draining: watch::Receiver<bool>| async move {
-            let _ = draining.wait_for(|draining| *draining).await;
-        };
         runtime.block_on(async move {
             // tokio wakes its own driver (an eventfd write, then one more epoll_wait)
             // whenever a timer is set to fire before the driver's next wake-up, even

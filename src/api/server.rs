@@ -183,9 +183,6 @@ pub async fn serve(
 
     // One drain signal for both edges.
     let (drain, draining) = watch::channel(false);
-    let drained = |mut draining: watch::Receiver<bool>| async move {
-        let _ = draining.wait_for(|draining| *draining).await;
-    };
     let grpc_connections =
         connection::accept(listeners.grpc, grpc_accept, drained(draining.clone()));
     let grpc = grpc_server(
@@ -246,6 +243,11 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// Resolves once the drain has started (or its sender is gone).
+pub(super) async fn drained(mut draining: watch::Receiver<bool>) {
+    let _ = draining.wait_for(|draining| *draining).await;
 }
 
 /// The operator's port: plain HTTP/1, no TLS or identity (it carries no data).
