@@ -6,22 +6,19 @@
 //! withheld and the regions it kept the prompt to. OpenAI SDKs send the object with
 //! `extra_body`.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
 use axum::Json;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::convert;
+use super::event_stream::sse_response;
 use super::http_search::FilterBody;
 use super::openai::{
-    completion_json, error_json, error_response, route_headers, route_json, send_events, unix_now,
-    usage_json,
+    completion_json, error_json, error_response, route_headers, route_json, unix_now, usage_json,
 };
 use crate::auth::Principal;
 use crate::error::{Error, Result};
@@ -47,8 +44,6 @@ pub(super) struct Delivery {
     pub stream: bool,
     /// `stream_options.include_usage`: a usage chunk before `[DONE]`.
     pub include_usage: bool,
-    /// The most one chunk may wait on a client that stopped reading.
-    pub send_timeout: Duration,
 }
 
 /// The answer as a whole `chat.completion` or a stream of chunks, or the error (before
@@ -137,72 +132,59 @@ async fn answer(
 /// asked, and `[DONE]`. A failure after the first token goes in band with no `[DONE]`.
 fn streamed(
     first: AnswerEvent,
-    mut events: mpsc::Receiver<AnswerEvent>,
+    events: mpsc::Receiver<AnswerEvent>,
     answer_id: String,
     asked_model: String,
     delivery: Delivery,
 ) -> Response {
-    let (sender, receiver) = mpsc::channel::<std::result::Result<Event, Infallible>>(64);
     let created = unix_now();
-    tokio::spawn(async move {
-        let chunk = |id: &str, model: &str, delta: Value, finish: Value| {
-            json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            })
-        };
-        let mut next = Some(first);
-        let mut role_sent = false;
-        loop {
-            let event = match next.take() {
-                Some(event) => Some(event),
-                None => events.recv().await,
+    let chunk = move |id: &str, model: &str, delta: Value, finish: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    };
+    let include_usage = delivery.include_usage;
+    let mut role_sent = false;
+    let frames = move |event: Option<AnswerEvent>| match event {
+        Some(AnswerEvent::Token(token)) => {
+            let delta = if role_sent {
+                json!({"content": token})
+            } else {
+                json!({"role": "assistant", "content": token})
             };
-            let (out, more) = match event {
-                Some(AnswerEvent::Token(token)) => {
-                    let delta = if role_sent {
-                        json!({"content": token})
-                    } else {
-                        json!({"role": "assistant", "content": token})
-                    };
-                    role_sent = true;
-                    let data = chunk(&answer_id, &asked_model, delta, Value::Null);
-                    (vec![data.to_string()], true)
-                }
-                Some(AnswerEvent::Done(summary)) => {
-                    // The answer's own id rates it (`/v1/feedback`); extractive: the call's.
-                    let id = match summary.answer_id.as_str() {
-                        "" => answer_id.clone(),
-                        rated => rated.to_owned(),
-                    };
-                    let model = answered_model(&summary);
-                    let mut last = chunk(&id, &model, json!({}), json!(summary.finish_reason));
-                    last["skyfuse"] = skyfuse_json(&summary);
-                    let mut out = vec![last.to_string()];
-                    if delivery.include_usage {
-                        let mut usage = chunk(&id, &model, json!({}), Value::Null);
-                        usage["choices"] = json!([]);
-                        usage["usage"] = usage_json(&summary.usage);
-                        out.push(usage.to_string());
-                    }
-                    out.push("[DONE]".into());
-                    (out, false)
-                }
-                Some(AnswerEvent::Failed(error)) => (vec![error_json(&error).to_string()], false),
-                None => {
-                    let error = Error::internal("the answer ended without finishing");
-                    (vec![error_json(&error).to_string()], false)
-                }
-            };
-            // A client gone or not reading: dropping `events` cancels the answer.
-            if !send_events(&sender, out, delivery.send_timeout).await || !more {
-                return;
-            }
+            role_sent = true;
+            let data = chunk(&answer_id, &asked_model, delta, Value::Null);
+            (vec![data.to_string()], true)
         }
-    });
-    Sse::new(ReceiverStream::new(receiver))
-        .keep_alive(KeepAlive::default())
-        .into_response()
+        Some(AnswerEvent::Done(summary)) => {
+            // The answer's own id rates it (`/v1/feedback`); extractive: the call's.
+            let id = match summary.answer_id.as_str() {
+                "" => answer_id.clone(),
+                rated => rated.to_owned(),
+            };
+            let model = answered_model(&summary);
+            let mut last = chunk(&id, &model, json!({}), json!(summary.finish_reason));
+            last["skyfuse"] = skyfuse_json(&summary);
+            let mut out = vec![last.to_string()];
+            if include_usage {
+                let mut usage = chunk(&id, &model, json!({}), Value::Null);
+                usage["choices"] = json!([]);
+                usage["usage"] = usage_json(&summary.usage);
+                out.push(usage.to_string());
+            }
+            out.push("[DONE]".into());
+            (out, false)
+        }
+        Some(AnswerEvent::Failed(error)) => (vec![error_json(&error).to_string()], false),
+        None => {
+            let error = Error::internal("the answer ended without finishing");
+            (vec![error_json(&error).to_string()], false)
+        }
+    };
+    let events =
+        futures::stream::once(std::future::ready(first)).chain(ReceiverStream::new(events));
+    sse_response(events, frames)
 }
 
 fn answered_model(summary: &AnswerSummary) -> String {

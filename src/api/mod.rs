@@ -7,6 +7,7 @@ mod browser_guard;
 mod connection;
 mod convert;
 mod documents;
+mod event_stream;
 mod facade_threads;
 mod generation;
 mod http_answer;

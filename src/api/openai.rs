@@ -12,19 +12,16 @@
 //! caller when identities are configured; `/v1/models` lists only its models.
 //! Each response carries the route (`x-skyfuse-*` headers, and a `skyfuse` field).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::Credentials;
@@ -34,6 +31,7 @@ use crate::limits::{Protocol, Quota, RateLimitStatus};
 use crate::llm::{ChatMessage, Role, Usage};
 use crate::route::{RouteEvent, RouteSummary};
 
+use super::event_stream::sse_response;
 use super::openai_wire::{
     AssistantMessage, ChunkBody, ChunkChoice, CompletionBody, CompletionChoice, Delta, RouteBody,
     UsageBody, chunk_text,
@@ -333,13 +331,9 @@ async fn chat_completions(
         Ok(Begun::Chat(begun)) => {
             let (started, stream, include_usage, id) = *begun;
             if stream {
-                let send_timeout = std::time::Duration::from_millis(
-                    service.config().routing.stream_send_timeout_ms,
-                );
                 // The headers leave with the first token: skyfuse's share is known.
                 let overhead = to_first_token.saturating_sub(started.attempts_time());
-                let mut response =
-                    streamed(started, include_usage, id, send_timeout, trace).into_response();
+                let mut response = streamed(started, include_usage, id, trace);
                 overhead_header(response.headers_mut(), overhead);
                 response
             } else {
@@ -399,9 +393,6 @@ async fn start(
         let delivery = super::http_answer::Delivery {
             stream: request.stream,
             include_usage,
-            send_timeout: std::time::Duration::from_millis(
-                service.config().routing.stream_send_timeout_ms,
-            ),
         };
         let response =
             super::http_answer::answer_completion(service, &principal, call, retrieval, delivery)
@@ -570,85 +561,60 @@ fn streamed(
     started: crate::route::Started,
     include_usage: bool,
     id: String,
-    send_timeout: std::time::Duration,
     trace: Option<CallTrace>,
-) -> impl IntoResponse {
-    let (sender, receiver) = mpsc::channel::<std::result::Result<Event, Infallible>>(64);
+) -> Response {
     let model = started.deployment().model.clone();
     let created = unix_now();
-    tokio::spawn(async move {
+    let mut first = true;
+    let frames = move |event: Option<RouteEvent>| {
         // The call's span ends with its stream.
-        let _trace = trace;
-        let mut events = started.into_events();
-        let mut first = true;
-        loop {
-            let (out, more) = match events.recv().await {
-                Some(RouteEvent::Token(token)) => {
-                    let delta = Delta {
-                        role: first.then_some("assistant"),
-                        content: Some(&token),
+        let _trace = &trace;
+        match event {
+            Some(RouteEvent::Token(token)) => {
+                let delta = Delta {
+                    role: first.then_some("assistant"),
+                    content: Some(&token),
+                };
+                first = false;
+                let choices = [ChunkChoice {
+                    index: 0,
+                    delta,
+                    finish_reason: None,
+                }];
+                let token = ChunkBody::new(&id, created, &model, &choices);
+                (vec![chunk_text(&token)], true)
+            }
+            Some(RouteEvent::Done(summary)) => {
+                let choices = [ChunkChoice {
+                    index: 0,
+                    delta: Delta::default(),
+                    finish_reason: Some(&summary.finish_reason),
+                }];
+                let last = ChunkBody {
+                    skyfuse: Some(RouteBody::of(&summary)),
+                    ..ChunkBody::new(&id, created, &model, &choices)
+                };
+                let mut out = vec![chunk_text(&last)];
+                if include_usage {
+                    let usage = ChunkBody {
+                        usage: Some(UsageBody::from(&summary.usage)),
+                        ..ChunkBody::new(&id, created, &model, &[])
                     };
-                    first = false;
-                    let choices = [ChunkChoice {
-                        index: 0,
-                        delta,
-                        finish_reason: None,
-                    }];
-                    let token = ChunkBody::new(&id, created, &model, &choices);
-                    (vec![chunk_text(&token)], true)
+                    out.push(chunk_text(&usage));
                 }
-                Some(RouteEvent::Done(summary)) => {
-                    let choices = [ChunkChoice {
-                        index: 0,
-                        delta: Delta::default(),
-                        finish_reason: Some(&summary.finish_reason),
-                    }];
-                    let last = ChunkBody {
-                        skyfuse: Some(RouteBody::of(&summary)),
-                        ..ChunkBody::new(&id, created, &model, &choices)
-                    };
-                    let mut out = vec![chunk_text(&last)];
-                    if include_usage {
-                        let usage = ChunkBody {
-                            usage: Some(UsageBody::from(&summary.usage)),
-                            ..ChunkBody::new(&id, created, &model, &[])
-                        };
-                        out.push(chunk_text(&usage));
-                    }
-                    out.push("[DONE]".into());
-                    (out, false)
-                }
-                // The status went out with the first token: the failure goes in
-                // band and no [DONE] follows, so clients see a broken stream.
-                Some(RouteEvent::Failed(error, _)) => (vec![error_json(&error).to_string()], false),
-                None => {
-                    let error = Error::internal("the answer ended without finishing");
-                    (vec![error_json(&error).to_string()], false)
-                }
-            };
-            // A client gone or not reading: dropping `events` cancels upstream.
-            if !send_events(&sender, out, send_timeout).await || !more {
-                return;
+                out.push("[DONE]".into());
+                (out, false)
+            }
+            // The status went out with the first token: the failure goes in
+            // band and no [DONE] follows, so clients see a broken stream.
+            Some(RouteEvent::Failed(error, _)) => (vec![error_json(&error).to_string()], false),
+            None => {
+                let error = Error::internal("the answer ended without finishing");
+                (vec![error_json(&error).to_string()], false)
             }
         }
-    });
-    Sse::new(ReceiverStream::new(receiver)).keep_alive(KeepAlive::default())
-}
-
-/// Sends each of `data` as a server-sent event; false once the client went away or
-/// stopped reading for `send_timeout`.
-pub(super) async fn send_events(
-    sender: &mpsc::Sender<std::result::Result<Event, Infallible>>,
-    data: Vec<String>,
-    send_timeout: std::time::Duration,
-) -> bool {
-    for data in data {
-        let send = sender.send(Ok(Event::default().data(data)));
-        if !matches!(tokio::time::timeout(send_timeout, send).await, Ok(Ok(()))) {
-            return false;
-        }
-    }
-    true
+    };
+    sse_response(ReceiverStream::new(started.into_events()), frames)
 }
 
 /// A whole `chat.completion`, with skyfuse's own object beside OpenAI's fields.

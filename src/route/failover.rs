@@ -679,10 +679,14 @@ impl Started {
         self.finish_hook = Some(Box::new(hook));
     }
 
-    /// Streams the first token and the rest on a task: tokens, then `Done` or
-    /// `Failed`. Dropping the receiver cancels the upstream call.
+    /// Streams the answer: the first token, in the channel at once (a server polling
+    /// it sends it out with the response's headers), then the rest from a task:
+    /// tokens, then `Done` or `Failed`. Dropping the receiver cancels the upstream
+    /// call.
     pub fn into_events(self) -> mpsc::Receiver<RouteEvent> {
         let (sender, receiver) = mpsc::channel(64);
+        // Cannot fail: the channel is empty and its receiver is here.
+        let _ = sender.try_send(RouteEvent::Token(self.generated.clone()));
         tokio::spawn(async move {
             self.pump(&mut Sink::Channel(sender)).await;
         });
@@ -705,16 +709,10 @@ impl Started {
         }
     }
 
-    /// Sends the answer's events to `sink` until it ends; returns its text.
+    /// Sends the answer's events after its first token to `sink` until it ends;
+    /// returns its text.
     async fn pump(mut self, sink: &mut Sink) -> String {
         let max_text = max_text_bytes(&self.request);
-        let first = RouteEvent::Token(self.generated.clone());
-        if !sink.deliver(self.send_timeout, first).await {
-            // The caller went away (or stopped reading); the deployment had answered.
-            self.report_success();
-            self.settle_estimated();
-            return std::mem::take(&mut self.generated);
-        }
         loop {
             let wait_until = self
                 .deadline
