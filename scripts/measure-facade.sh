@@ -16,13 +16,23 @@
 #
 # With wrk and nginx installed (apt-get install wrk nginx-light), a last part
 # measures closed-loop throughput and latency: nginx answers every completion with
-# the same SSE body, and wrk drives it directly and through the facade at 1, 8, 32
-# and 128 connections (CONNECTIONS overrides the list).
+# the same SSE body, and wrk drives it directly, through nginx's own reverse proxy
+# and through the facade at 1, 8, 32 and 128 connections (CONNECTIONS overrides
+# the list).
+#
+# Beside skyfuse in that part, three proxies that only forward bytes, on the same two
+# cores: nginx's reverse proxy (proxy_buffering off, keep-alive upstreams), and the
+# two floors of benches/proxy_floor.rs, hyper alone and axum with reqwest (the
+# facade's own parts, without its authentication, routing, metering and
+# re-encoding). nginx's proxy also stands in front of the stream upstreams (its added
+# TTFT and CPU per chunk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QPS=${QPS:-200}
 DURATION=${SECONDS_:-15}
 UPSTREAM=18081 FACADE=18082 GRPC=18083 LITELLM_PORT=18084 NGINX=18085 NGINX_FACADE=18086 NGINX_GRPC=18087
+NGINX_PROXY=18094 PROXY_SHORT=18095 PROXY_LONG=18096 PROXY_SHORT_PACED=18097 PROXY_LONG_PACED=18098
+FLOOR_HYPER=18099 FLOOR_AXUM=18100
 STREAM_SHORT=18088 STREAM_LONG=18089 STREAM_SHORT_PACED=18090 STREAM_LONG_PACED=18091 STREAM_FACADE=18092 STREAM_GRPC=18093
 work=$(mktemp -d)
 pids=()
@@ -33,6 +43,7 @@ cargo build --release --locked --bin skyfuse
 # Another build of the server to compare (its own copy: cargo rewrites target/).
 SKYFUSE=${SKYFUSE_BIN:-./target/release/skyfuse}
 bench=$(cargo bench --locked --bench facade_load --no-run 2>&1 | grep -o 'target/release/deps/facade_load-[0-9a-f]*' | head -1)
+floor=$(cargo bench --locked --bench proxy_floor --no-run 2>&1 | grep -o 'target/release/deps/proxy_floor-[0-9a-f]*' | head -1)
 wait_port() { for _ in $(seq 1 1200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 rss() { awk -v key="$2:" '$1 == key { print $2 / 1024 " MiB" }' "/proc/$1/status"; }
 
@@ -119,10 +130,38 @@ output_per_1m_usd = 0.60
 TOML
 done
 for port in $STREAM_SHORT $STREAM_LONG $STREAM_SHORT_PACED $STREAM_LONG_PACED; do wait_port "$port"; done
+proxy=
+if command -v nginx > /dev/null; then
+  # nginx's reverse proxy, a worker of its own: one server in front of each stream
+  # upstream, and one in front of the wrk part's nginx (started below).
+  mkdir -p "$work/proxy"
+  {
+    echo "worker_processes 1; daemon off; error_log $work/proxy/error.log; pid $work/proxy/nginx.pid;"
+    echo "events { worker_connections 1024; }"
+    echo "http { access_log off; client_body_temp_path $work/proxy; proxy_temp_path $work/proxy; keepalive_requests 1000000;"
+    for pair in "$NGINX_PROXY:$NGINX" "$PROXY_SHORT:$STREAM_SHORT" "$PROXY_LONG:$STREAM_LONG" \
+      "$PROXY_SHORT_PACED:$STREAM_SHORT_PACED" "$PROXY_LONG_PACED:$STREAM_LONG_PACED"; do
+      echo "  upstream u${pair%%:*} { server 127.0.0.1:${pair##*:}; keepalive 64; }"
+      echo "  server { listen 127.0.0.1:${pair%%:*}; location / { proxy_pass http://u${pair%%:*};"
+      echo "    proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; } }"
+    done
+    echo "}"
+  } > "$work/proxy/nginx.conf"
+  nginx -c "$work/proxy/nginx.conf" -p "$work/proxy" & pids+=($!)
+  wait_port $PROXY_SHORT
+  proxy=$(pgrep -P "$(cat "$work/proxy/nginx.pid")")
+fi
 "$SKYFUSE" --config "$work/skyfuse-stream.toml" serve 2> "$work/skyfuse-stream.log" & streamer=$!; pids+=($streamer)
 wait_port $STREAM_FACADE
 stream_load() { "$bench" load --stream --seconds "$STREAM_SECONDS" "$@"; }
 stream_load --label "direct  stream short @${QPS}/s" --target "http://127.0.0.1:$STREAM_SHORT" --chunks 2 --qps "$QPS" | tee "$work/direct.txt"
+if [ -n "$proxy" ]; then
+  for shape in short:2:$QPS:$PROXY_SHORT long:202:$QPS:$PROXY_LONG short-paced:2:$PACED_QPS:$PROXY_SHORT_PACED long-paced:202:$PACED_QPS:$PROXY_LONG_PACED; do
+    IFS=: read -r name chunks rate port <<< "$shape"
+    stream_load --label "nginx   stream $name @${rate}/s" --target "http://127.0.0.1:$port" \
+      --chunks "$chunks" --qps "$rate" --server-pid "$proxy" | tee "$work/nginx-$name.txt"
+  done
+fi
 # Paced answers last ~0.5 s each: a lower rate, or the 2 cores fall behind.
 for shape in short:2:$QPS long:202:$QPS short-paced:2:$PACED_QPS long-paced:202:$PACED_QPS; do
   IFS=: read -r name chunks rate <<< "$shape"
@@ -131,11 +170,18 @@ for shape in short:2:$QPS long:202:$QPS short-paced:2:$PACED_QPS long-paced:202:
 done
 ttft() { awk -v q="$2" '/TTFT/ { for (i = 1; i < NF; i++) if ($i == q) print $(i + 1) }' "$work/$1.txt"; }
 per_request() { awk '/server CPU/ { print $(NF - 3) }' "$work/$1.txt"; }
-awk -v d50="$(ttft direct p50)" -v d99="$(ttft direct p99)" -v f50="$(ttft short p50)" -v f99="$(ttft short p99)" \
-  'BEGIN { printf "added TTFT ms: p50 %.3f p99 %.3f\n", f50 - d50, f99 - d99 }'
-for pace in "" -paced; do
-  awk -v short="$(per_request short$pace)" -v long="$(per_request long$pace)" -v pace="$pace" \
-    'BEGIN { printf "facade CPU per chunk%s: %.2f us\n", pace, (long - short) / 200 }'
+peers=skyfuse:
+[ -n "$proxy" ] && peers="nginx:nginx- $peers"
+for peer in $peers; do
+  IFS=: read -r label prefix <<< "$peer"
+  awk -v d50="$(ttft direct p50)" -v d99="$(ttft direct p99)" -v f50="$(ttft "${prefix}short" p50)" \
+    -v f99="$(ttft "${prefix}short" p99)" -v label="$label" \
+    'BEGIN { printf "%s added TTFT ms: p50 %.3f p99 %.3f\n", label, f50 - d50, f99 - d99 }'
+  for pace in "" -paced; do
+    awk -v short="$(per_request "${prefix}short$pace")" -v long="$(per_request "${prefix}long$pace")" \
+      -v pace="$pace" -v label="$label" \
+      'BEGIN { printf "%s CPU per chunk%s: %.2f us\n", label, pace, (long - short) / 200 }'
+  done
 done
 echo "skyfuse (streams) after load: RSS $(rss $streamer VmRSS), peak $(rss $streamer VmHWM)"
 
@@ -164,19 +210,27 @@ NGINX
   sed -e "s/:$UPSTREAM/:$NGINX/" -e "s/:$FACADE/:$NGINX_FACADE/" -e "s/:$GRPC/:$NGINX_GRPC/" \
     -e "s#$work/data#$work/data-nginx#" "$work/skyfuse.toml" > "$work/skyfuse-nginx.toml"
   "$SKYFUSE" --config "$work/skyfuse-nginx.toml" serve 2> "$work/skyfuse-nginx.log" & facade=$!; pids+=($facade)
-  wait_port $NGINX_FACADE
+  "$floor" --port $FLOOR_HYPER --upstream 127.0.0.1:$NGINX --stack hyper > /dev/null & floor_hyper=$!; pids+=($floor_hyper)
+  "$floor" --port $FLOOR_AXUM --upstream 127.0.0.1:$NGINX --stack axum-reqwest > /dev/null & floor_axum=$!; pids+=($floor_axum)
+  wait_port $NGINX_FACADE; wait_port $FLOOR_HYPER; wait_port $FLOOR_AXUM
   cat > "$work/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"What is the capital of France?"}]}'
 LUA
   for connections in ${CONNECTIONS:-1 8 32 128}; do
-    for target in "direct:$NGINX" "skyfuse:$NGINX_FACADE"; do
+    for target in "direct:$NGINX" "nginx-proxy:$NGINX_PROXY" "hyper-floor:$FLOOR_HYPER" \
+      "axum-reqwest-floor:$FLOOR_AXUM" "skyfuse:$NGINX_FACADE"; do
       echo "== ${target%%:*} at $connections connections"
-      # The server's CPU time per request (perf stat), which holds on a busy machine
+      # The proxy's CPU time per request (perf stat), which holds on a busy machine
       # where req/s does not.
-      if [ "${target%%:*}" = skyfuse ] && command -v perf > /dev/null; then
-        perf stat -e task-clock -p "$facade" -o "$work/cpu.txt" -- sleep "$DURATION" & stat=$!
+      measured=
+      case "${target%%:*}" in
+        skyfuse) measured=$facade ;; nginx-proxy) measured=$proxy ;;
+        hyper-floor) measured=$floor_hyper ;; axum-reqwest-floor) measured=$floor_axum ;;
+      esac
+      if [ -n "$measured" ] && command -v perf > /dev/null; then
+        perf stat -e task-clock -p "$measured" -o "$work/cpu.txt" -- sleep "$DURATION" & stat=$!
       fi
       wrk -t1 -c"$connections" -d"${DURATION}s" --latency -s "$work/post.lua" \
         "http://127.0.0.1:${target##*:}/v1/chat/completions" > "$work/wrk.txt"
@@ -184,7 +238,7 @@ LUA
       if [ -n "${stat:-}" ]; then
         wait "$stat" || true
         awk -v reqs="$(awk '/requests in/ { print $1 }' "$work/wrk.txt")" \
-          '/task-clock/ { gsub(",", "", $1); printf "  server CPU per request: %.1f us\n", $1 * 1000 / reqs }' "$work/cpu.txt"
+          '/task-clock/ { gsub(",", "", $1); printf "  proxy CPU per request: %.1f us\n", $1 * 1000 / reqs }' "$work/cpu.txt"
         stat=
       fi
     done
