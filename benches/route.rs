@@ -132,6 +132,26 @@ fn bench(c: &mut Criterion) {
     c.bench_function("route/plan + attempt + stream, instant provider", |b| {
         b.to_async(&runtime).iter(one_call)
     });
+    // The facade's shape: a whole answer collected on a current-thread runtime (a
+    // facade thread), no task or channel of its own.
+    let facade_thread = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    c.bench_function(
+        "route/plan + attempt + collect, instant provider, current thread",
+        |b| {
+            b.to_async(&facade_thread).iter(|| async {
+                let plan = router.plan(&caller, &by_model).unwrap();
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+                let started = router
+                    .start(&caller, &plan, &request, deadline)
+                    .await
+                    .unwrap();
+                started.collect().await.unwrap()
+            })
+        },
+    );
     // The same call inside a trace sampled at 100% (its spans go to a batch queue;
     // the collector address answers nothing, so a full queue drops them).
     let tracing = runtime.block_on(async {
