@@ -18,6 +18,9 @@
 //! balancer would send them (`scripts/measure-replicas.sh`). `--key K` sends
 //! `authorization: Bearer K`.
 
+#[path = "flags/mod.rs"]
+mod flags;
+
 use std::time::{Duration, Instant};
 
 use axum::response::IntoResponse;
@@ -25,12 +28,7 @@ use serde_json::{Value, json};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|arg| arg == name)
-            .and_then(|at| args.get(at + 1))
-            .cloned()
-    };
+    let arg = |name: &str| flags::value(&args, name);
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     match args.first().map(String::as_str) {
         Some("upstream") => {

@@ -14,6 +14,9 @@
 //! skyfuse adds over the axum-reqwest floor is its own work; what that floor adds
 //! over the hyper one is the two libraries'.
 
+#[path = "flags/mod.rs"]
+mod flags;
+
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
@@ -25,12 +28,7 @@ use hyper_util::rt::TokioIo;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|arg| arg == name)
-            .and_then(|at| args.get(at + 1))
-            .cloned()
-    };
+    let arg = |name: &str| flags::value(&args, name);
     let (Some(port), Some(upstream)) = (arg("--port"), arg("--upstream")) else {
         // `cargo bench` runs every bench with `--bench`: nothing to do unasked.
         eprintln!(

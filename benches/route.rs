@@ -115,14 +115,16 @@ fn bench(c: &mut Criterion) {
         temperature: 0.0,
         stop: Vec::new(),
     };
-    let one_call = || async {
+    let start = || async {
         let plan = router.plan(&caller, &by_model).unwrap();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        let started = router
+        router
             .start(&caller, &plan, &request, deadline)
             .await
-            .unwrap();
-        let mut events = started.into_events();
+            .unwrap()
+    };
+    let one_call = || async {
+        let mut events = start().await.into_events();
         while let Some(event) = events.recv().await {
             if matches!(event, RouteEvent::Done(_) | RouteEvent::Failed(..)) {
                 break;
@@ -141,15 +143,8 @@ fn bench(c: &mut Criterion) {
     c.bench_function(
         "route/plan + attempt + collect, instant provider, current thread",
         |b| {
-            b.to_async(&facade_thread).iter(|| async {
-                let plan = router.plan(&caller, &by_model).unwrap();
-                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-                let started = router
-                    .start(&caller, &plan, &request, deadline)
-                    .await
-                    .unwrap();
-                started.collect().await.unwrap()
-            })
+            b.to_async(&facade_thread)
+                .iter(|| async { start().await.collect().await.unwrap() })
         },
     );
     // The same call inside a trace sampled at 100% (its spans go to a batch queue;
