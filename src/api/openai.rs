@@ -394,9 +394,12 @@ async fn start(
             stream: request.stream,
             include_usage,
         };
-        let response =
-            super::http_answer::answer_completion(service, &principal, call, retrieval, delivery)
-                .await;
+        // Boxed: an answer's future (retrieval, prompt, route) is twice a chat's, and
+        // inline it would size the future of every completion.
+        let response = Box::pin(super::http_answer::answer_completion(
+            service, &principal, call, retrieval, delivery,
+        ))
+        .await;
         return (None, Ok(Begun::Answered(response)));
     }
     let id = call.id.clone();
