@@ -75,8 +75,6 @@ const ANSWER: &str = concat!(
     "data: [DONE]\n\n",
 );
 
-const QUESTION: &str = r#"{"model":"bench-model","messages":[{"role":"user","content":"What is the capital of France?"}]}"#;
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `cargo bench` runs every bench with `--bench`; this one is quick enough to run.
@@ -92,12 +90,12 @@ async fn measure(requests: u64) {
     let facade = facade(&upstream).await;
     let client = reqwest::Client::new();
     for stream in [false, true] {
-        // The question ends with its object's one closing brace.
-        let body = if stream {
-            format!("{},\"stream\":true}}", QUESTION.trim_end_matches('}'))
-        } else {
-            QUESTION.to_string()
-        };
+        let body = serde_json::json!({
+            "model": "bench-model",
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "stream": stream,
+        })
+        .to_string();
         let (direct, direct_sizes) = per_request(&client, &upstream, &body, requests).await;
         let (through, through_sizes) = per_request(&client, &facade, &body, requests).await;
         println!(

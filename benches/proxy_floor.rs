@@ -73,10 +73,12 @@ fn main() {
 }
 
 async fn hyper_proxy(listener: tokio::net::TcpListener, upstream: SocketAddr) {
+    let host: hyper::header::HeaderValue = upstream.to_string().parse().expect("a host header");
     loop {
         let Ok((client, _)) = listener.accept().await else {
             continue;
         };
+        let host = host.clone();
         tokio::spawn(async move {
             let _ = client.set_nodelay(true);
             let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
@@ -91,14 +93,12 @@ async fn hyper_proxy(listener: tokio::net::TcpListener, upstream: SocketAddr) {
             tokio::spawn(connection);
             let sender = std::sync::Arc::new(tokio::sync::Mutex::new(sender));
             let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-                let sender = sender.clone();
+                let (sender, host) = (sender.clone(), host.clone());
                 async move {
                     let (parts, body) = request.into_parts();
                     let body = body.collect().await?.to_bytes();
                     let mut forwarded = hyper::Request::from_parts(parts, Full::new(body));
-                    forwarded
-                        .headers_mut()
-                        .insert("host", upstream.to_string().parse().expect("a header"));
+                    forwarded.headers_mut().insert(hyper::header::HOST, host);
                     let answer = sender.lock().await.send_request(forwarded).await?;
                     let (parts, body) = answer.into_parts();
                     let body = body.collect().await?.to_bytes();

@@ -16,12 +16,11 @@
 #
 # With wrk and nginx installed (apt-get install wrk nginx-light), a last part
 # measures closed-loop throughput and latency: nginx answers every completion with
-# the same SSE body, and wrk drives it directly, through nginx's own reverse proxy
+# the same SSE body, and wrk drives it directly, through three pass-through proxies
 # and through the facade at 1, 8, 32 and 128 connections (CONNECTIONS overrides
 # the list).
 #
-# Beside skyfuse in that part, three proxies that only forward bytes, on the same two
-# cores: nginx's reverse proxy (proxy_buffering off, keep-alive upstreams), and the
+# The three proxies only forward bytes, on the same two cores: nginx's reverse proxy (proxy_buffering off, keep-alive upstreams), and the
 # two floors of benches/proxy_floor.rs, hyper alone and axum with reqwest (the
 # facade's own parts, without its authentication, routing, metering and
 # re-encoding). nginx's proxy also stands in front of the stream upstreams (its added
