@@ -3,16 +3,18 @@
 //! untouched (no authentication, routing, metering or re-encoding).
 //!
 //! `--stack hyper`: hyper's HTTP/1 server and client connections alone, one upstream
-//! connection per client connection. `--stack axum-reqwest`: an axum route and a
-//! reqwest client with its pool, as the facade uses them. Both serve on `--threads`
-//! threads (default 2), each a current-thread runtime accepting from the same
-//! listener, the facade's own runtime shape.
+//! connection per client connection. `--stack axum-hyper`: an axum route and
+//! hyper-util's pooled client, the parts the facade is built from. `--stack
+//! axum-reqwest`: an axum route and a reqwest client, what the facade used until
+//! 5 Dec (reqwest's layers cost ~9 µs of CPU a request here). All serve on
+//! `--threads` threads (default 2), each a current-thread runtime accepting from the
+//! same listener, the facade's own runtime shape.
 //!
 //!   cargo bench --bench proxy_floor -- --port 18099 --upstream 127.0.0.1:18085 --stack hyper
 //!
-//! `scripts/measure-facade.sh` runs both beside nginx's proxy and the facade: what
-//! skyfuse adds over the axum-reqwest floor is its own work; what that floor adds
-//! over the hyper one is the two libraries'.
+//! `scripts/measure-facade.sh` runs them beside nginx's proxy and the facade: what
+//! skyfuse adds over the axum-hyper floor is its own work; what that floor adds
+//! over the hyper one is axum's and the pool's.
 
 #[path = "flags/mod.rs"]
 mod flags;
@@ -32,7 +34,7 @@ fn main() {
     let (Some(port), Some(upstream)) = (arg("--port"), arg("--upstream")) else {
         // `cargo bench` runs every bench with `--bench`: nothing to do unasked.
         eprintln!(
-            "usage: proxy_floor --port P --upstream HOST:PORT [--stack hyper|axum-reqwest] [--threads N]"
+            "usage: proxy_floor --port P --upstream HOST:PORT [--stack hyper|axum-hyper|axum-reqwest] [--threads N]"
         );
         return;
     };
@@ -60,6 +62,7 @@ fn main() {
                     match stack.as_str() {
                         "hyper" => hyper_proxy(listener, upstream).await,
                         "axum-reqwest" => axum_reqwest_proxy(listener, upstream).await,
+                        "axum-hyper" => axum_hyper_proxy(listener, upstream).await,
                         other => panic!("unknown --stack {other:?}"),
                     }
                 })
@@ -156,6 +159,54 @@ async fn pass_on(State(forward): State<Forward>, body: Bytes) -> axum::response:
                 response.headers_mut().insert("content-type", content_type);
             }
             response
+        }
+        Err(error) => (axum::http::StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
+    }
+}
+
+#[derive(Clone)]
+struct HyperForward {
+    http: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    uri: hyper::Uri,
+}
+
+async fn axum_hyper_proxy(listener: tokio::net::TcpListener, upstream: SocketAddr) {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let forward = HyperForward {
+        http: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+        uri: format!("http://{upstream}/v1/chat/completions")
+            .parse()
+            .expect("a uri"),
+    };
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(pass_on_hyper))
+        .with_state(forward);
+    axum::serve(listener, app).await.expect("serving");
+}
+
+async fn pass_on_hyper(
+    State(forward): State<HyperForward>,
+    body: Bytes,
+) -> axum::response::Response {
+    let request = hyper::Request::post(forward.uri.clone())
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .expect("a request");
+    let answer = match forward.http.request(request).await {
+        Ok(answer) => answer,
+        Err(error) => {
+            return (axum::http::StatusCode::BAD_GATEWAY, error.to_string()).into_response();
+        }
+    };
+    let (parts, body) = answer.into_parts();
+    match body.collect().await {
+        Ok(bytes) => {
+            axum::response::Response::from_parts(parts, axum::body::Body::from(bytes.to_bytes()))
         }
         Err(error) => (axum::http::StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
     }

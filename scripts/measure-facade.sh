@@ -20,8 +20,9 @@
 # and through the facade at 1, 8, 32 and 128 connections (CONNECTIONS overrides
 # the list).
 #
-# The three proxies only forward bytes, on the same two cores: nginx's reverse proxy (proxy_buffering off, keep-alive upstreams), and the
-# two floors of benches/proxy_floor.rs, hyper alone and axum with reqwest (the
+# The three proxies only forward bytes, on the same two cores: nginx's reverse proxy
+# (proxy_buffering off, keep-alive upstreams), and the two floors of
+# benches/proxy_floor.rs, hyper alone and axum with hyper-util's pooled client (the
 # facade's own parts, without its authentication, routing, metering and
 # re-encoding). nginx's proxy also stands in front of the stream upstreams (its added
 # TTFT and CPU per chunk).
@@ -210,7 +211,7 @@ NGINX
     -e "s#$work/data#$work/data-nginx#" "$work/skyfuse.toml" > "$work/skyfuse-nginx.toml"
   "$SKYFUSE" --config "$work/skyfuse-nginx.toml" serve 2> "$work/skyfuse-nginx.log" & facade=$!; pids+=($facade)
   "$floor" --port $FLOOR_HYPER --upstream 127.0.0.1:$NGINX --stack hyper > /dev/null & floor_hyper=$!; pids+=($floor_hyper)
-  "$floor" --port $FLOOR_AXUM --upstream 127.0.0.1:$NGINX --stack axum-reqwest > /dev/null & floor_axum=$!; pids+=($floor_axum)
+  "$floor" --port $FLOOR_AXUM --upstream 127.0.0.1:$NGINX --stack axum-hyper > /dev/null & floor_axum=$!; pids+=($floor_axum)
   wait_port $NGINX_FACADE; wait_port $FLOOR_HYPER; wait_port $FLOOR_AXUM
   cat > "$work/post.lua" <<'LUA'
 wrk.method = "POST"
@@ -219,14 +220,14 @@ wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"What is
 LUA
   for connections in ${CONNECTIONS:-1 8 32 128}; do
     for target in "direct:$NGINX" "nginx-proxy:$NGINX_PROXY" "hyper-floor:$FLOOR_HYPER" \
-      "axum-reqwest-floor:$FLOOR_AXUM" "skyfuse:$NGINX_FACADE"; do
+      "axum-hyper-floor:$FLOOR_AXUM" "skyfuse:$NGINX_FACADE"; do
       echo "== ${target%%:*} at $connections connections"
       # The proxy's CPU time per request (perf stat), which holds on a busy machine
       # where req/s does not.
       measured=
       case "${target%%:*}" in
         skyfuse) measured=$facade ;; nginx-proxy) measured=$proxy ;;
-        hyper-floor) measured=$floor_hyper ;; axum-reqwest-floor) measured=$floor_axum ;;
+        hyper-floor) measured=$floor_hyper ;; axum-hyper-floor) measured=$floor_axum ;;
       esac
       if [ -n "$measured" ] && command -v perf > /dev/null; then
         perf stat -e task-clock -p "$measured" -o "$work/cpu.txt" -- sleep "$DURATION" & stat=$!

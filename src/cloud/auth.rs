@@ -169,8 +169,35 @@ impl RequestAuth {
     /// Adds the credentials to a built request; signatures cover its method, URL,
     /// headers and body bytes, so nothing may change the request afterwards.
     pub async fn authorize(&self, request: &mut reqwest::Request) -> Result<()> {
+        if matches!(self, Self::None) {
+            return Ok(());
+        }
+        let (method, url) = (request.method().clone(), request.url().clone());
+        // Only signatures cover the body: a bearer token needs no copy of it.
+        let signs_body = matches!(
+            self,
+            Self::SigV4(_) | Self::Oci(_) | Self::OciInstancePrincipal(_)
+        );
+        let body = if signs_body {
+            body_bytes(request)?
+        } else {
+            None
+        };
+        self.authorize_parts(&method, &url, request.headers_mut(), body.as_deref())
+            .await
+    }
+
+    /// [`Self::authorize`] for a request in parts: `headers` are those it will be
+    /// sent with (signatures cover them), `body` its bytes.
+    pub async fn authorize_parts(
+        &self,
+        method: &http::Method,
+        url: &url::Url,
+        headers: &mut http::HeaderMap,
+        body: Option<&[u8]>,
+    ) -> Result<()> {
         let added: Vec<(&'static str, String)> = match self {
-            Self::None => Vec::new(),
+            Self::None => return Ok(()),
             Self::Bearer(token) => vec![(
                 "authorization",
                 format!("Bearer {}", token.current().await?.expose()),
@@ -185,27 +212,25 @@ impl RequestAuth {
                 vec![("authorization", format!("Bearer {}", token.expose()))]
             }
             Self::SigV4(signer) => {
-                let headers: Vec<(String, String)> = request
-                    .headers()
+                let signed: Vec<(String, String)> = headers
                     .iter()
                     .filter_map(|(name, value)| {
                         Some((name.as_str().to_string(), value.to_str().ok()?.to_string()))
                     })
                     .collect();
-                let body = body_bytes(request)?.unwrap_or_default();
                 signer
                     .sign(
-                        request.method().as_str(),
-                        request.url(),
-                        &headers,
-                        &body,
+                        method.as_str(),
+                        url,
+                        &signed,
+                        body.unwrap_or_default(),
                         SystemTime::now(),
                     )
                     .await?
             }
-            Self::Oci(signer) => oci_headers(signer, request)?,
+            Self::Oci(signer) => oci_headers(signer, method, url, headers, body)?,
             Self::OciInstancePrincipal(principal) => {
-                oci_headers(&principal.signer().await?, request)?
+                oci_headers(&principal.signer().await?, method, url, headers, body)?
             }
         };
         for (name, value) in added {
@@ -217,32 +242,24 @@ impl RequestAuth {
             if matches!(name, "authorization" | "api-key" | "x-amz-security-token") {
                 value.set_sensitive(true);
             }
-            request
-                .headers_mut()
-                .insert(HeaderName::from_static(name), value);
+            headers.insert(HeaderName::from_static(name), value);
         }
         Ok(())
     }
 }
 
-/// The OCI signature headers of a built request.
+/// The OCI signature headers of a request.
 fn oci_headers(
     signer: &OciSigner,
-    request: &reqwest::Request,
+    method: &http::Method,
+    url: &url::Url,
+    headers: &http::HeaderMap,
+    body: Option<&[u8]>,
 ) -> Result<Vec<(&'static str, String)>> {
-    let content_type = request
-        .headers()
+    let content_type = headers
         .get("content-type")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_string);
-    let body = body_bytes(request)?;
-    signer.sign(
-        request.method().as_str(),
-        request.url(),
-        content_type.as_deref(),
-        body.as_deref(),
-        SystemTime::now(),
-    )
+        .and_then(|value| value.to_str().ok());
+    signer.sign(method.as_str(), url, content_type, body, SystemTime::now())
 }
 
 /// The body to sign: requests here are built from bytes, never streamed.

@@ -5,9 +5,11 @@
 
 use std::time::{Duration, SystemTime};
 
+use http_body_util::BodyExt;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
+use crate::cloud::upstream::BoxError;
 use crate::error::{Error, ErrorKind};
 use crate::time_caps::cap_retry_after;
 
@@ -47,44 +49,74 @@ pub const TOKEN_BODY_LIMIT: usize = 1 << 20;
 /// reading it when `content-length` says so, else as soon as it passes the limit).
 pub async fn read_limited(
     service: &str,
-    mut response: reqwest::Response,
+    response: reqwest::Response,
     limit: usize,
 ) -> Result<bytes::Bytes, Error> {
+    read_body_limited(service, reqwest::Body::from(response), limit).await
+}
+
+/// [`read_limited`] for any body: the reading is the same whichever client sent it.
+pub async fn read_body_limited<B>(
+    service: &str,
+    body: B,
+    limit: usize,
+) -> Result<bytes::Bytes, Error>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<BoxError>,
+{
     let too_long = || Error::unavailable(format!("{service} sent an answer over {limit} bytes"));
-    if response
-        .content_length()
-        .is_some_and(|length| length > limit as u64)
-    {
+    if body.size_hint().lower() > limit as u64 {
         return Err(too_long());
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|error| transport_error(service, &error))?
-    {
-        if body.len() + chunk.len() > limit {
+    let mut body = std::pin::pin!(body);
+    let mut whole = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| body_error(service, &error.into()))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        if whole.len() + chunk.len() > limit {
             return Err(too_long());
         }
-        body.extend_from_slice(&chunk);
+        whole.extend_from_slice(&chunk);
     }
-    Ok(body.into())
+    Ok(whole.into())
+}
+
+/// A body that broke off: a timeout, or the connection dropped.
+pub fn body_error(service: &str, error: &BoxError) -> Error {
+    if crate::cloud::upstream::is_timeout(error) {
+        Error::timeout(format!(
+            "{service}: the deadline passed mid-answer: {error}"
+        ))
+    } else {
+        Error::unavailable(format!("{service}: the answer broke off: {error}"))
+    }
 }
 
 /// The start of an error body, at most `ERROR_BODY_LIMIT` bytes; a body that
 /// cannot be read is empty (the status still says what happened).
-pub async fn read_error_body(mut response: reqwest::Response) -> bytes::Bytes {
-    let mut body = Vec::new();
-    while body.len() < ERROR_BODY_LIMIT {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = ERROR_BODY_LIMIT - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+pub async fn read_error_body(response: reqwest::Response) -> bytes::Bytes {
+    read_error_start(reqwest::Body::from(response)).await
+}
+
+/// [`read_error_body`] for any body.
+pub async fn read_error_start<B: http_body::Body<Data = bytes::Bytes>>(body: B) -> bytes::Bytes {
+    let mut body = std::pin::pin!(body);
+    let mut start = Vec::new();
+    while start.len() < ERROR_BODY_LIMIT {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(chunk) = frame.into_data() {
+                    let room = ERROR_BODY_LIMIT - start.len();
+                    start.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
             }
             _ => break,
         }
     }
-    body.into()
+    start.into()
 }
 
 /// How long the server asked us to wait: `retry-after-ms` and `x-ms-retry-after-ms`

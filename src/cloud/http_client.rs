@@ -22,15 +22,16 @@ thread_local! {
     static THREAD_POOL: OnceCell<reqwest::Client> = const { OnceCell::new() };
 }
 
-/// Gives the calling thread a client of its own (same settings as [`client`]):
-/// connections it opens are driven by this thread's runtime, and requests sent from
-/// it ([`for_this_thread`]) use them.
+/// Gives the calling thread clients of its own (same settings as [`client`] and
+/// [`super::upstream::client`]): connections it opens are driven by this thread's
+/// runtime, and requests sent from it ([`for_this_thread`], [`super::upstream::send`])
+/// use them.
 pub fn own_pool_for_this_thread() -> Result<()> {
     let own = client()?;
     THREAD_POOL.with(|pool| {
         let _ = pool.set(own);
     });
-    Ok(())
+    super::upstream::own_client_for_this_thread()
 }
 
 /// The client to send with from here: the thread's own when it has one, else `shared`.

@@ -10,7 +10,8 @@
 //!   endpoint, IMDSv2; fetched by [`aws_credential_sources`]), read by every SigV4 signer.
 //! - [`sigv4`], [`oci_signing`], [`gcp_token`], [`rsa_key`]: the schemes themselves.
 //! - [`http`]: every cloud's error shape mapped to one `ErrorKind`, `Retry-After`.
-//! - [`http_client`]: the client every call is sent with, and the facade threads' pools.
+//! - [`http_client`]: the client every cloud call is sent with, and the facade threads' pools.
+//! - [`upstream`]: the leaner client model endpoints are called with (chat providers).
 //! - [`rotating_secret`]: a key or token read again when its file is rewritten or its
 //!   secret manager's copy is older than the cache time; [`managed_secret`] picks the
 //!   manager: [`aws_secrets`], [`azure_key_vault`] (tokens from [`azure_token`]:
@@ -39,6 +40,7 @@ pub mod rotating_secret;
 pub mod rsa_key;
 pub mod sigv4;
 pub mod token_cache;
+pub mod upstream;
 
 pub use auth::RequestAuth;
 pub use endpoint::CloudEndpoint;
