@@ -138,6 +138,23 @@ pub enum RouteEvent {
     Failed(Error, Box<RouteSummary>),
 }
 
+/// What a started call's accounting needs of its request: not the messages.
+#[derive(Clone, Copy, Debug)]
+struct RequestSize {
+    /// The prompt's estimated tokens.
+    prompt_tokens: u64,
+    max_output_tokens: u32,
+}
+
+impl RequestSize {
+    fn of(request: &ChatRequest) -> Self {
+        Self {
+            prompt_tokens: request_tokens(request),
+            max_output_tokens: request.max_output_tokens,
+        }
+    }
+}
+
 /// A deployment produced its first token; the rest is still upstream.
 pub struct Started {
     /// The answer's text so far: the first token, then what followed it.
@@ -151,7 +168,7 @@ pub struct Started {
     /// Where the tokens charged to the deployment's quota and not used go back.
     quotas: Arc<RateLimiter>,
     quota_tokens: u64,
-    request: ChatRequest,
+    size: RequestSize,
     inter_chunk: Duration,
     /// Longest wait for the client to take a chunk.
     send_timeout: Duration,
@@ -556,7 +573,7 @@ impl Attempts<'_> {
             reservation,
             quotas: Arc::clone(&self.router.quotas),
             quota_tokens,
-            request: self.request.clone(),
+            size: RequestSize::of(self.request),
             inter_chunk: Duration::from_millis(self.router.settings.inter_chunk_timeout_ms),
             send_timeout: Duration::from_millis(self.router.settings.stream_send_timeout_ms),
             deadline: self.deadline,
@@ -712,7 +729,7 @@ impl Started {
     /// Sends the answer's events after its first token to `sink` until it ends;
     /// returns its text.
     async fn pump(mut self, sink: &mut Sink) -> String {
-        let max_text = max_text_bytes(&self.request);
+        let max_text = max_text_bytes(self.size.max_output_tokens);
         loop {
             let wait_until = self
                 .deadline
@@ -743,7 +760,7 @@ impl Started {
                     if self.generated.len().saturating_add(text.len()) > max_text {
                         let error = Error::unavailable(format!(
                             "the model sent more than {max_text} bytes of text for {} output tokens",
-                            self.request.max_output_tokens
+                            self.size.max_output_tokens
                         ));
                         return self.fail(error, sink).await;
                     }
@@ -764,7 +781,7 @@ impl Started {
                     self.report_success();
                     let usage = match usage {
                         Some(reported) => self.believable(reported),
-                        None => estimated_usage(&self.request, &self.generated),
+                        None => estimated_usage(self.size, &self.generated),
                     };
                     let cost = self.cost(&usage);
                     if let Some(reservation) = self.reservation.take() {
@@ -774,7 +791,8 @@ impl Started {
                     self.summary.cost_usd = cost;
                     self.summary.finish_reason = reason.as_str().to_string();
                     self.finished();
-                    let done = RouteEvent::Done(Box::new(self.summary.clone()));
+                    // The call has ended: its summary goes out whole, not copied.
+                    let done = RouteEvent::Done(Box::new(std::mem::take(&mut self.summary)));
                     sink.deliver(self.send_timeout, done).await;
                     return std::mem::take(&mut self.generated);
                 }
@@ -790,7 +808,7 @@ impl Started {
     /// Usage as reported, capped by what this request could have used: an
     /// endpoint cannot charge a caller more than its prompt and `max_output_tokens`.
     fn believable(&self, reported: Usage) -> Usage {
-        let ceiling = usage_ceiling(&self.request);
+        let ceiling = usage_ceiling(self.size);
         if reported.input_tokens > ceiling.input_tokens
             || reported.output_tokens > ceiling.output_tokens
         {
@@ -818,11 +836,11 @@ impl Started {
             last.outcome = AttemptOutcome::Failed(error.kind);
             last.message = format!("after the first token: {}", error.message);
         }
-        let usage = estimated_usage(&self.request, &self.generated);
+        let usage = estimated_usage(self.size, &self.generated);
         self.summary.cost_usd = self.cost(&usage);
         self.summary.usage = usage;
         self.settle_estimated();
-        let failed = RouteEvent::Failed(error, Box::new(self.summary.clone()));
+        let failed = RouteEvent::Failed(error, Box::new(std::mem::take(&mut self.summary)));
         sink.deliver(self.send_timeout, failed).await;
         std::mem::take(&mut self.generated)
     }
@@ -835,7 +853,7 @@ impl Started {
 
     /// What was generated was billed upstream: charge our estimate of it.
     fn settle_estimated(&mut self) {
-        let usage = estimated_usage(&self.request, &self.generated);
+        let usage = estimated_usage(self.size, &self.generated);
         let cost = self.cost(&usage);
         if let Some(reservation) = self.reservation.take() {
             reservation.settle(cost);
@@ -1014,8 +1032,8 @@ const BYTES_PER_TOKEN: usize = 64;
 const MIN_TEXT_BYTES: usize = 64 << 10;
 
 /// The most text held for one answer.
-pub fn max_text_bytes(request: &ChatRequest) -> usize {
-    (request.max_output_tokens as usize)
+pub fn max_text_bytes(max_output_tokens: u32) -> usize {
+    (max_output_tokens as usize)
         .saturating_mul(BYTES_PER_TOKEN)
         .max(MIN_TEXT_BYTES)
 }
@@ -1023,21 +1041,22 @@ pub fn max_text_bytes(request: &ChatRequest) -> usize {
 /// The most usage a request can truthfully be billed: its prompt at one token a
 /// character (the estimate counts four a token) plus a margin for the template,
 /// and `max_output_tokens` plus a margin.
-fn usage_ceiling(request: &ChatRequest) -> Usage {
+fn usage_ceiling(size: RequestSize) -> Usage {
     const MARGIN_TOKENS: u64 = 1_024;
     Usage {
-        input_tokens: request_tokens(request)
+        input_tokens: size
+            .prompt_tokens
             .saturating_mul(4)
             .saturating_add(MARGIN_TOKENS),
-        output_tokens: u64::from(request.max_output_tokens).saturating_add(MARGIN_TOKENS),
+        output_tokens: u64::from(size.max_output_tokens).saturating_add(MARGIN_TOKENS),
         cached_input_tokens: 0,
         estimated: false,
     }
 }
 
-fn estimated_usage(request: &ChatRequest, generated: &str) -> Usage {
+fn estimated_usage(size: RequestSize, generated: &str) -> Usage {
     Usage {
-        input_tokens: request_tokens(request),
+        input_tokens: size.prompt_tokens,
         output_tokens: estimate_tokens(generated) as u64,
         cached_input_tokens: 0,
         estimated: true,
