@@ -25,7 +25,7 @@ fn outcome(source: &str) -> SourceOutcome {
 fn attempt(provider: &str, outcome: AttemptOutcome) -> Attempt {
     Attempt {
         provider: provider.into(),
-        deployment: format!("{provider}/llama"),
+        deployment: format!("{provider}/llama").into(),
         model: "llama".into(),
         cloud: "aws".into(),
         region: "eu-west-1".into(),

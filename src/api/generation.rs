@@ -252,8 +252,8 @@ fn route(route: RouteSummary, extractive: bool) -> proto::Route {
                     AttemptOutcome::Skipped => ("skipped", String::new()),
                 };
                 proto::Attempt {
-                    provider: attempt.provider,
-                    model: attempt.model,
+                    provider: attempt.provider.to_string(),
+                    model: attempt.model.to_string(),
                     outcome: outcome.to_string(),
                     message: redact::attempt_message(
                         &attempt.outcome,
@@ -261,9 +261,9 @@ fn route(route: RouteSummary, extractive: bool) -> proto::Route {
                         &attempt.deployment,
                     ),
                     took_micros: attempt.took.as_micros() as u64,
-                    deployment: attempt.deployment,
-                    cloud: attempt.cloud,
-                    region: attempt.region,
+                    deployment: attempt.deployment.to_string(),
+                    cloud: attempt.cloud.to_string(),
+                    region: attempt.region.to_string(),
                     error_kind,
                 }
             })

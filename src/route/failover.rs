@@ -44,12 +44,12 @@ pub enum AttemptOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attempt {
     /// The provider id from the config.
-    pub provider: String,
+    pub provider: Arc<str>,
     /// `provider/deployment`.
-    pub deployment: String,
-    pub model: String,
-    pub cloud: String,
-    pub region: String,
+    pub deployment: Arc<str>,
+    pub model: Arc<str>,
+    pub cloud: Arc<str>,
+    pub region: Arc<str>,
     pub outcome: AttemptOutcome,
     pub message: String,
     pub took: Duration,
@@ -1013,13 +1013,13 @@ fn attempt(
     message: String,
     began: Instant,
 ) -> Attempt {
-    let info = deployment.info();
+    let names = deployment.labels();
     Attempt {
-        provider: info.id.clone(),
-        deployment: deployment.label(),
-        model: info.model.clone(),
-        cloud: info.cloud.clone(),
-        region: info.region.clone(),
+        provider: names.provider.clone(),
+        deployment: names.deployment.clone(),
+        model: names.model.clone(),
+        cloud: names.cloud.clone(),
+        region: names.region.clone(),
         outcome,
         message,
         took: began.elapsed(),

@@ -26,6 +26,7 @@ use crate::config::{DeploymentConfig, RoutingConfig};
 use crate::limits::{RateLimiter, RateLimits};
 use crate::llm::{ChatProvider, ProviderInfo};
 use crate::state::{Budgets, SharedState};
+use crate::telemetry::metrics::DeploymentLabels;
 
 pub use crate::state::BudgetLedger;
 pub use callers::Caller;
@@ -49,6 +50,8 @@ pub struct Deployment {
     pub stop: Vec<String>,
     /// `provider/deployment`, written once: every attempt and skip names it.
     label: String,
+    /// Its names for attempts and metrics, shared rather than copied per call.
+    labels: DeploymentLabels,
 }
 
 impl Deployment {
@@ -61,6 +64,13 @@ impl Deployment {
         let info = provider.info();
         let cloud = info.cloud.clone();
         let label = format!("{}/{}", info.id, info.deployment);
+        let labels = DeploymentLabels {
+            provider: info.id.as_str().into(),
+            deployment: label.as_str().into(),
+            model: info.model.as_str().into(),
+            cloud: info.cloud.as_str().into(),
+            region: info.region.as_str().into(),
+        };
         // The provider's own list price, when it set one, after the catalog's.
         let provider_price = (info.input_per_1m_usd > 0.0 || info.output_per_1m_usd > 0.0)
             .then_some(Price {
@@ -78,6 +88,7 @@ impl Deployment {
                 tokens_per_minute: config.tokens_per_minute,
             },
             stop: config.stop.clone(),
+            labels,
             label,
         }
     }
@@ -89,6 +100,11 @@ impl Deployment {
     /// `provider/deployment`, how attempts and skips name it.
     pub fn label(&self) -> String {
         self.label.clone()
+    }
+
+    /// Its provider, label, model, cloud and region, as attempts and metrics name it.
+    pub fn labels(&self) -> &DeploymentLabels {
+        &self.labels
     }
 }
 

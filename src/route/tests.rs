@@ -136,7 +136,7 @@ fn outcomes(summary: &RouteSummary) -> Vec<(String, AttemptOutcome)> {
     summary
         .attempts
         .iter()
-        .map(|attempt| (attempt.deployment.clone(), attempt.outcome.clone()))
+        .map(|attempt| (attempt.deployment.to_string(), attempt.outcome.clone()))
         .collect()
 }
 

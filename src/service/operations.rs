@@ -2,7 +2,7 @@
 
 use super::Service;
 use crate::state::SharedState;
-use crate::telemetry::metrics::{CallerLabels, DeploymentLabels, EgressLabels, SourceLabels};
+use crate::telemetry::metrics::{CallerLabels, EgressLabels, SourceLabels};
 
 /// Whether each part of the service can do its job now (see [`Service::health`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,22 +64,15 @@ impl Service {
                 metrics.budget_reserved.get_or_create(&labels).set(reserved);
             }
             for deployment in router.deployments() {
-                let info = deployment.info();
-                let labels = DeploymentLabels {
-                    provider: info.id.clone(),
-                    deployment: deployment.label(),
-                    model: info.model.clone(),
-                    cloud: info.cloud.clone(),
-                    region: info.region.clone(),
-                };
+                let labels = deployment.labels();
                 let open = deployment.breaker.is_open();
                 metrics
                     .breaker_open
-                    .get_or_create(&labels)
+                    .get_or_create(labels)
                     .set(i64::from(open));
                 metrics
                     .provider_availability
-                    .get_or_create(&labels)
+                    .get_or_create(labels)
                     .set(if open { 0.0 } else { 1.0 });
             }
         }

@@ -8,6 +8,7 @@
 //! Recording is a hash lookup and an atomic add; gauges that mirror state elsewhere
 //! (breakers, calls in flight) are set when `/metrics` is scraped, not on the hot path.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -39,40 +40,41 @@ pub struct SourceOutcomeLabels {
     pub outcome: &'static str,
 }
 
-/// One chat deployment.
+/// One chat deployment. Built once per deployment (`route::Deployment::labels`):
+/// recording a call copies pointers, not its names.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeploymentLabels {
-    pub provider: String,
-    pub deployment: String,
-    pub model: String,
-    pub cloud: String,
-    pub region: String,
+    pub provider: Arc<str>,
+    pub deployment: Arc<str>,
+    pub model: Arc<str>,
+    pub cloud: Arc<str>,
+    pub region: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
-    pub provider: String,
-    pub deployment: String,
-    pub model: String,
-    pub cloud: String,
-    pub region: String,
+    pub provider: Arc<str>,
+    pub deployment: Arc<str>,
+    pub model: Arc<str>,
+    pub cloud: Arc<str>,
+    pub region: Arc<str>,
     /// ok | skipped | an error kind (THROTTLED, UNAVAILABLE, ...)
     pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseTimeLabels {
-    pub provider: String,
-    pub deployment: String,
-    pub model: String,
+    pub provider: Arc<str>,
+    pub deployment: Arc<str>,
+    pub model: Arc<str>,
     /// first_token | total
     pub phase: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
-    pub provider: String,
-    pub deployment: String,
+    pub provider: Arc<str>,
+    pub deployment: Arc<str>,
     /// input | output
     pub direction: &'static str,
 }
@@ -85,9 +87,9 @@ pub struct CallerLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CitationLabels {
-    pub provider: String,
-    pub deployment: String,
-    pub model: String,
+    pub provider: Arc<str>,
+    pub deployment: Arc<str>,
+    pub model: Arc<str>,
     /// true | false
     pub valid: &'static str,
 }
