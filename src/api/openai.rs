@@ -374,14 +374,14 @@ async fn start(
         Ok(principal) => principal,
         Err(error) => return (None, Err(error)),
     };
-    let request: CompletionRequest = match serde_json::from_slice(body) {
+    let mut request: CompletionRequest = match serde_json::from_slice(body) {
         Ok(request) => request,
         Err(error) => {
             let error = Error::invalid(format!("invalid request body: {error}"));
             return (None, Err(error));
         }
     };
-    let call = match chat_call(service, headers, &request) {
+    let call = match chat_call(service, headers, &mut request) {
         Ok(call) => call,
         Err(error) => return (None, Err(error)),
     };
@@ -411,13 +411,14 @@ async fn start(
     (rated.rate, started)
 }
 
-/// The request as a chat call, after the checks only the facade can make.
+/// The request as a chat call, after the checks only the facade can make. The
+/// messages move into the call (a long prompt is not copied).
 fn chat_call(
     service: &Service,
     headers: &HeaderMap,
-    request: &CompletionRequest,
+    request: &mut CompletionRequest,
 ) -> Result<ChatCall> {
-    let messages = messages(request)?;
+    let messages = messages(std::mem::take(&mut request.messages))?;
     let stop = request
         .stop
         .as_ref()
@@ -470,13 +471,11 @@ fn chat_call(
     })
 }
 
-fn messages(request: &CompletionRequest) -> Result<Vec<ChatMessage>> {
-    if request.messages.is_empty() {
+fn messages(wire: Vec<WireMessage>) -> Result<Vec<ChatMessage>> {
+    if wire.is_empty() {
         return Err(Error::invalid("messages must not be empty"));
     }
-    request
-        .messages
-        .iter()
+    wire.into_iter()
         .map(|message| {
             let role = match message.role.as_str() {
                 "system" | "developer" => Role::System,
@@ -490,16 +489,16 @@ fn messages(request: &CompletionRequest) -> Result<Vec<ChatMessage>> {
             };
             Ok(ChatMessage {
                 role,
-                content: text_content(&message.content)?,
+                content: text_content(message.content)?,
             })
         })
         .collect()
 }
 
 /// A string, or an array of parts of which only text is supported.
-fn text_content(content: &Value) -> Result<String> {
+fn text_content(content: Value) -> Result<String> {
     match content {
-        Value::String(text) => Ok(text.clone()),
+        Value::String(text) => Ok(text),
         Value::Array(parts) => parts
             .iter()
             .map(
