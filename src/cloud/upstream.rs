@@ -51,7 +51,10 @@ pub fn client() -> Result<UpstreamClient> {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
+    // The timers reap idle pooled connections and drive HTTP/2 keepalives, as reqwest's.
     Ok(Client::builder(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https))
 }
