@@ -160,18 +160,7 @@ impl Connection {
         let response = if self.proxied {
             self.send_proxied(url, headers, bytes, timeout).await?
         } else {
-            let uri: http::Uri = url
-                .as_str()
-                .parse()
-                .map_err(|error| Error::config(format!("bad request url {url}: {error}")))?;
-            let mut request = http::Request::post(uri)
-                .body(http_body_util::Full::new(bytes::Bytes::from(bytes)))
-                .map_err(|error| Error::internal(format!("cannot build request: {error}")))?;
-            *request.headers_mut() = headers;
-            let until = tokio::time::Instant::now() + timeout;
-            upstream::send(&self.upstream, request, until)
-                .await
-                .map_err(|error| error.to_error(&self.service))?
+            self.send_direct(url, headers, bytes, timeout).await?
         };
         if response.status().is_success() {
             return Ok(response);
@@ -187,6 +176,28 @@ impl Connection {
                 body,
             },
         ))
+    }
+
+    /// [`Self::send`] on hyper-util's client (the thread's own pool on a facade thread).
+    async fn send_direct(
+        &self,
+        url: url::Url,
+        headers: http::HeaderMap,
+        bytes: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<UpstreamResponse> {
+        let uri: http::Uri = url
+            .as_str()
+            .parse()
+            .map_err(|error| Error::config(format!("bad request url {url}: {error}")))?;
+        let mut request = http::Request::post(uri)
+            .body(http_body_util::Full::new(bytes::Bytes::from(bytes)))
+            .map_err(|error| Error::internal(format!("cannot build request: {error}")))?;
+        *request.headers_mut() = headers;
+        let until = tokio::time::Instant::now() + timeout;
+        upstream::send(&self.upstream, request, until)
+            .await
+            .map_err(|error| error.to_error(&self.service))
     }
 
     /// [`Self::send`] through reqwest, for an endpoint behind a proxy.
