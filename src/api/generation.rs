@@ -272,10 +272,10 @@ fn route(route: RouteSummary, extractive: bool) -> proto::Route {
             .candidates
             .into_iter()
             .map(|candidate| proto::RouteCandidate {
-                deployment: candidate.deployment,
-                model: candidate.model,
-                cloud: candidate.cloud,
-                region: candidate.region,
+                deployment: candidate.deployment.to_string(),
+                model: candidate.model.to_string(),
+                cloud: candidate.cloud.to_string(),
+                region: candidate.region.to_string(),
                 dedicated: candidate.dedicated,
                 max_cost_usd: candidate.max_cost_usd,
                 why: candidate.why,

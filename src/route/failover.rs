@@ -55,13 +55,14 @@ pub struct Attempt {
     pub took: Duration,
 }
 
-/// A candidate of the plan, as the response shows it.
+/// A candidate of the plan, as the response shows it (its names shared with the
+/// deployment's labels).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CandidateView {
-    pub deployment: String,
-    pub model: String,
-    pub cloud: String,
-    pub region: String,
+    pub deployment: Arc<str>,
+    pub model: Arc<str>,
+    pub cloud: Arc<str>,
+    pub region: Arc<str>,
     pub dedicated: bool,
     pub max_cost_usd: Option<f64>,
     pub why: String,
@@ -94,13 +95,13 @@ impl RouteSummary {
                 .candidates
                 .iter()
                 .map(|candidate| {
-                    let info = candidate.deployment.info();
+                    let names = candidate.deployment.labels();
                     CandidateView {
-                        deployment: candidate.deployment.label(),
-                        model: info.model.clone(),
-                        cloud: info.cloud.clone(),
-                        region: info.region.clone(),
-                        dedicated: info.dedicated,
+                        deployment: names.deployment.clone(),
+                        model: names.model.clone(),
+                        cloud: names.cloud.clone(),
+                        region: names.region.clone(),
+                        dedicated: candidate.deployment.info().dedicated,
                         max_cost_usd: candidate.max_cost_usd,
                         why: candidate.why.clone(),
                     }
