@@ -291,8 +291,10 @@ pub(super) fn router(
     env: &HashMap<String, String>,
     http: &reqwest::Client,
 ) -> Result<Option<Router>> {
+    // One pool for every model call, as `http` is one for the other cloud calls.
+    let upstream = crate::cloud::upstream::client()?;
     router_with(config, |provider, target| {
-        crate::llm::providers::build(provider, target, env, http.clone())
+        crate::llm::providers::build(provider, target, env, http.clone(), upstream.clone())
     })
 }
 

@@ -39,8 +39,14 @@ pub fn build(
     target: &ChatTarget,
     env: &HashMap<String, String>,
 ) -> Arc<dyn ChatProvider> {
-    skyfuse::llm::providers::build(&provider_config(toml), target, env, reqwest::Client::new())
-        .unwrap()
+    skyfuse::llm::providers::build(
+        &provider_config(toml),
+        target,
+        env,
+        reqwest::Client::new(),
+        skyfuse::cloud::upstream::client().unwrap(),
+    )
+    .unwrap()
 }
 
 /// A system prompt and a question, as the answer path sends them.

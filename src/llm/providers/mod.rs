@@ -38,12 +38,15 @@ use crate::error::{Error, Result};
 use crate::llm::{ChatProvider, ChatTarget, ProviderInfo};
 
 /// The chat provider a `[[provider]]` describes for one model (`target`), sharing
-/// `http` (one connection pool for the process). Reads secret files; sends nothing.
+/// `upstream` (the model calls' pool) and `http` (token endpoints, and the model
+/// calls of an endpoint behind a proxy) with every other provider. Reads secret
+/// files; sends nothing.
 pub fn build(
     config: &ProviderConfig,
     target: &ChatTarget,
     env: &HashMap<String, String>,
     http: reqwest::Client,
+    upstream: UpstreamClient,
 ) -> Result<Arc<dyn ChatProvider>> {
     let in_provider = |error: Error| error.context(format!("provider {:?}", config.id));
     if target.wire_id.trim().is_empty() {
@@ -53,7 +56,7 @@ pub fn build(
         ))));
     }
     let endpoint = CloudEndpoint::from_config(config, env, http).map_err(in_provider)?;
-    let connection = Connection::new(endpoint, config, target).map_err(in_provider)?;
+    let connection = Connection::new(endpoint, config, target, upstream);
     Ok(match &config.settings {
         ProviderSettings::OpenaiCompat(_) => {
             Arc::new(openai_compat::OpenAiCompatChat::new(connection))
@@ -98,8 +101,9 @@ impl Connection {
         endpoint: CloudEndpoint,
         config: &ProviderConfig,
         target: &ChatTarget,
-    ) -> Result<Self> {
-        Ok(Self {
+        upstream: UpstreamClient,
+    ) -> Self {
+        Self {
             service: format!("{} provider {:?}", config.kind().as_str(), endpoint.id),
             info: ProviderInfo {
                 id: endpoint.id.clone(),
@@ -117,10 +121,10 @@ impl Connection {
                 input_per_1m_usd: config.input_per_1m_usd,
                 output_per_1m_usd: config.output_per_1m_usd,
             },
-            upstream: upstream::client()?,
+            upstream,
             proxied: upstream::is_proxied(&endpoint.base_url),
             endpoint,
-        })
+        }
     }
 
     /// The model's name on the endpoint.
@@ -341,7 +345,8 @@ mod tests {
             dedicated: false,
             regions: Vec::new(),
         };
-        let mut connection = Connection::new(endpoint, &config, &target).unwrap();
+        let mut connection =
+            Connection::new(endpoint, &config, &target, upstream::client().unwrap());
         connection.proxied = proxied;
         connection
     }
