@@ -134,7 +134,7 @@ impl StreamDecoder {
     ) -> Result<String> {
         let data: Value = serde_json::from_str(&event.data)
             .map_err(|error| malformed(service, format!("unreadable stream event: {error}")))?;
-        let kind = match event.event.as_str() {
+        let kind = match event.event.as_ref() {
             "" | "message" => data["type"].as_str().unwrap_or_default(),
             name => name,
         };
@@ -222,7 +222,7 @@ mod tests {
             .iter()
             .map(|(name, data)| {
                 Ok(crate::llm::providers::sse::SseEvent {
-                    event: name.to_string(),
+                    event: name.to_string().into(),
                     data: data.to_string(),
                     ..Default::default()
                 })

@@ -5,6 +5,7 @@
 //! [`SseParser`] is a pure state machine (no I/O) so it can be fuzzed directly;
 //! [`events`] runs it over a response body.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use futures::{Stream, StreamExt};
@@ -21,8 +22,9 @@ const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 /// One dispatched event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SseEvent {
-    /// The `event:` field, `"message"` when none was sent.
-    pub event: String,
+    /// The `event:` field, `"message"` when none was sent (not allocated: most
+    /// streams never name their events).
+    pub event: Cow<'static, str>,
     /// The `data:` lines joined with `\n`.
     pub data: String,
     /// The last `id:` seen so far in the stream.
@@ -225,7 +227,7 @@ impl SseParser {
         }
         self.has_data = false;
         out.push(SseEvent {
-            event: event.unwrap_or_else(|| "message".to_string()),
+            event: event.map_or(Cow::Borrowed("message"), Cow::Owned),
             data: std::mem::take(&mut self.data),
             id: self.id.clone(),
             retry,
