@@ -672,21 +672,21 @@ pub(super) fn route_json(summary: &RouteSummary) -> Value {
 const OVERHEAD_HEADER: &str = super::retrieval::OVERHEAD_HEADER;
 
 pub(super) fn route_headers(headers: &mut HeaderMap, summary: &RouteSummary) {
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(name, value);
         }
     };
     if let Some(info) = &summary.chosen {
-        set("x-skyfuse-provider", info.id.clone());
-        set("x-skyfuse-deployment", info.deployment.clone());
-        set("x-skyfuse-cloud", info.cloud.clone());
-        set("x-skyfuse-region", info.region.clone());
+        set("x-skyfuse-provider", &info.id);
+        set("x-skyfuse-deployment", &info.deployment);
+        set("x-skyfuse-cloud", &info.cloud);
+        set("x-skyfuse-region", &info.region);
     }
-    set("x-skyfuse-cost-usd", format!("{:.8}", summary.cost_usd));
+    set("x-skyfuse-cost-usd", &format!("{:.8}", summary.cost_usd));
     set(
         "x-skyfuse-failover-count",
-        summary.failover_count().to_string(),
+        &summary.failover_count().to_string(),
     );
 }
 
