@@ -139,7 +139,7 @@ pub enum RouteEvent {
     Failed(Error, Box<RouteSummary>),
 }
 
-/// What a started call's accounting needs of its request: not the messages.
+/// What a call's accounting needs of its request once planned: not the messages.
 #[derive(Clone, Copy, Debug)]
 struct RequestSize {
     /// The prompt's estimated tokens.
@@ -153,6 +153,11 @@ impl RequestSize {
             prompt_tokens: request_tokens(request),
             max_output_tokens: request.max_output_tokens,
         }
+    }
+
+    /// The most tokens the call can use: its prompt and all of its output.
+    fn total(self) -> u64 {
+        self.prompt_tokens + u64::from(self.max_output_tokens)
     }
 }
 
@@ -196,6 +201,8 @@ struct Attempts<'a> {
     caller: &'a Caller,
     plan: &'a Plan,
     request: &'a ChatRequest,
+    /// The request's size, estimated once for every candidate.
+    size: RequestSize,
     deadline: Instant,
     summary: RouteSummary,
     /// Attempts sent (skips are not sent).
@@ -249,6 +256,7 @@ impl Router {
             caller,
             plan,
             request,
+            size: RequestSize::of(request),
             deadline,
             summary: RouteSummary::of(plan),
             sent: 0,
@@ -419,7 +427,7 @@ impl Attempts<'_> {
             ));
             return Turn::Next;
         }
-        let asked = request_tokens(self.request) + u64::from(self.request.max_output_tokens);
+        let asked = self.size.total();
         let quota_tokens = match self.take_quota(deployment, asked).await {
             Ok(charged) => charged,
             Err(refusal) => return refusal,
@@ -521,9 +529,7 @@ impl Attempts<'_> {
         let turn = match error.kind.failover() {
             Failover::Next => Turn::RetryLater,
             Failover::NextLongerContext => {
-                let refused_at = deployment.context_window.unwrap_or(
-                    request_tokens(self.request) + u64::from(self.request.max_output_tokens),
-                );
+                let refused_at = deployment.context_window.unwrap_or(self.size.total());
                 self.context_floor = Some(
                     self.context_floor
                         .map_or(refused_at, |floor| floor.max(refused_at)),
@@ -574,7 +580,7 @@ impl Attempts<'_> {
             reservation,
             quotas: Arc::clone(&self.router.quotas),
             quota_tokens,
-            size: RequestSize::of(self.request),
+            size: self.size,
             inter_chunk: Duration::from_millis(self.router.settings.inter_chunk_timeout_ms),
             send_timeout: Duration::from_millis(self.router.settings.stream_send_timeout_ms),
             deadline: self.deadline,
