@@ -48,9 +48,8 @@ pub struct Deployment {
     pub quota: RateLimits,
     /// `[[deployment]] stop`: sent with every request to it, after the caller's.
     pub stop: Vec<String>,
-    /// `provider/deployment`, written once: every attempt and skip names it.
-    label: String,
-    /// Its names for attempts and metrics, shared rather than copied per call.
+    /// Its names for attempts and metrics (`deployment` is `provider/deployment`,
+    /// its label), shared rather than copied per call.
     labels: DeploymentLabels,
 }
 
@@ -63,10 +62,9 @@ impl Deployment {
     ) -> Self {
         let info = provider.info();
         let cloud = info.cloud.clone();
-        let label = format!("{}/{}", info.id, info.deployment);
         let labels = DeploymentLabels {
             provider: info.id.as_str().into(),
-            deployment: label.as_str().into(),
+            deployment: format!("{}/{}", info.id, info.deployment).into(),
             model: info.model.as_str().into(),
             cloud: info.cloud.as_str().into(),
             region: info.region.as_str().into(),
@@ -89,7 +87,6 @@ impl Deployment {
             },
             stop: config.stop.clone(),
             labels,
-            label,
         }
     }
 
@@ -99,7 +96,7 @@ impl Deployment {
 
     /// `provider/deployment`, how attempts and skips name it.
     pub fn label(&self) -> String {
-        self.label.clone()
+        self.labels.deployment.to_string()
     }
 
     /// Its provider, label, model, cloud and region, as attempts and metrics name it.
