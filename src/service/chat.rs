@@ -164,7 +164,7 @@ impl Service {
                     if let Some(deployment) = answered_by(summary)
                         && !answer_id.is_empty()
                     {
-                        answers.remember(&answer_id, &caller_id, deployment);
+                        answers.remember(answer_id, caller_id, deployment);
                     }
                     let outcome = if summary.finish_reason.is_empty() {
                         "error"

@@ -2,7 +2,6 @@
 //! lands on the provider that earned it; and whether an answer's citations point at
 //! passages it was actually given.
 
-use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -26,8 +25,9 @@ pub struct AnswerLedger {
 struct Ledger {
     recent: LruCache<String, Answered>,
     /// Each deployment's labels once, shared by its answers: deployments are few
-    /// and fixed by the config, answers up to [`REMEMBERED_ANSWERS`].
-    deployments: HashSet<Arc<DeploymentLabels>>,
+    /// and fixed by the config, answers up to [`REMEMBERED_ANSWERS`]. A list: a scan
+    /// of a few labels whose names share their pointers beats hashing five strings.
+    deployments: Vec<Arc<DeploymentLabels>>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,27 +43,31 @@ impl Default for AnswerLedger {
                 recent: LruCache::new(
                     NonZeroUsize::new(REMEMBERED_ANSWERS).expect("a positive bound"),
                 ),
-                deployments: HashSet::new(),
+                deployments: Vec::new(),
             }),
         }
     }
 }
 
 impl AnswerLedger {
-    pub fn remember(&self, answer_id: &str, principal: &str, deployment: DeploymentLabels) {
+    pub fn remember(&self, answer_id: String, principal: String, deployment: DeploymentLabels) {
         let mut ledger = self.lock();
-        let deployment = match ledger.deployments.get(&deployment) {
+        let known = ledger
+            .deployments
+            .iter()
+            .find(|known| ***known == deployment);
+        let deployment = match known {
             Some(known) => Arc::clone(known),
             None => {
                 let labels = Arc::new(deployment);
-                ledger.deployments.insert(Arc::clone(&labels));
+                ledger.deployments.push(Arc::clone(&labels));
                 labels
             }
         };
         ledger.recent.put(
-            answer_id.to_owned(),
+            answer_id,
             Answered {
-                principal: principal.to_owned(),
+                principal,
                 deployment,
             },
         );
@@ -168,9 +172,9 @@ mod tests {
     fn answers_of_one_deployment_share_its_labels_and_each_keeps_its_own() {
         let ledger = AnswerLedger::default();
         for id in 0..100 {
-            ledger.remember(&format!("a{id}"), "team", labels("p/east"));
+            ledger.remember(format!("a{id}"), "team".into(), labels("p/east"));
         }
-        ledger.remember("b", "team", labels("p/west"));
+        ledger.remember("b".into(), "team".into(), labels("p/west"));
         let mut ledger = ledger.lock();
         assert_eq!(ledger.deployments.len(), 2);
         let east = ledger.recent.get("a7").expect("remembered").clone();
