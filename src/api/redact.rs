@@ -24,29 +24,30 @@ use crate::route::AttemptOutcome;
 use std::time::Duration;
 
 tokio::task_local! {
-    static REQUEST_ID: String;
+    /// Kept as the header value it goes out as: the response and the scopes share it.
+    static REQUEST_ID: http::HeaderValue;
 }
 
 /// The header (and gRPC metadata key) carrying the request id.
 pub const HEADER: &str = "x-request-id";
+const HEADER_NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 
 /// The longest caller-chosen request id we keep.
 const MAX_ID_LEN: usize = 64;
 
 /// The request id of the call being served, if any.
 pub fn current() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
-}
-
-/// Runs `future` with `id` as the current request id.
-pub async fn scope<F: Future>(id: String, future: F) -> F::Output {
-    REQUEST_ID.scope(id, future).await
+    let id = REQUEST_ID.try_with(|id| id.to_str().map(str::to_owned));
+    id.ok().and_then(Result::ok)
 }
 
 /// Runs `f` with `id` as the current request id (for work polled outside the
 /// call, such as a response stream).
 pub fn with_id<T>(id: &str, f: impl FnOnce() -> T) -> T {
-    REQUEST_ID.sync_scope(id.to_string(), f)
+    match http::HeaderValue::from_str(id) {
+        Ok(id) => REQUEST_ID.sync_scope(id, f),
+        Err(_) => f(),
+    }
 }
 
 /// An attempt's message in a route summary: a failed attempt's upstream detail
@@ -62,17 +63,17 @@ pub fn attempt_message(outcome: &AttemptOutcome, message: &str, deployment: &str
 /// The caller's id when it is at most 64 of `[A-Za-z0-9._-]`, else a fresh one.
 pub fn accept_or_generate(incoming: Option<&str>) -> String {
     match incoming {
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= MAX_ID_LEN
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) =>
-        {
-            id.to_string()
-        }
+        Some(id) if acceptable(id.as_bytes()) => id.to_string(),
         _ => generate(),
     }
+}
+
+fn acceptable(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// 16 random bytes, hex.
@@ -203,20 +204,21 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let incoming = request
-            .headers()
-            .get(HEADER)
-            .and_then(|value| value.to_str().ok());
-        let id = accept_or_generate(incoming);
-        if let Ok(value) = http::HeaderValue::from_str(&id) {
-            request.headers_mut().insert(HEADER, value);
-        }
+        let incoming = request.headers().get(&HEADER_NAME);
+        // A header value shares its bytes: the copies below cost no allocation.
+        let id = match incoming.filter(|id| acceptable(id.as_bytes())) {
+            Some(id) => id.clone(),
+            None => {
+                let id = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(generate()))
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("none"));
+                request.headers_mut().insert(HEADER_NAME, id.clone());
+                id
+            }
+        };
         let future = REQUEST_ID.sync_scope(id.clone(), || self.inner.call(request));
         Box::pin(REQUEST_ID.scope(id.clone(), async move {
             let mut response = future.await?;
-            if let Ok(value) = http::HeaderValue::from_str(&id) {
-                response.headers_mut().insert(HEADER, value);
-            }
+            response.headers_mut().insert(HEADER_NAME, id);
             Ok(response)
         }))
     }
@@ -263,16 +265,57 @@ mod tests {
         }
     }
 
+    /// Sends `incoming` (as `x-request-id`, if any) through the layer; returns the id
+    /// the handler saw in the request, the one it saw in scope, and the response's.
+    async fn through_layer(incoming: Option<&'static str>) -> (String, String, String) {
+        use tower::{Layer, ServiceExt};
+        let handler = tower::service_fn(|request: http::Request<()>| async move {
+            let seen = request.headers()[HEADER].to_str().unwrap().to_owned();
+            let scoped = current().unwrap();
+            Ok::<_, std::convert::Infallible>(http::Response::new((seen, scoped)))
+        });
+        let mut request = http::Request::new(());
+        if let Some(id) = incoming {
+            request
+                .headers_mut()
+                .insert(HEADER, http::HeaderValue::from_static(id));
+        }
+        let response = RequestIdLayer
+            .layer(handler)
+            .oneshot(request)
+            .await
+            .unwrap();
+        let sent = response.headers()[HEADER].to_str().unwrap().to_owned();
+        let (seen, scoped) = response.into_body();
+        (seen, scoped, sent)
+    }
+
     #[tokio::test]
-    async fn the_scoped_id_appears_in_client_messages() {
-        let text = scope("rid-7".into(), async {
+    async fn every_http_call_carries_one_request_id_in_and_out() {
+        let (seen, scoped, sent) = through_layer(Some("caller-id.1")).await;
+        assert_eq!(
+            (seen.as_str(), scoped.as_str(), sent.as_str()),
+            ("caller-id.1", "caller-id.1", "caller-id.1")
+        );
+        for incoming in [None, Some("no spaces allowed"), Some("")] {
+            let (seen, scoped, sent) = through_layer(incoming).await;
+            assert_eq!(sent.len(), 32, "{incoming:?}");
+            assert!(sent.bytes().all(|byte| byte.is_ascii_hexdigit()));
+            assert_eq!((&seen, &scoped), (&sent, &sent));
+        }
+        let (first, second) = (through_layer(None).await.2, through_layer(None).await.2);
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn the_scoped_id_appears_in_client_messages() {
+        let text = with_id("rid-7", || {
             client_message(
                 ErrorKind::Timeout,
                 "read timed out from http://10.0.0.1",
                 None,
             )
-        })
-        .await;
+        });
         assert_eq!(text, "upstream timed out (request id: rid-7)");
     }
 
