@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use serde::Deserialize;
@@ -669,26 +669,32 @@ pub(super) fn route_json(summary: &RouteSummary) -> Value {
 }
 
 /// skyfuse's own milliseconds in a call (see [`whole`]); gRPC `Search` sends the same.
-const OVERHEAD_HEADER: &str = super::retrieval::OVERHEAD_HEADER;
+const OVERHEAD_HEADER: HeaderName = HeaderName::from_static(super::retrieval::OVERHEAD_HEADER);
 
 pub(super) fn route_headers(headers: &mut HeaderMap, summary: &RouteSummary) {
-    let mut set = |name: &'static str, value: &str| {
+    let mut set = |name: HeaderName, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(name, value);
         }
     };
     if let Some(info) = &summary.chosen {
-        set("x-skyfuse-provider", &info.id);
-        set("x-skyfuse-deployment", &info.deployment);
-        set("x-skyfuse-cloud", &info.cloud);
-        set("x-skyfuse-region", &info.region);
+        set(PROVIDER_HEADER, &info.id);
+        set(DEPLOYMENT_HEADER, &info.deployment);
+        set(CLOUD_HEADER, &info.cloud);
+        set(REGION_HEADER, &info.region);
     }
-    set("x-skyfuse-cost-usd", &format!("{:.8}", summary.cost_usd));
-    set(
-        "x-skyfuse-failover-count",
-        &summary.failover_count().to_string(),
-    );
+    set(COST_HEADER, &format!("{:.8}", summary.cost_usd));
+    let failovers = HeaderValue::from(summary.failover_count());
+    headers.insert(FAILOVER_COUNT_HEADER, failovers);
 }
+
+// Header names parsed once, at compile time: a `&str` name is parsed per insert.
+const PROVIDER_HEADER: HeaderName = HeaderName::from_static("x-skyfuse-provider");
+const DEPLOYMENT_HEADER: HeaderName = HeaderName::from_static("x-skyfuse-deployment");
+const CLOUD_HEADER: HeaderName = HeaderName::from_static("x-skyfuse-cloud");
+const REGION_HEADER: HeaderName = HeaderName::from_static("x-skyfuse-region");
+const COST_HEADER: HeaderName = HeaderName::from_static("x-skyfuse-cost-usd");
+const FAILOVER_COUNT_HEADER: HeaderName = HeaderName::from_static("x-skyfuse-failover-count");
 
 /// OpenAI's `x-ratelimit-*` headers, for each limit the caller has.
 fn rate_limit_headers(headers: &mut HeaderMap, rate: &RateLimitStatus) {
@@ -782,7 +788,7 @@ pub(super) fn error_json(error: &Error) -> Value {
 
 /// The completion's `id`, which `/v1/feedback` takes to rate it.
 fn completion_id() -> String {
-    format!("chatcmpl-{}", crate::ids::random_id())
+    crate::ids::prefixed_random_id("chatcmpl-")
 }
 
 pub(super) fn unix_now() -> u64 {
