@@ -365,6 +365,11 @@ async fn models_are_listed_and_bad_requests_get_openai_shaped_errors() {
     )
     .await;
     assert_eq!(oversized.status(), 413);
+    // In OpenAI's error shape, so SDKs show why.
+    let refusal: Value = oversized.json().await.unwrap();
+    assert_eq!(refusal["error"]["type"], "invalid_request_error");
+    let message = refusal["error"]["message"].as_str().unwrap();
+    assert!(message.contains("request body is larger than"), "{message}");
 }
 
 #[tokio::test]

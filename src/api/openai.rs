@@ -309,20 +309,27 @@ async fn embeddings(
     .into_response()
 }
 
+/// The request whole rather than as extractors: the header map and extensions
+/// extractors copy them, and this is the facade's hottest path.
 async fn chat_completions(
     State(service): State<Arc<Service>>,
-    headers: HeaderMap,
-    extensions: axum::http::Extensions,
-    body: axum::body::Bytes,
+    request: axum::extract::Request,
 ) -> Response {
     let call_start = std::time::Instant::now();
+    let (parts, body) = request.into_parts();
+    let limit = service.config().server.max_message_bytes;
+    let body = match buffered_body(body, limit).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let (headers, extensions) = (&parts.headers, &parts.extensions);
     let trace = service
         .traces()
-        .http_call("POST", "/v1/chat/completions", &headers);
-    let credentials = Credentials::from_http(&headers, &extensions);
+        .http_call("POST", "/v1/chat/completions", headers);
+    let credentials = Credentials::from_http(headers, extensions);
     let (rate, started) = trace::within(
         trace.as_ref(),
-        start(&service, &credentials, &headers, &body),
+        start(&service, &credentials, headers, &body),
     )
     .await;
     let to_first_token = call_start.elapsed();
@@ -351,6 +358,29 @@ async fn chat_completions(
         rate_limit_headers(response.headers_mut(), &rate);
     }
     response
+}
+
+/// A request body of at most `limit` bytes, or the error response: 413 past the
+/// limit (as `DefaultBodyLimit` answers the other routes), 400 when it broke off.
+async fn buffered_body(
+    body: axum::body::Body,
+    limit: usize,
+) -> std::result::Result<axum::body::Bytes, Response> {
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let inner = error.into_inner();
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(inner.as_ref());
+        while let Some(error) = cause {
+            if error.is::<http_body_util::LengthLimitError>() {
+                let message = format!("the request body is larger than {limit} bytes");
+                let body = error_json(&Error::invalid(message));
+                return (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response();
+            }
+            cause = error.source();
+        }
+        error_response(&Error::invalid(format!(
+            "cannot read the request body: {inner}"
+        )))
+    })
 }
 
 type Started = (crate::route::Started, bool, bool, String);
