@@ -18,7 +18,8 @@
 # measures closed-loop throughput and latency: nginx answers every completion with
 # the same SSE body, and wrk drives it directly, through three pass-through proxies
 # and through the facade at 1, 8, 32 and 128 connections (CONNECTIONS overrides
-# the list).
+# the list), then at 1 connection again with the servers pinned to one CPU and wrk
+# to the other (taskset), which takes the scheduler's cross-CPU wake-ups out.
 #
 # The three proxies only forward bytes, on the same two cores: nginx's reverse proxy
 # (proxy_buffering off, keep-alive upstreams), and the two floors of
@@ -218,30 +219,48 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"What is the capital of France?"}]}'
 LUA
+  # One target at one load: wrk's figures, and the proxy's CPU time per request
+  # (perf stat), which holds on a busy machine where req/s does not. $3 prefixes wrk.
+  drive() {
+    local name=${1%%:*} port=${1##*:} connections=$2 measured=
+    case "$name" in
+      skyfuse) measured=$facade ;; nginx-proxy) measured=$proxy ;;
+      hyper-floor) measured=$floor_hyper ;; axum-hyper-floor) measured=$floor_axum ;;
+    esac
+    if [ -n "$measured" ] && command -v perf > /dev/null; then
+      perf stat -e task-clock -p "$measured" -o "$work/cpu.txt" -- sleep "$DURATION" & stat=$!
+    fi
+    ${3:-} wrk -t1 -c"$connections" -d"${DURATION}s" --latency -s "$work/post.lua" \
+      "http://127.0.0.1:$port/v1/chat/completions" > "$work/wrk.txt"
+    grep -E "Requests/sec|50%|90%|99%|Non-2xx|errors" "$work/wrk.txt"
+    if [ -n "${stat:-}" ]; then
+      wait "$stat" || true
+      awk -v reqs="$(awk '/requests in/ { print $1 }' "$work/wrk.txt")" \
+        '/task-clock/ { gsub(",", "", $1); printf "  proxy CPU per request: %.1f us\n", $1 * 1000 / reqs }' "$work/cpu.txt"
+      stat=
+    fi
+  }
+  targets=("direct:$NGINX" "nginx-proxy:$NGINX_PROXY" "hyper-floor:$FLOOR_HYPER"
+    "axum-hyper-floor:$FLOOR_AXUM" "skyfuse:$NGINX_FACADE")
   for connections in ${CONNECTIONS:-1 8 32 128}; do
-    for target in "direct:$NGINX" "nginx-proxy:$NGINX_PROXY" "hyper-floor:$FLOOR_HYPER" \
-      "axum-hyper-floor:$FLOOR_AXUM" "skyfuse:$NGINX_FACADE"; do
+    for target in "${targets[@]}"; do
       echo "== ${target%%:*} at $connections connections"
-      # The proxy's CPU time per request (perf stat), which holds on a busy machine
-      # where req/s does not.
-      measured=
-      case "${target%%:*}" in
-        skyfuse) measured=$facade ;; nginx-proxy) measured=$proxy ;;
-        hyper-floor) measured=$floor_hyper ;; axum-hyper-floor) measured=$floor_axum ;;
-      esac
-      if [ -n "$measured" ] && command -v perf > /dev/null; then
-        perf stat -e task-clock -p "$measured" -o "$work/cpu.txt" -- sleep "$DURATION" & stat=$!
-      fi
-      wrk -t1 -c"$connections" -d"${DURATION}s" --latency -s "$work/post.lua" \
-        "http://127.0.0.1:${target##*:}/v1/chat/completions" > "$work/wrk.txt"
-      grep -E "Requests/sec|50%|90%|99%|Non-2xx|errors" "$work/wrk.txt"
-      if [ -n "${stat:-}" ]; then
-        wait "$stat" || true
-        awk -v reqs="$(awk '/requests in/ { print $1 }' "$work/wrk.txt")" \
-          '/task-clock/ { gsub(",", "", $1); printf "  proxy CPU per request: %.1f us\n", $1 * 1000 / reqs }' "$work/cpu.txt"
-        stat=
-      fi
+      drive "$target" "$connections"
     done
   done
+  # One connection again with every server on CPU 0 and wrk on CPU 1. Unpinned, the
+  # scheduler sometimes wakes the next process of the chain on the other CPU, and a
+  # virtual CPU's wake-up costs tens of microseconds: that adds to a proxy with
+  # longer turns (the facade) more than to a short one (docs/benchmarks.md).
+  if command -v taskset > /dev/null; then
+    servers=("${pids[@]}")
+    for pid in "${pids[@]}"; do servers+=($(pgrep -P "$pid" || true)); done
+    for pid in "${servers[@]}"; do taskset -a -pc 0 "$pid" > /dev/null 2>&1 || true; done
+    for target in "${targets[@]}"; do
+      echo "== ${target%%:*} at 1 connection, pinned"
+      drive "$target" 1 "taskset -c 1"
+    done
+    for pid in "${servers[@]}"; do taskset -a -pc 0-1 "$pid" > /dev/null 2>&1 || true; done
+  fi
   echo "skyfuse (facade only) after wrk: RSS $(rss $facade VmRSS), peak $(rss $facade VmHWM)"
 fi
