@@ -7,11 +7,11 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::future::{Either, Ready, ready};
 use serde_json::json;
 
 use crate::config::Config;
@@ -32,38 +32,77 @@ impl BrowserGuard {
                 .facade
                 .allowed_hosts
                 .iter()
-                .map(|host| normalize(host))
+                .map(|host| normalize(host).to_string())
                 .collect(),
         }
     }
 
     fn allows_host(&self, host: &str) -> bool {
         let host = normalize(host);
-        is_loopback_name(&host) || self.allowed_hosts.contains(&host)
+        is_loopback_name(host)
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(host))
+    }
+
+    /// Why `request` is refused before any handler (or key check) runs, if it is.
+    fn refusal<B>(&self, request: &Request<B>) -> Option<Response> {
+        if self.check_host && !request_host(request).is_some_and(|host| self.allows_host(host)) {
+            return Some(refuse(
+                StatusCode::FORBIDDEN,
+                "host_not_allowed",
+                "the Host header names a host this server does not answer to (facade.allowed_hosts)",
+            ));
+        }
+        if request.method() == Method::POST && !declares_json(request) {
+            return Some(refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the request body must be sent with Content-Type: application/json",
+            ));
+        }
+        None
     }
 }
 
-/// The middleware: refuses before any handler (or key check) runs.
-pub(super) async fn guard(
-    State(guard): State<BrowserGuard>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if guard.check_host && !request_host(&request).is_some_and(|host| guard.allows_host(host)) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "host_not_allowed",
-            "the Host header names a host this server does not answer to (facade.allowed_hosts)",
-        );
+/// The guard as a tower layer over the facade's routes: a plain service rather than
+/// axum's `from_fn`, which boxes the rest of the stack and a future per request.
+impl<S> tower::Layer<S> for BrowserGuard {
+    type Service = Guarded<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Guarded {
+            guard: self.clone(),
+            inner,
+        }
     }
-    if request.method() == Method::POST && !declares_json(&request) {
-        return refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "the request body must be sent with Content-Type: application/json",
-        );
+}
+
+/// A service behind the [`BrowserGuard`].
+#[derive(Debug, Clone)]
+pub(super) struct Guarded<S> {
+    guard: BrowserGuard,
+    inner: S,
+}
+
+impl<S, B> tower::Service<Request<B>> for Guarded<S>
+where
+    S: tower::Service<Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
     }
-    next.run(request).await
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match self.guard.refusal(&request) {
+            Some(refusal) => Either::Left(ready(Ok(refusal))),
+            None => Either::Right(self.inner.call(request)),
+        }
+    }
 }
 
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
@@ -71,7 +110,7 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-fn declares_json(request: &Request) -> bool {
+fn declares_json<B>(request: &Request<B>) -> bool {
     request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -82,7 +121,7 @@ fn declares_json(request: &Request) -> bool {
 
 /// The host the client addressed, without the port: the URI's authority (HTTP/2,
 /// absolute form) or the `Host` header.
-fn request_host(request: &Request) -> Option<&str> {
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
     let authority = match request.uri().authority() {
         Some(authority) => authority.as_str(),
         None => request.headers().get(header::HOST)?.to_str().ok()?,
@@ -94,16 +133,16 @@ fn request_host(request: &Request) -> Option<&str> {
     authority.split(':').next()
 }
 
-fn normalize(host: &str) -> String {
+/// `host` without brackets or a trailing dot; compared without regard to case.
+fn normalize(host: &str) -> &str {
     host.trim()
         .trim_start_matches('[')
         .trim_end_matches(']')
         .trim_end_matches('.')
-        .to_ascii_lowercase()
 }
 
 fn is_loopback_name(host: &str) -> bool {
-    host == "localhost"
+    host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<IpAddr>()
             .is_ok_and(|address| address.is_loopback())

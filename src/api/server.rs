@@ -19,7 +19,7 @@ use tonic_health::server::HealthReporter;
 use tower::ServiceExt;
 
 use super::admin::AdminApi;
-use super::browser_guard::{self, BrowserGuard};
+use super::browser_guard::BrowserGuard;
 use super::connection::{self, AcceptOptions, Connection, ConnectionCap, mark_grpc_request};
 use super::generation::GenerationApi;
 use super::ingestion::IngestionApi;
@@ -326,10 +326,7 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 /// The facade's routes behind the browser checks.
 fn facade_app(service: Arc<Service>) -> axum::Router {
     let guard = BrowserGuard::new(service.config());
-    openai::app(service).layer(axum::middleware::from_fn_with_state(
-        guard,
-        browser_guard::guard,
-    ))
+    openai::app(service).layer(guard)
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on each connection (headers within
