@@ -215,14 +215,17 @@ fn answer_done(summary: AnswerSummary) -> proto::AnswerDone {
 fn route(route: RouteSummary, extractive: bool) -> proto::Route {
     let failover_count = route.failover_count();
     let (provider, model, deployment, cloud, region, dedicated) = match route.chosen {
-        Some(info) if !extractive => (
-            info.id,
-            info.model,
-            info.deployment,
-            info.cloud,
-            info.region,
-            info.dedicated,
-        ),
+        Some(info) if !extractive => {
+            let info = std::sync::Arc::unwrap_or_clone(info);
+            (
+                info.id,
+                info.model,
+                info.deployment,
+                info.cloud,
+                info.region,
+                info.dedicated,
+            )
+        }
         _ => (
             EXTRACTIVE_MODEL.to_string(),
             EXTRACTIVE_MODEL.to_string(),

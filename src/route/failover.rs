@@ -71,8 +71,9 @@ pub struct CandidateView {
 /// Where a request went and what it cost.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteSummary {
-    /// The deployment that answered, once one produced a token.
-    pub chosen: Option<ProviderInfo>,
+    /// The deployment that answered, once one produced a token (shared with the
+    /// route's deployment: a summary per call, not a copy of its strings).
+    pub chosen: Option<Arc<ProviderInfo>>,
     pub tier: Option<String>,
     pub candidates: Vec<CandidateView>,
     pub skipped: Vec<Skip>,
@@ -570,7 +571,7 @@ impl Attempts<'_> {
             quota_tokens,
             span,
         } = first_token;
-        self.summary.chosen = Some(deployment.info().clone());
+        self.summary.chosen = Some(deployment.shared_info());
         Started {
             generated: first,
             stream,

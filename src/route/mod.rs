@@ -51,6 +51,8 @@ pub struct Deployment {
     /// Its names for attempts and metrics (`deployment` is `provider/deployment`,
     /// its label), shared rather than copied per call.
     labels: DeploymentLabels,
+    /// Its provider's description, shared by the summaries of the calls it answers.
+    info: Arc<ProviderInfo>,
 }
 
 impl Deployment {
@@ -60,7 +62,7 @@ impl Deployment {
         catalog: &Catalog,
         breaker: BreakerSettings,
     ) -> Self {
-        let info = provider.info();
+        let info = Arc::new(provider.info().clone());
         let cloud = info.cloud.clone();
         let labels = DeploymentLabels {
             provider: info.id.as_str().into(),
@@ -87,11 +89,17 @@ impl Deployment {
             },
             stop: config.stop.clone(),
             labels,
+            info,
         }
     }
 
     pub fn info(&self) -> &ProviderInfo {
-        self.provider.info()
+        &self.info
+    }
+
+    /// [`Self::info`], shared.
+    pub fn shared_info(&self) -> Arc<ProviderInfo> {
+        Arc::clone(&self.info)
     }
 
     /// `provider/deployment`, how attempts and skips name it.

@@ -12,6 +12,7 @@
 //! never served. Two callers share an answer only when they see the same passages
 //! under the same restrictions.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -156,7 +157,7 @@ pub(super) async fn replay(
     };
     let by = &answer.answered_by;
     let route = RouteSummary {
-        chosen: Some(ProviderInfo {
+        chosen: Some(Arc::new(ProviderInfo {
             id: by.provider.clone(),
             model: by.model.clone(),
             deployment: by.deployment.clone(),
@@ -166,7 +167,7 @@ pub(super) async fn replay(
             regions: by.regions.clone(),
             input_per_1m_usd: 0.0,
             output_per_1m_usd: 0.0,
-        }),
+        })),
         usage,
         cost_usd: 0.0,
         finish_reason: answer.finish_reason.clone(),
@@ -322,7 +323,7 @@ mod tests {
     #[test]
     fn only_a_complete_answer_by_a_named_deployment_is_kept() {
         let route = |finish_reason: &str| RouteSummary {
-            chosen: Some(ProviderInfo {
+            chosen: Some(Arc::new(ProviderInfo {
                 id: "azure-eastus".into(),
                 model: "gpt-4o".into(),
                 deployment: "gpt4o".into(),
@@ -332,7 +333,7 @@ mod tests {
                 regions: vec!["eastus".into()],
                 input_per_1m_usd: 5.0,
                 output_per_1m_usd: 15.0,
-            }),
+            })),
             finish_reason: finish_reason.into(),
             ..RouteSummary::default()
         };
@@ -354,7 +355,7 @@ mod tests {
         let kept = to_keep(
             vec!["In Dublin ".into(), "[1].".into()],
             &RouteSummary {
-                chosen: Some(ProviderInfo {
+                chosen: Some(Arc::new(ProviderInfo {
                     id: "p".into(),
                     model: "m".into(),
                     deployment: "d".into(),
@@ -364,7 +365,7 @@ mod tests {
                     regions: Vec::new(),
                     input_per_1m_usd: 1.0,
                     output_per_1m_usd: 1.0,
-                }),
+                })),
                 usage: Usage {
                     input_tokens: 100,
                     output_tokens: 4,
