@@ -702,6 +702,8 @@ pub(super) fn route_json(summary: &RouteSummary) -> Value {
 const OVERHEAD_HEADER: HeaderName = HeaderName::from_static(super::retrieval::OVERHEAD_HEADER);
 
 pub(super) fn route_headers(headers: &mut HeaderMap, summary: &RouteSummary) {
+    // These and the overhead, request id and rate headers, in one growth of the map.
+    headers.reserve(12);
     let mut set = |name: HeaderName, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(name, value);
