@@ -1762,19 +1762,19 @@ mod tests {
             .collect()
     }
 
-    /// HNSW is approximate, and its graph depends on insertion order and threads: the
-    /// hits must be most of the reference top 10 (recall >= 0.8), each with its exact
-    /// cosine (rescored), and no hit outside the reference may beat the reference's last.
-    fn assert_near(hits: &[Hit], reference: &[Hit]) {
+    /// HNSW is approximate, and its graph depends on insertion order and threads
+    /// (rows are added in parallel): the hits must share at least half of the
+    /// reference top 10 (a broken graph fails this), each with its exact cosine
+    /// (rescored), and no hit outside the reference may beat the reference's last.
+    /// Returns how many of the reference it found: callers with many probes hold the
+    /// mean to [`MEAN_RECALL`], which one unlucky probe cannot sink.
+    fn assert_near(hits: &[Hit], reference: &[Hit]) -> usize {
         assert_eq!(hits.len(), reference.len(), "{hits:?}");
         let shared = hits
             .iter()
             .filter(|hit| reference.iter().any(|kept| kept.chunk_id == hit.chunk_id))
             .count();
-        assert!(
-            shared * 10 >= reference.len() * 8,
-            "{hits:?} vs {reference:?}"
-        );
+        assert!(shared * 2 >= reference.len(), "{hits:?} vs {reference:?}");
         let floor = reference.last().map_or(f32::MIN, |last| last.score);
         for hit in hits {
             match reference.iter().find(|kept| kept.chunk_id == hit.chunk_id) {
@@ -1782,6 +1782,18 @@ mod tests {
                 None => assert!(hit.score <= floor + 1e-6, "{hit:?} beats {floor}"),
             }
         }
+        shared
+    }
+
+    /// Recall@10 over many probes, as `benches/dense_scale.rs` holds the index to at 1M.
+    const MEAN_RECALL: f64 = 0.95;
+
+    fn assert_mean_recall(found: usize, probes: usize) {
+        let recall = found as f64 / (probes * 10) as f64;
+        assert!(
+            recall >= MEAN_RECALL,
+            "recall@10 {recall:.3} over {probes} probes"
+        );
     }
 
     async fn top10(store: &DenseStore, probe: &[f32], filter: Option<Filter>) -> Vec<Hit> {
@@ -1867,10 +1879,12 @@ mod tests {
         assert!(approximate.uses_ann());
         assert_eq!(index_files(ann_directory.path()), ["dense.1.hnsw"]);
         assert!(index_files(exact_directory.path()).is_empty());
+        let mut found = 0;
         for probe in probes() {
             let expected = top10(&exact, &probe, None).await;
-            assert_near(&top10(&approximate, &probe, None).await, &expected);
+            found += assert_near(&top10(&approximate, &probe, None).await, &expected);
         }
+        assert_mean_recall(found, probes().len());
         let first_probe = &probes()[0];
         let before = top10(&approximate, first_probe, None).await;
         drop(approximate);
@@ -1974,6 +1988,7 @@ mod tests {
         .expect("reopen");
         for store in [&store, &reopened] {
             assert_eq!(top10(store, &probe, None).await[0].chunk_id, "doc5#0");
+            let mut found = 0;
             for index in (3..1500u64).step_by(7).take(30) {
                 let hits = top10(store, &pseudo_random_vector(index), None).await;
                 let deleted = |hit: &Hit| {
@@ -1986,11 +2001,12 @@ mod tests {
                     !hits.iter().any(deleted),
                     "a deleted chunk came back: {hits:?}"
                 );
-                assert_near(
+                found += assert_near(
                     &hits,
                     &top10(&exact, &pseudo_random_vector(index), None).await,
                 );
             }
+            assert_mean_recall(found, 30);
         }
     }
 
