@@ -188,6 +188,7 @@ async fn a_throttled_dedicated_deployment_bursts_to_on_demand_with_route_and_cos
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-skyfuse-provider"], "secondary");
     assert_eq!(response.headers()["x-skyfuse-failover-count"], "1");
+    assert_eq!(response.headers()["content-type"], "application/json");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["choices"][0]["message"]["content"], "Hello there.");

@@ -582,11 +582,30 @@ async fn whole(
         &summary.usage,
         RouteBody::of(&summary),
     );
-    let mut response = Json(body).into_response();
+    let mut response = json_response(&body);
     route_headers(response.headers_mut(), &summary);
     let overhead = to_first_token.saturating_sub(summary.attempts_time());
     overhead_header(response.headers_mut(), overhead);
     response
+}
+
+/// `body` as a JSON response, written into a buffer sized for a typical completion
+/// (axum's `Json` starts at 128 bytes and grows three or four times).
+fn json_response(body: &impl serde::Serialize) -> Response {
+    let mut bytes = Vec::with_capacity(1024);
+    match serde_json::to_writer(&mut bytes, body) {
+        Ok(()) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(error) => error_response(&Error::internal(format!(
+            "cannot encode the completion: {error}"
+        ))),
+    }
 }
 
 fn streamed(

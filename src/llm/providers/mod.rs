@@ -148,7 +148,9 @@ impl Connection {
                 self.service
             )));
         }
-        let bytes = serde_json::to_vec(body)
+        // Sized for a short prompt (serde_json's own start is 128 bytes).
+        let mut bytes = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut bytes, body)
             .map_err(|error| Error::internal(format!("cannot encode request: {error}")))?;
         let mut headers = http::HeaderMap::with_capacity(6);
         headers.insert(
