@@ -9,6 +9,7 @@ pub mod prompt;
 pub mod providers;
 pub mod regions;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -159,7 +160,9 @@ pub struct ChatResponse {
 /// A chat model endpoint: one model on one provider ([`ChatTarget`]).
 #[async_trait]
 pub trait ChatProvider: Send + Sync {
-    fn info(&self) -> &ProviderInfo;
+    /// Shared: a call's route summary holds the description of the deployment
+    /// that answered.
+    fn info(&self) -> &Arc<ProviderInfo>;
 
     /// A whole completion. By default the stream, collected; providers whose API
     /// has a non-streaming call (Converse, generateContent) use it instead.

@@ -571,7 +571,7 @@ impl Attempts<'_> {
             quota_tokens,
             span,
         } = first_token;
-        self.summary.chosen = Some(deployment.shared_info());
+        self.summary.chosen = Some(Arc::clone(deployment.provider.info()));
         Started {
             generated: first,
             stream,

@@ -51,8 +51,6 @@ pub struct Deployment {
     /// Its names for attempts and metrics (`deployment` is `provider/deployment`,
     /// its label), shared rather than copied per call.
     labels: DeploymentLabels,
-    /// Its provider's description, shared by the summaries of the calls it answers.
-    info: Arc<ProviderInfo>,
 }
 
 impl Deployment {
@@ -62,7 +60,7 @@ impl Deployment {
         catalog: &Catalog,
         breaker: BreakerSettings,
     ) -> Self {
-        let info = Arc::new(provider.info().clone());
+        let info = provider.info();
         let cloud = info.cloud.clone();
         let labels = DeploymentLabels {
             provider: info.id.as_str().into(),
@@ -89,17 +87,11 @@ impl Deployment {
             },
             stop: config.stop.clone(),
             labels,
-            info,
         }
     }
 
     pub fn info(&self) -> &ProviderInfo {
-        &self.info
-    }
-
-    /// [`Self::info`], shared.
-    pub fn shared_info(&self) -> Arc<ProviderInfo> {
-        Arc::clone(&self.info)
+        self.provider.info()
     }
 
     /// `provider/deployment`, how attempts and skips name it.

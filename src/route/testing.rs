@@ -3,6 +3,7 @@
 //! tests can pause time.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -49,7 +50,7 @@ impl Script {
 }
 
 pub struct Scripted {
-    info: ProviderInfo,
+    info: Arc<ProviderInfo>,
     scripts: Mutex<VecDeque<Script>>,
     /// Played when the queue is empty.
     otherwise: Script,
@@ -59,7 +60,7 @@ pub struct Scripted {
 impl Scripted {
     pub fn new(id: &str, model: &str, cloud: &str, dedicated: bool, otherwise: Script) -> Self {
         Self {
-            info: ProviderInfo {
+            info: Arc::new(ProviderInfo {
                 id: id.into(),
                 model: model.into(),
                 deployment: model.into(),
@@ -69,7 +70,7 @@ impl Scripted {
                 regions: vec![format!("{cloud}-region")],
                 input_per_1m_usd: 0.0,
                 output_per_1m_usd: 0.0,
-            },
+            }),
             scripts: Mutex::new(VecDeque::new()),
             otherwise,
             calls: AtomicUsize::new(0),
@@ -77,8 +78,9 @@ impl Scripted {
     }
 
     pub fn in_region(mut self, region: &str) -> Self {
-        self.info.region = region.into();
-        self.info.regions = vec![region.into()];
+        let info = Arc::make_mut(&mut self.info);
+        info.region = region.into();
+        info.regions = vec![region.into()];
         self
     }
 
@@ -94,7 +96,7 @@ impl Scripted {
 
 #[async_trait]
 impl ChatProvider for Scripted {
-    fn info(&self) -> &ProviderInfo {
+    fn info(&self) -> &Arc<ProviderInfo> {
         &self.info
     }
 

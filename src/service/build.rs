@@ -302,7 +302,7 @@ pub(super) fn router(
 /// config alone, no credentials read, nothing callable.
 pub(super) fn planning_router(config: &Config) -> Result<Option<Router>> {
     router_with(config, |provider, target| {
-        Ok(Arc::new(PlanningOnly(crate::llm::ProviderInfo {
+        Ok(Arc::new(PlanningOnly(Arc::new(crate::llm::ProviderInfo {
             id: provider.id.clone(),
             model: target.model.clone(),
             deployment: target.wire_id.clone(),
@@ -317,16 +317,16 @@ pub(super) fn planning_router(config: &Config) -> Result<Option<Router>> {
             ),
             input_per_1m_usd: provider.input_per_1m_usd,
             output_per_1m_usd: provider.output_per_1m_usd,
-        })))
+        }))))
     })
 }
 
 /// A deployment known by its description only.
-struct PlanningOnly(crate::llm::ProviderInfo);
+struct PlanningOnly(Arc<crate::llm::ProviderInfo>);
 
 #[async_trait::async_trait]
 impl crate::llm::ChatProvider for PlanningOnly {
-    fn info(&self) -> &crate::llm::ProviderInfo {
+    fn info(&self) -> &Arc<crate::llm::ProviderInfo> {
         &self.0
     }
 

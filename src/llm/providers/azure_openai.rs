@@ -5,6 +5,7 @@
 //! endpoint's auth). The chunks are OpenAI's, with Azure's extras: a first chunk
 //! with no choices (prompt filter results) and filter annotations without a delta.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -78,7 +79,7 @@ fn body(request: &ChatRequest, model: Option<&str>, stream: bool, reasoning: boo
 
 #[async_trait]
 impl ChatProvider for AzureOpenAiChat {
-    fn info(&self) -> &ProviderInfo {
+    fn info(&self) -> &Arc<ProviderInfo> {
         &self.connection.info
     }
 

@@ -9,6 +9,7 @@
 //! it) the usage. Exceptions arrive as `:message-type: exception` frames inside the
 //! 200 answer and end the stream with their mapped kind.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -45,7 +46,7 @@ impl BedrockChat {
 
 #[async_trait]
 impl ChatProvider for BedrockChat {
-    fn info(&self) -> &ProviderInfo {
+    fn info(&self) -> &Arc<ProviderInfo> {
         &self.connection.info
     }
 

@@ -77,7 +77,7 @@ pub struct Connection {
     pub endpoint: CloudEndpoint,
     /// `"kind provider \"id\""`, the prefix of every message.
     pub service: String,
-    pub info: ProviderInfo,
+    pub info: Arc<ProviderInfo>,
     /// The pool requests go out on (a facade thread uses its own).
     upstream: UpstreamClient,
     /// The environment sends this endpoint's requests through a proxy: they go
@@ -105,7 +105,7 @@ impl Connection {
     ) -> Self {
         Self {
             service: format!("{} provider {:?}", config.kind().as_str(), endpoint.id),
-            info: ProviderInfo {
+            info: Arc::new(ProviderInfo {
                 id: endpoint.id.clone(),
                 model: target.model.clone(),
                 deployment: target.wire_id.clone(),
@@ -120,7 +120,7 @@ impl Connection {
                 ),
                 input_per_1m_usd: config.input_per_1m_usd,
                 output_per_1m_usd: config.output_per_1m_usd,
-            },
+            }),
             upstream,
             proxied: upstream::is_proxied(&endpoint.base_url),
             endpoint,

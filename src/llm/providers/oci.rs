@@ -7,6 +7,7 @@
 //! (`isStream`, usage asked with `streamOptions.isIncludeUsage`) are SSE chunks with
 //! a random `pad` field and no `[DONE]`: they end with the connection.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -150,7 +151,7 @@ fn generic_request(request: &ChatRequest) -> Value {
 
 #[async_trait]
 impl ChatProvider for OciChat {
-    fn info(&self) -> &ProviderInfo {
+    fn info(&self) -> &Arc<ProviderInfo> {
         &self.connection.info
     }
 

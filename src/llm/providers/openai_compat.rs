@@ -3,6 +3,7 @@
 //! OpenAI shares: the request body, the SSE chunks (always asking for usage) and the
 //! whole completion.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -37,7 +38,7 @@ impl OpenAiCompatChat {
 
 #[async_trait]
 impl ChatProvider for OpenAiCompatChat {
-    fn info(&self) -> &ProviderInfo {
+    fn info(&self) -> &Arc<ProviderInfo> {
         &self.connection.info
     }
 

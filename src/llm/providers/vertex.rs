@@ -7,6 +7,7 @@
 //!   `:streamRawPredict` with Anthropic's Messages body and events
 //!   ([`super::anthropic`]), `anthropic_version: "vertex-2023-10-16"`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -63,7 +64,7 @@ impl VertexChat {
 
 #[async_trait]
 impl ChatProvider for VertexChat {
-    fn info(&self) -> &ProviderInfo {
+    fn info(&self) -> &Arc<ProviderInfo> {
         &self.connection.info
     }
 
